@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The contract between agentd's BPF programs and its Python side.
+ *
+ * Everything that crosses the boundary (ring-buffer events, map keys and values,
+ * read-only config, flag bits) is defined here, with fixed-width types only, so the
+ * same header compiles for the BPF target and for the host (the test in
+ * tests/unit/test_bpf_contract.py compiles it with gcc and checks the ctypes mirror in
+ * agentd/kernel/bpf_types.py field by field). Change both sides together.
+ */
+#ifndef AGENTD_H
+#define AGENTD_H
+
+#include <linux/types.h>
+
+#define AGENTD_COMM_LEN 16
+#define AGENTD_FILENAME_LEN 128
+#define AGENTD_ARGV_LEN 256	/* NUL-separated argv head, truncated */
+#define AGENTD_MAX_CGROUP_DEPTH 16	/* ancestor levels searched for a watched cgroup */
+
+/* Event kinds: the first __u32 of every ring-buffer record. */
+enum agentd_event_type {
+	AGENTD_EV_FORK = 1,
+	AGENTD_EV_EXEC = 2,
+	AGENTD_EV_EXIT = 3,
+	AGENTD_EV_MEM = 4,
+	AGENTD_EV_NR,
+};
+
+/* watched_cgroups values: flag bits per cgroup id. */
+#define AGENTD_WATCH_TREE 0x1	/* report lifecycle of this cgroup and its descendants */
+#define AGENTD_WATCH_MAIN 0x2	/* an agent's main cgroup: its children's execs are tool-call candidates */
+#define AGENTD_WATCH_STOP_EXEC 0x4	/* with MAIN: SIGSTOP a child at exec until user space places it */
+
+/* agentd_proc_event.flags */
+#define AGENTD_PF_STOPPED 0x1	/* the program sent SIGSTOP; user space must SIGCONT */
+#define AGENTD_PF_MAIN 0x2	/* the task was in a MAIN cgroup when the event fired */
+#define AGENTD_PF_PARENT_MAIN 0x4	/* its parent is in the same cgroup (exec only) */
+
+/* Lifecycle event (fork, exec, exit): one fixed-size record.
+ * fork: pid = the new process, ppid = the forking process.
+ * exec: filename and argv are set; sid/pgid are read after exec.
+ * exit: exit_code is the wait(2) status (code << 8 | signal). */
+struct agentd_proc_event {
+	__u32 type;
+	__u32 flags;
+	__u64 ts_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cgroup_id;	/* the task's v2 cgroup id */
+	__u64 watched_id;	/* the watched ancestor (or self) that matched */
+	__u32 pid;		/* tgid */
+	__u32 ppid;
+	__u32 sid;
+	__u32 pgid;
+	__s32 exit_code;
+	__u32 argv_len;		/* bytes used in argv */
+	char comm[AGENTD_COMM_LEN];
+	char filename[AGENTD_FILENAME_LEN];
+	char argv[AGENTD_ARGV_LEN];
+};
+
+/* Memory-watch event reasons (bits, both may be set). */
+#define AGENTD_MEM_OVER_THRESHOLD 0x1
+#define AGENTD_MEM_OVER_RATE 0x2
+
+struct agentd_mem_event {
+	__u32 type;
+	__u32 reason;
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u64 rss_bytes;	/* summed rss (file+anon+shmem) of the cgroup's processes */
+	__u64 threshold_bytes;
+	__u64 rate_bytes_per_s;	/* the configured limit */
+	__s64 growth_bytes;	/* growth over the current window */
+	__u64 window_ns;	/* length of that window so far */
+	__u32 pid;		/* the task whose fault crossed the line */
+	__u32 _pad;
+};
+
+/* mem_limits: cgroup id -> thresholds, written by the daemon. 0 disables a check. */
+struct agentd_mem_limit {
+	__u64 threshold_bytes;
+	__u64 rate_bytes_per_s;
+};
+
+/* mem_state: cgroup id -> accounting kept by the program (read by user space). */
+struct agentd_mem_state {
+	__s64 rss_bytes;
+	__u64 win_start_ns;
+	__s64 win_start_bytes;
+	__u64 last_rate_event_ns;
+	__u64 over_threshold;	/* edge trigger: re-armed when usage falls below */
+};
+
+/* mm_state: mm pointer -> the cgroup its rss is attributed to, and the amount. */
+struct agentd_mm_state {
+	__u64 cgroup_id;
+	__s64 rss_bytes;
+};
+
+/* stats array map (both programs): counters indexed by these ids. */
+enum agentd_stat {
+	AGENTD_STAT_LOST = 0,		/* ring buffer full: an event was dropped */
+	AGENTD_STAT_STOPPED,		/* tasks stopped at exec for placement */
+	AGENTD_STAT_MEM_EVENTS,		/* memory-watch events emitted */
+	AGENTD_STAT_NR,
+};
+
+/* Read-only config (.rodata), set by the loader before load. */
+struct agentd_lifecycle_config {
+	__u32 report_all;	/* 1: ignore watched_cgroups (tests, debugging) */
+	__u32 _pad;
+};
+
+struct agentd_memwatch_config {
+	__u64 window_ns;	/* growth-rate window */
+	__u32 page_shift;
+	__u32 _pad;
+};
+
+#endif

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Memory growth of tool-call cgroups, tracked in the kernel.
+ *
+ * agentd's host hierarchy may have no memory controller (hybrid v1/v2 hosts), so usage
+ * is not read from memory.current: it is the sum of the resident set (file + anon +
+ * shmem pages) of the processes in the cgroup, kept current from the rss_stat
+ * tracepoint, which fires whenever a process's rss counters change (page faults, unmap,
+ * exit). Each mm is attributed to the cgroup of the task that last faulted on it
+ * (`mm_state`); when a process moves, its rss moves with it at its next fault.
+ * Shared file pages are counted once per process (rss semantics, not memcg's).
+ *
+ * Only cgroups with an entry in `mem_limits` are tracked. An event goes to `mem_events`
+ * when usage crosses threshold_bytes (edge-triggered, re-armed when it falls below) or
+ * when growth within the current window exceeds rate_bytes_per_s * window (reported as
+ * soon as it is exceeded, not at the window's end; at most one per window).
+ */
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "agentd.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile struct agentd_memwatch_config cfg = {
+	.window_ns = 250000000ULL,
+	.page_shift = 12,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct agentd_mem_limit);
+} mem_limits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct agentd_mem_state);
+} mem_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct agentd_mm_state);
+} mm_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} mem_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AGENTD_STAT_NR);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 id)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &id);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline __s64 mm_rss_bytes(struct mm_struct *mm)
+{
+	/* percpu_counter.count is the folded value, behind by at most the per-CPU batch;
+	 * the same approximation the rss_stat tracepoint itself reports. */
+	__s64 pages = BPF_CORE_READ(mm, rss_stat[AGENTD_MM_FILEPAGES].count) +
+		      BPF_CORE_READ(mm, rss_stat[AGENTD_MM_ANONPAGES].count) +
+		      BPF_CORE_READ(mm, rss_stat[AGENTD_MM_SHMEMPAGES].count);
+
+	return pages > 0 ? pages << cfg.page_shift : 0;
+}
+
+static __always_inline struct agentd_mem_state *state_of(__u64 cgid, __u64 now)
+{
+	struct agentd_mem_state *st = bpf_map_lookup_elem(&mem_state, &cgid);
+
+	if (st)
+		return st;
+	struct agentd_mem_state init = { .win_start_ns = now };
+
+	bpf_map_update_elem(&mem_state, &cgid, &init, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&mem_state, &cgid);
+}
+
+static __always_inline void check(__u64 cgid, struct agentd_mem_limit *lim,
+				  struct agentd_mem_state *st, __s64 total, __u64 now)
+{
+	__u32 reason = 0;
+	__s64 growth = total - st->win_start_bytes;
+	__u64 elapsed = now - st->win_start_ns;
+
+	if (lim->threshold_bytes) {
+		if (total >= (__s64)lim->threshold_bytes) {
+			if (__sync_val_compare_and_swap(&st->over_threshold, 0, 1) == 0)
+				reason |= AGENTD_MEM_OVER_THRESHOLD;
+		} else if (st->over_threshold) {
+			st->over_threshold = 0;
+		}
+	}
+	if (lim->rate_bytes_per_s && growth > 0) {
+		/* rate * window in ms / 1000: no overflow below ~1 PB/s. */
+		__u64 budget = lim->rate_bytes_per_s * (cfg.window_ns / 1000000) / 1000;
+
+		if ((__u64)growth >= budget && now - st->last_rate_event_ns >= cfg.window_ns) {
+			st->last_rate_event_ns = now;
+			reason |= AGENTD_MEM_OVER_RATE;
+		}
+	}
+	if (reason) {
+		struct agentd_mem_event *e = bpf_ringbuf_reserve(&mem_events, sizeof(*e), 0);
+
+		if (!e) {
+			count(AGENTD_STAT_LOST);
+		} else {
+			e->type = AGENTD_EV_MEM;
+			e->reason = reason;
+			e->ts_ns = now;
+			e->cgroup_id = cgid;
+			e->rss_bytes = total > 0 ? total : 0;
+			e->threshold_bytes = lim->threshold_bytes;
+			e->rate_bytes_per_s = lim->rate_bytes_per_s;
+			e->growth_bytes = growth;
+			e->window_ns = elapsed;
+			e->pid = bpf_get_current_pid_tgid() >> 32;
+			e->_pad = 0;
+			bpf_ringbuf_submit(e, 0);
+			count(AGENTD_STAT_MEM_EVENTS);
+		}
+	}
+	if (elapsed >= cfg.window_ns) {
+		st->win_start_ns = now;
+		st->win_start_bytes = total;
+	}
+}
+
+static __always_inline int handle_rss(struct mm_struct *mm)
+{
+	struct task_struct *cur = (void *)bpf_get_current_task();
+	__u64 key = (__u64)mm;
+	struct agentd_mm_state *ms = bpf_map_lookup_elem(&mm_state, &key);
+	__u64 cgid;
+
+	if (BPF_CORE_READ(cur, mm) == mm)
+		cgid = bpf_get_current_cgroup_id();
+	else if (ms)		/* fork copying into a child, exit teardown, reclaim */
+		cgid = ms->cgroup_id;
+	else
+		return 0;
+
+	struct agentd_mem_limit *lim = bpf_map_lookup_elem(&mem_limits, &cgid);
+	__u64 now = bpf_ktime_get_ns();
+	struct agentd_mem_state *st;
+
+	if (ms && ms->cgroup_id != cgid) {
+		/* The process moved: take its rss out of the old cgroup. */
+		st = bpf_map_lookup_elem(&mem_state, &ms->cgroup_id);
+		if (st)
+			__sync_fetch_and_add(&st->rss_bytes, -ms->rss_bytes);
+		ms->cgroup_id = cgid;
+		ms->rss_bytes = 0;
+	}
+	if (!lim) {
+		if (ms)
+			bpf_map_delete_elem(&mm_state, &key);
+		return 0;
+	}
+	__s64 rss = mm_rss_bytes(mm);
+	__s64 delta;
+
+	if (ms) {
+		delta = rss - ms->rss_bytes;
+		ms->rss_bytes = rss;
+	} else {
+		struct agentd_mm_state init = { .cgroup_id = cgid, .rss_bytes = rss };
+
+		delta = rss;
+		bpf_map_update_elem(&mm_state, &key, &init, BPF_ANY);
+	}
+	if (rss == 0)
+		bpf_map_delete_elem(&mm_state, &key);
+	st = state_of(cgid, now);
+	if (!st)
+		return 0;
+	__s64 total = __sync_fetch_and_add(&st->rss_bytes, delta) + delta;
+
+	check(cgid, lim, st, total, now);
+	return 0;
+}
+
+SEC("tp_btf/rss_stat")
+int BPF_PROG(agentd_rss_btf, struct mm_struct *mm, int member)
+{
+	return handle_rss(mm);
+}

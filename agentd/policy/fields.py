@@ -1,0 +1,158 @@
+"""Field types of the policy schema, each with the message a policy author needs.
+
+pydantic's own messages ("Input should be less than or equal to 1000") say what is wrong
+but not what the value means; these validators say both, and reject the YAML surprises
+(`true` where a number belongs, `1.5` for a priority) instead of coercing them.
+"""
+
+import re
+from typing import Annotated, Optional
+
+from pydantic import BeforeValidator, ValidationInfo
+
+from ..errors import AgentdError
+from ..units import parse_cpu, parse_size
+
+# Class and rule names become parts of cgroup names (`tools/<seq>-<class>`) and metric
+# label values, so they are short and path-safe.
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,47}$")
+# Program names are compared with the basename of argv[0].
+PROGRAM_RE = re.compile(r"^[^/\s\x00]{1,255}$")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def ranged_int(lo, hi, what):
+    def check(v):
+        if not _is_int(v):
+            raise ValueError(f"{what} must be a whole number from {lo} to {hi}, not {v!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{what} {v} is out of range: expected {lo}..{hi}")
+        return v
+    return Annotated[int, BeforeValidator(check)]
+
+
+def ranged_float(lo, hi, what, lo_open=False, hi_open=False):
+    def check(v):
+        if not _is_number(v):
+            raise ValueError(f"{what} must be a number, not {v!r}")
+        bad_lo = v <= lo if lo_open else v < lo
+        bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
+        if bad_lo or bad_hi:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            span = f"{left}{lo}, {hi if hi is not None else 'inf'}{right}"
+            raise ValueError(f"{what} {v} is out of range: expected a value in {span}")
+        return float(v)
+    return Annotated[float, BeforeValidator(check)]
+
+
+def _size(v, info: ValidationInfo):
+    """Bytes (None = unlimited); percentages are of the host memory passed at load."""
+    if isinstance(v, bool) or not (v is None or isinstance(v, (int, float, str))):
+        raise ValueError(f"bad size {v!r}: expected bytes, a size like '512Mi' or '25%', or 'max'")
+    if v is None:
+        raise ValueError("a size is required here: write a size like '512Mi', '25%', or 'max'")
+    host = (info.context or {}).get("host_memory_bytes")
+    try:
+        return parse_size(v, host)
+    except AgentdError as err:
+        raise ValueError(str(err)) from None
+
+
+def _gpu_size(v):
+    """GPU sizes are checked now but resolved later: a percentage is of the GPU's memory."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"bad size {v!r}: expected bytes, a size like '8Gi' or '50%', or 'max'")
+    try:
+        parse_size(v, 1 << 40)
+    except AgentdError as err:
+        raise ValueError(str(err)) from None
+    return v
+
+
+def _cpu(v):
+    try:
+        return parse_cpu(v)
+    except AgentdError as err:
+        raise ValueError(str(err)) from None
+
+
+def _pids(v):
+    if isinstance(v, str) and v.strip().lower() == "max":
+        return None
+    if not _is_int(v) or v <= 0:
+        raise ValueError(f"pids.max must be a positive whole number or 'max', not {v!r}")
+    return v
+
+
+def _name(what):
+    def check(v):
+        if not isinstance(v, str) or not NAME_RE.match(v):
+            raise ValueError(
+                f"bad {what} name {v!r}: use a letter then letters, digits, '_', '.' or '-' "
+                "(at most 48 characters)")
+        return v
+    return check
+
+
+def _program_list(v):
+    if isinstance(v, str):
+        v = [v]        # `program: pytest` reads naturally; accept it as a one-item list
+    if not isinstance(v, list):
+        raise ValueError(f"program must be a list of program names, not {v!r}")
+    if not v:
+        raise ValueError("program list is empty: name at least one program, e.g. [pytest]")
+    for p in v:
+        if not isinstance(p, str) or not PROGRAM_RE.match(p):
+            hint = ""
+            if isinstance(p, str) and "/" in p:
+                hint = f" (programs match the basename of argv[0]: write {p.rsplit('/', 1)[-1]!r})"
+            raise ValueError(f"bad program name {p!r}{hint}")
+    return v
+
+
+def _regex(v):
+    if not isinstance(v, str):
+        raise ValueError(f"argv_regex must be a string, not {v!r}")
+    try:
+        re.compile(v)
+    except re.error as err:
+        raise ValueError(f"invalid regex {v!r}: {err}") from None
+    return v
+
+
+def _abs_path(v):
+    if not isinstance(v, str) or not v.startswith("/") or "\x00" in v:
+        raise ValueError(f"expected an absolute path, not {v!r}")
+    return v
+
+
+def _listen(v):
+    if isinstance(v, str) and v.strip().lower() in ("", "off", "none"):
+        return ""
+    m = re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$", v) if isinstance(v, str) else None
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"bad listen address {v!r}: expected HOST:PORT, e.g. 127.0.0.1:9464, or 'off'")
+    return v
+
+
+Size = Annotated[Optional[int], BeforeValidator(_size)]
+GpuSize = Annotated[object, BeforeValidator(_gpu_size)]
+CpuAmount = Annotated[Optional[float], BeforeValidator(_cpu)]
+PidsMax = Annotated[Optional[int], BeforeValidator(_pids)]
+Priority = ranged_int(0, 1000, "priority")
+Weight = ranged_int(1, 10000, "cpu weight")
+ClassName = Annotated[str, BeforeValidator(_name("class"))]
+RuleName = Annotated[str, BeforeValidator(_name("rule"))]
+ProgramList = Annotated[list[str], BeforeValidator(_program_list)]
+Regex = Annotated[str, BeforeValidator(_regex)]
+AbsPath = Annotated[str, BeforeValidator(_abs_path)]
+ListenAddr = Annotated[str, BeforeValidator(_listen)]
+Seconds = ranged_float(0, None, "duration (seconds)")

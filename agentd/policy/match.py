@@ -1,0 +1,267 @@
+"""Pure evaluation of a policy: which class and limits a tool call gets, and which of an
+agent's children are its housekeeping rather than tool calls.
+
+A rule's `program` condition holds when any program the call runs is listed. The programs of
+a call are the basename of argv[0] plus what its wrappers run: the command string of
+`bash -c`/`sh -c` (every simple command of it, `cd x && pytest -q` gives cd and pytest;
+`eval '...'` is followed), `env`/`timeout`/`nice`/`nohup`/`exec`/`command`/`time`,
+`python -m MOD` (gives MOD), `npx X`, and `uv|poetry|pipenv run X`. `argv_regex` is searched
+in the shell-quoted argv and in every unwrapped command string. Rules are tried in order and
+the first match wins, so put heavy programs (pytest, cargo) before light ones (git).
+"""
+
+import functools
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import AgentdError, RequestError
+from ..kernel import cgroupfs as cg
+from ..units import parse_size
+
+_SHELLS = {"bash", "sh", "dash", "zsh", "ksh", "ash", "busybox"}
+# Words that join or end simple commands in a shell string.
+_SEPARATORS = {"&&", "||", ";", "&", "|", "|&", "\n", "(", ")", "{", "}", ";;"}
+_REDIRECTS = {">", ">>", "<", ">|", "<>", ">&", "<&", "&>", "&>>", "<<<", "<<", "<<-"}
+_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "for", "while", "until",
+             "case", "esac", "in", "!", "function", "time"}
+# Builtins that set the stage; the call's main program is the first word that is none of these.
+_STAGE_BUILTINS = {"cd", "pushd", "popd", "source", ".", "export", "set", "unset", "pwd", "true",
+                   "false", ":", "eval", "exec", "alias", "umask", "ulimit", "shopt", "trap",
+                   "command", "nohup", "env", "timeout", "nice", "sudo", "time"}
+# Wrappers that run the rest of their argv, with the options they take an argument for.
+_WRAPPERS = {"exec": set(), "command": set(), "nohup": set(), "time": set(), "sudo": {"-u", "-g"},
+             "env": {"-u", "-C", "-S"}, "nice": {"-n"}, "timeout": {"-s", "-k", "--signal", "--kill-after"}}
+_RUNNERS = {"uv": "run", "poetry": "run", "pipenv": "run", "pdm": "run"}
+_ASSIGN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_MAX_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class ToolLimits:
+    """Resolved limits of one tool call: bytes, CPUs (2.0 = two CPUs), counts; None = "max"."""
+    memory_min: int = 0
+    memory_low: int = 0
+    memory_high: Optional[int] = None
+    memory_max: Optional[int] = None
+    cpu_weight: int = 100
+    cpu_max: Optional[float] = None
+    pids_max: Optional[int] = None
+
+    def cgroup_values(self, cpu_period_us=100_000):
+        """The cgroup v2 file contents these limits stand for."""
+        def v(n):
+            return "max" if n is None else str(n)
+        quota = "max" if self.cpu_max is None else str(max(1000, int(self.cpu_max * cpu_period_us)))
+        return {cg.MEMORY_MIN: v(self.memory_min), cg.MEMORY_LOW: v(self.memory_low),
+                cg.MEMORY_HIGH: v(self.memory_high), cg.MEMORY_MAX: v(self.memory_max),
+                cg.CPU_WEIGHT: str(self.cpu_weight), cg.CPU_MAX: f"{quota} {cpu_period_us}",
+                cg.PIDS_MAX: v(self.pids_max)}
+
+
+@dataclass(frozen=True)
+class ToolDecision:
+    class_name: str
+    rule_name: Optional[str]        # None when no rule matched
+    priority: int
+    latency: str                    # interactive | normal | batch
+    limits: ToolLimits
+    stragglers: str                 # kill | wait
+    straggler_grace_s: float
+    device: str                     # cpu | gpu | auto
+    gpu: object                     # the class's ToolGpu settings
+    forecast: bool                  # may adaptive limits move memory.high
+    program: str                    # the program doing the work, e.g. pytest for bash -c "cd x && pytest"
+    reason: str                     # one phrase: "rule tests", "declared class batch", "default class"
+    notes: tuple = ()               # e.g. a --mem request capped by the policy
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(pattern):
+    return re.compile(pattern)
+
+
+def _shell_commands(text):
+    """The simple commands (lists of words) of a shell command string."""
+    for suffix in ("", '"', "'"):   # a cut-off quote is closed rather than refused
+        lex = shlex.shlex(text + suffix, posix=True, punctuation_chars=";&|()<>")
+        lex.whitespace = " \t\r"
+        lex.wordchars += "~-./*?=%+:@,[]^!$#"
+        lex.commenters = ""
+        try:
+            tokens = list(lex)
+            break
+        except ValueError:
+            continue
+    else:
+        tokens = text.split()
+    cmds, cur, skip_next = [], [], False
+    for tok in tokens:
+        if skip_next:
+            skip_next = False
+        elif tok in _SEPARATORS:
+            if cur:
+                cmds.append(cur)
+            cur = []
+        elif tok in _REDIRECTS:
+            skip_next = True
+        elif tok in _KEYWORDS and not cur:
+            continue
+        else:
+            cur.append(tok)
+    if cur:
+        cmds.append(cur)
+    return cmds
+
+
+def _shell_script(words):
+    """The command string of `sh -c STRING` / `bash -lc STRING`, or None."""
+    for i, w in enumerate(words[1:], 1):
+        if w == "--":
+            return None
+        if w.startswith("-") and not w.startswith("--") and "c" in w[1:]:
+            rest = [x for x in words[i + 1:] if not x.startswith("-")]
+            return rest[0] if rest else None
+        if not w.startswith(("-", "+")):
+            return None
+    return None
+
+
+def _walk(words, depth, programs, scripts):
+    while words and _ASSIGN_RE.match(words[0]):
+        words = words[1:]
+    if not words or depth > _MAX_DEPTH:
+        return
+    prog = os.path.basename(words[0])
+    programs.append(prog)
+    rest = words[1:]
+    if prog in _SHELLS:
+        script = _shell_script(words)
+        if script is not None:
+            scripts.append(script)
+            for cmd in _shell_commands(script):
+                _walk(cmd, depth + 1, programs, scripts)
+    elif prog == "eval" and rest:
+        scripts.append(" ".join(rest))
+        for cmd in _shell_commands(" ".join(rest)):
+            _walk(cmd, depth + 1, programs, scripts)
+    elif prog in _WRAPPERS:
+        takes_arg = _WRAPPERS[prog]
+        i = 0
+        while i < len(rest) and (rest[i].startswith("-") or _ASSIGN_RE.match(rest[i])):
+            i += 2 if rest[i] in takes_arg else 1
+        if prog == "timeout" and i < len(rest):
+            i += 1                     # the duration
+        _walk(rest[i:], depth + 1, programs, scripts)
+    elif re.match(r"^python[0-9.]*$", prog) and "-m" in rest[:-1]:
+        programs.append(rest[rest.index("-m") + 1])
+    elif prog == "npx" and rest:
+        _walk([w for w in rest if not w.startswith("-")][:1], depth + 1, programs, scripts)
+    elif prog in _RUNNERS and rest[:1] == [_RUNNERS[prog]]:
+        _walk([w for w in rest[1:] if not w.startswith("-")][:1], depth + 1, programs, scripts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _analyse(argv):
+    programs, scripts = [], []
+    _walk(list(argv), 0, programs, scripts)
+    seen = []
+    for p in programs:
+        if p not in seen:
+            seen.append(p)
+    return tuple(seen), (shlex.join(argv),) + tuple(scripts)
+
+
+def command_programs(argv):
+    """Every program a call runs, argv[0]'s basename first, wrappers unwrapped."""
+    return _analyse(tuple(argv))[0]
+
+
+def main_program(argv):
+    """The program doing the work: the first that is not a shell or a stage-setting builtin."""
+    progs = command_programs(argv)
+    for p in progs:
+        if p not in _SHELLS and p not in _STAGE_BUILTINS:
+            return p
+    return progs[0] if progs else ""
+
+
+def matches(match, argv, declared_class=None):
+    """Whether a rule's match holds for this call (all given conditions, any_of branches)."""
+    programs, texts = _analyse(tuple(argv))
+    if match.program is not None and not any(p in match.program for p in programs):
+        return False
+    if match.argv_regex is not None:
+        rx = _compiled(match.argv_regex)
+        if not any(rx.search(t) for t in texts):
+            return False
+    if match.declared_class is not None and declared_class not in match.declared_class:
+        return False
+    if match.any_of is not None and not any(matches(m, argv, declared_class) for m in match.any_of):
+        return False
+    return True
+
+
+def _check_argv(argv):
+    if not argv or isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
+        raise RequestError("bad_argv", f"argv must be a non-empty list of strings, not {argv!r}")
+
+
+def is_housekeeping(policy, argv):
+    """Whether an agent's child with this argv is the agent's own housekeeping (no tool call)."""
+    _check_argv(argv)
+    return any(matches(m, argv) for m in policy.detection.housekeeping)
+
+
+def _merged(base, override):
+    """The class's limits block with the keys a rule wrote replaced."""
+    if override is None:
+        return base
+    return base.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+
+def _cap(value, cap):
+    if cap is None:
+        return value
+    return cap if value is None else min(value, cap)
+
+
+def classify_tool(policy, argv, declared_class=None, mem_override=None):
+    """Class and resolved limits of a tool call: first matching rule, else the declared class
+    (when the policy honours it), else defaults.tool_class. `mem_override` (the caller's
+    `--mem`) sets memory.max, never above the policy's cap."""
+    _check_argv(argv)
+    rule = next((r for r in policy.tool_rules if matches(r.match, argv, declared_class)), None)
+    if rule is not None:
+        cls, reason = policy.tool_class(rule.class_), f"rule {rule.name}"
+    elif declared_class and policy.defaults.honour_declared_class:
+        cls, reason = policy.tool_class(declared_class), f"declared class {declared_class}"
+    else:
+        cls, reason = policy.tool_class(), "default class"
+    mem = _merged(cls.memory, rule and rule.memory)
+    cpu = _merged(cls.cpu, rule and rule.cpu)
+    pids = _merged(cls.pids, rule and rule.pids)
+    mem_max, notes = mem.max, []
+    if mem_override is not None:
+        try:
+            want = parse_size(mem_override, policy.host_memory_bytes)
+        except AgentdError as err:
+            raise RequestError("bad_size", f"--mem: {err}") from None
+        if want is None:
+            if mem_max is not None:
+                notes.append(f"--mem {mem_override} asks for no limit; the policy caps memory.max at {mem_max}")
+        elif mem_max is None or want <= mem_max:
+            mem_max = want
+        else:
+            notes.append(f"--mem {mem_override} is above the policy's cap; memory.max stays {mem_max}")
+    # Nothing below memory.max may exceed it (a --mem under the class's high lowers high too).
+    high, low, mn = _cap(mem.high, mem_max), _cap(mem.low, mem_max), _cap(mem.min, mem_max)
+    limits = ToolLimits(memory_min=mn, memory_low=low, memory_high=high, memory_max=mem_max,
+                        cpu_weight=cpu.weight, cpu_max=cpu.max, pids_max=pids.max)
+    return ToolDecision(
+        class_name=cls.name, rule_name=rule.name if rule else None, priority=cls.priority,
+        latency=cls.latency, limits=limits, stragglers=cls.stragglers,
+        straggler_grace_s=cls.straggler_grace_s, device=cls.device, gpu=cls.gpu,
+        forecast=cls.forecast, program=main_program(argv), reason=reason, notes=tuple(notes))

@@ -1,0 +1,344 @@
+"""The policy schema: frozen pydantic models a loaded policy is made of.
+
+Sizes are resolved to bytes at load (None = unlimited, "max"); percentages of host memory are
+resolved against the host memory given to the loader, so every later stage works in bytes.
+CPU maxima are fractions of one CPU (2.0 = "200%"). Every model forbids unknown keys, so a
+misspelt key is an error at load instead of a silently ignored limit.
+
+Limits blocks (memory, cpu, pids) double as overrides in tool rules: only the keys a rule
+writes replace the class's values (`model_fields_set` tells which were written).
+"""
+
+import re
+from typing import Annotated, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .fields import (AbsPath, ClassName, CpuAmount, GpuSize, ListenAddr, PidsMax, Priority,
+                     ProgramList, Regex, RuleName, Seconds, Size, Weight, ranged_float, ranged_int)
+from ..errors import RequestError
+from ..units import format_size, parse_size
+
+LADDER_STEPS = ("throttle", "freeze", "kill")
+LATENCY_CLASSES = ("interactive", "normal", "batch")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _no_name(v):
+    # A class's name is its key in the mapping; a `name:` inside would silently lose.
+    if v:
+        raise ValueError("a class is named by its key; remove `name:` from inside it")
+    return v
+
+
+def _order_error(sub, lo_name, lo, hi_name, hi):
+    # `sub` extends the error's key path so the message points at the offending key's line.
+    return PydanticCustomError(
+        "policy_order", "{lo_name} ({lo}) must not exceed {hi_name} ({hi})",
+        {"subpath": sub, "lo_name": lo_name, "lo": format_size(lo), "hi_name": hi_name,
+         "hi": format_size(hi)})
+
+
+class MemoryLimits(_Model):
+    """cgroup memory.min/low/high/max in bytes; None = "max" (no limit)."""
+    min: Size = 0
+    low: Size = 0
+    high: Size = None
+    max: Size = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        # Only keys the author wrote are compared: `{max: 1Gi}` leaves high unset, not "max".
+        keys = [k for k in ("min", "low", "high", "max") if k in self.model_fields_set]
+        for i, lo_key in enumerate(keys):
+            for hi_key in keys[i + 1:]:
+                lo, hi = getattr(self, lo_key), getattr(self, hi_key)
+                # None is "max": larger than any number of bytes.
+                if hi is not None and (lo is None or lo > hi):
+                    raise _order_error(hi_key, f"memory.{lo_key}", lo, f"memory.{hi_key}", hi)
+        return self
+
+
+class CpuLimits(_Model):
+    weight: Weight = 100
+    max: CpuAmount = None          # CPUs; None = no quota
+
+
+class PidsLimits(_Model):
+    max: PidsMax = None
+
+
+class AgentGpu(_Model):
+    memory_budget: GpuSize = "max"   # bytes, "50%" of a GPU's memory, or "max"
+    priority: Priority = 50
+    over_budget: Literal["notify", "kill"] = "notify"   # applied to the agent's lowest-priority GPU call
+
+    def budget_bytes(self, gpu_total_bytes):
+        """The budget in bytes for a GPU of `gpu_total_bytes`; None = unlimited."""
+        return parse_size(self.memory_budget, gpu_total_bytes)
+
+
+class AgentClass(_Model):
+    name: Annotated[str, AfterValidator(_no_name)] = Field(default="", exclude=True)  # = mapping key
+    description: str = ""
+    priority: Priority = 50
+    memory: MemoryLimits = MemoryLimits()
+    cpu: CpuLimits = CpuLimits()
+    pids: PidsLimits = PidsLimits()
+    kill_main_allowed: bool = False
+    gpu: AgentGpu = AgentGpu()
+
+
+class ToolGpu(_Model):
+    fallback: Literal["offload", "wait"] = "offload"   # when no GPU has room
+    offload_cpu_weight: Optional[Weight] = None        # cpu.weight given to a call offloaded to CPU
+    mps_active_thread_percentage: Optional[ranged_int(1, 100, "MPS thread percentage")] = None
+    mps_pinned_mem_limit: Optional[GpuSize] = None
+
+
+class ToolClass(_Model):
+    name: Annotated[str, AfterValidator(_no_name)] = Field(default="", exclude=True)
+    description: str = ""
+    priority: Priority = 50
+    latency: Literal["interactive", "normal", "batch"] = "normal"
+    memory: MemoryLimits = MemoryLimits()
+    cpu: CpuLimits = CpuLimits()
+    pids: PidsLimits = PidsLimits()
+    forecast: bool = True              # may adaptive limits move memory.high for this class
+    stragglers: Literal["kill", "wait"] = "kill"   # processes left when the command ends
+    straggler_grace_s: Seconds = 1.0
+    device: Literal["cpu", "gpu", "auto"] = "auto"
+    gpu: ToolGpu = ToolGpu()
+
+
+class Match(_Model):
+    """Conditions of a rule; all given conditions must hold, `any_of` holds if one branch does."""
+    program: Optional[ProgramList] = None
+    argv_regex: Optional[Regex] = None
+    declared_class: Optional[ProgramList] = None   # the `agentd tool --class` value(s)
+    any_of: Optional[list["Match"]] = None
+
+    @field_validator("declared_class", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("any_of")
+    @classmethod
+    def _nonempty(cls, v):
+        if v is not None and not v:
+            raise ValueError("any_of is empty: give at least one match")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.model_fields_set - {"any_of"} and not self.any_of:
+            raise ValueError("match has no condition: give program, argv_regex, declared_class or "
+                             "any_of (calls no rule matches get defaults.tool_class)")
+        return self
+
+
+class ToolRule(_Model):
+    name: RuleName
+    description: str = ""
+    match: Match
+    class_: str = Field(alias="class")
+    memory: Optional[MemoryLimits] = None
+    cpu: Optional[CpuLimits] = None
+    pids: Optional[PidsLimits] = None
+
+
+class DaemonConfig(_Model):
+    root: str = "auto"                 # "auto" = the cgroup systemd delegated, else an absolute path
+    socket: AbsPath = "/run/agentd/agentd.sock"
+    api_group: str = "agentd"
+    metrics_listen: ListenAddr = "127.0.0.1:9464"   # "" / off = no metrics endpoint
+    state_dir: AbsPath = "/var/lib/agentd"
+    event_log: AbsPath = "/var/log/agentd/events.jsonl"
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v):
+        if v != "auto" and not v.startswith("/"):
+            raise ValueError(f"daemon.root must be 'auto' or an absolute cgroup path, not {v!r}")
+        return v
+
+    @field_validator("api_group")
+    @classmethod
+    def _group(cls, v):
+        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}\$?$", v):
+            raise ValueError(f"bad group name {v!r}")
+        return v
+
+
+class Defaults(_Model):
+    agent_class: str = "normal"
+    tool_class: str = "normal"
+    honour_declared_class: bool = True   # `agentd tool --class C` picks C when no rule matches
+
+
+# Children of a freshly started agent that are its own housekeeping, not tool calls
+# (see /work/shared/AGENT-SPAWNING.md: Claude Code's shell snapshot and env probe,
+# mini-swe-agent's platform probe).
+DEFAULT_HOUSEKEEPING = (
+    Match(argv_regex=r"^(/bin/|/usr/bin/)?(ba)?sh -c -l$"),
+    Match(argv_regex=r"^(/bin/|/usr/bin/)?(ba)?sh -c env$"),
+    Match(argv_regex=r"^(/bin/|/usr/bin/)?sh -c 'npm root -g'$"),
+    Match(program=["uname", "which"]),
+)
+
+
+class Detection(_Model):
+    enabled: bool = True
+    new_session_only: bool = False     # count only children that lead a new session (setsid)
+    startup_grace_s: Seconds = 0.0     # children in the agent's first seconds are housekeeping
+    agent_programs: list[str] = []     # main-cgroup processes whose children are tool calls; [] = all
+    tool_parents: list[str] = []       # persistent shells whose children are tool calls
+    housekeeping: list[Match] = list(DEFAULT_HOUSEKEEPING)
+
+
+class Forecast(_Model):
+    predictor: str = "default"
+    headroom: ranged_float(1.0, 100.0, "forecast.headroom") = 1.5
+    min_high: Size = 64 * 2**20
+    quantile: ranged_float(0.0, 1.0, "forecast.quantile", lo_open=True) = 0.95
+
+    @field_validator("predictor")
+    @classmethod
+    def _predictor(cls, v):
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_.-]*$", v):
+            raise ValueError(f"bad predictor name {v!r}")
+        return v
+
+
+class Pressure(_Model):
+    # The kernel accepts PSI trigger windows of 0.5..10 s; without CAP_SYS_RESOURCE only
+    # multiples of 2 s, hence the default window.
+    psi_some_threshold_us: ranged_int(1, 10_000_000, "psi_some_threshold_us") = 200_000
+    psi_window_us: ranged_int(500_000, 10_000_000, "psi_window_us") = 2_000_000
+    steps: list[str] = list(LADDER_STEPS)
+    step_interval_s: ranged_float(0.0, None, "step_interval_s", lo_open=True) = 2.0
+    relief_interval_s: ranged_float(0.0, None, "relief_interval_s", lo_open=True) = 5.0
+    throttle_factor: ranged_float(0.0, 1.0, "throttle_factor", lo_open=True, hi_open=True) = 0.5
+    # Memory that tool calls' forecast peaks may add up to before admission makes calls wait.
+    budget: Size = Field(default="90%", validate_default=True)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v):
+        if not v:
+            raise ValueError("steps is empty: give at least one of throttle, freeze, kill")
+        for s in v:
+            if s not in LADDER_STEPS:
+                raise ValueError(f"unknown ladder step {s!r}: expected one of {', '.join(LADDER_STEPS)}")
+        dup = [s for s in set(v) if v.count(s) > 1]
+        if dup:
+            raise ValueError(f"ladder step {dup[0]!r} is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _threshold_in_window(self):
+        if self.psi_some_threshold_us > self.psi_window_us:
+            raise PydanticCustomError(
+                "policy_order", "psi_some_threshold_us ({t}) must not exceed psi_window_us ({w})",
+                {"subpath": "psi_some_threshold_us", "t": self.psi_some_threshold_us,
+                 "w": self.psi_window_us})
+        return self
+
+
+class Admission(_Model):
+    enabled: bool = True
+    max_wait_s: Seconds = 60.0
+    on_timeout: Literal["run", "fail"] = "run"
+
+
+class LatencySlices(_Model):
+    interactive: ranged_int(50, 1_000_000, "slice_us") = 1_000
+    normal: ranged_int(50, 1_000_000, "slice_us") = 5_000
+    batch: ranged_int(50, 1_000_000, "slice_us") = 20_000
+
+
+class CpuConfig(_Model):
+    scheduler: Literal["auto", "sched_ext", "weights", "none"] = "auto"
+    slice_us: LatencySlices = LatencySlices()
+    retry_backoff_s: ranged_float(0.0, None, "retry_backoff_s", lo_open=True) = 5.0
+
+
+# Tool classes a policy without `tool_classes` gets.
+BUILTIN_TOOL_CLASSES = {
+    "interactive": {"priority": 80, "latency": "interactive", "cpu": {"weight": 200},
+                    "straggler_grace_s": 0.5},
+    "normal": {"priority": 50},
+    "batch": {"priority": 20, "latency": "batch", "cpu": {"weight": 50}},
+}
+
+
+def _section():
+    # An absent section is validated from {} (not a prebuilt default) so its sizes are
+    # resolved against this load's host memory.
+    return Field(default_factory=dict, validate_default=True)
+
+
+class Policy(_Model):
+    version: int
+    daemon: DaemonConfig = _section()
+    defaults: Defaults = _section()
+    agent_classes: dict[ClassName, AgentClass] = Field(
+        default_factory=lambda: {"normal": {}}, validate_default=True)
+    tool_classes: dict[ClassName, ToolClass] = Field(
+        default_factory=lambda: dict(BUILTIN_TOOL_CLASSES), validate_default=True)
+    tool_rules: list[ToolRule] = []
+    detection: Detection = _section()
+    forecast: Forecast = _section()
+    pressure: Pressure = _section()
+    admission: Admission = _section()
+    cpu: CpuConfig = _section()
+
+    _source: str = PrivateAttr(default="<policy>")
+    _host_memory_bytes: Optional[int] = PrivateAttr(default=None)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v):
+        if v != 1 or isinstance(v, bool):
+            raise ValueError(f"unsupported policy version {v!r}: this agentd reads version 1")
+        return v
+
+    @field_validator("agent_classes", "tool_classes")
+    @classmethod
+    def _named(cls, v):
+        if not v:
+            raise ValueError("define at least one class")
+        return {k: c.model_copy(update={"name": k}) for k, c in v.items()}
+
+    @property
+    def source(self):
+        """Where the policy was read from (a path or a name)."""
+        return self._source
+
+    @property
+    def host_memory_bytes(self):
+        """The host memory percentages were resolved against."""
+        return self._host_memory_bytes
+
+    def agent_class(self, name=None):
+        """The named agent class (None = defaults.agent_class); RequestError if unknown."""
+        name = name or self.defaults.agent_class
+        try:
+            return self.agent_classes[name]
+        except KeyError:
+            raise RequestError("unknown_class", f"no agent class {name!r} in policy {self.source} "
+                               f"(defined: {', '.join(sorted(self.agent_classes))})") from None
+
+    def tool_class(self, name=None):
+        """The named tool class (None = defaults.tool_class); RequestError if unknown."""
+        name = name or self.defaults.tool_class
+        try:
+            return self.tool_classes[name]
+        except KeyError:
+            raise RequestError("unknown_class", f"no tool class {name!r} in policy {self.source} "
+                               f"(defined: {', '.join(sorted(self.tool_classes))})") from None

@@ -1,0 +1,87 @@
+"""Re-adopting the tree after a daemon restart (or kill -9).
+
+Agents and tool calls keep running while the daemon is away. On start the daemon walks
+its subtree: every agent and tool-call cgroup that still has processes is taken back
+(argv, class and sequence numbers from the state file where it has them), every empty
+leftover is logged as ended and removed.
+"""
+
+import logging
+import time
+
+from .errors import CgroupGone, KernelError
+from .model import Agent, ToolCall, ToolPlan
+
+log = logging.getLogger("agentd.adopt")
+
+
+def readopt(ctl):
+    """Rebuild `ctl.agents` from cgroupfs + state. Returns (agents, tools, removed) counts."""
+    state = ctl.state.load()
+    fs = ctl.fs
+    n_agents = n_tools = removed = 0
+    try:
+        agent_names = fs.children(ctl.agents_cgroup)
+    except CgroupGone:
+        return 0, 0, 0
+    for name in agent_names:
+        cg = f"{ctl.agents_cgroup}/{name}"
+        st = state["agents"].get(name, {})
+        agent = Agent(agent_id=name, cgroup=cg, agent_class=st.get("class", "unknown"),
+                      priority=st.get("priority", 0), uid=st.get("uid", 0), policy=st.get("policy"),
+                      created=st.get("created", time.time()), next_seq=st.get("next_seq", 1))
+        try:
+            tool_names = fs.children(agent.tools_cgroup) if fs.exists(agent.tools_cgroup) else []
+            for tname in tool_names:
+                tcg = f"{agent.tools_cgroup}/{tname}"
+                seq = _seq(tname)
+                if seq is not None:
+                    agent.next_seq = max(agent.next_seq, seq + 1)
+                if not fs.populated(tcg):
+                    fs.rmdir(tcg)
+                    removed += 1
+                    ctl.events.emit("tool_end", agent=name, tool=tname, outcome="unknown",
+                                    reason="ended while the daemon was down")
+                    continue
+                tst = state["tools"].get(f"{name}/{tname}", {})
+                cls = tst.get("class") or tname.partition("-")[2] or "unknown"
+                plan = ToolPlan(tool_class=cls, priority=tst.get("priority", 0), limits={},
+                                stragglers=tst.get("stragglers", "kill"))
+                tool = ToolCall(agent_id=name, tool_id=tname, cgroup=tcg, argv=tst.get("argv", []), plan=plan,
+                                origin=tst.get("origin", "adopted"), intent=tst.get("intent"),
+                                pid=tst.get("pid"), started=tst.get("started", time.time()))
+                tool.limits_applied = tst.get("limits", {})
+                tool.cgroup_id = fs.cgroup_id(tcg)
+                # The launcher that owned it reconnects to report the exit; until then the
+                # sweep may finish it once its cgroup is empty.
+                tool.orphaned = True
+                agent.tools[tname] = tool
+                n_tools += 1
+            main_alive = fs.exists(agent.main_cgroup) and fs.populated(agent.main_cgroup)
+            if not main_alive and not agent.tools:
+                fs.remove_tree(cg)
+                removed += 1
+                ctl.events.emit("agent_end", agent=name, reason="ended while the daemon was down")
+                continue
+            if main_alive:
+                agent.main_pids = set(fs.procs(agent.main_cgroup))
+        except CgroupGone:
+            continue
+        except KernelError as err:
+            log.warning("cannot re-adopt agent %s: %s", name, err)
+            continue
+        ctl.agents[name] = agent
+        n_agents += 1
+        ctl.events.emit("agent_adopted", agent=name, tools=sorted(agent.tools))
+        ctl._hook("on_agent_start", agent)
+        for tool in agent.tools.values():
+            ctl._hook("on_tool_start", agent, tool)
+    ctl._save()
+    if n_agents or removed:
+        log.info("re-adopted %d agents and %d tool calls; removed %d empty leftovers", n_agents, n_tools, removed)
+    return n_agents, n_tools, removed
+
+
+def _seq(tool_name):
+    head = tool_name.partition("-")[0]
+    return int(head) if head.isdigit() else None

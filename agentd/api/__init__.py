@@ -1,0 +1,1 @@
+"""The daemon's unix-socket API: one JSON object per line, versioned."""

@@ -1,0 +1,332 @@
+"""The agent / tool-call cgroup tree: create, place, limit, finish, re-adopt.
+
+Layout under the controller's root (relative to the cgroup v2 mount):
+
+    <root>/daemon                       the daemon's own process (a leaf, so the
+                                        "no internal processes" rule never bites)
+    <root>/agents/<agent>/main          the agent's own processes
+    <root>/agents/<agent>/tools/<seq>-<class>   one cgroup per tool call
+
+The controller is synchronous and owns no threads: the daemon's event loop calls it.
+"""
+
+import logging
+import os
+import time
+
+from . import names
+from .errors import AgentdError, CgroupGone, KernelError, ProcessGone, RequestError
+from .kernel import cgroupfs as cgf
+from .model import Agent, ToolCall
+
+log = logging.getLogger("agentd.controller")
+
+AGENTS = "agents"
+
+
+class Controller:
+    def __init__(self, fs, root, caps, planner, state, events, procfs, sampler=None, history=None):
+        self.fs = fs                  # CgroupFS
+        self.root = root.strip("/")
+        self.caps = caps
+        self.planner = planner        # policy front: agent_limits(), plan_tool()
+        self.state = state            # StateStore
+        self.events = events          # EventLog
+        self.procfs = procfs
+        self.sampler = sampler        # callable(cgroup, pids) -> bytes, for hosts without memory.current
+        self.history = history        # optional: record(toolcall, result)
+        self.agents = {}
+        self.counters = {"tool_started": {}, "tool_finished": {}}
+        self.hooks = []               # objects with on_tool_start/on_tool_end/on_agent_*(...)
+
+    # --- tree ----------------------------------------------------------------
+    @property
+    def agents_cgroup(self):
+        return f"{self.root}/{AGENTS}"
+
+    def setup(self):
+        """Create the root and enable controllers down to it, as far as the kernel allows."""
+        self.fs.makedirs(self.agents_cgroup)
+        self._enable_path(self.agents_cgroup)
+
+    def _enable_path(self, cg):
+        """Enable controllers on every ancestor of `cg` below the mount, so its children get them.
+
+        Writing subtree_control needs the ancestor to have no processes of its own; where
+        that fails, agentd works with what it has (the capability warning says so).
+        """
+        parts = cg.strip("/").split("/")
+        for i in range(0, len(parts)):
+            parent = "/".join(parts[:i])
+            try:
+                self.fs.enable_controllers(parent)
+            except KernelError as err:
+                log.debug("cannot enable controllers on %r: %s", parent or "/", err)
+
+    def _save(self):
+        agents = {a.agent_id: a.to_state() for a in self.agents.values()}
+        tools = {t.key: t.to_state() for a in self.agents.values() for t in a.tools.values()}
+        self.state.save(agents, tools)
+
+    def _apply(self, cg, limits, who, reason):
+        """Write limit files; log old -> new; skip files the kernel does not offer here."""
+        applied = {}
+        for name, value in limits.items():
+            if value is None:
+                continue
+            if not self.fs.has(cg, name):
+                continue
+            try:
+                old = self.fs.read(cg, name).strip()
+                new = "max" if value == "max" else str(value)
+                if old != new:
+                    self.fs.write(cg, name, new)
+                    log.info("%s: %s %s -> %s (%s)", who, name, old, new, reason)
+                applied[name] = new
+            except CgroupGone:
+                raise
+            except KernelError as err:
+                log.warning("%s: cannot set %s=%s: %s", who, name, value, err)
+        return applied
+
+    # --- agents --------------------------------------------------------------
+    def create_agent(self, name=None, agent_class=None, uid=0, policy=None, standalone=False):
+        if name is None:
+            name = self._fresh_agent_name()
+        names.check_name(name, "agent name")
+        if name in self.agents or self.fs.exists(f"{self.agents_cgroup}/{name}"):
+            raise RequestError("exists", f"an agent named {name!r} already runs; pick another --name")
+        cls_name, priority, limits = self.planner.agent_limits(agent_class)
+        cg = f"{self.agents_cgroup}/{name}"
+        self.fs.mkdir(cg, exist_ok=False)
+        agent = Agent(agent_id=name, cgroup=cg, agent_class=cls_name, priority=priority, uid=uid,
+                      policy=policy, standalone=standalone)
+        try:
+            self.fs.mkdir(agent.main_cgroup)
+            self.fs.mkdir(agent.tools_cgroup)
+            self.fs.enable_controllers(cg)
+            self.fs.enable_controllers(agent.tools_cgroup)
+            agent.limits_applied = self._apply(cg, limits, f"agent {name}", f"class {cls_name}")
+        except AgentdError:
+            self.fs.remove_tree(cg)
+            raise
+        self.agents[name] = agent
+        self._save()
+        self.events.emit("agent_start", agent=name, agent_class=cls_name, limits=agent.limits_applied)
+        self._hook("on_agent_start", agent)
+        return agent
+
+    def _fresh_agent_name(self):
+        base = time.strftime("a%Y%m%d-%H%M%S")
+        for i in range(1000):
+            n = base if i == 0 else f"{base}-{i}"
+            if n not in self.agents and not self.fs.exists(f"{self.agents_cgroup}/{n}"):
+                return n
+        raise AgentdError("cannot find a free agent name")
+
+    def place_main(self, agent, pid):
+        self.fs.move(agent.main_cgroup, pid)
+        agent.main_pids.add(pid)
+
+    def agent_of_cgroup(self, cgroup_path):
+        """(agent, tool_or_None) for a process's cgroup path ("/<root>/agents/<id>/..."), or (None, None)."""
+        rel = cgroup_path.strip("/")
+        prefix = self.agents_cgroup + "/"
+        if not rel.startswith(prefix):
+            return None, None
+        parts = rel[len(prefix):].split("/")
+        agent = self.agents.get(parts[0])
+        if agent is None:
+            return None, None
+        if len(parts) >= 3 and parts[1] == "tools":
+            return agent, agent.tools.get(parts[2])
+        return agent, None
+
+    def agent_of_pid(self, pid):
+        return self.agent_of_cgroup(self.procfs.cgroup(pid))
+
+    def remove_agent(self, agent, kill=True, reason="ended"):
+        """Tear down an agent's tree. Tool calls still running are finished first."""
+        for tool in list(agent.tools.values()):
+            self.finish_tool(tool, status=None, reason=reason, force_kill=kill)
+        try:
+            if kill and self.fs.exists(agent.cgroup) and self.fs.populated(agent.cgroup):
+                self.fs.kill(agent.cgroup)
+                self.fs.wait_empty(agent.cgroup, 2.0)
+            self.fs.remove_tree(agent.cgroup)
+        except CgroupGone:
+            pass
+        except KernelError as err:
+            log.warning("agent %s: cannot remove its cgroup: %s", agent.agent_id, err)
+        self.agents.pop(agent.agent_id, None)
+        self._save()
+        self.events.emit("agent_end", agent=agent.agent_id, reason=reason)
+        self._hook("on_agent_end", agent)
+
+    # --- tool calls ----------------------------------------------------------
+    def start_tool(self, agent, pid, argv, declared_class=None, mem=None, intent=None, origin="launcher"):
+        """Create a tool-call cgroup in `agent`, apply its limits and move `pid` into it.
+
+        `pid` must not have exec'd the tool yet (the launcher's child waits for our reply;
+        the automatic path holds it stopped), so everything it forks lands inside.
+        """
+        plan = self.planner.plan_tool(agent, argv, declared_class, mem)
+        names.check_name(plan.tool_class, "tool class")
+        seq = agent.next_seq
+        agent.next_seq += 1
+        tool_id = f"{seq:04d}-{plan.tool_class}"
+        cg = f"{agent.tools_cgroup}/{tool_id}"
+        tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=cg, argv=list(argv), plan=plan,
+                        origin=origin, intent=intent, pid=pid)
+        self.fs.mkdir(cg, exist_ok=False)
+        try:
+            self._hook("on_tool_plan", agent, tool)      # forecaster may adjust plan.limits
+            tool.limits_applied = self._apply(cg, plan.limits, f"tool {tool.key}",
+                                              f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""))
+            tool.cgroup_id = self.fs.cgroup_id(cg)
+            self.fs.move(cg, pid)
+        except (AgentdError, OSError):
+            self.fs.rmdir(cg)
+            raise
+        agent.tools[tool_id] = tool
+        c = self.counters["tool_started"]
+        c[plan.tool_class] = c.get(plan.tool_class, 0) + 1
+        self._save()
+        self.events.emit("tool_start", agent=agent.agent_id, tool=tool_id, argv=tool.argv[:64],
+                         tool_class=plan.tool_class, rule=plan.rule, origin=origin, intent=intent,
+                         limits=tool.limits_applied)
+        self._hook("on_tool_start", agent, tool)
+        return tool
+
+    def sample_tool(self, tool):
+        """Current memory of a tool call: memory.current, else the sum of its processes' RSS."""
+        try:
+            if self.fs.has(tool.cgroup, cgf.MEMORY_CURRENT):
+                cur = self.fs.read_int(tool.cgroup, cgf.MEMORY_CURRENT)
+            elif self.sampler:
+                cur = self.sampler(self.fs.procs(tool.cgroup))
+            else:
+                return None
+        except (CgroupGone, ProcessGone):
+            return None
+        if cur is not None and cur > tool.peak_sample:
+            tool.peak_sample = cur
+        return cur
+
+    def finish_tool(self, tool, status=None, rusage=None, reason="exited", force_kill=False):
+        """Deal with stragglers, collect accounting, remove the cgroup, log one event.
+
+        Returns the result dict (also the machine-readable feedback for the agent).
+        """
+        if tool.done:
+            return None
+        agent = self.agents.get(tool.agent_id)
+        cg = tool.cgroup
+        stragglers = 0
+        removed = True
+        try:
+            if self.fs.exists(cg) and self.fs.populated(cg):
+                self.sample_tool(tool)
+                stragglers = len(self.fs.procs(cg))
+                if tool.frozen:
+                    self.fs.freeze(cg, False)
+                if force_kill or tool.plan.stragglers == "kill":
+                    if not self.fs.wait_empty(cg, 0 if force_kill else tool.plan.straggler_grace_s):
+                        self.fs.kill(cg)
+                        self.fs.wait_empty(cg, 5.0)
+                else:
+                    removed = False       # "wait": leave it; the sweep removes it once empty
+            accounting = self._accounting(tool)
+            if removed:
+                self.fs.rmdir(cg)
+        except CgroupGone:
+            accounting = self._accounting(tool, gone=True)
+        except KernelError as err:
+            log.warning("tool %s: cleanup failed: %s", tool.key, err)
+            accounting = self._accounting(tool, gone=True)
+            removed = False
+        peak = max(accounting.pop("memory_peak_cgroup") or 0, tool.peak_sample,
+                   (rusage or {}).get("maxrss_kb", 0) * 1024)
+        wall = time.monotonic() - tool.started_mono
+        outcome = _outcome(status, tool, accounting)
+        result = {
+            "agent": tool.agent_id, "tool": tool.tool_id, "argv": tool.argv[:64], "tool_class": tool.plan.tool_class,
+            "rule": tool.plan.rule, "origin": tool.origin, "status": status, "outcome": outcome,
+            "wall_s": round(wall, 4),
+            "cpu_s": round(accounting.pop("cpu_s") or ((rusage or {}).get("utime_s", 0) + (rusage or {}).get("stime_s", 0)), 4),
+            "memory_peak_bytes": peak, "memory_events": accounting["memory_events"],
+            "limits": tool.limits_applied, "actions": tool.actions, "stragglers": stragglers,
+            "reason": reason, "cgroup_removed": removed,
+        }
+        if tool.forecast is not None:
+            result["forecast_bytes"] = getattr(tool.forecast, "peak_bytes", None)
+        tool.done = True
+        if agent and removed:
+            agent.tools.pop(tool.tool_id, None)
+        c = self.counters["tool_finished"]
+        k = (tool.plan.tool_class, outcome)
+        c[k] = c.get(k, 0) + 1
+        self._save()
+        self.events.emit("tool_end", **result)
+        self._hook("on_tool_end", agent, tool, result)
+        if self.history:
+            try:
+                self.history(tool, agent, result)
+            except Exception as err:      # the history store must never stop a tool call
+                log.warning("history: cannot record %s: %s", tool.key, err)
+        return result
+
+    def _accounting(self, tool, gone=False):
+        acc = {"memory_events": {}, "memory_peak_cgroup": None, "cpu_s": None}
+        if gone:
+            return acc
+        cg = tool.cgroup
+        try:
+            if self.fs.has(cg, cgf.MEMORY_EVENTS):
+                ev = self.fs.read_flat_keyed(cg, cgf.MEMORY_EVENTS)
+                acc["memory_events"] = {k: ev.get(k, 0) for k in ("low", "high", "max", "oom", "oom_kill")}
+            if self.fs.has(cg, cgf.MEMORY_PEAK):
+                acc["memory_peak_cgroup"] = self.fs.read_int(cg, cgf.MEMORY_PEAK)
+            if self.fs.has(cg, cgf.CPU_STAT):
+                acc["cpu_s"] = self.fs.read_flat_keyed(cg, cgf.CPU_STAT).get("usage_usec", 0) / 1e6
+        except (CgroupGone, KernelError):
+            pass
+        return acc
+
+    def sweep(self):
+        """Finish tool calls whose cgroup emptied without a report (automatic mode, lost
+        launchers) and remove those left waiting for stragglers. Cheap: one read each."""
+        for agent in list(self.agents.values()):
+            for tool in list(agent.tools.values()):
+                try:
+                    empty = not self.fs.exists(tool.cgroup) or not self.fs.populated(tool.cgroup)
+                except CgroupGone:
+                    empty = True
+                if not empty:
+                    continue
+                if tool.done:
+                    self.fs.rmdir(tool.cgroup)
+                    agent.tools.pop(tool.tool_id, None)
+                elif tool.origin != "launcher" or getattr(tool, "orphaned", False):
+                    self.finish_tool(tool, status=None, reason="cgroup emptied")
+
+    def _hook(self, name, *args):
+        for h in self.hooks:
+            fn = getattr(h, name, None)
+            if fn:
+                try:
+                    fn(*args)
+                except Exception:
+                    log.exception("hook %s.%s failed", type(h).__name__, name)
+
+
+def _outcome(status, tool, acc):
+    if any(a.get("action") == "kill" for a in tool.actions):
+        return "killed"
+    if acc["memory_events"].get("oom_kill"):
+        return "oom_killed"
+    if status is None:
+        return "unknown"
+    if "signal" in status:
+        return "signaled"
+    return "ok" if status.get("exit") == 0 else "failed"

@@ -1,0 +1,68 @@
+"""Plain-words feedback for the agent: what happened to its tool call and what would help.
+
+An agent reads stderr; one sentence there lets it adapt (run fewer tests, fewer workers)
+instead of retrying the same thing into the same wall.
+"""
+
+import os
+
+from .units import format_size
+
+_ADVICE = {
+    "pytest": "run a subset of the tests (-k, a single file) or fewer workers (-n 1)",
+    "tox": "run one environment (-e) at a time",
+    "npm": "install fewer packages at once or lower concurrency",
+    "pip": "install one requirement at a time or use --no-cache-dir",
+    "cargo": "build with fewer jobs (-j 1) or without --release",
+    "make": "build with fewer jobs (-j 1)",
+    "mvn": "build a single module (-pl) or lower -T",
+    "gradle": "build a single module or lower --max-workers",
+}
+
+
+def _program(argv):
+    if not argv:
+        return "the command"
+    p = os.path.basename(argv[0])
+    if p in ("bash", "sh", "dash", "zsh") and len(argv) >= 3 and argv[1] in ("-c", "-lc", "-c -l"):
+        words = argv[2].replace("&&", " ").replace(";", " ").split()
+        for w in words:
+            if "=" not in w and w not in ("cd", "source", ".", "eval", "exec", "timeout", "env"):
+                return os.path.basename(w.strip("'\""))
+    if p.startswith("python") and len(argv) >= 3 and argv[1] == "-m":
+        return argv[2]
+    return p
+
+
+def advice_for(argv):
+    return _ADVICE.get(_program(argv), "use less memory (smaller inputs, fewer parallel jobs)")
+
+
+def messages_for(result):
+    """One sentence per notable outcome of a finished tool call (empty when all went well)."""
+    prog = _program(result.get("argv") or [])
+    out = []
+    limit = result.get("limits", {}).get("memory.max")
+    forecast = result.get("forecast_bytes")
+    fc = f" (forecast {format_size(forecast)})" if forecast else ""
+    if result.get("outcome") == "killed":
+        why = next((a.get("reason") for a in result.get("actions", []) if a.get("action") == "kill"), None)
+        out.append(f"[agentd] {prog} was killed by agentd: {why or 'memory pressure'}{fc}; "
+                   f"{advice_for(result.get('argv'))}")
+    elif result.get("outcome") == "oom_killed":
+        lim = f"its {format_size(int(limit))} limit" if limit and limit != "max" else "its memory limit"
+        out.append(f"[agentd] {prog} was killed: it reached {lim}{fc}; {advice_for(result.get('argv'))}")
+    else:
+        for a in result.get("actions", []):
+            if a.get("action") == "freeze":
+                out.append(f"[agentd] {prog} was paused for {a.get('seconds', 0):.1f} s while the host was short "
+                           f"of memory; it finished afterwards")
+                break
+        for a in result.get("actions", []):
+            if a.get("action") == "throttle":
+                out.append(f"[agentd] {prog} was slowed down: memory was tight ({a.get('reason', 'pressure')}); "
+                           f"{advice_for(result.get('argv'))}")
+                break
+    if result.get("stragglers") and result.get("cgroup_removed"):
+        out.append(f"[agentd] {result['stragglers']} background process(es) left by {prog} were stopped when it ended")
+    return out

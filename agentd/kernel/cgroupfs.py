@@ -1,0 +1,283 @@
+"""cgroup v2 filesystem adapter.
+
+Every cgroupfs file name agentd uses is named once here. All paths are relative to a
+`root` given by the caller, so tests can point the adapter at a fake tree on disk
+(see `fakes.py`) or at the real hierarchy.
+"""
+
+import errno
+import os
+import time
+
+from ..errors import CgroupGone, FeatureMissing, KernelError
+
+# File names, named once.
+PROCS = "cgroup.procs"
+EVENTS = "cgroup.events"
+FREEZE = "cgroup.freeze"
+KILL = "cgroup.kill"
+CONTROLLERS = "cgroup.controllers"
+SUBTREE_CONTROL = "cgroup.subtree_control"
+STAT = "cgroup.stat"
+MEMORY_CURRENT = "memory.current"
+MEMORY_PEAK = "memory.peak"
+MEMORY_MIN = "memory.min"
+MEMORY_LOW = "memory.low"
+MEMORY_HIGH = "memory.high"
+MEMORY_MAX = "memory.max"
+MEMORY_SWAP_MAX = "memory.swap.max"
+MEMORY_EVENTS = "memory.events"
+MEMORY_STAT = "memory.stat"
+MEMORY_PRESSURE = "memory.pressure"
+CPU_PRESSURE = "cpu.pressure"
+IO_PRESSURE = "io.pressure"
+CPU_WEIGHT = "cpu.weight"
+CPU_MAX = "cpu.max"
+CPU_STAT = "cpu.stat"
+PIDS_MAX = "pids.max"
+PIDS_CURRENT = "pids.current"
+
+# Controllers agentd enables down its tree when the kernel offers them.
+WANTED_CONTROLLERS = ("cpu", "memory", "pids", "io")
+
+_GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
+
+
+def _raise(err, what):
+    if err.errno in _GONE:
+        raise CgroupGone(f"{what}: {err.strerror}") from err
+    raise KernelError(f"{what}: {err.strerror}") from err
+
+
+def find_cgroup2_mount(mounts="/proc/self/mounts"):
+    """Return the mount point of the cgroup v2 hierarchy, or None.
+
+    Pure v2 hosts mount it at /sys/fs/cgroup; hybrid hosts (v1 controllers plus a
+    controller-less v2 tree) at /sys/fs/cgroup/unified. Prefer the one with controllers.
+    """
+    found = []
+    try:
+        with open(mounts) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == "cgroup2":
+                    found.append(parts[1].replace("\\040", " "))
+    except OSError:
+        return None
+    if not found:
+        return None
+    for path in found:
+        try:
+            with open(os.path.join(path, CONTROLLERS)) as f:
+                if f.read().strip():
+                    return path
+        except OSError:
+            continue
+    return found[0]
+
+
+def own_cgroup(pid="self", proc="/proc"):
+    """The v2 cgroup path (relative to the v2 mount, leading '/') of a process."""
+    try:
+        with open(f"{proc}/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError as err:
+        if err.errno in _GONE:
+            from ..errors import ProcessGone
+            raise ProcessGone(f"process {pid} is gone") from err
+        raise KernelError(f"reading /proc/{pid}/cgroup: {err.strerror}") from err
+    raise FeatureMissing(f"process {pid} has no cgroup v2 membership")
+
+
+class CgroupFS:
+    """Read and write a cgroup v2 hierarchy mounted at `mount`.
+
+    Cgroups are named by their path relative to the mount ("agentd/agents/a1/main").
+    """
+
+    def __init__(self, mount):
+        self.mount = mount
+
+    def path(self, cg, name=None):
+        p = os.path.join(self.mount, cg.strip("/")) if cg.strip("/") else self.mount
+        return os.path.join(p, name) if name else p
+
+    # --- tree -------------------------------------------------------------
+    def exists(self, cg):
+        return os.path.isdir(self.path(cg))
+
+    def mkdir(self, cg, exist_ok=True):
+        try:
+            os.mkdir(self.path(cg))
+            return True
+        except FileExistsError:
+            if not exist_ok:
+                raise KernelError(f"cgroup {cg} already exists") from None
+            return False
+        except OSError as err:
+            _raise(err, f"creating cgroup {cg}")
+
+    def makedirs(self, cg):
+        parts = [p for p in cg.strip("/").split("/") if p]
+        cur = ""
+        for p in parts:
+            cur = f"{cur}/{p}" if cur else p
+            self.mkdir(cur)
+
+    def rmdir(self, cg):
+        """Remove an empty cgroup. Returns False if it was already gone."""
+        try:
+            os.rmdir(self.path(cg))
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            _raise(err, f"removing cgroup {cg}")
+
+    def children(self, cg):
+        try:
+            return sorted(e.name for e in os.scandir(self.path(cg)) if e.is_dir(follow_symlinks=False))
+        except OSError as err:
+            _raise(err, f"listing cgroup {cg}")
+
+    def cgroup_id(self, cg):
+        """The kernel's cgroup id: the inode number of the directory (what BPF sees)."""
+        try:
+            return os.stat(self.path(cg)).st_ino
+        except OSError as err:
+            _raise(err, f"stat of cgroup {cg}")
+
+    # --- raw files ----------------------------------------------------------
+    def read(self, cg, name):
+        try:
+            with open(self.path(cg, name)) as f:
+                return f.read()
+        except OSError as err:
+            _raise(err, f"reading {cg}/{name}")
+
+    def write(self, cg, name, value):
+        try:
+            fd = os.open(self.path(cg, name), os.O_WRONLY)
+        except OSError as err:
+            _raise(err, f"opening {cg}/{name}")
+        try:
+            os.write(fd, str(value).encode())
+        except OSError as err:
+            _raise(err, f"writing {value!r} to {cg}/{name}")
+        finally:
+            os.close(fd)
+
+    def has(self, cg, name):
+        return os.path.exists(self.path(cg, name))
+
+    def read_int(self, cg, name):
+        """An integer file; 'max' reads as None."""
+        s = self.read(cg, name).strip()
+        return None if s == "max" else int(s)
+
+    def read_flat_keyed(self, cg, name):
+        out = {}
+        for line in self.read(cg, name).splitlines():
+            k, _, v = line.partition(" ")
+            if v:
+                try:
+                    out[k] = int(v)
+                except ValueError:
+                    pass
+        return out
+
+    # --- membership ---------------------------------------------------------
+    def procs(self, cg):
+        return [int(x) for x in self.read(cg, PROCS).split()]
+
+    def move(self, cg, pid):
+        """Move `pid` (0 = the caller) into `cg`."""
+        try:
+            self.write(cg, PROCS, pid)
+        except CgroupGone:
+            raise
+        except KernelError as err:
+            cause = err.__cause__
+            if isinstance(cause, OSError) and cause.errno == errno.ESRCH:
+                from ..errors import ProcessGone
+                raise ProcessGone(f"process {pid} is gone") from cause
+            raise
+
+    def populated(self, cg):
+        return self.read_flat_keyed(cg, EVENTS).get("populated", 0) == 1
+
+    def frozen(self, cg):
+        return self.read_flat_keyed(cg, EVENTS).get("frozen", 0) == 1
+
+    # --- controllers --------------------------------------------------------
+    def controllers(self, cg=""):
+        return self.read(cg, CONTROLLERS).split()
+
+    def subtree_control(self, cg=""):
+        return self.read(cg, SUBTREE_CONTROL).split()
+
+    def enable_controllers(self, cg, wanted=WANTED_CONTROLLERS):
+        """Enable the wanted controllers that `cg` offers for its children.
+
+        Returns the set now enabled. A controller the parent does not offer is skipped,
+        not an error: the caller reports what is missing once.
+        """
+        have = set(self.controllers(cg))
+        on = set(self.subtree_control(cg))
+        todo = [c for c in wanted if c in have and c not in on]
+        if todo:
+            try:
+                self.write(cg, SUBTREE_CONTROL, " ".join("+" + c for c in todo))
+            except KernelError:
+                # One at a time, so one refused controller does not cost the others.
+                for c in todo:
+                    try:
+                        self.write(cg, SUBTREE_CONTROL, "+" + c)
+                    except KernelError:
+                        pass
+        return set(self.subtree_control(cg))
+
+    # --- actions ------------------------------------------------------------
+    def freeze(self, cg, frozen=True):
+        self.write(cg, FREEZE, "1" if frozen else "0")
+
+    def kill(self, cg):
+        """Kill every process in the subtree (cgroup.kill, Linux 5.14+), else SIGKILL each."""
+        if self.has(cg, KILL):
+            self.write(cg, KILL, "1")
+            return
+        import signal
+        for _ in range(10):
+            pids = self.procs(cg)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def wait_empty(self, cg, timeout):
+        """Poll until no process is left in the subtree. True if it emptied in time."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                if not self.populated(cg):
+                    return True
+            except CgroupGone:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def remove_tree(self, cg):
+        """Remove `cg` and all its descendants (deepest first). Must be empty of processes."""
+        if not self.exists(cg):
+            return
+        for child in self.children(cg):
+            self.remove_tree(f"{cg}/{child}")
+        self.rmdir(cg)

@@ -1,7 +1,9 @@
 """Pure evaluation of a policy: which class and limits a tool call gets, and which of an
 agent's children are its housekeeping rather than tool calls.
 
-A rule's `program` condition holds when any program the call runs is listed. The programs of
+A rule's `program` condition holds when any program the call runs is listed, `only_programs`
+when every one is (shells and stage-setting builtins such as cd aside), so a rule for quick
+commands does not catch `cat data | python train.py`. The programs of
 a call are the basename of argv[0] plus what its wrappers run: the command string of
 `bash -c`/`sh -c` (every simple command of it, `cd x && pytest -q` gives cd and pytest;
 `eval '...'` is followed), `env`/`timeout`/`nice`/`nohup`/`exec`/`command`/`time`,
@@ -193,6 +195,10 @@ def matches(match, argv, declared_class=None):
     programs, texts = _analyse(tuple(argv))
     if match.program is not None and not any(p in match.program for p in programs):
         return False
+    if match.only_programs is not None:
+        doing = [p for p in programs if p not in _SHELLS and p not in _STAGE_BUILTINS]
+        if not doing or not all(p in match.only_programs for p in doing):
+            return False
     if match.argv_regex is not None:
         rx = _compiled(match.argv_regex)
         if not any(rx.search(t) for t in texts):

@@ -57,8 +57,9 @@ class MemoryLimits(_Model):
         for i, lo_key in enumerate(keys):
             for hi_key in keys[i + 1:]:
                 lo, hi = getattr(self, lo_key), getattr(self, hi_key)
-                # None is "max": larger than any number of bytes.
-                if hi is not None and (lo is None or lo > hi):
+                # "max" below a number is allowed: `{high: max, max: 2Gi}` means no throttle
+                # point, and enforcement caps every value at memory.max.
+                if lo is not None and hi is not None and lo > hi:
                     raise _order_error(hi_key, f"memory.{lo_key}", lo, f"memory.{hi_key}", hi)
         return self
 
@@ -117,7 +118,8 @@ class ToolClass(_Model):
 
 class Match(_Model):
     """Conditions of a rule; all given conditions must hold, `any_of` holds if one branch does."""
-    program: Optional[ProgramList] = None
+    program: Optional[ProgramList] = None          # any program the call runs is listed
+    only_programs: Optional[ProgramList] = None    # every program it runs (shells, cd... aside) is listed
     argv_regex: Optional[Regex] = None
     declared_class: Optional[ProgramList] = None   # the `agentd tool --class` value(s)
     any_of: Optional[list["Match"]] = None
@@ -137,7 +139,7 @@ class Match(_Model):
     @model_validator(mode="after")
     def _something(self):
         if not self.model_fields_set - {"any_of"} and not self.any_of:
-            raise ValueError("match has no condition: give program, argv_regex, declared_class or "
+            raise ValueError("match has no condition: give program, only_programs, argv_regex, declared_class or "
                              "any_of (calls no rule matches get defaults.tool_class)")
         return self
 
@@ -188,7 +190,7 @@ DEFAULT_HOUSEKEEPING = (
     Match(argv_regex=r"^(/bin/|/usr/bin/)?(ba)?sh -c -l$"),
     Match(argv_regex=r"^(/bin/|/usr/bin/)?(ba)?sh -c env$"),
     Match(argv_regex=r"^(/bin/|/usr/bin/)?sh -c 'npm root -g'$"),
-    Match(program=["uname", "which"]),
+    Match(only_programs=["uname", "which"]),
 )
 
 

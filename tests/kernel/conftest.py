@@ -1,0 +1,80 @@
+"""Fixtures for the kernel tier (tests marked `kernel`, run inside the VM by run.py).
+
+Outside the guest these tests are deselected by the default addopts; a run that selects
+them anyway (`pytest -m kernel` on the host) errors out instead of passing silently,
+because the host's cgroup v2 tree has no controllers and proves nothing.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The test modules import kernel_support by name, whatever pytest's import mode.
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from agentd.kernel.cgroupfs import CgroupFS  # noqa: E402
+from kernel_support import CONTROLLERS, State, TestTree  # noqa: E402
+
+IN_GUEST = os.environ.get("AGENTD_KERNEL_TIER") == "1"
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("kernel") and not IN_GUEST:
+        pytest.fail("kernel-tier test outside the kernel-tier VM: run `python3 tests/kernel/run.py`",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cgfs():
+    """The guest's cgroup v2 root, with the tier's controllers enabled for its children."""
+    fs = CgroupFS(CGROUP_ROOT)
+    missing = set(CONTROLLERS) - fs.enable_controllers("", CONTROLLERS)
+    assert not missing, f"{CGROUP_ROOT} cannot enable {sorted(missing)}: not the kernel-tier guest?"
+    return fs
+
+
+@pytest.fixture
+def cgtree(cgfs):
+    """A fresh test cgroup (memory/cpu/pids enabled below it), killed and removed afterwards."""
+    tree = TestTree(cgfs)
+    try:
+        yield tree
+    finally:
+        tree.cleanup()
+
+
+@pytest.fixture(scope="session")
+def hog(tmp_path_factory):
+    """Path of the workload program (hog.c), compiled in the guest's tmp."""
+    exe = str(tmp_path_factory.mktemp("hog") / "hog")
+    build = subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", exe, os.path.join(HERE, "hog.c")],
+                           capture_output=True, text=True)
+    if build.returncode:
+        pytest.fail(f"compiling hog.c failed:\n{build.stderr}", pytrace=False)
+    return exe
+
+
+@pytest.fixture
+def state(tmp_path):
+    """Factory for workload state files in this test's tmp dir."""
+    names = itertools.count()
+    return lambda: State(tmp_path / f"state-{next(names)}")
+
+
+@pytest.fixture
+def figure(request):
+    """Record a measured figure: printed, and collected by run.py into its summary."""
+    def record(name, value, unit=""):
+        line = f"{request.node.name}: {name} = {value} {unit}".rstrip()
+        print(line)
+        out = os.environ.get("AGENTD_KERNEL_TIER_OUT")
+        if out:
+            with open(os.path.join(out, "figures.txt"), "a") as f:
+                f.write(line + "\n")
+    return record

@@ -1,0 +1,103 @@
+"""Helpers shared by the kernel-tier tests: test cgroups, workload state files, polling.
+
+Imported by conftest.py and the test modules (this folder is on sys.path under pytest).
+"""
+
+import itertools
+import os
+import signal
+import subprocess
+import time
+
+from agentd.kernel.cgroupfs import PROCS
+
+# The controllers every kernel-tier test cgroup gets.
+CONTROLLERS = ("memory", "cpu", "pids")
+
+_seq = itertools.count()
+
+
+class TestTree:
+    """A fresh cgroup `agentd-test-<pid>-<n>` with memory/cpu/pids enabled for its children.
+
+    Processes live in leaf children (cgroup v2 allows no processes in a cgroup that
+    distributes controllers). Everything is killed and removed on cleanup.
+    """
+
+    __test__ = False  # not a test class, despite the name
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.name = f"agentd-test-{os.getpid()}-{next(_seq)}"
+        fs.mkdir(self.name, exist_ok=False)
+        missing = set(CONTROLLERS) - fs.enable_controllers(self.name, CONTROLLERS)
+        assert not missing, f"cannot enable {sorted(missing)} in {self.name}"
+        self.procs = []
+
+    def child(self, name, **files):
+        """Create a leaf cgroup; `files` are interface files to write, e.g. memory_max="32M"."""
+        cg = f"{self.name}/{name}"
+        self.fs.mkdir(cg, exist_ok=False)
+        for key, value in files.items():
+            self.fs.write(cg, key.replace("_", ".", 1), value)
+        return cg
+
+    def spawn(self, cg, argv, cpus=None):
+        """Start `argv` directly inside `cg` (it joins before exec), optionally pinned."""
+        procs_file = self.fs.path(cg, PROCS)
+
+        def enter():
+            # Runs in the child between fork and exec: no allocation-heavy work here.
+            fd = os.open(procs_file, os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+
+        proc = subprocess.Popen(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def events(self, cg, name="memory.events"):
+        return self.fs.read_flat_keyed(cg, name)
+
+    def cleanup(self):
+        if self.fs.exists(self.name):
+            self.fs.kill(self.name)
+            emptied = self.fs.wait_empty(self.name, timeout=30)
+        else:
+            emptied = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        self.fs.remove_tree(self.name)
+        assert emptied, f"{self.name} did not empty after cgroup.kill"
+
+
+class State:
+    """A workload's STATE file (see hog.c): one fixed-width line, rewritten in place."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def fields(self):
+        try:
+            with open(self.path) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return []
+
+    def value(self):
+        """The first number in the line (0 before the first write)."""
+        f = self.fields()
+        return int(f[0]) if f and f[0].isdigit() else 0
+
+
+def wait_for(pred, timeout, what, step=0.02):
+    """Poll `pred` until true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(step)

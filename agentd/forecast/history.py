@@ -1,0 +1,156 @@
+"""The history store: every finished tool call, in SQLite, for the forecaster to learn from.
+
+One table of tool calls keyed by the three signature levels (and tool class), indexed so the
+forecaster's question — "the last N peaks of this signature (for this agent)" — is one index
+range scan. WAL mode, so the daemon's writes never block a reader (`agentd report`) and a
+crash loses at most the last transaction. `:memory:` serves tests and the benchmark.
+
+Failure is contained: any SQLite error becomes `HistoryError` (disk full and read-only
+database get their own messages), and the daemon runs on without history (the forecaster
+falls back to class priors). A database written by a newer agentd is refused rather than
+half-read.
+"""
+
+import json
+import sqlite3
+
+from ..errors import AgentdError
+from .model import ToolCallRecord
+
+SCHEMA_VERSION = 1
+DEFAULT_PATH = "/var/lib/agentd/history.sqlite"
+# Signature levels a query may name, mapped to their column (the only strings that reach SQL).
+LEVELS = {"full": "sig_full", "coarse": "sig_coarse", "program": "sig_program",
+          "tool_class": "tool_class"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tool_calls (
+    id          INTEGER PRIMARY KEY,
+    ts          REAL NOT NULL,
+    agent       TEXT NOT NULL,
+    agent_class TEXT NOT NULL,
+    tool_class  TEXT NOT NULL,
+    sig_full    TEXT NOT NULL,
+    sig_coarse  TEXT NOT NULL,
+    sig_program TEXT NOT NULL,
+    argv        TEXT NOT NULL,       -- JSON list
+    peak_bytes  INTEGER NOT NULL,
+    duration_s  REAL NOT NULL,
+    cpu_s       REAL NOT NULL,
+    exit_status INTEGER,
+    action      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tc_full    ON tool_calls (sig_full, id);
+CREATE INDEX IF NOT EXISTS tc_coarse  ON tool_calls (sig_coarse, id);
+CREATE INDEX IF NOT EXISTS tc_program ON tool_calls (sig_program, id);
+CREATE INDEX IF NOT EXISTS tc_class   ON tool_calls (tool_class, id);
+CREATE INDEX IF NOT EXISTS tc_agent   ON tool_calls (agent, sig_full, id);
+CREATE INDEX IF NOT EXISTS tc_agent_c ON tool_calls (agent, sig_coarse, id);
+"""
+
+
+class HistoryError(AgentdError):
+    """The history database cannot be used; agentd goes on forecasting from priors."""
+
+
+class HistoryFull(HistoryError):
+    """The disk holding the history database is full."""
+
+
+class HistoryReadOnly(HistoryError):
+    """The history database (or its directory) is not writable."""
+
+
+def _convert(err, path, doing):
+    msg = str(err).lower()
+    if "full" in msg:
+        return HistoryFull(f"history database {path}: disk full while {doing}; "
+                           "free space or point agentd at another history path")
+    if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+        return HistoryReadOnly(f"history database {path}: not writable while {doing} ({err}); "
+                               "check the directory exists and root can write it")
+    return HistoryError(f"history database {path}: {doing} failed: {err}")
+
+
+class HistoryStore:
+    """SQLite-backed tool-call history. Not thread-safe: one owner (the daemon's loop)."""
+
+    def __init__(self, path=":memory:"):
+        self.path = str(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise HistoryError(f"history database {self.path} has schema {row[0]}, newer than "
+                                   f"this agentd's {SCHEMA_VERSION}; upgrade agentd or move it away")
+        except sqlite3.Error as err:
+            raise _convert(err, self.path, "opening") from err
+
+    def close(self):
+        self._db.close()
+
+    def add(self, rec: ToolCallRecord):
+        """Store one finished tool call."""
+        try:
+            self._db.execute(
+                "INSERT INTO tool_calls (ts, agent, agent_class, tool_class, sig_full, sig_coarse,"
+                " sig_program, argv, peak_bytes, duration_s, cpu_s, exit_status, action)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.ts, rec.agent, rec.agent_class, rec.tool_class, rec.sig_full,
+                 rec.sig_coarse, rec.sig_program, json.dumps(list(rec.argv)),
+                 int(rec.peak_bytes), rec.duration_s, rec.cpu_s, rec.exit_status, rec.action))
+        except sqlite3.Error as err:
+            raise _convert(err, self.path, "recording a tool call") from err
+
+    def recent_peaks(self, level, key, n, agent=None):
+        """Peak bytes of the last `n` calls whose `level` is `key`, newest first."""
+        col = LEVELS[level]
+        sql = f"SELECT peak_bytes FROM tool_calls WHERE {col}=?"
+        args = [key]
+        if agent is not None:
+            sql += " AND agent=?"
+            args.append(agent)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(int(n))
+        return [r[0] for r in self._query(sql, args)]
+
+    def count(self, level=None, key=None, agent=None):
+        """Number of recorded calls, optionally of one signature level/key and agent."""
+        sql, args = "SELECT COUNT(*) FROM tool_calls WHERE 1=1", []
+        if level is not None:
+            sql += f" AND {LEVELS[level]}=?"
+            args.append(key)
+        if agent is not None:
+            sql += " AND agent=?"
+            args.append(agent)
+        return self._query(sql, args)[0][0]
+
+    def records(self, limit=100):
+        """The last `limit` records, newest first (for reports and tests)."""
+        rows = self._query("SELECT ts, agent, agent_class, tool_class, sig_full, sig_coarse,"
+                           " sig_program, peak_bytes, duration_s, cpu_s, exit_status, action, argv"
+                           " FROM tool_calls ORDER BY id DESC LIMIT ?", [int(limit)])
+        return [ToolCallRecord(*r[:12], argv=tuple(json.loads(r[12]))) for r in rows]
+
+    def prune(self, keep):
+        """Drop all but the newest `keep` records, so the file stays bounded."""
+        try:
+            self._db.execute("DELETE FROM tool_calls WHERE id <= "
+                             "(SELECT id FROM tool_calls ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                             (int(keep),))
+        except sqlite3.Error as err:
+            raise _convert(err, self.path, "pruning") from err
+
+    def _query(self, sql, args):
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as err:
+            raise _convert(err, self.path, "reading") from err

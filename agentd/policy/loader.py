@@ -121,7 +121,8 @@ def load_policy_text(text, source="<policy>", host_memory_bytes=None):
         problems += [_problem(source, doc, e) for e in err.errors()]
     problems += _reference_problems(source, doc)
     if problems:
-        problems = sorted(set(problems), key=lambda p: (p.line, p.path, p.message))
+        # Line order; within a line, the order the schema checked them in.
+        problems = sorted(dict.fromkeys(problems), key=lambda p: p.line)
         raise PolicyError(problems, source)
     policy._source = source
     policy._host_memory_bytes = host

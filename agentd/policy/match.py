@@ -131,7 +131,7 @@ def _shell_script(words):
     return None
 
 
-def _walk(words, depth, programs, scripts):
+def _walk(words, depth, programs, scripts, launchers):
     while words and _ASSIGN_RE.match(words[0]):
         words = words[1:]
     if not words or depth > _MAX_DEPTH:
@@ -144,11 +144,11 @@ def _walk(words, depth, programs, scripts):
         if script is not None:
             scripts.append(script)
             for cmd in _shell_commands(script):
-                _walk(cmd, depth + 1, programs, scripts)
+                _walk(cmd, depth + 1, programs, scripts, launchers)
     elif prog == "eval" and rest:
         scripts.append(" ".join(rest))
         for cmd in _shell_commands(" ".join(rest)):
-            _walk(cmd, depth + 1, programs, scripts)
+            _walk(cmd, depth + 1, programs, scripts, launchers)
     elif prog in _WRAPPERS:
         takes_arg = _WRAPPERS[prog]
         i = 0
@@ -156,24 +156,30 @@ def _walk(words, depth, programs, scripts):
             i += 2 if rest[i] in takes_arg else 1
         if prog == "timeout" and i < len(rest):
             i += 1                     # the duration
-        _walk(rest[i:], depth + 1, programs, scripts)
+        _walk(rest[i:], depth + 1, programs, scripts, launchers)
     elif re.match(r"^python[0-9.]*$", prog) and "-m" in rest[:-1]:
+        launchers.add(prog)
         programs.append(rest[rest.index("-m") + 1])
     elif prog == "npx" and rest:
-        _walk([w for w in rest if not w.startswith("-")][:1], depth + 1, programs, scripts)
+        launchers.add(prog)
+        _walk([w for w in rest if not w.startswith("-")][:1], depth + 1, programs, scripts, launchers)
     elif prog in _RUNNERS and rest[:1] == [_RUNNERS[prog]]:
-        _walk([w for w in rest[1:] if not w.startswith("-")][:1], depth + 1, programs, scripts)
+        launchers.add(prog)
+        _walk([w for w in rest[1:] if not w.startswith("-")][:1], depth + 1, programs, scripts, launchers)
 
 
 @functools.lru_cache(maxsize=1024)
 def _analyse(argv):
-    programs, scripts = [], []
-    _walk(list(argv), 0, programs, scripts)
-    seen = []
-    for p in programs:
-        if p not in seen:
-            seen.append(p)
-    return tuple(seen), (shlex.join(argv),) + tuple(scripts)
+    """(programs in order, unique; texts argv_regex searches; main program)."""
+    programs, scripts, launchers = [], [], set()
+    _walk(list(argv), 0, programs, scripts, launchers)
+    unique = tuple(dict.fromkeys(programs))
+    # The program doing the work: not a shell, a stage-setting builtin or a launcher such
+    # as `python -m` / `npx` whose target is known; else the first that is not a shell.
+    doing = [p for p in unique if p not in _SHELLS and p not in _STAGE_BUILTINS and p not in launchers]
+    fallback = [p for p in unique if p not in _SHELLS] or list(unique) or [""]
+    main = doing[0] if doing else fallback[0]
+    return unique, (shlex.join(argv),) + tuple(scripts), main
 
 
 def command_programs(argv):
@@ -182,17 +188,13 @@ def command_programs(argv):
 
 
 def main_program(argv):
-    """The program doing the work: the first that is not a shell or a stage-setting builtin."""
-    progs = command_programs(argv)
-    for p in progs:
-        if p not in _SHELLS and p not in _STAGE_BUILTINS:
-            return p
-    return progs[0] if progs else ""
+    """The program doing the work, e.g. pytest for `bash -c "cd x && python -m pytest"`."""
+    return _analyse(tuple(argv))[2]
 
 
 def matches(match, argv, declared_class=None):
     """Whether a rule's match holds for this call (all given conditions, any_of branches)."""
-    programs, texts = _analyse(tuple(argv))
+    programs, texts, _ = _analyse(tuple(argv))
     if match.program is not None and not any(p in match.program for p in programs):
         return False
     if match.only_programs is not None:

@@ -70,6 +70,9 @@ def readopt(ctl):
         except KernelError as err:
             log.warning("cannot re-adopt agent %s: %s", name, err)
             continue
+        # No `agentd run` is connected to an adopted agent: the sweep ends it once its
+        # processes are gone (its run client also reconnects to report, if it can).
+        agent.detached = True
         ctl.agents[name] = agent
         n_agents += 1
         ctl.events.emit("agent_adopted", agent=name, tools=sorted(agent.tools))

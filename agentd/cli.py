@@ -64,7 +64,14 @@ def cmd_run(args):
     status, _, code = held.wait()
     try:
         client.call("run_done", agent=reply["agent"], status=status)
-    except (ReplyError, DaemonUnavailable) as err:
+    except DaemonUnavailable:
+        # The daemon restarted while the agent ran: report to the new one.
+        try:
+            client = connect(args.socket if not standalone else standalone.app.socket_path)
+            client.call("run_done", agent=reply["agent"], status=status)
+        except (ReplyError, DaemonUnavailable) as err:
+            log.warning("could not report the agent's end: %s", err)
+    except ReplyError as err:
         log.warning("could not report the agent's end: %s", err)
     client.close()
     if standalone:

@@ -247,7 +247,7 @@ class Controller:
             removed = False
         peak = max(accounting.pop("memory_peak_cgroup") or 0, tool.peak_sample,
                    (rusage or {}).get("maxrss_kb", 0) * 1024)
-        wall = time.monotonic() - tool.started_mono
+        wall = (rusage or {}).get("wall_s") or (time.monotonic() - tool.started_mono)
         outcome = _outcome(status, tool, accounting)
         result = {
             "agent": tool.agent_id, "tool": tool.tool_id, "argv": tool.argv[:64], "tool_class": tool.plan.tool_class,

@@ -432,5 +432,9 @@ class Standalone:
             self.thread.join(10)
         try:
             self.app.fs.remove_tree(self.app.root)
+            # The shared parent of all standalone roots goes too once the last one ends.
+            parent = self.app.root.rpartition("/")[0]
+            if parent and not self.app.fs.children(parent):
+                self.app.fs.rmdir(parent)
         except AgentdError:
             pass

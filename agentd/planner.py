@@ -52,14 +52,14 @@ class Planner:
         self.host_memory = host_memory
 
     def agent_limits(self, class_name=None):
-        from .policy.match import agent_class as _agent_class
         name = class_name or self.policy.defaults.agent_class
-        try:
-            cls = _agent_class(self.policy, name)
-        except AgentdError as err:
-            raise RequestError("bad_class", str(err)) from None
+        cls = self.policy.agent_class(name)        # RequestError("unknown_class") if unknown
         limits = {}
         limits.update(_mem_limits(cls.memory))
+        if cls.memory.min:
+            limits[cgf.MEMORY_MIN] = int(cls.memory.min)
+        if cls.memory.low:
+            limits[cgf.MEMORY_LOW] = int(cls.memory.low)
         limits.update(_cpu_limits(cls.cpu))
         limits.update(_pids_limits(cls.pids))
         return name, cls.priority, limits
@@ -77,9 +77,8 @@ class Planner:
             d = classify_tool(self.policy, argv, declared_class=declared_class, mem_override=mem_bytes)
         except AgentdError as err:
             raise RequestError("bad_class", str(err)) from None
-        limits = {}
-        limits.update(_mem_limits(d.memory))
-        limits.update(_cpu_limits(d.cpu))
-        limits.update(_pids_limits(d.pids))
-        return ToolPlan(tool_class=d.class_name, priority=d.priority, limits=limits, rule=d.rule_name,
+        limits = d.limits.cgroup_values()
+        plan = ToolPlan(tool_class=d.class_name, priority=d.priority, limits=limits, rule=d.rule_name,
                         stragglers=d.stragglers, straggler_grace_s=d.straggler_grace_s, latency=d.latency)
+        plan.decision = d
+        return plan

@@ -12,6 +12,7 @@ import json
 
 from .. import API_VERSION
 from ..errors import RequestError
+from ..names import check_name
 
 MAX_LINE = 256 * 1024          # a request line longer than this is refused, not buffered
 MAX_ARGV = 4096
@@ -88,6 +89,11 @@ def parse_request(line):
             raise RequestError("bad_field", "field 'argv' must be a list of strings")
         if any("\0" in a for a in argv):
             raise RequestError("bad_field", "field 'argv' must not contain NUL")
+    # Every name that can become part of a cgroup path is checked here, once, before any
+    # handler sees it.
+    for key in ("agent", "tool", "name", "class"):
+        if isinstance(req.get(key), str):
+            check_name(req[key], key)
     status = req.get("status")
     if isinstance(status, dict):
         ok = (set(status) == {"exit"} and isinstance(status["exit"], int) and not isinstance(status["exit"], bool)) or \

@@ -102,20 +102,23 @@ def _name(what):
     return check
 
 
-def _program_list(v):
-    if isinstance(v, str):
-        v = [v]        # `program: pytest` reads naturally; accept it as a one-item list
-    if not isinstance(v, list):
-        raise ValueError(f"program must be a list of program names, not {v!r}")
-    if not v:
-        raise ValueError("program list is empty: name at least one program, e.g. [pytest]")
-    for p in v:
-        if not isinstance(p, str) or not PROGRAM_RE.match(p):
-            hint = ""
-            if isinstance(p, str) and "/" in p:
-                hint = f" (programs match the basename of argv[0]: write {p.rsplit('/', 1)[-1]!r})"
-            raise ValueError(f"bad program name {p!r}{hint}")
-    return v
+def _name_list(key, example="pytest", allow_empty=False):
+    """A list of program (or declared class) names; one bare name reads as a list of one."""
+    def check(v):
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list):
+            raise ValueError(f"{key} must be a list of names, not {v!r}")
+        if not v and not allow_empty:
+            raise ValueError(f"{key} list is empty: name at least one, e.g. [{example}]")
+        for p in v:
+            if not isinstance(p, str) or not PROGRAM_RE.match(p):
+                hint = ""
+                if isinstance(p, str) and "/" in p:
+                    hint = f" (programs match the basename of argv[0]: write {p.rsplit('/', 1)[-1]!r})"
+                raise ValueError(f"bad name {p!r} in {key}{hint}")
+        return v
+    return check
 
 
 def _regex(v):
@@ -135,7 +138,8 @@ def _abs_path(v):
 
 
 def _listen(v):
-    if isinstance(v, str) and v.strip().lower() in ("", "off", "none"):
+    # YAML 1.1 reads a bare `off` as false: both mean no metrics endpoint.
+    if v is False or v is None or isinstance(v, str) and v.strip().lower() in ("", "off", "none"):
         return ""
     m = re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$", v) if isinstance(v, str) else None
     if not m or not 0 < int(m.group(2)) < 65536:
@@ -151,7 +155,10 @@ Priority = ranged_int(0, 1000, "priority")
 Weight = ranged_int(1, 10000, "cpu weight")
 ClassName = Annotated[str, BeforeValidator(_name("class"))]
 RuleName = Annotated[str, BeforeValidator(_name("rule"))]
-ProgramList = Annotated[list[str], BeforeValidator(_program_list)]
+ProgramList = Annotated[list[str], BeforeValidator(_name_list("program"))]
+OnlyProgramList = Annotated[list[str], BeforeValidator(_name_list("only_programs"))]
+DeclaredList = Annotated[list[str], BeforeValidator(_name_list("declared_class", "batch"))]
+ProgramNames = Annotated[list[str], BeforeValidator(_name_list("the program list", allow_empty=True))]
 Regex = Annotated[str, BeforeValidator(_regex)]
 AbsPath = Annotated[str, BeforeValidator(_abs_path)]
 ListenAddr = Annotated[str, BeforeValidator(_listen)]

@@ -15,8 +15,9 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .fields import (AbsPath, ClassName, CpuAmount, GpuSize, ListenAddr, PidsMax, Priority,
-                     ProgramList, Regex, RuleName, Seconds, Size, Weight, ranged_float, ranged_int)
+from .fields import (AbsPath, ClassName, CpuAmount, DeclaredList, GpuSize, ListenAddr, OnlyProgramList,
+                     PidsMax, Priority, ProgramList, ProgramNames, Regex, RuleName, Seconds, Size,
+                     Weight, ranged_float, ranged_int)
 from ..errors import RequestError
 from ..units import format_size, parse_size
 
@@ -119,15 +120,10 @@ class ToolClass(_Model):
 class Match(_Model):
     """Conditions of a rule; all given conditions must hold, `any_of` holds if one branch does."""
     program: Optional[ProgramList] = None          # any program the call runs is listed
-    only_programs: Optional[ProgramList] = None    # every program it runs (shells, cd... aside) is listed
+    only_programs: Optional[OnlyProgramList] = None  # every program it runs (shells, cd... aside) is listed
     argv_regex: Optional[Regex] = None
-    declared_class: Optional[ProgramList] = None   # the `agentd tool --class` value(s)
+    declared_class: Optional[DeclaredList] = None  # the `agentd tool --class` value(s)
     any_of: Optional[list["Match"]] = None
-
-    @field_validator("declared_class", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
 
     @field_validator("any_of")
     @classmethod
@@ -198,8 +194,8 @@ class Detection(_Model):
     enabled: bool = True
     new_session_only: bool = False     # count only children that lead a new session (setsid)
     startup_grace_s: Seconds = 0.0     # children in the agent's first seconds are housekeeping
-    agent_programs: list[str] = []     # main-cgroup processes whose children are tool calls; [] = all
-    tool_parents: list[str] = []       # persistent shells whose children are tool calls
+    agent_programs: ProgramNames = []     # main-cgroup processes whose children are tool calls; [] = all
+    tool_parents: ProgramNames = []     # persistent shells whose children are tool calls
     housekeeping: list[Match] = list(DEFAULT_HOUSEKEEPING)
 
 

@@ -311,3 +311,24 @@ def test_percentage_resolved_against_given_host_memory():
         assert p.agent_classes["normal"].memory.max == host // 4
         assert p.pressure.budget == int(host * 0.9)      # the default budget is 90% of the host
         assert p.host_memory_bytes == host
+
+
+@pytest.mark.parametrize("text,line,path,fragment", [
+    ("version: 1\ntool_rules: [{name: a, match: {declared_class: []}, class: batch}]\n", 2,
+     "tool_rules[0].match.declared_class", "declared_class list is empty: name at least one, e.g. [batch]"),
+    ("version: 1\ndetection:\n  tool_parents: [/bin/bash]\n", 3,
+     "detection.tool_parents", "bad name '/bin/bash' in the program list (programs match the basename"),
+    ("version: 1\nagent_classes:\n  normal: {memory: {max: }}\n", 3,
+     "agent_classes.normal.memory.max", "a size is required here"),
+])
+def test_more_list_and_size_messages(text, line, path, fragment):
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(text, "p.yaml", host_memory_bytes=HOST)
+    assert any(str(p).startswith(f"p.yaml:{line}: {path}: ") and fragment in str(p)
+               for p in info.value.problems), str(info.value)
+
+
+def test_bare_off_disables_metrics():
+    # YAML 1.1 reads a bare `off` as false
+    p = load_policy_text("version: 1\ndaemon: {metrics_listen: off}\n", "p.yaml", host_memory_bytes=HOST)
+    assert p.daemon.metrics_listen == ""

@@ -1,0 +1,94 @@
+"""The process-lifecycle program (bpf/lifecycle.bpf.c): load, scope, attach, read.
+
+Two attach flavours: `tp_btf` (typed tracepoint args, needs kernel BTF, 5.5+) and
+classic `tracepoint` (needs tracefs mounted). "auto" tries tp_btf and falls back.
+"""
+
+import ctypes
+
+from ..errors import BpfError
+from . import bpf_types as T
+from . import libbpf
+from .bpf_objects import object_path, read_stats
+
+FLAVOURS = {
+    "tp_btf": ("agentd_fork_btf", "agentd_exec_btf", "agentd_exit_btf"),
+    "tracepoint": ("agentd_fork_tp", "agentd_exec_tp", "agentd_exit_tp"),
+}
+
+
+class Lifecycle:
+    """Loaded and attached lifecycle program. close() detaches and frees everything."""
+
+    def __init__(self, flavour="auto", report_all=False, path=None):
+        self.path = path or object_path("lifecycle")
+        self.fallback_reason = None
+        order = ["tp_btf", "tracepoint"] if flavour == "auto" else [flavour]
+        errors = []
+        for fl in order:
+            try:
+                self._obj = self._open(fl, report_all)
+                self.flavour = fl
+                break
+            except BpfError as err:
+                hint = ""
+                if fl == "tracepoint" and "perf event ID" in str(err):
+                    hint = "\n(classic tracepoints need tracefs: mount -t tracefs nodev /sys/kernel/tracing)"
+                errors.append(f"{fl}: {err}{hint}")
+        else:
+            raise BpfError("lifecycle program could not be loaded and attached:\n" + "\n".join(errors))
+        if errors:
+            self.fallback_reason = errors[0]
+        self._watched = self._obj.map("watched_cgroups")
+
+    def _open(self, flavour, report_all):
+        obj = libbpf.Object(self.path)
+        try:
+            for fl, progs in FLAVOURS.items():
+                for p in progs:
+                    obj.set_autoload(p, fl == flavour)
+            obj.set_rodata(T.agentd_lifecycle_config(report_all=int(bool(report_all))))
+            obj.load()
+            for p in FLAVOURS[flavour]:
+                obj.attach(p)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    # --- scope ------------------------------------------------------------
+    def watch(self, cgroup_id, flags=T.AGENTD_WATCH_TREE):
+        """Report processes of `cgroup_id` (and, with WATCH_TREE, of its descendants)."""
+        self._watched.update(ctypes.c_uint64(cgroup_id), ctypes.c_uint32(flags))
+
+    def unwatch(self, cgroup_id):
+        return self._watched.delete(ctypes.c_uint64(cgroup_id))
+
+    def watched(self):
+        out = {}
+        for k in self._watched.keys(ctypes.c_uint64):
+            v = ctypes.c_uint32()
+            if self._watched.lookup(k, v):
+                out[k.value] = v.value
+        return out
+
+    # --- events -----------------------------------------------------------
+    @property
+    def events_map(self):
+        return self._obj.map("events")
+
+    def ring_buffer(self, callback):
+        """A RingBuffer delivering raw agentd_proc_event records (bytes) to `callback`."""
+        return libbpf.RingBuffer(self.events_map, callback)
+
+    def stats(self):
+        return read_stats(self._obj)
+
+    def close(self):
+        self._obj.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

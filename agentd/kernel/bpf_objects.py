@@ -1,0 +1,26 @@
+"""Where the compiled BPF objects live, and the pieces both program wrappers share."""
+
+import ctypes
+import os
+
+from . import bpf_types as T
+
+OBJ_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_bpf")
+
+
+def object_path(name):
+    """agentd/_bpf/<name>.bpf.o, built by `make -C bpf` and shipped as package data."""
+    return os.path.join(OBJ_DIR, f"{name}.bpf.o")
+
+
+def read_stats(obj):
+    """The `stats` array map of a loaded object as {name: count}."""
+    m = obj.map("stats")
+    names = {T.AGENTD_STAT_LOST: "lost", T.AGENTD_STAT_STOPPED: "stopped",
+             T.AGENTD_STAT_MEM_EVENTS: "mem_events"}
+    out = {}
+    for i, name in names.items():
+        v = ctypes.c_uint64()
+        m.lookup(ctypes.c_uint32(i), v)
+        out[name] = v.value
+    return out

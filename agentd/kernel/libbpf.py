@@ -1,0 +1,402 @@
+"""ctypes adapter over the system's libbpf.so.1: the only code that calls bpf(2).
+
+Lifecycle, as libbpf spells it: open an object file -> set read-only config and choose
+which programs load -> load (verifier, CO-RE relocation against the running kernel's
+BTF) -> attach programs (links) -> poll ring buffers -> destroy links -> close.
+
+Every failure raises BpfError carrying what libbpf logged while the call ran (captured
+through libbpf_set_print) and the errno, because libbpf's own message (a verifier log,
+a missing BTF type, "Operation not permitted") is what tells a person how to fix it.
+
+libbpf >= 1.0 is required: from 1.0 on every API reports errors the same way (NULL or a
+negative errno, with errno set), which this adapter relies on. Debian 12 ships 1.1.
+"""
+
+import ctypes
+import ctypes.util
+import errno as _errno
+import os
+import threading
+
+from ..errors import BpfError, FeatureMissing
+
+LIBBPF_NAMES = ("libbpf.so.1",)
+
+_c = ctypes
+_vp = _c.c_void_p
+
+# enum libbpf_print_level
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+
+# bpf_map_update_elem flags (uapi)
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+
+_PRINT_FN = _c.CFUNCTYPE(_c.c_int, _c.c_int, _c.c_char_p, _vp)
+_SAMPLE_FN = _c.CFUNCTYPE(_c.c_int, _vp, _vp, _c.c_size_t)
+
+# (name, restype, argtypes)
+_SIGNATURES = [
+    ("libbpf_major_version", _c.c_uint32, []),
+    ("libbpf_minor_version", _c.c_uint32, []),
+    ("libbpf_set_print", _vp, [_PRINT_FN]),
+    ("bpf_object__open_file", _vp, [_c.c_char_p, _vp]),
+    ("bpf_object__load", _c.c_int, [_vp]),
+    ("bpf_object__close", None, [_vp]),
+    ("bpf_object__find_program_by_name", _vp, [_vp, _c.c_char_p]),
+    ("bpf_object__find_map_by_name", _vp, [_vp, _c.c_char_p]),
+    ("bpf_object__next_program", _vp, [_vp, _vp]),
+    ("bpf_object__next_map", _vp, [_vp, _vp]),
+    ("bpf_program__name", _c.c_char_p, [_vp]),
+    ("bpf_program__section_name", _c.c_char_p, [_vp]),
+    ("bpf_program__set_autoload", _c.c_int, [_vp, _c.c_bool]),
+    ("bpf_program__autoload", _c.c_bool, [_vp]),
+    ("bpf_program__fd", _c.c_int, [_vp]),
+    ("bpf_program__attach", _vp, [_vp]),
+    ("bpf_link__destroy", _c.c_int, [_vp]),
+    ("bpf_map__name", _c.c_char_p, [_vp]),
+    ("bpf_map__fd", _c.c_int, [_vp]),
+    ("bpf_map__initial_value", _vp, [_vp, _c.POINTER(_c.c_size_t)]),
+    ("bpf_map__key_size", _c.c_uint32, [_vp]),
+    ("bpf_map__value_size", _c.c_uint32, [_vp]),
+    ("bpf_map_lookup_elem", _c.c_int, [_c.c_int, _vp, _vp]),
+    ("bpf_map_update_elem", _c.c_int, [_c.c_int, _vp, _vp, _c.c_uint64]),
+    ("bpf_map_delete_elem", _c.c_int, [_c.c_int, _vp]),
+    ("bpf_map_get_next_key", _c.c_int, [_c.c_int, _vp, _vp]),
+    ("ring_buffer__new", _vp, [_c.c_int, _SAMPLE_FN, _vp, _vp]),
+    ("ring_buffer__add", _c.c_int, [_vp, _c.c_int, _SAMPLE_FN, _vp]),
+    ("ring_buffer__poll", _c.c_int, [_vp, _c.c_int]),
+    ("ring_buffer__consume", _c.c_int, [_vp]),
+    ("ring_buffer__epoll_fd", _c.c_int, [_vp]),
+    ("ring_buffer__free", None, [_vp]),
+]
+
+
+class _Lib:
+    """The loaded library plus the message capture shared by every call."""
+
+    def __init__(self, path):
+        self.path = path
+        self.dll = _c.CDLL(path, use_errno=True)
+        for name, res, args in _SIGNATURES:
+            fn = getattr(self.dll, name)
+            fn.restype, fn.argtypes = res, args
+            setattr(self, name, fn)
+        self.version = (self.libbpf_major_version(), self.libbpf_minor_version())
+        if self.version < (1, 0):
+            raise FeatureMissing(
+                f"libbpf {self.version[0]}.{self.version[1]} at {path} is too old; agentd needs >= 1.0 "
+                "(Debian/Ubuntu package libbpf1)")
+        libc = _c.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self._vsnprintf = libc.vsnprintf
+        self._vsnprintf.restype = _c.c_int
+        self._vsnprintf.argtypes = [_c.c_char_p, _c.c_size_t, _c.c_char_p, _vp]
+        self._local = threading.local()
+        self._print_cb = _PRINT_FN(self._on_print)  # kept alive for the process lifetime
+        self.libbpf_set_print(self._print_cb)
+
+    def _on_print(self, level, fmt, ap):
+        # va_list is passed as a pointer on x86_64 and arm64, which vsnprintf accepts.
+        buf = _c.create_string_buffer(1024)
+        self._vsnprintf(buf, len(buf), fmt, ap)
+        log = getattr(self._local, "log", None)
+        if log is not None and level <= LIBBPF_INFO:
+            line = buf.value.decode(errors="replace").rstrip("\n")
+            log.append(line[len("libbpf: "):] if line.startswith("libbpf: ") else line)
+        return 0
+
+    def call(self, what, fn, *args, check="int"):
+        """Run one libbpf call; raise BpfError with libbpf's messages on failure."""
+        self._local.log = []
+        _c.set_errno(0)
+        try:
+            ret = fn(*args)
+            err = _c.get_errno()
+            log = self._local.log
+        finally:
+            self._local.log = None
+        failed = (not ret) if check == "ptr" else (ret < 0)
+        if failed:
+            code = -ret if check == "int" and ret < 0 else (err or _errno.EINVAL)
+            raise BpfError(_format(what, code, log))
+        return ret
+
+
+def _format(what, code, log):
+    msg = f"{what}: {os.strerror(code)} (errno {code})"
+    if code in (_errno.EPERM, _errno.EACCES):
+        msg += "; agentd needs CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) to load BPF programs"
+    tail = [line for line in log if line.strip()][-25:]
+    if tail:
+        msg += "\nlibbpf: " + "\nlibbpf: ".join(tail)
+    return msg
+
+
+_lib = None
+_lib_lock = threading.Lock()
+
+
+def lib():
+    """The process-wide libbpf handle; FeatureMissing if libbpf.so.1 is absent or too old."""
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            last = None
+            for name in LIBBPF_NAMES:
+                try:
+                    _lib = _Lib(name)
+                    break
+                except OSError as err:
+                    last = err
+            else:
+                raise FeatureMissing(
+                    f"cannot load libbpf.so.1 ({last}); install the libbpf1 package") from last
+        return _lib
+
+
+def version():
+    """(major, minor) of the loaded libbpf."""
+    return lib().version
+
+
+class Map:
+    """A BPF map of a loaded object, addressed with ctypes key/value objects."""
+
+    def __init__(self, obj, ptr):
+        self._obj = obj
+        self._ptr = ptr
+        L = lib()
+        self.name = L.bpf_map__name(ptr).decode()
+        self.key_size = L.bpf_map__key_size(ptr)
+        self.value_size = L.bpf_map__value_size(ptr)
+
+    @property
+    def fd(self):
+        return lib().call(f"map {self.name}: fd", lib().bpf_map__fd, self._ptr)
+
+    def _check(self, key, value=None):
+        if _c.sizeof(key) != self.key_size:
+            raise BpfError(f"map {self.name}: key is {_c.sizeof(key)} bytes, map wants {self.key_size}")
+        if value is not None and _c.sizeof(value) != self.value_size:
+            raise BpfError(f"map {self.name}: value is {_c.sizeof(value)} bytes, map wants {self.value_size}")
+
+    def lookup(self, key, value):
+        """Fill `value` (a ctypes object) for `key`; False if the key is absent."""
+        self._check(key, value)
+        ret = lib().bpf_map_lookup_elem(self.fd, _c.byref(key), _c.byref(value))
+        if ret == -_errno.ENOENT:
+            return False
+        if ret < 0:
+            raise BpfError(_format(f"map {self.name}: lookup", -ret, []))
+        return True
+
+    def update(self, key, value, flags=BPF_ANY):
+        self._check(key, value)
+        ret = lib().bpf_map_update_elem(self.fd, _c.byref(key), _c.byref(value), flags)
+        if ret < 0:
+            hint = "; the map is full" if ret == -_errno.E2BIG else ""
+            raise BpfError(_format(f"map {self.name}: update", -ret, []) + hint)
+
+    def delete(self, key):
+        """Delete `key`; False if it was absent."""
+        self._check(key)
+        ret = lib().bpf_map_delete_elem(self.fd, _c.byref(key))
+        if ret == -_errno.ENOENT:
+            return False
+        if ret < 0:
+            raise BpfError(_format(f"map {self.name}: delete", -ret, []))
+        return True
+
+    def keys(self, key_type):
+        """Every key, as `key_type` instances (a snapshot; the map may change meanwhile)."""
+        out, prev, nxt = [], None, key_type()
+        fd = self.fd
+        while True:
+            ret = lib().bpf_map_get_next_key(fd, _c.byref(prev) if prev is not None else None, _c.byref(nxt))
+            if ret == -_errno.ENOENT:
+                return out
+            if ret < 0:
+                raise BpfError(_format(f"map {self.name}: next key", -ret, []))
+            out.append(nxt)
+            prev, nxt = nxt, key_type()
+
+
+class Link:
+    """An attached program; destroy() detaches it."""
+
+    def __init__(self, ptr, name):
+        self._ptr = ptr
+        self.name = name
+
+    def destroy(self):
+        if self._ptr:
+            ptr, self._ptr = self._ptr, None
+            lib().bpf_link__destroy(ptr)
+
+
+class Object:
+    """One BPF object file: open, configure, load, attach, close.
+
+    Use as a context manager or call close(); close() destroys every link first.
+    """
+
+    def __init__(self, path):
+        if not os.path.exists(path):
+            raise BpfError(f"BPF object {path} is missing; build it with `make -C bpf` "
+                           "(or reinstall agentd, which ships the compiled objects)")
+        L = lib()
+        self.path = path
+        self._ptr = L.call(f"opening {path}", L.bpf_object__open_file, path.encode(), None, check="ptr")
+        self.loaded = False
+        self.links = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _need(self, loaded):
+        if self._ptr is None:
+            raise BpfError(f"{self.path}: object is closed")
+        if self.loaded != loaded:
+            raise BpfError(f"{self.path}: only {'after' if loaded else 'before'} load")
+
+    def programs(self):
+        """name -> section name, for every program in the object."""
+        L, out, p = lib(), {}, None
+        while True:
+            p = L.bpf_object__next_program(self._ptr, p)
+            if not p:
+                return out
+            out[L.bpf_program__name(p).decode()] = L.bpf_program__section_name(p).decode()
+
+    def _prog(self, name):
+        L = lib()
+        return L.call(f"{self.path}: program {name}", L.bpf_object__find_program_by_name,
+                      self._ptr, name.encode(), check="ptr")
+
+    def set_autoload(self, name, on):
+        """Choose, before load, whether program `name` is loaded at all."""
+        self._need(False)
+        L = lib()
+        L.call(f"set_autoload {name}", L.bpf_program__set_autoload, self._prog(name), bool(on))
+
+    def autoloaded(self):
+        L = lib()
+        return [n for n in self.programs() if L.bpf_program__autoload(self._prog(n))]
+
+    def map(self, name):
+        L = lib()
+        return Map(self, L.call(f"{self.path}: map {name}", L.bpf_object__find_map_by_name,
+                                self._ptr, name.encode(), check="ptr"))
+
+    def set_rodata(self, config):
+        """Write `config` (a ctypes Structure) as the object's whole .rodata before load.
+
+        The programs keep their read-only config in one `const volatile` struct, so the
+        .rodata section must be exactly that struct: a size mismatch means the object and
+        the Python mirror of agentd.h disagree.
+        """
+        self._need(False)
+        L, m = lib(), None
+        while True:
+            m = L.bpf_object__next_map(self._ptr, m)
+            if not m:
+                raise BpfError(f"{self.path}: no .rodata section (no const volatile config)")
+            if L.bpf_map__name(m).decode().endswith(".rodata"):
+                break
+        size = _c.c_size_t()
+        buf = L.call("rodata initial value", L.bpf_map__initial_value, m, _c.byref(size), check="ptr")
+        if size.value != _c.sizeof(config):
+            raise BpfError(f"{self.path}: .rodata is {size.value} bytes, {type(config).__name__} is "
+                           f"{_c.sizeof(config)}: rebuild the BPF objects (make -C bpf)")
+        _c.memmove(buf, _c.byref(config), size.value)
+
+    def load(self):
+        self._need(False)
+        L = lib()
+        L.call(f"loading {os.path.basename(self.path)}", L.bpf_object__load, self._ptr)
+        self.loaded = True
+
+    def attach(self, name):
+        """Attach program `name` as its section says (tp_btf/, tracepoint/...)."""
+        self._need(True)
+        L = lib()
+        ptr = L.call(f"attaching {name}", L.bpf_program__attach, self._prog(name), check="ptr")
+        link = Link(ptr, name)
+        self.links.append(link)
+        return link
+
+    def detach_all(self):
+        while self.links:
+            self.links.pop().destroy()
+
+    def close(self):
+        if self._ptr is None:
+            return
+        self.detach_all()
+        ptr, self._ptr = self._ptr, None
+        lib().bpf_object__close(ptr)
+
+
+class RingBuffer:
+    """libbpf ring_buffer over one or more ring-buffer maps.
+
+    `callback(data: bytes)` runs inside consume()/poll() for every record. To integrate
+    with asyncio, register `epoll_fd` with loop.add_reader and call consume() when it
+    is readable. An exception raised by a callback stops that consume() and is re-raised
+    from it after libbpf returns.
+    """
+
+    def __init__(self, map_, callback):
+        L = lib()
+        self._cbs = []
+        self._error = None
+        cb = self._wrap(callback)
+        self._ptr = L.call(f"ring buffer on {map_.name}", L.ring_buffer__new, map_.fd, cb, None, None,
+                           check="ptr")
+
+    def _wrap(self, callback):
+        def sample(_ctx, data, size):
+            try:
+                callback(_c.string_at(data, size))
+            except BaseException as err:  # re-raised from consume(), never through C
+                self._error = err
+                return -1
+            return 0
+        cb = _SAMPLE_FN(sample)
+        self._cbs.append(cb)  # libbpf keeps the raw pointer
+        return cb
+
+    def add(self, map_, callback):
+        L = lib()
+        L.call(f"ring buffer add {map_.name}", L.ring_buffer__add, self._ptr, map_.fd, self._wrap(callback),
+               None)
+
+    @property
+    def epoll_fd(self):
+        return lib().ring_buffer__epoll_fd(self._ptr)
+
+    def _run(self, fn, *args):
+        if self._ptr is None:
+            raise BpfError("ring buffer is closed")
+        ret = fn(self._ptr, *args)
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if ret < 0 and ret != -_errno.EINTR:
+            raise BpfError(_format("ring buffer", -ret, []))
+        return max(ret, 0)
+
+    def consume(self):
+        """Handle every record available now, without blocking; returns how many."""
+        return self._run(lib().ring_buffer__consume)
+
+    def poll(self, timeout_ms):
+        """Wait up to timeout_ms for records and handle them; returns how many."""
+        return self._run(lib().ring_buffer__poll, int(timeout_ms))
+
+    def close(self):
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            lib().ring_buffer__free(ptr)

@@ -1,0 +1,231 @@
+"""Automatic tool-call detection for agents that never call `agentd tool`.
+
+Rule: a process that lives in an agent's `main` cgroup, whose parent also lives there
+(an agent main process: the agent itself, or a spawn policy kept as housekeeping), and
+that execs, is a tool-call candidate. The daemon's `is_tool(argv, leads_session)`
+(policy) decides; for a tool call the daemon's `place(agent_id, pid, argv)` creates the
+tool-call cgroup and moves the pid (the Controller owns the cgroup tree, not this module).
+
+Closing the race in which the tool forks before it is moved, by strategy:
+  stop   BPF stops the task at exec (before its first instruction); we place it, then
+         SIGCONT it. It cannot fork while stopped, so every descendant is born in the
+         tool-call cgroup. Chosen default: bench/autodetect.py measured 100% placement
+         under fork storms, at the cost of one event round trip per exec in `main`.
+  sweep  BPF reports without stopping; we place the task, then move every descendant
+         that was forked meanwhile (tracked from fork events, plus a /proc sweep).
+         No added exec latency, but descendants run in `main` until moved: short-lived
+         ones are never placed and their usage is charged to the agent.
+  poll   no BPF: cgroup.procs of every main cgroup is polled (reconcile()), with the same
+         sweep. Detection lags by up to the poll interval.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..errors import AgentdError, CgroupGone, ProcessGone
+from ..kernel import bpf_types as T
+from ..kernel.bpf_userspace import ProcFS, resume
+from ..kernel.cgroupfs import own_cgroup
+from .events import ProcKind
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("stop", "sweep", "poll")
+
+
+@dataclass
+class AutodetectStats:
+    placed: int = 0             # tool calls placed
+    adopted: int = 0            # descendants moved after their tool (sweep/poll only)
+    housekeeping: int = 0       # candidates policy kept in main
+    errors: int = 0             # place() or a move failed (not counting vanished processes)
+    resumed_late: int = 0       # stopped tasks found by reconcile() (a lost event)
+    hold_ns: list = field(default_factory=list)  # exec -> SIGCONT, stop strategy (last 1000)
+
+
+@dataclass
+class _Agent:
+    agent_id: str
+    main: str                   # cgroup path relative to the v2 mount
+    main_id: int
+    known: dict = field(default_factory=dict)   # pid -> (starttime, argv): main processes seen
+
+
+class AutoDetector:
+    """Feed it ProcEvents (BPF strategies) or call reconcile() periodically (all strategies).
+
+    `lifecycle` (a kernel.bpf_lifecycle.Lifecycle, or None for poll) gets each main
+    cgroup registered with the flags the strategy needs.
+    """
+
+    def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason=""):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+        if strategy != "poll" and lifecycle is None:
+            raise ValueError(f"strategy {strategy!r} needs the lifecycle BPF program")
+        self.place = place
+        self.is_tool = is_tool
+        self.cgroups = cgroups
+        self.strategy = strategy
+        self.reason = reason or ("BPF lifecycle program attached" if lifecycle else "BPF unavailable")
+        self.lifecycle = lifecycle
+        self.procfs = procfs or ProcFS()
+        self.stats = AutodetectStats()
+        self._agents = {}           # agent_id -> _Agent
+        self._by_main = {}          # main cgroup id -> _Agent
+        self._tool_of = {}          # pid -> root pid of its tool call
+        self._tool_cg = {}          # root pid -> tool cgroup path
+
+    @property
+    def mode(self):
+        return {"stop": "bpf-stop", "sweep": "bpf-sweep", "poll": "poll"}[self.strategy]
+
+    # --- agents -----------------------------------------------------------
+    def add_agent(self, agent_id, main_cgroup):
+        main_id = self.cgroups.cgroup_id(main_cgroup)
+        agent = _Agent(agent_id, main_cgroup, main_id)
+        self._agents[agent_id] = agent
+        self._by_main[main_id] = agent
+        if self.lifecycle is not None:
+            flags = T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN
+            if self.strategy == "stop":
+                flags |= T.AGENTD_WATCH_STOP_EXEC
+            self.lifecycle.watch(main_id, flags)
+
+    def remove_agent(self, agent_id):
+        agent = self._agents.pop(agent_id, None)
+        if agent is None:
+            return
+        self._by_main.pop(agent.main_id, None)
+        if self.lifecycle is not None:
+            self.lifecycle.unwatch(agent.main_id)
+
+    # --- BPF events -------------------------------------------------------
+    def handle(self, ev):
+        if ev.kind == ProcKind.FORK:
+            root = self._tool_of.get(ev.ppid)
+            if root is not None:
+                self._tool_of[ev.pid] = root
+                if ev.cgroup_id in self._by_main:   # born before its parent was moved
+                    self._adopt(root, ev.pid)
+            return
+        if ev.kind == ProcKind.EXIT:
+            root = self._tool_of.pop(ev.pid, None)
+            if root == ev.pid:
+                self._tool_cg.pop(root, None)
+            agent = self._by_main.get(ev.cgroup_id)
+            if agent:
+                agent.known.pop(ev.pid, None)
+            return
+        agent = self._by_main.get(ev.cgroup_id)
+        try:
+            if agent is None:
+                return
+            root = self._tool_of.get(ev.ppid)
+            if root is not None:                    # a tool's descendant still in main
+                self._tool_of[ev.pid] = root
+                self._adopt(root, ev.pid)
+                return
+            if not ev.parent_in_main:               # the agent's own process (re)executing
+                agent.known[ev.pid] = (None, ev.argv)
+                return
+            self._consider(agent, ev.pid, list(ev.argv), ev.leads_session)
+        finally:
+            if ev.stopped:
+                resume(ev.pid)
+                hold = time.monotonic_ns() - ev.ts_ns
+                self.stats.hold_ns.append(hold)
+                del self.stats.hold_ns[:-1000]
+
+    def _consider(self, agent, pid, argv, leads_session):
+        try:
+            tool = bool(self.is_tool(argv, leads_session))
+        except Exception:  # policy bugs must not leave a task stopped
+            log.exception("is_tool failed for %s; treating %r as housekeeping", agent.agent_id, argv[:3])
+            tool = False
+        if not tool:
+            self.stats.housekeeping += 1
+            agent.known[pid] = (None, tuple(argv))
+            return
+        try:
+            self.place(agent.agent_id, pid, argv)
+        except (ProcessGone, CgroupGone):
+            return
+        except AgentdError as err:
+            self.stats.errors += 1
+            log.warning("placing tool call %d of %s failed: %s", pid, agent.agent_id, err)
+            return
+        self.stats.placed += 1
+        agent.known.pop(pid, None)
+        self._tool_of[pid] = pid
+        if self.strategy != "stop":
+            for child in self.procfs.descendants(pid):
+                self._tool_of[child] = pid
+                self._adopt(pid, child, only_from=agent.main)
+
+    def _adopt(self, root, pid, only_from=None):
+        """Move `pid` into the cgroup its tool call `root` was placed in."""
+        try:
+            cg = self._tool_cg.get(root)
+            if cg is None:
+                cg = self._tool_cg[root] = own_cgroup(root).lstrip("/")
+            if only_from is not None and own_cgroup(pid).lstrip("/") != only_from.strip("/"):
+                return
+            self.cgroups.move(cg, pid)
+            self.stats.adopted += 1
+        except (ProcessGone, CgroupGone):
+            pass
+        except AgentdError as err:
+            self.stats.errors += 1
+            log.warning("moving %d after tool call %d failed: %s", pid, root, err)
+
+    # --- polling ----------------------------------------------------------
+    def reconcile(self):
+        """One pass over every main cgroup.
+
+        poll strategy: this is the detector. BPF strategies: a safety net that places and
+        resumes tasks stopped at exec whose event was lost (ring buffer full).
+        """
+        for agent in list(self._agents.values()):
+            try:
+                pids = self.cgroups.procs(agent.main)
+            except CgroupGone:
+                continue
+            in_main = set(pids)
+            for pid in pids:
+                try:
+                    self._reconcile_one(agent, pid, in_main)
+                except (ProcessGone, CgroupGone):
+                    agent.known.pop(pid, None)
+
+    def _reconcile_one(self, agent, pid, in_main):
+        info = self.procfs.info(pid)
+        root = self._tool_of.get(info.ppid)
+        if root is not None and self.strategy != "stop":
+            self._tool_of[pid] = root
+            self._adopt(root, pid)
+            return
+        known = agent.known.get(pid)
+        if self.strategy != "poll":
+            # Only stopped candidates matter here: running ones were handled from events.
+            if info.state != "T" or known is not None or info.ppid not in in_main:
+                return
+            self.stats.resumed_late += 1
+            try:
+                self._consider(agent, pid, list(info.argv), info.sid == pid)
+            finally:
+                resume(pid)
+            return
+        if known is not None and known[1] == info.argv:
+            return
+        if info.ppid not in in_main:
+            agent.known[pid] = (info.starttime, info.argv)
+            return
+        try:
+            parent = self.procfs.info(info.ppid)
+        except ProcessGone:
+            parent = None
+        if parent is not None and parent.argv == info.argv:
+            return                  # forked, not yet exec'd: decide once it has
+        self._consider(agent, pid, list(info.argv), info.sid == pid)

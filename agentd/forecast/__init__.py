@@ -8,10 +8,9 @@ Pure code (time is passed in); the only I/O is the SQLite history store.
 from .forecaster import FLOOR_BYTES, Forecaster
 from .history import DEFAULT_PATH, HistoryError, HistoryFull, HistoryReadOnly, HistoryStore
 from .model import Forecast, LiveForecast, ToolCallRecord
-from .predictors import DEFAULT_PRIORS, PREDICTORS, PredictorError, make_predictor, register
+from .predictors import (DEFAULT_PREDICTOR, DEFAULT_PRIORS, PREDICTORS, PredictorError,
+                         make_predictor, register)
 from .signature import Signature, signature
-
-DEFAULT_PREDICTOR = "quantile"
 
 __all__ = [
     "DEFAULT_PATH", "DEFAULT_PREDICTOR", "DEFAULT_PRIORS", "FLOOR_BYTES", "PREDICTORS",

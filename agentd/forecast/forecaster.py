@@ -10,7 +10,7 @@ the enforcer can raise a limit before the call hits it or act before the host ru
 
 from .history import HistoryError
 from .model import MiB, Forecast, LiveForecast
-from .predictors import DEFAULT_PRIORS, PredictorError, Query, make_predictor
+from .predictors import DEFAULT_PREDICTOR, DEFAULT_PRIORS, PredictorError, Query, make_predictor
 from .signature import Signature, signature
 
 # The smallest forecast agentd makes: above the apparent growth of in-process tool calls in
@@ -20,7 +20,7 @@ FLOOR_BYTES = 32 * MiB
 
 
 class Forecaster:
-    def __init__(self, store, predictor="quantile", priors=None, *, headroom=1.0,
+    def __init__(self, store, predictor=DEFAULT_PREDICTOR, priors=None, *, headroom=1.0,
                  floor_bytes=FLOOR_BYTES, host_budget=64 << 30, predictor_args=None,
                  growth_window_s=5.0, horizon_s=10.0):
         """`store`: HistoryStore (or None: priors only). `priors`: class -> bytes or None
@@ -32,7 +32,7 @@ class Forecaster:
             raise PredictorError(f"host budget {host_budget} must exceed the floor {floor_bytes}")
         self.store = store
         self.predictor = make_predictor(predictor, **(predictor_args or {}))
-        self.predictor_name = predictor
+        self.predictor_name = DEFAULT_PREDICTOR if predictor == "default" else predictor
         self.priors = {**DEFAULT_PRIORS, **(priors or {})}
         self.headroom, self.floor, self.host_budget = float(headroom), int(floor_bytes), int(host_budget)
         self.growth_window_s, self.horizon_s = float(growth_window_s), float(horizon_s)

@@ -64,7 +64,7 @@ class HistoryReadOnly(HistoryError):
 
 def _convert(err, path, doing):
     msg = str(err).lower()
-    if "full" in msg:
+    if "full" in msg:           # SQLITE_FULL: "database or disk is full"
         return HistoryFull(f"history database {path}: disk full while {doing}; "
                            "free space or point agentd at another history path")
     if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
@@ -76,7 +76,9 @@ def _convert(err, path, doing):
 class HistoryStore:
     """SQLite-backed tool-call history. Not thread-safe: one owner (the daemon's loop)."""
 
-    def __init__(self, path=":memory:"):
+    def __init__(self, path=":memory:", max_bytes=None):
+        """`max_bytes` caps the database file: past it `add` raises HistoryFull, as a full
+        disk would (call `prune` to make room)."""
         self.path = str(path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -84,6 +86,9 @@ class HistoryStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            if max_bytes is not None:
+                page = self._db.execute("PRAGMA page_size").fetchone()[0]
+                self._db.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // page)}")
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)",

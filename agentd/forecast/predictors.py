@@ -22,10 +22,15 @@ from ..errors import AgentdError
 from .model import MiB, Forecast
 
 PREDICTORS = {}
+# The predictor the daemon uses and the benchmark reports as its default; a policy's
+# `predictor: default` means this one. Defined here, once; agentd.forecast re-exports it.
+DEFAULT_PREDICTOR = "quantile"
 
 # Class priors for a cold start: what a policy-less host assumes about a tool call it has
 # never seen. `None` = unlimited, i.e. the host budget.
-DEFAULT_PRIORS = {"low": 256 * MiB, "medium": 1024 * MiB, "high": None}
+# The shipped policies' classes (interactive/normal/batch) map onto the same table.
+DEFAULT_PRIORS = {"low": 256 * MiB, "medium": 1024 * MiB, "high": None,
+                  "interactive": 256 * MiB, "normal": 1024 * MiB, "batch": None}
 
 
 class PredictorError(AgentdError):
@@ -59,6 +64,9 @@ def register(name):
 
 
 def make_predictor(name, **args):
+    """A predictor by registered name (`default` = DEFAULT_PREDICTOR), its args validated."""
+    if name == "default":
+        name = DEFAULT_PREDICTOR
     try:
         cls = PREDICTORS[name]
     except KeyError:
@@ -114,8 +122,8 @@ class QuantilePredictor:
     (weights 0.5**(age/halflife), newest = age 0) are mixed with its parent's distribution,
     which counts as `prior_weight` observations. So a signature seen once leans mostly on
     its coarser levels (one cheap `pip install -e .` says little about the next), one seen
-    often speaks for itself, and a cold start is the prior. The forecast is the mixture's
-    upper `q` quantile times `margin`.
+    often speaks for itself, and a cold start is the prior. Observed peaks enter times
+    `margin` (the prior is a limit already); the forecast is the mixture's upper `q` quantile.
     """
 
     def __init__(self, q=0.9, margin=1.5, halflife=8.0, window=32, prior_weight=2.0):
@@ -139,10 +147,10 @@ class QuantilePredictor:
             w = [0.5 ** (i / self.halflife) for i in range(len(peaks))]
             n = sum(w)
             own, parent = n / (n + self.k), self.k / (n + self.k)
-            dist = [(float(v), own * wi / n) for v, wi in zip(peaks, w)] + \
+            dist = [(v * self.margin, own * wi / n) for v, wi in zip(peaks, w)] + \
                    [(v, parent * wi) for v, wi in dist]
             finest, finest_idx, n_finest = f"quantile:{label}({len(peaks)})", idx, len(peaks)
-        v = _mixture_quantile(dist, self.q) * self.margin
+        v = _mixture_quantile(dist, self.q)
         conf = 0.0 if n_finest == 0 else _confidence(n_finest, finest_idx, len(chain))
         return Forecast(int(v), conf, finest)
 

@@ -36,7 +36,7 @@ _ASSIGN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _FD_REDIRECT_RE = re.compile(r"^\d*(>>?|<|>&|<&|>\|)\S*$")
 _SHELLS = {"bash", "sh", "zsh", "dash", "ksh"}
 # How deep `bash -c "eval 'sh -c ...'"` nesting is followed; deeper is not seen in practice.
-_MAX_DEPTH = 4
+MAX_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _split_heredocs(text):
     return "\n".join(out), bodies
 
 
-def _shell_script(argv):
+def shell_script(argv):
     """The script of `bash -c SCRIPT` / `sh -lc SCRIPT`, or None if argv is not that."""
     if not argv or argv[0].rsplit("/", 1)[-1] not in _SHELLS:
         return None
@@ -133,8 +133,8 @@ def split_command(command, depth=0):
 
 def _expand(argv, first, body, depth):
     """Unwrap shell-in-shell commands; other commands are returned as they are."""
-    if depth < _MAX_DEPTH:
-        script = _shell_script(argv)
+    if depth < MAX_DEPTH:
+        script = shell_script(argv)
         if script is not None:
             return split_command(script, depth + 1)
         if argv[0] == "eval":

@@ -42,7 +42,7 @@ without a policy classification and for cold-start priors.
 import re
 from dataclasses import dataclass
 
-from .shell import SimpleCommand, _shell_script, split_command
+from .shell import MAX_DEPTH, SimpleCommand, shell_script, split_command
 
 # Rule 2's ranks. Unknown programs rank as interpreters (medium): guessing "light" for an
 # unknown binary is the error that OOMs.
@@ -83,8 +83,6 @@ _NUMERIC_FIRST = {"timeout", "taskset"}   # `timeout 60 cmd`: the first operand 
 _RUNNERS = {("uv", "run"), ("poetry", "run"), ("pipenv", "run"), ("pdm", "run"),
             ("hatch", "run"), ("conda", "run"), ("pnpm", "exec"), ("yarn", "exec"),
             ("coverage", "run"), ("npm", "exec")}
-_INTERPRETERS = {"python", "node", "ruby", "perl", "php", "bash", "sh", "zsh", "deno", "bun",
-                 "java", "Rscript", "julia", "lua"}
 # Tools with a subcommand (`git status`) and global options that take a value before it.
 _SUBCOMMAND = {
     "git": {"-C", "-c", "--git-dir", "--work-tree"}, "pip": set(), "npm": {"--prefix"},
@@ -126,8 +124,8 @@ _VALUE_OPTS = {"--tb", "-p", "-o", "--rootdir", "-c", "--maxfail", "--deselect",
                "-m", "-j", "-p", "--package", "--features", "--target", "-t", "-f", "--file",
                "-w", "--maxWorkers", "-T", "--prefix", "-i", "--index-url",
                "--extra-index-url", "-C", "--python", "--config-file"}
-_IMPORT_RE = re.compile(r"^\s*(?:from\s+([A-Za-z_][\w]*)[\w.]*\s+import|import[ \t]+([A-Za-z_][\w., \t]*))",
-                        re.M)
+_IMPORT_RE = re.compile(r"(?:^|;)[ \t]*(?:from[ \t]+([A-Za-z_]\w*)[\w.]*[ \t]+import"
+                        r"|import[ \t]+([A-Za-z_][\w., \t]*))", re.M)
 _VERSION_RE = re.compile(r"(?<=[a-z+])[\d.]+$")
 _PKG_RE = re.compile(r"^([A-Za-z0-9_.\-]+)")
 _MAX_TARGETS = 4
@@ -152,7 +150,7 @@ def signature(argv):
         cmds = split_command(argv)
     else:
         argv = [str(a) for a in argv]
-        script = _shell_script(argv)
+        script = shell_script(argv)
         cmds = split_command(script) if script is not None else [SimpleCommand(tuple(argv), True)]
     picked = _pick(cmds, 0)
     if picked is None:
@@ -201,9 +199,9 @@ def _unwrap(argv, stdin, depth):
         if prog in _WRAPPERS or (len(argv) > 1 and (prog, argv[1]) in _RUNNERS):
             argv = _strip_wrapper(prog, argv)
             continue
-        script = _shell_script(argv)
+        script = shell_script(argv)
         if script is not None:       # `timeout 60 bash -c '...'`
-            return _pick(split_command(script), depth + 1) if depth < 4 else None
+            return _pick(split_command(script), depth + 1) if depth < MAX_DEPTH else None
         if prog in ("python", "pypy") and len(argv) > 2 and argv[1] == "-m":
             return _program_name(argv[2].split(".")[0]), argv[3:], stdin
         return prog, argv[1:], stdin

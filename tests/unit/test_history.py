@@ -1,0 +1,116 @@
+"""History store: SQLite round trips, per-level and per-agent queries, bounded size, and
+the specific errors the daemon relies on to carry on without history."""
+
+import sqlite3
+
+import pytest
+
+from agentd.forecast import (HistoryError, HistoryFull, HistoryReadOnly, HistoryStore,
+                             ToolCallRecord, signature)
+from agentd.forecast.history import SCHEMA_VERSION
+
+
+def rec(cmd, peak, agent="a1", ts=0.0, **kw):
+    return ToolCallRecord.from_signature(signature(cmd), ts=ts, peak_bytes=peak, agent=agent,
+                                         argv=cmd.split(), **kw)
+
+
+def test_round_trip_keeps_every_field():
+    st = HistoryStore(":memory:")
+    r = rec("pytest -x tests/a.py", 123_000_000, ts=5.0, agent_class="normal", duration_s=2.5,
+            cpu_s=1.25, exit_status=1, action="throttled")
+    st.add(r)
+    (back,) = st.records()
+    assert back == r
+    assert back.argv == ("pytest", "-x", "tests/a.py")
+
+
+def test_recent_peaks_newest_first_bounded_and_per_level():
+    st = HistoryStore()
+    for i, cmd in enumerate(["pytest tests/a.py", "pytest tests/b.py", "pytest tests/a.py",
+                             "git status"]):
+        st.add(rec(cmd, (i + 1) * 1000))
+    assert st.recent_peaks("full", "pytest tests/a.py", 10) == [3000, 1000]
+    assert st.recent_peaks("coarse", "pytest", 10) == [3000, 2000, 1000]
+    assert st.recent_peaks("coarse", "pytest", 2) == [3000, 2000]
+    assert st.recent_peaks("program", "git", 10) == [4000]
+    assert st.recent_peaks("tool_class", "high", 10) == [3000, 2000, 1000]
+    assert st.count() == 4
+    assert st.count("coarse", "pytest") == 3
+
+
+def test_agent_filter():
+    st = HistoryStore()
+    st.add(rec("pytest", 1, agent="a"))
+    st.add(rec("pytest", 2, agent="b"))
+    assert st.recent_peaks("full", "pytest", 10, agent="a") == [1]
+    assert st.recent_peaks("full", "pytest", 10) == [2, 1]
+    assert st.count(agent="b") == 1
+
+
+def test_unknown_level_is_refused_before_sql():
+    with pytest.raises(KeyError):
+        HistoryStore().recent_peaks("argv; DROP TABLE tool_calls", "x", 1)
+
+
+def test_prune_keeps_newest():
+    st = HistoryStore()
+    for i in range(10):
+        st.add(rec("git status", i))
+    st.prune(3)
+    assert st.recent_peaks("full", "git status", 100) == [9, 8, 7]
+
+
+def test_file_store_uses_wal_and_persists(tmp_path):
+    path = tmp_path / "history.sqlite"
+    st = HistoryStore(path)
+    st.add(rec("npm test", 42))
+    assert st._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # a second connection (a reader such as `agentd report`) sees the committed write
+    reader = HistoryStore(path)
+    assert reader.recent_peaks("full", "npm test", 5) == [42]
+    st.close()
+    reader.close()
+    again = HistoryStore(path)
+    assert again.count() == 1
+    again.close()
+
+
+def test_full_database_raises_history_full(tmp_path):
+    st = HistoryStore(tmp_path / "h.sqlite", max_bytes=64 * 1024)
+    with pytest.raises(HistoryFull) as exc:
+        for i in range(10_000):
+            st.add(rec("pip install " + "x" * 200 + str(i), i))
+    assert "disk full" in str(exc.value)
+    st.prune(10)       # the documented way out
+    st.close()
+
+
+def test_unwritable_location_raises_read_only(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(HistoryReadOnly):
+        HistoryStore(blocker / "history.sqlite")
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "h.sqlite"
+    HistoryStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(HistoryError, match="newer"):
+        HistoryStore(path)
+
+
+def test_garbage_file_is_a_history_error(tmp_path):
+    path = tmp_path / "h.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(HistoryError):
+        HistoryStore(path)
+
+
+def test_history_error_is_an_agentd_error():
+    from agentd.errors import AgentdError
+    assert issubclass(HistoryFull, HistoryError) and issubclass(HistoryError, AgentdError)

@@ -110,11 +110,29 @@ class App:
         self.state_dir = state_dir
         self.ctl = Controller(self.fs, self.root, self.caps, Planner(self.policy, self.host_memory),
                               self.state, self.events, self.procfs, sampler=rss_sampler)
+        # One list of hooks serves both the controller's events (on_tool_plan/start/end,
+        # on_agent_start/end) and the daemon's (start/stop coroutines, admit, modes).
+        self.ctl.hooks = self.hooks
         self._move_self()
         self.ctl.setup()
+        self._build_hooks()
         self.server = Server(self, self.socket_path, group=c.api_group or d.api_group)
         for w in self.caps.warnings():
             log.warning("%s", w)
+
+    def _build_hooks(self):
+        """Optional stages, each with one clear warning when it cannot run here."""
+        try:
+            from .enforce import build as build_enforcer
+        except ImportError:
+            return
+        try:
+            hook = build_enforcer(self)
+        except AgentdError as err:
+            log.warning("enforcement disabled: %s", err)
+            return
+        if hook is not None:
+            self.hooks.append(hook)
 
     def _move_self(self):
         """Under systemd our service cgroup *is* the root: move into a leaf so the root may

@@ -23,15 +23,11 @@ _ADVICE = {
 def _program(argv):
     if not argv:
         return "the command"
-    p = os.path.basename(argv[0])
-    if p in ("bash", "sh", "dash", "zsh") and len(argv) >= 3 and argv[1] in ("-c", "-lc", "-c -l"):
-        words = argv[2].replace("&&", " ").replace(";", " ").split()
-        for w in words:
-            if "=" not in w and w not in ("cd", "source", ".", "eval", "exec", "timeout", "env"):
-                return os.path.basename(w.strip("'\""))
-    if p.startswith("python") and len(argv) >= 3 and argv[1] == "-m":
-        return argv[2]
-    return p
+    try:
+        from .policy.match import main_program
+        return main_program(argv) or os.path.basename(argv[0])
+    except Exception:            # feedback must never fail a tool call's report
+        return os.path.basename(argv[0])
 
 
 def advice_for(argv):

@@ -1,0 +1,25 @@
+#!/bin/bash
+# Set up agentd on a Debian/Ubuntu host: system packages, the Python package (which
+# compiles the `agentd` launcher and the eBPF objects), and `agentd install`
+# (front command, systemd unit, policies, state dir). Idempotent. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+# Debian 12 names the BPF compiler clang-19 (clang 14 lacks what the programs use);
+# other releases may only have plain clang: take what exists.
+clang_pkg=clang-19
+apt-cache show clang-19 >/dev/null 2>&1 || { apt-get update -qq; }
+apt-cache show clang-19 >/dev/null 2>&1 || clang_pkg=clang
+pkgs="$clang_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux"
+need=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
+if [ -n "$need" ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $need
+fi
+
+python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+python3 -m pip install -q -e ".[test]"
+python3 -m agentd install
+echo "agentd is set up: try 'agentd doctor' and 'agentd run -- bash'"

@@ -39,11 +39,13 @@ class Forecaster:
 
     def forecast(self, argv, tool_class=None, agent_class="", now=0.0, agent=None):
         """Forecast of a starting tool call. `argv`: list, command string or Signature.
-        `tool_class`: the policy's class, else the signature's default. Never raises on a
-        broken history: it answers from the class prior and says so in `source`."""
+        `tool_class`: the policy's class, else the signature's default. `agent`: the agent
+        whose own history is looked up first. `agent_class` and `now` reach the predictor
+        (the shipped ones weigh history by call order, not age). Never raises on a broken
+        history: it answers from the class prior and says so in `source`."""
         sig = argv if isinstance(argv, Signature) else signature(argv)
         cls = tool_class or sig.tool_class
-        q = Query(self.store, sig, cls, agent, self.priors, self.host_budget)
+        q = Query(self.store, sig, cls, agent, self.priors, self.host_budget, agent_class, now)
         if self.store is None:
             f = Forecast(q.prior(), 0.0, f"prior:{cls}")
         else:

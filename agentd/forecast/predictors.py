@@ -46,6 +46,8 @@ class Query:
     agent: str | None
     priors: dict                # class -> bytes or None (unlimited)
     host_budget: int            # bytes a tool call could at most use on this host
+    agent_class: str = ""
+    now: float = 0.0            # caller's clock; shipped predictors weigh by call order
 
     def prior(self):
         v = self.priors.get(self.tool_class, self.priors.get("medium"))

@@ -1,6 +1,7 @@
 """Signature normaliser: a table of literal command lines and what they must map to."""
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from agentd.forecast.shell import split_command
 from agentd.forecast.signature import Signature, signature
@@ -103,3 +104,16 @@ def test_heredoc_body_is_attached_to_its_command():
     cmds = split_command("cat > /tmp/a.py << 'EOF'\nimport os\nEOF\npython /tmp/a.py")
     assert cmds[0].argv == ("cat",) and cmds[0].stdin_script == "import os"
     assert cmds[1].argv == ("python", "/tmp/a.py")
+
+_SHELLISH = st.lists(st.sampled_from(list("ab -|&;<>'\"\\$()=\n/.:x1") +
+                                    ["pytest", "bash -c ", "eval ", "<<EOF", "python -c ", "timeout "]),
+                     max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), _SHELLISH, st.lists(st.text(max_size=10), max_size=6)))
+def test_any_input_gives_a_signature(cmd):
+    # agents' logs cut commands anywhere; a signature must never raise
+    sig = signature(cmd)
+    assert sig.full.startswith(sig.program)
+    assert sig.tool_class in ("low", "medium", "high")

@@ -78,9 +78,11 @@ def load_traces(folder, half=None):
 
 def derive_calls(trace, floor=FLOOR_BYTES):
     """Dicts for the trace's Bash calls: start, end, command, baseline, growth, true, counted."""
-    samples = sorted(trace["samples"], key=lambda s: s[0])
+    samples = sorted(trace.get("samples") or [], key=lambda s: s[0])
+    if not samples:
+        return []               # nothing to measure against
     ts = [s[0] for s in samples]
-    bash = [c for c in trace["tool_calls"] if c["tool"] == "Bash"]
+    bash = [c for c in trace.get("tool_calls") or [] if c.get("tool") == "Bash"]
     calls = []
     for k, c in enumerate(bash):
         start, end = c["start_s"], max(c["end_s"], c["start_s"])
@@ -118,8 +120,10 @@ def score(pairs, floor=FLOOR_BYTES):
 
 
 def _metrics(pairs, ratios):
-    return {"under_prediction_rate": round(sum(1 for f, t in pairs if t > f) / len(pairs), 4)
-            if pairs else float("nan"),
+    if not pairs:               # JSON has no NaN: say "no data" as null
+        return {"under_prediction_rate": None, "overprovision_median": None,
+                "overprovision_p95": None, "tool_calls": 0}
+    return {"under_prediction_rate": round(sum(1 for f, t in pairs if t > f) / len(pairs), 4),
             "overprovision_median": round(_quantile(ratios, 0.5), 3),
             "overprovision_p95": round(_quantile(ratios, 0.95), 3),
             "tool_calls": len(pairs)}
@@ -135,6 +139,8 @@ def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None):
             budget = int(trace.get("mem_total_bytes") or 64 << 30)
             fc = Forecaster(store, "fixed" if predictor == STATIC else predictor, host_budget=budget, floor_bytes=floor,
                             predictor_args=predictor_args)
+            if not calls:
+                continue
             task_peak = max(s[1] for s in trace["samples"])
             agent = trace.get("task", "")
             pending = []            # (end, record): learnt once a later call starts after it
@@ -165,6 +171,14 @@ def run(traces, warm=(), floor=FLOOR_BYTES):
     return {n: score(replay(traces, n, warm, floor)) for n in names}
 
 
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _x(v):
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def table(results, default):
     lines = ["| predictor | under-prediction | over-provision median | over-provision p95 "
              "| tool calls | calls above floor: under / median / p95 |",
@@ -172,10 +186,10 @@ def table(results, default):
     for name, r in results.items():
         label = f"{name} (default)" if name == default else name
         a = r["above_floor"]
-        lines.append(f"| {label} | {100 * r['under_prediction_rate']:.1f}% | "
-                     f"{r['overprovision_median']:.2f}x | {r['overprovision_p95']:.2f}x | "
-                     f"{r['tool_calls']} | {a['tool_calls']}: {100 * a['under_prediction_rate']:.1f}%"
-                     f" / {a['overprovision_median']:.2f}x / {a['overprovision_p95']:.2f}x |")
+        lines.append(f"| {label} | {_pct(r['under_prediction_rate'])} | "
+                     f"{_x(r['overprovision_median'])} | {_x(r['overprovision_p95'])} | "
+                     f"{r['tool_calls']} | {a['tool_calls']}: {_pct(a['under_prediction_rate'])}"
+                     f" / {_x(a['overprovision_median'])} / {_x(a['overprovision_p95'])} |")
     return "\n".join(lines)
 
 

@@ -113,3 +113,22 @@ def test_default_beats_last_observed_on_the_shared_traces():
     default = bench.score(bench.replay(traces, DEFAULT_PREDICTOR))
     last = bench.score(bench.replay(traces, "last"))
     assert default["under_prediction_rate"] < last["under_prediction_rate"]
+
+
+def test_any_folder_in_the_format_is_accepted(tmp_path, capsys):
+    odd = [trace([], [(1, 2, "Bash", "pytest")], task="no-samples"),
+           trace([(0, 100 * MB), (1, 100 * MB)], [(0.5, 0.6, "Read", "")], task="no-bash"),
+           trace([(0, 100 * MB), (1, 150 * MB)], [(0.5, 0.4, "Bash", "")], task="end-before-start")]
+    for t in odd:
+        (tmp_path / f"{t['task']}.json").write_text(json.dumps(t))
+    (tmp_path / "README.md").write_text("not a trace")
+    out = tmp_path / "r.json"
+    assert bench.main(["--traces", str(tmp_path), "--json", str(out)]) == 0
+    # strict JSON: no NaN even where nothing counted
+    res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert all(r["tool_calls"] == 1 for r in res["predictors"].values())
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(SystemExit):
+        bench.main(["--traces", str(tmp_path)])

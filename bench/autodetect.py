@@ -130,8 +130,8 @@ def run(strategy, tools=20, storm=20, calls=100, sleep_s=0.5, poll_interval=0.01
             "tools_placed": len(sc.placed),
             "housekeeping": det.stats.housekeeping if det else 0,
             "errors": det.stats.errors if det else 0,
-            "call_median_ms": statistics.median(lat) / 1e6,
-            "call_p95_ms": sorted(lat)[int(len(lat) * 0.95) - 1] / 1e6,
+            "call_median_ms": statistics.median(lat) / 1e6 if lat else None,
+            "call_p95_ms": sorted(lat)[max(int(len(lat) * 0.95) - 1, 0)] / 1e6 if lat else None,
             "hold_median_us": statistics.median(det.stats.hold_ns) / 1e3 if det and det.stats.hold_ns else None,
             "lost": lc.stats()["lost"] if lc else 0,
         }

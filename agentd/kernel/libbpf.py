@@ -53,6 +53,7 @@ _SIGNATURES = [
     ("bpf_program__fd", _c.c_int, [_vp]),
     ("bpf_program__attach", _vp, [_vp]),
     ("bpf_link__destroy", _c.c_int, [_vp]),
+    ("bpf_link__fd", _c.c_int, [_vp]),
     ("bpf_map__name", _c.c_char_p, [_vp]),
     ("bpf_map__fd", _c.c_int, [_vp]),
     ("bpf_map__initial_value", _vp, [_vp, _c.POINTER(_c.c_size_t)]),
@@ -220,12 +221,24 @@ class Map:
             prev, nxt = nxt, key_type()
 
 
+def _fd_id(fd, key):
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BpfError(f"fd {fd} has no {key} in fdinfo")
+
+
 class Link:
     """An attached program; destroy() detaches it."""
 
     def __init__(self, ptr, name):
         self._ptr = ptr
         self.name = name
+
+    @property
+    def fd(self):
+        return lib().bpf_link__fd(self._ptr)
 
     def destroy(self):
         if self._ptr:
@@ -326,6 +339,23 @@ class Object:
         link = Link(ptr, name)
         self.links.append(link)
         return link
+
+    def kernel_ids(self):
+        """{'progs', 'maps', 'links'}: the kernel's ids of this object's loaded parts
+        (from /proc/self/fdinfo), so a caller can check that close() released them."""
+        self._need(True)
+        L = lib()
+        out = {"progs": [], "maps": [], "links": []}
+        for name in self.autoloaded():
+            out["progs"].append(_fd_id(L.bpf_program__fd(self._prog(name)), "prog_id"))
+        m = None
+        while True:
+            m = L.bpf_object__next_map(self._ptr, m)
+            if not m:
+                break
+            out["maps"].append(_fd_id(L.bpf_map__fd(m), "map_id"))
+        out["links"] = [_fd_id(link.fd, "link_id") for link in self.links]
+        return out
 
     def detach_all(self):
         while self.links:

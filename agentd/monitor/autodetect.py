@@ -59,7 +59,8 @@ class AutoDetector:
     cgroup registered with the flags the strategy needs.
     """
 
-    def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason=""):
+    def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason="",
+                 resume=resume):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if strategy != "poll" and lifecycle is None:
@@ -71,6 +72,7 @@ class AutoDetector:
         self.reason = reason or ("BPF lifecycle program attached" if lifecycle else "BPF unavailable")
         self.lifecycle = lifecycle
         self.procfs = procfs or ProcFS()
+        self.resume = resume
         self.stats = AutodetectStats()
         self._agents = {}           # agent_id -> _Agent
         self._by_main = {}          # main cgroup id -> _Agent
@@ -133,7 +135,7 @@ class AutoDetector:
             self._consider(agent, ev.pid, list(ev.argv), ev.leads_session)
         finally:
             if ev.stopped:
-                resume(ev.pid)
+                self.resume(ev.pid)
                 hold = time.monotonic_ns() - ev.ts_ns
                 self.stats.hold_ns.append(hold)
                 del self.stats.hold_ns[:-1000]
@@ -215,7 +217,7 @@ class AutoDetector:
             try:
                 self._consider(agent, pid, list(info.argv), info.sid == pid)
             finally:
-                resume(pid)
+                self.resume(pid)
             return
         if known is not None and known[1] == info.argv:
             return

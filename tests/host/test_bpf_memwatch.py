@@ -1,0 +1,166 @@
+"""Memory-watch program on the host kernel: rss accounting per cgroup, threshold and rate events.
+
+The host's v2 tree has no memory controller: usage here is the summed rss of the
+cgroup's processes, exactly what the program computes from rss_stat.
+"""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from agentd.kernel.bpf_memwatch import MemWatch
+from agentd.kernel.bpf_userspace import ProcFS
+from agentd.monitor.events import MemReason, decode_mem
+
+from .bpf_support import spawn_in
+
+MiB = 1 << 20
+
+# A controllable memory hog: "a N" allocates and touches N MiB, "q" exits.
+HOG = r'''
+import sys
+keep = []
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "a":
+        keep.append(bytearray(int(cmd[1]) << 20))
+    elif cmd[0] == "q":
+        break
+    print("ok", flush=True)
+'''
+
+
+@pytest.fixture
+def hog_in(cgfs):
+    procs = []
+
+    def start(cg):
+        p = subprocess.Popen([sys.executable, "-S", "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, preexec_fn=_enter(cgfs.path(cg, "cgroup.procs")))
+        procs.append(p)
+        assert p.stdout.readline().strip() == "ready"
+
+        def cmd(line):
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            if line != "q":
+                assert p.stdout.readline().strip() == "ok"
+        p.cmd = cmd
+        return p
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait(10)
+
+
+def _enter(procs_file):
+    import os
+
+    def enter():
+        fd = os.open(procs_file, os.O_WRONLY)
+        os.write(fd, b"0")
+        os.close(fd)
+    return enter
+
+
+@pytest.fixture
+def memwatch():
+    """A MemWatch whose ring buffer a thread polls all along, as the daemon's loop would:
+    each event is stamped with the monotonic time user space received it."""
+    mw = MemWatch(window_s=0.25)
+    events = []
+    rb = mw.ring_buffer(lambda d: events.append((time.monotonic_ns(), decode_mem(d))))
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            rb.poll(20)
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    mw.events = events
+    yield mw
+    stop.set()
+    th.join()
+    rb.close()
+    mw.close()
+
+
+def _drain(mw, timeout=0.5):
+    time.sleep(timeout)
+    return list(mw.events)
+
+
+def test_usage_follows_the_rss_of_the_cgroup_processes(cgfs, test_root, memwatch, hog_in):
+    cg = f"{test_root}/tool"
+    cgfs.makedirs(cg)
+    cid = cgfs.cgroup_id(cg)
+    memwatch.set_limit(cid)                    # track, no thresholds
+    a, b = hog_in(cg), hog_in(cg)
+    a.cmd("a 64")
+    b.cmd("a 32")
+    pfs = ProcFS()
+    expect = pfs.rss_bytes(a.pid) + pfs.rss_bytes(b.pid)
+    got = memwatch.usage(cid)
+    # percpu_counter batching lets the folded counter lag by a few hundred KiB per process.
+    assert abs(got - expect) < 4 * MiB, (got, expect)
+    assert got > 96 * MiB
+    a.cmd("q")
+    a.wait(10)
+    assert abs(memwatch.usage(cid) - pfs.rss_bytes(b.pid)) < 4 * MiB
+    assert not _drain(memwatch, 0.05), "no thresholds set: no events"
+
+
+def test_threshold_crossing_fires_once_with_low_latency(cgfs, test_root, memwatch, hog_in):
+    cg = f"{test_root}/tool"
+    cgfs.makedirs(cg)
+    cid = cgfs.cgroup_id(cg)
+    memwatch.set_limit(cid, threshold_bytes=100 * MiB)
+    h = hog_in(cg)
+    for _ in range(15):                         # 150 MiB in 10 MiB steps
+        h.cmd("a 10")
+    events = _drain(memwatch, 0.3)
+    assert len(events) == 1, events
+    recv, ev = events[0]
+    assert ev.reason == MemReason.THRESHOLD and ev.cgroup_id == cid and ev.pid == h.pid
+    assert 100 * MiB <= ev.rss_bytes < 112 * MiB
+    latency_us = (recv - ev.ts_ns) / 1e3
+    print(f"threshold crossing -> user space: {latency_us:.0f} us")
+    assert 0 < latency_us < 20000
+
+
+def test_fast_growth_fires_rate_event_slow_growth_does_not(cgfs, test_root, memwatch, hog_in):
+    fast, slow = f"{test_root}/fast", f"{test_root}/slow"
+    cgfs.makedirs(fast)
+    cgfs.makedirs(slow)
+    for cg in (fast, slow):
+        memwatch.set_limit(cgfs.cgroup_id(cg), rate_bytes_per_s=200 * MiB)   # 50 MiB per 0.25 s window
+    f, s = hog_in(fast), hog_in(slow)
+    for _ in range(6):                          # 60 MiB over ~0.6 s: 100 MiB/s
+        s.cmd("a 10")
+        time.sleep(0.1)
+    f.cmd("a 120")                              # 120 MiB as fast as the kernel faults it in
+    events = [ev for _, ev in _drain(memwatch, 0.3)]
+    assert [ev.cgroup_id for ev in events] == [cgfs.cgroup_id(fast)], events
+    assert events[0].reason == MemReason.RATE and events[0].growth_bytes >= 50 * MiB
+
+
+def test_rss_follows_a_process_that_moves_between_cgroups(cgfs, test_root, memwatch, hog_in):
+    a_cg, b_cg = f"{test_root}/a", f"{test_root}/b"
+    cgfs.makedirs(a_cg)
+    cgfs.makedirs(b_cg)
+    a_id, b_id = cgfs.cgroup_id(a_cg), cgfs.cgroup_id(b_cg)
+    memwatch.set_limit(a_id)
+    memwatch.set_limit(b_id)
+    h = hog_in(a_cg)
+    h.cmd("a 48")
+    assert memwatch.usage(a_id) > 48 * MiB
+    cgfs.move(b_cg, h.pid)
+    h.cmd("a 1")                                # the next fault re-attributes the mm
+    assert memwatch.usage(a_id) < 2 * MiB
+    assert memwatch.usage(b_id) > 49 * MiB
+    memwatch.clear(a_id)
+    assert memwatch.usage(a_id) is None

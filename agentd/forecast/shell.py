@@ -60,22 +60,45 @@ def _tokens(text):
     return text.split()
 
 
+_HEREDOC_RE = re.compile(r"<<-?[ \t]*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+
+
 def _split_heredocs(text):
-    """(command lines, {index of heredoc marker: body}) with here-document bodies removed."""
+    """(text without here-document bodies, [bodies in order]).
+
+    Only a `<<` outside quotes starts a here-document: inside `eval '...'` or `bash -c "..."`
+    it belongs to the inner script, which is split again when that is unwrapped."""
     lines = text.split("\n")
-    out, bodies = [], []
+    out, bodies, quote = [], [], None
     i = 0
     while i < len(lines):
         line = lines[i]
         out.append(line)
-        m = re.search(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1", line)
         i += 1
-        if m and "<<<" not in line[max(0, m.start() - 1):m.start() + 3]:
-            word, body = m.group(2), []
+        delims, k = [], 0
+        while k < len(line):
+            c = line[k]
+            if quote:
+                if c == quote:
+                    quote = None
+                elif c == "\\" and quote == '"':
+                    k += 1
+            elif c == "\\":
+                k += 1
+            elif c in "'\"":
+                quote = c
+            elif line.startswith("<<", k) and not line.startswith("<<<", k):
+                m = _HEREDOC_RE.match(line, k)
+                if m:
+                    delims.append(m.group(2))
+                    k = m.end() - 1
+            k += 1
+        for word in delims:          # bodies follow the line, in the order of their `<<`
+            body = []
             while i < len(lines) and lines[i].strip() != word:
                 body.append(lines[i])
                 i += 1
-            i += 1                  # skip the terminator line
+            i += 1                   # the terminator line
             bodies.append("\n".join(body))
     return "\n".join(out), bodies
 

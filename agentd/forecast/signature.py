@@ -71,7 +71,7 @@ _TRIVIAL = {
 }
 _RANK_CLASS = {3: "high", 2: "medium", 1: "low", 0: "low"}
 
-# Rule 1's command wrappers: name -> number of option words that take a value.
+# Rule 1's command wrappers: name -> its options that take a value (skipped with it).
 _WRAPPERS = {
     "timeout": {"-s", "--signal", "-k", "--kill-after"}, "nice": {"-n", "--adjustment"},
     "nohup": set(), "exec": set(), "command": set(), "builtin": set(), "time": set(),

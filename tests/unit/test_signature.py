@@ -1,5 +1,7 @@
 """Signature normaliser: a table of literal command lines and what they must map to."""
 
+import shlex
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -98,6 +100,15 @@ def test_split_command_drops_redirections_and_assignments():
     cmds = split_command("A=1 python x.py 2>&1 > out.txt | tail -5")
     assert [c.argv for c in cmds] == [("python", "x.py"), ("tail", "-5")]
     assert [c.first_stage for c in cmds] == [True, False]
+
+
+def test_heredoc_inside_claude_wrapper_belongs_to_the_inner_script():
+    inner = "cat > /tmp/t.py << EOF\nimport numpy\nEOF\npython /tmp/t.py"
+    argv = ["/bin/bash", "-c", "source snap.sh && eval " + shlex.quote(inner) + " < /dev/null && pwd -P"]
+    assert signature(argv).full == "python tmp/t.py"
+    inner = "python3 << 'EOF'\nimport torch\nprint(\"it's\")\nEOF"
+    argv = ["/bin/bash", "-c", "source snap.sh && eval " + shlex.quote(inner) + " < /dev/null && pwd -P"]
+    assert signature(argv).full == "python - import:torch"
 
 
 def test_heredoc_body_is_attached_to_its_command():

@@ -47,6 +47,7 @@ CREATE INDEX IF NOT EXISTS tc_program ON tool_calls (sig_program, id);
 CREATE INDEX IF NOT EXISTS tc_class   ON tool_calls (tool_class, id);
 CREATE INDEX IF NOT EXISTS tc_agent   ON tool_calls (agent, sig_full, id);
 CREATE INDEX IF NOT EXISTS tc_agent_c ON tool_calls (agent, sig_coarse, id);
+CREATE INDEX IF NOT EXISTS tc_agent_p ON tool_calls (agent, sig_program, id);
 """
 
 

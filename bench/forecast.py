@@ -34,7 +34,9 @@ Replay. Traces are replayed one after another (file-name order) into one history
 host that runs agents in turn; within a trace calls are taken in start order and a call's
 peak is learnt when it ends (before any later-starting call is forecast). Each trace is
 its own agent (the predictors look at the agent's own history first). The history starts
-empty, or warmed by replaying `--warm DIR` (learning only, not scored).
+empty, or warmed by replaying `--warm DIR` (learning only, not scored). With
+`--fresh-per-trace` every trace starts from that empty (or warmed) history instead: the
+first agent on a new host.
 
 Scores per predictor: under-prediction rate (true peak > forecast), over-provision ratio
 forecast / true peak (median and p95, linear interpolation), tool calls scored. Baselines:
@@ -166,8 +168,10 @@ def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None):
     return pairs
 
 
-def run(traces, warm=(), floor=FLOOR_BYTES):
+def run(traces, warm=(), floor=FLOOR_BYTES, fresh_per_trace=False):
     names = sorted(PREDICTORS, key=lambda n: (n != DEFAULT_PREDICTOR, n)) + [STATIC]
+    if fresh_per_trace:     # every trace alone: an empty history (plus the warm set) each time
+        return {n: score([p for t in traces for p in replay([t], n, warm, floor)]) for n in names}
     return {n: score(replay(traces, n, warm, floor)) for n in names}
 
 
@@ -200,16 +204,19 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results as JSON to this file")
     ap.add_argument("--half", choices=("a", "b"),
                     help="score only one half of the instances (crc32 of `instance` mod 2)")
+    ap.add_argument("--fresh-per-trace", action="store_true",
+                    help="start every trace from an empty (or only warmed) history")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     traces = load_traces(args.traces, args.half)
     if not traces:
         ap.error(f"no trace files (*.json) in {args.traces}")
     warm = load_traces(args.warm) if args.warm else []
-    results = run(traces, warm)
+    results = run(traces, warm, fresh_per_trace=args.fresh_per_trace)
     skipped = sum(1 for t in traces for c in derive_calls(t) if not c["counted"])
     print(f"{len(traces)} traces, floor {FLOOR_BYTES >> 20} MiB, {skipped} overlapping Bash calls skipped"
           + (f", warmed by {len(warm)} traces" if warm else "")
+          + (", fresh history per trace" if args.fresh_per_trace else "")
           + f", {time.monotonic() - t0:.1f} s\n")
     print(table(results, DEFAULT_PREDICTOR))
     if args.json:

@@ -198,7 +198,7 @@ def table(results, default):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--traces", required=True, help="folder of trace JSON files to score")
     ap.add_argument("--warm", help="folder of traces to learn from first (not scored)")
     ap.add_argument("--json", help="write the results as JSON to this file")

@@ -142,6 +142,29 @@ static void signals_give_back(const struct saved_signals *s)
 
 /* ---- I/O ---- */
 
+/*
+ * Keep our descriptors above stdio. If the agent started us with fd 0-2 closed, a
+ * socket or pipe would land there, and CMD (or our own warnings) would read or write
+ * the daemon connection. CMD must see its stdio exactly as inherited, closed or not.
+ */
+static int high_fd(int fd)
+{
+    if (fd < 0 || fd > 2)
+        return fd;
+    int h = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    close(fd);
+    return h;
+}
+
+static int pipe_high(int p[2], int flags)
+{
+    if (pipe2(p, flags) < 0)
+        return -1;
+    p[0] = high_fd(p[0]);
+    p[1] = high_fd(p[1]);
+    return p[0] < 0 || p[1] < 0 ? -1 : 0;  /* a dup shares O_NONBLOCK with the original */
+}
+
 static int write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
@@ -192,7 +215,7 @@ static int connect_retry(const char *path, int budget_ms, int *err)
     double deadline = now_s() + budget_ms / 1000.0;
     long delay_ms = 5;
     for (;;) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int fd = high_fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
         if (fd < 0) {
             *err = errno;
             return -1;
@@ -363,11 +386,14 @@ static int reap(pid_t pid, int *st, struct rusage *ru)
 {
     for (;;) {
         pid_t r = wait4(pid, st, WNOHANG, ru);
-        if (r == pid)
+        if (r == pid) {
+            g_child = 0;  /* the pid may be reused from now on: forward nothing more */
             return 1;
+        }
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {  /* cannot happen while we handle SIGCHLD; do not spin on it */
+            g_child = 0;
             *st = EXIT_AGENTD << 8;
             return 1;
         }
@@ -538,7 +564,7 @@ int tool_run(const struct tool_opts *o)
         fallback(k.path, strerror(err), o->cmd);
 
     int go[2];
-    if (pipe2(g_wake, O_CLOEXEC | O_NONBLOCK) < 0 || pipe2(go, O_CLOEXEC) < 0) {
+    if (pipe_high(g_wake, O_CLOEXEC | O_NONBLOCK) < 0 || pipe_high(go, O_CLOEXEC) < 0) {
         conn_close(&k.c);
         fallback(k.path, strerror(errno), o->cmd);
     }
@@ -581,6 +607,7 @@ int tool_run(const struct tool_opts *o)
             /* Killed while waiting (a forwarded SIGTERM, Ctrl-C): the call is over. */
             if (reap(k.pid, &st, &ru)) {
                 conn_close(&k.c);
+                buf_free(&k.c.in);
                 return status_code(st);
             }
             continue;
@@ -602,6 +629,8 @@ int tool_run(const struct tool_opts *o)
             abandon_and_fallback(&k, msg);
         fprintf(stderr, "agentd: %s\n", msg);
         abandon(&k);
+        reply_free(&r);
+        buf_free(&k.c.in);
         return EXIT_AGENTD;
     }
     print_lines(&r.messages);
@@ -637,5 +666,6 @@ int tool_run(const struct tool_opts *o)
         report_done(&k.c, k.path, r.agent, r.tool, st, wall, &ru);
     reply_free(&r);
     conn_close(&k.c);
+    buf_free(&k.c.in);
     return status_code(st);
 }

@@ -27,7 +27,9 @@ ENV_OK = {"AGENTD_TOOL": "a1/0007-batch"}
 @pytest.fixture(scope="session")
 def launcher(tmp_path_factory):
     # -Werror: a warning in the launcher is a bug in code that runs on every tool call.
-    return str(build_launcher(out=tmp_path_factory.mktemp("launcher") / "agentd", extra_cflags=("-Werror",)))
+    # AGENTD_TEST_LAUNCHER_CFLAGS="-fsanitize=address,undefined" runs these tests on a sanitizer build.
+    flags = ("-Werror", *os.environ.get("AGENTD_TEST_LAUNCHER_CFLAGS", "").split())
+    return str(build_launcher(out=tmp_path_factory.mktemp("launcher") / "agentd", extra_cflags=flags))
 
 
 def _read_proc(pid, name):
@@ -340,3 +342,16 @@ def test_cancel_while_waiting_for_the_daemon(launcher, fake, tmp_path):
     assert p.wait(10) == 128 + signal.SIGTERM
     time.sleep(1.7)   # past the daemon's late reply: the child must still not have run
     assert not marker.exists()
+
+
+def test_closed_stdio_stays_closed_for_cmd(launcher, fake):
+    # Started with stdin and stdout closed, our socket and pipes must not take fds 0/1,
+    # or CMD would talk to the daemon connection. CMD sees exactly what we inherited.
+    d = fake()
+    probe = "import os, sys\nfor fd in (0, 1):\n    try: os.fstat(fd); sys.exit(10 + fd)\n    except OSError: pass\n"
+    e = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
+    e["AGENTD_SOCKET"] = d.path
+    p = subprocess.run(["sh", "-c", '"$@" <&- >&-', "sh", launcher, "tool", "--", sys.executable, "-c", probe],
+                       env=e, capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert [r["status"] for r in d.tool_requests("tool_done")] == [{"exit": 0}]

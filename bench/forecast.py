@@ -131,13 +131,25 @@ def _metrics(pairs, ratios):
             "tool_calls": len(pairs)}
 
 
+_PREPARED = {}
+
+
+def _prepared(trace, floor):
+    """Counted calls of a trace with their signatures, computed once per run, not per predictor."""
+    key = (id(trace), floor)
+    if key not in _PREPARED:
+        calls = sorted((c for c in derive_calls(trace, floor) if c["counted"]), key=lambda c: c["start"])
+        _PREPARED[key] = (trace, [(c, signature(c["command"])) for c in calls])
+    return _PREPARED[key][1]
+
+
 def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None):
     """(forecast, true) of every counted call of `traces`, replayed through one history."""
     store = HistoryStore(":memory:")
     pairs, clock = [], 0.0
     for scored, group in ((False, warm), (True, traces)):
         for trace in group:
-            calls = derive_calls(trace, floor)
+            calls = _prepared(trace, floor)
             budget = int(trace.get("mem_total_bytes") or 64 << 30)
             fc = Forecaster(store, "fixed" if predictor == STATIC else predictor, host_budget=budget, floor_bytes=floor,
                             predictor_args=predictor_args)
@@ -146,12 +158,11 @@ def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None):
             task_peak = max(s[1] for s in trace["samples"])
             agent = trace.get("task", "")
             pending = []            # (end, record): learnt once a later call starts after it
-            for c in sorted((c for c in calls if c["counted"]), key=lambda c: c["start"]):
+            for c, sig in calls:
                 now = clock + c["start"]
                 pending.sort(key=lambda p: p[0])
                 while pending and pending[0][0] <= c["start"]:
                     fc.observe(pending.pop(0)[1], now)
-                sig = signature(c["command"])
                 if predictor == STATIC:
                     f = max(task_peak - c["baseline"], floor)
                 else:

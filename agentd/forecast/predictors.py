@@ -7,10 +7,11 @@ store. The forecaster applies the floor and the host budget afterwards, so predi
 say what they know.
 
 Shipped:
-- `quantile` (default): recency-weighted upper quantile of the peaks of the most specific
-  history that has enough calls — this agent's own calls of the full signature, then its
-  coarse signature, then every agent's, then the program's, then the tool class's — times a
-  margin; a cold start falls back to the class prior.
+- `quantile` (default): recency-weighted upper quantile (q 0.9) of the signature's peaks
+  times a margin (1.5), each level of the fallback chain — this agent's full signature,
+  its coarse one, every agent's full and coarse, the program's, the tool class's, the class
+  prior — shrunk toward the next coarser one (2 pseudo-observations), so a signature seen
+  once leans on its parents and a cold start is the class prior.
 - `last`: the last observed peak of the most specific signature seen (a baseline).
 - `max`: the largest of the last N peaks at the same fallback chain (a simple envelope).
 - `fixed`: the class table alone (low 256 MiB / medium 1 GiB / high = host budget).
@@ -96,18 +97,6 @@ def _levels(q):
         chain.append(("agent-program", "program", s.program, q.agent))
     chain += [("program", "program", s.program, None), ("class", "tool_class", q.tool_class, None)]
     return chain
-
-
-def weighted_quantile(values, q, halflife):
-    """Upper `q` quantile of `values` (newest first), the i-th weighted 0.5**(i/halflife)."""
-    w = [0.5 ** (i / halflife) for i in range(len(values))]
-    pairs = sorted(zip(values, w))
-    total, acc = sum(w), 0.0
-    for v, wi in pairs:
-        acc += wi
-        if acc >= q * total - 1e-9:
-            return v
-    return pairs[-1][0]
 
 
 def _confidence(n, level_index, n_levels):

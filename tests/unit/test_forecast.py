@@ -6,7 +6,6 @@ import pytest
 from agentd.forecast import (DEFAULT_PREDICTOR, FLOOR_BYTES, PREDICTORS, Forecast, Forecaster,
                              HistoryError, HistoryStore, PredictorError, ToolCallRecord,
                              make_predictor, register, signature)
-from agentd.forecast.predictors import weighted_quantile
 
 MiB = 1 << 20
 BUDGET = 8 << 30
@@ -89,9 +88,11 @@ def test_one_observation_leans_on_coarser_levels():
 
 
 def test_recent_peaks_weigh_more():
-    vals_new_first = [10, 10, 10, 10, 1000, 1000, 1000, 1000]
-    assert weighted_quantile(vals_new_first, 0.5, halflife=1.0) == 10
-    assert weighted_quantile(list(reversed(vals_new_first)), 0.5, halflife=1.0) == 1000
+    old_big, new_big = fc(), fc()
+    learn(old_big, "pytest", [800 * MiB] * 8 + [1 * MiB] * 24)     # oldest first
+    learn(new_big, "pytest", [1 * MiB] * 24 + [800 * MiB] * 8)
+    assert old_big.forecast("pytest", agent="a").peak_bytes < 100 * MiB   # the spike aged out
+    assert new_big.forecast("pytest", agent="a").peak_bytes >= 800 * MiB
 
 
 def test_agents_own_history_comes_first():

@@ -169,6 +169,10 @@ class Controller:
 
         `pid` must not have exec'd the tool yet (the launcher's child waits for our reply;
         the automatic path holds it stopped), so everything it forks lands inside.
+        With `pid=None` the cgroup is made empty: the launcher then starts the tool
+        directly inside it with clone3(CLONE_INTO_CGROUP), which costs no migration
+        (a write to cgroup.procs waits for an RCU grace period, ~10 ms on a busy host),
+        or falls back to `attach()`.
         """
         plan = self.planner.plan_tool(agent, argv, declared_class, mem)
         names.check_name(plan.tool_class, "tool class")
@@ -184,7 +188,8 @@ class Controller:
             tool.limits_applied = self._apply(cg, plan.limits, f"tool {tool.key}",
                                               f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""))
             tool.cgroup_id = self.fs.cgroup_id(cg)
-            self.fs.move(cg, pid)
+            if pid is not None:
+                self.fs.move(cg, pid)
         except (AgentdError, OSError):
             self.fs.rmdir(cg)
             raise
@@ -197,6 +202,12 @@ class Controller:
                          limits=tool.limits_applied)
         self._hook("on_tool_start", agent, tool)
         return tool
+
+    def attach(self, tool, pid):
+        """Move `pid` into an existing tool-call cgroup (the fallback of clone-into)."""
+        self.fs.move(tool.cgroup, pid)
+        tool.pid = pid
+        self._save()
 
     def sample_tool(self, tool):
         """Current memory of a tool call: memory.current, else the sum of its processes' RSS."""

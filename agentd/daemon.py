@@ -294,19 +294,34 @@ class App:
         if agent is None:
             raise RequestError("not_in_agent", f"`agentd tool` must run inside an agent started with `agentd run` "
                                                f"(pid {conn.pid} is in cgroup {peer_cg})")
-        self._check_child(conn, req["pid"], peer_cg)
+        if "pid" in req:
+            self._check_child(conn, req["pid"], peer_cg)
+        elif any((a == agent.agent_id) for a, _ in conn.tools):
+            raise RequestError("busy", "this connection already has a tool call starting")
         for h in self.hooks:
             admit = getattr(h, "admit", None)
             if admit:
                 await admit(conn, agent, req)
-        tool = self.ctl.start_tool(agent, req["pid"], req["argv"], req.get("class"), req.get("mem"),
+        tool = self.ctl.start_tool(agent, req.get("pid"), req["argv"], req.get("class"), req.get("mem"),
                                    req.get("intent"))
         tool.conn = conn
         conn.tools.add((agent.agent_id, tool.tool_id))
         env = {"AGENTD_TOOL": tool.key}
         env.update(getattr(tool, "env", {}) or {})
-        return {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup, "env": env,
+        return {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup,
+                "path": self.fs.path(tool.cgroup), "env": env,
                 "messages": list(getattr(tool, "start_messages", []))}
+
+    async def op_tool_attach(self, conn, req):
+        agent, _, peer_cg = self._caller_agent(conn)
+        if agent is None or agent.agent_id != req["agent"] or (req["agent"], req["tool"]) not in conn.tools:
+            raise RequestError("forbidden", "only the connection that started a tool call may attach to it")
+        tool = agent.tools.get(req["tool"])
+        if tool is None or tool.done:
+            raise RequestError("no_tool", f"no running tool call {req['agent']}/{req['tool']}")
+        self._check_child(conn, req["pid"], peer_cg)
+        self.ctl.attach(tool, req["pid"])
+        return {}
 
     async def op_tool_done(self, conn, req):
         agent, _, _ = self._caller_agent(conn)

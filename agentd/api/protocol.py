@@ -26,8 +26,11 @@ SCHEMA = {
     "run_start": {"pid": (int, True), "name": (_OPT_STR, False), "class": (_OPT_STR, False),
                   "policy": (_OPT_STR, False), "argv": (list, False)},
     "run_done": {"agent": (_STR, True), "status": ((dict, type(None)), False)},
-    "tool_start": {"pid": (int, True), "argv": (list, True), "class": (_OPT_STR, False),
+    # Without "pid" the daemon makes the cgroup and replies with its "path"; the client
+    # clones straight into it, or sends tool_attach with the pid of a held child.
+    "tool_start": {"pid": (int, False), "argv": (list, True), "class": (_OPT_STR, False),
                    "mem": ((str, int, type(None)), False), "intent": (_OPT_STR, False), "cwd": (_OPT_STR, False)},
+    "tool_attach": {"agent": (_STR, True), "tool": (_STR, True), "pid": (int, True)},
     "tool_done": {"agent": (_STR, True), "tool": (_STR, True), "status": ((dict, type(None)), False),
                   "wall_s": ((int, float), False), "utime_s": ((int, float), False),
                   "stime_s": ((int, float), False), "maxrss_kb": (int, False)},

@@ -8,17 +8,14 @@ because the host's cgroup v2 tree has no controllers and proves nothing.
 import itertools
 import os
 import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-# The test modules import kernel_support by name, whatever pytest's import mode.
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+from agentd.kernel.cgroupfs import CgroupFS
 
-from agentd.kernel.cgroupfs import CgroupFS  # noqa: E402
-from kernel_support import CONTROLLERS, State, TestTree  # noqa: E402
+from .kernel_support import CONTROLLERS, State, TestTree
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 IN_GUEST = os.environ.get("AGENTD_KERNEL_TIER") == "1"
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -51,7 +48,11 @@ def cgtree(cgfs):
 
 @pytest.fixture(scope="session")
 def hog(tmp_path_factory):
-    """Path of the workload program (hog.c), compiled in the guest's tmp."""
+    """Path of the workload program (hog.c): prebuilt by run.py on the host, or compiled
+    here when the tests run some other way (slow under emulation)."""
+    prebuilt = os.path.join(os.environ.get("AGENTD_KERNEL_TIER_BIN", "/nonexistent"), "hog")
+    if os.access(prebuilt, os.X_OK):
+        return prebuilt
     exe = str(tmp_path_factory.mktemp("hog") / "hog")
     build = subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", exe, os.path.join(HERE, "hog.c")],
                            capture_output=True, text=True)

@@ -1,6 +1,6 @@
 """Helpers shared by the kernel-tier tests: test cgroups, workload state files, polling.
 
-Imported by conftest.py and the test modules (this folder is on sys.path under pytest).
+Imported by conftest.py and the test modules.
 """
 
 import itertools

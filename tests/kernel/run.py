@@ -20,6 +20,7 @@ Environment:
   AGENTD_KERNEL_VERSION         use this cached/archived ABI (e.g. 7.3.4+deb13-amd64)
   AGENTD_KERNEL_PYTHON          interpreter used in the guest (default: this one)
   AGENTD_KERNEL_LISTS_MAX_AGE   seconds before the package lists are refreshed (default 3600)
+  AGENTD_KERNEL_PYTEST_PLUGINS=1  let pytest autoload third-party plugins in the guest
 
 Standard library only: it must run before anything of agentd is installed.
 """
@@ -59,6 +60,7 @@ NEEDED = {
     "qemu-system-x86_64": "apt-get install qemu-system-x86",
     "busybox": "apt-get install busybox-static",
     "vng": "pip install virtme-ng",
+    "gcc": "apt-get install gcc",
 }
 
 
@@ -260,8 +262,10 @@ def prepare_kernel():
             refresh_lists()
             abi, packages = resolve_version()
         except TierError:
+            # Offline with a kernel already cached: still a real kernel, so still a real
+            # test; say so loudly. A pinned version never falls back to another one.
             cached = cached_versions()
-            if not cached:
+            if not cached or os.environ.get("AGENTD_KERNEL_VERSION"):
                 raise
             abi = cached[-1]
             log(f"WARNING: cannot resolve the current {SUITE} kernel; using cached {abi}")
@@ -288,8 +292,9 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 echo "+memory +cpu +pids +io" > /sys/fs/cgroup/cgroup.subtree_control || \\
   echo "+memory +cpu +pids" > /sys/fs/cgroup/cgroup.subtree_control
 cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
-export AGENTD_KERNEL_TIER=1 AGENTD_KERNEL_TIER_OUT="$OUT" PYTHONDONTWRITEBYTECODE=1
-{python} -m pytest -m kernel -p no:cacheprovider {args} > "$OUT/pytest.txt" 2>&1
+export AGENTD_KERNEL_TIER=1 AGENTD_KERNEL_TIER_OUT="$OUT" AGENTD_KERNEL_TIER_BIN="$OUT/bin"
+export PYTHONDONTWRITEBYTECODE=1
+{plugins}{python} -m pytest -m kernel -p no:cacheprovider {args} > "$OUT/pytest.txt" 2>&1
 echo $? > "$OUT/status.tmp"
 cut -d' ' -f1 /proc/uptime > "$OUT/end_s"
 mv "$OUT/status.tmp" "$OUT/status"
@@ -322,17 +327,37 @@ def pytest_args(argv):
     return list(argv) if named else [*argv, "tests/kernel"]
 
 
+def build_helpers(out):
+    """Compile every tests/kernel/*.c on the host into OUT/bin: gcc in the emulated guest
+    takes ~20 s per file, here well under one. The guest finds them through
+    AGENTD_KERNEL_TIER_BIN (same userspace on both sides: the guest runs the host's files)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    bindir = os.path.join(out, "bin")
+    os.makedirs(bindir)
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".c"):
+            exe = os.path.join(bindir, name[:-2])
+            run(["gcc", "-O2", "-Wall", "-Werror", "-o", exe, os.path.join(here, name)])
+    return bindir
+
+
 def boot(vmlinuz, out, argv, python):
     args = pytest_args(argv)
     script = os.path.join(out, "guest.sh")
     with open(script, "w") as f:
         f.write(GUEST_SCRIPT.format(
             out=shlex.quote(out), repo=shlex.quote(REPO), python=shlex.quote(python),
-            args=shlex.join(args)))
+            args=shlex.join(args),
+            # Third-party pytest plugins (hypothesis, benchmark) cost ~10 s of start-up under
+            # emulation; the kernel tests need none. AGENTD_KERNEL_PYTEST_PLUGINS=1 keeps them.
+            plugins="" if os.environ.get("AGENTD_KERNEL_PYTEST_PLUGINS") == "1"
+            else "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "))
     argv = [
         "vng", "--disable-kvm", "-r", vmlinuz, "--user", "root",
         "--memory", GUEST_MEMORY, "--cpus", GUEST_CPUS,
         "--rwdir", out, "--cwd", REPO, "--exec", f"sh {shlex.quote(script)}",
+        # The kernel log (boot, OOM reports, panics) goes to console.log for diagnosis.
+        "--verbose",
     ]
     timeout = float(os.environ.get("AGENTD_KERNEL_TIER_TIMEOUT", DEFAULT_TIMEOUT))
     console = os.path.join(out, "console.log")
@@ -345,9 +370,12 @@ def boot(vmlinuz, out, argv, python):
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             rc = None
+        finally:
+            # Timed out, or we are being stopped (Ctrl-C, CI's timeout): take QEMU along.
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     wall = time.monotonic() - t0
     # vng exits 255 even when the guest command succeeded: only the files count.
     return rc, wall, console
@@ -366,7 +394,13 @@ def tail(path, n=40):
     return "\n".join(text.splitlines()[-n:])
 
 
+def _stop(signum, frame):
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so boot() stops the VM.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv):
+    signal.signal(signal.SIGTERM, _stop)
     if os.environ.get("AGENTD_SKIP_KERNEL_TIER") == "1":
         log("SKIPPED: AGENTD_SKIP_KERNEL_TIER=1 is set. Nothing was tested on a real cgroup v2 "
             "kernel; do not use this switch in CI.")
@@ -379,6 +413,7 @@ def main(argv):
         t_ready = time.monotonic()
         log(f"kernel {abi} ready in {t_ready - t_start:.1f} s")
         out = new_run_dir()
+        build_helpers(out)
         rc, wall, console = boot(vmlinuz, out, argv, python)
         status = read(os.path.join(out, "status"))
         result = read(os.path.join(out, "pytest.txt"))
@@ -396,6 +431,9 @@ def main(argv):
     except TierError as err:
         log(f"FAILED: {err}")
         return 2
+    except KeyboardInterrupt as err:
+        log(f"FAILED: interrupted ({err or 'Ctrl-C'}); the VM was stopped")
+        return 130
     if figures:
         print("\n== kernel-tier figures ==")
         sys.stdout.write(figures)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from kernel_support import wait_for
+from .kernel_support import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -1,0 +1,21 @@
+#!/bin/sh
+# agentd CI: the kernel tier (tests/kernel/run.py) with what it needs installed first.
+# Called by .ci/run after the host tests; extra arguments go to pytest in the guest.
+# Exit status: the guest's pytest status, or non-zero when the tier could not run.
+set -eu
+cd "$(dirname "$0")/.."
+
+# QEMU, depmod and the busybox that virtme-ng's init uses come from Debian; vng from PyPI.
+missing=""
+command -v qemu-system-x86_64 >/dev/null || missing="$missing qemu-system-x86"
+command -v depmod >/dev/null || missing="$missing kmod"
+[ -x /bin/busybox ] || command -v busybox >/dev/null || missing="$missing busybox-static"
+command -v gcc >/dev/null || missing="$missing gcc"
+if [ -n "$missing" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+command -v vng >/dev/null || python3 -m pip install -q "virtme-ng>=1.30"
+
+# The issue's budget for the whole tier is 10 minutes; fail rather than hang past it.
+exec timeout --kill-after=10 600 python3 tests/kernel/run.py "$@"

@@ -41,6 +41,14 @@ def messages_for(result):
     limit = result.get("limits", {}).get("memory.max")
     forecast = result.get("forecast_bytes")
     fc = f" (forecast {format_size(forecast)})" if forecast else ""
+    for a in result.get("actions", []):
+        if a.get("action") == "queue":
+            waited = f"{a.get('seconds', 0):.1f} s"
+            why = ("the wait timed out, so it ran anyway" if a.get("timed_out")
+                   else "it started once running tool calls made room")
+            out.append(f"[agentd] {prog} waited {waited} for memory before starting: the host's memory budget "
+                       f"was taken by other tool calls{fc}; {why}")
+            break
     if result.get("outcome") == "killed":
         why = next((a.get("reason") for a in result.get("actions", []) if a.get("action") == "kill"), None)
         out.append(f"[agentd] {prog} was killed by agentd: {why or 'memory pressure'}{fc}; "

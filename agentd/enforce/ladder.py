@@ -1,0 +1,130 @@
+"""The pressure escalation ladder: pure decisions over literals (time passed in).
+
+While memory pressure lasts, one step is taken every `step_interval_s` on the
+lowest-priority running tool call that can still escalate: throttle (lower memory.high),
+then freeze, then kill, in the policy's step order. Only when every tool call is at the
+top of the ladder may an agent's main cgroup be killed, and only where its class sets
+`kill_main_allowed`. Once pressure has been gone for `relief_interval_s`, one step is
+undone per interval, highest priority first: thaw, then restore the limit. A kill is never
+undone.
+
+The enforcer turns each Decision into cgroup writes; this module only chooses.
+"""
+
+from dataclasses import dataclass, field
+
+THROTTLE, FREEZE, KILL = "throttle", "freeze", "kill"
+THAW, RESTORE = "thaw", "restore"
+
+
+@dataclass
+class Candidate:
+    """One cgroup the ladder may act on, as the enforcer sees it now."""
+    key: str                      # "<agent>/<tool>" or "<agent>/main"
+    priority: int                 # tool class priority (main: agent class priority)
+    agent_priority: int = 50
+    memory: int = 0               # current bytes: the bigger of two equals goes first
+    applied: tuple = ()           # steps in effect, in order applied (e.g. ("throttle",))
+    can: frozenset = frozenset({THROTTLE, FREEZE, KILL})   # steps the kernel offers here
+    main: bool = False
+    started: float = 0.0          # newer calls go first among equals (less work lost)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str                   # throttle | freeze | kill | thaw | restore
+    key: str
+    reason: str
+
+
+@dataclass
+class Ladder:
+    steps: tuple = (THROTTLE, FREEZE, KILL)
+    step_interval_s: float = 2.0
+    relief_interval_s: float = 5.0
+    window_s: float = 2.0         # a pressure event counts as "pressure now" this long
+    last_pressure: float = float("-inf")
+    last_step: float = float("-inf")
+    last_relief: float = float("-inf")
+    pressure_reason: str = ""
+    history: list = field(default_factory=list)   # decisions taken (tests, status)
+
+    def pressure(self, now, reason="memory pressure"):
+        """Record a pressure event (a PSI trigger fired, or the poller saw a stall)."""
+        self.last_pressure = now
+        self.pressure_reason = reason
+
+    def under_pressure(self, now):
+        # A trigger fires at most once per window while the stall lasts: pressure is "on"
+        # until a window and a half has passed without an event.
+        return now - self.last_pressure <= self.window_s * 1.5
+
+    def decide(self, now, candidates):
+        """At most one Decision for this tick (escalation or relief), or None."""
+        if self.under_pressure(now):
+            if now - self.last_step < self.step_interval_s:
+                return None
+            d = self._escalate(candidates)
+            if d:
+                self.last_step = now
+                self.history.append(d)
+            return d
+        calm_since = max(self.last_pressure, self.last_relief, self.last_step)
+        if now - calm_since < self.relief_interval_s:
+            return None
+        d = self._relieve(candidates)
+        if d:
+            self.last_relief = now
+            self.history.append(d)
+        return d
+
+    def next_step(self, c):
+        """The next ladder step for candidate `c`, or None at the top."""
+        if KILL in c.applied:
+            return None
+        if c.main:
+            return KILL if KILL in self.steps and KILL in c.can else None
+        done = set(c.applied)
+        for s in self.steps:
+            if s in done or s not in c.can:
+                continue
+            # Steps listed before one already applied are skipped (a frozen call is not
+            # throttled afterwards).
+            if any(self.steps.index(a) > self.steps.index(s) for a in done if a in self.steps):
+                continue
+            return s
+        return None
+
+    def _escalate(self, candidates):
+        tools = sorted((c for c in candidates if not c.main), key=escalation_order)
+        for c in tools:
+            s = self.next_step(c)
+            if s:
+                return Decision(s, c.key, self.pressure_reason or "memory pressure")
+        mains = sorted((c for c in candidates if c.main), key=escalation_order)
+        for c in mains:
+            s = self.next_step(c)
+            if s:
+                return Decision(s, c.key, (self.pressure_reason or "memory pressure")
+                                + "; every tool call was already at the top of the ladder")
+        return None
+
+    def _relieve(self, candidates):
+        for c in sorted(candidates, key=relief_order):
+            if KILL in c.applied:
+                continue          # dying or dead: nothing to give back
+            if FREEZE in c.applied:
+                return Decision(THAW, c.key, "pressure gone")
+            if THROTTLE in c.applied:
+                return Decision(RESTORE, c.key, "pressure gone")
+        return None
+
+
+def escalation_order(c):
+    """Lowest priority first; then the lower-priority agent, the bigger, the newer."""
+    return (c.priority, c.agent_priority, -c.memory, -c.started, c.key)
+
+
+def relief_order(c):
+    """Highest priority first; among equals the older call (it has waited longest)."""
+    return (-c.priority, -c.agent_priority, c.started, c.key)

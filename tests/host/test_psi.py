@@ -1,0 +1,88 @@
+"""PSI triggers on the host's cgroup v2 tree: registration rules (2 s windows without
+CAP_SYS_RESOURCE), the epoll integration, and teardown with the cgroup."""
+
+import asyncio
+import os
+import select
+
+import pytest
+
+from agentd.errors import FeatureMissing
+from agentd.kernel import psi
+from agentd.kernel.cgroupfs import MEMORY_PRESSURE
+
+
+def _cap_sys_resource():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 24))
+    return False
+
+
+def test_pressure_file_parses(cgfs, test_root):
+    cgfs.mkdir(test_root)
+    p = psi.read(cgfs.path(test_root, MEMORY_PRESSURE))
+    assert set(p["some"]) >= {"avg10", "avg60", "avg300", "total"}
+    assert p["some"]["total"] >= 0
+
+
+def test_trigger_with_a_2s_window_registers_and_stays_quiet(cgfs, test_root):
+    cgfs.mkdir(test_root)
+    ts = psi.TriggerSet()
+    try:
+        ts.add("t", cgfs.path(test_root, MEMORY_PRESSURE), 500_000, 2_000_000)
+        assert ts.keys() == ["t"]
+        # An empty cgroup has no stalls: nothing may be pending.
+        assert ts.ready(0.2) == ([], [])
+    finally:
+        ts.close()
+
+
+def test_sub_2s_window_is_refused_with_advice_without_cap_sys_resource(cgfs, test_root):
+    if _cap_sys_resource():
+        pytest.skip("this host grants CAP_SYS_RESOURCE: any window from 0.5 s is accepted")
+    cgfs.mkdir(test_root)
+    with pytest.raises(FeatureMissing, match="multiples of 2 s"):
+        psi.Trigger(cgfs.path(test_root, MEMORY_PRESSURE), 150_000, 1_000_000)
+
+
+def test_trigger_fd_is_reported_gone_when_its_cgroup_is_removed(cgfs, test_root):
+    cg = f"{test_root}/gone"
+    cgfs.makedirs(cg)
+    ts = psi.TriggerSet()
+    try:
+        ts.add("g", cgfs.path(cg, MEMORY_PRESSURE), 500_000, 2_000_000)
+        cgfs.rmdir(cg)
+        fired, gone = ts.ready(1.0)
+        assert fired == [] and gone == ["g"]
+        assert ts.keys() == []
+    finally:
+        ts.close()
+
+
+def test_trigger_set_fd_drives_an_asyncio_reader(cgfs, test_root):
+    """The epoll fd is what the daemon's loop watches: readiness must reach add_reader."""
+    cg = f"{test_root}/x"
+    cgfs.makedirs(cg)
+    ts = psi.TriggerSet()
+    seen = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ts.fileno(), lambda: seen.append(ts.ready(0)))
+        ts.add("x", cgfs.path(cg, MEMORY_PRESSURE), 500_000, 2_000_000)
+        await asyncio.sleep(0.1)
+        assert seen == []                 # no pressure: the reader stays quiet
+        cgfs.rmdir(cg)                    # teardown is an EPOLLERR event on the fd
+        for _ in range(50):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        loop.remove_reader(ts.fileno())
+
+    try:
+        asyncio.run(main())
+    finally:
+        ts.close()
+    assert seen and seen[0] == ([], ["x"])

@@ -1,0 +1,48 @@
+"""Admission control on literals: the budget counts running calls' forecast peaks (past and
+future), waiters start by priority, and a lone call never waits."""
+
+from agentd.enforce.admission import Running, Waiter, demand, fits, pick
+
+MiB = 1 << 20
+
+
+def test_running_calls_reserve_their_forecast_or_what_they_hold():
+    running = [Running("a/1", 300 * MiB, 100 * MiB), Running("a/2", 100 * MiB, 250 * MiB)]
+    assert demand(running) == 550 * MiB
+
+
+def test_fits_against_budget():
+    running = [Running("a/1", 600 * MiB, 100 * MiB)]
+    assert fits(400 * MiB, running, 1000 * MiB)
+    assert not fits(401 * MiB, running, 1000 * MiB)
+    assert fits(10_000 * MiB, running, None)            # no budget
+
+
+def test_a_lone_call_never_waits():
+    assert fits(5000 * MiB, [], 1000 * MiB)
+
+
+def test_host_available_memory_bounds_future_growth():
+    # 500 MiB of forecast growth still to come on a host with 600 MiB available.
+    running = [Running("a/1", 600 * MiB, 100 * MiB)]
+    assert fits(100 * MiB, running, None, available=600 * MiB)
+    assert not fits(101 * MiB, running, None, available=600 * MiB)
+
+
+def test_waiters_are_admitted_by_priority_then_arrival():
+    low = Waiter(priority=20, peak=100 * MiB, key="low")
+    high = Waiter(priority=80, peak=100 * MiB, key="high")
+    high2 = Waiter(priority=80, peak=100 * MiB, key="high2")
+    running = [Running("r", 700 * MiB, 700 * MiB)]
+    got = [w.key for w in pick([low, high, high2], running, 1000 * MiB)]
+    assert got == ["high", "high2", "low"]
+    got = [w.key for w in pick([low, high, high2], running, 900 * MiB)]
+    assert got == ["high", "high2"]                     # admitted calls count for the next
+
+
+def test_a_big_high_priority_waiter_is_not_overtaken():
+    big = Waiter(priority=90, peak=500 * MiB, key="big")
+    small = Waiter(priority=10, peak=10 * MiB, key="small")
+    running = [Running("r", 600 * MiB, 600 * MiB)]
+    assert pick([small, big], running, 1000 * MiB) == []
+    assert [w.key for w in pick([small, big], [], 1000 * MiB)] == ["big", "small"]

@@ -1,0 +1,123 @@
+"""The pressure ladder's decisions on literals: who is acted on first, step order, the
+interval between steps, relief order, and the agent's main cgroup."""
+
+from agentd.enforce.ladder import FREEZE, KILL, THROTTLE, Candidate, Ladder
+
+ALL = frozenset({THROTTLE, FREEZE, KILL})
+
+
+def run_until_quiet(ladder, cands, start, step, n, pressure=True):
+    """Tick `n` times `step` apart, applying each decision to the candidates."""
+    out = []
+    by_key = {c.key: c for c in cands}
+    t = start
+    for _ in range(n):
+        if pressure:
+            ladder.pressure(t)
+        d = ladder.decide(t, list(by_key.values()))
+        if d:
+            out.append((d.action, d.key))
+            c = by_key[d.key]
+            if d.action in (THROTTLE, FREEZE, KILL):
+                c.applied = c.applied + (d.action,)
+            elif d.action == "thaw":
+                c.applied = tuple(a for a in c.applied if a != FREEZE)
+            elif d.action == "restore":
+                c.applied = tuple(a for a in c.applied if a != THROTTLE)
+        t += step
+    return out, t
+
+
+def test_lowest_priority_call_climbs_the_whole_ladder_before_the_next():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=3.0, window_s=2.0)
+    cands = [Candidate("a/0001-interactive", 80), Candidate("a/0002-batch", 20), Candidate("b/0001-normal", 50)]
+    acts, _ = run_until_quiet(lad, cands, 0.0, 1.0, 7)
+    assert acts == [
+        (THROTTLE, "a/0002-batch"), (FREEZE, "a/0002-batch"), (KILL, "a/0002-batch"),
+        (THROTTLE, "b/0001-normal"), (FREEZE, "b/0001-normal"), (KILL, "b/0001-normal"),
+        (THROTTLE, "a/0001-interactive"),
+    ]
+
+
+def test_one_step_per_interval_and_the_first_at_once():
+    lad = Ladder(step_interval_s=2.0, relief_interval_s=5.0, window_s=2.0)
+    cands = [Candidate("a/t1", 20)]
+    lad.pressure(10.0)
+    assert lad.decide(10.0, cands).action == THROTTLE       # reaction: at the event itself
+    cands[0].applied = (THROTTLE,)
+    lad.pressure(11.0)
+    assert lad.decide(11.0, cands) is None                  # within step_interval_s
+    assert lad.decide(12.0, cands).action == FREEZE
+
+
+def test_ties_go_to_the_lower_priority_agent_then_the_bigger_call():
+    lad = Ladder(step_interval_s=1.0)
+    cands = [Candidate("hi/t", 50, agent_priority=90, memory=900),
+             Candidate("lo/small", 50, agent_priority=10, memory=100),
+             Candidate("lo/big", 50, agent_priority=10, memory=500)]
+    lad.pressure(0.0)
+    assert lad.decide(0.0, cands).key == "lo/big"
+
+
+def test_steps_the_kernel_lacks_are_skipped():
+    # No memory controller (the development host): throttling is impossible, freeze first.
+    lad = Ladder(step_interval_s=1.0)
+    c = Candidate("a/t", 20, can=frozenset({FREEZE, KILL}))
+    acts, _ = run_until_quiet(lad, [c], 0.0, 1.0, 3)
+    assert acts == [(FREEZE, "a/t"), (KILL, "a/t")]
+
+
+def test_policy_step_subset_and_order():
+    lad = Ladder(steps=(FREEZE,), step_interval_s=1.0)
+    cands = [Candidate("a/low", 10), Candidate("a/high", 90)]
+    acts, _ = run_until_quiet(lad, cands, 0.0, 1.0, 4)
+    assert acts == [(FREEZE, "a/low"), (FREEZE, "a/high")]
+
+
+def test_main_cgroup_never_touched_unless_offered_and_only_after_every_tool():
+    lad = Ladder(step_interval_s=1.0)
+    # Without kill_main_allowed the enforcer offers no main candidate: nothing past the tools.
+    acts, _ = run_until_quiet(lad, [Candidate("a/t", 20, can=frozenset({KILL}))], 0.0, 1.0, 4)
+    assert acts == [(KILL, "a/t")]
+    # Offered (kill_main_allowed): killed only after the tool calls are at the top, and only killed.
+    lad = Ladder(step_interval_s=1.0)
+    cands = [Candidate("a/main", 5, main=True, can=frozenset({KILL})), Candidate("a/t", 90, can=frozenset({KILL}))]
+    acts, _ = run_until_quiet(lad, cands, 0.0, 1.0, 4)
+    assert acts == [(KILL, "a/t"), (KILL, "a/main")]
+    # A main candidate is never throttled or frozen even if offered more.
+    lad = Ladder(step_interval_s=1.0)
+    acts, _ = run_until_quiet(lad, [Candidate("a/main", 5, main=True)], 0.0, 1.0, 3)
+    assert acts == [(KILL, "a/main")]
+
+
+def test_relief_highest_priority_first_one_step_per_interval_after_calm():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=3.0, window_s=1.0)
+    cands = [Candidate("a/low", 10, applied=(THROTTLE, FREEZE)), Candidate("a/high", 90, applied=(THROTTLE,)),
+             Candidate("a/mid", 50, applied=(FREEZE,))]
+    lad.pressure(0.0)
+    # Pressure gone at 1.5 s, but not calm for relief_interval_s yet: nothing undone.
+    assert lad.decide(2.9, cands) is None
+    acts, _ = run_until_quiet(lad, cands, 3.0, 3.0, 6, pressure=False)
+    assert acts == [("restore", "a/high"), ("thaw", "a/mid"), ("thaw", "a/low"), ("restore", "a/low")]
+
+
+def test_relief_waits_for_the_interval_between_steps():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=3.0, window_s=1.0)
+    cands = [Candidate("a/x", 10, applied=(FREEZE,)), Candidate("a/y", 20, applied=(FREEZE,))]
+    lad.pressure(0.0)
+    assert lad.decide(3.0, cands).key == "a/y"
+    cands[1].applied = ()
+    assert lad.decide(4.0, cands) is None
+    assert lad.decide(6.0, cands).key == "a/x"
+
+
+def test_killed_calls_are_never_relieved_and_pressure_resets_calm():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=3.0, window_s=1.0)
+    cands = [Candidate("a/x", 10, applied=(THROTTLE, FREEZE, KILL))]
+    assert lad.decide(100.0, cands) is None
+    c = Candidate("a/y", 10, applied=(FREEZE,))
+    lad.pressure(100.0)
+    assert lad.decide(102.0, [c]) is None          # calm for 2 s only
+    lad.pressure(102.5)
+    assert lad.decide(105.0, [c]) is None          # pressure came back: calm restarts
+    assert lad.decide(105.5, [c]).action == "thaw"

@@ -1,66 +1,207 @@
-"""The agentd collector: one read-only pass over the controller per scrape.
+"""The agentd collector: one read-only pass over the daemon's state per scrape.
 
-Labels are bounded: agent (bounded by running agents), agent/tool class, outcome,
-action, reason. Never a tool-call id.
+Sources, each optional (a stage that is absent or fails omits its samples, never the scrape):
+- the controller (agents, tool calls, counters) and cgroupfs files of each agent
+  (memory.current/high/max/events, memory/cpu/io.pressure), read through `ctl.fs`;
+- the event tally (metrics/tally.py) for histograms and counters of finished things;
+- `metric_stats()` of every object in `app.hooks` (enforcer, monitor, scheduler, GPU),
+  dicts with the keys documented in STATS_KEYS below, and their `modes()`;
+- `app.metric_sources`: extra callables yielding metric families (kept for extensions).
+Every family comes from catalog.py, so names and help texts are defined once.
 """
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+import logging
+import time
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .. import __version__
 from ..kernel import cgroupfs as cgf
+from ..kernel import psi
+from .catalog import BY_NAME, COUNTER, GAUGE, MEMORY_EVENT_KEYS
+
+log = logging.getLogger("agentd.metrics")
+
+# What a stage's `metric_stats()` may return (all keys optional):
+STATS_KEYS = {
+    "admission_waiting": "{tool_class: calls waiting now}",
+    "pressure_events": "int, pressure events received since start",
+    "bpf_programs": "{program: True/False loaded and attached}",
+    "bpf_events": "{program: {event: count}} (e.g. read_stats() of each loaded object)",
+    "autodetect": "{event: count} (placed, adopted, housekeeping, errors, resumed_late)",
+    "cpu_scheduler": "str: sched_ext | cpu_weight | none",
+    "sched_ext_ejections": "int, ejections since start",
+    "gpus": "[{gpu: index, memory_used_bytes, memory_total_bytes, utilization_ratio}]",
+    "agent_gpu_memory": "{(agent, gpu): bytes}",
+}
+
+PRESSURE = (("memory", cgf.MEMORY_PRESSURE), ("cpu", cgf.CPU_PRESSURE), ("io", cgf.IO_PRESSURE))
+
+
+def family(name):
+    m = BY_NAME[name]
+    if m.type == GAUGE:
+        return GaugeMetricFamily(m.family, m.help, labels=list(m.labels))
+    if m.type == COUNTER:
+        return CounterMetricFamily(m.family, m.help, labels=list(m.labels))
+    return HistogramMetricFamily(m.family, m.help, labels=list(m.labels))
+
+
+class Families:
+    """Families created on first use, yielded in catalog order."""
+
+    def __init__(self):
+        self.f = {}
+
+    def add(self, name, labels, value):
+        fam = self.f.get(name) or self.f.setdefault(name, family(name))
+        fam.add_metric([str(x) for x in labels], value)
+
+    def add_hist(self, name, labels, buckets, total):
+        fam = self.f.get(name) or self.f.setdefault(name, family(name))
+        fam.add_metric([str(x) for x in labels], buckets, total)
+
+    def __iter__(self):
+        return (self.f[m] for m in BY_NAME if m in self.f)
+
+
+def _limit(fs, cg, name):
+    """A memory limit file in bytes; None when unlimited ("max") or absent."""
+    if not fs.has(cg, name):
+        return None
+    text = fs.read(cg, name).strip()
+    return None if text == "max" else int(text)
 
 
 class AgentdCollector:
-    def __init__(self, app):
+    def __init__(self, app, tally=None):
         self.app = app
+        self.tally = tally
 
     def describe(self):
         return []
 
     def collect(self):
+        fams = Families()
+        for part in (self._daemon, self._controller, self._agents, self._tally, self._stages):
+            try:
+                part(fams)
+            except Exception:
+                log.exception("metrics: %s failed; its samples are omitted from this scrape", part.__name__)
+        yield from fams
+        for extra in getattr(self.app, "metric_sources", []):
+            try:
+                yield from extra()
+            except Exception:
+                log.exception("metrics: extra source %r failed", extra)
+
+    def _daemon(self, fams):
+        fams.add("agentd_build_info", [__version__], 1)
+        fams.add("agentd_start_time_seconds", [], float(getattr(self.app, "started", time.time())))
+        for h in getattr(self.app, "hooks", []):
+            modes = getattr(h, "modes", None)
+            for comp, mode in (modes() if modes else {}).items():
+                fams.add("agentd_mode_info", [comp, mode], 1)
+
+    def _controller(self, fams):
         ctl = self.app.ctl
         agents = list(ctl.agents.values())
-        g = GaugeMetricFamily("agentd_agents_running", "Agents agentd manages now.")
-        g.add_metric([], len(agents))
-        yield g
-        g = GaugeMetricFamily("agentd_tool_calls_running", "Tool calls running now, by class.",
-                              labels=["tool_class"])
+        fams.add("agentd_agents_running", [], len(agents))
         running = {}
         for a in agents:
-            for t in a.tools.values():
+            for t in list(a.tools.values()):
                 if not t.done:
                     running[t.plan.tool_class] = running.get(t.plan.tool_class, 0) + 1
         for k, v in sorted(running.items()):
-            g.add_metric([k], v)
-        yield g
-        c = CounterMetricFamily("agentd_tool_calls_started", "Tool calls started, by class.", labels=["tool_class"])
+            fams.add("agentd_tool_calls_running", [k], v)
         for k, v in sorted(ctl.counters["tool_started"].items()):
-            c.add_metric([k], v)
-        yield c
-        c = CounterMetricFamily("agentd_tool_calls_finished", "Tool calls finished, by class and outcome.",
-                                labels=["tool_class", "outcome"])
+            fams.add("agentd_tool_calls_started_total", [k], v)
         for (k, o), v in sorted(ctl.counters["tool_finished"].items()):
-            c.add_metric([k, o], v)
-        yield c
-        mem = GaugeMetricFamily("agentd_agent_memory_bytes",
-                                "Memory of each agent's cgroup (memory.current; RSS sum without the memory controller).",
-                                labels=["agent", "agent_class"])
-        for a in agents:
-            val = None
+            fams.add("agentd_tool_calls_finished_total", [k, o], v)
+
+    def _agents(self, fams):
+        ctl = self.app.ctl
+        for a in list(ctl.agents.values()):
             try:
-                if ctl.fs.has(a.cgroup, cgf.MEMORY_CURRENT):
-                    val = ctl.fs.read_int(a.cgroup, cgf.MEMORY_CURRENT)
-                elif ctl.sampler:
-                    pids = []
-                    for sub in (a.main_cgroup,) + tuple(t.cgroup for t in a.tools.values() if not t.done):
-                        try:
-                            pids += ctl.fs.procs(sub)
-                        except Exception:
-                            pass
-                    val = ctl.sampler(pids)
-            except Exception:
-                val = None       # a vanished cgroup omits the sample, never fails the scrape
+                self._agent(fams, ctl, a)
+            except Exception as err:      # a vanished cgroup omits the agent, never fails the scrape
+                log.debug("metrics: agent %s: %s", a.agent_id, err)
+
+    def _agent(self, fams, ctl, a):
+        fs, lab = ctl.fs, [a.agent_id, a.agent_class]
+        mem = None
+        if fs.has(a.cgroup, cgf.MEMORY_CURRENT):
+            mem = fs.read_int(a.cgroup, cgf.MEMORY_CURRENT)
+        elif ctl.sampler:
+            pids = []
+            for sub in (a.main_cgroup,) + tuple(t.cgroup for t in list(a.tools.values()) if not t.done):
+                try:
+                    pids += fs.procs(sub)
+                except Exception:
+                    pass
+            mem = ctl.sampler(pids)
+        if mem is not None:
+            fams.add("agentd_agent_memory_bytes", lab, mem)
+        for name, fname in (("agentd_agent_memory_high_bytes", cgf.MEMORY_HIGH),
+                            ("agentd_agent_memory_max_bytes", cgf.MEMORY_MAX)):
+            val = _limit(fs, a.cgroup, fname)
             if val is not None:
-                mem.add_metric([a.agent_id, a.agent_class], val)
-        yield mem
-        for extra in getattr(self.app, "metric_sources", []):
-            yield from extra()
+                fams.add(name, lab, val)
+        if fs.has(a.cgroup, cgf.MEMORY_EVENTS):
+            ev = fs.read_flat_keyed(a.cgroup, cgf.MEMORY_EVENTS)
+            for key in MEMORY_EVENT_KEYS:
+                if key in ev:
+                    fams.add("agentd_agent_memory_events_total", lab + [key], ev[key])
+        for res, fname in PRESSURE:
+            if not fs.has(a.cgroup, fname):
+                continue
+            p = psi.parse(fs.read(a.cgroup, fname))
+            for kind, word in (("some", "waiting"), ("full", "stalled")):
+                if "total" in p.get(kind, {}):
+                    fams.add(f"agentd_agent_pressure_{res}_{word}_seconds_total", lab, p[kind]["total"] / 1e6)
+
+    def _tally(self, fams):
+        if self.tally is None:
+            return
+        counters, hists = self.tally.snapshot()
+        for name, series in counters.items():
+            for labels, v in sorted(series.items()):
+                fams.add(name, labels, v)
+        for name, series in hists.items():
+            for labels, (buckets, total) in sorted(series.items()):
+                fams.add_hist(name, labels, buckets, total)
+
+    def _stages(self, fams):
+        stats = {}
+        for h in getattr(self.app, "hooks", []):
+            fn = getattr(h, "metric_stats", None)
+            if fn is None:
+                continue
+            try:
+                stats.update(fn() or {})
+            except Exception:
+                log.exception("metrics: %s.metric_stats() failed", type(h).__name__)
+        for cls, n in sorted((stats.get("admission_waiting") or {}).items()):
+            fams.add("agentd_admission_waiting", [cls], n)
+        if stats.get("pressure_events") is not None:
+            fams.add("agentd_pressure_events_total", [], stats["pressure_events"])
+        for prog, loaded in sorted((stats.get("bpf_programs") or {}).items()):
+            fams.add("agentd_bpf_programs_loaded", [prog], 1 if loaded else 0)
+        for prog, evs in sorted((stats.get("bpf_events") or {}).items()):
+            for ev, n in sorted(evs.items()):
+                fams.add("agentd_bpf_events_total", [prog, ev], n)
+        for ev, n in sorted((stats.get("autodetect") or {}).items()):
+            fams.add("agentd_autodetect_total", [ev], n)
+        if stats.get("cpu_scheduler"):
+            fams.add("agentd_cpu_scheduler_mode", [stats["cpu_scheduler"]], 1)
+        if stats.get("sched_ext_ejections") is not None:
+            fams.add("agentd_sched_ext_ejections_total", [], stats["sched_ext_ejections"])
+        for g in stats.get("gpus") or []:
+            idx = g.get("gpu")
+            for key, name in (("memory_used_bytes", "agentd_gpu_memory_used_bytes"),
+                              ("memory_total_bytes", "agentd_gpu_memory_total_bytes"),
+                              ("utilization_ratio", "agentd_gpu_utilization_ratio")):
+                if g.get(key) is not None:
+                    fams.add(name, [idx], g[key])
+        for (agent, gpu), n in sorted((stats.get("agent_gpu_memory") or {}).items()):
+            fams.add("agentd_agent_gpu_memory_bytes", [agent, gpu], n)

@@ -16,6 +16,7 @@ import time
 from ..api import protocol
 from ..errors import AgentdError, RequestError
 from ..feedback import _program
+from ..forecast import Forecast
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
 from . import admission, limits
@@ -65,7 +66,7 @@ class Enforcer:
         self.available_fn = available_fn or _available
         self.tools = {}           # tool key -> ToolState
         self.pending = {}         # (agent, pid) -> {"forecast", "peak", "queue", "ts"}
-        self.waiters = {}         # Waiter -> asyncio.Future
+        self.waiters = {}         # Waiter.seq -> (Waiter, asyncio.Future)
         self.pressure_at = {}     # watch key -> monotonic time of its last event
         self.trigger_ts = None    # wall time of the latest event (reaction figures)
         self.task = None
@@ -94,7 +95,7 @@ class Enforcer:
             for tool in agent.tools.values():
                 if tool.frozen and not tool.done:
                     self.actuator.act(tool, "thaw", "agentd is stopping")
-        for fut in self.waiters.values():
+        for _, fut in self.waiters.values():
             if not fut.done():
                 fut.set_result(False)
         self.fc.close()
@@ -126,6 +127,10 @@ class Enforcer:
             tool.actions.append(pend["queue"])
         fc = pend["forecast"] if pend else self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id,
                                                              agent.agent_class)
+        cap = _bytes(tool.plan.limits.get(cgf.MEMORY_MAX))
+        if cap is not None and fc.peak_bytes > cap:
+            # The call cannot use more than its memory.max: that is the forecast to tell.
+            fc = Forecast(cap, fc.confidence, fc.source + ":capped")
         tool.forecast = fc
         st = self.tools[tool.key] = ToolState()
         st.evidence = pend["evidence"] if pend else fc.confidence > 0
@@ -175,7 +180,7 @@ class Enforcer:
         prog = _program(req["argv"])
         w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/pid{req['pid']}")
         fut = asyncio.get_running_loop().create_future()
-        self.waiters[w] = fut
+        self.waiters[w.seq] = (w, fut)
         self.counters["admission_queued_total"] += 1
         t0 = time.monotonic()
         conn.send(protocol.notice("queued", (
@@ -192,7 +197,8 @@ class Enforcer:
         except asyncio.TimeoutError:
             admitted = False
         finally:
-            self.waiters.pop(w, None)
+            self.waiters.pop(w.seq, None)
+            self.pending.pop(("admitted", w.seq), None)
         waited = time.monotonic() - t0
         self.counters["admission_wait_seconds_total"] += waited
         rec = {"action": "queue", "reason": "memory budget", "ts": round(time.time() - waited, 3),
@@ -242,12 +248,15 @@ class Enforcer:
         if not self.waiters:
             return
         self._expire_pending()
-        picked = admission.pick(list(self.waiters), self._running(), self.policy.pressure.budget,
-                                self.available_fn())
+        picked = admission.pick([w for w, _ in self.waiters.values()], self._running(),
+                                self.policy.pressure.budget, self.available_fn())
         for w in picked:
-            fut = self.waiters.get(w)
-            if fut and not fut.done():
+            _, fut = self.waiters.pop(w.seq)
+            if not fut.done():
                 fut.set_result(True)
+                # Reserved until its coroutine resumes and stores its own reservation, so
+                # the next pick cannot hand the same room out twice.
+                self.pending[("admitted", w.seq)] = {"peak": w.peak, "evidence": True, "ts": time.monotonic()}
 
     # --- pressure ----------------------------------------------------------------
     def _on_pressure(self, key, now, how):

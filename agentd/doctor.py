@@ -53,18 +53,18 @@ def doctor(args):
         return 0
     caps = info["capabilities"]
     yes = lambda b: "yes" if b else "no"  # noqa: E731
-    print(f"root user:         {yes(caps['root_user'])}")
-    print(f"cgroup v2:         {caps['cgroup2_mount'] or 'not mounted'}")
-    print(f"controllers:       {' '.join(caps['controllers']) or '(none on cgroup v2)'}")
+    print(f"root user:          {yes(caps['root_user'])}")
+    print(f"cgroup v2:          {caps['cgroup2_mount'] or 'not mounted'}")
+    print(f"controllers:        {' '.join(caps['controllers']) or '(none on cgroup v2)'}")
     for k in ("psi", "memory_peak", "cgroup_kill", "cgroup_freeze", "btf", "bpf_permitted", "sched_ext",
               "memcg_struct_ops"):
-        print(f"{k + ':':<19}{yes(caps[k])}")
+        print(f"{k + ':':<20}{yes(caps[k])}")
     for name, m in info["modes"].items():
-        print(f"mode {name + ':':<13}{m.get('mode')} ({m.get('reason', '')})")
+        print(f"mode {name + ':':<15}{m.get('mode')} ({m.get('reason', '')})")
     p = info["policy"]
-    print(f"policy:            {p['name']}: {'ok' if p['ok'] else 'INVALID: ' + p['error']}")
+    print(f"policy:             {p['name']}: {'ok' if p['ok'] else 'INVALID: ' + p['error']}")
     d = info["daemon"]
-    print(f"daemon:            {'running, ' + str(d.get('version')) if d['running'] else 'not running (' + d['reason'] + ')'}")
+    print(f"daemon:             {'running, ' + str(d.get('version')) if d['running'] else 'not running (' + d['reason'] + ')'}")
     for w in info["warnings"]:
         print(f"warning: {w}")
     return 0

@@ -172,7 +172,7 @@ def cmd_policy(args):
 
 def cmd_status(args):
     from .api.client import connect
-    from .units import format_size
+    from .ui.table import status_lines
     c = connect(args.socket)
     snap = c.call("status", agent=args.agent)
     snap.pop("v", None)
@@ -180,39 +180,56 @@ def cmd_status(args):
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0
-    print(f"{'AGENT':<24} {'CLASS':<10} {'TOOLS':>5} {'MEMORY':>10}  AGE")
-    for a in snap["agents"]:
-        mem = format_size(a["memory_bytes"]) if a.get("memory_bytes") is not None else "-"
-        print(f"{a['agent']:<24} {a['agent_class']:<10} {len(a['tools']):>5} {mem:>10}  {a['age_s']:.0f}s")
-        for t in a["tools"]:
-            print(f"  {t['tool']:<22} {t['tool_class']:<10} peak {format_size(t['memory_peak_bytes']):>10}  "
-                  f"{' '.join(t['argv'])[:60]}")
-    for w in snap.get("warnings", []):
-        print(f"warning: {w}")
+    print("\n".join(status_lines(snap)))
     return 0
 
 
+def cmd_top(args):
+    from .api.client import connect
+    from .ui.top import run_top
+
+    def call():
+        c = connect(args.socket)
+        try:
+            return c.call("status", agent=args.agent)
+        finally:
+            c.close()
+    return run_top(call, interval=args.interval, once=args.once, iterations=args.iterations)
+
+
+def _event_log_path(args):
+    """--event-log, else where the running daemon writes it, else the policy's default."""
+    if args.event_log:
+        return args.event_log
+    try:
+        from .api.client import connect
+        path = connect(args.socket, timeout=2).call("status").get("event_log")
+        if path:
+            return path
+    except Exception:
+        pass
+    return "/var/log/agentd/events.jsonl"
+
+
 def cmd_events(args):
-    from .eventlog import read_events
-    path = args.event_log or "/var/log/agentd/events.jsonl"
-    for rec in read_events(path, agent=args.agent):
-        print(json.dumps(rec))
-    if not args.follow:
-        return 0
-    with open(path) as f:
-        f.seek(0, 2)
-        while True:
-            line = f.readline()
-            if not line:
-                time.sleep(0.2)
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if args.agent and rec.get("agent") != args.agent:
-                continue
-            print(json.dumps(rec), flush=True)
+    from .ui.events import follow, print_events
+    path = _event_log_path(args)
+    kinds = set(args.type or [])
+    print_events(path, agent=args.agent, kinds=kinds, as_json=args.json, last=args.last,
+                 out=lambda line: print(line, flush=True))
+    if args.follow:
+        follow(path, agent=args.agent, kinds=kinds, as_json=args.json, out=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_report(args):
+    from .ui.report import draw, load
+    path = _event_log_path(args)
+    calls = load(path, args.agent)
+    drawn = draw(calls, args.output, title=args.agent or "all agents")
+    print(f"{args.output}: {drawn['tool_calls']} tool calls, {drawn['samples']} memory samples, "
+          f"{drawn['actions']} actions (from {path})")
+    return 0
 
 
 def cmd_reload(args):
@@ -274,11 +291,30 @@ def build_parser():
     s.add_argument("--socket")
     s.set_defaults(fn=cmd_status)
 
+    tp = sub.add_parser("top", help="live view of agents and tool calls")
+    tp.add_argument("--agent")
+    tp.add_argument("--socket")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    tp.add_argument("--once", action="store_true", help="print one frame and exit")
+    tp.add_argument("--iterations", type=int, help="exit after this many frames")
+    tp.set_defaults(fn=cmd_top)
+
     e = sub.add_parser("events", help="print the event log")
     e.add_argument("--agent")
     e.add_argument("--follow", "-f", action="store_true")
+    e.add_argument("--type", action="append", help="only events of this kind (repeatable): tool_end, action, ...")
+    e.add_argument("--last", type=int, help="only the last N matching events")
+    e.add_argument("--json", action="store_true", help="raw JSON lines instead of text")
     e.add_argument("--event-log")
+    e.add_argument("--socket")
     e.set_defaults(fn=cmd_events)
+
+    rp = sub.add_parser("report", help="draw memory over time per tool call (PNG; needs matplotlib)")
+    rp.add_argument("--agent")
+    rp.add_argument("-o", "--output", required=True, help="PNG file to write")
+    rp.add_argument("--event-log")
+    rp.add_argument("--socket")
+    rp.set_defaults(fn=cmd_report)
 
     rl = sub.add_parser("reload", help="reload the daemon's policy")
     rl.add_argument("--socket")

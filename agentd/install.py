@@ -1,4 +1,9 @@
-"""`agentd install`: put the fast `agentd` front, the unit, the policies and the state dir in place."""
+"""`agentd install`: put the fast `agentd` front, the unit, the policies and the state dir in place.
+
+`--root DIR` stages everything below DIR (like DESTDIR for packagers and tests): paths
+written *into* files (the unit's ExecStart) stay the final ones. Existing policies under
+/etc/agentd are never overwritten: they are the administrator's.
+"""
 
 import os
 import shutil
@@ -6,11 +11,17 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+UNIT_NAME = "agentd.service"
+PLACEHOLDER = "@AGENTD@"
 
 
-def _repo_file(*parts):
-    p = os.path.join(os.path.dirname(HERE), *parts)
-    return p if os.path.exists(p) else None
+def _find(*parts):
+    """A shipped file: in the checkout (editable installs), else under <sys.prefix>/share/agentd."""
+    for base in (os.path.dirname(HERE), os.path.join(sys.prefix, "share", "agentd")):
+        p = os.path.join(base, *parts)
+        if os.path.exists(p):
+            return p
+    return None
 
 
 def launcher_path():
@@ -18,45 +29,67 @@ def launcher_path():
     return p if os.path.exists(p) else None
 
 
-def install(args):
+def unit_template():
+    return _find("systemd", UNIT_NAME)
+
+
+def render_unit(agentd_path, template=None):
+    """The unit text with ExecStart pointing at `agentd_path`."""
+    template = template or unit_template()
+    if template is None:
+        from .errors import AgentdError
+        raise AgentdError("the systemd unit template systemd/agentd.service was not found (checkout or "
+                          f"{sys.prefix}/share/agentd/systemd); reinstall agentd")
+    with open(template) as f:
+        return f.read().replace(PLACEHOLDER, agentd_path)
+
+
+def _staged(root, path):
+    return os.path.join(root, path.lstrip("/")) if root and root != "/" else path
+
+
+def _write(path, text, mode):
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def install(args, out=print):
+    root = getattr(args, "root", None) or "/"
     prefix = args.prefix
-    bindir = os.path.join(prefix, "bin")
+    dest = os.path.join(prefix, "bin", "agentd")            # the final path (goes into the unit)
+    bindir = _staged(root, os.path.join(prefix, "bin"))
     os.makedirs(bindir, exist_ok=True)
+    staged_dest = os.path.join(bindir, "agentd")
     front = launcher_path()
-    dest = os.path.join(bindir, "agentd")
     if front:
-        tmp = dest + ".new"
+        tmp = staged_dest + ".new"
         shutil.copy2(front, tmp)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, dest)
-        print(f"installed {dest} (compiled front; `agentd tool` starts no interpreter)")
+        os.replace(tmp, staged_dest)
+        out(f"installed {staged_dest} (compiled front; `agentd tool` starts no interpreter)")
     else:
-        with open(dest + ".new", "w") as f:
-            f.write(f"#!/bin/sh\nexec {sys.executable} -m agentd \"$@\"\n")
-        os.chmod(dest + ".new", 0o755)
-        os.replace(dest + ".new", dest)
-        print(f"installed {dest} (shell front: the compiled launcher was not built; `agentd tool` is slower)")
-    os.makedirs("/etc/agentd/policies", exist_ok=True)
-    pol_dir = _repo_file("policies")
-    if pol_dir:
-        for name in sorted(os.listdir(pol_dir)):
-            if name.endswith(".yaml"):
-                target = os.path.join("/etc/agentd/policies", name)
-                if not os.path.exists(target):
-                    shutil.copy2(os.path.join(pol_dir, name), target)
-                    print(f"installed {target}")
-    os.makedirs("/var/lib/agentd", mode=0o750, exist_ok=True)
-    os.makedirs("/var/log/agentd", mode=0o750, exist_ok=True)
-    unit = _repo_file("systemd", "agentd.service")
-    if unit and not args.no_systemd:
-        target = "/etc/systemd/system/agentd.service"
-        with open(unit) as f:
-            text = f.read().replace("@AGENTD@", dest)
+        _write(staged_dest, f"#!/bin/sh\nexec {sys.executable} -m agentd \"$@\"\n", 0o755)
+        out(f"installed {staged_dest} (shell front: the compiled launcher was not built; `agentd tool` is slower)")
+    pol_target = _staged(root, "/etc/agentd/policies")
+    os.makedirs(pol_target, exist_ok=True)
+    pol_dir = _find("policies")
+    for name in sorted(os.listdir(pol_dir)) if pol_dir else []:
+        if name.endswith(".yaml"):
+            target = os.path.join(pol_target, name)
+            if not os.path.exists(target):
+                shutil.copy2(os.path.join(pol_dir, name), target)
+                out(f"installed {target}")
+    for d in ("/var/lib/agentd", "/var/log/agentd"):
+        os.makedirs(_staged(root, d), mode=0o750, exist_ok=True)
+    if not args.no_systemd:
+        target = _staged(root, f"/etc/systemd/system/{UNIT_NAME}")
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w") as f:
-            f.write(text)
-        print(f"installed {target}")
-        if shutil.which("systemctl") and os.path.isdir("/run/systemd/system"):
+        _write(target, render_unit(dest), 0o644)
+        out(f"installed {target}")
+        if root == "/" and shutil.which("systemctl") and os.path.isdir("/run/systemd/system"):
             subprocess.run(["systemctl", "daemon-reload"], check=False)
-            print("run `systemctl enable --now agentd` to start the daemon")
+            out("run `systemctl enable --now agentd` to start the daemon")
     return 0

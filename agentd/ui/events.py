@@ -57,6 +57,8 @@ def follow(path, agent=None, kinds=None, as_json=False, out=print, poll_s=0.2, s
 
 def print_events(path, agent=None, kinds=None, as_json=False, out=print, last=None):
     recs = [r for r in read_events(path, agent=agent) if matches(r, None, kinds)]
-    for rec in recs[-last:] if last else recs:
+    if last is not None:
+        recs = recs[-last:] if last > 0 else []
+    for rec in recs:
         out(render(rec, as_json))
     return len(recs)

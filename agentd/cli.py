@@ -323,6 +323,7 @@ def build_parser():
     ins = sub.add_parser("install", help="install the agentd command, unit, policies and state dir")
     ins.add_argument("--prefix", default="/usr/local")
     ins.add_argument("--no-systemd", action="store_true")
+    ins.add_argument("--root", default="/", help="stage everything below this directory (packaging, tests)")
     ins.set_defaults(fn=cmd_install)
     return p
 

@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from agentd.deploy import DASHBOARD
 from agentd.metrics.catalog import BY_NAME
 from tests.helpers import DaemonProc, agentd_cmd
 
@@ -142,6 +143,18 @@ def test_prometheus_scrapes_agentd_series(metrics_daemon, tmp_path, cgfs):
         unknown = {n for n in ours if n not in BY_NAME
                    and not (n.rpartition("_")[0] in BY_NAME and n.rpartition("_")[2] in ("bucket", "sum", "count"))}
         assert not unknown, f"series not in the catalog: {unknown}"
+        # Every query of the Grafana dashboard parses and runs on a real Prometheus.
+        with open(DASHBOARD) as f:
+            dash = json.load(f)
+        subst = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*", "$agent": ".*"}
+        answered = 0
+        for p in dash["panels"]:
+            for t in p.get("targets", []):
+                q = t["expr"]
+                for k, v in subst.items():
+                    q = q.replace(k, v)
+                answered += bool(prom.query(q))     # query() asserts status "success"
+        assert answered >= 5, "the dashboard's queries found no agentd data"
     finally:
         stop.touch()
         try:

@@ -108,7 +108,10 @@ enum agentd_stat {
 /* Read-only config (.rodata), set by the loader before load. */
 struct agentd_lifecycle_config {
 	__u32 report_all;	/* 1: ignore watched_cgroups (tests, debugging) */
-	__u32 _pad;
+	/* 0: wake the reader on every event. N: wake it only once N bytes are waiting (or
+	 * for an event that stopped a task); the reader also drains on a timer. Wake-ups
+	 * cost an inter-processor interrupt, which is expensive in a VM. */
+	__u32 batch_bytes;
 };
 
 struct agentd_memwatch_config {

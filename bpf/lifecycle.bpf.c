@@ -57,6 +57,18 @@ static __always_inline void count(__u32 id)
 		__sync_fetch_and_add(v, 1);
 }
 
+static __always_inline void submit(struct agentd_proc_event *e)
+{
+	__u64 flags = 0;
+
+	if (e->flags & AGENTD_PF_STOPPED)
+		flags = BPF_RB_FORCE_WAKEUP;	/* a task waits for user space */
+	else if (cfg.batch_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.batch_bytes ?
+			BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
 static __always_inline __u64 task_cgroup_id(struct task_struct *t)
 {
 	return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
@@ -134,7 +146,7 @@ static __always_inline int handle_fork(struct task_struct *parent, struct task_s
 	e->ppid = BPF_CORE_READ(parent, tgid);
 	if (flags & AGENTD_WATCH_MAIN)
 		e->flags |= AGENTD_PF_MAIN;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -176,7 +188,7 @@ static __always_inline int handle_exec(struct task_struct *t, const char *filena
 			}
 		}
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -198,7 +210,7 @@ static __always_inline int handle_exit(struct task_struct *t)
 	e->exit_code = BPF_CORE_READ(t, exit_code);
 	if (flags & AGENTD_WATCH_MAIN)
 		e->flags |= AGENTD_PF_MAIN;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -244,7 +256,7 @@ int agentd_fork_tp(struct trace_event_raw_sched_process_fork *ctx)
 	e->ppid = BPF_CORE_READ(parent, tgid);
 	if (flags & AGENTD_WATCH_MAIN)
 		e->flags |= AGENTD_PF_MAIN;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 

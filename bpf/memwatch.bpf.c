@@ -7,7 +7,8 @@
  * shmem pages) of the processes in the cgroup, kept current from the rss_stat
  * tracepoint, which fires whenever a process's rss counters change (page faults, unmap,
  * exit). Each mm is attributed to the cgroup of the task that last faulted on it
- * (`mm_state`); when a process moves, its rss moves with it at its next fault.
+ * (`mm_state`); when a process moves between tracked cgroups, its rss moves with it at
+ * its next fault (one that moves to an untracked cgroup keeps its charge until it exits).
  * Shared file pages are counted once per process (rss semantics, not memcg's).
  *
  * Only cgroups with an entry in `mem_limits` are tracked. An event goes to `mem_events`
@@ -72,10 +73,11 @@ static __always_inline void count(__u32 id)
 static __always_inline __s64 mm_rss_bytes(struct mm_struct *mm)
 {
 	/* percpu_counter.count is the folded value, behind by at most the per-CPU batch;
-	 * the same approximation the rss_stat tracepoint itself reports. */
-	__s64 pages = BPF_CORE_READ(mm, rss_stat[AGENTD_MM_FILEPAGES].count) +
-		      BPF_CORE_READ(mm, rss_stat[AGENTD_MM_ANONPAGES].count) +
-		      BPF_CORE_READ(mm, rss_stat[AGENTD_MM_SHMEMPAGES].count);
+	 * the same approximation the rss_stat tracepoint itself reports. `mm` is a
+	 * BTF-typed argument: direct loads, no probe-read helper calls. */
+	__s64 pages = mm->rss_stat[AGENTD_MM_FILEPAGES].count +
+		      mm->rss_stat[AGENTD_MM_ANONPAGES].count +
+		      mm->rss_stat[AGENTD_MM_SHMEMPAGES].count;
 
 	return pages > 0 ? pages << cfg.page_shift : 0;
 }
@@ -143,42 +145,52 @@ static __always_inline void check(__u64 cgid, struct agentd_mem_limit *lim,
 	}
 }
 
-static __always_inline int handle_rss(struct mm_struct *mm)
+static __always_inline int handle_rss(struct mm_struct *mm, struct mm_struct *cur_mm)
 {
-	struct task_struct *cur = (void *)bpf_get_current_task();
 	__u64 key = (__u64)mm;
-	struct agentd_mm_state *ms = bpf_map_lookup_elem(&mm_state, &key);
+	struct agentd_mm_state *ms;
+	struct agentd_mem_limit *lim;
+	struct agentd_mem_state *st;
 	__u64 cgid;
 
-	if (BPF_CORE_READ(cur, mm) == mm)
+	if (mm == cur_mm) {
+		/* Fast path, taken for every page fault on the host: one hash lookup.
+		 * A process that moved from a tracked to an untracked cgroup therefore keeps
+		 * its charge in the old one until its mm is torn down (below). */
 		cgid = bpf_get_current_cgroup_id();
-	else if (ms)		/* fork copying into a child, exit teardown, reclaim */
+		lim = bpf_map_lookup_elem(&mem_limits, &cgid);
+		if (!lim)
+			return 0;
+		ms = bpf_map_lookup_elem(&mm_state, &key);
+	} else {
+		/* Not the current task's mm: fork copying into a child, exit teardown (the
+		 * task's mm pointer is already cleared), reclaim. Charge whoever owns it. */
+		ms = bpf_map_lookup_elem(&mm_state, &key);
+		if (!ms)
+			return 0;
 		cgid = ms->cgroup_id;
-	else
-		return 0;
-
-	struct agentd_mem_limit *lim = bpf_map_lookup_elem(&mem_limits, &cgid);
-	__u64 now = bpf_ktime_get_ns();
-	struct agentd_mem_state *st;
-
+		lim = bpf_map_lookup_elem(&mem_limits, &cgid);
+		if (!lim) {
+			bpf_map_delete_elem(&mm_state, &key);
+			return 0;
+		}
+	}
 	if (ms && ms->cgroup_id != cgid) {
-		/* The process moved: take its rss out of the old cgroup. */
+		/* The process moved between tracked cgroups: take its rss out of the old one. */
 		st = bpf_map_lookup_elem(&mem_state, &ms->cgroup_id);
 		if (st)
 			__sync_fetch_and_add(&st->rss_bytes, -ms->rss_bytes);
 		ms->cgroup_id = cgid;
 		ms->rss_bytes = 0;
 	}
-	if (!lim) {
-		if (ms)
-			bpf_map_delete_elem(&mm_state, &key);
-		return 0;
-	}
 	__s64 rss = mm_rss_bytes(mm);
 	__s64 delta;
 
 	if (ms) {
 		delta = rss - ms->rss_bytes;
+		/* Most events change only a per-CPU delta, not the folded count: nothing to do. */
+		if (!delta)
+			return 0;
 		ms->rss_bytes = rss;
 	} else {
 		struct agentd_mm_state init = { .cgroup_id = cgid, .rss_bytes = rss };
@@ -188,6 +200,8 @@ static __always_inline int handle_rss(struct mm_struct *mm)
 	}
 	if (rss == 0)
 		bpf_map_delete_elem(&mm_state, &key);
+	__u64 now = bpf_ktime_get_ns();
+
 	st = state_of(cgid, now);
 	if (!st)
 		return 0;
@@ -200,5 +214,8 @@ static __always_inline int handle_rss(struct mm_struct *mm)
 SEC("tp_btf/rss_stat")
 int BPF_PROG(agentd_rss_btf, struct mm_struct *mm, int member)
 {
-	return handle_rss(mm);
+	/* BTF-typed current task: a direct load, no probe read, on this hot path (5.11+). */
+	struct task_struct *cur = bpf_get_current_task_btf();
+
+	return handle_rss(mm, cur->mm);
 }

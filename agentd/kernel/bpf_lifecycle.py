@@ -20,14 +20,17 @@ FLAVOURS = {
 class Lifecycle:
     """Loaded and attached lifecycle program. close() detaches and frees everything."""
 
-    def __init__(self, flavour="auto", report_all=False, path=None):
+    def __init__(self, flavour="auto", report_all=False, batch_bytes=0, path=None):
+        """batch_bytes > 0: wake the ring-buffer reader only when that much is waiting
+        (or at once for a task stopped at exec); the reader must then also drain on a
+        timer. Saves one wake-up (an IPI) per event; see bench/forkexec.py."""
         self.path = path or object_path("lifecycle")
         self.fallback_reason = None
         order = ["tp_btf", "tracepoint"] if flavour == "auto" else [flavour]
         errors = []
         for fl in order:
             try:
-                self._obj = self._open(fl, report_all)
+                self._obj = self._open(fl, report_all, batch_bytes)
                 self.flavour = fl
                 break
             except BpfError as err:
@@ -41,13 +44,14 @@ class Lifecycle:
             self.fallback_reason = errors[0]
         self._watched = self._obj.map("watched_cgroups")
 
-    def _open(self, flavour, report_all):
+    def _open(self, flavour, report_all, batch_bytes):
         obj = libbpf.Object(self.path)
         try:
             for fl, progs in FLAVOURS.items():
                 for p in progs:
                     obj.set_autoload(p, fl == flavour)
-            obj.set_rodata(T.agentd_lifecycle_config(report_all=int(bool(report_all))))
+            obj.set_rodata(T.agentd_lifecycle_config(report_all=int(bool(report_all)),
+                                                     batch_bytes=int(batch_bytes)))
             obj.load()
             for p in FLAVOURS[flavour]:
                 obj.attach(p)

@@ -99,7 +99,7 @@ class agentd_mm_state(C.Structure):
 class agentd_lifecycle_config(C.Structure):
     _fields_ = [
         ("report_all", C.c_uint32),
-        ("_pad", C.c_uint32),
+        ("batch_bytes", C.c_uint32),
     ]
 
 

@@ -63,6 +63,7 @@ _SIGNATURES = [
     ("bpf_map_update_elem", _c.c_int, [_c.c_int, _vp, _vp, _c.c_uint64]),
     ("bpf_map_delete_elem", _c.c_int, [_c.c_int, _vp]),
     ("bpf_map_get_next_key", _c.c_int, [_c.c_int, _vp, _vp]),
+    ("bpf_enable_stats", _c.c_int, [_c.c_int]),
     ("ring_buffer__new", _vp, [_c.c_int, _SAMPLE_FN, _vp, _vp]),
     ("ring_buffer__add", _c.c_int, [_vp, _c.c_int, _SAMPLE_FN, _vp]),
     ("ring_buffer__poll", _c.c_int, [_vp, _c.c_int]),
@@ -157,6 +158,16 @@ def lib():
 def version():
     """(major, minor) of the loaded libbpf."""
     return lib().version
+
+
+BPF_STATS_RUN_TIME = 0
+
+
+def enable_stats():
+    """Turn on per-program run-time accounting while the returned fd stays open (close it
+    to turn it off again); costs a little on every program run, so only for measurement."""
+    L = lib()
+    return L.call("enabling BPF run-time stats", L.bpf_enable_stats, BPF_STATS_RUN_TIME)
 
 
 class Map:
@@ -355,6 +366,21 @@ class Object:
                 break
             out["maps"].append(_fd_id(L.bpf_map__fd(m), "map_id"))
         out["links"] = [_fd_id(link.fd, "link_id") for link in self.links]
+        return out
+
+    def prog_stats(self):
+        """{program: (run_cnt, run_time_ns)} from fdinfo; zeros unless stats are enabled
+        (enable_stats(), or sysctl kernel.bpf_stats_enabled=1)."""
+        self._need(True)
+        L, out = lib(), {}
+        for name in self.autoloaded():
+            fd = L.bpf_program__fd(self._prog(name))
+            vals = {}
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    vals[k] = v.strip()
+            out[name] = (int(vals.get("run_cnt", 0)), int(vals.get("run_time_ns", 0)))
         return out
 
     def detach_all(self):

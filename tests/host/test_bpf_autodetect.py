@@ -41,9 +41,25 @@ def test_poll_strategy_places_long_enough_tool_calls_without_bpf():
     assert r["errors"] == 0
 
 
-def test_event_monitor_is_driven_by_an_asyncio_loop(cgfs, test_root):
+def test_batched_events_arrive_through_tick(cgfs, test_root):
     cgfs.makedirs(test_root)
     mon = EventMonitor(cgfs)
+    try:
+        assert mon.lifecycle is not None
+        mon.lifecycle.watch(cgfs.cgroup_id(test_root))
+        got = []
+        mon.proc_listeners.append(got.append)
+        p = spawn_in(cgfs, test_root, ["true"])
+        p.wait(5)
+        mon.tick()
+        assert [e.kind for e in got if e.pid == p.pid] == [ProcKind.EXEC, ProcKind.EXIT]
+    finally:
+        mon.close()
+
+
+def test_event_monitor_is_driven_by_an_asyncio_loop(cgfs, test_root):
+    cgfs.makedirs(test_root)
+    mon = EventMonitor(cgfs, batch_bytes=0)
     try:
         assert mon.mode == "bpf", mon.reason
         mon.lifecycle.watch(cgfs.cgroup_id(test_root))

@@ -63,10 +63,17 @@ class Controller:
             except KernelError as err:
                 log.debug("cannot enable controllers on %r: %s", parent or "/", err)
 
-    def _save(self):
-        agents = {a.agent_id: a.to_state() for a in self.agents.values()}
-        tools = {t.key: t.to_state() for a in self.agents.values() for t in a.tools.values()}
-        self.state.save(agents, tools)
+    def _save(self, agent=None, tool=None, removed=False):
+        """Journal what changed (cheap), or write a full snapshot when nothing is named."""
+        if agent is None and tool is None or self.state.needs_compaction():
+            agents = {a.agent_id: a.to_state() for a in self.agents.values()}
+            tools = {t.key: t.to_state() for a in self.agents.values() for t in a.tools.values() if not t.done}
+            self.state.compact(agents, tools)
+            return
+        if agent is not None:
+            self.state.record("agent", agent.agent_id, None if removed else agent.to_state())
+        if tool is not None:
+            self.state.record("tool", tool.key, None if (removed or tool.done) else tool.to_state())
 
     def _apply(self, cg, limits, who, reason):
         """Write limit files; log old -> new; skip files the kernel does not offer here."""
@@ -111,7 +118,7 @@ class Controller:
             self.fs.remove_tree(cg)
             raise
         self.agents[name] = agent
-        self._save()
+        self._save(agent=agent)
         self.events.emit("agent_start", agent=name, agent_class=cls_name, limits=agent.limits_applied)
         self._hook("on_agent_start", agent)
         return agent
@@ -159,7 +166,7 @@ class Controller:
         except KernelError as err:
             log.warning("agent %s: cannot remove its cgroup: %s", agent.agent_id, err)
         self.agents.pop(agent.agent_id, None)
-        self._save()
+        self._save(agent=agent, removed=True)
         self.events.emit("agent_end", agent=agent.agent_id, reason=reason)
         self._hook("on_agent_end", agent)
 
@@ -196,7 +203,7 @@ class Controller:
         agent.tools[tool_id] = tool
         c = self.counters["tool_started"]
         c[plan.tool_class] = c.get(plan.tool_class, 0) + 1
-        self._save()
+        self._save(agent=agent, tool=tool)
         self.events.emit("tool_start", agent=agent.agent_id, tool=tool_id, argv=tool.argv[:64],
                          tool_class=plan.tool_class, rule=plan.rule, origin=origin, intent=intent,
                          limits=tool.limits_applied)
@@ -207,7 +214,7 @@ class Controller:
         """Move `pid` into an existing tool-call cgroup (the fallback of clone-into)."""
         self.fs.move(tool.cgroup, pid)
         tool.pid = pid
-        self._save()
+        self._save(tool=tool)
 
     def sample_tool(self, tool):
         """Current memory of a tool call: memory.current, else the sum of its processes' RSS."""
@@ -277,7 +284,7 @@ class Controller:
         c = self.counters["tool_finished"]
         k = (tool.plan.tool_class, outcome)
         c[k] = c.get(k, 0) + 1
-        self._save()
+        self._save(tool=tool, removed=True)
         self.events.emit("tool_end", **result)
         self._hook("on_tool_end", agent, tool, result)
         if self.history:

@@ -1,6 +1,40 @@
+import itertools
 import os
+
+import pytest
 
 # Tests always read the repository's shipped policies, never copies an earlier
 # `agentd install` left in /etc/agentd/policies.
 os.environ["AGENTD_POLICY_DIR"] = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                "policies")
+
+_seq = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def cgfs():
+    from agentd.kernel.cgroupfs import CgroupFS, find_cgroup2_mount
+    mount = find_cgroup2_mount()
+    if os.geteuid() != 0 or not mount:
+        pytest.fail("these tests need root and a cgroup v2 hierarchy (see README: Tests)")
+    return CgroupFS(mount)
+
+
+@pytest.fixture
+def test_root(cgfs):
+    """A unique cgroup name for one test; everything below it is killed and removed after."""
+    from tests.helpers import kill_tree
+    name = f"agentd-test-{os.getpid()}-{next(_seq)}"
+    yield name
+    kill_tree(cgfs, name)
+    assert not cgfs.exists(name), f"test cgroup {name} left behind"
+
+
+@pytest.fixture
+def daemon(tmp_path, test_root):
+    """A real `agentd daemon` subprocess owning `test_root`."""
+    from tests.helpers import DaemonProc
+    d = DaemonProc(str(tmp_path), test_root)
+    d.start()
+    yield d
+    d.cleanup()

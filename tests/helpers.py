@@ -64,7 +64,10 @@ class DaemonProc:
         self.env = dict(os.environ, AGENTD_SOCKET=self.socket, **(extra_env or {}))
         self.proc = None
 
-    def start(self, timeout=15):
+    def start(self, timeout=None):
+        if timeout is None:
+            # Python runs ~5x slower in the kernel tier's emulated guest.
+            timeout = 180 if os.environ.get("AGENTD_KERNEL_TIER") else 20
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             python_cmd() + ["daemon", "--root", self.root, "--socket", self.socket, "--state-dir", self.state_dir,

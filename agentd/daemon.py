@@ -125,14 +125,30 @@ class App:
         try:
             from .enforce import build as build_enforcer
         except ImportError:
+            build_enforcer = None
+        if build_enforcer is not None:
+            try:
+                hook = build_enforcer(self)
+            except AgentdError as err:
+                log.warning("enforcement disabled: %s", err)
+                hook = None
+            if hook is not None:
+                self.hooks.append(hook)
+        # GPU placement comes last: its admit() hands its decision to on_tool_plan with no
+        # await in between. A host without NVIDIA GPUs is normal: that is said at info level.
+        try:
+            from .gpu import build as build_gpu
+        except ImportError:
             return
         try:
-            hook = build_enforcer(self)
-        except AgentdError as err:
-            log.warning("enforcement disabled: %s", err)
+            hook = build_gpu(self)
+        except FeatureMissing as err:
+            log.info("GPU placement off: %s", err)
             return
-        if hook is not None:
-            self.hooks.append(hook)
+        except AgentdError as err:
+            log.warning("GPU placement disabled: %s", err)
+            return
+        self.hooks.append(hook)
 
     def _move_self(self):
         """Under systemd our service cgroup *is* the root: move into a leaf so the root may

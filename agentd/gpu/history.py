@@ -1,0 +1,77 @@
+"""GPU-memory forecasts by tool-call signature: agentd's forecaster over its own history file.
+
+The host-memory forecaster (agentd.forecast) already learns "how much does this command
+need" by signature; GPU memory is the same question about another resource, so this wraps
+the same Forecaster and HistoryStore around a separate file (`gpu-history.sqlite` in the
+state directory) whose peak_bytes column holds a call's GPU-memory peak. Only calls that
+held GPU memory are recorded: the history then also answers "does this command use a GPU
+at all", which `device: auto` classes rely on.
+"""
+
+import logging
+import os
+import time
+
+from ..forecast import Forecast, Forecaster, HistoryError, HistoryStore, ToolCallRecord, signature
+from ..forecast.model import MiB
+
+log = logging.getLogger("agentd.gpu")
+
+HISTORY_FILE = "gpu-history.sqlite"
+# A CUDA context alone holds a few hundred MiB on current drivers: no GPU call needs less.
+FLOOR_BYTES = 256 * MiB
+# With no history, a GPU call is assumed to need this much (a small model or test suite).
+PRIOR_BYTES = 2048 * MiB
+PRUNE_KEEP = 20000
+
+
+class GpuForecasts:
+    def __init__(self, state_dir, device_bytes, store=None):
+        """`device_bytes`: the largest device's memory (no forecast above it)."""
+        self.mode = "memory only"
+        if store is None and state_dir:
+            try:
+                os.makedirs(state_dir, exist_ok=True)
+                store = HistoryStore(os.path.join(state_dir, HISTORY_FILE))
+                self.mode = "history"
+            except (HistoryError, OSError) as err:
+                log.warning("GPU history disabled: %s; GPU forecasts come from the %s prior", err,
+                            f"{PRIOR_BYTES >> 20} MiB")
+                store = None
+        elif store is not None:
+            self.mode = "history"
+        self.store = store
+        from ..forecast import DEFAULT_PRIORS
+        budget = max(int(device_bytes), FLOOR_BYTES + 1)
+        self.fc = Forecaster(store, "default", priors={k: PRIOR_BYTES for k in DEFAULT_PRIORS},
+                             floor_bytes=FLOOR_BYTES, host_budget=budget)
+
+    def close(self):
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+            self.fc.store = None
+
+    def forecast(self, argv, tool_class, agent_id, agent_class):
+        """Forecast (peak GPU bytes, confidence, source); confidence 0 = no GPU history."""
+        try:
+            return self.fc.forecast(argv, tool_class=tool_class, agent_class=agent_class, agent=agent_id,
+                                    now=time.time())
+        except HistoryError as err:
+            log.warning("GPU history unreadable (%s): using the prior", err)
+            return Forecast(self.fc.priors.get("medium"), 0.0, "prior:unreadable")
+
+    def record(self, argv, tool_class, agent_id, agent_class, peak_bytes, duration_s, action=""):
+        if peak_bytes <= 0 or self.store is None:
+            return
+        rec = ToolCallRecord.from_signature(signature(argv), ts=time.time(), peak_bytes=peak_bytes, agent=agent_id,
+                                            agent_class=agent_class, tool_class=tool_class, argv=argv[:64],
+                                            duration_s=duration_s, action=action)
+        try:
+            self.fc.observe(rec)
+            if self.store.count() > PRUNE_KEEP * 1.1:
+                self.store.prune(PRUNE_KEEP)
+        except HistoryError as err:
+            log.warning("GPU history: cannot record %s (%s); carrying on without it", " ".join(argv[:4]), err)
+            self.close()
+            self.mode = "memory only"

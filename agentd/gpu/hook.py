@@ -1,0 +1,440 @@
+"""The GPU stage of the daemon: placement at tool start, budgets while running, stats.
+
+Flow: NVML (devices, processes) -> attribution (pid -> cgroup -> agent/tool call) ->
+placement (placement.py, pure) -> the tool call's environment and cpu.weight -> feedback.
+
+- `admit()` (before the call exists) classifies the request, forecasts its GPU memory and
+  asks `place()`: a call that must wait for a GPU waits here, told so by a notice, until room
+  frees up or the admission timeout passes. No await separates our `admit` (the last one)
+  from the controller's `on_tool_plan`, so the decision is handed over in `pending`.
+- `on_tool_plan()` writes the decision into the call: CUDA_VISIBLE_DEVICES (and MPS variables),
+  cpu.weight for offloaded calls, a sentence in `tool.start_messages`. Calls that reach it
+  without `admit` (the automatic path) are decided there and never wait.
+- A periodic tick re-reads NVML, updates each call's GPU peak, applies each agent class's
+  `over_budget` action to the agent's lowest-priority GPU call, and wakes waiters.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+from ..api import protocol
+from ..errors import AgentdError, CgroupGone, ProcessGone, RequestError
+from ..kernel import cgroupfs as cgf
+from ..units import format_size
+from . import placement as pl
+from .nvml import NvmlError
+
+log = logging.getLogger("agentd.gpu")
+
+RESERVATION_TTL_S = 30.0      # a decision not claimed by a starting call within this is dropped
+MPS_RECHECK_S = 5.0
+
+
+@dataclasses.dataclass
+class Placed:
+    """A running call agentd placed on a GPU (or one seen holding GPU memory)."""
+    agent: str
+    device: int | None
+    forecast: int
+    peak: int = 0
+
+
+@dataclasses.dataclass
+class Decision:
+    outcome: str
+    device: int | None = None
+    forecast: int = 0
+    reason: str = ""
+    free: int = 0
+    waited: float | None = None
+    timed_out: bool = False
+    ts: float = dataclasses.field(default_factory=time.monotonic)
+
+
+def _program(argv):
+    from ..feedback import _program as prog
+    return prog(argv)
+
+
+class GpuHook:
+    def __init__(self, app, nvml, forecasts, interval_s=1.0):
+        self.app = app
+        self.nv = nvml
+        self.fc = forecasts
+        self.interval_s = interval_s
+        self.devices = nvml.devices()
+        self.max_total = max(d.memory_total for d in self.devices)
+        self.placed = {}          # tool key -> Placed
+        self.pending = {}         # (agent, pid) -> Decision, from admit to on_tool_plan
+        self.waiters = {}         # request key -> (Request, Future)
+        self.admitted = {}        # request key -> Decision: woken waiters not yet resumed
+        self.tool_usage = {}      # tool key -> bytes held now
+        self.agent_usage = {}     # agent -> bytes held now (tool calls and main cgroup)
+        self.agent_device = {}    # (agent, device index) -> bytes
+        self.unattributed = 0     # bytes held by processes outside any agent
+        self.notified = set()     # tool keys told they are over budget (until the agent is back under)
+        self.killed = set()
+        self.seq = 0
+        self._mps = (None, 0.0)
+        self._nvml_error = None
+        self.task = None
+        self.counters = {"placements": {o: 0 for o in pl.OUTCOMES}, "budget_actions": {"notify": 0, "kill": 0},
+                         "queued_total": 0, "wait_seconds_total": 0.0, "nvml_errors_total": 0}
+
+    @property
+    def policy(self):
+        return self.app.policy            # re-read: a reload swaps it
+
+    # --- readings ----------------------------------------------------------------
+    def mps(self):
+        val, at = self._mps
+        if val is None or time.monotonic() - at > MPS_RECHECK_S:
+            val = self.nv.mps_active()
+            self._mps = (val, time.monotonic())
+        return val
+
+    def refresh(self):
+        """Read devices and processes; attribute each process's GPU memory through its cgroup."""
+        try:
+            devices = self.nv.devices()
+            procs = self.nv.processes()
+        except NvmlError as err:
+            self.counters["nvml_errors_total"] += 1
+            if str(err) != self._nvml_error:
+                log.warning("GPU readings failed, keeping the last ones: %s", err)
+                self._nvml_error = str(err)
+            return False
+        self._nvml_error = None
+        self.devices = devices
+        tools, agents, per_dev, other = {}, {}, {}, 0
+        ctl = self.app.ctl
+        for p in procs:
+            used = p.used_bytes or 0
+            try:
+                agent, tool = ctl.agent_of_cgroup(self.app.procfs.cgroup(p.pid))
+            except (ProcessGone, AgentdError):
+                agent = tool = None       # ended since NVML listed it, or in another pid namespace
+            if agent is None:
+                other += used
+                continue
+            agents[agent.agent_id] = agents.get(agent.agent_id, 0) + used
+            k = (agent.agent_id, p.device)
+            per_dev[k] = per_dev.get(k, 0) + used
+            if tool is not None:
+                tools[tool.key] = tools.get(tool.key, 0) + used
+                pc = self.placed.get(tool.key)
+                if pc is None:            # a call agentd did not place (auto, unmanaged) holds GPU memory
+                    pc = self.placed[tool.key] = Placed(agent.agent_id, p.device, 0)
+                pc.peak = max(pc.peak, tools[tool.key])
+        self.tool_usage, self.agent_usage, self.agent_device, self.unattributed = tools, agents, per_dev, other
+        return True
+
+    def _budget_limit(self, agent_class):
+        try:
+            g = self.policy.agent_class(agent_class).gpu
+        except (AgentdError, RequestError):
+            return None
+        return g.budget_bytes(self.max_total)
+
+    def _agent_gpu(self, agent):
+        try:
+            return self.policy.agent_class(agent.agent_class).gpu
+        except (AgentdError, RequestError):
+            from ..policy.schema import AgentGpu
+            return AgentGpu()
+
+    def _reservations(self):
+        """(device -> bytes, agent -> bytes) forecast but not yet held by placed or admitted calls."""
+        dev, agent = {}, {}
+        now = time.monotonic()
+        for k in [k for k, d in self.pending.items() if now - d.ts > RESERVATION_TTL_S]:
+            del self.pending[k]
+        items = [(pc.agent, pc.device, pc.forecast - self.tool_usage.get(key, 0)) for key, pc in self.placed.items()]
+        items += [(k[0], d.device, d.forecast) for k, d in self.pending.items() if d.outcome == pl.GPU]
+        items += [(k.partition("/")[0], d.device, d.forecast) for k, d in self.admitted.items() if d.outcome == pl.GPU]
+        for a, d, r in items:
+            if d is None or r <= 0:
+                continue
+            dev[d] = dev.get(d, 0) + r
+            agent[a] = agent.get(a, 0) + r
+        return dev, agent
+
+    def _inputs(self):
+        dev_res, agent_res = self._reservations()
+        rooms = [pl.Room(d.index, d.memory_total, d.memory_used, dev_res.get(d.index, 0)) for d in self.devices]
+        budgets = {}
+        for a in self.app.ctl.agents.values():
+            budgets[a.agent_id] = pl.Budget(self._budget_limit(a.agent_class),
+                                            self.agent_usage.get(a.agent_id, 0) + agent_res.get(a.agent_id, 0))
+        return rooms, budgets
+
+    # --- placement -----------------------------------------------------------------
+    def _request(self, agent, plan, argv, key):
+        """(outcome for calls place() need not see, or None; Request or None)."""
+        d = getattr(plan, "decision", None)
+        device = getattr(d, "device", "auto")
+        if device == "cpu":
+            return pl.CPU, None
+        f = self.fc.forecast(argv, plan.tool_class, agent.agent_id, agent.agent_class)
+        if device == "auto" and f.confidence <= 0:
+            return pl.UNMANAGED, None     # no sign it uses a GPU: leave it alone, measure it
+        self.seq += 1
+        tg = getattr(d, "gpu", None)
+        return None, pl.Request(key or f"{agent.agent_id}/request-{self.seq}", agent.agent_id, (self._agent_gpu(agent).priority, plan.priority), self.seq,
+                                min(f.peak_bytes, self.max_total), getattr(tg, "fallback", pl.OFFLOAD))
+
+    def _decide_now(self, req):
+        rooms, budgets = self._inputs()
+        waiting = [w for w, _ in self.waiters.values()]
+        return pl.place(waiting + [req], rooms, budgets)[req.key]
+
+    async def admit(self, conn, agent, req):
+        key = (agent.agent_id, req.get("pid"))
+        self.pending.pop(key, None)
+        try:
+            plan = self.app.ctl.planner.plan_tool(agent, req["argv"], req.get("class"), req.get("mem"))
+        except AgentdError:
+            return                        # start_tool raises the same error, with its message
+        outcome, r = self._request(agent, plan, req["argv"], None)
+        if r is None:
+            self.pending[key] = Decision(outcome)
+            return
+        self.refresh()
+        p = self._decide_now(r)
+        if p.outcome != pl.WAIT:
+            self.pending[key] = Decision(p.outcome, p.device, r.forecast, p.reason, p.free)
+            return
+        self.pending[key] = await self._wait(conn, agent, req, r, p)
+
+    async def _wait(self, conn, agent, req, r, p):
+        a = self.policy.admission
+        prog = _program(req["argv"])
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[r.key] = (r, fut)
+        self.counters["queued_total"] += 1
+        conn.send(protocol.notice("queued", (
+            f"[agentd] {prog} is waiting for a GPU: it is forecast to need {format_size(r.forecast)} of GPU memory "
+            f"and {_why(p, r)}; it starts when a GPU has room (at most {a.max_wait_s:g} s)")))
+        self.app.events.emit("action", agent=agent.agent_id, tool=None, action="gpu_queue", argv=req["argv"][:8],
+                             reason=p.reason, forecast_bytes=r.forecast)
+        t0 = time.monotonic()
+        try:
+            got = await asyncio.wait_for(asyncio.shield(fut), a.max_wait_s)
+        except asyncio.TimeoutError:
+            got = None
+        finally:
+            self.waiters.pop(r.key, None)
+            self.admitted.pop(r.key, None)
+        waited = time.monotonic() - t0
+        self.counters["wait_seconds_total"] += waited
+        if got is None:
+            if a.on_timeout == "fail":
+                raise RequestError("no_gpu", f"{prog} waited {waited:.0f} s for a GPU and none had "
+                                             f"{format_size(r.forecast)} free; try again later or run it on the CPU")
+            return Decision(pl.OFFLOAD, None, r.forecast, "wait_timed_out", p.free, waited, True)
+        return Decision(got.outcome, got.device, r.forecast, got.reason, got.free, waited)
+
+    def _wake(self):
+        """Hand freed room to waiting calls, highest priority first."""
+        if not self.waiters:
+            return
+        rooms, budgets = self._inputs()
+        res = pl.place([w for w, _ in self.waiters.values()], rooms, budgets)
+        for key, p in res.items():
+            if p.outcome == pl.WAIT:
+                continue
+            r, fut = self.waiters.pop(key)
+            if not fut.done():
+                fut.set_result(p)
+                # Reserved until its coroutine resumes and the call starts, so the next
+                # decision cannot hand the same room out twice.
+                self.admitted[key] = Decision(p.outcome, p.device, r.forecast, p.reason, p.free)
+
+    def on_tool_plan(self, agent, tool):
+        d = self.pending.pop((agent.agent_id, tool.pid), None)
+        if d is None:                     # automatic path: decide now, never wait
+            outcome, r = self._request(agent, tool.plan, tool.argv, tool.key)
+            if r is None:
+                d = Decision(outcome)
+            else:
+                self.refresh()
+                p = self._decide_now(r)
+                d = Decision(pl.OFFLOAD if p.outcome == pl.WAIT else p.outcome, p.device, r.forecast, p.reason, p.free)
+        self._apply(agent, tool, d)
+
+    def _apply(self, agent, tool, d):
+        tg = getattr(getattr(tool.plan, "decision", None), "gpu", None)
+        env, msg = {}, None
+        prog = _program(tool.argv)
+        if d.outcome == pl.GPU:
+            dev = next((x for x in self.devices if x.index == d.device), None)
+            limit = getattr(tg, "mps_pinned_mem_limit", None)
+            if limit is not None:
+                from ..units import parse_size
+                limit = parse_size(limit, dev.memory_total if dev else self.max_total)
+            env = pl.gpu_env(dev.uuid if dev else str(d.device), self.mps(),
+                             getattr(tg, "mps_active_thread_percentage", None), limit)
+            self.placed[tool.key] = Placed(agent.agent_id, d.device, d.forecast)
+            waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
+            msg = (f"[agentd] {prog} runs on GPU {d.device}{waited} ({dev.name if dev else 'GPU'}): it is forecast "
+                   f"to need {format_size(d.forecast)} of GPU memory")
+        elif d.outcome in (pl.OFFLOAD, pl.CPU):
+            env = pl.cpu_env()
+            if d.outcome == pl.OFFLOAD:
+                weight = getattr(tg, "offload_cpu_weight", None)
+                if weight is not None:
+                    tool.plan.limits[cgf.CPU_WEIGHT] = int(weight)
+                why = _why(d, None, agent=self._budget_limit(agent.agent_class))
+                waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
+                msg = (f"[agentd] {prog} runs on the CPU, not a GPU{waited}: it is forecast to need "
+                       f"{format_size(d.forecast)} of GPU memory and {why}; no GPU is visible to it "
+                       f"(CUDA_VISIBLE_DEVICES is empty), so use CPU code paths or a smaller model")
+        if env:
+            tool.env = {**(getattr(tool, "env", None) or {}), **env}
+        if msg:
+            if not hasattr(tool, "start_messages"):
+                tool.start_messages = []
+            tool.start_messages.append(msg)
+        if d.waited is not None:
+            tool.actions.append({"action": "gpu_queue", "reason": d.reason, "seconds": round(d.waited, 3),
+                                 "forecast_bytes": d.forecast, "timed_out": d.timed_out,
+                                 "ts": round(time.time() - d.waited, 3)})
+        tool.gpu_placement = {"outcome": d.outcome, "device": d.device, "forecast_bytes": d.forecast,
+                              "reason": d.reason}
+        self.counters["placements"][d.outcome] = self.counters["placements"].get(d.outcome, 0) + 1
+        if d.outcome != pl.UNMANAGED:
+            self.app.events.emit("gpu_placement", agent=agent.agent_id, tool=tool.tool_id, outcome=d.outcome,
+                                 device=d.device, forecast_bytes=d.forecast, reason=d.reason, env=env)
+            log.info("tool %s: GPU placement %s%s (forecast %s%s)", tool.key, d.outcome,
+                     "" if d.device is None else f" on GPU {d.device}", format_size(d.forecast),
+                     f", {d.reason}" if d.reason else "")
+
+    def on_tool_start(self, agent, tool):
+        pass
+
+    def on_tool_end(self, agent, tool, result):
+        pc = self.placed.pop(tool.key, None)
+        self.notified.discard(tool.key)
+        self.killed.discard(tool.key)
+        held = self.tool_usage.pop(tool.key, 0)
+        if pc is not None and agent is not None:
+            peak = max(pc.peak, held)
+            result["gpu_peak_bytes"] = peak
+            self.fc.record(tool.argv, tool.plan.tool_class, agent.agent_id, agent.agent_class, peak,
+                           result.get("wall_s") or 0.0, action=result.get("outcome") or "")
+        self._wake()
+
+    # --- while running -------------------------------------------------------------
+    def tick(self):
+        if self.refresh():
+            self.enforce_budgets()
+        self._wake()
+
+    def enforce_budgets(self):
+        """Each agent over its GPU budget: its class's action on its lowest-priority GPU call."""
+        for agent in list(self.app.ctl.agents.values()):
+            limit = self._budget_limit(agent.agent_class)
+            if limit is None:
+                continue
+            # Memory of calls already killed is on its way out: do not take a second victim for it.
+            held = self.agent_usage.get(agent.agent_id, 0) - sum(
+                self.tool_usage.get(k, 0) for k in self.killed if k.startswith(agent.agent_id + "/"))
+            if held <= limit:
+                self.notified -= {k for k in self.notified if k.startswith(agent.agent_id + "/")}
+                continue
+            victims = [t for t in agent.tools.values()
+                       if not t.done and t.key not in self.killed and self.tool_usage.get(t.key, 0) > 0]
+            if not victims:
+                continue                  # the main process itself holds it: nothing agentd may stop
+            t = min(victims, key=lambda t: (t.plan.priority, -t.started_mono))
+            action = self._agent_gpu(agent).over_budget
+            reason = (f"GPU memory budget: agent {agent.agent_id} holds {format_size(held)} of GPU memory, over its "
+                      f"{format_size(limit)} budget; {_program(t.argv)} is its lowest-priority GPU call and holds "
+                      f"{format_size(self.tool_usage.get(t.key, 0))}")
+            if action == "kill":
+                self._kill(agent, t, reason)
+            elif t.key not in self.notified:
+                self._notify(agent, t, reason)
+
+    def _notify(self, agent, tool, reason):
+        self.notified.add(tool.key)
+        self.counters["budget_actions"]["notify"] += 1
+        tool.actions.append({"action": "gpu_over_budget", "reason": reason, "ts": round(time.time(), 3)})
+        conn = getattr(tool, "conn", None)
+        if conn is not None:
+            conn.send(protocol.notice("gpu_over_budget", f"[agentd] {reason}: free GPU memory (smaller batches "
+                                                          f"or model) or it may be stopped"))
+        self.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="gpu_notify", reason=reason)
+        log.warning("tool %s: %s (notified)", tool.key, reason)
+
+    def _kill(self, agent, tool, reason):
+        self.killed.add(tool.key)
+        self.counters["budget_actions"]["kill"] += 1
+        tool.actions.append({"action": "kill", "reason": reason, "ts": round(time.time(), 3)})
+        try:
+            self.app.fs.kill(tool.cgroup)
+        except CgroupGone:
+            pass
+        self.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="kill", reason=reason)
+        log.warning("tool %s: killed: %s", tool.key, reason)
+
+    # --- daemon hooks --------------------------------------------------------------
+    async def start(self):
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self):
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("GPU tick failed")
+
+    async def stop(self):
+        if self.task:
+            self.task.cancel()
+        for _, fut in self.waiters.values():
+            if not fut.done():
+                fut.cancel()
+        self.fc.close()
+        self.nv.close()
+
+    def modes(self):
+        n = len(self.devices)
+        return {"gpu": f"nvml: {n} GPU{'s' if n != 1 else ''}, driver {self.nv.driver}"
+                       + (", MPS" if self._mps[0] else "") + f", {self.fc.mode}"}
+
+    def metric_stats(self):
+        """The collector's contract (metrics/collector.py STATS_KEYS) plus GPU placement counters."""
+        return {
+            "gpus": [{"gpu": d.index, "memory_used_bytes": d.memory_used, "memory_total_bytes": d.memory_total,
+                      "utilization_ratio": d.utilization} for d in self.devices],
+            "agent_gpu_memory": {(a, str(i)): n for (a, i), n in self.agent_device.items()},
+            "gpu_placements": dict(self.counters["placements"]),
+            "gpu_budget_actions": dict(self.counters["budget_actions"]),
+            "gpu_waiting": len(self.waiters),
+            "gpu_queued_total": self.counters["queued_total"],
+            "gpu_wait_seconds_total": round(self.counters["wait_seconds_total"], 3),
+            "gpu_unattributed_bytes": self.unattributed,
+        }
+
+    @property
+    def stats(self):
+        return self.metric_stats()
+
+
+def _why(p, r, agent=None):
+    """Why a call did not get a GPU, for the agent's sentence."""
+    free = f"the most free on any GPU is {format_size(p.free)}"
+    return {
+        "no_room": f"no GPU has that much free ({free})",
+        "agent_budget": "its agent's GPU memory budget" + (f" ({format_size(agent)})" if agent else "") +
+                        " is taken by its other GPU calls",
+        "over_budget_alone": "that is more than its agent's GPU memory budget" +
+                             (f" ({format_size(agent)})" if agent else ""),
+        "higher_priority_waiting": f"a higher-priority GPU call is waiting for that room ({free})",
+        "earlier_waiting": f"an earlier GPU call is waiting for that room ({free})",
+        "wait_timed_out": f"no GPU had room before the wait timed out ({free})",
+    }.get(p.reason, p.reason or "no GPU has room")

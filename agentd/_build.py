@@ -20,7 +20,7 @@ from pathlib import Path
 from setuptools.command.build_py import build_py
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-LAUNCHER_SOURCES = ("agentd.c", "tool.c", "json.c")
+LAUNCHER_SOURCES = ("agentd.c", "tool.c", "proto.c", "conn.c", "json.c", "buf.c")
 CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-D_GNU_SOURCE")
 
 

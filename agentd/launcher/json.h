@@ -22,8 +22,8 @@ void buf_addf(struct buf *b, const char *fmt, ...) __attribute__((format(printf,
 void buf_free(struct buf *b);
 
 /*
- * Append s as a quoted JSON string, reading at most max bytes of it (cut at a
- * character boundary). Control characters are escaped; bytes that are not valid
+ * Append s as a quoted JSON string, reading at most max bytes of it (a character
+ * cut there becomes U+FFFD). Control characters are escaped; bytes that are not valid
  * UTF-8 become U+FFFD, because argv and cwd are arbitrary bytes on Linux and the
  * daemon (Python json) refuses invalid UTF-8.
  */

@@ -192,6 +192,21 @@ def test_request_fields_and_escaping(launcher, fake, tmp_path):
     assert (req["class"], req["mem"], req["intent"]) == (None, None, None)
 
 
+def test_huge_argv_is_shortened_for_the_daemon_only(launcher, fake):
+    # The daemon refuses request lines over 256 KiB; CMD must still get every byte.
+    d = fake()
+    big, many = "x" * 120_000, [f"a{i}" * 100 for i in range(2000)]
+    p = run_tool(launcher, d.path, "sh", "-c", 'echo "${#1} $#"', "sh", big, *many)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"120000 2001\n"
+    (req,) = d.tool_requests("tool_start")
+    assert req["argv"][:4] == ["sh", "-c", 'echo "${#1} $#"', "sh"]
+    assert 16 * 1024 <= len(req["argv"][4]) < len(big) and set(req["argv"][4]) == {"x"}
+    kept = req["argv"][5:]      # whole arguments, then one cut short where the budget ends
+    assert len(kept) > 100 and kept[:-1] == many[:len(kept) - 1] and many[len(kept) - 1].startswith(kept[-1])
+    assert len(json.dumps(req, separators=(",", ":"))) < 256 * 1024
+
+
 def test_child_waits_for_the_reply_and_is_our_child(launcher, fake):
     d = fake(delay=0.3)
     p = run_tool(launcher, d.path, "sh", "-c", "exit 0")

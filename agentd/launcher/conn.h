@@ -1,0 +1,30 @@
+/* The launcher's connection to the daemon (conn.c). */
+#ifndef AGENTD_LAUNCHER_CONN_H
+#define AGENTD_LAUNCHER_CONN_H
+
+#include <stddef.h>
+
+#include "json.h"
+
+struct conn {
+    int fd;        /* -1 while disconnected */
+    int wake;      /* read end of the SIGCHLD self-pipe, polled alongside fd */
+    struct buf in; /* bytes read and not yet returned as lines, from off */
+    size_t off;
+};
+
+enum ev { EV_LINE, EV_CHILD, EV_CLOSED, EV_TIMEOUT };
+
+double now_s(void);                        /* CLOCK_MONOTONIC seconds */
+int high_fd(int fd);                       /* move fd above stdio (0-2) */
+int pipe_high(int p[2], int flags);
+int write_all(int fd, const char *p, size_t n);
+int conn_send(struct conn *c, const struct buf *b);
+void conn_close(struct conn *c);
+/* Connect to path, retrying for budget_ms; the fd, or -1 with *err set. */
+int connect_retry(const char *path, int budget_ms, int *err);
+/* The next reply line (valid until the next call), a SIGCHLD wake-up, EOF, or timeout
+ * (timeout_ms < 0: wait forever). With c->fd < 0 only the wake-up is waited for. */
+enum ev next_event(struct conn *c, int timeout_ms, char **line, size_t *len);
+
+#endif

@@ -1,0 +1,182 @@
+/* The launcher's two requests, tool_start and tool_done, and what it does with replies. */
+#include "proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* The daemon refuses request lines over 256 KiB (agentd/api/protocol.py). A huge
+ * `bash -c SCRIPT` is shortened here so the call is still placed and logged. */
+#define ARGV_MAX_ITEMS 1024
+#define ARG_MAX_BYTES (32 * 1024)
+#define ARGV_BUDGET (192 * 1024)
+
+/* A restarted daemon needs a moment to re-adopt the call before it can take its end. */
+#define RECONNECT_BUDGET_MS 3000
+/* The end of a call is bookkeeping; an unresponsive daemon must not hold the agent. */
+#define DONE_REPLY_TIMEOUT_MS 10000
+
+static void add_opt_str(struct buf *b, const char *key, const char *val, size_t max)
+{
+    buf_addf(b, ",\"%s\":", key);
+    if (val)
+        buf_json_str(b, val, max);
+    else
+        buf_adds(b, "null");
+}
+
+void build_start(struct buf *b, pid_t pid, const struct tool_opts *o)
+{
+    buf_addf(b, "{\"v\":1,\"op\":\"tool_start\",\"pid\":%d,\"argv\":[", (int)pid);
+    /* Whole arguments while they fit; the first that does not is cut, and the rest
+     * dropped: the daemon matches and logs the start of a command line. */
+    size_t start = b->len;
+    for (size_t i = 0; o->cmd[i] && i < ARGV_MAX_ITEMS; i++) {
+        size_t mark = b->len;
+        if (i)
+            buf_addc(b, ',');
+        buf_json_str(b, o->cmd[i], ARG_MAX_BYTES);
+        if (b->len - start <= ARGV_BUDGET)
+            continue;
+        b->len = mark;
+        b->p[mark] = '\0';
+        size_t left = mark - start < ARGV_BUDGET ? ARGV_BUDGET - (mark - start) : 0;
+        if (left / 6 > 0) {  /* an escaped byte takes at most 6 ("\u001f") */
+            if (i)
+                buf_addc(b, ',');
+            buf_json_str(b, o->cmd[i], left / 6);
+        }
+        break;
+    }
+    buf_addc(b, ']');
+    add_opt_str(b, "class", o->cls, 256);
+    add_opt_str(b, "mem", o->mem, 256);
+    add_opt_str(b, "intent", o->intent, 4096);
+    char *cwd = getcwd(NULL, 0);  /* NULL when the directory was removed: send null */
+    add_opt_str(b, "cwd", cwd, 4096);
+    free(cwd);
+    buf_adds(b, "}\n");
+}
+
+void print_lines(const struct strlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        fprintf(stderr, "%s\n", l->v[i]);
+}
+
+void print_notice(const struct reply *r)
+{
+    const char *m = r->message ? r->message : r->notice;
+    if (m)
+        fprintf(stderr, "%s\n", m);
+}
+
+static void feedback(const char *result)
+{
+    if (!result || strcmp(result, "null") == 0)
+        return;
+    struct buf line = {0};
+    buf_adds(&line, result);
+    buf_addc(&line, '\n');
+    const char *file = getenv("AGENTD_FEEDBACK_FILE");
+    if (file && *file) {
+        /* One write with O_APPEND: parallel tool calls never interleave lines. */
+        int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0 || write_all(fd, line.p, line.len) < 0)
+            fprintf(stderr, "agentd: cannot write the tool-call result to %s: %s\n", file, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    const char *fds = getenv("AGENTD_FEEDBACK_FD");
+    if (fds && *fds) {
+        char *end;
+        long fd = strtol(fds, &end, 10);
+        if (*end || fd < 0 || fd > INT_MAX)
+            fprintf(stderr, "agentd: AGENTD_FEEDBACK_FD=%s is not a file descriptor number\n", fds);
+        else if (write_all((int)fd, line.p, line.len) < 0)
+            fprintf(stderr, "agentd: cannot write the tool-call result to fd %ld: %s\n", fd, strerror(errno));
+    }
+    buf_free(&line);
+}
+
+void report_done(struct conn *c, const char *path, const char *agent, const char *tool,
+                        int st, double wall, const struct rusage *ru)
+{
+    struct buf b = {0};
+    buf_adds(&b, "{\"v\":1,\"op\":\"tool_done\",\"agent\":");
+    buf_json_str(&b, agent, SIZE_MAX);
+    buf_adds(&b, ",\"tool\":");
+    buf_json_str(&b, tool, SIZE_MAX);
+    if (WIFSIGNALED(st))
+        buf_addf(&b, ",\"status\":{\"signal\":%d}", WTERMSIG(st));
+    else
+        buf_addf(&b, ",\"status\":{\"exit\":%d}", WIFEXITED(st) ? WEXITSTATUS(st) : EXIT_AGENTD);
+    buf_addf(&b, ",\"wall_s\":%.6f,\"utime_s\":%.6f,\"stime_s\":%.6f,\"maxrss_kb\":%ld}\n", wall,
+             ru->ru_utime.tv_sec + ru->ru_utime.tv_usec / 1e6, ru->ru_stime.tv_sec + ru->ru_stime.tv_usec / 1e6,
+             ru->ru_maxrss);
+
+    /* The connection may have died with a restarting daemon while CMD ran: the new
+     * daemon re-adopts the call from cgroupfs and accepts its end on a new connection. */
+    int sent = 0;
+    for (int attempt = 0; attempt < 2 && !sent; attempt++) {
+        if (c->fd < 0) {
+            int err = 0;
+            c->fd = connect_retry(path, RECONNECT_BUDGET_MS, &err);
+            if (c->fd < 0) {
+                fprintf(stderr, "agentd: cannot report the end of tool call %s to %s (%s)\n", tool, path,
+                        strerror(err));
+                buf_free(&b);
+                return;
+            }
+        }
+        if (conn_send(c, &b) == 0)
+            sent = 1;
+        else
+            conn_close(c);
+    }
+    buf_free(&b);
+    if (!sent) {
+        fprintf(stderr, "agentd: cannot report the end of tool call %s to %s\n", tool, path);
+        return;
+    }
+    double deadline = now_s() + DONE_REPLY_TIMEOUT_MS / 1000.0;
+    for (;;) {
+        char *line;
+        size_t len;
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        enum ev e = next_event(c, left_ms > 0 ? left_ms : 0, &line, &len);
+        if (e == EV_CHILD)
+            continue;
+        if (e == EV_TIMEOUT) {
+            fprintf(stderr, "agentd: no answer from the daemon about the end of tool call %s; carrying on\n", tool);
+            return;
+        }
+        if (e == EV_CLOSED) {
+            fprintf(stderr, "agentd: the daemon closed the connection before confirming tool call %s\n", tool);
+            return;
+        }
+        struct reply r;
+        int bad = reply_parse(line, len, &r) < 0;
+        if (!bad && r.ok < 0) {
+            print_notice(&r);
+            reply_free(&r);
+            continue;
+        }
+        if (bad)
+            fprintf(stderr, "agentd: malformed reply from the daemon about tool call %s\n", tool);
+        else if (r.ok == 0)
+            fprintf(stderr, "agentd: %s\n", r.err_message ? r.err_message : r.err_code ? r.err_code : "error");
+        else {
+            print_lines(&r.messages);
+            feedback(r.result);
+        }
+        reply_free(&r);
+        return;
+    }
+}

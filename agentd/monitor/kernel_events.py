@@ -32,27 +32,46 @@ class EventMonitor:
         self.memwatch = None
         self._rb = None
         self.mode, self.reason = "userspace", "requested"
+        self.mem_mode, self.mem_reason = "userspace", "requested"
         if mode in ("auto", "bpf"):
             try:
-                self._start_bpf(mem_window_s, batch_bytes)
+                self._start_bpf(batch_bytes)
                 self.mode = "bpf"
-                self.reason = f"lifecycle ({self.lifecycle.flavour}) and memory-watch programs attached"
+                self.reason = f"lifecycle program attached ({self.lifecycle.flavour})"
             except AgentdError as err:
                 self.close()
                 if mode == "bpf":
                     raise
                 self.reason = f"BPF unavailable, polling /proc: {err}"
                 log.warning("%s", self.reason)
-        if self.mode == "userspace":
+        if self.mode == "bpf":
+            # Separately: memwatch needs newer kernel layouts (rss_stat as percpu_counter,
+            # 6.2+) than the lifecycle program, so it may fail alone.
+            try:
+                from ..kernel.bpf_memwatch import MemWatch
+                self.memwatch = MemWatch(window_s=mem_window_s)
+                self._rb.add(self.memwatch.events_map, self._on_mem_raw)
+                self.mem_mode, self.mem_reason = "bpf", "memory-watch program attached (rss_stat)"
+            except AgentdError as err:
+                if self.memwatch:
+                    self.memwatch.close()
+                self.memwatch = None
+                if mode == "bpf":
+                    self.close()
+                    raise
+                self.mem_reason = f"memory-watch program unavailable, polling /proc: {err}"
+                log.warning("%s", self.mem_reason)
+        elif mode == "userspace":
+            self.mem_reason = "requested"
+        else:
+            self.mem_reason = self.reason
+        if self.memwatch is None:
             self.memwatch = PollMemWatch(cgroups, self._emit_mem, window_s=mem_window_s)
 
-    def _start_bpf(self, window_s, batch_bytes):
+    def _start_bpf(self, batch_bytes):
         from ..kernel.bpf_lifecycle import Lifecycle
-        from ..kernel.bpf_memwatch import MemWatch
         self.lifecycle = Lifecycle(batch_bytes=batch_bytes)
-        self.memwatch = MemWatch(window_s=window_s)
         self._rb = self.lifecycle.ring_buffer(self._on_proc_raw)
-        self._rb.add(self.memwatch.events_map, self._on_mem_raw)
 
     def _on_proc_raw(self, data):
         ev = decode_proc(data)
@@ -81,13 +100,12 @@ class EventMonitor:
     def tick(self):
         """Periodic work (every ~50-100 ms): drain batched BPF events; in userspace mode
         sample memory instead (autodetect has its own reconcile())."""
-        if self.mode == "userspace":
+        if self.mem_mode == "userspace":
             self.memwatch.poll()
-        else:
-            self.on_readable()
+        self.on_readable()
 
     def status(self):
-        st = {"mode": self.mode, "reason": self.reason}
+        st = {"mode": self.mode, "reason": self.reason, "mem_mode": self.mem_mode, "mem_reason": self.mem_reason}
         if self.lifecycle:
             st["lifecycle"] = self.lifecycle.stats()
         return st

@@ -164,3 +164,26 @@ def test_rss_follows_a_process_that_moves_between_cgroups(cgfs, test_root, memwa
     assert memwatch.usage(b_id) > 49 * MiB
     memwatch.clear(a_id)
     assert memwatch.usage(a_id) is None
+
+
+def test_userspace_mode_reports_the_same_threshold_event(cgfs, test_root, hog_in):
+    from agentd.monitor.kernel_events import EventMonitor
+    cg = f"{test_root}/tool"
+    cgfs.makedirs(cg)
+    cid = cgfs.cgroup_id(cg)
+    mon = EventMonitor(cgfs, mode="userspace")
+    try:
+        assert (mon.mode, mon.mem_mode, mon.fileno()) == ("userspace", "userspace", None)
+        got = []
+        mon.mem_listeners.append(got.append)
+        mon.memwatch.set_limit(cid, threshold_bytes=64 * MiB, path=cg)
+        h = hog_in(cg)
+        mon.tick()
+        assert got == []
+        h.cmd("a 80")
+        mon.tick()
+        mon.tick()
+        assert len(got) == 1 and got[0].reason == MemReason.THRESHOLD and got[0].cgroup_id == cid
+        assert got[0].rss_bytes >= 80 * MiB
+    finally:
+        mon.close()

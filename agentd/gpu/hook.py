@@ -236,10 +236,12 @@ class GpuHook:
             return Decision(pl.OFFLOAD, None, r.forecast, "wait_timed_out", p.free, waited, True)
         return Decision(got.outcome, got.device, r.forecast, got.reason, got.free, waited)
 
-    def _wake(self):
+    def _wake(self, fresh=False):
         """Hand freed room to waiting calls, highest priority first."""
         if not self.waiters:
             return
+        if not fresh:
+            self.refresh()
         rooms, budgets = self._inputs()
         res = pl.place([w for w, _ in self.waiters.values()], rooms, budgets)
         for key, p in res.items():
@@ -330,7 +332,7 @@ class GpuHook:
     def tick(self):
         if self.refresh():
             self.enforce_budgets()
-        self._wake()
+        self._wake(fresh=True)
 
     def enforce_budgets(self):
         """Each agent over its GPU budget: its class's action on its lowest-priority GPU call."""

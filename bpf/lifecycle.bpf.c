@@ -129,20 +129,19 @@ reserve(__u32 type, struct task_struct *t, __u64 cgid, __u64 wid)
 static __always_inline int handle_fork(struct task_struct *parent, struct task_struct *child)
 {
 	/* Threads are clones too; only new processes matter. */
-	if (child && BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;
-	__u64 cgid = child ? task_cgroup_id(child) : bpf_get_current_cgroup_id();
+	/* The child's own cgroup: it differs from ours with clone3(CLONE_INTO_CGROUP). */
+	__u64 cgid = task_cgroup_id(child);
 	__u32 flags;
 	__u64 wid = find_watched(cgid, &flags);
 
 	if (!wid && !cfg.report_all)
 		return 0;
-	struct agentd_proc_event *e = reserve(AGENTD_EV_FORK, child ? child : parent, cgid, wid);
+	struct agentd_proc_event *e = reserve(AGENTD_EV_FORK, child, cgid, wid);
 
 	if (!e)
 		return 0;
-	if (!child)		/* classic tracepoint: the caller fixes pid */
-		e->pid = 0;
 	e->ppid = BPF_CORE_READ(parent, tgid);
 	if (flags & AGENTD_WATCH_MAIN)
 		e->flags |= AGENTD_PF_MAIN;
@@ -150,7 +149,7 @@ static __always_inline int handle_fork(struct task_struct *parent, struct task_s
 	return 0;
 }
 
-static __always_inline int handle_exec(struct task_struct *t, const char *filename, int user_fn)
+static __always_inline int handle_exec(struct task_struct *t, const char *filename)
 {
 	__u64 cgid = bpf_get_current_cgroup_id();
 	__u32 flags;
@@ -225,7 +224,7 @@ int BPF_PROG(agentd_fork_btf, struct task_struct *parent, struct task_struct *ch
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(agentd_exec_btf, struct task_struct *t, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return handle_exec(t, BPF_CORE_READ(bprm, filename), 0);
+	return handle_exec(t, BPF_CORE_READ(bprm, filename));
 }
 
 SEC("tp_btf/sched_process_exit")
@@ -265,7 +264,7 @@ int agentd_exec_tp(struct trace_event_raw_sched_process_exec *ctx)
 {
 	__u32 loc = BPF_CORE_READ(ctx, __data_loc_filename);
 
-	return handle_exec((void *)bpf_get_current_task(), (const char *)ctx + (loc & 0xffff), 0);
+	return handle_exec((void *)bpf_get_current_task(), (const char *)ctx + (loc & 0xffff));
 }
 
 SEC("tracepoint/sched/sched_process_exit")

@@ -33,10 +33,11 @@ def daemon(cgfs, tmp_path_factory):
 
 
 def test_limits_are_real_files_here(daemon, cgfs):
-    script = ('"$@" tool --class batch -- sh -c '
-              '"d=/sys/fs/cgroup\\$(sed -n s/^0:://p /proc/self/cgroup); '
-              'cat \\$d/memory.max \\$d/cpu.weight \\$d/pids.max; cat \\$d/../../cgroup.subtree_control"')
-    r = subprocess.run(agentd_cmd() + ["run", "--name", "lim", "--", "bash", "-c", script, "a", *agentd_cmd()],
+    # The inner script travels as $0 of the agent's shell, so no shell expands it early.
+    inner = ('d=/sys/fs/cgroup$(sed -n "s/^0:://p" /proc/self/cgroup); '
+             'cat $d/memory.max $d/cpu.weight $d/pids.max $d/../../cgroup.subtree_control')
+    r = subprocess.run(agentd_cmd() + ["run", "--name", "lim", "--", "bash", "-c",
+                                       '"$@" tool --class batch -- sh -c "$0"', inner, *agentd_cmd()],
                        capture_output=True, text=True, env=daemon.env, timeout=120)
     assert r.returncode == 0, r.stderr
     mem_max, weight, pids_max, subtree = r.stdout.split("\n")[:4]

@@ -27,6 +27,7 @@ class Capabilities:
     sched_ext: bool = False
     sched_ext_state: str | None = None
     memcg_struct_ops: bool = False
+    favordynmods: bool = False
 
     def warnings(self):
         """One line per missing feature: what agentd does without it and how to get it."""
@@ -55,6 +56,11 @@ class Capabilities:
             w.append(f"no BTF at {BTF_VMLINUX}: eBPF programs cannot load; user-space monitoring is used")
         elif not self.bpf_permitted:
             w.append("bpf(2) not permitted (needs CAP_BPF or root): user-space monitoring is used")
+        if self.cgroup2_mount and not self.favordynmods:
+            w.append(f"cgroup v2 at {self.cgroup2_mount} is mounted without favordynmods: every move of a process "
+                     "between cgroups waits for an RCU grace period (~10 ms on a busy host). `agentd tool` avoids "
+                     "moves (clone3 into the cgroup); automatic detection cannot. To make moves cheap: "
+                     f"mount -o remount,favordynmods {self.cgroup2_mount}")
         if not self.sched_ext:
             w.append("sched_ext unavailable (CONFIG_SCHED_CLASS_EXT unset): CPU priorities use cpu.weight")
         return w
@@ -63,6 +69,18 @@ class Capabilities:
         d = dataclasses.asdict(self)
         d["controllers"] = list(self.controllers)
         return d
+
+
+def _mount_has_option(mount, option, mounts="/proc/self/mounts"):
+    try:
+        with open(mounts) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[1] == mount and parts[2] == "cgroup2":
+                    return option in parts[3].split(",")
+    except OSError:
+        pass
+    return False
 
 
 def _bpf_permitted():
@@ -137,4 +155,5 @@ def probe(mount=None, test_cgroup=None):
         sched_ext=sched_state is not None,
         sched_ext_state=sched_state,
         memcg_struct_ops=memcg_ops,
+        favordynmods=bool(mount) and _mount_has_option(mount, "favordynmods"),
     )

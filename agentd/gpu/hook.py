@@ -288,6 +288,7 @@ class GpuHook:
                 weight = getattr(tg, "offload_cpu_weight", None)
                 if weight is not None:
                     tool.plan.limits[cgf.CPU_WEIGHT] = int(weight)
+                    tool.offload_cpu_weight = int(weight)   # for a CPU scheduler that sets weights itself
                 why = _why(d, None, agent=self._budget_limit(agent.agent_class))
                 waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
                 msg = (f"[agentd] {prog} runs on the CPU, not a GPU{waited}: it is forecast to need "

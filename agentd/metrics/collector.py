@@ -24,7 +24,7 @@ log = logging.getLogger("agentd.metrics")
 
 # What a stage's `metric_stats()` may return (all keys optional):
 STATS_KEYS = {
-    "admission_waiting": "{tool_class: calls waiting now}",
+    "admission_waiting": "int, calls waiting for admission now",
     "pressure_events": "int, pressure events received since start",
     "bpf_programs": "{program: True/False loaded and attached}",
     "bpf_events": "{program: {event: count}} (e.g. read_stats() of each loaded object)",
@@ -33,7 +33,19 @@ STATS_KEYS = {
     "sched_ext_ejections": "int, ejections since start",
     "gpus": "[{gpu: index, memory_used_bytes, memory_total_bytes, utilization_ratio}]",
     "agent_gpu_memory": "{(agent, gpu): bytes}",
+    "gpu_unattributed_bytes": "int, GPU memory of processes outside any agent",
+    "gpu_placements": "{outcome: count}",
+    "gpu_budget_actions": "{action: count}",
+    "gpu_waiting": "int", "gpu_queued_total": "int", "gpu_wait_seconds_total": "float",
 }
+
+# Scalar keys -> metric, and {label: count} keys -> metric.
+SCALARS = {"admission_waiting": "agentd_admission_waiting", "pressure_events": "agentd_pressure_events_total",
+           "sched_ext_ejections": "agentd_sched_ext_ejections_total",
+           "gpu_unattributed_bytes": "agentd_gpu_unattributed_memory_bytes", "gpu_waiting": "agentd_gpu_waiting",
+           "gpu_queued_total": "agentd_gpu_queued_total", "gpu_wait_seconds_total": "agentd_gpu_wait_seconds_total"}
+LABELLED = {"autodetect": "agentd_autodetect_total", "gpu_placements": "agentd_gpu_placements_total",
+            "gpu_budget_actions": "agentd_gpu_budget_actions_total"}
 
 PRESSURE = (("memory", cgf.MEMORY_PRESSURE), ("cpu", cgf.CPU_PRESSURE), ("io", cgf.IO_PRESSURE))
 
@@ -181,21 +193,19 @@ class AgentdCollector:
                 stats.update(fn() or {})
             except Exception:
                 log.exception("metrics: %s.metric_stats() failed", type(h).__name__)
-        for cls, n in sorted((stats.get("admission_waiting") or {}).items()):
-            fams.add("agentd_admission_waiting", [cls], n)
-        if stats.get("pressure_events") is not None:
-            fams.add("agentd_pressure_events_total", [], stats["pressure_events"])
+        for key, name in SCALARS.items():
+            if isinstance(stats.get(key), (int, float)):
+                fams.add(name, [], stats[key])
+        for key, name in LABELLED.items():
+            for label, n in sorted((stats.get(key) or {}).items()):
+                fams.add(name, [label], n)
         for prog, loaded in sorted((stats.get("bpf_programs") or {}).items()):
             fams.add("agentd_bpf_programs_loaded", [prog], 1 if loaded else 0)
         for prog, evs in sorted((stats.get("bpf_events") or {}).items()):
             for ev, n in sorted(evs.items()):
                 fams.add("agentd_bpf_events_total", [prog, ev], n)
-        for ev, n in sorted((stats.get("autodetect") or {}).items()):
-            fams.add("agentd_autodetect_total", [ev], n)
         if stats.get("cpu_scheduler"):
             fams.add("agentd_cpu_scheduler_mode", [stats["cpu_scheduler"]], 1)
-        if stats.get("sched_ext_ejections") is not None:
-            fams.add("agentd_sched_ext_ejections_total", [], stats["sched_ext_ejections"])
         for g in stats.get("gpus") or []:
             idx = g.get("gpu")
             for key, name in (("memory_used_bytes", "agentd_gpu_memory_used_bytes"),

@@ -89,6 +89,11 @@ class EventTally:
         for key, n in (rec.get("memory_events") or {}).items():
             if key in MEMORY_EVENT_KEYS and n:
                 self._inc("agentd_tool_call_memory_events_total", (cls, key), int(n))
+        for act in rec.get("actions") or []:
+            # The enforcer records a call's admission wait as a "queue" action on the call.
+            if isinstance(act, dict) and act.get("action") == "queue" and act.get("seconds") is not None:
+                self.hists["agentd_admission_wait_seconds"].observe(
+                    (cls, "timeout" if act.get("timed_out") else "admitted"), float(act["seconds"]))
         fc = rec.get("forecast_bytes")
         if fc and peak:
             self.hists["agentd_forecast_peak_ratio"].observe((cls,), float(peak) / fc)
@@ -103,8 +108,9 @@ class EventTally:
             self.hists["agentd_enforcement_reaction_seconds"].observe((action,), float(rec["after_trigger_s"]))
 
     def _ev_admission(self, rec):
+        """A call that never started (refused after waiting): it has no tool_end to carry its wait."""
         self.hists["agentd_admission_wait_seconds"].observe(
-            (str(rec.get("tool_class")), str(rec.get("outcome") or "admitted")), float(rec.get("wait_s") or 0.0))
+            (str(rec.get("tool_class")), str(rec.get("outcome") or "refused")), float(rec.get("wait_s") or 0.0))
 
     def _ev_reload(self, rec):
         self._inc("agentd_policy_reloads_total", ("ok" if rec.get("ok") else "failed",))

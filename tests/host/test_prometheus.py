@@ -122,44 +122,52 @@ def test_prometheus_scrapes_agentd_series(metrics_daemon, tmp_path, cgfs):
                                              front[0], str(stop), *front[1:]],
                              env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        prom.wait_ready()
-        prom.wait_for('up{job="agentd"}', lambda r: r and r[0]["value"][1] == "1")
-        fin = prom.wait_for("agentd_tool_calls_finished_total",
-                            lambda r: sum(float(s["value"][1]) for s in r) >= 3)
-        by_outcome = {}
-        for s in fin:             # the calls may fall in different tool classes: sum over them
-            by_outcome[s["metric"]["outcome"]] = by_outcome.get(s["metric"]["outcome"], 0) + float(s["value"][1])
-        assert by_outcome.get("ok") == 2 and by_outcome.get("failed") == 1, fin
-        assert all(set(s["metric"]) >= {"tool_class", "outcome", "job", "instance"} for s in fin)
-        [running] = prom.wait_for("agentd_agents_running", lambda r: r and r[0]["value"][1] == "1")
-        mem = prom.wait_for('agentd_agent_memory_bytes{agent="scraped"}', lambda r: len(r) == 1)
-        assert mem[0]["metric"]["agent_class"] and float(mem[0]["value"][1]) > 0
-        count = prom.wait_for("sum(agentd_tool_call_duration_seconds_count)",
-                              lambda r: r and float(r[0]["value"][1]) >= 3)
-        assert float(count[0]["value"][1]) == 3
-        prom.wait_for('agentd_agent_pressure_memory_waiting_seconds_total{agent="scraped"}', lambda r: len(r) == 1)
-        names = json.loads(get(prom.url + "/api/v1/label/__name__/values"))["data"]
-        ours = {n for n in names if n.startswith("agentd_")}
-        unknown = {n for n in ours if n not in BY_NAME
-                   and not (n.rpartition("_")[0] in BY_NAME and n.rpartition("_")[2] in ("bucket", "sum", "count"))}
-        assert not unknown, f"series not in the catalog: {unknown}"
-        # Every query of the Grafana dashboard parses and runs on a real Prometheus.
-        with open(DASHBOARD) as f:
-            dash = json.load(f)
-        subst = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*", "$agent": ".*"}
-        answered = 0
-        for p in dash["panels"]:
-            for t in p.get("targets", []):
-                q = t["expr"]
-                for k, v in subst.items():
-                    q = q.replace(k, v)
-                answered += bool(prom.query(q))     # query() asserts status "success"
-        assert answered >= 5, "the dashboard's queries found no agentd data"
+        check(prom, d, agent)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nagent: {agent.poll()} {agent.stderr.read() if agent.poll() is not None else ''}"
+                             f"\ndaemon log: {d.log()[-3000:]}") from None
     finally:
         stop.touch()
         try:
             agent.wait(30)
         finally:
             prom.stop()
-    assert agent.returncode == 0, agent.stderr
+    assert agent.returncode == 0, agent.stderr.read()
     assert prom.proc.returncode is not None
+
+
+def check(prom, d, agent):
+    """What Prometheus must see while the agent waits for its stop file."""
+    prom.wait_ready()
+    prom.wait_for('up{job="agentd"}', lambda r: r and r[0]["value"][1] == "1")
+    fin = prom.wait_for("agentd_tool_calls_finished_total",
+                        lambda r: sum(float(s["value"][1]) for s in r) >= 3)
+    by_outcome = {}
+    for s in fin:             # the calls may fall in different tool classes: sum over them
+        by_outcome[s["metric"]["outcome"]] = by_outcome.get(s["metric"]["outcome"], 0) + float(s["value"][1])
+    assert by_outcome.get("ok") == 2 and by_outcome.get("failed") == 1, fin
+    assert all(set(s["metric"]) >= {"tool_class", "outcome", "job", "instance"} for s in fin)
+    [running] = prom.wait_for("agentd_agents_running", lambda r: r and r[0]["value"][1] == "1")
+    mem = prom.wait_for('agentd_agent_memory_bytes{agent="scraped"}', lambda r: len(r) == 1)
+    assert mem[0]["metric"]["agent_class"] and float(mem[0]["value"][1]) > 0
+    count = prom.wait_for("sum(agentd_tool_call_duration_seconds_count)",
+                          lambda r: r and float(r[0]["value"][1]) >= 3)
+    assert float(count[0]["value"][1]) == 3
+    prom.wait_for('agentd_agent_pressure_memory_waiting_seconds_total{agent="scraped"}', lambda r: len(r) == 1)
+    names = json.loads(get(prom.url + "/api/v1/label/__name__/values"))["data"]
+    ours = {n for n in names if n.startswith("agentd_")}
+    unknown = {n for n in ours if n not in BY_NAME
+               and not (n.rpartition("_")[0] in BY_NAME and n.rpartition("_")[2] in ("bucket", "sum", "count"))}
+    assert not unknown, f"series not in the catalog: {unknown}"
+    # Every query of the Grafana dashboard parses and runs on a real Prometheus.
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    subst = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*", "$agent": ".*"}
+    answered = 0
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            q = t["expr"]
+            for k, v in subst.items():
+                q = q.replace(k, v)
+            answered += bool(prom.query(q))     # query() asserts status "success"
+    assert answered >= 5, "the dashboard's queries found no agentd data"

@@ -51,14 +51,16 @@ class Stage:
     def metric_stats(self):
         if self.fail:
             raise RuntimeError("stage broke")
-        return {"admission_waiting": {"batch": 2}, "pressure_events": 7,
+        return {"admission_waiting": 2, "pressure_events": 7,
                 "bpf_programs": {"lifecycle": True, "memwatch": False},
                 "bpf_events": {"lifecycle": {"lost": 0, "stopped": 3}},
                 "autodetect": {"placed": 4, "errors": 0}, "cpu_scheduler": "sched_ext",
                 "sched_ext_ejections": 1,
                 "gpus": [{"gpu": "0", "memory_used_bytes": 5 * GiB, "memory_total_bytes": 80 * GiB,
                           "utilization_ratio": 0.25}],
-                "agent_gpu_memory": {("ag", "0"): GiB}}
+                "agent_gpu_memory": {("ag", "0"): GiB}, "gpu_unattributed_bytes": 0,
+                "gpu_placements": {"placed": 3, "no_room": 1}, "gpu_budget_actions": {"notify": 1, "kill": 0},
+                "gpu_waiting": 0, "gpu_queued_total": 1, "gpu_wait_seconds_total": 2.5}
 
 
 class App:
@@ -110,12 +112,12 @@ def drive(app):
     fs.write(t.cgroup, "memory.peak", str(600 * 2**20))
     fs.write(t.cgroup, "memory.events", "low 0\nhigh 3\nmax 0\noom 0\noom_kill 0\n")
     t.forecast = type("F", (), {"peak_bytes": 400 * 2**20})()
+    t.actions.append({"action": "queue", "reason": "memory budget", "seconds": 3.0, "forecast_bytes": 400 * 2**20})
     ctl.finish_tool(t, status={"exit": 0}, rusage={"wall_s": 2.0})
     ctl.start_tool(a, 4243, ["ls"])
     app.events.emit("action", agent="ag", tool="0001-batch", action="throttle",
                     reason="memory pressure: some avg10=40", after_trigger_s=0.004)
-    app.events.emit("admission", agent="ag", tool="0002-normal", tool_class="normal", wait_s=1.5,
-                    outcome="admitted")
+    app.events.emit("admission", agent="ag", tool_class="normal", wait_s=60.0, outcome="refused")
     app.events.emit("reload", ok=False, error="bad")
     return a
 
@@ -167,7 +169,11 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     assert one("agentd_forecast_error_bytes_sum", tool_class="batch") == 200 * 2**20
     assert one("agentd_enforcement_actions_total", action="throttle", reason="memory_pressure") == 1
     assert one("agentd_enforcement_reaction_seconds_count", action="throttle") == 1
-    assert one("agentd_admission_wait_seconds_sum", tool_class="normal", outcome="admitted") == 1.5
+    assert one("agentd_admission_wait_seconds_sum", tool_class="batch", outcome="admitted") == 3.0
+    assert one("agentd_admission_wait_seconds_count", tool_class="normal", outcome="refused") == 1
+    assert one("agentd_admission_waiting") == 2
+    assert one("agentd_gpu_placements_total", outcome="no_room") == 1
+    assert one("agentd_gpu_wait_seconds_total") == 2.5
     assert one("agentd_policy_reloads_total", outcome="failed") == 1
     assert one("agentd_mode_info", component="pressure", mode="psi-trigger") == 1
     assert one("agentd_bpf_programs_loaded", program="memwatch") == 0

@@ -150,3 +150,28 @@ def test_draw_png(tmp_path):
     assert draw(timeline(EVENTS), str(out)) == {"tool_calls": 2, "samples": 2, "actions": 1}
     head = out.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1200, 600)
+
+
+def test_progress_lines_for_logs_and_terminals():
+    from agentd.ui.progress import Progress
+    t = [0.0]
+    out = io.StringIO()
+    with Progress(200, "replaying", out=out, every=25, clock=lambda: t[0]) as p:
+        for _ in range(200):
+            t[0] += 0.05
+            p.advance()
+    lines = out.getvalue().splitlines()
+    # Not a terminal: one line per 25 % step, the last one with the elapsed time.
+    assert [line.split("] ")[1].split()[0] for line in lines] == ["25%", "50%", "75%", "100%"]
+    assert lines[0].endswith("50/200 eta 7s") and lines[-1].endswith("200/200 10.0s")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    tty = Tty()
+    p = Progress(3, "bench", out=tty, clock=lambda: t[0])
+    for _ in range(3):
+        t[0] += 1
+        p.advance()
+    p.finish()
+    assert tty.getvalue().count("\r") == 4 and tty.getvalue().endswith("3/3 3.0s\n")

@@ -20,9 +20,10 @@ import logging
 import time
 
 from ..api import protocol
-from ..errors import AgentdError, CgroupGone, ProcessGone, RequestError
+from ..errors import AgentdError, ProcessGone, RequestError
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
+from . import budget
 from . import placement as pl
 from .nvml import NvmlError
 
@@ -131,14 +132,14 @@ class GpuHook:
         self.tool_usage, self.agent_usage, self.agent_device, self.unattributed = tools, agents, per_dev, other
         return True
 
-    def _budget_limit(self, agent_class):
+    def budget_limit(self, agent_class):
         try:
             g = self.policy.agent_class(agent_class).gpu
         except (AgentdError, RequestError):
             return None
         return g.budget_bytes(self.max_total)
 
-    def _agent_gpu(self, agent):
+    def agent_gpu(self, agent):
         try:
             return self.policy.agent_class(agent.agent_class).gpu
         except (AgentdError, RequestError):
@@ -166,7 +167,7 @@ class GpuHook:
         rooms = [pl.Room(d.index, d.memory_total, d.memory_used, dev_res.get(d.index, 0)) for d in self.devices]
         budgets = {}
         for a in self.app.ctl.agents.values():
-            budgets[a.agent_id] = pl.Budget(self._budget_limit(a.agent_class),
+            budgets[a.agent_id] = pl.Budget(self.budget_limit(a.agent_class),
                                             self.agent_usage.get(a.agent_id, 0) + agent_res.get(a.agent_id, 0))
         return rooms, budgets
 
@@ -182,7 +183,7 @@ class GpuHook:
             return pl.UNMANAGED, None     # no sign it uses a GPU: leave it alone, measure it
         self.seq += 1
         tg = getattr(d, "gpu", None)
-        return None, pl.Request(key or f"{agent.agent_id}/request-{self.seq}", agent.agent_id, (self._agent_gpu(agent).priority, plan.priority), self.seq,
+        return None, pl.Request(key or f"{agent.agent_id}/request-{self.seq}", agent.agent_id, (self.agent_gpu(agent).priority, plan.priority), self.seq,
                                 min(f.peak_bytes, self.max_total), getattr(tg, "fallback", pl.OFFLOAD))
 
     def _decide_now(self, req):
@@ -191,6 +192,14 @@ class GpuHook:
         return pl.place(waiting + [req], rooms, budgets)[req.key]
 
     async def admit(self, conn, agent, req):
+        try:
+            await self._admit(conn, agent, req)
+        except (RequestError, asyncio.CancelledError):
+            raise
+        except Exception:             # a fault in the GPU stage must not refuse tool calls
+            log.exception("GPU placement of %s failed; the call runs unplaced", " ".join(req["argv"][:4]))
+
+    async def _admit(self, conn, agent, req):
         key = (agent.agent_id, req.get("pid"))
         self.pending.pop(key, None)
         try:
@@ -289,7 +298,7 @@ class GpuHook:
                 if weight is not None:
                     tool.plan.limits[cgf.CPU_WEIGHT] = int(weight)
                     tool.offload_cpu_weight = int(weight)   # for a CPU scheduler that sets weights itself
-                why = _why(d, None, agent=self._budget_limit(agent.agent_class))
+                why = _why(d, None, agent=self.budget_limit(agent.agent_class))
                 waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
                 msg = (f"[agentd] {prog} runs on the CPU, not a GPU{waited}: it is forecast to need "
                        f"{format_size(d.forecast)} of GPU memory and {why}; no GPU is visible to it "
@@ -336,52 +345,7 @@ class GpuHook:
         self._wake(fresh=True)
 
     def enforce_budgets(self):
-        """Each agent over its GPU budget: its class's action on its lowest-priority GPU call."""
-        for agent in list(self.app.ctl.agents.values()):
-            limit = self._budget_limit(agent.agent_class)
-            if limit is None:
-                continue
-            # Memory of calls already killed is on its way out: do not take a second victim for it.
-            held = self.agent_usage.get(agent.agent_id, 0) - sum(
-                self.tool_usage.get(k, 0) for k in self.killed if k.startswith(agent.agent_id + "/"))
-            if held <= limit:
-                self.notified -= {k for k in self.notified if k.startswith(agent.agent_id + "/")}
-                continue
-            victims = [t for t in agent.tools.values()
-                       if not t.done and t.key not in self.killed and self.tool_usage.get(t.key, 0) > 0]
-            if not victims:
-                continue                  # the main process itself holds it: nothing agentd may stop
-            t = min(victims, key=lambda t: (t.plan.priority, -t.started_mono))
-            action = self._agent_gpu(agent).over_budget
-            reason = (f"GPU memory budget: agent {agent.agent_id} holds {format_size(held)} of GPU memory, over its "
-                      f"{format_size(limit)} budget; {_program(t.argv)} is its lowest-priority GPU call and holds "
-                      f"{format_size(self.tool_usage.get(t.key, 0))}")
-            if action == "kill":
-                self._kill(agent, t, reason)
-            elif t.key not in self.notified:
-                self._notify(agent, t, reason)
-
-    def _notify(self, agent, tool, reason):
-        self.notified.add(tool.key)
-        self.counters["budget_actions"]["notify"] += 1
-        tool.actions.append({"action": "gpu_over_budget", "reason": reason, "ts": round(time.time(), 3)})
-        conn = getattr(tool, "conn", None)
-        if conn is not None:
-            conn.send(protocol.notice("gpu_over_budget", f"[agentd] {reason}: free GPU memory (smaller batches "
-                                                          f"or model) or it may be stopped"))
-        self.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="gpu_notify", reason=reason)
-        log.warning("tool %s: %s (notified)", tool.key, reason)
-
-    def _kill(self, agent, tool, reason):
-        self.killed.add(tool.key)
-        self.counters["budget_actions"]["kill"] += 1
-        tool.actions.append({"action": "kill", "reason": reason, "ts": round(time.time(), 3)})
-        try:
-            self.app.fs.kill(tool.cgroup)
-        except CgroupGone:
-            pass
-        self.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="kill", reason=reason)
-        log.warning("tool %s: killed: %s", tool.key, reason)
+        budget.enforce(self)
 
     # --- daemon hooks --------------------------------------------------------------
     async def start(self):

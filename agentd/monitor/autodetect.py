@@ -231,3 +231,18 @@ class AutoDetector:
         if parent is not None and parent.argv == info.argv:
             return                  # forked, not yet exec'd: decide once it has
         self._consider(agent, pid, list(info.argv), info.sid == pid)
+
+
+def for_monitor(monitor, place, is_tool, cgroups, strategy=None):
+    """The detector the daemon wants for `monitor` (a kernel_events.EventMonitor):
+    stop-at-exec when the lifecycle program runs, /proc polling otherwise; subscribed
+    to the monitor's process events. The daemon still calls reconcile() on its tick
+    (every ~100 ms in poll mode; ~1 s is enough as a safety net in BPF mode) and once
+    at start, which resumes tasks a previous daemon left stopped."""
+    if monitor.lifecycle is not None:
+        det = AutoDetector(place, is_tool, cgroups, strategy=strategy or "stop", lifecycle=monitor.lifecycle,
+                           reason=monitor.reason)
+        monitor.proc_listeners.append(det.handle)
+    else:
+        det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason)
+    return det

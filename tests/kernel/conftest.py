@@ -7,6 +7,7 @@ because the host's cgroup v2 tree has no controllers and proves nothing.
 
 import itertools
 import os
+import signal
 import subprocess
 
 import pytest
@@ -25,6 +26,30 @@ def pytest_runtest_setup(item):
     if item.get_closest_marker("kernel") and not IN_GUEST:
         pytest.fail("kernel-tier test outside the kernel-tier VM: run `python3 tests/kernel/run.py`",
                     pytrace=False)
+
+
+# A hung test must fail on its own rather than run the whole VM into run.py's timeout,
+# which reports nothing at all.
+TEST_TIMEOUT = int(os.environ.get("AGENTD_KERNEL_TEST_TIMEOUT", "120"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if not IN_GUEST or not item.get_closest_marker("kernel"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"kernel-tier test ran past {TEST_TIMEOUT} s "
+                           "(AGENTD_KERNEL_TEST_TIMEOUT); stack above shows where it hung")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ Environment:
   AGENTD_KERNEL_PYTHON          interpreter used in the guest (default: this one)
   AGENTD_KERNEL_LISTS_MAX_AGE   seconds before the package lists are refreshed (default 3600)
   AGENTD_KERNEL_PYTEST_PLUGINS=1  let pytest autoload third-party plugins in the guest
+  AGENTD_KERNEL_TEST_TIMEOUT    seconds one test may run in the guest (default 120)
+Every AGENTD_* variable of the host is exported into the guest.
 
 Standard library only: it must run before anything of agentd is installed.
 """
@@ -292,9 +294,9 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 echo "+memory +cpu +pids +io" > /sys/fs/cgroup/cgroup.subtree_control || \\
   echo "+memory +cpu +pids" > /sys/fs/cgroup/cgroup.subtree_control
 cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
-export AGENTD_KERNEL_TIER=1 AGENTD_KERNEL_TIER_OUT="$OUT" AGENTD_KERNEL_TIER_BIN="$OUT/bin"
+{passenv}export AGENTD_KERNEL_TIER=1 AGENTD_KERNEL_TIER_OUT="$OUT" AGENTD_KERNEL_TIER_BIN="$OUT/bin"
 export PYTHONDONTWRITEBYTECODE=1
-{plugins}{python} -m pytest -m kernel -p no:cacheprovider {args} > "$OUT/pytest.txt" 2>&1
+PYTHONPATH={pythonpath} {plugins}{python} -S -m pytest -m kernel -p no:cacheprovider {args} > "$OUT/pytest.txt" 2>&1
 echo $? > "$OUT/status.tmp"
 cut -d' ' -f1 /proc/uptime > "$OUT/end_s"
 mv "$OUT/status.tmp" "$OUT/status"
@@ -302,22 +304,43 @@ mv "$OUT/status.tmp" "$OUT/status"
 
 
 def new_run_dir():
+    """A fresh results folder; old ones are pruned, but never one a run may still use
+    (several engineers and CI steps run the tier from the same tree at once)."""
     os.makedirs(RUNS_DIR, exist_ok=True)
-    old = sorted(os.listdir(RUNS_DIR))
-    for name in old[: max(0, len(old) - KEEP_RUNS + 1)]:
-        shutil.rmtree(os.path.join(RUNS_DIR, name), ignore_errors=True)
+    old = sorted(os.listdir(RUNS_DIR))[:-KEEP_RUNS]
+    stale = time.time() - 2 * (DEFAULT_TIMEOUT + 600)
+    for name in old:
+        path = os.path.join(RUNS_DIR, name)
+        try:
+            if os.path.getmtime(path) < stale:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
     out = os.path.join(RUNS_DIR, time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
     os.makedirs(out)
     return out
 
 
 def guest_python():
+    """The interpreter and PYTHONPATH for the guest.
+
+    The guest runs Python with -S: site's start-up (.pth hooks, editable-install finders,
+    scanning site-packages) costs ~20 s over the guest's 9p root under emulation. The
+    site-packages dirs go on PYTHONPATH instead, after the working tree, so the tests
+    import this tree's agentd even where another copy is installed.
+    """
     py = os.environ.get("AGENTD_KERNEL_PYTHON", sys.executable)
     try:
-        run([py, "-c", "import pytest"])
+        dirs = run([py, "-c", "import site; print(':'.join(site.getsitepackages()))"]).stdout.strip()
     except TierError as err:
-        raise TierError(f"{py} cannot import pytest (the guest uses the host's interpreter): {err}") from err
-    return py
+        raise TierError(f"cannot run the guest interpreter {py}: {err}") from err
+    pythonpath = f"{REPO}:{dirs}"
+    try:
+        run([py, "-S", "-c", "import pytest"], env={**os.environ, "PYTHONPATH": pythonpath})
+    except TierError as err:
+        raise TierError(f"{py} cannot import pytest from {dirs} (the guest uses the host's "
+                        f"interpreter): {err}") from err
+    return py, pythonpath
 
 
 def pytest_args(argv):
@@ -341,12 +364,16 @@ def build_helpers(out):
     return bindir
 
 
-def boot(vmlinuz, out, argv, python):
+def boot(vmlinuz, out, argv, python, pythonpath):
     args = pytest_args(argv)
     script = os.path.join(out, "guest.sh")
     with open(script, "w") as f:
         f.write(GUEST_SCRIPT.format(
             out=shlex.quote(out), repo=shlex.quote(REPO), python=shlex.quote(python),
+            pythonpath=shlex.quote(pythonpath),
+            # The guest starts with a bare environment: hand on the AGENTD_* settings.
+            passenv="".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())
+                            if k.startswith("AGENTD_") and k.isidentifier()),
             args=shlex.join(args),
             # Third-party pytest plugins (hypothesis, benchmark) cost ~10 s of start-up under
             # emulation; the kernel tests need none. AGENTD_KERNEL_PYTEST_PLUGINS=1 keeps them.
@@ -408,13 +435,13 @@ def main(argv):
     t_start = time.monotonic()
     try:
         check_host()
-        python = guest_python()
+        python, pythonpath = guest_python()
         abi, vmlinuz = prepare_kernel()
         t_ready = time.monotonic()
         log(f"kernel {abi} ready in {t_ready - t_start:.1f} s")
         out = new_run_dir()
         build_helpers(out)
-        rc, wall, console = boot(vmlinuz, out, argv, python)
+        rc, wall, console = boot(vmlinuz, out, argv, python, pythonpath)
         status = read(os.path.join(out, "status"))
         result = read(os.path.join(out, "pytest.txt"))
         if result is not None:

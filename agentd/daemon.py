@@ -134,6 +134,18 @@ class App:
                 hook = None
             if hook is not None:
                 self.hooks.append(hook)
+        try:
+            from .sched import build as build_sched
+        except ImportError:
+            build_sched = None
+        if build_sched is not None:
+            try:
+                hook = build_sched(self)
+            except AgentdError as err:
+                log.warning("CPU priorities disabled: %s", err)
+                hook = None
+            if hook is not None:
+                self.hooks.append(hook)
         # GPU placement comes last: its admit() hands its decision to on_tool_plan with no
         # await in between. A host without NVIDIA GPUs is normal: that is said at info level.
         try:

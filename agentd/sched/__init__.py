@@ -1,0 +1,17 @@
+"""CPU priorities for agents and tool calls: agentd's sched_ext scheduler where the
+kernel has sched_ext, cgroup cpu.weight (or nice) where it does not.
+
+  weights.py   policy -> weights, latency classes, agent slots (pure)
+  contract.py  ctypes mirror of bpf/scx_agentd.h
+  scx.py       load / feed / unload the BPF scheduler
+  fallback.py  cpu.weight per cgroup, nice per task
+  hook.py      the daemon hook: mode choice, ejection watch, retry with backoff
+
+`build(app)` is what the daemon calls; it returns the hook object.
+"""
+
+from .hook import CpuScheduler
+
+
+def build(app):
+    return CpuScheduler(app)

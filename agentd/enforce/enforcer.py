@@ -13,31 +13,23 @@ import asyncio
 import logging
 import time
 
-from ..api import protocol
-from ..errors import AgentdError, RequestError
-from ..feedback import _program
+from ..errors import AgentdError
 from ..forecast import Forecast
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
-from . import admission, limits
+from . import limits
 from .actuator import Actuator
+from .admitter import Admitter
 from .forecasting import Forecasting
+from .limits import as_bytes as _bytes
 from .ladder import FREEZE, KILL, THROTTLE, Candidate, Ladder
 from .pressure import ROOT, PressureWatch
 
 log = logging.getLogger("agentd.enforce")
 
 TICK_S = 0.5
-RESERVATION_TTL_S = 10.0          # an admitted call that never started stops counting
 
 
-def _bytes(v):
-    if v is None or v == "max":
-        return None
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return None
 
 
 class ToolState:
@@ -65,13 +57,11 @@ class Enforcer:
                                    fake_file=fake_pressure_file)
         self.available_fn = available_fn or _available
         self.tools = {}           # tool key -> ToolState
-        self.pending = {}         # (agent, pid) -> {"forecast", "peak", "queue", "ts"}
-        self.waiters = {}         # Waiter.seq -> (Waiter, asyncio.Future)
+        self.admitter = Admitter(self)
         self.pressure_at = {}     # watch key -> monotonic time of its last event
         self.trigger_ts = None    # wall time of the latest event (reaction figures)
         self.task = None
-        self.counters = {"admission_queued_total": 0, "admission_wait_seconds_total": 0.0,
-                         "admission_timeouts_total": 0, "pressure_events_total": 0}
+        self.counters = {"pressure_events_total": 0}
 
     @property
     def policy(self):
@@ -80,6 +70,13 @@ class Enforcer:
     # --- daemon hooks ----------------------------------------------------------
     async def start(self):
         loop = asyncio.get_running_loop()
+        # Limits on an agent need the memory controller in <root>/agents' subtree_control;
+        # the controller enables it on the ancestors of <root>/agents but not on that
+        # cgroup itself, so agent cgroups would get no memory.* files at all.
+        try:
+            self.fs.enable_controllers(self.ctl.agents_cgroup)
+        except AgentdError as err:
+            log.debug("cannot enable controllers on %s: %s", self.ctl.agents_cgroup, err)
         self.watch.watch(ROOT, self.fs.path(self.app.root, cgf.MEMORY_PRESSURE))
         for agent in self.ctl.agents.values():
             self._watch_agent(agent)
@@ -95,9 +92,7 @@ class Enforcer:
             for tool in agent.tools.values():
                 if tool.frozen and not tool.done:
                     self.actuator.act(tool, "thaw", "agentd is stopping")
-        for _, fut in self.waiters.values():
-            if not fut.done():
-                fut.set_result(False)
+        self.admitter.release_all()
         self.fc.close()
 
     def modes(self):
@@ -105,9 +100,9 @@ class Enforcer:
                 "pressure": self.watch.mode, "history": self.fc.mode}
 
     def metrics(self):
-        out = dict(self.counters)
+        out = dict(self.counters, **self.admitter.counters)
         out["actions_total"] = dict(self.actuator.counts)
-        out["admission_waiting"] = len(self.waiters)
+        out["admission_waiting"] = len(self.admitter.waiters)
         return out
 
     def on_agent_start(self, agent):
@@ -122,7 +117,7 @@ class Enforcer:
 
     def on_tool_plan(self, agent, tool):
         """Forecast the call and set memory.high from it before the limits are written."""
-        pend = self.pending.pop((agent.agent_id, tool.pid), None)
+        pend = self.admitter.take(agent.agent_id, tool.pid, tool.argv)
         if pend and pend.get("queue"):
             tool.actions.append(pend["queue"])
         fc = pend["forecast"] if pend else self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id,
@@ -153,110 +148,13 @@ class Enforcer:
     def on_tool_start(self, agent, tool):
         pass
 
+    async def admit(self, conn, agent, req):
+        await self.admitter.admit(conn, agent, req)
+
     def on_tool_end(self, agent, tool, result):
         self.tools.pop(tool.key, None)
         self.fc.record(tool, agent, result)
-        self._admit_waiters()
-
-    # --- admission -------------------------------------------------------------
-    async def admit(self, conn, agent, req):
-        plan = self.ctl.planner.plan_tool(agent, req["argv"], req.get("class"), req.get("mem"))
-        fc = self.fc.forecast(req["argv"], plan.tool_class, agent.agent_id, agent.agent_class)
-        cap = _bytes(plan.limits.get(cgf.MEMORY_MAX))
-        peak = fc.peak_bytes if cap is None else min(fc.peak_bytes, cap)
-        key = (agent.agent_id, req["pid"])
-        self._expire_pending()
-        # Admission acts on evidence: history behind the forecast, or memory the caller
-        # declared (--mem). A cold-start prior only says "unknown"; making such a call wait
-        # would serialise every new command while the ladder already guards the host.
-        evidence = fc.confidence > 0 or req.get("mem") is not None
-        pend = {"forecast": fc, "peak": peak, "ts": time.monotonic(), "evidence": evidence}
-        a = self.policy.admission
-        budget = self.policy.pressure.budget
-        running = self._running()
-        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.available_fn()):
-            self.pending[key] = pend
-            return
-        prog = _program(req["argv"])
-        w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/pid{req['pid']}")
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters[w.seq] = (w, fut)
-        self.counters["admission_queued_total"] += 1
-        t0 = time.monotonic()
-        conn.send(protocol.notice("queued", (
-            f"[agentd] {prog} is waiting for memory: it is forecast to need {format_size(peak)} and the "
-            f"running tool calls are forecast to use {format_size(admission.demand(running))} of the "
-            f"{format_size(budget) if budget else 'unlimited'} budget; it starts when room appears "
-            f"(at most {a.max_wait_s:g} s)")))
-        self.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=req["argv"][:8],
-                             reason="memory budget", forecast_bytes=peak)
-        log.info("agent %s: %s queued for memory (forecast %s, demand %s, budget %s)", agent.agent_id, prog,
-                 format_size(peak), format_size(admission.demand(running)), format_size(budget) if budget else "-")
-        try:
-            admitted = await asyncio.wait_for(asyncio.shield(fut), a.max_wait_s)
-        except asyncio.TimeoutError:
-            admitted = False
-        finally:
-            self.waiters.pop(w.seq, None)
-            self.pending.pop(("admitted", w.seq), None)
-        waited = time.monotonic() - t0
-        self.counters["admission_wait_seconds_total"] += waited
-        rec = {"action": "queue", "reason": "memory budget", "ts": round(time.time() - waited, 3),
-               "seconds": round(waited, 3), "forecast_bytes": peak}
-        if not admitted:
-            self.counters["admission_timeouts_total"] += 1
-            rec["timed_out"] = True
-            if a.on_timeout == "fail":
-                raise RequestError("no_memory", f"{prog} waited {waited:.0f} s for memory and none came free "
-                                                f"(forecast {format_size(peak)}); try again later or use less memory")
-        pend["queue"] = rec
-        pend["ts"] = time.monotonic()
-        self.pending[key] = pend
-        log.info("agent %s: %s admitted after %.2f s%s", agent.agent_id, prog, waited,
-                 " (wait timed out)" if not admitted else "")
-
-    def _running(self):
-        out = []
-        for agent in self.ctl.agents.values():
-            for tool in agent.tools.values():
-                if tool.done:
-                    continue
-                st = self.tools.get(tool.key)
-                if st is None:
-                    continue
-                # Without evidence a call reserves what it holds (its past), not a guess
-                # at its future.
-                fc = getattr(tool.forecast, "peak_bytes", 0) or 0
-                if st.evidence:
-                    cap = _bytes(tool.limits_applied.get(cgf.MEMORY_MAX)) or _bytes(tool.plan.limits.get(cgf.MEMORY_MAX))
-                    fc = st.live.peak_bytes if st.live else fc
-                    fc = min(fc, cap) if cap else fc
-                else:
-                    fc = 0
-                out.append(admission.Running(tool.key, fc, st.current))
-        # Admitted but not yet started: reserve their forecast.
-        out += [admission.Running(f"{k[0]}/pid{k[1]}", p["peak"] if p["evidence"] else 0, 0)
-                for k, p in self.pending.items()]
-        return out
-
-    def _expire_pending(self):
-        now = time.monotonic()
-        for k in [k for k, p in self.pending.items() if now - p["ts"] > RESERVATION_TTL_S]:
-            del self.pending[k]
-
-    def _admit_waiters(self):
-        if not self.waiters:
-            return
-        self._expire_pending()
-        picked = admission.pick([w for w, _ in self.waiters.values()], self._running(),
-                                self.policy.pressure.budget, self.available_fn())
-        for w in picked:
-            _, fut = self.waiters.pop(w.seq)
-            if not fut.done():
-                fut.set_result(True)
-                # Reserved until its coroutine resumes and stores its own reservation, so
-                # the next pick cannot hand the same room out twice.
-                self.pending[("admitted", w.seq)] = {"peak": w.peak, "evidence": True, "ts": time.monotonic()}
+        self.admitter.admit_waiters()
 
     # --- pressure ----------------------------------------------------------------
     def _on_pressure(self, key, now, how):
@@ -280,8 +178,8 @@ class Enforcer:
     def _candidates(self, scope):
         out = []
         for agent in self.ctl.agents.values():
-            if scope is not None and agent.agent_id not in scope and not self._has_applied(agent):
-                continue
+            if scope is not None and agent.agent_id not in scope:
+                continue          # escalation stays inside the agents under pressure
             for tool in agent.tools.values():
                 st = self.tools.get(tool.key)
                 if tool.done or st is None:
@@ -294,10 +192,6 @@ class Enforcer:
                 out.append(Candidate(f"{agent.agent_id}/main", agent.priority, agent.priority, main=True,
                                      can=frozenset({KILL}), started=agent.created))
         return out
-
-    def _has_applied(self, agent):
-        # Calls already acted on stay candidates so relief can reach them.
-        return any(self.tools.get(t.key) and self.tools[t.key].applied for t in agent.tools.values())
 
     def _probe(self, tool):
         can = {KILL}
@@ -314,12 +208,9 @@ class Enforcer:
             return False
 
     def _ladder_step(self, now):
+        # Relief (no pressure) looks at every call; escalation only inside its scope.
         scope = self._scope(now) if self.ladder.under_pressure(now) else None
-        cands = self._candidates(scope)
-        if scope is not None:
-            # Escalation stays inside the agents under pressure.
-            cands = [c for c in cands if c.key.split("/", 1)[0] in scope]
-        d = self.ladder.decide(now, cands)
+        d = self.ladder.decide(now, self._candidates(scope))
         if d is None:
             return None
         agent_id, _, tool_id = d.key.partition("/")
@@ -359,7 +250,7 @@ class Enforcer:
             log.warning("tool %s: %s failed: %s", d.key, d.action, err)
             return None
         if d.action in ("thaw", "restore", KILL):
-            self._admit_waiters()
+            self.admitter.admit_waiters()
         return rec
 
     # --- the tick ----------------------------------------------------------------
@@ -386,7 +277,7 @@ class Enforcer:
                 self._adapt(tool, st, available)
         self.watch.poll(now)
         self._ladder_step(now)
-        self._admit_waiters()
+        self.admitter.admit_waiters()
 
     def _adapt(self, tool, st, available):
         """Move memory.high with the re-forecast, unless the ladder holds this call."""

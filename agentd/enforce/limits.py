@@ -12,6 +12,16 @@ MIN_MOVE_BYTES = 8 * MiB
 MIN_MOVE_FRACTION = 0.10
 
 
+def as_bytes(v):
+    """A cgroupfs limit value ("max", "123", 123, None) as bytes; None = no limit."""
+    if v is None or v == "max":
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def _cap(value, cap):
     return value if cap is None else min(value, cap)
 

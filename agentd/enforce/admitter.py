@@ -1,0 +1,144 @@
+"""Admission control wired into the daemon: forecasts before a call starts, the wait, the
+notice, and the reservations of calls admitted but not yet placed (see admission.py for
+the decisions themselves)."""
+
+import asyncio
+import logging
+import time
+
+from ..api import protocol
+from ..errors import RequestError
+from ..feedback import _program
+from ..kernel import cgroupfs as cgf
+from ..units import format_size
+from . import admission
+from .limits import as_bytes as _bytes
+
+log = logging.getLogger("agentd.enforce")
+
+RESERVATION_TTL_S = 10.0          # an admitted call that never started stops counting
+
+
+def call_key(agent_id, pid, argv):
+    """Names a call between admit() and its placement. The launcher may send no pid (it
+    clones into the cgroup afterwards): then two identical commands of one agent share a
+    key, which only swaps their identical forecasts."""
+    return (agent_id, pid, tuple(argv))
+
+
+class Admitter:
+    def __init__(self, enforcer):
+        self.e = enforcer
+        self.pending = {}         # call_key() -> {"forecast", "peak", "evidence", "queue", "ts"}
+        self.waiters = {}         # Waiter.seq -> (Waiter, asyncio.Future)
+        self.counters = {"admission_queued_total": 0, "admission_wait_seconds_total": 0.0,
+                         "admission_timeouts_total": 0}
+
+    def take(self, agent_id, pid, argv):
+        """The forecast (and any wait) stored for a call about to be placed."""
+        return self.pending.pop(call_key(agent_id, pid, argv), None)
+
+    def release_all(self):
+        for _, fut in self.waiters.values():
+            if not fut.done():
+                fut.set_result(False)
+
+    async def admit(self, conn, agent, req):
+        plan = self.e.ctl.planner.plan_tool(agent, req["argv"], req.get("class"), req.get("mem"))
+        fc = self.e.fc.forecast(req["argv"], plan.tool_class, agent.agent_id, agent.agent_class)
+        cap = _bytes(plan.limits.get(cgf.MEMORY_MAX))
+        peak = fc.peak_bytes if cap is None else min(fc.peak_bytes, cap)
+        key = call_key(agent.agent_id, req.get("pid"), req["argv"])
+        self.expire_pending()
+        # Admission acts on evidence: history behind the forecast, or memory the caller
+        # declared (--mem). A cold-start prior only says "unknown"; making such a call wait
+        # would serialise every new command while the ladder already guards the host.
+        evidence = fc.confidence > 0 or req.get("mem") is not None
+        pend = {"forecast": fc, "peak": peak, "ts": time.monotonic(), "evidence": evidence}
+        a = self.e.policy.admission
+        budget = self.e.policy.pressure.budget
+        running = self.running()
+        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn()):
+            self.pending[key] = pend
+            return
+        prog = _program(req["argv"])
+        w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{_program(req['argv'])}")
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[w.seq] = (w, fut)
+        self.counters["admission_queued_total"] += 1
+        t0 = time.monotonic()
+        conn.send(protocol.notice("queued", (
+            f"[agentd] {prog} is waiting for memory: it is forecast to need {format_size(peak)} and the "
+            f"running tool calls are forecast to use {format_size(admission.demand(running))} of the "
+            f"{format_size(budget) if budget else 'unlimited'} budget; it starts when room appears "
+            f"(at most {a.max_wait_s:g} s)")))
+        self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=req["argv"][:8],
+                             reason="memory budget", forecast_bytes=peak)
+        log.info("agent %s: %s queued for memory (forecast %s, demand %s, budget %s)", agent.agent_id, prog,
+                 format_size(peak), format_size(admission.demand(running)), format_size(budget) if budget else "-")
+        try:
+            admitted = await asyncio.wait_for(asyncio.shield(fut), a.max_wait_s)
+        except asyncio.TimeoutError:
+            admitted = False
+        finally:
+            self.waiters.pop(w.seq, None)
+            self.pending.pop(("admitted", w.seq), None)
+        waited = time.monotonic() - t0
+        self.counters["admission_wait_seconds_total"] += waited
+        rec = {"action": "queue", "reason": "memory budget", "ts": round(time.time() - waited, 3),
+               "seconds": round(waited, 3), "forecast_bytes": peak}
+        if not admitted:
+            self.counters["admission_timeouts_total"] += 1
+            rec["timed_out"] = True
+            if a.on_timeout == "fail":
+                raise RequestError("no_memory", f"{prog} waited {waited:.0f} s for memory and none came free "
+                                                f"(forecast {format_size(peak)}); try again later or use less memory")
+        pend["queue"] = rec
+        pend["ts"] = time.monotonic()
+        self.pending[key] = pend
+        log.info("agent %s: %s admitted after %.2f s%s", agent.agent_id, prog, waited,
+                 " (wait timed out)" if not admitted else "")
+
+    def running(self):
+        out = []
+        for agent in self.e.ctl.agents.values():
+            for tool in agent.tools.values():
+                if tool.done:
+                    continue
+                st = self.e.tools.get(tool.key)
+                if st is None:
+                    continue
+                # Without evidence a call reserves what it holds (its past), not a guess
+                # at its future.
+                fc = getattr(tool.forecast, "peak_bytes", 0) or 0
+                if st.evidence:
+                    cap = _bytes(tool.limits_applied.get(cgf.MEMORY_MAX)) or _bytes(tool.plan.limits.get(cgf.MEMORY_MAX))
+                    fc = st.live.peak_bytes if st.live else fc
+                    fc = min(fc, cap) if cap else fc
+                else:
+                    fc = 0
+                out.append(admission.Running(tool.key, fc, st.current))
+        # Admitted but not yet started: reserve their forecast.
+        out += [admission.Running(f"{k[0]}/{k[1]}", p["peak"] if p["evidence"] else 0, 0)
+                for k, p in self.pending.items()]
+        return out
+
+    def expire_pending(self):
+        now = time.monotonic()
+        for k in [k for k, p in self.pending.items() if now - p["ts"] > RESERVATION_TTL_S]:
+            del self.pending[k]
+
+    def admit_waiters(self):
+        if not self.waiters:
+            return
+        self.expire_pending()
+        picked = admission.pick([w for w, _ in self.waiters.values()], self.running(),
+                                self.e.policy.pressure.budget, self.e.available_fn())
+        for w in picked:
+            _, fut = self.waiters.pop(w.seq)
+            if not fut.done():
+                fut.set_result(True)
+                # Reserved until its coroutine resumes and stores its own reservation, so
+                # the next pick cannot hand the same room out twice.
+                self.pending[("admitted", w.seq)] = {"peak": w.peak, "evidence": True, "ts": time.monotonic()}
+

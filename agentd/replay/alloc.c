@@ -1,0 +1,172 @@
+/* The replay workload: one small program, two roles, compiled at run time (gcc -O2).
+ *
+ *   alloc agent SCHEDULE RESULT     the agent: holds the baseline, runs the calls in order
+ *   <any other name> ...            a tool call: follows the memory profile named by the
+ *                                   environment (AGENTD_REPLAY_PROFILE), then exits
+ *
+ * The tool role ignores its argv, so the agent can start it as `<dir>/bash -c "<the trace's
+ * command>"` (a symlink to this program): agentd then classifies and forecasts the call by
+ * the real command line, as it would the real agent's.
+ *
+ * SCHEDULE (text):  "baseline BYTES\n" then per call "call GAP_S ARGV_FILE PROFILE_FILE\n";
+ *                   ARGV_FILE holds the call's argv, NUL-separated; the final line
+ *                   "tail GAP_S" is the idle time after the last call.
+ * PROFILE (text):   "DURATION_S\n" then "OFFSET_S BYTES\n" per step: at OFFSET_S after its
+ *                   start the call holds BYTES (grows by touching new 1 MiB chunks, shrinks
+ *                   by unmapping); it exits at DURATION_S or once its last step is done.
+ * RESULT (text, appended line by line so a killed agent leaves what it did):
+ *                   "start T" / "call I T_START T_END WAIT_STATUS" / "done T"  (T: CLOCK_MONOTONIC s)
+ * AGENTD_REPLAY_LATENCY (optional): file the tool role appends one line per chunk to:
+ *                   microseconds to map and touch that chunk (allocation latency).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK (1UL << 20)
+#define MAX_CHUNKS 65536
+#define MAX_ARGS 256
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void sleep_until(double t) {
+    for (;;) {
+        double d = t - now();
+        if (d <= 0) return;
+        struct timespec ts = {(time_t)d, (long)((d - (time_t)d) * 1e9)};
+        if (nanosleep(&ts, NULL) == 0) return;
+    }
+}
+
+static void put(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(int fd, const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (fd >= 0 && n > 0 && write(fd, buf, (size_t)n) < 0) { /* best effort */ }
+}
+
+static void *touch_chunk(void) {
+    char *p = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    long page = sysconf(_SC_PAGESIZE);
+    for (unsigned long off = 0; off < CHUNK; off += (unsigned long)page) p[off] = 1;
+    return p;
+}
+
+/* --- tool role ----------------------------------------------------------------------- */
+static void *chunks[MAX_CHUNKS];
+
+static int tool(void) {
+    const char *prof = getenv("AGENTD_REPLAY_PROFILE");
+    const char *lat = getenv("AGENTD_REPLAY_LATENCY");
+    if (!prof) { fprintf(stderr, "alloc: AGENTD_REPLAY_PROFILE not set\n"); return 2; }
+    FILE *f = fopen(prof, "r");
+    if (!f) { perror(prof); return 2; }
+    int lfd = lat && *lat ? open(lat, O_WRONLY | O_APPEND | O_CREAT, 0644) : -1;
+    double t0 = now(), dur = 0, off;
+    unsigned long long bytes;
+    long have = 0;
+    if (fscanf(f, "%lf", &dur) != 1) { fprintf(stderr, "alloc: %s: no duration\n", prof); return 2; }
+    while (fscanf(f, "%lf %llu", &off, &bytes) == 2) {
+        sleep_until(t0 + off);
+        long want = (long)((bytes + CHUNK / 2) / CHUNK);
+        if (want > MAX_CHUNKS) want = MAX_CHUNKS;
+        char line[4096];
+        size_t len = 0;
+        while (have < want) {
+            double a = now();
+            void *p = touch_chunk();
+            if (!p) { fprintf(stderr, "alloc: mmap: %s\n", strerror(errno)); return 3; }
+            chunks[have++] = p;
+            if (lfd >= 0) {
+                len += (size_t)snprintf(line + len, sizeof line - len, "%.0f\n", (now() - a) * 1e6);
+                if (len > sizeof line - 32) { if (write(lfd, line, len) < 0) {} len = 0; }
+            }
+        }
+        if (lfd >= 0 && len && write(lfd, line, len) < 0) {}
+        while (have > want) munmap(chunks[--have], CHUNK);
+    }
+    fclose(f);
+    sleep_until(t0 + dur);
+    return 0;
+}
+
+/* --- agent role ---------------------------------------------------------------------- */
+static int run_call(const char *argv_file, const char *prof) {
+    static char buf[65536];
+    char *args[MAX_ARGS + 1];
+    int fd = open(argv_file, O_RDONLY);
+    if (fd < 0) { perror(argv_file); return -1; }
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    int argc = 0;
+    for (char *p = buf; p < buf + n && argc < MAX_ARGS; p += strlen(p) + 1) args[argc++] = p;
+    args[argc] = NULL;
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); return -1; }
+    if (pid == 0) {
+        setenv("AGENTD_REPLAY_PROFILE", prof, 1);
+        execv(args[0], args);
+        perror(args[0]);
+        _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    return st;
+}
+
+static int agent(const char *sched, const char *result) {
+    FILE *f = fopen(sched, "r");
+    if (!f) { perror(sched); return 2; }
+    int out = open(result, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    if (out < 0) { perror(result); return 2; }
+    unsigned long long base = 0;
+    if (fscanf(f, " baseline %llu", &base) != 1) { fprintf(stderr, "alloc: %s: no baseline\n", sched); return 2; }
+    unsigned long n = (base + CHUNK / 2) / CHUNK;
+    for (unsigned long i = 0; i < n; i++)
+        if (!touch_chunk()) { perror("mmap"); return 3; }
+    double t0 = now();
+    put(out, "start %.6f\n", t0);
+    char word[16], argv_file[4096], prof[4096];
+    double gap;
+    int i = 0;
+    while (fscanf(f, " %15s", word) == 1) {
+        if (strcmp(word, "tail") == 0) {
+            if (fscanf(f, "%lf", &gap) == 1) sleep_until(now() + gap);
+            break;
+        }
+        if (strcmp(word, "call") != 0 || fscanf(f, "%lf %4095s %4095s", &gap, argv_file, prof) != 3) {
+            fprintf(stderr, "alloc: %s: bad line at call %d\n", sched, i);
+            return 2;
+        }
+        sleep_until(now() + gap);
+        double a = now();
+        int st = run_call(argv_file, prof);
+        put(out, "call %d %.6f %.6f %d\n", i++, a, now(), st);
+    }
+    put(out, "done %.6f\n", now());
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 4 && strcmp(argv[1], "agent") == 0) return agent(argv[2], argv[3]);
+    return tool();
+}

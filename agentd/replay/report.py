@@ -1,0 +1,99 @@
+"""Medians over runs and the markdown tables of the replay benchmark (pure)."""
+
+import statistics
+
+
+def _med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _f(x, fmt="{:.2f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def isolation_summary(iso):
+    """Per mode: medians over runs for HIGH and for LOW agents, and the target checks."""
+    out = {}
+    for mode, m in iso["modes"].items():
+        runs = m["runs"]
+        high = [a for r in runs for a in r["agents"] if a["priority"] == "high"]
+        low = [a for r in runs for a in r["agents"] if a["priority"] != "high"]
+
+        def counts(agents, key):
+            return sum(a["tool_calls"][key] for a in agents)
+        lat = [a.get("alloc_latency_us") for a in high if a.get("alloc_latency_us")]
+        s = {"runs": len(runs),
+             "runs_with_loss": sum(1 for r in runs if any(a["lost"] for a in r["agents"])),
+             "high_lost": sum(a["lost"] for a in high), "low_lost": sum(a["lost"] for a in low),
+             "agents": len(high) + len(low),
+             "high_slowdown_median": _med([a["slowdown"] for a in high]),
+             "high_slowdown_max": max((a["slowdown"] for a in high if a["slowdown"]), default=None),
+             "low_slowdown_median": _med([a["slowdown"] for a in low]),
+             "low_slowdown_max": max((a["slowdown"] for a in low if a["slowdown"]), default=None),
+             "high_latency_us": {p: _med([x[p] for x in lat]) for p in ("p50", "p95", "p99")} if lat else None}
+        for key in ("killed", "killed_by_agentd", "frozen", "throttled", "queued"):
+            s[f"high_{key}"] = counts(high, key)
+            s[f"low_{key}"] = counts(low, key)
+        out[mode] = s
+    return out
+
+
+def isolation_table(iso, summary):
+    lines = ["| mode | runs | runs losing an agent | HIGH lost | LOW lost | HIGH slowdown (median / max) "
+             "| LOW slowdown (median / max) | HIGH alloc latency p50 / p95 / p99 (µs) "
+             "| tool calls killed (HIGH / LOW) | frozen | throttled | queued |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, s in summary.items():
+        lat = s["high_latency_us"]
+        lat_s = " / ".join(_f(lat[p], "{:.0f}") for p in ("p50", "p95", "p99")) if lat else "-"
+        lines.append(
+            f"| {mode} | {s['runs']} | {s['runs_with_loss']} | {s['high_lost']} | {s['low_lost']} "
+            f"| {_f(s['high_slowdown_median'])}x / {_f(s['high_slowdown_max'])}x "
+            f"| {_f(s['low_slowdown_median'])}x / {_f(s['low_slowdown_max'])}x | {lat_s} "
+            f"| {s['high_killed']} / {s['low_killed']} | {s['high_frozen'] + s['low_frozen']} "
+            f"| {s['high_throttled'] + s['low_throttled']} | {s['high_queued'] + s['low_queued']} |")
+    return "\n".join(lines)
+
+
+def isolation_runs_table(iso):
+    lines = ["| mode | triple | run | agent | trace | lost (reason) | solo s | s | slowdown | calls killed / frozen / throttled / queued |",
+             "|---|---:|---:|---|---|---|---:|---:|---:|---|"]
+    for mode, m in iso["modes"].items():
+        for r in m["runs"]:
+            for a in r["agents"]:
+                tc = a["tool_calls"]
+                lost = f"yes ({a['lost_reason']})" if a["lost"] else "no"
+                lines.append(f"| {mode} | {r['triple']} | {r['run']} | {a['priority']} | {a['trace']} | {lost} "
+                             f"| {_f(a['solo_seconds'], '{:.1f}')} | {_f(a['seconds'], '{:.1f}')} "
+                             f"| {_f(a['slowdown'])} | {tc['killed']} / {tc['frozen']} / {tc['throttled']} / {tc['queued']} |")
+    return "\n".join(lines)
+
+
+def isolation_targets(summary):
+    """The issue's targets, each (text, met or None when the mode did not run)."""
+    a, n = summary.get("agentd"), summary.get("none")
+    out = []
+    if a:
+        out.append(("agentd: no agent lost", a["high_lost"] + a["low_lost"] == 0))
+        out.append(("agentd: HIGH <= 1.10x solo", a["high_slowdown_max"] is not None and a["high_slowdown_max"] <= 1.10))
+        out.append(("agentd: LOW <= 1.5x solo", a["low_slowdown_max"] is not None and a["low_slowdown_max"] <= 1.5))
+    if n:
+        out.append(("none: loses an agent in some run", n["runs_with_loss"] > 0))
+    return out
+
+
+def density_table(den):
+    lines = ["| mode | agents that fit | steps (n: lost, median slowdown) |", "|---|---:|---|"]
+    for mode, m in den["modes"].items():
+        steps = ", ".join(f"{s['agents']}: {s['lost']}, {_f(s['median_slowdown'])}x" for s in m["steps"])
+        lines.append(f"| {mode} | {m['agents']} | {steps} |")
+    return "\n".join(lines)
+
+
+def density_targets(den):
+    m = den["modes"]
+    if "agentd" in m and "static" in m:
+        a, s = m["agentd"]["agents"], m["static"]["agents"]
+        return [(f"agentd fits >= 1.5x static ({a} vs {s})", a >= 1.5 * s if s else a > 0)]
+    return []

@@ -1,0 +1,382 @@
+"""Run agents from replay schedules concurrently under one mode, inside the kernel-tier VM.
+
+Modes (the same agents, scaled the same way, the same budget):
+- none:   agents are sibling cgroups under one parent whose memory.max is the budget; the
+          kernel's OOM killer decides. Each agent cgroup has memory.oom.group=1 (what container
+          runtimes set on cgroup v2), so an OOM kill takes the agent down like a container.
+- static: as none, plus each agent's own memory.max = budget / number of agents.
+- agentd: the parent's memory.max is the budget; below it a fresh `agentd daemon` (shipped
+          policy, no per-run tuning) owns `<parent>/agentd`; agents start with `agentd run
+          --class high|low` and their tool calls go through `agentd tool`.
+A `budget` of None leaves the parent unlimited (the solo runs).
+"""
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from ..kernel.cgroupfs import PROCS, CgroupFS
+from .trace import gaps
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alloc.c")
+LAUNCHER = os.path.join(REPO, "agentd", "_bin", "agentd")
+POLICY = os.path.join(REPO, "policies", "multi-tenant.yaml")
+CGROUP_ROOT = "/sys/fs/cgroup"
+CONTROLLERS = ("memory", "cpu", "pids")
+MODES = ("none", "static", "agentd")
+ACTIONS = ("throttle", "freeze", "kill", "queue")
+
+_seq = itertools.count()
+
+
+def build_alloc(dest_dir):
+    """Compile alloc.c into dest_dir (once) and add the `bash` alias the agent starts tool
+    calls through; returns (alloc path, alias path)."""
+    os.makedirs(dest_dir, exist_ok=True)
+    exe = os.path.join(dest_dir, "alloc")
+    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(SOURCE):
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", exe + ".tmp", SOURCE], check=True)
+        os.replace(exe + ".tmp", exe)
+    alias_dir = os.path.join(dest_dir, "shim")
+    os.makedirs(alias_dir, exist_ok=True)
+    alias = os.path.join(alias_dir, "bash")
+    if not os.path.islink(alias):
+        os.symlink(exe, alias)
+    return exe, alias
+
+
+def agentd_front():
+    if os.access(LAUNCHER, os.X_OK):
+        return [LAUNCHER]
+    return [sys.executable, "-m", "agentd"]
+
+
+@dataclass
+class AgentSpec:
+    name: str                   # unique within a run (cgroup / agent name)
+    trace: str
+    priority: str               # "high" | "low"
+    schedule: object            # scaled trace.Schedule
+    delay: float = 0.0          # seconds after the run starts
+    measure_latency: bool = False
+
+
+@dataclass
+class AgentResult:
+    name: str
+    trace: str
+    priority: str
+    completed: bool
+    seconds: float | None       # agent start -> done (None when lost)
+    lost_reason: str | None
+    calls: int                  # tool calls started
+    calls_planned: int
+    calls_killed: int           # ended by SIGKILL (kernel OOM killer or agentd)
+    actions: dict = field(default_factory=dict)    # action -> number of tool calls it hit
+    peak_call_start: float | None = None          # s after agent start when its largest call began
+    peak_bytes: int | None = None                 # memory.peak of the agent's cgroup (if known)
+    latencies_us: list = field(default_factory=list)
+    exit_status: int | None = None
+
+
+def write_schedule(spec, run_dir, alias, tool_prefix):
+    """Schedule, argv and profile files of one agent; returns the schedule path."""
+    d = os.path.join(run_dir, spec.name)
+    os.makedirs(d, exist_ok=True)
+    gap_list, tail = gaps(spec.schedule)
+    lines = [f"baseline {spec.schedule.baseline}"]
+    for i, (call, gap) in enumerate(zip(spec.schedule.calls, gap_list)):
+        argv = [*tool_prefix, alias, "-c", call.command.replace("\0", " ") or "true"]
+        argv_file, prof_file = os.path.join(d, f"c{i}.argv"), os.path.join(d, f"c{i}.prof")
+        with open(argv_file, "wb") as f:
+            f.write(b"\0".join(a.encode() for a in argv) + b"\0")
+        with open(prof_file, "w") as f:
+            f.write(f"{call.duration:.6f}\n")
+            f.writelines(f"{off:.6f} {b}\n" for off, b in call.steps)
+        lines.append(f"call {gap:.6f} {argv_file} {prof_file}")
+    lines.append(f"tail {tail:.6f}")
+    path = os.path.join(d, "schedule")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def parse_result(path):
+    """(start, done or None, [(i, t_start, t_end, wait_status)]) from an agent's RESULT."""
+    start, done, calls = None, None, []
+    try:
+        with open(path) as f:
+            for line in f:
+                w = line.split()
+                if not w:
+                    continue
+                if w[0] == "start":
+                    start = float(w[1])
+                elif w[0] == "done":
+                    done = float(w[1])
+                elif w[0] == "call" and len(w) == 5:
+                    calls.append((int(w[1]), float(w[2]), float(w[3]), int(w[4])))
+    except FileNotFoundError:
+        pass
+    return start, done, calls
+
+
+def call_killed(status, via_launcher):
+    """A call's wait status says SIGKILL: directly, or as the launcher's exit code 128+9."""
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) == signal.SIGKILL
+    return via_launcher and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGKILL
+
+
+def read_latencies(path):
+    try:
+        with open(path) as f:
+            return [float(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+class AgentdHost:
+    """One `agentd daemon` for a whole benchmark (its start takes a minute in the emulated
+    guest): it owns `<parent>/agentd`; each run sets the parent's memory.max (its budget)."""
+
+    def __init__(self, fs, work_dir, state_dir, log):
+        self.fs, self.log = fs, log
+        self.parent = f"agentd-replay-{os.getpid()}-agentd"
+        self.run_dir = os.path.join(work_dir, self.parent)
+        self.state_dir = state_dir
+        self.daemon = None
+
+    def start(self, timeout=600):
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.fs.enable_controllers("", CONTROLLERS)
+        self.fs.mkdir(self.parent, exist_ok=False)
+        self.fs.enable_controllers(self.parent, CONTROLLERS)
+        # The run dir is the host's filesystem over 9p, which takes no unix sockets (ENXIO):
+        # the socket lives in the guest's own /tmp.
+        self.sock_dir = tempfile.mkdtemp(prefix="agentd-replay-")
+        self.socket = os.path.join(self.sock_dir, "agentd.sock")
+        self.event_log = os.path.join(self.run_dir, "events.jsonl")
+        self._dlog = open(os.path.join(self.run_dir, "daemon.log"), "w")
+        env = dict(os.environ, AGENTD_SOCKET=self.socket, PYTHONPATH=REPO)
+        t0 = time.monotonic()
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "agentd", "daemon", "--root", f"{self.parent}/agentd", "--socket", self.socket,
+             "--state-dir", self.state_dir, "--event-log", self.event_log, "--metrics-listen", "none",
+             "--policy", POLICY], stdout=self._dlog, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        # Ready once it logs daemon_start (the socket is bound earlier, before the hooks start).
+        while not any(e.get("event") == "daemon_start" for e in self.events()):
+            if self.daemon.poll() is not None or time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"agentd daemon did not start in {timeout} s; see {self._dlog.name}")
+            time.sleep(0.5)
+        self.start_seconds = time.monotonic() - t0
+        self.log(f"agentd daemon ready in {self.start_seconds:.0f} s")
+        return self
+
+    def set_budget(self, budget):
+        self.fs.write(self.parent, "memory.max", str(budget) if budget else "max")
+
+    def events(self):
+        import json
+        out = []
+        try:
+            with open(self.event_log) as f:
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:      # a line being written
+                        pass
+        except FileNotFoundError:
+            pass
+        return out
+
+    def stop(self):
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(60)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        if self.daemon is not None:
+            self._dlog.close()
+        if self.fs.exists(self.parent):
+            self.fs.freeze(self.parent, False)
+            self.fs.kill(self.parent)
+            self.fs.wait_empty(self.parent, 30)
+            self.fs.remove_tree(self.parent)
+        shutil.rmtree(getattr(self, "sock_dir", ""), ignore_errors=True)
+
+
+class Group:
+    """One run: a parent cgroup with the budget, the agents, and (agentd) the daemon."""
+
+    def __init__(self, mode, specs, budget, work_dir, exe, alias, host=None, log=None):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        if (mode == "agentd") != (host is not None):
+            raise ValueError("the agentd mode needs an AgentdHost, the others none")
+        self.host = host
+        self.mode, self.specs, self.budget = mode, specs, budget
+        self.exe, self.alias = exe, alias
+        self.fs = CgroupFS(CGROUP_ROOT)
+        self.parent = f"agentd-replay-{os.getpid()}-{next(_seq)}"
+        self.run_dir = os.path.join(work_dir, self.parent)
+        self.log = log or (lambda msg: None)
+        self.procs = {}
+        self.peaks = {}
+        self.timed_out = set()
+
+    # --- setup ---------------------------------------------------------------------
+    def _setup(self):
+        os.makedirs(self.run_dir, exist_ok=True)
+        if self.host is not None:
+            self.host.set_budget(self.budget)
+            self.events_from = len(self.host.events())
+            return
+        self.fs.enable_controllers("", CONTROLLERS)
+        self.fs.mkdir(self.parent, exist_ok=False)
+        self.fs.enable_controllers(self.parent, CONTROLLERS)
+        self.fs.write(self.parent, "memory.max", str(self.budget) if self.budget else "max")
+        for s in self.specs:
+            cg = f"{self.parent}/{s.name}"
+            self.fs.mkdir(cg)
+            self.fs.write(cg, "memory.oom.group", "1")
+            if self.mode == "static" and self.budget:
+                self.fs.write(cg, "memory.max", str(self.budget // len(self.specs)))
+
+    # --- agents --------------------------------------------------------------------
+    def _spawn(self, s):
+        d = os.path.join(self.run_dir, s.name)
+        prefix = [*agentd_front(), "tool", "--"] if self.mode == "agentd" else []
+        sched = write_schedule(s, self.run_dir, self.alias, prefix)
+        result = os.path.join(d, "result")
+        env = dict(os.environ, PYTHONPATH=REPO)
+        if s.measure_latency:
+            env["AGENTD_REPLAY_LATENCY"] = os.path.join(d, "latency")
+        argv = [self.exe, "agent", sched, result]
+        if self.mode == "agentd":
+            env["AGENTD_SOCKET"] = self.host.socket
+            argv = [*agentd_front(), "run", "--name", self.agent_name(s), "--class", s.priority, "--", *argv]
+            self.procs[s.name] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, cwd=d,
+                                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr"), "w"))
+            return
+        procs_file = self.fs.path(f"{self.parent}/{s.name}", PROCS)
+
+        def enter():
+            fd = os.open(procs_file, os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+        self.procs[s.name] = subprocess.Popen(argv, env=env, preexec_fn=enter, stdin=subprocess.DEVNULL, cwd=d,
+                                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr"), "w"))
+
+    def agent_name(self, s):
+        """The agent's name for agentd: unique across the runs one daemon serves."""
+        return f"{self.parent.rsplit('-', 1)[-1]}-{s.name}" if self.host else s.name
+
+    def run(self, timeout):
+        """Run every agent to its end (or `timeout` s); returns [AgentResult]."""
+        try:
+            self._setup()
+            t0 = time.monotonic()
+            for s in sorted(self.specs, key=lambda s: s.delay):
+                time.sleep(max(0.0, t0 + s.delay - time.monotonic()))
+                self._spawn(s)
+            deadline = t0 + timeout
+            for name, p in self.procs.items():
+                try:
+                    p.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.log(f"agent {name} still running after {timeout:.0f} s: stopping it")
+                    self.timed_out.add(name)
+                    p.kill()
+                    p.wait()
+            self._read_peaks()
+            return self._results()
+        finally:
+            self._cleanup()
+
+    def _results(self):
+        events = self.host.events()[self.events_from:] if self.host else []
+        out = []
+        for s in self.specs:
+            d = os.path.join(self.run_dir, s.name)
+            start, done, calls = parse_result(os.path.join(d, "result"))
+            status = self.procs[s.name].returncode if s.name in self.procs else None
+            mine = [e for e in events if e.get("agent") == self.agent_name(s) and e.get("event") == "action"]
+            actions = {a: len({e.get("tool") or i for i, e in enumerate(mine) if e.get("action") == a})
+                       for a in ACTIONS}
+            killed = sum(1 for c in calls if call_killed(c[3], self.mode == "agentd"))
+            lost_reason = None
+            if done is None:
+                if s.name in self.timed_out:
+                    lost_reason = "timed out (stopped by the harness)"
+                elif any(e.get("action") == "kill_main" for e in mine):
+                    lost_reason = "agent killed by agentd (kill_main)"
+                elif status is not None and status in (-signal.SIGKILL, 128 + signal.SIGKILL):
+                    lost_reason = "agent process SIGKILLed (OOM kill of the agent)"
+                elif start is None:
+                    lost_reason = f"agent did not start (exit {status})"
+                else:
+                    lost_reason = f"agent ended early (exit {status})"
+            pk = s.schedule.peak_call
+            peak_start = calls[pk][1] - start if start is not None and pk is not None and pk < len(calls) else None
+            out.append(AgentResult(
+                name=s.name, trace=s.trace, priority=s.priority, completed=done is not None,
+                seconds=(done - start) if done is not None and start is not None else None,
+                lost_reason=lost_reason, calls=len(calls), calls_planned=len(s.schedule.calls),
+                calls_killed=killed, actions=actions, peak_call_start=peak_start,
+                peak_bytes=self.peaks.get(s.name), exit_status=status,
+                latencies_us=read_latencies(os.path.join(d, "latency")) if s.measure_latency else []))
+        return out
+
+    def _find(self, cg, name, depth=3):
+        """The cgroup called `name` below `cg` (agentd places agents a few levels down)."""
+        for child in self.fs.children(cg):
+            path = f"{cg}/{child}"
+            if child == name:
+                return path
+            if depth > 1:
+                found = self._find(path, name, depth - 1)
+                if found:
+                    return found
+        return None
+
+    def _read_peaks(self):
+        """memory.peak of every agent's cgroup (its own processes and tool calls)."""
+        for s in self.specs:
+            try:
+                cg = self._find(self.host.parent, self.agent_name(s), 4) if self.host \
+                    else self._find(self.parent, s.name)
+                if cg:
+                    self.peaks[s.name] = self.fs.read_int(cg, "memory.peak")
+            except Exception:           # a missing peak only loses a figure, not the run
+                pass
+
+    def _cleanup(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if self.host is not None:
+            # A stopped `agentd run` client leaves its agent running: end it here.
+            for s in self.specs:
+                try:
+                    cg = self._find(self.host.parent, self.agent_name(s), 4)
+                    if cg:
+                        self.fs.freeze(cg, False)
+                        self.fs.kill(cg)
+                except Exception:        # already gone
+                    pass
+        elif self.fs.exists(self.parent):
+            self.fs.freeze(self.parent, False)
+            self.fs.kill(self.parent)
+            self.fs.wait_empty(self.parent, 30)
+            self.fs.remove_tree(self.parent)

@@ -1,0 +1,181 @@
+"""The two scenarios of the replay benchmark, run inside the kernel-tier VM.
+
+Isolation: triples of traces drawn in `spiky_order` (triple k = traces 3k, 3k+1, 3k+2; the
+first is the HIGH agent, the other two LOW). Every trace first runs alone (solo) once per
+mode family: "plain" (a bare cgroup, no limit: the solo of none and static) and "agentd"
+(alone under a daemon, no budget). Budget = 0.85 x the sum of the three plain solo peaks
+(memory.peak of each agent's cgroup). The agents start with offsets that line up their
+largest tool calls (measured in the solo run), the worst case for sharing.
+
+Density: agents drawn in the same order, all of class low, all started together, under a
+fixed budget; n grows from 1 until a run loses an agent or its median slowdown exceeds
+1.25x; the mode's figure is the largest n that passed.
+"""
+
+import statistics
+import tempfile
+import time
+
+from ..kernel.cgroupfs import CgroupFS
+from .runner import CGROUP_ROOT, AgentdHost, AgentSpec, Group
+from .trace import build_schedule, scale, spiky_order
+
+ISOLATION_FACTOR = 0.85
+DENSITY_SLOWDOWN = 1.25
+
+
+def family(mode):
+    return "agentd" if mode == "agentd" else "plain"
+
+
+class Bench:
+    def __init__(self, traces, speed, mem_scale, work_dir, exe, alias, log, timeout_factor=3.0):
+        self.traces = spiky_order(traces)
+        self.speed, self.mem_scale = speed, mem_scale
+        self.work_dir, self.exe, self.alias, self.log = work_dir, exe, alias, log
+        self.timeout_factor = timeout_factor
+        self.schedules = {t.name: scale(build_schedule(t), speed, mem_scale) for t in self.traces}
+        self.solo = {}          # (trace, family) -> AgentResult
+        self.host = None        # the AgentdHost, started on the first agentd run
+        self.host_start_seconds = None
+        # One tool-call history across the benchmark (solo runs first, as on a host that has
+        # seen these agents before); in the guest's /tmp: SQLite's WAL does not work over 9p.
+        self.state_dir = tempfile.mkdtemp(prefix="agentd-replay-state-")
+
+    def _timeout(self, specs):
+        return max(s.delay + s.schedule.duration for s in specs) * self.timeout_factor + 120
+
+    def _group(self, mode, specs, budget):
+        t0 = time.monotonic()
+        host = None
+        if mode == "agentd":
+            if self.host is None:
+                self.host = AgentdHost(CgroupFS(CGROUP_ROOT), self.work_dir, self.state_dir, self.log).start()
+            host = self.host
+        g = Group(mode, specs, budget, self.work_dir, self.exe, self.alias, host=host, log=self.log)
+        res = g.run(self._timeout(specs))
+        self.log(f"  {mode}: {len(specs)} agent(s), budget {fmt_mib(budget)}: "
+                 + ", ".join(f"{r.trace}={'%.1fs' % r.seconds if r.completed else 'LOST'}" for r in res)
+                 + f" ({time.monotonic() - t0:.0f} s)")
+        return res
+
+    def solo_run(self, name, fam, priority="low"):
+        key = (name, fam)
+        if key not in self.solo:
+            spec = AgentSpec(name="solo", trace=name, priority=priority, schedule=self.schedules[name],
+                             measure_latency=priority == "high")
+            self.log(f"solo {name} ({fam})")
+            self.solo[key] = self._group("agentd" if fam == "agentd" else "none", [spec], None)[0]
+        return self.solo[key]
+
+    def _agent_row(self, r, fam):
+        solo = self.solo.get((r.trace, fam))
+        solo_s = solo.seconds if solo and solo.completed else None
+        row = {"trace": r.trace, "priority": r.priority, "lost": not r.completed, "lost_reason": r.lost_reason,
+               "solo_seconds": rnd(solo_s), "seconds": rnd(r.seconds),
+               "slowdown": rnd(r.seconds / solo_s) if r.seconds and solo_s else None,
+               "tool_calls": {"planned": r.calls_planned, "started": r.calls, "killed": r.calls_killed,
+                              "killed_by_agentd": r.actions.get("kill", 0), "frozen": r.actions.get("freeze", 0),
+                              "throttled": r.actions.get("throttle", 0), "queued": r.actions.get("queue", 0)},
+               "peak_bytes": r.peak_bytes}
+        if r.latencies_us:
+            row["alloc_latency_us"] = percentiles(r.latencies_us)
+            row["alloc_chunks"] = len(r.latencies_us)
+        return row
+
+    def close(self):
+        if self.host is not None:
+            self.host_start_seconds = self.host.start_seconds
+            self.host.stop()
+            self.host = None
+
+    # --- A. isolation ----------------------------------------------------------------
+    def isolation(self, modes, triples, runs):
+        if len(self.traces) < 3 * triples:
+            raise SystemExit(f"isolation needs {3 * triples} traces, the folder has {len(self.traces)}")
+        out = {"triples": [], "modes": {m: {"runs": []} for m in modes}}
+        for k in range(triples):
+            names = [t.name for t in self.traces[3 * k:3 * k + 3]]
+            prio = ["high", "low", "low"]
+            fams = sorted({family(m) for m in modes} | {"plain"})
+            for fam in fams:
+                for n, p in zip(names, prio):
+                    self.solo_run(n, fam, p)
+            peaks = [self.solo[(n, "plain")].peak_bytes or self.schedules[n].peak for n in names]
+            budget = int(ISOLATION_FACTOR * sum(peaks))
+            out["triples"].append({"traces": names, "priorities": prio, "solo_peaks": peaks, "budget": budget})
+            self.log(f"triple {k}: {names}, solo peaks {[fmt_mib(p) for p in peaks]}, budget {fmt_mib(budget)}")
+            for mode in modes:
+                delays = self._align(names, family(mode))
+                for r in range(runs):
+                    specs = [AgentSpec(name=f"a{i}", trace=n, priority=p, schedule=self.schedules[n], delay=d,
+                                       measure_latency=p == "high")
+                             for i, (n, p, d) in enumerate(zip(names, prio, delays))]
+                    res = self._group(mode, specs, budget)
+                    out["modes"][mode]["runs"].append({"triple": k, "run": r, "budget": budget,
+                                                       "delays_s": [rnd(d) for d in delays],
+                                                       "agents": [self._agent_row(x, family(mode)) for x in res]})
+        out["solo"] = self._solo_table()
+        return out
+
+    def _align(self, names, fam):
+        """Start delays that make the agents' largest tool calls begin together."""
+        starts = []
+        for n in names:
+            s = self.solo[(n, fam)]
+            pk = self.schedules[n].peak_call
+            starts.append(s.peak_call_start if s.peak_call_start is not None
+                          else (self.schedules[n].calls[pk].start if pk is not None else 0.0))
+        top = max(starts)
+        return [top - s for s in starts]
+
+    def _solo_table(self):
+        return {f"{n}|{fam}": {"seconds": rnd(r.seconds), "peak_bytes": r.peak_bytes, "lost": not r.completed,
+                               **({"alloc_latency_us": percentiles(r.latencies_us)} if r.latencies_us else {})}
+                for (n, fam), r in self.solo.items()}
+
+    # --- B. density ------------------------------------------------------------------
+    def density(self, modes, budget, max_agents):
+        names = [t.name for t in self.traces[:max_agents]]
+        out = {"budget": budget, "order": names, "max_agents": max_agents, "modes": {}}
+        for mode in modes:
+            fam = family(mode)
+            steps, best = [], 0
+            for n in range(1, len(names) + 1):
+                for name in names[:n]:
+                    self.solo_run(name, fam)
+                specs = [AgentSpec(name=f"a{i}", trace=x, priority="low", schedule=self.schedules[x])
+                         for i, x in enumerate(names[:n])]
+                rows = [self._agent_row(x, fam) for x in self._group(mode, specs, budget)]
+                lost = sum(r["lost"] for r in rows)
+                slow = [r["slowdown"] for r in rows if r["slowdown"] is not None]
+                med = statistics.median(slow) if slow else None
+                ok = lost == 0 and med is not None and med <= DENSITY_SLOWDOWN
+                steps.append({"agents": n, "lost": lost, "median_slowdown": rnd(med), "ok": ok, "per_agent": rows})
+                if not ok:
+                    break
+                best = n
+            out["modes"][mode] = {"agents": best, "steps": steps}
+        out["solo"] = self._solo_table()
+        return out
+
+
+def percentiles(xs):
+    xs = sorted(xs)
+    if not xs:
+        return None
+
+    def q(p):
+        pos = p * (len(xs) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return round(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo), 1)
+    return {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99)}
+
+
+def rnd(x, nd=3):
+    return None if x is None else round(x, nd)
+
+
+def fmt_mib(b):
+    return "unlimited" if not b else f"{b / 2**20:.0f} MiB"

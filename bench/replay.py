@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Multi-tenant replay benchmark: real agent traces, three modes, on the kernel tier's VM.
+
+    python3 bench/replay.py --traces DIR [--scenario isolation|density] [--mode none|static|agentd|all]
+                            [--json FILE] [--quick] [--triples N] [--runs N] [--speed X] [--mem-scale F]
+
+One trace = one agent (agentd/replay/trace.py has the exact derivation): the agent process
+holds the trace's memory before its first tool call; each Bash call is a real child process
+that allocates and touches memory following the trace's samples during the call (relative
+to the memory just before it) and frees it at its end; the gaps between calls are idle.
+
+Scaling, the same for every mode: time is compressed by --speed (default 20: a 360 s trace
+replays in 18 s) and memory multiplied by --mem-scale (default 0.25); the guest has
+--guest-memory (default 4G: policies/multi-tenant.yaml does not load below ~3.4 GiB, its normal class has memory.low 1Gi > max 30%) of RAM, 2 vCPUs, swap off.
+
+Modes: none (sibling cgroups under one parent memory.max = budget, memory.oom.group=1 per
+agent as container runtimes set it), static (plus memory.max = budget / n per agent), agentd
+(`agentd daemon` with policies/multi-tenant.yaml, unchanged, under the same parent limit;
+agents via `agentd run --class high|low`, tool calls via `agentd tool`).
+
+Trace order (isolation triples and density draws): peak-to-mean memory ratio, largest first,
+then name; isolation triple k = traces 3k..3k+2, the first HIGH, the others LOW; their
+largest tool calls are lined up in time. Solo times and peaks come from each trace run alone
+(per mode family: plain cgroup for none/static, agentd for agentd). Isolation budget = 0.85 x
+sum of the three plain solo peaks; density budget = --density-budget (default: the first
+triple's isolation budget).
+
+The host part boots the VM (tests/kernel/run.py fetches and caches the kernel) and runs this
+same script inside it with --in-guest; progress goes to stderr, tables to stdout.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from agentd.replay import report  # noqa: E402
+from agentd.replay.trace import load_folder  # noqa: E402
+
+RUNS_DIR = os.path.join(REPO, ".cache", "replay")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--traces", required=True)
+    p.add_argument("--scenario", choices=["isolation", "density", "both"], default="isolation")
+    p.add_argument("--mode", choices=["none", "static", "agentd", "all"], default="all")
+    p.add_argument("--json")
+    p.add_argument("--quick", action="store_true", help="one triple, one run (density: up to 4 agents)")
+    p.add_argument("--triples", type=int, default=3)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--speed", type=float, default=20.0)
+    p.add_argument("--mem-scale", type=float, default=0.25)
+    p.add_argument("--guest-memory", default="4G")
+    p.add_argument("--density-budget", type=int, help="bytes (default: first triple's isolation budget)")
+    p.add_argument("--max-agents", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=3000, help="seconds allowed for the whole VM run")
+    p.add_argument("--in-guest", metavar="OUT", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.triples, a.runs, a.max_agents = 1, 1, min(a.max_agents, 4)
+    return a
+
+
+def modes_of(a):
+    return ["none", "static", "agentd"] if a.mode == "all" else [a.mode]
+
+
+# --- inside the VM ------------------------------------------------------------------
+def guest_main(a):
+    from agentd.replay.runner import build_alloc
+    from agentd.replay.scenario import ISOLATION_FACTOR, Bench
+    out = a.in_guest
+    progress = open(os.path.join(out, "progress.log"), "a", buffering=1)
+
+    def log(msg):
+        progress.write(time.strftime("%H:%M:%S ") + msg + "\n")
+    exe, alias = build_alloc(os.path.join(out, "bin"))
+    bench = Bench(load_folder(a.traces), a.speed, a.mem_scale, os.path.join(out, "work"), exe, alias, log)
+    result = {"config": {"traces": os.path.abspath(a.traces), "speed": a.speed, "mem_scale": a.mem_scale,
+                         "guest_memory": a.guest_memory, "kernel": os.uname().release, "triples": a.triples,
+                         "runs": a.runs, "isolation_budget_factor": ISOLATION_FACTOR,
+                         "policy": "policies/multi-tenant.yaml"}}
+
+    def save():
+        with open(os.path.join(out, "result.json.tmp"), "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(os.path.join(out, "result.json.tmp"), os.path.join(out, "result.json"))
+    try:
+        run_scenarios(a, bench, result, save)
+    finally:
+        bench.close()
+    if bench.host_start_seconds is not None:
+        result["config"]["agentd_daemon_start_s"] = round(bench.host_start_seconds, 1)
+    save()
+    log("done")
+
+
+def run_scenarios(a, bench, result, save):
+    from agentd.replay.scenario import ISOLATION_FACTOR
+    if a.scenario in ("isolation", "both"):
+        result["isolation"] = bench.isolation(modes_of(a), a.triples, a.runs)
+        save()
+    if a.scenario in ("density", "both"):
+        budget = a.density_budget
+        if budget is None:
+            names = [t.name for t in bench.traces[:3]]
+            for n in names:
+                bench.solo_run(n, "plain")
+            budget = int(ISOLATION_FACTOR * sum(bench.solo[(n, "plain")].peak_bytes or 0 for n in names))
+        result["density"] = bench.density(modes_of(a), budget, a.max_agents)
+        save()
+
+
+# --- on the host --------------------------------------------------------------------
+GUEST_SCRIPT = """\
+#!/bin/sh
+# Runs inside the kernel-tier guest; written by bench/replay.py.
+OUT={out}
+swapoff -a 2>/dev/null
+cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
+PYTHONDONTWRITEBYTECODE=1 {cmd} > "$OUT/guest.log" 2>&1
+echo $? > "$OUT/status"
+"""
+
+
+def boot_in_vm(command, out, memory, timeout, on_tick=None, tries=3):
+    """boot_once, booted again when the guest kernel panicked before the command began
+    (seen under QEMU's software emulation: an int3 Oops while the kernel patches its text)."""
+    for attempt in range(tries):
+        status = boot_once(command, out, memory, timeout, on_tick)
+        console = open(os.path.join(out, "console.log"), errors="replace").read()
+        started = os.path.exists(os.path.join(out, "guest.log"))
+        if status is not None or started or "Kernel panic" not in console:
+            return status
+        os.replace(os.path.join(out, "console.log"), os.path.join(out, f"console.panic{attempt}.log"))
+        print("replay: the guest kernel panicked while booting; booting again", file=sys.stderr)
+    return None
+
+
+def boot_once(command, out, memory, timeout, on_tick=None):
+    """Run `command` (a shell line) as root in the kernel tier's VM with `memory` of RAM;
+    the guest sees the host's filesystem, `out` is writable. Returns the guest's exit
+    status (None when it wrote none)."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "kernel"))
+    import run as tier                  # tests/kernel/run.py: kernel fetch and cache
+    tier.check_host()
+    abi, vmlinuz = tier.prepare_kernel()
+    script = os.path.join(out, "guest.sh")
+    with open(script, "w") as f:
+        f.write(GUEST_SCRIPT.format(out=shlex.quote(out), repo=shlex.quote(REPO), cmd=command))
+    argv = ["vng", "--disable-kvm", "-r", vmlinuz, "--user", "root", "--memory", memory,
+            "--cpus", tier.GUEST_CPUS, "--rwdir", out, "--cwd", REPO, "--exec", f"sh {shlex.quote(script)}",
+            "--verbose"]
+    with open(os.path.join(out, "console.log"), "w") as con:
+        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=con, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if on_tick:
+                    on_tick()
+                time.sleep(1)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if on_tick:
+            on_tick()
+    try:
+        with open(os.path.join(out, "status")) as f:
+            return int(f.read().strip() or 2)
+    except (OSError, ValueError):
+        return None
+
+
+def tailer(path):
+    """A callable that copies new lines of `path` to stderr."""
+    pos = [0]
+    lock = threading.Lock()
+
+    def tick():
+        with lock:
+            try:
+                with open(path) as f:
+                    f.seek(pos[0])
+                    data = f.read()
+                    pos[0] = f.tell()
+            except FileNotFoundError:
+                return
+            if data:
+                sys.stderr.write("".join(f"replay: {line}\n" for line in data.splitlines()))
+                sys.stderr.flush()
+    return tick
+
+
+def host_main(a):
+    load_folder(a.traces)               # fail here, not in the VM, on a bad folder
+    out = os.path.join(RUNS_DIR, time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    os.makedirs(out)
+    from agentd.replay.runner import build_alloc
+    build_alloc(os.path.join(out, "bin"))   # gcc on the host: the guest would take seconds
+    fwd = ["--traces", os.path.abspath(a.traces), "--scenario", a.scenario, "--mode", a.mode,
+           "--triples", str(a.triples), "--runs", str(a.runs), "--speed", str(a.speed),
+           "--mem-scale", str(a.mem_scale), "--guest-memory", a.guest_memory, "--max-agents", str(a.max_agents)]
+    if a.density_budget:
+        fwd += ["--density-budget", str(a.density_budget)]
+    cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "replay.py"), *fwd, "--in-guest", out])
+    print(f"replay: booting the VM ({a.guest_memory} RAM); work dir {out}", file=sys.stderr)
+    t0 = time.monotonic()
+    status = boot_in_vm(cmd, out, a.guest_memory, a.timeout, tailer(os.path.join(out, "progress.log")))
+    print(f"replay: VM run {time.monotonic() - t0:.0f} s, guest status {status}", file=sys.stderr)
+    try:
+        with open(os.path.join(out, "result.json")) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        log = os.path.join(out, "guest.log")
+        tail = open(log).read()[-3000:] if os.path.exists(log) else "(no guest log)"
+        print(f"replay: the guest wrote no result; guest log tail:\n{tail}", file=sys.stderr)
+        return 2
+    print_tables(result)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0 if status == 0 else 1
+
+
+def print_tables(result):
+    c = result["config"]
+    print(f"Replay on kernel {c['kernel']}, guest {c['guest_memory']} RAM, swap off; time / {c['speed']:g}, "
+          f"memory x {c['mem_scale']:g}; policy {c['policy']}\n")
+    iso = result.get("isolation")
+    if iso:
+        summary = report.isolation_summary(iso)
+        iso["summary"] = summary
+        print("### A. Isolation (1 HIGH + 2 LOW, budget 0.85 x sum of solo peaks; medians over runs)\n")
+        for t in iso["triples"]:
+            print(f"- triple: HIGH {t['traces'][0]}, LOW {t['traces'][1]}, {t['traces'][2]}; "
+                  f"budget {t['budget'] / 2**20:.0f} MiB")
+        print()
+        print(report.isolation_table(iso, summary))
+        print()
+        print(report.isolation_runs_table(iso))
+        print()
+        for text, ok in report.isolation_targets(summary):
+            print(f"- target {text}: {'met' if ok else 'NOT met'}")
+        print()
+    den = result.get("density")
+    if den:
+        print(f"### B. Density (budget {den['budget'] / 2**20:.0f} MiB, agents in order, all class low)\n")
+        print(report.density_table(den))
+        print()
+        for text, ok in report.density_targets(den):
+            print(f"- target {text}: {'met' if ok else 'NOT met'}")
+        den["agents_reached"] = {m: v["agents"] for m, v in den["modes"].items()}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    if a.in_guest:
+        guest_main(a)
+        return 0
+    return host_main(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

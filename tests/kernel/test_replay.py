@@ -1,0 +1,47 @@
+"""The replay workload on the real memory controller: a tiny synthetic trace, replayed as
+an agent with one tool call, completes where its budget fits and is lost (OOM kill of the
+whole agent, memory.oom.group) where a static limit sits below its peak."""
+
+import json
+
+import pytest
+
+from agentd.replay.runner import AgentSpec, Group, build_alloc
+from agentd.replay.trace import build_schedule, load_trace, scale
+
+pytestmark = pytest.mark.kernel
+MiB = 1 << 20
+
+
+@pytest.fixture
+def schedule(tmp_path):
+    # 24 MiB baseline; one Bash call that rises to +48 MiB; times x1 (scaled /4 below).
+    samples = [[0, 24 * MiB, 1], [1, 24 * MiB, 1], [2, 72 * MiB, 1], [3, 72 * MiB, 1], [4, 24 * MiB, 1]]
+    calls = [{"start_s": 1.5, "end_s": 3.5, "tool": "Bash", "command": "python -m pytest -q"}]
+    p = tmp_path / "tiny.json"
+    p.write_text(json.dumps({"task": "tiny", "samples": samples, "tool_calls": calls}))
+    return scale(build_schedule(load_trace(str(p))), speed=4, mem_scale=1)
+
+
+def replay(tmp_path, mode, schedule, budget):
+    exe, alias = build_alloc(str(tmp_path / "bin"))
+    spec = AgentSpec(name="a0", trace="tiny", priority="high", schedule=schedule, measure_latency=True)
+    return Group(mode, [spec], budget, str(tmp_path / "work"), exe, alias).run(timeout=120)[0]
+
+
+def test_replayed_agent_holds_its_trace_memory_and_completes(tmp_path, schedule, figure):
+    r = replay(tmp_path, "none", schedule, 256 * MiB)
+    assert r.completed and r.lost_reason is None
+    assert (r.calls, r.calls_killed) == (1, 0)
+    # the agent's cgroup really held baseline + the call's growth (48 MiB in 1 MiB chunks)
+    assert r.peak_bytes >= 70 * MiB
+    assert len(r.latencies_us) == 48
+    assert r.seconds >= schedule.duration * 0.9
+    figure("alloc latency p50 per MiB", sorted(r.latencies_us)[24], "us")
+
+
+def test_static_limit_below_the_peak_loses_the_agent(tmp_path, schedule):
+    # static: each agent's memory.max = budget / n = 48 MiB < 72 MiB peak
+    r = replay(tmp_path, "static", schedule, 48 * MiB)
+    assert not r.completed
+    assert "SIGKILL" in r.lost_reason

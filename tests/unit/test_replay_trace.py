@@ -1,0 +1,145 @@
+"""Trace loading, schedule building, scaling and ordering of the replay benchmark."""
+
+import json
+import os
+
+import pytest
+
+from agentd.replay import report
+from agentd.replay.runner import call_killed, parse_result, write_schedule, AgentSpec
+from agentd.replay.scenario import percentiles
+from agentd.replay.trace import (TraceError, build_schedule, gaps, load_folder, load_trace, scale,
+                                 spiky_order)
+
+TRACES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "traces")
+MB = 1_000_000
+
+
+def write(tmp_path, name, samples, calls):
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps({"task": name, "samples": samples, "tool_calls": calls}))
+    return str(p)
+
+
+def bash(start, end, cmd="pytest -q"):
+    return {"start_s": start, "end_s": end, "tool": "Bash", "command": cmd}
+
+
+def test_baseline_is_the_sample_before_the_first_call(tmp_path):
+    samples = [[0, 5 * MB, 1], [1, 150 * MB, 1], [2, 160 * MB, 1], [3, 170 * MB, 1]]
+    calls = [{"start_s": 2.5, "end_s": 2.6, "tool": "Read", "command": ""}, bash(2.7, 2.9)]
+    s = build_schedule(load_trace(write(tmp_path, "t", samples, calls)))
+    assert s.baseline == 160 * MB           # first call of any tool counts, at t=2.5
+    assert len(s.calls) == 1                # Read is not a process
+
+
+def test_call_profile_is_growth_over_the_memory_just_before_it(tmp_path):
+    samples = [[t, m * MB, 1] for t, m in [(0, 100), (1, 100), (2, 300), (3, 500), (4, 120), (5, 100)]]
+    s = build_schedule(load_trace(write(tmp_path, "t", samples, [bash(1.5, 3.5)])))
+    (c,) = s.calls
+    # pre = sample at t=1 (100 MB); window = samples after it up to the first at/after the end
+    assert c.steps == ((0.5, 200 * MB), (1.5, 400 * MB), (2.5, 20 * MB))
+    assert c.peak == 400 * MB
+    assert s.peak == s.baseline + 400 * MB
+
+
+def test_memory_below_the_pre_call_level_is_zero_not_negative(tmp_path):
+    samples = [[0, 300 * MB, 1], [1, 300 * MB, 1], [2, 200 * MB, 1]]
+    s = build_schedule(load_trace(write(tmp_path, "t", samples, [bash(1.2, 1.8)])))
+    assert s.calls[0].steps == ((0.8, 0),)
+
+
+def test_overlapping_bash_calls_merge_into_the_first(tmp_path):
+    samples = [[t, 100 * MB, 1] for t in range(10)]
+    calls = [bash(1, 4, "pytest a"), bash(2, 5, "pip install x"), bash(6, 7, "ls")]
+    s = build_schedule(load_trace(write(tmp_path, "t", samples, calls)))
+    assert [(c.start, c.end, c.command) for c in s.calls] == [(1, 5, "pytest a"), (6, 7, "ls")]
+    assert s.merged == 1
+
+
+def test_scale_divides_time_and_multiplies_memory(tmp_path):
+    samples = [[t, m * MB, 1] for t, m in [(0, 100), (10, 100), (20, 900), (30, 100), (40, 100)]]
+    s = build_schedule(load_trace(write(tmp_path, "t", samples, [bash(15, 25)])))
+    q = scale(s, speed=10, mem_scale=0.25)
+    assert q.baseline == 25 * MB
+    assert q.calls[0].start == pytest.approx(1.5) and q.calls[0].end == pytest.approx(2.5)
+    # offsets clamp to the scaled duration (the sample at t=30 lies after the end)
+    assert q.calls[0].steps == ((pytest.approx(0.5), 200 * MB), (pytest.approx(1.0), 0))
+    assert q.duration == pytest.approx(4.0)
+    g, tail = gaps(q)
+    assert g == [pytest.approx(1.5)] and tail == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        scale(s, 0, 1)
+
+
+def test_not_a_trace_is_a_clear_error(tmp_path):
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(TraceError, match="x.json: not a trace"):
+        load_trace(str(tmp_path / "x.json"))
+    with pytest.raises(TraceError, match="no samples"):
+        load_trace(write(tmp_path, "e", [], []))
+    with pytest.raises(TraceError, match="no \\*.json"):
+        load_folder(str(tmp_path / "..") + "/" + "missing") if False else load_folder(str(_empty(tmp_path)))
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
+def test_spiky_order_puts_the_largest_peak_to_mean_first(tmp_path):
+    flat = write(tmp_path, "flat", [[0, 100, 1], [1, 100, 1]], [])
+    spike = write(tmp_path, "spike", [[0, 100, 1], [1, 500, 1]], [])
+    mid = write(tmp_path, "mid", [[0, 100, 1], [1, 200, 1]], [])
+    names = [t.name for t in spiky_order(load_trace(p) for p in (flat, mid, spike))]
+    assert names == ["spike", "mid", "flat"]
+
+
+@pytest.mark.skipif(not os.path.isdir(TRACES), reason="shared traces not present in this checkout")
+def test_every_shared_trace_builds_a_schedule():
+    traces = load_folder(TRACES)
+    assert len(traces) >= 3
+    for t in traces:
+        s = scale(build_schedule(t), 20, 0.25)
+        assert s.baseline > 0
+        assert all(a.end <= b.start for a, b in zip(s.calls, s.calls[1:]))
+        assert all(0 <= off <= c.duration + 1e-9 for c in s.calls for off, _ in c.steps)
+        # the replayed peak never exceeds the trace's own peak (scaled)
+        low = min(x[1] for x in t.data["samples"])
+        assert all(c.peak <= (t.peak - low) * 0.25 + 1 for c in s.calls)
+
+
+def test_schedule_files_round_trip(tmp_path):
+    samples = [[0, 100 * MB, 1], [1, 100 * MB, 1], [2, 300 * MB, 1], [3, 100 * MB, 1]]
+    s = scale(build_schedule(load_trace(write(tmp_path, "t", samples, [bash(1.5, 2.5, 'echo "a b"')]))), 1, 1)
+    path = write_schedule(AgentSpec("a0", "t", "low", s), str(tmp_path), "/x/bash", ["/bin/agentd", "tool", "--"])
+    lines = open(path).read().splitlines()
+    assert lines[0] == f"baseline {100 * MB}"
+    word, gap, argv_file, prof = lines[1].split()
+    assert word == "call" and float(gap) == pytest.approx(1.5)
+    assert open(argv_file, "rb").read().split(b"\0")[:-1] == [b"/bin/agentd", b"tool", b"--", b"/x/bash", b"-c",
+                                                              b'echo "a b"']
+    assert open(prof).read().split("\n")[:2] == ["1.000000", f"0.500000 {200 * MB}"]
+    assert lines[-1].startswith("tail ")
+
+
+def test_result_parsing_and_kill_detection(tmp_path):
+    p = tmp_path / "r"
+    p.write_text("start 10.0\ncall 0 11.0 12.0 9\ncall 1 13.0 14.0 35072\n")
+    start, done, calls = parse_result(str(p))
+    assert (start, done) == (10.0, None) and len(calls) == 2
+    assert call_killed(9, via_launcher=False)               # signalled by SIGKILL
+    assert call_killed(137 << 8, via_launcher=True)          # the launcher's exit 128+9
+    assert not call_killed(137 << 8, via_launcher=False)
+    assert not call_killed(0, via_launcher=True)
+
+
+def test_percentiles_and_targets():
+    assert percentiles(list(range(101))) == {"p50": 50, "p95": 95, "p99": 99}
+    assert percentiles([1, 2]) == {"p50": 1.5, "p95": 1.9, "p99": 2.0}
+    summary = {"agentd": {"high_lost": 0, "low_lost": 0, "high_slowdown_max": 1.2, "low_slowdown_max": 1.4},
+               "none": {"runs_with_loss": 1}}
+    assert dict(report.isolation_targets(summary)) == {
+        "agentd: no agent lost": True, "agentd: HIGH <= 1.10x solo": False, "agentd: LOW <= 1.5x solo": True,
+        "none: loses an agent in some run": True}

@@ -87,9 +87,7 @@ class FakeNvml:
 
     @classmethod
     def from_file(cls, path):
-        fake = cls(path=path)
-        fake._reload()
-        return fake
+        return cls(path=path)         # read at nvmlInit, whose errors say what is wrong
 
     def _reload(self):
         if self.path is None:
@@ -99,8 +97,11 @@ class FakeNvml:
         except FileNotFoundError:
             raise NVMLError_LibraryNotFound(f"fake NVML script {self.path} is missing") from None
         if mtime != self._mtime:
-            with open(self.path) as f:
-                self.script = json.load(f)
+            try:
+                with open(self.path) as f:
+                    self.script = json.load(f)
+            except (OSError, ValueError) as err:
+                raise NVMLError(f"fake NVML script {self.path}: {err}") from None
             self._mtime = mtime
 
     def _devices(self):

@@ -129,3 +129,14 @@ def test_mps_detection(tmp_path):
     names.remove("nvidia-cuda-mps")
     assert not nv.mps_active()                       # a stale pipe directory without the daemon
     assert Nvml(FakeNvml({"mps": True}), pipe_dir=str(tmp_path / "none")).mps_active()
+
+
+def test_a_missing_or_broken_fake_script_turns_gpu_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAKE_ENV, str(tmp_path / "absent.json"))
+    with pytest.raises(NvmlUnavailable, match="libnvidia-ml.so.1"):
+        Nvml.open()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    monkeypatch.setenv(FAKE_ENV, str(bad))
+    with pytest.raises(NvmlUnavailable, match="bad.json"):
+        Nvml.open()

@@ -18,8 +18,8 @@ agent as container runtimes set it), static (plus memory.max = budget / n per ag
 (`agentd daemon` with policies/multi-tenant.yaml, unchanged, under the same parent limit;
 agents via `agentd run --class high|low`, tool calls via `agentd tool`).
 
-Trace order (isolation triples and density draws): peak-to-mean memory ratio, largest first,
-then name; isolation triple k = traces 3k..3k+2, the first HIGH, the others LOW; their
+Trace order (isolation triples and density draws): replayed peak / baseline (the agent's
+largest Bash-call rise over what it holds; trace.spike_ratio), largest first, then name; isolation triple k = traces 3k..3k+2, the first HIGH, the others LOW; their
 largest tool calls are lined up in time. Solo times and peaks come from each trace run alone
 (per mode family: plain cgroup for none/static, agentd for agentd). Isolation budget = 0.85 x
 sum of the three plain solo peaks; density budget = --density-budget (default: the first
@@ -263,8 +263,14 @@ def print_tables(result):
         den["agents_reached"] = {m: v["agents"] for m, v in den["modes"].items()}
 
 
+def _stop(signum, frame):
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so boot_once() stops the VM.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _stop)
     a = parse_args(argv)
     if a.in_guest:
         guest_main(a)

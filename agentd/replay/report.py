@@ -19,9 +19,6 @@ def isolation_summary(iso):
         runs = m["runs"]
         high = [a for r in runs for a in r["agents"] if a["priority"] == "high"]
         low = [a for r in runs for a in r["agents"] if a["priority"] != "high"]
-
-        def counts(agents, key):
-            return sum(a["tool_calls"][key] for a in agents)
         lat = [a.get("alloc_latency_us") for a in high if a.get("alloc_latency_us")]
         s = {"runs": len(runs),
              "runs_with_loss": sum(1 for r in runs if any(a["lost"] for a in r["agents"])),
@@ -32,9 +29,9 @@ def isolation_summary(iso):
              "low_slowdown_median": _med([a["slowdown"] for a in low]),
              "low_slowdown_max": max((a["slowdown"] for a in low if a["slowdown"]), default=None),
              "high_latency_us": {p: _med([x[p] for x in lat]) for p in ("p50", "p95", "p99")} if lat else None}
-        for key in ("killed", "killed_by_agentd", "frozen", "throttled", "queued"):
-            s[f"high_{key}"] = counts(high, key)
-            s[f"low_{key}"] = counts(low, key)
+        for key in ("killed", "failed", "killed_by_agentd", "frozen", "throttled", "queued"):
+            s[f"high_{key}"] = sum(a["tool_calls"].get(key, 0) for a in high)
+            s[f"low_{key}"] = sum(a["tool_calls"].get(key, 0) for a in low)
         out[mode] = s
     return out
 
@@ -42,8 +39,8 @@ def isolation_summary(iso):
 def isolation_table(iso, summary):
     lines = ["| mode | runs | runs losing an agent | HIGH lost | LOW lost | HIGH slowdown (median / max) "
              "| LOW slowdown (median / max) | HIGH alloc latency p50 / p95 / p99 (µs) "
-             "| tool calls killed (HIGH / LOW) | frozen | throttled | queued |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| tool calls killed (HIGH / LOW) | failed | frozen | throttled | queued |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, s in summary.items():
         lat = s["high_latency_us"]
         lat_s = " / ".join(_f(lat[p], "{:.0f}") for p in ("p50", "p95", "p99")) if lat else "-"
@@ -51,14 +48,16 @@ def isolation_table(iso, summary):
             f"| {mode} | {s['runs']} | {s['runs_with_loss']} | {s['high_lost']} | {s['low_lost']} "
             f"| {_f(s['high_slowdown_median'])}x / {_f(s['high_slowdown_max'])}x "
             f"| {_f(s['low_slowdown_median'])}x / {_f(s['low_slowdown_max'])}x | {lat_s} "
-            f"| {s['high_killed']} / {s['low_killed']} | {s['high_frozen'] + s['low_frozen']} "
+            f"| {s['high_killed']} / {s['low_killed']} | {s['high_failed'] + s['low_failed']} "
+            f"| {s['high_frozen'] + s['low_frozen']} "
             f"| {s['high_throttled'] + s['low_throttled']} | {s['high_queued'] + s['low_queued']} |")
     return "\n".join(lines)
 
 
 def isolation_runs_table(iso):
-    lines = ["| mode | triple | run | agent | trace | lost (reason) | solo s | s | slowdown | calls killed / frozen / throttled / queued |",
-             "|---|---:|---:|---|---|---|---:|---:|---:|---|"]
+    lines = ["| mode | triple | run | agent | trace | lost (reason) | solo s | s | slowdown "
+             "| calls run / planned | killed / failed / frozen / throttled / queued |",
+             "|---|---:|---:|---|---|---|---:|---:|---:|---:|---|"]
     for mode, m in iso["modes"].items():
         for r in m["runs"]:
             for a in r["agents"]:
@@ -66,7 +65,8 @@ def isolation_runs_table(iso):
                 lost = f"yes ({a['lost_reason']})" if a["lost"] else "no"
                 lines.append(f"| {mode} | {r['triple']} | {r['run']} | {a['priority']} | {a['trace']} | {lost} "
                              f"| {_f(a['solo_seconds'], '{:.1f}')} | {_f(a['seconds'], '{:.1f}')} "
-                             f"| {_f(a['slowdown'])} | {tc['killed']} / {tc['frozen']} / {tc['throttled']} / {tc['queued']} |")
+                             f"| {_f(a['slowdown'])} | {tc['started']} / {tc['planned']} "
+                             f"| {tc['killed']} / {tc.get('failed', 0)} / {tc['frozen']} / {tc['throttled']} / {tc['queued']} |")
     return "\n".join(lines)
 
 

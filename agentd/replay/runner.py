@@ -79,6 +79,7 @@ class AgentResult:
     calls: int                  # tool calls started
     calls_planned: int
     calls_killed: int           # ended by SIGKILL (kernel OOM killer or agentd)
+    calls_failed: int           # other non-zero ends (e.g. the launcher's 125: agentd refused it)
     actions: dict = field(default_factory=dict)    # action -> number of tool calls it hit
     peak_call_start: float | None = None          # s after agent start when its largest call began
     peak_bytes: int | None = None                 # memory.peak of the agent's cgroup (if known)
@@ -314,6 +315,7 @@ class Group:
             actions = {a: len({e.get("tool") or i for i, e in enumerate(mine) if e.get("action") == a})
                        for a in ACTIONS}
             killed = sum(1 for c in calls if call_killed(c[3], self.mode == "agentd"))
+            failed = sum(1 for c in calls if c[3] != 0) - killed
             lost_reason = None
             if done is None:
                 if s.name in self.timed_out:
@@ -332,7 +334,7 @@ class Group:
                 name=s.name, trace=s.trace, priority=s.priority, completed=done is not None,
                 seconds=(done - start) if done is not None and start is not None else None,
                 lost_reason=lost_reason, calls=len(calls), calls_planned=len(s.schedule.calls),
-                calls_killed=killed, actions=actions, peak_call_start=peak_start,
+                calls_killed=killed, calls_failed=failed, actions=actions, peak_call_start=peak_start,
                 peak_bytes=self.peaks.get(s.name), exit_status=status,
                 latencies_us=read_latencies(os.path.join(d, "latency")) if s.measure_latency else []))
         return out

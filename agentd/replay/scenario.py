@@ -74,7 +74,7 @@ class Bench:
         row = {"trace": r.trace, "priority": r.priority, "lost": not r.completed, "lost_reason": r.lost_reason,
                "solo_seconds": rnd(solo_s), "seconds": rnd(r.seconds),
                "slowdown": rnd(r.seconds / solo_s) if r.seconds and solo_s else None,
-               "tool_calls": {"planned": r.calls_planned, "started": r.calls, "killed": r.calls_killed,
+               "tool_calls": {"planned": r.calls_planned, "started": r.calls, "killed": r.calls_killed, "failed": r.calls_failed,
                               "killed_by_agentd": r.actions.get("kill", 0), "frozen": r.actions.get("freeze", 0),
                               "throttled": r.actions.get("throttle", 0), "queued": r.actions.get("queue", 0)},
                "peak_bytes": r.peak_bytes}

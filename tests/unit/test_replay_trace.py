@@ -88,12 +88,14 @@ def _empty(tmp_path):
     return d
 
 
-def test_spiky_order_puts_the_largest_peak_to_mean_first(tmp_path):
-    flat = write(tmp_path, "flat", [[0, 100, 1], [1, 100, 1]], [])
-    spike = write(tmp_path, "spike", [[0, 100, 1], [1, 500, 1]], [])
-    mid = write(tmp_path, "mid", [[0, 100, 1], [1, 200, 1]], [])
-    names = [t.name for t in spiky_order(load_trace(p) for p in (flat, mid, spike))]
-    assert names == ["spike", "mid", "flat"]
+def test_spiky_order_puts_the_largest_replayed_spike_first(tmp_path):
+    def trace(name, spike, outside=0):
+        # baseline 100 at the first call; a Bash call rising by `spike`; `outside`: a rise
+        # outside any Bash call (not replayed, so it must not count)
+        samples = [[0, 100, 1], [1, 100, 1], [2, 100 + spike, 1], [3, 100, 1], [4, 100 + outside, 1], [5, 100, 1]]
+        return load_trace(write(tmp_path, name, samples, [bash(1.5, 2.5)]))
+    order = spiky_order([trace("flat", 0, outside=900), trace("mid", 100), trace("spike", 400)])
+    assert [t.name for t in order] == ["spike", "mid", "flat"]
 
 
 @pytest.mark.skipif(not os.path.isdir(TRACES), reason="shared traces not present in this checkout")

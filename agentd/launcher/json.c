@@ -286,6 +286,8 @@ static int field(struct jp *j, const char *key, struct reply *r)
         return field_str(j, &r->agent);
     if (strcmp(key, "tool") == 0)
         return field_str(j, &r->tool);
+    if (strcmp(key, "path") == 0)
+        return field_str(j, &r->path);
     if (strcmp(key, "env") == 0)
         return field_env(j, &r->env);
     if (strcmp(key, "messages") == 0)
@@ -332,6 +334,7 @@ void reply_free(struct reply *r)
     free(r->message);
     free(r->agent);
     free(r->tool);
+    free(r->path);
     free(r->err_code);
     free(r->err_message);
     free(r->result);

@@ -42,7 +42,8 @@ struct reply {
     int ok;                 /* -1: no "ok" key (a notice), 0: false, 1: true */
     char *notice;           /* notice kind, e.g. "queued" */
     char *message;          /* notice text */
-    char *agent, *tool;     /* tool_start reply: ids to quote in tool_done */
+    char *agent, *tool;     /* tool_start reply: ids to quote in tool_attach/tool_done */
+    char *path;             /* tool_start reply: the tool call's cgroup directory */
     char *err_code, *err_message;
     struct strlist env;     /* "KEY=VALUE" entries for the tool's environment */
     struct strlist messages;

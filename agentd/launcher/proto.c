@@ -31,9 +31,9 @@ static void add_opt_str(struct buf *b, const char *key, const char *val, size_t 
         buf_adds(b, "null");
 }
 
-void build_start(struct buf *b, pid_t pid, const struct tool_opts *o)
+void build_start(struct buf *b, const struct tool_opts *o)
 {
-    buf_addf(b, "{\"v\":1,\"op\":\"tool_start\",\"pid\":%d,\"argv\":[", (int)pid);
+    buf_adds(b, "{\"v\":1,\"op\":\"tool_start\",\"argv\":[");
     /* Whole arguments while they fit; the first that does not is cut, and the rest
      * dropped: the daemon matches and logs the start of a command line. */
     size_t start = b->len;
@@ -62,6 +62,15 @@ void build_start(struct buf *b, pid_t pid, const struct tool_opts *o)
     add_opt_str(b, "cwd", cwd, 4096);
     free(cwd);
     buf_adds(b, "}\n");
+}
+
+void build_attach(struct buf *b, const char *agent, const char *tool, pid_t pid)
+{
+    buf_adds(b, "{\"v\":1,\"op\":\"tool_attach\",\"agent\":");
+    buf_json_str(b, agent ? agent : "", SIZE_MAX);
+    buf_adds(b, ",\"tool\":");
+    buf_json_str(b, tool ? tool : "", SIZE_MAX);
+    buf_addf(b, ",\"pid\":%d}\n", (int)pid);
 }
 
 void print_lines(const struct strlist *l)

@@ -9,8 +9,10 @@
 #include "json.h"
 #include "launcher.h"
 
-/* The tool_start line for the waiting child pid. */
-void build_start(struct buf *b, pid_t pid, const struct tool_opts *o);
+/* tool_start: the daemon makes the cgroup and answers with its directory ("path"). */
+void build_start(struct buf *b, const struct tool_opts *o);
+/* tool_attach: move our waiting child pid into the tool call's cgroup. */
+void build_attach(struct buf *b, const char *agent, const char *tool, pid_t pid);
 void print_lines(const struct strlist *l);
 void print_notice(const struct reply *r);
 /* Send tool_done (reconnecting if the daemon restarted), print the reply's messages and

@@ -1,11 +1,14 @@
 /*
  * `agentd tool`: run CMD as one tool call in a cgroup of its own.
  *
- * Race-free placement: we fork a child that waits on a pipe, ask the daemon to move
- * that child into a new tool-call cgroup, and only after the daemon's reply let the
- * child exec CMD. Everything CMD ever forks is therefore born inside the cgroup.
- * The daemon trusts the kernel, not us: it checks with SO_PEERCRED that the child's
- * parent is the peer and that both are in the same agent.
+ * Race-free placement: CMD's process must be inside the tool-call cgroup before CMD
+ * starts, so that everything it ever forks is born there. We ask the daemon for the
+ * cgroup first, then either
+ *  - clone3(CLONE_INTO_CGROUP) straight into it (Linux 5.7+, and we may write its
+ *    cgroup.procs, e.g. as root): no migration at all; or
+ *  - fork a child that waits on a pipe, have the daemon move it (tool_attach; the
+ *    daemon checks with SO_PEERCRED and /proc that it is our child in our agent),
+ *    and only then let it exec CMD.
  *
  * The parent stays as a small supervisor: it forwards signals, prints notices the
  * daemon pushes while CMD runs (throttled, frozen, ...), reaps CMD with its rusage,
@@ -22,10 +25,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -120,34 +125,67 @@ void exec_cmd(char **cmd)
     _exit(e == ENOENT || e == ENOTDIR ? EXIT_NOTFOUND : EXIT_NOEXEC);
 }
 
-/* Wait for the go-ahead ("G" then KEY=VALUE\0 entries) and exec CMD. EOF without it
- * means the parent gave up or died: CMD must not run outside its cgroup. */
-static void child_main(int gofd, const struct saved_signals *s, char **cmd)
+/* In the child, before CMD: the inherited signal state back, the daemon's variables in. */
+static void __attribute__((noreturn)) child_exec(const struct saved_signals *s, const struct strlist *env, char **cmd)
 {
     signals_give_back(s);
-    struct buf in = {0};
-    char tmp[4096];
-    for (;;) {
-        ssize_t n = read(gofd, tmp, sizeof tmp);
-        if (n > 0)
-            buf_add(&in, tmp, (size_t)n);
-        else if (!(n < 0 && errno == EINTR))
-            break;
-    }
-    close(gofd);
-    if (in.len == 0 || in.p[0] != 'G')
-        _exit(EXIT_AGENTD);
-    for (size_t off = 1; off < in.len;) {
-        char *kv = in.p + off;
-        size_t n = strlen(kv);
+    for (size_t i = 0; i < env->n; i++) {
+        char *kv = env->v[i];  /* our own copy since fork/clone */
         char *eq = strchr(kv, '=');
         if (eq) {
             *eq = '\0';
             setenv(kv, eq + 1, 1);
         }
-        off += n + 1;
     }
     exec_cmd(cmd);
+}
+
+/* The held child: waits for the go-ahead byte. EOF without it means the parent gave
+ * up or died: CMD must not run outside its cgroup. */
+static void __attribute__((noreturn)) child_held(int gofd, const struct saved_signals *s,
+                                                 const struct strlist *env, char **cmd)
+{
+    signals_give_back(s);  /* a forwarded SIGTERM ends the wait */
+    char c = 0;
+    ssize_t n;
+    do
+        n = read(gofd, &c, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1 || c != 'G')
+        _exit(EXIT_AGENTD);
+    close(gofd);
+    child_exec(s, env, cmd);
+}
+
+/*
+ * Born in the cgroup: a later move (a write to cgroup.procs) waits for an RCU grace
+ * period, milliseconds on a busy host, on every tool call; CLONE_INTO_CGROUP costs
+ * nothing extra. Raw syscall (glibc has no wrapper); like fork, without CLONE_VM the
+ * child runs on a copy of our memory. Returns -1 when the kernel or permissions say
+ * no, and the caller uses the held child instead.
+ */
+struct clone_args_v2 {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+        cgroup;
+};
+#define AGENTD_CLONE_INTO_CGROUP 0x200000000ULL
+#ifndef SYS_clone3
+#define SYS_clone3 435  /* the same number on every architecture */
+#endif
+
+static pid_t clone_into(const char *cgroup_dir)
+{
+    int fd = open(cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct clone_args_v2 a;
+    memset(&a, 0, sizeof a);
+    a.flags = AGENTD_CLONE_INTO_CGROUP;
+    a.exit_signal = SIGCHLD;
+    a.cgroup = (uint64_t)fd;
+    pid_t pid = (pid_t)syscall(SYS_clone3, &a, sizeof a);
+    close(fd);
+    return pid;
 }
 
 static int reap(pid_t pid, int *st, struct rusage *ru)
@@ -192,8 +230,8 @@ struct call {
     char **cmd;
     struct conn c;
     struct saved_signals ss;
-    pid_t pid;
-    int gofd;
+    pid_t pid;   /* the child, -1 before there is one */
+    int gofd;    /* write end of the held child's pipe, -1 if none */
 };
 
 /* Undo everything (the waiting child dies unplaced) so CMD can run as if we were not here. */
@@ -204,7 +242,8 @@ static void abandon(struct call *k)
     while (waitpid(k->pid, NULL, 0) < 0 && errno == EINTR)
         ;
     conn_close(&k->c);
-    close(k->gofd);
+    if (k->gofd >= 0)
+        close(k->gofd);
     signals_give_back(&k->ss);
     close(g_wake[0]);
     close(g_wake[1]);
@@ -212,100 +251,157 @@ static void abandon(struct call *k)
 
 static void __attribute__((noreturn)) abandon_and_fallback(struct call *k, const char *why)
 {
-    abandon(k);
+    if (k->pid > 0)
+        abandon(k);
+    conn_close(&k->c);
     fallback(k->path, why, k->cmd);
+}
+
+/* Notices (e.g. "queued" under admission control) may come before the answer.
+ * 1: the answer is in *r; 0: the held child died first (status in *st); -1: the
+ * connection broke or does not speak our protocol. */
+static int await_reply(struct call *k, struct reply *r, int *st, struct rusage *ru)
+{
+    for (;;) {
+        char *line;
+        size_t len;
+        enum ev e = next_event(&k->c, -1, &line, &len);
+        if (e == EV_CHILD) {
+            if (k->pid > 0 && reap(k->pid, st, ru))
+                return 0;
+            continue;
+        }
+        if (e != EV_LINE)
+            return -1;
+        if (reply_parse(line, len, r) < 0) {
+            reply_free(r);
+            return -1;
+        }
+        if (r->ok >= 0)
+            return 1;
+        print_notice(r);
+        reply_free(r);
+    }
+}
+
+/* An error answer: "unavailable" means run without agentd, anything else is final. */
+static int refused(struct call *k, struct reply *r)
+{
+    const char *msg = r->err_message ? r->err_message : r->err_code ? r->err_code : "tool call refused";
+    if (r->err_code && strcmp(r->err_code, "unavailable") == 0)
+        abandon_and_fallback(k, msg);
+    fprintf(stderr, "agentd: %s\n", msg);
+    if (k->pid > 0)
+        abandon(k);
+    conn_close(&k->c);
+    return EXIT_AGENTD;
+}
+
+/* Fork a child that waits, have the daemon move it, then let it go. Returns -1 once
+ * CMD is on its way, else the exit status for the launcher. */
+static int start_held(struct call *k, const struct reply *start, int *st, struct rusage *ru)
+{
+    int go[2];
+    if (pipe_high(go, O_CLOEXEC) < 0) {
+        int e = errno;
+        signals_give_back(&k->ss);
+        abandon_and_fallback(k, strerror(e));
+    }
+    k->pid = fork();
+    if (k->pid < 0) {
+        int e = errno;
+        signals_give_back(&k->ss);
+        abandon_and_fallback(k, strerror(e));
+    }
+    if (k->pid == 0) {
+        close(k->c.fd);
+        close(g_wake[0]);
+        close(g_wake[1]);
+        close(go[1]);
+        child_held(go[0], &k->ss, &start->env, k->cmd);
+    }
+    close(go[0]);
+    k->gofd = go[1];
+    g_child = k->pid;
+    sigprocmask(SIG_UNBLOCK, &k->ss.ours, NULL);
+
+    struct buf req = {0};
+    build_attach(&req, start->agent, start->tool, k->pid);
+    int sent = conn_send(&k->c, &req);
+    buf_free(&req);
+    if (sent < 0)
+        abandon_and_fallback(k, "connection closed");
+    struct reply r;
+    int rc = await_reply(k, &r, st, ru);
+    if (rc == 0) {  /* killed while waiting (a forwarded SIGTERM, Ctrl-C): the call is over */
+        conn_close(&k->c);
+        return status_code(*st);
+    }
+    if (rc < 0)
+        abandon_and_fallback(k, "connection closed before the reply");
+    if (r.ok == 0) {
+        int code = refused(k, &r);
+        reply_free(&r);
+        return code;
+    }
+    reply_free(&r);
+    (void)write_all(k->gofd, "G", 1);  /* EPIPE: the child died; reaped below */
+    close(k->gofd);
+    k->gofd = -1;
+    return -1;
 }
 
 int tool_run(const struct tool_opts *o)
 {
     const char *env = getenv("AGENTD_SOCKET");
-    struct call k = {.path = env && *env ? env : DEFAULT_SOCKET, .cmd = o->cmd, .c = {.fd = -1}};
+    struct call k = {.path = env && *env ? env : DEFAULT_SOCKET, .cmd = o->cmd, .c = {.fd = -1, .wake = -1},
+                     .pid = -1, .gofd = -1};
     int err = 0;
     k.c.fd = connect_retry(k.path, CONNECT_BUDGET_MS, &err);
     if (k.c.fd < 0)
         fallback(k.path, strerror(err), o->cmd);
 
-    int go[2];
-    if (pipe_high(g_wake, O_CLOEXEC | O_NONBLOCK) < 0 || pipe_high(go, O_CLOEXEC) < 0) {
-        conn_close(&k.c);
-        fallback(k.path, strerror(errno), o->cmd);
-    }
-    k.c.wake = g_wake[0];
-    signals_take(&k.ss);
-    k.pid = fork();
-    if (k.pid < 0) {
-        int e = errno;
-        signals_give_back(&k.ss);
-        conn_close(&k.c);
-        fallback(k.path, strerror(e), o->cmd);
-    }
-    if (k.pid == 0) {
-        close(k.c.fd);
-        close(g_wake[0]);
-        close(g_wake[1]);
-        close(go[1]);
-        child_main(go[0], &k.ss, o->cmd);
-    }
-    close(go[0]);
-    k.gofd = go[1];
-    g_child = k.pid;
-    sigprocmask(SIG_UNBLOCK, &k.ss.ours, NULL);
-
+    /* No child yet, and our signals keep their inherited meaning: a call cancelled
+     * while queued (SIGTERM, Ctrl-C) just ends here; the daemon sees the connection go. */
     struct buf req = {0};
-    build_start(&req, k.pid, o);
+    build_start(&req, o);
     int sent = conn_send(&k.c, &req);
     buf_free(&req);
     if (sent < 0)
         abandon_and_fallback(&k, "connection closed");
-
-    /* Notices (e.g. "queued" under admission control) may come before the answer. */
     struct reply r;
-    int st;
+    int st = 0;
     struct rusage ru;
-    for (;;) {
-        char *line;
-        size_t len;
-        enum ev e = next_event(&k.c, -1, &line, &len);
-        if (e == EV_CHILD) {
-            /* Killed while waiting (a forwarded SIGTERM, Ctrl-C): the call is over. */
-            if (reap(k.pid, &st, &ru)) {
-                conn_close(&k.c);
-                buf_free(&k.c.in);
-                return status_code(st);
-            }
-            continue;
-        }
-        if (e != EV_LINE)
-            abandon_and_fallback(&k, "connection closed before the reply");
-        if (reply_parse(line, len, &r) < 0) {
-            reply_free(&r);
-            abandon_and_fallback(&k, "malformed reply");
-        }
-        if (r.ok >= 0)
-            break;
-        print_notice(&r);
-        reply_free(&r);
-    }
+    memset(&ru, 0, sizeof ru);
+    if (await_reply(&k, &r, &st, &ru) < 0)
+        abandon_and_fallback(&k, "connection closed before the reply");
     if (r.ok == 0) {
-        const char *msg = r.err_message ? r.err_message : r.err_code ? r.err_code : "tool call refused";
-        if (r.err_code && strcmp(r.err_code, "unavailable") == 0)
-            abandon_and_fallback(&k, msg);
-        fprintf(stderr, "agentd: %s\n", msg);
-        abandon(&k);
+        int code = refused(&k, &r);
         reply_free(&r);
         buf_free(&k.c.in);
-        return EXIT_AGENTD;
+        return code;
     }
     print_lines(&r.messages);
 
-    struct buf gobuf = {0};
-    buf_addc(&gobuf, 'G');
-    for (size_t i = 0; i < r.env.n; i++)
-        buf_add(&gobuf, r.env.v[i], strlen(r.env.v[i]) + 1);
+    if (pipe_high(g_wake, O_CLOEXEC | O_NONBLOCK) < 0)
+        abandon_and_fallback(&k, strerror(errno));
+    k.c.wake = g_wake[0];
+    signals_take(&k.ss);
     double t0 = now_s();
-    (void)write_all(k.gofd, gobuf.p, gobuf.len);  /* EPIPE: the child died; reaped below */
-    close(k.gofd);
-    buf_free(&gobuf);
+    k.pid = r.path ? clone_into(r.path) : -1;
+    if (k.pid == 0)
+        child_exec(&k.ss, &r.env, o->cmd);
+    if (k.pid > 0) {
+        g_child = k.pid;
+        sigprocmask(SIG_UNBLOCK, &k.ss.ours, NULL);
+    } else {
+        int code = start_held(&k, &r, &st, &ru);
+        if (code >= 0) {
+            reply_free(&r);
+            buf_free(&k.c.in);
+            return code;
+        }
+    }
 
     for (;;) {
         char *line;
@@ -324,7 +420,6 @@ int tool_run(const struct tool_opts *o)
         }
     }
     double wall = now_s() - t0;
-    g_child = 0;
     if (r.agent && r.tool)
         report_done(&k.c, k.path, r.agent, r.tool, st, wall, &ru);
     reply_free(&r);

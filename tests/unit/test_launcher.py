@@ -41,18 +41,26 @@ def _read_proc(pid, name):
 
 
 class FakeDaemon:
-    """A scripted daemon. Every request is recorded in .requests (parsed JSON)."""
+    """A scripted daemon. Every request is recorded in .requests (parsed JSON).
 
-    def __init__(self, path, start=None, done=None, notices=(), running_notices=(), delay=0.0,
-                 drop_after_start=False, restart_after=None):
+    tool_start is answered with `start` (plus "path": cgroup_dir, None by default so
+    the launcher uses the held child and tool_attach); tool_attach is answered with
+    `attach` after `delay` seconds, having checked the child like the real daemon.
+    """
+
+    def __init__(self, path, start=None, attach=None, done=None, notices=(), running_notices=(), delay=0.0,
+                 start_delay=0.0, cgroup_dir=None, drop_after_start=False, restart_after=None):
         self.path = path
         self.start_reply = start if start is not None else {
             "ok": True, "agent": "a1", "tool": "0007-batch", "env": ENV_OK, "messages": [],
             "cgroup": "x/agents/a1/tools/0007-batch", "extra": {"n": [1, -2.5e3, {"k": None}], "b": False}}
+        self.start_reply = dict(self.start_reply, path=cgroup_dir)
+        self.attach_reply = attach if attach is not None else {"ok": True}
         self.done_reply = done if done is not None else {
             "ok": True, "messages": ["[agentd] tool call done"], "result": {"tool": "0007-batch", "peak": 123}}
         self.notices, self.running_notices = list(notices), list(running_notices)
-        self.delay, self.drop_after_start, self.restart_after = delay, drop_after_start, restart_after
+        self.delay, self.start_delay = delay, start_delay
+        self.drop_after_start, self.restart_after = drop_after_start, restart_after
         self.requests, self.checks, self.errors = [], [], []
         self.connections = 0
         self._stop = threading.Event()
@@ -94,10 +102,19 @@ class FakeDaemon:
                     req = json.loads(line.decode("utf-8"))   # strict: invalid UTF-8 or JSON fails here
                     self.requests.append(req)
                     if req["op"] == "tool_start":
-                        if not self._start(conn, req, peer_pid):
-                            return
+                        for n in self.notices:
+                            self._send(conn, {"notice": "queued", "message": n})
+                        time.sleep(self.start_delay)
+                        self._send(conn, self.start_reply)
+                        placed = self.start_reply.get("ok") and self.start_reply.get("path")
+                    elif req["op"] == "tool_attach":
+                        self._attach(conn, req, peer_pid)
+                        placed = self.attach_reply.get("ok")
                     elif req["op"] == "tool_done":
                         self._send(conn, self.done_reply)
+                        placed = False
+                    if placed and not self._running(conn):
+                        return
         except (BrokenPipeError, ConnectionResetError):
             pass                          # the launcher went away (a cancelled call)
         except Exception as err:          # reported by the test through .errors
@@ -105,17 +122,18 @@ class FakeDaemon:
         finally:
             conn.close()
 
-    def _start(self, conn, req, peer_pid):
+    def _attach(self, conn, req, peer_pid):
         pid = req["pid"]
         stat = _read_proc(pid, "stat") or b""
         ppid = int(stat.rsplit(b")", 1)[1].split()[1]) if stat else None
         check = {"pid": pid, "ppid": ppid, "peer": peer_pid, "cmdline_at_request": _read_proc(pid, "cmdline")}
-        for n in self.notices:
-            self._send(conn, {"notice": "queued", "message": n})
         time.sleep(self.delay)
         check["cmdline_before_reply"] = _read_proc(pid, "cmdline")
         self.checks.append(check)
-        self._send(conn, self.start_reply)
+        self._send(conn, self.attach_reply)
+
+    def _running(self, conn):
+        """The tool call is placed and CMD runs: push notices, or vanish like a restart."""
         for n in self.running_notices:
             self._send(conn, {"notice": "throttled", "message": n})
         if self.drop_after_start:
@@ -183,7 +201,9 @@ def test_request_fields_and_escaping(launcher, fake, tmp_path):
                  cwd=cwd)
     assert p.returncode == 0, p.stderr
     (req,) = d.tool_requests("tool_start")
-    assert req["v"] == 1 and isinstance(req["pid"], int)
+    assert req["v"] == 1 and "pid" not in req       # the daemon makes the cgroup first
+    (att,) = d.tool_requests("tool_attach")
+    assert (att["agent"], att["tool"]) == ("a1", "0007-batch") and isinstance(att["pid"], int)
     assert req["argv"] == ["true", 'q"uote', "back\\slash", "nl\nt\tr\r", "ctl\x01\x1f\x7f", "é✓😀",
                            "bad\ufffd\ufffd", "\ufffd\ufffd", ""]
     assert (req["class"], req["mem"], req["intent"], req["cwd"]) == ("build", "2Gi", "why\x02", str(cwd))
@@ -293,6 +313,15 @@ def test_error_reply_exits_125_without_running_cmd(launcher, fake, tmp_path):
     assert p.returncode == 125
     assert p.stderr.decode() == "agentd: `agentd tool` must run inside an agent\n"
     assert not marker.exists()
+    assert [r["op"] for r in d.requests] == ["tool_start"]
+
+
+def test_attach_refused_kills_the_held_child(launcher, fake, tmp_path):
+    d = fake(attach={"ok": False, "error": {"code": "not_child", "message": "process 1 is not a child"}})
+    marker = tmp_path / "ran"
+    p = run_tool(launcher, d.path, "touch", str(marker))
+    assert p.returncode == 125 and p.stderr.decode() == "agentd: process 1 is not a child\n"
+    assert not marker.exists()
     assert _read_proc(d.checks[0]["pid"], "stat") is None   # the waiting child was reaped
     assert d.tool_requests("tool_done") == []
 
@@ -345,18 +374,49 @@ def test_signals_are_forwarded(launcher, fake, sig):
     assert d.tool_requests("tool_done")[0]["status"] == {"exit": 9}
 
 
-def test_cancel_while_waiting_for_the_daemon(launcher, fake, tmp_path):
-    d = fake(delay=1.5)
+@pytest.mark.parametrize("phase", ["start", "attach"])
+def test_cancel_while_waiting_for_the_daemon(launcher, fake, tmp_path, phase):
+    # Queued (no child yet): SIGTERM ends the launcher itself. Held child waiting for
+    # its move: the child gets the signal and the launcher reports it like a shell.
+    d = fake(**{"start_delay" if phase == "start" else "delay": 1.5})
     marker = tmp_path / "ran"
     e = dict(os.environ, AGENTD_SOCKET=d.path)
     p = subprocess.Popen([launcher, "tool", "--", "touch", str(marker)], env=e, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 5
-    while not d.requests and time.monotonic() < deadline:
+    while len(d.requests) < (1 if phase == "start" else 2) and time.monotonic() < deadline:
         time.sleep(0.01)
+    time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
-    assert p.wait(10) == 128 + signal.SIGTERM
-    time.sleep(1.7)   # past the daemon's late reply: the child must still not have run
+    assert p.wait(10) == (-signal.SIGTERM if phase == "start" else 128 + signal.SIGTERM)
+    time.sleep(1.7)   # past the daemon's late reply: CMD must still not have run
     assert not marker.exists()
+
+
+def test_clone_into_a_non_cgroup_falls_back_to_attach(launcher, fake, tmp_path):
+    # clone3 refuses a directory that is not a cgroup: the held child path takes over.
+    d = fake(cgroup_dir=str(tmp_path))
+    p = run_tool(launcher, d.path, "sh", "-c", "exit 6")
+    assert p.returncode == 6, p.stderr
+    assert [r["op"] for r in d.requests] == ["tool_start", "tool_attach", "tool_done"]
+
+
+@pytest.mark.host
+def test_clone_into_cgroup_places_cmd_without_attach(launcher, fake, sockdir):
+    from agentd.kernel.cgroupfs import CgroupFS, find_cgroup2_mount
+    mount = find_cgroup2_mount()
+    if os.geteuid() != 0 or not mount:
+        pytest.fail("this test needs root and a cgroup v2 hierarchy")
+    fs, cg = CgroupFS(mount), f"agentd-test-{os.getpid()}-clone"
+    fs.mkdir(cg)
+    try:
+        d = fake(cgroup_dir=os.path.join(mount, cg))
+        p = run_tool(launcher, d.path, "sh", "-c", 'grep ^0:: /proc/self/cgroup; sleep 0.1 & grep ^0:: /proc/$!/cgroup')
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.decode().splitlines() == [f"0::/{cg}"] * 2
+        assert [r["op"] for r in d.requests] == ["tool_start", "tool_done"]
+    finally:
+        fs.wait_empty(cg, 5)
+        fs.rmdir(cg)
 
 
 def test_closed_stdio_stays_closed_for_cmd(launcher, fake):

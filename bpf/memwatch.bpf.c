@@ -14,7 +14,9 @@
  * Only cgroups with an entry in `mem_limits` are tracked. An event goes to `mem_events`
  * when usage crosses threshold_bytes (edge-triggered, re-armed when it falls below) or
  * when growth within the current window exceeds rate_bytes_per_s * window (reported as
- * soon as it is exceeded, not at the window's end; at most one per window).
+ * soon as it is exceeded, not at the window's end; at most one per window). Growth is
+ * what the processes allocate: rss arriving with a process (moved in, or a fork child's
+ * copy of its parent's mm) counts toward usage but not toward the rate.
  */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
@@ -175,13 +177,20 @@ static __always_inline int handle_rss(struct mm_struct *mm, struct mm_struct *cu
 			return 0;
 		}
 	}
+	/* rss that enters or leaves a cgroup with a process (a fork child's copied mm, a
+	 * move) changes usage but is not growth: it shifts the rate window's baseline too. */
+	__s64 arrived = 0;
+
 	if (ms && ms->cgroup_id != cgid) {
 		/* The process moved between tracked cgroups: take its rss out of the old one. */
 		st = bpf_map_lookup_elem(&mem_state, &ms->cgroup_id);
-		if (st)
+		if (st) {
 			__sync_fetch_and_add(&st->rss_bytes, -ms->rss_bytes);
+			__sync_fetch_and_add(&st->win_start_bytes, -ms->rss_bytes);
+		}
 		ms->cgroup_id = cgid;
 		ms->rss_bytes = 0;
+		arrived = 1;
 	}
 	__s64 rss = mm_rss_bytes(mm);
 	__s64 delta;
@@ -196,6 +205,7 @@ static __always_inline int handle_rss(struct mm_struct *mm, struct mm_struct *cu
 		struct agentd_mm_state init = { .cgroup_id = cgid, .rss_bytes = rss };
 
 		delta = rss;
+		arrived = 1;
 		bpf_map_update_elem(&mm_state, &key, &init, BPF_ANY);
 	}
 	if (rss == 0)
@@ -206,6 +216,9 @@ static __always_inline int handle_rss(struct mm_struct *mm, struct mm_struct *cu
 	if (!st)
 		return 0;
 	__s64 total = __sync_fetch_and_add(&st->rss_bytes, delta) + delta;
+
+	if (arrived)
+		__sync_fetch_and_add(&st->win_start_bytes, delta);
 
 	check(cgid, lim, st, total, now);
 	return 0;

@@ -17,6 +17,7 @@ import pytest
 
 from agentd.deploy import DASHBOARD
 from agentd.metrics.catalog import BY_NAME
+from tests.host.ops_support import WAIT, Gate
 from tests.helpers import DaemonProc, agentd_cmd
 
 
@@ -97,11 +98,11 @@ class Prometheus:
 
 
 AGENT = r'''
-front="$1"; shift; stop="$1"; shift
+front="$1"; shift; gate="$1"; shift
 "$front" "$@" tool -- true
 "$front" "$@" tool -- sh -c 'exit 3'
 "$front" "$@" tool -- sh -c 'head -c 20000000 /dev/zero | tail -c 1 >/dev/null'
-while [ ! -e "$stop" ]; do sleep 0.1; done
+''' + WAIT + r'''
 '''
 
 
@@ -116,10 +117,10 @@ def metrics_daemon(tmp_path, test_root):
 def test_prometheus_scrapes_agentd_series(metrics_daemon, tmp_path, cgfs):
     d = metrics_daemon
     prom = Prometheus(str(tmp_path), d.metrics)
-    stop = tmp_path / "stop"
+    gate = Gate(tmp_path / "gate")
     front = agentd_cmd()
     agent = subprocess.Popen(agentd_cmd() + ["run", "--name", "scraped", "--", "bash", "-c", AGENT, "agent",
-                                             front[0], str(stop), *front[1:]],
+                                             front[0], gate.path, *front[1:]],
                              env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         check(prom, d, agent)
@@ -127,7 +128,7 @@ def test_prometheus_scrapes_agentd_series(metrics_daemon, tmp_path, cgfs):
         raise AssertionError(f"{err}\nagent: {agent.poll()} {agent.stderr.read() if agent.poll() is not None else ''}"
                              f"\ndaemon log: {d.log()[-3000:]}") from None
     finally:
-        stop.touch()
+        gate.open()
         try:
             agent.wait(30)
         finally:
@@ -137,7 +138,7 @@ def test_prometheus_scrapes_agentd_series(metrics_daemon, tmp_path, cgfs):
 
 
 def check(prom, d, agent):
-    """What Prometheus must see while the agent waits for its stop file."""
+    """What Prometheus must see while the agent waits at its gate."""
     prom.wait_ready()
     prom.wait_for('up{job="agentd"}', lambda r: r and r[0]["value"][1] == "1")
     fin = prom.wait_for("agentd_tool_calls_finished_total",

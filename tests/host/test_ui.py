@@ -8,14 +8,15 @@ import time
 
 import pytest
 
+from tests.host.ops_support import WAIT, Gate
 from tests.helpers import REPO, agentd_cmd, python_cmd
 
 AGENT = r'''
-front="$1"; shift; stop="$1"; shift
+front="$1"; shift; gate="$1"; shift
 "$front" "$@" tool -- true
 "$front" "$@" tool -- sh -c 'exit 2'
 "$front" "$@" tool --class batch -- python3 -c 'import time; x = bytearray(64 << 20); time.sleep(60)' &
-while [ ! -e "$stop" ]; do sleep 0.1; done
+''' + WAIT + r'''
 kill %1 2>/dev/null; wait
 '''
 
@@ -28,10 +29,10 @@ def cli(daemon, *args, env=None, timeout=30):
 @pytest.fixture
 def busy_agent(daemon, tmp_path):
     """An agent with two finished tool calls and one running (64 MiB held) until the test ends."""
-    stop = tmp_path / "stop"
+    gate = Gate(tmp_path / "gate")
     front = agentd_cmd()
     proc = subprocess.Popen(agentd_cmd() + ["run", "--name", "uiag", "--", "bash", "-c", AGENT, "agent",
-                                            front[0], str(stop), *front[1:]],
+                                            front[0], gate.path, *front[1:]],
                             env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     daemon.wait_event(lambda e: e["event"] == "tool_start" and e.get("tool_class") == "batch", timeout=20)
     deadline = time.monotonic() + 20
@@ -41,8 +42,9 @@ def busy_agent(daemon, tmp_path):
         if tools and (tools[0]["memory_bytes"] or 0) >= 64 << 20:
             break
         time.sleep(0.2)
+    proc.gate = gate
     yield proc
-    stop.touch()
+    gate.open()
     proc.wait(30)
 
 
@@ -96,7 +98,7 @@ def test_events_filter_and_follow(daemon, busy_agent, tmp_path):
                          stdout=subprocess.PIPE, text=True, env=daemon.env, cwd=REPO)
     try:
         time.sleep(1.0)
-        (tmp_path / "stop").touch()
+        busy_agent.gate.open()
         busy_agent.wait(30)
         line = f.stdout.readline()
         assert "agent_end" in line and "uiag" in line
@@ -113,7 +115,7 @@ def png_size(path):
 
 
 def test_report_png_and_missing_matplotlib(daemon, busy_agent, tmp_path):
-    (tmp_path / "stop").touch()
+    busy_agent.gate.open()
     busy_agent.wait(30)
     daemon.wait_event(lambda e: e["event"] == "agent_end" and e["agent"] == "uiag")
     out = tmp_path / "r.png"

@@ -22,6 +22,7 @@ tool_classes:
   normal: {priority: 50}
   train: {priority: 30, device: gpu, gpu: {fallback: offload, offload_cpu_weight: 300}}
   suite: {priority: 20, device: gpu, gpu: {fallback: wait}}
+  probe: {priority: 40, device: auto}
 admission: {max_wait_s: 30, on_timeout: run}
 """
 
@@ -53,14 +54,14 @@ def wait_file(path, timeout=20):
 
 
 class GpuDaemon:
-    def __init__(self, tmp_path, test_root, devices):
+    def __init__(self, tmp_path, test_root, devices, metrics="none"):
         self.nvml = str(tmp_path / "nvml.json")
         write_nvml(self.nvml, devices)
         policy = tmp_path / "policy.yaml"
         policy.write_text(POLICY)
         self.out = tmp_path / "out"
         self.out.mkdir()
-        self.d = DaemonProc(str(tmp_path), test_root, policy=str(policy),
+        self.d = DaemonProc(str(tmp_path), test_root, policy=str(policy), metrics=metrics,
                             extra_env={"AGENTD_FAKE_NVML": self.nvml, "AGENTD_GPU_INTERVAL_S": "0.1"})
         self.d.start()
 
@@ -200,3 +201,45 @@ def test_daemon_without_gpu_runs_calls_untouched(tmp_path, test_root):
         assert "GPU placement off" in d.log() and "libnvidia-ml.so.1" in d.log()
     finally:
         d.cleanup()
+
+
+def test_auto_call_learns_it_uses_a_gpu_and_metrics_show_the_agent(tmp_path, test_root):
+    """A `device: auto` call with no GPU history runs unplaced; NVML shows its real process
+    holding memory, which the metrics endpoint reports for its agent; the call's GPU peak goes
+    to the GPU history, so the same command is placed on the GPU next time."""
+    import re
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    g = GpuDaemon(tmp_path, test_root, [device()], metrics=f"127.0.0.1:{port}")
+    try:
+        first = TOOL.format(name="first")
+        again = TOOL.format(name="again")
+        p = g.agent(f'"$@" tool --class probe -- bash -c \'{first}\' 2>"$OUT/first.err"; '
+                    f'"$@" tool --class probe -- bash -c \'{again}\' 2>"$OUT/again.err"', "learner")
+        assert wait_file(g.out / "first.cvd") == "[unset]"        # no history: left alone
+        pid = int(wait_file(g.out / "first.pid"))
+        write_nvml(g.nvml, [device(procs=[(pid, 3 * GiB)])])
+        deadline = time.monotonic() + 15
+        held = 0.0
+        while time.monotonic() < deadline and held < 3 * GiB:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            held = sum(float(v) for v in re.findall(
+                r'agentd_agent_gpu_memory_bytes\{agent="learner",gpu="0"\} (\S+)', text))
+            time.sleep(0.1)
+        assert held == 3 * GiB
+        time.sleep(0.3)                                           # a tick records the peak
+        write_nvml(g.nvml, [device()])
+        g.go("first")
+        # Same signature (bash -c 'echo $$ > ...'), now with GPU history: placed.
+        assert wait_file(g.out / "again.cvd") == "[GPU-test-0]"
+        assert "runs on GPU 0" in wait_file(g.out / "again.err")
+        g.go("again")
+        p.communicate(timeout=30)
+        assert p.returncode == 0
+    finally:
+        g.go("first")
+        g.go("again")
+        g.d.cleanup()

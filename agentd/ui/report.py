@@ -32,15 +32,25 @@ class Call:
 
     @property
     def label(self):
-        prog = " ".join(self.argv)[:40] or self.tool
+        prog = " ".join(" ".join(self.argv).split())[:40] or self.tool     # one line, even for scripts
         return f"{self.tool} {prog}"
 
     def points(self):
-        """(ts, bytes) to draw: start at 0, the samples, the peak at the end."""
+        """(ts, bytes) to draw: start at 0, then the samples held to the end; without samples
+        a straight line to the peak at the end (all that is known)."""
         pts = ([(self.start, 0)] if self.start is not None else []) + sorted(self.samples)
-        if self.end is not None and self.peak is not None:
-            pts.append((self.end, max(self.peak, pts[-1][1] if pts else 0)))
+        if self.end is not None:
+            if self.samples:
+                pts.append((self.end, pts[-1][1]))
+            elif self.peak is not None:
+                pts.append((self.end, self.peak))
         return pts
+
+    def peak_mark(self):
+        """(ts, bytes) of a peak the samples missed (it came between two samples), else None."""
+        if self.end is None or not self.peak or not self.samples:
+            return None
+        return (self.end, self.peak) if self.peak > 1.05 * max(v for _, v in self.samples) else None
 
     def limit(self, name):
         v = self.limits.get(name)
@@ -120,6 +130,11 @@ def draw(calls, out, title="agentd", max_legend=12):
         ax.plot(xs, [p[1] / MiB for p in pts], color=col, lw=1.4, marker=".", ms=3,
                 label=c.label if c in ranked else None)
         n_samples += len(c.samples)
+        mark = c.peak_mark()
+        if mark:
+            ax.plot([mark[0] - t0], [mark[1] / MiB], marker="_", ms=12, mew=2, color=col)
+            ax.annotate("peak", (mark[0] - t0, mark[1] / MiB), xytext=(4, 0), textcoords="offset points",
+                        fontsize=7, color=col)
         x0, x1 = xs[0], xs[-1]
         for name, style in (("memory.max", "--"), ("memory.high", ":")):
             lim = c.limit(name)
@@ -139,7 +154,7 @@ def draw(calls, out, title="agentd", max_legend=12):
             ax.annotate(c.outcome, (c.end - t0, pts[-1][1] / MiB), fontsize=8, color="red")
     ax.set_xlabel("seconds since the first tool call")
     ax.set_ylabel("memory (MiB)")
-    ax.set_title(f"{title}: memory per tool call (limits dashed, forecast dash-dot, actions red)")
+    ax.set_title(f"{title}: memory per tool call (memory.max dashed, memory.high dotted, forecast dash-dot, actions red)")
     ax.grid(alpha=0.3)
     if ranked:
         ax.legend(fontsize=7, loc="upper left")

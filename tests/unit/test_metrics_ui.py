@@ -133,11 +133,12 @@ def test_timeline():
     calls = timeline(EVENTS)
     assert list(calls) == [("a", "0001-batch"), ("b", "0001-quick")]
     a = calls[("a", "0001-batch")]
-    assert a.points() == [(100.0, 0), (101.0, 500 * MiB), (102.0, 1500 * MiB), (104.0, 1800 * MiB)]
+    assert a.points() == [(100.0, 0), (101.0, 500 * MiB), (102.0, 1500 * MiB), (104.0, 1500 * MiB)]
+    assert a.peak_mark() == (104.0, 1800 * MiB)          # memory.peak saw more than the samples did
     assert a.limit("memory.max") == 2 * 2**30 and a.limit("memory.high") is None
     assert a.actions == [(102.5, "throttle", "pressure")] and a.forecast == 1024 * MiB
     b = calls[("b", "0001-quick")]                      # no tool_start: its start comes from wall_s
-    assert b.start == 102.5 and b.points() == [(102.5, 0), (103.0, 4 * MiB)]
+    assert b.start == 102.5 and b.points() == [(102.5, 0), (103.0, 4 * MiB)] and b.peak_mark() is None
     assert list(timeline(EVENTS, agent="b")) == [("b", "0001-quick")]
 
 

@@ -30,7 +30,7 @@ def bpf_status(load=True):
     info = {"mode": "userspace", "reason": "", "libbpf": None, "btf": os.path.exists(BTF_PATH),
             "flavour": None, "memcg_struct_ops": False}
     try:
-        info["libbpf"] = "%d.%d" % libbpf.version()
+        info["libbpf"] = libbpf.features()["version"]
     except AgentdError as err:
         info["reason"] = str(err)
         return info

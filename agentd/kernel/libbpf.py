@@ -160,6 +160,17 @@ def version():
     return lib().version
 
 
+def features():
+    """Loader features that depend on the libbpf version, decided in one place.
+
+    struct_ops_link: SEC(".struct_ops.link") and "struct_ops.s/" (sleepable) sections are
+    understood (1.2+); before that a loader uses SEC(".struct_ops") and sets
+    BPF_F_SLEEPABLE with bpf_program__set_flags before load.
+    """
+    v = version()
+    return {"version": "%d.%d" % v, "struct_ops_link": v >= (1, 2)}
+
+
 BPF_STATS_RUN_TIME = 0
 
 
@@ -395,64 +406,6 @@ class Object:
         lib().bpf_object__close(ptr)
 
 
-class RingBuffer:
-    """libbpf ring_buffer over one or more ring-buffer maps.
-
-    `callback(data: bytes)` runs inside consume()/poll() for every record. To integrate
-    with asyncio, register `epoll_fd` with loop.add_reader and call consume() when it
-    is readable. An exception raised by a callback stops that consume() and is re-raised
-    from it after libbpf returns.
-    """
-
-    def __init__(self, map_, callback):
-        L = lib()
-        self._cbs = []
-        self._error = None
-        cb = self._wrap(callback)
-        self._ptr = L.call(f"ring buffer on {map_.name}", L.ring_buffer__new, map_.fd, cb, None, None,
-                           check="ptr")
-
-    def _wrap(self, callback):
-        def sample(_ctx, data, size):
-            try:
-                callback(_c.string_at(data, size))
-            except BaseException as err:  # re-raised from consume(), never through C
-                self._error = err
-                return -1
-            return 0
-        cb = _SAMPLE_FN(sample)
-        self._cbs.append(cb)  # libbpf keeps the raw pointer
-        return cb
-
-    def add(self, map_, callback):
-        L = lib()
-        L.call(f"ring buffer add {map_.name}", L.ring_buffer__add, self._ptr, map_.fd, self._wrap(callback),
-               None)
-
-    @property
-    def epoll_fd(self):
-        return lib().ring_buffer__epoll_fd(self._ptr)
-
-    def _run(self, fn, *args):
-        if self._ptr is None:
-            raise BpfError("ring buffer is closed")
-        ret = fn(self._ptr, *args)
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
-        if ret < 0 and ret != -_errno.EINTR:
-            raise BpfError(_format("ring buffer", -ret, []))
-        return max(ret, 0)
-
-    def consume(self):
-        """Handle every record available now, without blocking; returns how many."""
-        return self._run(lib().ring_buffer__consume)
-
-    def poll(self, timeout_ms):
-        """Wait up to timeout_ms for records and handle them; returns how many."""
-        return self._run(lib().ring_buffer__poll, int(timeout_ms))
-
-    def close(self):
-        if self._ptr is not None:
-            ptr, self._ptr = self._ptr, None
-            lib().ring_buffer__free(ptr)
+# The ring-buffer reader lives in its own module to keep this one small; it is part of
+# the same adapter and re-exported here.
+from .bpf_ringbuf import RingBuffer  # noqa: E402,F401

@@ -15,7 +15,6 @@ from agentd.kernel.bpf_memwatch import MemWatch
 from agentd.kernel.bpf_userspace import ProcFS
 from agentd.monitor.events import MemReason, decode_mem
 
-from .bpf_support import spawn_in
 
 MiB = 1 << 20
 

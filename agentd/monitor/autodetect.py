@@ -43,6 +43,14 @@ class AutodetectStats:
     resumed_late: int = 0       # stopped tasks found by reconcile() (a lost event)
     hold_ns: list = field(default_factory=list)  # exec -> SIGCONT, stop strategy (last 1000)
 
+    def summary(self):
+        """Counters plus the hold time's median/max in µs (for status, metrics, doctor)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "hold_ns"}
+        held = sorted(self.hold_ns)
+        out["hold_median_us"] = held[len(held) // 2] / 1e3 if held else None
+        out["hold_max_us"] = held[-1] / 1e3 if held else None
+        return out
+
 
 @dataclass
 class _Agent:

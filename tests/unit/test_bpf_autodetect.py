@@ -86,6 +86,8 @@ def test_session_leading_child_is_placed_then_resumed():
     assert placed == [("a", 20, ("/bin/sh", "-c", "ls"))]
     assert resumed == [20]
     assert d.stats.placed == 1 and len(d.stats.hold_ns) == 1
+    summary = d.stats.summary()
+    assert summary["placed"] == 1 and summary["hold_median_us"] == summary["hold_max_us"] > 0
 
 
 def test_housekeeping_stays_in_main_but_is_resumed():

@@ -356,3 +356,30 @@ def test_shipped_policies_drive_the_hook(tmp_path, policy_name):
     assert t.gpu_placement["outcome"] in ("gpu", "cpu", "unmanaged", "offload")
     if policy_name == "multi-tenant":
         assert t.plan.tool_class == "gpu-jobs" and t.gpu_placement["outcome"] == "gpu"
+
+
+def test_nvml_failure_keeps_the_last_readings(tmp_path):
+    w = World(tmp_path, [dict(dev(16 * GiB, GiB), uuid="GPU-0")], {})
+    w.hook.tick()
+    before = w.hook.metric_stats()["gpus"]
+    w.fake.script["devices"].clear()                     # the device is lost
+    w.hook.tick()
+    w.hook.tick()
+    assert w.hook.metric_stats()["gpus"] == before
+    assert w.hook.counters["nvml_errors_total"] == 2
+    w.fake.script["devices"].append(dict(dev(16 * GiB, 2 * GiB), uuid="GPU-0"))
+    w.hook.tick()
+    assert w.hook.metric_stats()["gpus"][0]["memory_used_bytes"] == 2 * GiB
+
+
+def test_a_fault_in_the_gpu_stage_does_not_refuse_the_call(tmp_path):
+    w = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {"train.py": GiB})
+
+    def broken(*a):
+        raise RuntimeError("bug")
+    w.hook._decide_now = broken
+
+    async def main():
+        return await w.start(w.ctl.create_agent("ag", "normal"), ["train.py"], "train")
+    t = run(main())
+    assert t.cgroup and not w.hook.placed          # started; the plan step logged the fault

@@ -326,7 +326,8 @@ class Controller:
                     self.fs.rmdir(tool.cgroup)
                     agent.tools.pop(tool.tool_id, None)
                 elif tool.origin != "launcher" or getattr(tool, "orphaned", False):
-                    self.finish_tool(tool, status=None, reason="cgroup emptied")
+                    # The exit status, where the lifecycle program reported the exit.
+                    self.finish_tool(tool, status=getattr(tool, "auto_status", None), reason="cgroup emptied")
 
     def _hook(self, name, *args):
         for h in self.hooks:

@@ -120,47 +120,35 @@ class App:
         for w in self.caps.warnings():
             log.warning("%s", w)
 
+    # Optional stages, in order: (module, what is lost when it cannot run, log level for a
+    # missing feature). GPU placement comes last: its admit() hands its decision to
+    # on_tool_plan with no await in between. A host without NVIDIA GPUs is normal.
+    STAGES = (
+        ("detect", "automatic tool-call detection disabled", logging.WARNING),
+        ("enforce", "enforcement disabled", logging.WARNING),
+        ("sched", "CPU priorities disabled", logging.WARNING),
+        ("gpu", "GPU placement off", logging.INFO),
+    )
+
     def _build_hooks(self):
-        """Optional stages, each with one clear warning when it cannot run here."""
-        try:
-            from .enforce import build as build_enforcer
-        except ImportError:
-            build_enforcer = None
-        if build_enforcer is not None:
+        """Build each optional stage; one clear log line for a stage that cannot run here."""
+        import importlib
+        for name, lost, missing_level in self.STAGES:
             try:
-                hook = build_enforcer(self)
+                build = importlib.import_module(f".{name}", __package__).build
+            except ImportError as err:
+                log.warning("%s: %s", lost, err)
+                continue
+            try:
+                hook = build(self)
+            except FeatureMissing as err:
+                log.log(missing_level, "%s: %s", lost, err)
+                continue
             except AgentdError as err:
-                log.warning("enforcement disabled: %s", err)
-                hook = None
+                log.warning("%s: %s", lost, err)
+                continue
             if hook is not None:
                 self.hooks.append(hook)
-        try:
-            from .sched import build as build_sched
-        except ImportError:
-            build_sched = None
-        if build_sched is not None:
-            try:
-                hook = build_sched(self)
-            except AgentdError as err:
-                log.warning("CPU priorities disabled: %s", err)
-                hook = None
-            if hook is not None:
-                self.hooks.append(hook)
-        # GPU placement comes last: its admit() hands its decision to on_tool_plan with no
-        # await in between. A host without NVIDIA GPUs is normal: that is said at info level.
-        try:
-            from .gpu import build as build_gpu
-        except ImportError:
-            return
-        try:
-            hook = build_gpu(self)
-        except FeatureMissing as err:
-            log.info("GPU placement off: %s", err)
-            return
-        except AgentdError as err:
-            log.warning("GPU placement disabled: %s", err)
-            return
-        self.hooks.append(hook)
 
     def _move_self(self):
         """Under systemd our service cgroup *is* the root: move into a leaf so the root may
@@ -222,6 +210,10 @@ class App:
                 log.exception("periodic %s failed", getattr(fn, "__name__", fn))
 
     def _sweep(self):
+        for h in self.hooks:
+            fn = getattr(h, "before_sweep", None)   # e.g. drain batched exit events first
+            if fn:
+                fn()
         self.ctl.sweep()
         for agent in list(self.ctl.agents.values()):
             if getattr(agent, "detached", False) and not agent.tools:

@@ -13,7 +13,8 @@ def _cg(path_text):
 
 
 def test_run_places_agent_and_propagates_status(daemon, cgfs):
-    r = daemon.run('grep ^0:: /proc/self/cgroup; exit 7', name="ag1")
+    # $(<file) reads in the shell itself: no exec, so no automatic tool call.
+    r = daemon.run('while read -r l; do c=$l; done </proc/self/cgroup; echo "$c"; exit 7', name="ag1")
     assert r.returncode == 7, r.stderr
     assert _cg(r.stdout) == f"/{daemon.root}/agents/ag1/main"
     # The agent's tree is gone once it ends.
@@ -156,7 +157,7 @@ def test_standalone_run_without_daemon(cgfs, tmp_path):
     env = dict(os.environ, AGENTD_SOCKET=str(tmp_path / "nothing.sock"))
     log = tmp_path / "ev.jsonl"
     r = subprocess.run(agentd_cmd() + ["run", "--event-log", str(log), "--", "bash", "-c",
-                                       'grep ^0:: /proc/self/cgroup; "$@" tool -- grep ^0:: /proc/self/cgroup; exit 3',
+                                       'while read -r l; do c=$l; done </proc/self/cgroup; echo "$c"; "$@" tool -- grep ^0:: /proc/self/cgroup; exit 3',
                                        "a", *agentd_cmd()],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 3, r.stderr
@@ -168,3 +169,21 @@ def test_standalone_run_without_daemon(cgfs, tmp_path):
         ["agent_start", "tool_end", "agent_end"]
     pid_root = main[3:].split("/agents/")[0].strip("/")
     assert not cgfs.exists(pid_root)
+
+
+def test_automatic_detection_places_plain_children(daemon, cgfs, tmp_path):
+    """An agent that never calls `agentd tool`: each child it spawns that execs is a tool call,
+    and every process a storm-forking child starts is inside that tool call's cgroup."""
+    out = str(tmp_path / "auto")
+    storm = f'for i in $(seq 30); do (grep ^0:: /proc/self/cgroup > {out}.$i) & done; wait; exit 6'
+    # (bash execs its last command in place, so a builtin comes last.)
+    r = daemon.run('sh -c "$1"; echo "rc=$?"; sh -c "exit 0"; true', storm, name="auto1")
+    assert r.returncode == 0, r.stderr
+    assert "rc=6" in r.stdout
+    seen = {open(f"{out}.{i}").read().strip() for i in range(1, 31)}
+    assert len(seen) == 1 and seen.pop().startswith(f"0::/{daemon.root}/agents/auto1/tools/0001-"), seen
+    ev = daemon.wait_event(lambda e: e["event"] == "tool_end" and e["agent"] == "auto1" and e["tool"].startswith("0001"))
+    assert ev["origin"] == "auto" and ev["argv"][:2] == ["sh", "-c"]
+    if ev.get("status") is not None:          # the BPF lifecycle program saw the exit
+        assert ev["status"] == {"exit": 6} and ev["outcome"] == "failed"
+    daemon.wait_event(lambda e: e["event"] == "tool_start" and e["agent"] == "auto1" and e["tool"].startswith("0002"))

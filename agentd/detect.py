@@ -1,0 +1,138 @@
+"""Automatic tool-call detection wired into the daemon.
+
+Agents that never call `agentd tool` (Claude Code, mini-swe-agent: a new `bash -c` /
+`sh -c` per tool call, a direct child of the agent) still get a cgroup per tool call.
+The event monitor (BPF lifecycle program, or /proc polling where BPF is unavailable)
+reports execs in each agent's `main` cgroup; the detector asks `is_tool` (the policy's
+detection section) and calls `place`, which creates the tool-call cgroup through the
+controller. With BPF the new process is held stopped at exec until it is placed, so
+nothing it forks starts outside (see bpf/README.md).
+"""
+
+import asyncio
+import logging
+import os
+import time
+
+from .errors import AgentdError
+
+log = logging.getLogger("agentd.detect")
+
+# The `agentd` front itself is never a tool call: it makes its own (race-free) one.
+_SELF = {"agentd", "agentd-py"}
+
+
+class DetectionHook:
+    def __init__(self, app):
+        from .monitor.autodetect import for_monitor
+        from .monitor.kernel_events import EventMonitor
+        self.app = app
+        self.monitor = EventMonitor(app.fs)
+        self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs)
+        self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
+        self.monitor.proc_listeners.append(self._on_proc)
+        self._task = None
+        self.stats = {"placed": 0, "housekeeping": 0}
+        app.monitor = self.monitor    # other stages (enforcement) may subscribe to memory events
+
+    # --- policy ------------------------------------------------------------------
+    @property
+    def policy(self):
+        return self.app.policy.detection
+
+    def is_tool(self, argv, leads_session):
+        from .policy.match import is_housekeeping
+        if not argv or os.path.basename(argv[0]) in _SELF or argv[1:3] == ["-m", "agentd"]:
+            return False
+        if self.policy.new_session_only and not leads_session:
+            return False
+        return not is_housekeeping(self.app.policy, argv)
+
+    def place(self, agent_id, pid, argv):
+        agent = self.app.ctl.agents.get(agent_id)
+        if agent is None:
+            return
+        grace = self.policy.startup_grace_s
+        if grace and time.time() - agent.created < grace:
+            return                    # the agent's start-up spawns are housekeeping
+        tool = self.app.ctl.start_tool(agent, pid, argv, origin="auto")
+        self._tools_by_pid[pid] = tool
+        self.stats["placed"] += 1
+
+    def _on_proc(self, ev):
+        from .monitor.events import ProcKind
+        if ev.kind != ProcKind.EXIT:
+            return
+        tool = self._tools_by_pid.pop(ev.pid, None)
+        if tool is not None and not tool.done:
+            code = ev.exit_code
+            tool.auto_status = {"exit": code} if code is not None else {"signal": ev.status & 0x7F}
+
+    # --- daemon hooks ----------------------------------------------------------------
+    def on_agent_start(self, agent):
+        if not self.policy.enabled:
+            return
+        try:
+            self.detector.add_agent(agent.agent_id, agent.main_cgroup)
+            if self.monitor.lifecycle is not None:
+                # The agent's whole subtree, so the exits of its tool calls are seen (their
+                # exit status is known only to the agent, which reaps them).
+                agent.watch_id = self.app.fs.cgroup_id(agent.cgroup)
+                self.monitor.lifecycle.watch(agent.watch_id)
+        except AgentdError as err:
+            log.warning("automatic detection off for agent %s: %s", agent.agent_id, err)
+
+    def on_agent_end(self, agent):
+        self.detector.remove_agent(agent.agent_id)
+        if self.monitor.lifecycle is not None and getattr(agent, "watch_id", None):
+            try:
+                self.monitor.lifecycle.unwatch(agent.watch_id)
+            except AgentdError:
+                pass
+
+    def on_tool_end(self, agent, tool, result):
+        self._tools_by_pid.pop(tool.pid, None)
+
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        fd = self.monitor.fileno()
+        if fd is not None:
+            loop.add_reader(fd, self._drain)
+        # Resume anything a previous daemon left stopped, then keep a safety net running.
+        self.detector.reconcile()
+        self._task = asyncio.create_task(self._tick(0.1 if fd is None else 1.0))
+
+    def before_sweep(self):
+        self._drain()
+
+    def _drain(self):
+        try:
+            self.monitor.on_readable()
+        except Exception:
+            log.exception("reading BPF events failed")
+
+    async def _tick(self, interval):
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.monitor.tick()
+                self.detector.reconcile()
+            except Exception:
+                log.exception("detection tick failed")
+
+    async def stop(self):
+        if self._task:
+            self._task.cancel()
+        fd = self.monitor.fileno()
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+        self.monitor.close()
+
+    def modes(self):
+        return {"detection": {"mode": self.detector.mode, "reason": self.detector.reason,
+                              "enabled": self.policy.enabled, **self.detector.stats.__dict__,
+                              "hold_ns": None}}
+
+
+def build(app):
+    return DetectionHook(app)

@@ -38,3 +38,13 @@ def daemon(tmp_path, test_root):
     d.start()
     yield d
     d.cleanup()
+
+try:
+    from hypothesis import HealthCheck, settings
+    # Tests assert behaviour, not timings: this 2-core machine is often busy, so no
+    # per-example deadline; and no example database littering the tree.
+    settings.register_profile("agentd", deadline=None, database=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("agentd")
+except ImportError:
+    pass

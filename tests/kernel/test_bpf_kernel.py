@@ -98,7 +98,8 @@ def test_stop_at_exec_places_every_storm_process(figure):
         "bench_autodetect", os.path.join(os.path.dirname(__file__), "..", "..", "bench", "autodetect.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    r = bench.run("stop", tools=4, storm=8, calls=5, sleep_s=2.0)
-    assert r["processes"] == 32 and r["fraction"] == 1.0, r
+    # Small: every process start costs ~100x a native one under TCG.
+    r = bench.run("stop", tools=3, storm=6, calls=3, sleep_s=2.0)
+    assert r["processes"] == 18 and r["fraction"] == 1.0, r
     assert r["errors"] == 0 and r["lost"] == 0
     figure("stop-at-exec hold (median, TCG guest)", round(r["hold_median_us"]), "us")

@@ -91,6 +91,8 @@ class Admitter:
             self.counters["admission_timeouts_total"] += 1
             rec["timed_out"] = True
             if a.on_timeout == "fail":
+                self.e.app.events.emit("admission", agent=agent.agent_id, tool_class=plan.tool_class,
+                                       outcome="refused", wait_s=round(waited, 3), forecast_bytes=peak)
                 raise RequestError("no_memory", f"{prog} waited {waited:.0f} s for memory and none came free "
                                                 f"(forecast {format_size(peak)}); try again later or use less memory")
         pend["queue"] = rec

@@ -57,6 +57,7 @@ class Enforcer:
                                    fake_file=fake_pressure_file)
         self.available_fn = available_fn or _available
         self.tools = {}           # tool key -> ToolState
+        self.mains_killed = set() # agents whose main cgroup the ladder killed
         self.admitter = Admitter(self)
         self.pressure_at = {}     # watch key -> monotonic time of its last event
         self.trigger_ts = None    # wall time of the latest event (reaction figures)
@@ -105,12 +106,18 @@ class Enforcer:
         out["admission_waiting"] = len(self.admitter.waiters)
         return out
 
+    def metric_stats(self):
+        """What the metrics collector reads at scrape time (see agentd/metrics/collector.py)."""
+        return {"admission_waiting": len(self.admitter.waiters),
+                "pressure_events": self.counters["pressure_events_total"]}
+
     def on_agent_start(self, agent):
         self._watch_agent(agent)
 
     def on_agent_end(self, agent):
         self.watch.unwatch(agent.agent_id)
         self.pressure_at.pop(agent.agent_id, None)
+        self.mains_killed.discard(agent.agent_id)
 
     def _watch_agent(self, agent):
         self.watch.watch(agent.agent_id, self.fs.path(agent.cgroup, cgf.MEMORY_PRESSURE))
@@ -190,7 +197,8 @@ class Enforcer:
                                      st.can, started=tool.started))
             if self._kill_main_allowed(agent):
                 out.append(Candidate(f"{agent.agent_id}/main", agent.priority, agent.priority, main=True,
-                                     can=frozenset({KILL}), started=agent.created))
+                                     can=frozenset({KILL}), started=agent.created,
+                                     applied=(KILL,) if agent.agent_id in self.mains_killed else ()))
         return out
 
     def _probe(self, tool):
@@ -218,6 +226,7 @@ class Enforcer:
         if agent is None:
             return None
         if tool_id == "main":
+            self.mains_killed.add(agent.agent_id)
             return self.actuator.kill_main(agent, d.reason)
         tool = agent.tools.get(tool_id)
         st = self.tools.get(d.key)

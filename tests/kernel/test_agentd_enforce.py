@@ -1,0 +1,241 @@
+"""The enforcer in a real daemon on a kernel with the memory controller:
+- a real hog drives the PSI trigger and the ladder throttles, freezes and kills the
+  lowest-priority tool call in that order, leaving the higher-priority call and the agent;
+- admission control makes a call wait until a running call frees its memory;
+- `agentd tool` under memory.max is OOM-killed as a tool call, told why in one sentence,
+  and the agent's main process and the daemon survive.
+
+One daemon serves the module: under emulation its start-up (Python, BPF verification)
+costs about a minute, which the per-test alarm must not count.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import REPO, DaemonProc, agentd_cmd
+
+from .kernel_support import State, wait_for
+
+pytestmark = pytest.mark.kernel
+
+# One policy for all three tests: the `squeezed` agent class (memory.high 96 MiB) makes
+# the ladder test's pressure; admission waits only on evidence (--mem), which only the
+# admission and OOM tests give.
+POLICY = """\
+version: 1
+agent_classes:
+  normal: {}
+  squeezed:
+    memory: {high: 96Mi}
+pressure:
+  psi_some_threshold_us: 100000
+  psi_window_us: 2000000
+  steps: [throttle, freeze, kill]
+  step_interval_s: 1.0
+  relief_interval_s: 2.0
+  budget: 200Mi
+admission:
+  enabled: true
+  max_wait_s: 60
+cpu:
+  scheduler: weights
+# The agents' own shell commands (cut, sleep) would become automatic tool calls; these
+# tests are about `agentd tool`.
+detection:
+  enabled: false
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, cgfs):
+    tmp = tmp_path_factory.mktemp("enforce")
+    (tmp / "policy.yaml").write_text(POLICY)
+    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-enforce", policy=str(tmp / "policy.yaml"))
+    try:
+        d.start(timeout=300)
+        yield d
+    finally:
+        keep_log(d, "enforce")
+        d.cleanup()
+        if cgfs.exists(d.root):
+            cgfs.kill(d.root)
+            cgfs.wait_empty(d.root, 30)
+            cgfs.remove_tree(d.root)
+
+
+def keep_log(d, tag):
+    """Copy the daemon's log and events next to the tier's results (diagnosis after a VM run)."""
+    out = os.environ.get("AGENTD_KERNEL_TIER_OUT")
+    if out:
+        for src, suffix in ((d.log_path, "daemon.log"), (d.event_log, "events.jsonl")):
+            try:
+                with open(src) as f, open(os.path.join(out, f"{tag}.{suffix}"), "w") as g:
+                    g.write(f.read())
+            except OSError:
+                pass
+
+
+def start_agent(d, tmp_path, name, script, hog, agent_class=None):
+    out = tmp_path / "out"
+    out.mkdir()
+    cls = ["--class", agent_class] if agent_class else []
+    agent = subprocess.Popen(agentd_cmd() + ["run", "--name", name, *cls, "--", "bash", "-c", script, "agent",
+                                             str(out), hog, *agentd_cmd()],
+                             env=d.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return agent, out
+
+
+def end_agent(agent):
+    if agent.poll() is None:
+        agent.kill()
+    agent.wait(30)
+
+
+def tool_ids(d, name, n, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = d.request({"op": "status"})
+        for a in st.get("agents", []):
+            if a["agent"] == name and len(a["tools"]) >= n:
+                return {t["tool_class"]: t["tool"] for t in a["tools"]}
+        time.sleep(0.1)
+    raise AssertionError(f"tool calls of {name} did not start: {d.log()[-3000:]}")
+
+
+def events(d):
+    """The daemon's events; a line still being written is skipped, not a failure."""
+    out = []
+    try:
+        with open(d.event_log) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def wait_event(d, pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in events(d):
+            if pred(e):
+                return e
+        time.sleep(0.1)
+    raise AssertionError(f"no matching event in {events(d)[-5:]}")
+
+
+def actions(d, agent):
+    return [e for e in events(d) if e.get("event") == "action" and e.get("tool") and e.get("agent") == agent]
+
+
+LADDER_SCRIPT = """\
+OUT="$1"; HOG="$2"; shift 2
+AGENTD_FEEDBACK_FILE="$OUT/batch.json" "$@" tool --class batch -- "$HOG" alloc 400 "$OUT/batch.state" \
+    2>"$OUT/batch.err" &
+AGENTD_FEEDBACK_FILE="$OUT/inter.json" "$@" tool --class interactive -- "$HOG" alloc 32 "$OUT/inter.state" \
+    2>"$OUT/inter.err" &
+wait
+echo alive > "$OUT/main.txt"
+"""
+
+
+def test_ladder_throttles_freezes_kills_lowest_priority_first(daemon, tmp_path, hog, figure):
+    d = daemon
+    agent, out = start_agent(d, tmp_path, "ladder", LADDER_SCRIPT, hog, agent_class="squeezed")
+    try:
+        tools = tool_ids(d, "ladder", 2)
+        batch, inter = tools["batch"], tools["interactive"]
+        assert d.request({"op": "status"})["modes"]["pressure"] == "psi-trigger", d.log()[-2000:]
+        wait_event(d, lambda e: e.get("action") == "kill" and e.get("tool") == batch, timeout=60)
+        acts = actions(d, "ladder")
+        assert [e["action"] for e in acts if e["tool"] == batch][:3] == ["throttle", "freeze", "kill"], acts
+        kill_at = next(i for i, e in enumerate(acts) if e["tool"] == batch and e["action"] == "kill")
+        assert not any(e["tool"] == inter for e in acts[:kill_at]), acts
+        thr = acts[0]
+        assert thr["old"] == "max" or int(thr["new"]) < int(thr["old"]), thr
+        # The agent and its interactive call live on; end the call so the agent can finish.
+        assert State(out / "inter.state").value() == 32
+        assert d.request({"op": "kill", "agent": "ladder", "tool": inter})["ok"]
+        agent.wait(60)
+        assert agent.returncode == 0, agent.stderr.read()
+        assert (out / "main.txt").read_text().strip() == "alive"
+        err = (out / "batch.err").read_text()
+        for phrase in ("is being slowed down", "is paused", "is being killed by agentd"):
+            assert phrase in err, err
+        res = json.loads((out / "batch.json").read_text().splitlines()[-1])
+        assert res["outcome"] == "killed"
+        assert [a["action"] for a in res["actions"]][:3] == ["throttle", "freeze", "kill"]
+        # The first step answers the trigger itself; later steps follow step_interval_s on
+        # the tick, so only the first measures the reaction.
+        assert thr["after_trigger_s"] is not None and thr["after_trigger_s"] < 1.0, thr
+        figure("PSI event to first ladder action", f"{thr['after_trigger_s'] * 1000:.1f}", "ms")
+        figure("throttle to kill", f"{acts[kill_at]['ts'] - thr['ts']:.2f}", "s")
+    finally:
+        end_agent(agent)
+
+
+ADMIT_SCRIPT = """\
+OUT="$1"; HOG="$2"; shift 2
+"$@" tool --mem 150M -- "$HOG" alloc 100 "$OUT/holder.state" 2>"$OUT/holder.err" &
+while [ "$(cut -d' ' -f1 "$OUT/holder.state" 2>/dev/null)" != 100 ]; do sleep 0.1; done
+AGENTD_FEEDBACK_FILE="$OUT/late.json" "$@" tool --mem 150M -- true 2>"$OUT/late.err"
+echo $? > "$OUT/late.rc"
+wait
+"""
+
+
+def test_admission_holds_a_call_until_the_running_one_frees_its_memory(daemon, tmp_path, hog, figure):
+    d = daemon
+    agent, out = start_agent(d, tmp_path, "admit", ADMIT_SCRIPT, hog)
+    try:
+        holder = tool_ids(d, "admit", 1)["normal"]
+        wait_event(d, lambda e: e.get("action") == "queue" and e.get("agent") == "admit", timeout=60)
+        time.sleep(2.0)
+        assert not (out / "late.rc").exists(), "the late call ran while the holder held its memory"
+        assert d.request({"op": "kill", "agent": "admit", "tool": holder})["ok"]
+        wait_for(lambda: (out / "late.rc").exists(), 60, "the late call to run")
+        agent.wait(60)
+        err = (out / "late.err").read_text()
+        assert "[agentd] true is waiting for memory" in err, err
+        res = json.loads((out / "late.json").read_text().splitlines()[-1])
+        q = next(a for a in res["actions"] if a["action"] == "queue")
+        assert q["seconds"] >= 2.0 and not q.get("timed_out"), q
+        assert (out / "late.rc").read_text().strip() == "0"
+        figure("admission wait (holder killed after >= 2 s)", f"{q['seconds']:.2f}", "s")
+    finally:
+        end_agent(agent)
+
+
+OOM_SCRIPT = """\
+OUT="$1"; HOG="$2"; shift 2
+AGENTD_FEEDBACK_FILE="$OUT/oom.json" "$@" tool --mem 32M -- "$HOG" alloc 256 "$OUT/oom.state" 2>"$OUT/oom.err"
+echo $? > "$OUT/oom.rc"
+"$@" tool -- true && echo alive > "$OUT/main.txt"
+"""
+
+
+def test_agentd_tool_oom_killed_as_a_tool_call_agent_and_daemon_survive(daemon, tmp_path, hog, figure):
+    d = daemon
+    agent, out = start_agent(d, tmp_path, "oom", OOM_SCRIPT, hog)
+    try:
+        agent.wait(90)
+        assert agent.returncode == 0, (agent.stderr.read(), d.log()[-3000:])
+        assert (out / "oom.rc").read_text().strip() == "137"          # 128 + SIGKILL, as a shell shows it
+        assert (out / "main.txt").read_text().strip() == "alive"      # the agent went on to its next call
+        err = (out / "oom.err").read_text()
+        assert "[agentd] hog was killed: it reached its 30.5 MiB limit" in err, err
+        res = json.loads((out / "oom.json").read_text().splitlines()[-1])
+        assert res["outcome"] == "oom_killed", res
+        assert res["memory_events"]["oom_kill"] >= 1
+        assert State(out / "oom.state").value() < 32, "the hog touched more than its memory.max"
+        assert d.proc.poll() is None and d.request({"op": "hello"})["ok"]
+        figure("OOM-killed tool call peak", f"{res['memory_peak_bytes'] / 2**20:.1f}", "MiB")
+    finally:
+        end_agent(agent)

@@ -1,0 +1,133 @@
+"""The enforcer's wiring over a recording cgroup double: memory.high from the forecast at
+plan time, ladder actions on the right cgroups in priority order, the main cgroup only
+with kill_main_allowed, relief on pressure's end."""
+
+import types
+
+from agentd.enforce.enforcer import Enforcer
+from agentd.kernel import cgroupfs as cgf
+from agentd.model import Agent, ToolCall, ToolPlan
+from agentd.policy.loader import load_policy_text
+
+GiB, MiB = 1 << 30, 1 << 20
+
+POLICY = """\
+version: 1
+agent_classes:
+  normal: {{kill_main_allowed: {kill_main}}}
+pressure: {{steps: {steps}, step_interval_s: 1.0, relief_interval_s: 2.0}}
+forecast: {{headroom: 2.0, min_high: 64Mi}}
+"""
+
+
+class FS:
+    """Cgroup files in a dict; records writes. Tool cgroups offer freeze, not memory."""
+
+    def __init__(self):
+        self.files, self.writes = {}, []
+
+    def path(self, cg, name=None):
+        return f"/fake/{cg}/{name}" if name else f"/fake/{cg}"
+
+    def has(self, cg, name):
+        return name == cgf.FREEZE or (cg, name) in self.files
+
+    def read(self, cg, name):
+        return self.files.get((cg, name), "0\n")
+
+    def read_int(self, cg, name):
+        v = self.read(cg, name).strip()
+        return None if v == "max" else int(v)
+
+    def write(self, cg, name, value):
+        self.writes.append((cg, name, str(value)))
+        self.files[(cg, name)] = str(value)
+
+    def freeze(self, cg, frozen=True):
+        self.write(cg, cgf.FREEZE, "1" if frozen else "0")
+
+    def kill(self, cg):
+        self.write(cg, cgf.KILL, "1")
+
+    def enable_controllers(self, cg):
+        return set()
+
+
+def make(kill_main="false", steps="[freeze, kill]"):
+    policy = load_policy_text(POLICY.format(kill_main=kill_main, steps=steps), host_memory_bytes=8 * GiB)
+    fs = FS()
+    ctl = types.SimpleNamespace(agents={}, agents_cgroup="r/agents", sample_tool=lambda t: 10 * MiB)
+    events = types.SimpleNamespace(got=[], emit=lambda kind, **f: events.got.append((kind, f)))
+    app = types.SimpleNamespace(fs=fs, ctl=ctl, events=events, policy=policy, state_dir="", host_memory=8 * GiB,
+                                root="r")
+    e = Enforcer(app, available_fn=lambda: 4 * GiB)
+    return e, app
+
+
+def add(app, e, agent_id, tool_id, priority, limits=None):
+    agent = app.ctl.agents.get(agent_id)
+    if agent is None:
+        agent = app.ctl.agents[agent_id] = Agent(agent_id=agent_id, cgroup=f"r/agents/{agent_id}",
+                                                 agent_class="normal", priority=50)
+    t = ToolCall(agent_id=agent_id, tool_id=tool_id, cgroup=f"r/agents/{agent_id}/tools/{tool_id}", argv=["make"],
+                 plan=ToolPlan(tool_class="normal", priority=priority, limits=dict(limits or {})))
+    e.on_tool_plan(agent, t)
+    agent.tools[tool_id] = t
+    return t
+
+
+def test_plan_sets_memory_high_from_the_forecast_capped_by_memory_max():
+    e, app = make()
+    t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(512 * MiB), cgf.MEMORY_HIGH: "max"})
+    # Cold start: the class prior (1 GiB) capped by memory.max (512 MiB) is the forecast.
+    assert t.forecast.peak_bytes == 512 * MiB
+    assert t.plan.limits[cgf.MEMORY_HIGH] == str(512 * MiB)
+    u = add(app, e, "a", "0002-normal", 50, {cgf.MEMORY_MAX: "max"})
+    # 1 GiB x headroom 2 is below the host's 8 GiB: a number, not "max".
+    assert u.plan.limits[cgf.MEMORY_HIGH] == str(2 * GiB)
+
+
+def test_ladder_freezes_then_kills_lowest_priority_and_never_the_main_cgroup():
+    e, app = make()
+    low = add(app, e, "a", "0001-batch", 20)
+    high = add(app, e, "a", "0002-interactive", 80)
+    t = 100.0
+    for _ in range(8):
+        e._on_pressure("", t, "test")
+        e.tick(t)
+        t += 1.0
+    kills = [w for w in app.fs.writes if w[1] == cgf.KILL]
+    freezes = [w[0] for w in app.fs.writes if w[1] == cgf.FREEZE and w[2] == "1"]
+    assert freezes[:2] == [low.cgroup, high.cgroup]
+    assert [k[0] for k in kills] == [low.cgroup, high.cgroup]
+    assert not any("main" in w[0] for w in app.fs.writes)
+    assert [a["action"] for a in low.actions] == ["freeze", "kill"]
+
+
+def test_kill_main_only_when_the_class_allows_it_and_after_the_tools():
+    e, app = make(kill_main="true")
+    low = add(app, e, "a", "0001-batch", 20)
+    t = 100.0
+    for _ in range(5):
+        e._on_pressure("", t, "test")
+        e.tick(t)
+        t += 1.0
+    kills = [w[0] for w in app.fs.writes if w[1] == cgf.KILL]
+    assert kills == [low.cgroup, "r/agents/a/main"]
+
+
+def test_relief_thaws_highest_priority_first_after_pressure_ends():
+    e, app = make(steps="[freeze]")
+    low = add(app, e, "a", "0001-batch", 20)
+    high = add(app, e, "a", "0002-interactive", 80)
+    e._on_pressure("", 100.0, "test")
+    e.tick(101.0)
+    assert low.frozen and high.frozen
+    thaws = []
+    t = 101.5
+    while t < 115 and (low.frozen or high.frozen):
+        e.tick(t)
+        thaws += [w[0] for w in app.fs.writes if w[1] == cgf.FREEZE and w[2] == "0" and w[0] not in thaws]
+        t += 0.5
+    assert thaws == [high.cgroup, low.cgroup]
+    assert [a["action"] for a in high.actions] == ["freeze", "thaw"]

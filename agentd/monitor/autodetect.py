@@ -132,6 +132,11 @@ class AutoDetector:
         try:
             if agent is None:
                 return
+            if ev.pid in self._tool_of:
+                return                              # reconcile() already placed it
+            known = agent.known.get(ev.pid)
+            if known is not None and known[1] == ev.argv:
+                return                              # ... or already judged it housekeeping
             root = self._tool_of.get(ev.ppid)
             if root is not None:                    # a tool's descendant still in main
                 self._tool_of[ev.pid] = root

@@ -165,3 +165,16 @@ def test_unknown_strategy_and_missing_lifecycle_are_rejected():
         AutoDetector(None, None, FakeCgroups(), strategy="magic")
     with pytest.raises(ValueError):
         AutoDetector(None, None, FakeCgroups(), strategy="stop")
+
+
+def test_a_task_rescued_by_reconcile_is_not_placed_again_when_its_event_arrives():
+    infos = {10: _info(10, 1, ["agent"]), 20: _info(20, 10, ["sh", "-c", "x"], state="T"),
+             21: _info(21, 10, ["uname", "-p"], state="T", sid=10)}
+    d, placed, resumed = make("stop", procfs=FakeProcFS(infos))
+    d.cgroups.procs_of["a/main"] = [10, 20, 21]
+    d.reconcile()
+    d.handle(exec_ev(20, 10, ["sh", "-c", "x"]))
+    d.handle(exec_ev(21, 10, ["uname", "-p"], sid=10))
+    assert placed == [("a", 20, ("sh", "-c", "x"))]
+    assert d.stats.housekeeping == 1
+    assert sorted(resumed) == [20, 20, 21, 21]     # resuming twice is harmless

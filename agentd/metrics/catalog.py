@@ -104,7 +104,7 @@ CATALOG = (
       "Actual peak / forecast peak of finished tool calls that had a forecast: 1 = exact, "
       "< 1 over-forecast, > 1 under-forecast.", "`tool_end` events", RATIO_BUCKETS),
     M("agentd_forecast_error_bytes", HISTOGRAM, ("tool_class",),
-      "|actual peak - forecast peak| of finished tool calls that had a forecast.", "`tool_end` events",
+      "Absolute difference between actual and forecast peak of finished tool calls that had a forecast.", "`tool_end` events",
       ERROR_BYTES_BUCKETS),
     M("agentd_admission_wait_seconds", HISTOGRAM, ("tool_class", "outcome"),
       "Time queued tool calls waited for admission, by outcome (admitted, timeout, refused).",

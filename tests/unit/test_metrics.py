@@ -132,6 +132,7 @@ def test_catalog_names_follow_the_conventions():
         assert m.name.startswith("agentd_")
         assert (m.type == "counter") == m.name.endswith("_total"), m.name
         assert "tool" not in m.labels and "tool_id" not in m.labels, "no per-tool-call labels"
+        assert "|" not in m.help + m.source, "a | would split the markdown table's row"
         assert not re.search(r"_(kb|mb|gb|ms|us|percent)\b", m.name), m.name
         if m.type == HISTOGRAM:
             # Negative buckets would make prometheus_client drop _sum and _count.

@@ -15,6 +15,9 @@ admission:
   enabled: true
   max_wait_s: {max_wait}
   on_timeout: {on_timeout}
+# These tests are about `agentd tool`: the agent's own shell commands stay out.
+detection:
+  enabled: false
 """
 
 SCRIPT = """\

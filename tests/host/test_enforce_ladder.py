@@ -23,6 +23,9 @@ pressure:
   relief_interval_s: 1.0
 admission:
   enabled: false
+# These tests are about `agentd tool`: the agent's own shell commands stay out.
+detection:
+  enabled: false
 """
 
 SCRIPT = """\

@@ -86,3 +86,27 @@ def test_trigger_set_fd_drives_an_asyncio_reader(cgfs, test_root):
     finally:
         ts.close()
     assert seen and seen[0] == ([], ["x"])
+
+
+def test_daemon_falls_back_to_polling_with_one_warning_when_triggers_are_refused(tmp_path, test_root):
+    """A 1 s window is refused on this host (no CAP_SYS_RESOURCE): the daemon says so once
+    and polls the pressure files instead, for the root and for every agent."""
+    if _cap_sys_resource():
+        pytest.skip("this host grants CAP_SYS_RESOURCE: a 1 s window is accepted")
+    import subprocess
+    from tests.helpers import REPO, DaemonProc, agentd_cmd
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\npressure: {psi_some_threshold_us: 100000, psi_window_us: 1000000}\n"
+                      "detection: {enabled: false}\n")
+    d = DaemonProc(str(tmp_path), test_root, policy=str(policy))
+    d.start()
+    try:
+        assert d.request({"op": "status"})["modes"]["pressure"] == "poll"
+        r = subprocess.run(agentd_cmd() + ["run", "--", "true"], env=d.env, cwd=REPO, capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    finally:
+        d.cleanup()
+    log = d.log()
+    assert log.count("PSI triggers unavailable") == 1, log
+    assert "multiples of 2 s" in log

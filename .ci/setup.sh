@@ -11,7 +11,8 @@ export DEBIAN_FRONTEND=noninteractive
 clang_pkg=clang-19
 apt-cache show clang-19 >/dev/null 2>&1 || { apt-get update -qq; }
 apt-cache show clang-19 >/dev/null 2>&1 || clang_pkg=clang
-pkgs="$clang_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux"
+# prometheus: the real-scrape test; systemd: systemd-analyze verify of the unit.
+pkgs="$clang_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux prometheus systemd busybox-static"
 need=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
 if [ -n "$need" ]; then
@@ -20,6 +21,6 @@ if [ -n "$need" ]; then
 fi
 
 python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python3 -m pip install -q -e ".[test]"
+python3 -m pip install -q -e ".[test,plot]"
 python3 -m agentd install
 echo "agentd is set up: try 'agentd doctor' and 'agentd run -- bash'"

@@ -133,6 +133,8 @@ class App:
     def _build_hooks(self):
         """Build each optional stage; one clear log line for a stage that cannot run here."""
         import importlib
+        from .metrics.samples import SampleLog
+        self.hooks.append(SampleLog(self))       # periodic memory samples for `agentd report`
         for name, lost, missing_level in self.STAGES:
             try:
                 build = importlib.import_module(f".{name}", __package__).build

@@ -21,6 +21,6 @@ if [ -n "$need" ]; then
 fi
 
 python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python3 -m pip install -q -e ".[test,plot]"
+python3 -m pip install -q -e ".[test,plot,gpu]"
 python3 -m agentd install
 echo "agentd is set up: try 'agentd doctor' and 'agentd run -- bash'"

@@ -20,7 +20,6 @@ if [ -n "$need" ]; then
     apt-get install -y -qq --no-install-recommends $need
 fi
 
-python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python3 -m pip install -q -e ".[test,plot,gpu]"
 python3 -m agentd install
 echo "agentd is set up: try 'agentd doctor' and 'agentd run -- bash'"

@@ -43,7 +43,10 @@ class Bench:
         self.state_dir = tempfile.mkdtemp(prefix="agentd-replay-state-")
 
     def _timeout(self, specs):
-        return max(s.delay + s.schedule.duration for s in specs) * self.timeout_factor + 120
+        # Every tool call costs seconds of process start-up in the emulated guest (more
+        # through agentd's Python daemon), on top of the schedule itself.
+        return max((s.delay + s.schedule.duration) * self.timeout_factor + 10 * len(s.schedule.calls)
+                   for s in specs) + 120
 
     def _group(self, mode, specs, budget):
         t0 = time.monotonic()

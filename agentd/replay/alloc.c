@@ -10,12 +10,15 @@
  *
  * SCHEDULE (text):  "baseline BYTES\n" then per call "call GAP_S ARGV_FILE PROFILE_FILE\n";
  *                   ARGV_FILE holds the call's argv, NUL-separated; the final line
- *                   "tail GAP_S" is the idle time after the last call.
+ *                   "tail GAP_S" is the idle time after the last call; "sync T" (before a
+ *                   call) waits until CLOCK_MONOTONIC time T, so several agents can start
+ *                   their largest calls together (the wait is reported, not replayed time).
  * PROFILE (text):   "DURATION_S\n" then "OFFSET_S BYTES\n" per step: at OFFSET_S after its
  *                   start the call holds BYTES (grows by touching new 1 MiB chunks, shrinks
  *                   by unmapping); it exits at DURATION_S or once its last step is done.
  * RESULT (text, appended line by line so a killed agent leaves what it did):
- *                   "start T" / "call I T_START T_END WAIT_STATUS" / "done T"  (T: CLOCK_MONOTONIC s)
+ *                   "start T" / "call I T_START T_END WAIT_STATUS" / "sync WAITED_S" / "done T"
+ *                   (T: CLOCK_MONOTONIC s)
  * AGENTD_REPLAY_LATENCY (optional): file the tool role appends one line per chunk to:
  *                   microseconds to map and touch that chunk (allocation latency).
  */
@@ -152,6 +155,13 @@ static int agent(const char *sched, const char *result) {
         if (strcmp(word, "tail") == 0) {
             if (fscanf(f, "%lf", &gap) == 1) sleep_until(now() + gap);
             break;
+        }
+        if (strcmp(word, "sync") == 0) {
+            double at, t = now();
+            if (fscanf(f, "%lf", &at) != 1) { fprintf(stderr, "alloc: %s: bad sync\n", sched); return 2; }
+            sleep_until(at);
+            put(out, "sync %.6f\n", at > t ? at - t : 0.0);
+            continue;
         }
         if (strcmp(word, "call") != 0 || fscanf(f, "%lf %4095s %4095s", &gap, argv_file, prof) != 3) {
             fprintf(stderr, "alloc: %s: bad line at call %d\n", sched, i);

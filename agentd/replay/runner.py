@@ -66,6 +66,7 @@ class AgentSpec:
     schedule: object            # scaled trace.Schedule
     delay: float = 0.0          # seconds after the run starts
     measure_latency: bool = False
+    sync_offset: float | None = None   # start the largest call no earlier than this many s after the run start
 
 
 @dataclass
@@ -85,15 +86,18 @@ class AgentResult:
     peak_bytes: int | None = None                 # memory.peak of the agent's cgroup (if known)
     latencies_us: list = field(default_factory=list)
     exit_status: int | None = None
+    sync_wait: float | None = None                # seconds the agent waited at the sync point (not counted)
 
 
-def write_schedule(spec, run_dir, alias, tool_prefix):
+def write_schedule(spec, run_dir, alias, tool_prefix, sync_at=None):
     """Schedule, argv and profile files of one agent; returns the schedule path."""
     d = os.path.join(run_dir, spec.name)
     os.makedirs(d, exist_ok=True)
     gap_list, tail = gaps(spec.schedule)
     lines = [f"baseline {spec.schedule.baseline}"]
     for i, (call, gap) in enumerate(zip(spec.schedule.calls, gap_list)):
+        if sync_at is not None and i == spec.schedule.peak_call:
+            lines.append(f"sync {sync_at:.6f}")
         argv = [*tool_prefix, alias, "-c", call.command.replace("\0", " ") or "true"]
         argv_file, prof_file = os.path.join(d, f"c{i}.argv"), os.path.join(d, f"c{i}.prof")
         with open(argv_file, "wb") as f:
@@ -110,8 +114,9 @@ def write_schedule(spec, run_dir, alias, tool_prefix):
 
 
 def parse_result(path):
-    """(start, done or None, [(i, t_start, t_end, wait_status)]) from an agent's RESULT."""
-    start, done, calls = None, None, []
+    """(start, done or None, [(i, t_start, t_end, wait_status)], seconds waited at sync points)
+    from an agent's RESULT."""
+    start, done, calls, waited = None, None, [], 0.0
     try:
         with open(path) as f:
             for line in f:
@@ -124,9 +129,11 @@ def parse_result(path):
                     done = float(w[1])
                 elif w[0] == "call" and len(w) == 5:
                     calls.append((int(w[1]), float(w[2]), float(w[3]), int(w[4])))
+                elif w[0] == "sync":
+                    waited += float(w[1])
     except FileNotFoundError:
         pass
-    return start, done, calls
+    return start, done, calls, waited
 
 
 def call_killed(status, via_launcher):
@@ -254,10 +261,11 @@ class Group:
                 self.fs.write(cg, "memory.max", str(self.budget // len(self.specs)))
 
     # --- agents --------------------------------------------------------------------
-    def _spawn(self, s):
+    def _spawn(self, s, t0):
         d = os.path.join(self.run_dir, s.name)
         prefix = [*agentd_front(), "tool", "--"] if self.mode == "agentd" else []
-        sched = write_schedule(s, self.run_dir, self.alias, prefix)
+        sync_at = None if s.sync_offset is None else t0 + s.sync_offset
+        sched = write_schedule(s, self.run_dir, self.alias, prefix, sync_at)
         result = os.path.join(d, "result")
         env = dict(os.environ, PYTHONPATH=REPO)
         if s.measure_latency:
@@ -289,7 +297,7 @@ class Group:
             t0 = time.monotonic()
             for s in sorted(self.specs, key=lambda s: s.delay):
                 time.sleep(max(0.0, t0 + s.delay - time.monotonic()))
-                self._spawn(s)
+                self._spawn(s, t0)
             deadline = t0 + timeout
             for name, p in self.procs.items():
                 try:
@@ -309,7 +317,7 @@ class Group:
         out = []
         for s in self.specs:
             d = os.path.join(self.run_dir, s.name)
-            start, done, calls = parse_result(os.path.join(d, "result"))
+            start, done, calls, waited = parse_result(os.path.join(d, "result"))
             status = self.procs[s.name].returncode if s.name in self.procs else None
             mine = [e for e in events if e.get("agent") == self.agent_name(s) and e.get("event") == "action"]
             actions = {a: len({e.get("tool") or i for i, e in enumerate(mine) if e.get("action") == a})
@@ -329,10 +337,11 @@ class Group:
                 else:
                     lost_reason = f"agent ended early (exit {status})"
             pk = s.schedule.peak_call
-            peak_start = calls[pk][1] - start if start is not None and pk is not None and pk < len(calls) else None
+            peak_start = calls[pk][1] - start - waited if start is not None and pk is not None and pk < len(calls) else None
             out.append(AgentResult(
                 name=s.name, trace=s.trace, priority=s.priority, completed=done is not None,
-                seconds=(done - start) if done is not None and start is not None else None,
+                seconds=(done - start - waited) if done is not None and start is not None else None,
+                sync_wait=waited if s.sync_offset is not None else None,
                 lost_reason=lost_reason, calls=len(calls), calls_planned=len(s.schedule.calls),
                 calls_killed=killed, calls_failed=failed, actions=actions, peak_call_start=peak_start,
                 peak_bytes=self.peaks.get(s.name), exit_status=status,

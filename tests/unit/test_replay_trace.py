@@ -128,9 +128,9 @@ def test_schedule_files_round_trip(tmp_path):
 
 def test_result_parsing_and_kill_detection(tmp_path):
     p = tmp_path / "r"
-    p.write_text("start 10.0\ncall 0 11.0 12.0 9\ncall 1 13.0 14.0 35072\n")
-    start, done, calls = parse_result(str(p))
-    assert (start, done) == (10.0, None) and len(calls) == 2
+    p.write_text("start 10.0\ncall 0 11.0 12.0 9\nsync 2.5\ncall 1 13.0 14.0 35072\n")
+    start, done, calls, waited = parse_result(str(p))
+    assert (start, done, waited) == (10.0, None, 2.5) and len(calls) == 2
     assert call_killed(9, via_launcher=False)               # signalled by SIGKILL
     assert call_killed(137 << 8, via_launcher=True)          # the launcher's exit 128+9
     assert not call_killed(137 << 8, via_launcher=False)

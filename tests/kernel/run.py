@@ -65,7 +65,12 @@ echo "+memory +cpu +pids +io" > /sys/fs/cgroup/cgroup.subtree_control || \\
 cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
 {passenv}export AGENTD_KERNEL_TIER=1 AGENTD_KERNEL_TIER_OUT="$OUT" AGENTD_KERNEL_TIER_BIN="$OUT/bin"
 export PYTHONDONTWRITEBYTECODE=1
-PYTHONPATH={pythonpath} {plugins}{python} -S -m pytest -m kernel -p no:cacheprovider {args} > "$OUT/pytest.txt" 2>&1
+# Every Python the tests start (daemons, CLIs) would run site's .pth hooks (editable-install
+# finders, CA injection): ~20 s a start over 9p under emulation. Mask them in the guest
+# only; PYTHONPATH puts this working tree and site-packages on the path instead.
+for pth in {pth_globs}; do [ -f "$pth" ] && mount --bind /dev/null "$pth"; done
+export PYTHONPATH={pythonpath}
+{plugins}{python} -S -m pytest -m kernel -p no:cacheprovider {args} > "$OUT/pytest.txt" 2>&1
 echo $? > "$OUT/status.tmp"
 cut -d' ' -f1 /proc/uptime > "$OUT/end_s"
 mv "$OUT/status.tmp" "$OUT/status"
@@ -93,10 +98,10 @@ def new_run_dir():
 def guest_python():
     """The interpreter and PYTHONPATH for the guest.
 
-    The guest runs Python with -S: site's start-up (.pth hooks, editable-install finders,
-    scanning site-packages) costs ~20 s over the guest's 9p root under emulation. The
-    site-packages dirs go on PYTHONPATH instead, after the working tree, so the tests
-    import this tree's agentd even where another copy is installed.
+    The guest runs pytest with -S and masks the site-packages' .pth files: site's start-up
+    (.pth hooks, editable-install finders) costs ~20 s over the guest's 9p root under
+    emulation. The site-packages dirs go on PYTHONPATH instead, after the working tree,
+    so the tests import this tree's agentd even where another copy is installed.
     """
     py = os.environ.get("AGENTD_KERNEL_PYTHON", sys.executable)
     try:
@@ -140,6 +145,7 @@ def boot(vmlinuz, out, argv, python, pythonpath):
         f.write(GUEST_SCRIPT.format(
             out=shlex.quote(out), repo=shlex.quote(REPO), python=shlex.quote(python),
             pythonpath=shlex.quote(pythonpath),
+            pth_globs=" ".join(shlex.quote(d) + "/*.pth" for d in pythonpath.split(":")[1:]),
             # The guest starts with a bare environment: hand on the AGENTD_* settings.
             passenv="".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())
                             if k.startswith("AGENTD_") and k.isidentifier()),

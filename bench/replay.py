@@ -50,9 +50,9 @@ RUNS_DIR = os.path.join(REPO, ".cache", "replay")
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--traces", required=True)
+    p.add_argument("--traces")
     p.add_argument("--scenario", choices=["isolation", "density", "both"], default="isolation")
-    p.add_argument("--mode", choices=["none", "static", "agentd", "all"], default="all")
+    p.add_argument("--mode", default="all", help="none|static|agentd|all, or a comma list (static,agentd)")
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true", help="one triple, one run (density: up to 4 agents)")
     p.add_argument("--triples", type=int, default=3)
@@ -63,6 +63,7 @@ def parse_args(argv):
     p.add_argument("--density-budget", type=int, help="bytes (default: first triple's isolation budget)")
     p.add_argument("--max-agents", type=int, default=8)
     p.add_argument("--timeout", type=float, default=3000, help="seconds allowed for the whole VM run")
+    p.add_argument("--report", metavar="JSON", help="print the tables of an earlier run's JSON (also a partial one)")
     p.add_argument("--in-guest", metavar="OUT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
@@ -70,8 +71,17 @@ def parse_args(argv):
     return a
 
 
+MODES = ["none", "static", "agentd"]
+
+
 def modes_of(a):
-    return ["none", "static", "agentd"] if a.mode == "all" else [a.mode]
+    if a.mode == "all":
+        return list(MODES)
+    modes = a.mode.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"replay.py: unknown mode(s) {', '.join(bad)}: use none, static, agentd or all")
+    return modes
 
 
 # --- inside the VM ------------------------------------------------------------------
@@ -94,6 +104,10 @@ def guest_main(a):
         with open(os.path.join(out, "result.json.tmp"), "w") as f:
             json.dump(result, f, indent=1)
         os.replace(os.path.join(out, "result.json.tmp"), os.path.join(out, "result.json"))
+    def checkpoint(scenario, partial):
+        result[scenario] = partial
+        save()
+    bench.checkpoint = checkpoint
     try:
         run_scenarios(a, bench, result, save)
     finally:
@@ -204,6 +218,7 @@ def tailer(path):
 
 def host_main(a):
     load_folder(a.traces)               # fail here, not in the VM, on a bad folder
+    modes_of(a)
     out = os.path.join(RUNS_DIR, time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
     os.makedirs(out)
     from agentd.replay.runner import build_alloc
@@ -272,6 +287,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _stop)
     a = parse_args(argv)
+    if a.report:
+        with open(a.report) as f:
+            print_tables(json.load(f))
+        return 0
+    if not a.traces:
+        raise SystemExit("replay.py: --traces DIR is required")
     if a.in_guest:
         guest_main(a)
         return 0

@@ -41,6 +41,7 @@ class Bench:
         self.solo = {}          # (trace, family) -> AgentResult
         self.host = None        # the AgentdHost, started on the first agentd run
         self.host_start_seconds = None
+        self.checkpoint = lambda scenario, partial: None    # called after every run
         # One tool-call history across the benchmark (solo runs first, as on a host that has
         # seen these agents before); in the guest's /tmp: SQLite's WAL does not work over 9p.
         self.state_dir = tempfile.mkdtemp(prefix="agentd-replay-state-")
@@ -123,6 +124,8 @@ class Bench:
                         # an agent that waited 0 s arrived late: its spike may miss the others'
                         "sync_waits_s": [rnd(x.sync_wait) for x in res],
                         "agents": [self._agent_row(x, family(mode)) for x in res]})
+                    out["solo"] = self._solo_table()
+                    self.checkpoint("isolation", out)
         out["solo"] = self._solo_table()
         return out
 
@@ -160,6 +163,8 @@ class Bench:
                 med = statistics.median(slow) if slow else None
                 ok = lost == 0 and med is not None and med <= DENSITY_SLOWDOWN
                 steps.append({"agents": n, "lost": lost, "median_slowdown": rnd(med), "ok": ok, "per_agent": rows})
+                out["modes"][mode] = {"agents": best if not ok else n, "steps": steps}
+                self.checkpoint("density", out)
                 if not ok:
                     break
                 best = n

@@ -52,6 +52,15 @@ def pytest_runtest_call(item):
         signal.signal(signal.SIGALRM, old)
 
 
+def pytest_runtest_logreport(report):
+    # pytest prints failures only at the end of the session, which a VM run that hits
+    # run.py's timeout never reaches: write each one down as it happens (run.py prints them).
+    out = os.environ.get("AGENTD_KERNEL_TIER_OUT")
+    if IN_GUEST and out and report.failed:
+        with open(os.path.join(out, "failures.txt"), "a") as f:
+            f.write(f"=== {report.nodeid} ({report.when}) ===\n{report.longreprtext}\n\n")
+
+
 @pytest.fixture(scope="session")
 def cgfs():
     """The guest's cgroup v2 root, with the tier's controllers enabled for its children."""

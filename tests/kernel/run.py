@@ -223,6 +223,9 @@ def main(argv):
             sys.stdout.write(result)
             sys.stdout.flush()
         if status is None:
+            failures = read(os.path.join(out, "failures.txt"))
+            if failures:
+                print("\n== failures before the run was cut short ==\n" + failures)
             why = "timed out" if rc is None else f"vng exited {rc}"
             raise TierError(
                 f"the guest wrote no result ({why} after {wall:.0f} s). Last console lines:\n"

@@ -30,7 +30,7 @@ def pytest_runtest_setup(item):
 
 # A hung test must fail on its own rather than run the whole VM into run.py's timeout,
 # which reports nothing at all.
-TEST_TIMEOUT = int(os.environ.get("AGENTD_KERNEL_TEST_TIMEOUT", "120"))
+TEST_TIMEOUT = int(os.environ.get("AGENTD_KERNEL_TEST_TIMEOUT", "240"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -21,7 +21,7 @@ Environment:
   AGENTD_KERNEL_PYTHON          interpreter used in the guest (default: this one)
   AGENTD_KERNEL_LISTS_MAX_AGE   seconds before the package lists are refreshed (default 3600)
   AGENTD_KERNEL_PYTEST_PLUGINS=1  let pytest autoload third-party plugins in the guest
-  AGENTD_KERNEL_TEST_TIMEOUT    seconds one test may run in the guest (default 120)
+  AGENTD_KERNEL_TEST_TIMEOUT    seconds one test may run in the guest (default 240)
 Every AGENTD_* variable of the host is exported into the guest.
 
 Standard library only: it must run before anything of agentd is installed.

@@ -11,7 +11,6 @@ The controller is synchronous and owns no threads: the daemon's event loop calls
 """
 
 import logging
-import os
 import time
 
 from . import names

@@ -16,9 +16,10 @@ import time
 
 from . import sdnotify
 from .adopt import readopt
+from .api.ops import ApiOps
 from .api.server import Server
 from .controller import Controller
-from .errors import AgentdError, FeatureMissing, PolicyError, RequestError
+from .errors import AgentdError, FeatureMissing, PolicyError
 from .eventlog import EventLog
 from .kernel import cgroupfs, probe
 from .kernel.procfs import ProcFS
@@ -75,7 +76,7 @@ def default_root(mount, procfs):
     return "agentd"
 
 
-class App:
+class App(ApiOps):
     def __init__(self, cfg):
         self.cfg = cfg
         self.procfs = ProcFS()
@@ -250,194 +251,6 @@ class App:
         self.events.emit("reload", ok=True, policy=self.cfg.policy)
         log.info("policy %s reloaded", self.cfg.policy)
         return True, "policy reloaded"
-
-    # --- API ops (called by api.server) ------------------------------------------
-    def _caller_agent(self, conn):
-        try:
-            cg = self.procfs.cgroup(conn.pid)
-        except AgentdError:
-            raise RequestError("gone", f"caller pid {conn.pid} vanished") from None
-        agent, tool = self.ctl.agent_of_cgroup(cg)
-        return agent, tool, cg
-
-    def _check_child(self, conn, pid, peer_cg):
-        """The process to place must be the caller's own child, still in the caller's cgroup."""
-        try:
-            ppid = self.procfs.ppid(pid)
-            child_cg = self.procfs.cgroup(pid)
-        except AgentdError:
-            raise RequestError("gone", f"process {pid} is gone") from None
-        if ppid != conn.pid:
-            raise RequestError("not_child", f"process {pid} is not a child of the caller (pid {conn.pid})")
-        if child_cg != peer_cg:
-            raise RequestError("not_child", f"process {pid} is not in the caller's cgroup")
-
-    async def op_hello(self, conn, req):
-        from . import __version__, API_VERSION
-        return {"version": __version__, "api": API_VERSION, "standalone": self.cfg.standalone}
-
-    async def op_run_start(self, conn, req):
-        if not self.server.is_admin(conn):
-            raise RequestError("forbidden", f"uid {conn.uid} may not create agents: only root or members of "
-                                            f"group {self.server.group!r} may")
-        _, _, peer_cg = self._caller_agent(conn)
-        self._check_child(conn, req["pid"], peer_cg)
-        agent = self.ctl.create_agent(req.get("name"), req.get("class"), uid=conn.uid, policy=req.get("policy"),
-                                      standalone=self.cfg.standalone)
-        try:
-            self.ctl.place_main(agent, req["pid"])
-        except AgentdError:
-            self.ctl.remove_agent(agent, reason="placement failed")
-            raise
-        agent.argv = req.get("argv") or []
-        conn.agent = agent.agent_id
-        return {"agent": agent.agent_id, "cgroup": agent.cgroup, "agent_class": agent.agent_class,
-                "env": {"AGENTD_AGENT": agent.agent_id, "AGENTD_SOCKET": self.socket_path}}
-
-    async def op_run_done(self, conn, req):
-        agent = self.ctl.agents.get(req["agent"])
-        if agent is None:
-            raise RequestError("no_agent", f"no agent {req['agent']!r}")
-        if conn.agent != agent.agent_id and not self.server.is_admin(conn):
-            raise RequestError("forbidden", "only the connection that started an agent may end it")
-        await self._settle_agent(agent)
-        self.ctl.remove_agent(agent, kill=True, reason="agent exited")
-        conn.agent = None
-        return {}
-
-    async def _settle_agent(self, agent, timeout=1.0):
-        """Give tool calls that are just finishing a moment to report before teardown."""
-        deadline = time.monotonic() + timeout
-        while any(not t.done for t in agent.tools.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-
-    async def op_tool_start(self, conn, req):
-        agent, _, peer_cg = self._caller_agent(conn)
-        if agent is None:
-            raise RequestError("not_in_agent", f"`agentd tool` must run inside an agent started with `agentd run` "
-                                               f"(pid {conn.pid} is in cgroup {peer_cg})")
-        if "pid" in req:
-            self._check_child(conn, req["pid"], peer_cg)
-        elif any((a == agent.agent_id) for a, _ in conn.tools):
-            raise RequestError("busy", "this connection already has a tool call starting")
-        for h in self.hooks:
-            admit = getattr(h, "admit", None)
-            if admit:
-                await admit(conn, agent, req)
-        tool = self.ctl.start_tool(agent, req.get("pid"), req["argv"], req.get("class"), req.get("mem"),
-                                   req.get("intent"))
-        tool.conn = conn
-        conn.tools.add((agent.agent_id, tool.tool_id))
-        env = {"AGENTD_TOOL": tool.key}
-        env.update(getattr(tool, "env", {}) or {})
-        return {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup,
-                "path": self.fs.path(tool.cgroup), "env": env,
-                "messages": list(getattr(tool, "start_messages", []))}
-
-    async def op_tool_attach(self, conn, req):
-        agent, _, peer_cg = self._caller_agent(conn)
-        if agent is None or agent.agent_id != req["agent"] or (req["agent"], req["tool"]) not in conn.tools:
-            raise RequestError("forbidden", "only the connection that started a tool call may attach to it")
-        tool = agent.tools.get(req["tool"])
-        if tool is None or tool.done:
-            raise RequestError("no_tool", f"no running tool call {req['agent']}/{req['tool']}")
-        self._check_child(conn, req["pid"], peer_cg)
-        self.ctl.attach(tool, req["pid"])
-        return {}
-
-    async def op_tool_done(self, conn, req):
-        agent, _, _ = self._caller_agent(conn)
-        if agent is None or agent.agent_id != req["agent"]:
-            raise RequestError("forbidden", "a tool call can only be reported from inside its own agent")
-        tool = agent.tools.get(req["tool"])
-        if tool is None or tool.done:
-            raise RequestError("no_tool", f"no running tool call {req['agent']}/{req['tool']}")
-        rusage = {k: req[k] for k in ("wall_s", "utime_s", "stime_s", "maxrss_kb") if k in req}
-        if tool.plan.stragglers == "kill" and tool.plan.straggler_grace_s > 0:
-            await self._await_empty(tool.cgroup, tool.plan.straggler_grace_s)
-        result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage)
-        conn.tools.discard((agent.agent_id, tool.tool_id))
-        from .feedback import messages_for
-        return {"messages": messages_for(result), "result": result}
-
-    async def _await_empty(self, cg, timeout):
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while time.monotonic() < deadline:
-            try:
-                if not self.fs.populated(cg):
-                    return True
-            except AgentdError:
-                return True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return False
-
-    async def op_status(self, conn, req):
-        from .status import snapshot
-        admin = self.server.is_admin(conn)
-        only = None
-        if not admin:
-            agent, _, _ = self._caller_agent(conn)
-            if agent is None:
-                raise RequestError("forbidden", "status is for root, the agentd group, or processes inside an agent")
-            only = agent.agent_id
-        if req.get("agent"):
-            if only and req["agent"] != only:
-                raise RequestError("forbidden", "an agent may only inspect itself")
-            only = req["agent"]
-        return snapshot(self, only)
-
-    async def op_reload(self, conn, req):
-        if not self.server.is_admin(conn):
-            raise RequestError("forbidden", "only root or the agentd group may reload the policy")
-        ok, msg = self.reload()
-        if not ok:
-            raise RequestError("reload_failed", f"kept the previous policy: {msg}")
-        return {"message": msg}
-
-    def _target_tool(self, conn, req):
-        agent = self.ctl.agents.get(req["agent"])
-        caller, _, _ = self._caller_agent(conn)
-        if not self.server.is_admin(conn) and (caller is None or agent is None or caller.agent_id != agent.agent_id):
-            raise RequestError("forbidden", "a process may only act on tool calls of its own agent")
-        tool = agent.tools.get(req["tool"]) if agent else None
-        if tool is None or tool.done:
-            raise RequestError("no_tool", f"no running tool call {req['agent']}/{req['tool']}")
-        return tool
-
-    async def op_freeze(self, conn, req):
-        tool = self._target_tool(conn, req)
-        self.fs.freeze(tool.cgroup, True)
-        tool.frozen = True
-        self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action="freeze", reason="api")
-        return {}
-
-    async def op_thaw(self, conn, req):
-        tool = self._target_tool(conn, req)
-        self.fs.freeze(tool.cgroup, False)
-        tool.frozen = False
-        self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action="thaw", reason="api")
-        return {}
-
-    async def op_kill(self, conn, req):
-        tool = self._target_tool(conn, req)
-        tool.actions.append({"action": "kill", "reason": "api", "ts": time.time()})
-        self.fs.kill(tool.cgroup)
-        self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action="kill", reason="api")
-        return {}
-
-    def connection_lost(self, conn):
-        for agent_id, tool_id in conn.tools:
-            agent = self.ctl.agents.get(agent_id)
-            tool = agent.tools.get(tool_id) if agent else None
-            if tool and not tool.done:
-                tool.orphaned = True      # its launcher may reconnect; else the sweep finishes it
-        if conn.agent:
-            agent = self.ctl.agents.get(conn.agent)
-            if agent:
-                agent.detached = True
-
 
 def run_daemon(cfg):
     """`agentd daemon`: serve until SIGTERM/SIGINT; SIGHUP reloads. Agents outlive us."""

@@ -22,10 +22,12 @@ detection:
 
 SCRIPT = """\
 OUT="$1"; shift
-"$@" tool --mem 200M -- sleep 3 2>"$OUT/holder.err" &
-sleep 0.5
+# Each step waits for the previous one to be in place, so the order of requests is fixed
+# however loaded the host is: holder running, then batch queued, then interactive asks.
+"$@" tool --mem 200M -- bash -c "touch '$OUT/holder.started'; sleep 3" 2>"$OUT/holder.err" &
+until [ -e "$OUT/holder.started" ]; do sleep 0.05; done
 AGENTD_FEEDBACK_FILE="$OUT/batch.json" "$@" tool --class batch --mem 200M -- sleep 1 2>"$OUT/batch.err" &
-sleep 0.5
+until grep -q "waiting for memory" "$OUT/batch.err" 2>/dev/null; do sleep 0.05; done
 AGENTD_FEEDBACK_FILE="$OUT/inter.json" "$@" tool --class interactive --mem 200M -- sleep 1 2>"$OUT/inter.err" &
 wait
 """
@@ -69,7 +71,7 @@ def test_waiting_calls_are_admitted_by_priority_when_room_appears(tmp_path, test
     # The holder runs 3 s: the interactive call waited for it, the batch call for both.
     assert 1.0 < qi["seconds"] < 10, qi
     assert qb["seconds"] > qi["seconds"] + 0.5, (qb, qi)
-    assert "holder" not in (out / "holder.err").read_text()
+    assert "waiting for memory" not in (out / "holder.err").read_text()   # nothing ran before it
 
 
 def test_wait_is_bounded_and_fail_refuses_the_call(tmp_path, test_root):

@@ -102,6 +102,13 @@ def tools_of(d, name, n, timeout=15):
     raise AssertionError(f"agent {name} did not start {n} tool calls: {d.log()[-2000:]}")
 
 
+def wait_until(pred, what, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def actions(d):
     return [(e["action"], e["tool"]) for e in d.events() if e.get("event") == "action" and e.get("tool")]
 
@@ -116,9 +123,10 @@ def test_freeze_lowest_priority_first_and_thaw_highest_first(ladder_daemon, cgfs
         d.fake.on.set()
         d.wait_event(lambda e: e.get("action") == "freeze" and e.get("tool") == inter, timeout=15)
         d.fake.on.clear()
-        assert cgfs.frozen(f"{cg}/{batch}") and cgfs.frozen(f"{cg}/{inter}")
+        # cgroup.events says "frozen 1" once every task has stopped, a moment after the write.
+        wait_until(lambda: cgfs.frozen(f"{cg}/{batch}") and cgfs.frozen(f"{cg}/{inter}"), "both calls frozen")
         d.wait_event(lambda e: e.get("action") == "thaw" and e.get("tool") == batch, timeout=20)
-        assert not cgfs.frozen(f"{cg}/{batch}") and not cgfs.frozen(f"{cg}/{inter}")
+        wait_until(lambda: not cgfs.frozen(f"{cg}/{batch}") and not cgfs.frozen(f"{cg}/{inter}"), "both thawed")
         assert actions(d) == [("freeze", batch), ("freeze", inter), ("thaw", inter), ("thaw", batch)]
         status = d.request({"op": "status"})
         assert status["modes"]["pressure"] == "poll"     # the fake source is polled, by design

@@ -272,6 +272,7 @@ class Enforcer:
                 log.exception("enforcer tick failed")
 
     def tick(self, now):
+        self._follow_reload()
         available = self.available_fn()
         for agent in list(self.ctl.agents.values()):
             for tool in list(agent.tools.values()):
@@ -287,6 +288,15 @@ class Enforcer:
         self.watch.poll(now)
         self._ladder_step(now)
         self.admitter.admit_waiters()
+
+    def _follow_reload(self):
+        """A reloaded policy's ladder timings and steps apply from the next tick; the
+        ladder's state (last pressure, last step) carries over. Trigger thresholds stay
+        until restart: re-registering every trigger mid-incident would drop events."""
+        p = self.policy.pressure
+        self.ladder.steps = tuple(p.steps)
+        self.ladder.step_interval_s = p.step_interval_s
+        self.ladder.relief_interval_s = p.relief_interval_s
 
     def _adapt(self, tool, st, available):
         """Move memory.high with the re-forecast, unless the ladder holds this call."""

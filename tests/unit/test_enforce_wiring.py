@@ -131,3 +131,34 @@ def test_relief_thaws_highest_priority_first_after_pressure_ends():
         t += 0.5
     assert thaws == [high.cgroup, low.cgroup]
     assert [a["action"] for a in high.actions] == ["freeze", "thaw"]
+
+
+def test_running_call_memory_high_follows_its_growth_within_free_memory():
+    e, app = make()
+    samples = iter([100 * MiB, 300 * MiB, 500 * MiB, 700 * MiB, 900 * MiB] + [900 * MiB] * 20)
+    app.ctl.sample_tool = lambda t: next(samples)
+    t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB)})
+    first = int(t.plan.limits[cgf.MEMORY_HIGH])
+    assert first == 2 * GiB                       # prior 1 GiB x headroom 2
+    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(first)
+    t.limits_applied = dict(t.plan.limits)
+    for i in range(5):
+        e.tick(100.0 + i * 0.5)
+    highs = [int(w[2]) for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH]
+    # Growing 400 MiB/s: the re-forecast projects past the start forecast, so the limit
+    # rises, but never past memory.max.
+    assert highs and highs[-1] > first and max(highs) <= 4 * GiB
+    # With the host nearly full the limit only follows what the call holds.
+    e.available_fn = lambda: 0
+    app.fs.writes.clear()
+    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(first)
+    e.tick(103.0)
+    assert [int(w[2]) for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH] == [900 * MiB]
+
+
+def test_reloaded_policy_changes_the_ladder_steps():
+    e, app = make()
+    assert e.ladder.steps == ("freeze", "kill")
+    app.policy = load_policy_text(POLICY.format(kill_main="false", steps="[kill]"), host_memory_bytes=8 * GiB)
+    e.tick(1.0)
+    assert e.ladder.steps == ("kill",)

@@ -145,3 +145,34 @@ def test_percentiles_and_targets():
     assert dict(report.isolation_targets(summary)) == {
         "agentd: no agent lost": True, "agentd: HIGH <= 1.10x solo": False, "agentd: LOW <= 1.5x solo": True,
         "none: loses an agent in some run": True}
+
+
+def _agent(prio, lost=False, slowdown=1.0, frozen=0, lat=None):
+    row = {"trace": "t", "priority": prio, "lost": lost, "lost_reason": "x" if lost else None,
+           "solo_seconds": 10.0, "seconds": None if lost else 10.0 * slowdown,
+           "slowdown": None if lost else slowdown,
+           "tool_calls": {"planned": 3, "started": 3, "killed": 0, "failed": 0, "killed_by_agentd": 0,
+                          "frozen": frozen, "throttled": 0, "queued": 0}}
+    if lat:
+        row["alloc_latency_us"] = lat
+    return row
+
+
+def test_isolation_summary_takes_medians_over_runs_and_counts_losses():
+    lat = {"p50": 10.0, "p95": 20.0, "p99": 30.0}
+    iso = {"modes": {"agentd": {"runs": [
+        {"agents": [_agent("high", slowdown=1.0, lat=lat), _agent("low", slowdown=1.2, frozen=2), _agent("low")]},
+        {"agents": [_agent("high", slowdown=1.2, lat=lat), _agent("low", lost=True), _agent("low", slowdown=1.4)]},
+        {"agents": [_agent("high", slowdown=1.1, lat=lat), _agent("low"), _agent("low")]}]}}}
+    s = report.isolation_summary(iso)["agentd"]
+    assert (s["runs"], s["runs_with_loss"], s["high_lost"], s["low_lost"]) == (3, 1, 0, 1)
+    assert s["high_slowdown_median"] == pytest.approx(1.1) and s["high_slowdown_max"] == pytest.approx(1.2)
+    assert s["low_frozen"] == 2 and s["high_latency_us"] == lat
+    assert "| agentd | 3 | 1 | 0 | 1 |" in report.isolation_table(iso, {"agentd": s})
+
+
+def test_density_target_compares_agentd_with_static():
+    den = {"modes": {"static": {"agents": 2, "steps": []}, "agentd": {"agents": 3, "steps": []}}}
+    assert report.density_targets(den) == [("agentd fits >= 1.5x static (3 vs 2)", True)]
+    den["modes"]["agentd"]["agents"] = 2
+    assert report.density_targets(den)[0][1] is False

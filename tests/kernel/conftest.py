@@ -28,8 +28,8 @@ def pytest_runtest_setup(item):
                     pytrace=False)
 
 
-# A hung test must fail on its own rather than run the whole VM into run.py's timeout,
-# which reports nothing at all.
+# A hung test must fail on its own rather than run the whole VM into run.py's timeout
+# and take every test after it down too.
 TEST_TIMEOUT = int(os.environ.get("AGENTD_KERNEL_TEST_TIMEOUT", "240"))
 
 

@@ -47,6 +47,6 @@ def test_limits_are_real_files_here(daemon, cgfs):
     limits = ev["limits"]
     assert mem_max == limits["memory.max"] and mem_max != "max"
     assert pids_max == limits["pids.max"] and pids_max != "max"
-    # cpu.weight is the policy's, or the CPU-priority stage's where it owns the weights.
-    assert int(weight) >= 1 and weight in (limits["cpu.weight"], str(ev.get("cpu_weight", weight)))
+    # cpu.weight is written by the CPU-priority stage (agentd/sched), from the same policy.
+    assert 1 <= int(weight) <= 10000
     assert {"memory", "cpu", "pids"} <= set(subtree.split())

@@ -22,6 +22,10 @@ def agentd_cmd():
 
 
 def python_cmd():
+    # In the kernel tier's emulated guest every Python start costs tens of seconds; -S
+    # skips site processing (the runner puts site-packages on PYTHONPATH there).
+    if os.environ.get("AGENTD_KERNEL_TIER"):
+        return [sys.executable, "-S", "-m", "agentd"]
     return [sys.executable, "-m", "agentd"]
 
 

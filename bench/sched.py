@@ -4,6 +4,8 @@
 sched_ext scheduler, in one run of the kernel-tier VM (Debian's sched_ext kernel).
 
     python3 bench/sched.py [--seconds S] [--json]      host: boots the VM, prints the table
+        [--interactive-slice-us US]                    override the policy's interactive slice in (c)
+        [--host-clock]                                 guest clock = host time (see below)
     python3 bench/sched.py --guest OUTDIR              inside the VM (what the host runs)
 
 Workload (all processes compiled from the C below, inside the guest):
@@ -19,8 +21,13 @@ to cpu.weight (interactive tool 200, batch 50, as the default policy's classes);
 (c) agentd's scheduler loaded, the tasks moved to SCHED_EXT, map entries written by the
 same code the daemon uses (agentd.sched.scx).
 
-Under QEMU software emulation absolute times are inflated and noisy (other VMs share the
-host's cores): compare modes within one run, never across runs.
+Clock: by default the guest runs under QEMU `-icount shift=2`: guest time advances with
+the instructions it executes (4 ns each), so time the host spends running other VMs does
+not show up as scheduling latency inside the guest, and runs on a busy 2-core host are
+comparable. In this mode QEMU runs the vCPUs round-robin, so an IPI to the other vCPU
+waits for the running one's next timer event (~2 ms grid of the two 250 Hz ticks); that
+inflates every cross-CPU wake-up, in all three modes. --host-clock uses host time
+instead (then latencies mostly measure the host's load). Compare modes within one run.
 """
 
 import argparse
@@ -39,6 +46,7 @@ sys.path.insert(0, REPO)
 RATIOS = (1, 2, 4, 8)
 PERIOD_US = 10_000
 WORK_US = 1_000
+ICOUNT_SHIFT = 2
 
 PROBE_C = r"""
 #define _GNU_SOURCE
@@ -79,10 +87,11 @@ int main(int argc, char **argv)
 # --- guest side ---------------------------------------------------------------------------
 
 class Guest:
-    def __init__(self, out, seconds):
+    def __init__(self, out, seconds, islice_us=None):
         from agentd.kernel.cgroupfs import CgroupFS
         self.out = out
         self.seconds = seconds
+        self.islice_us = islice_us
         self.fs = CgroupFS("/sys/fs/cgroup")
         self.ncpu = os.cpu_count() or 1
         self.root = f"agentd-bench-{os.getpid()}"
@@ -168,7 +177,7 @@ class Guest:
                 lat.append(int(x) / 1e3)
                 comp.append(int(y) / 1e3)
         return {"n": len(lat), "lat_p50": pct(lat, 50), "lat_p99": pct(lat, 99),
-                "done_p50": pct(comp, 50), "done_p99": pct(comp, 99)}
+                "done_p50": pct(comp, 50), "done_p99": pct(comp, 99), "lat_us": lat, "done_us": comp}
 
     def run(self):
         from agentd.sched import scx
@@ -192,7 +201,11 @@ class Guest:
         res["lat"]["b"] = self.latency(ext=False)
         self.set_weights(dfl)
         # (c) agentd's sched_ext scheduler
-        sched = scx.ScxScheduler(scx.make_config(slices_ns(policy.cpu))).load()
+        slices = list(slices_ns(policy.cpu))
+        if self.islice_us:
+            slices[0] = self.islice_us * 1000
+        res["slices_us"] = [x // 1000 for x in slices]
+        sched = scx.ScxScheduler(scx.make_config(slices)).load()
         try:
             ids = {n: self.fs.cgroup_id(self.cg(n)) for n in ("A/batch", "B/batch", "A/interactive")}
             sched.set_cgroup(ids["A/batch"], 1, w_batch, "batch")
@@ -225,10 +238,10 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def guest_main(out, seconds):
+def guest_main(out, seconds, islice_us=None):
     g = None
     try:
-        g = Guest(out, seconds)
+        g = Guest(out, seconds, islice_us)
         res = g.run()
         status = 0
     except Exception as err:
@@ -248,7 +261,8 @@ def guest_main(out, seconds):
 # --- report -----------------------------------------------------------------------------
 
 def table(res):
-    lines = [f"Kernel {res['kernel']}, {res['ncpu']} vCPUs (QEMU TCG), {res['seconds']:.0f} s per measurement, "
+    lines = [f"Kernel {res['kernel']}, {res['ncpu']} vCPUs (QEMU TCG, guest clock: {res.get('clock', 'host time')}), "
+             f"{res['seconds']:.0f} s per measurement, "
              f"{res['ncpu'] + 1} spinners per agent.", "",
              "Fairness (CPU of agent A / agent B; error = |measured / configured - 1|):", "",
              "| weights A:B | (b) cpu.weight | error | (c) agentd sched_ext | error |",
@@ -280,6 +294,8 @@ def table(res):
     lines += ["", f"Targets: share error <= 15% for every ratio under (c): worst {100 * worst:.1f}% "
               f"({'met' if worst <= 0.15 else 'NOT met'}); interactive p99 (c) <= 0.5 x (a): "
               f"{ratio:.2f} x ({'met' if ratio <= 0.5 else 'NOT met'})."]
+    if res.get("slices_us"):
+        lines.append(f"(c) slices (us) interactive/normal/batch: {'/'.join(map(str, res['slices_us']))}.")
     if res.get("scx_stats"):
         lines.append(f"Scheduler counters: {res['scx_stats']}")
     return "\n".join(lines)
@@ -296,8 +312,15 @@ def host_main(args):
     out = tempfile.mkdtemp(prefix="agentd-bench-sched-")
     cmd = f"{shlex.quote(sys.executable)} {shlex.quote(os.path.abspath(__file__))} --guest {shlex.quote(out)} " \
           f"--seconds {args.seconds}"
+    if args.interactive_slice_us:
+        cmd += f" --interactive-slice-us {args.interactive_slice_us}"
     argv = ["vng", "--disable-kvm", "-r", vmlinuz, "--user", "root", "--memory", tier.GUEST_MEMORY,
             "--cpus", tier.GUEST_CPUS, "--rwdir", out, "--cwd", REPO, "--exec", cmd]
+    if not args.host_clock:
+        # Guest time from instructions executed, not host time: QEMU stops the guest's
+        # clock while the host deschedules it, so other VMs on the host do not show up
+        # as scheduling latency inside the guest.
+        argv += ["--qemu-opts", f"-icount shift={ICOUNT_SHIFT},sleep=off"]
     t0 = time.monotonic()
     with open(os.path.join(out, "console.log"), "w") as con:
         try:
@@ -314,15 +337,20 @@ def host_main(args):
     if "error" in res:
         print(f"bench/sched: guest failed: {res['error']}\n{res.get('trace', '')}", file=sys.stderr)
         return 1
+    res["clock"] = "host time" if args.host_clock else f"QEMU -icount shift={ICOUNT_SHIFT}"
     print(json.dumps(res, indent=1) if args.json else table(res))
+    print(f"\n(raw result: {path})", file=sys.stderr)
     return 0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--guest", metavar="OUTDIR", help="run the measurements here (inside the VM)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="measurement window per point")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measurement window per point")
     ap.add_argument("--timeout", type=float, default=900.0, help="VM run limit, seconds")
+    ap.add_argument("--host-clock", action="store_true",
+                    help="guest clock = host time instead of QEMU -icount (instructions executed)")
+    ap.add_argument("--interactive-slice-us", type=int, help="override the policy's interactive slice under (c)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--table", metavar="JSON", help="print the table of a saved result")
     args = ap.parse_args()
@@ -331,7 +359,7 @@ def main():
             print(table(json.load(f)))
         return 0
     if args.guest:
-        return guest_main(args.guest, args.seconds)
+        return guest_main(args.guest, args.seconds, args.interactive_slice_us)
     return host_main(args)
 
 

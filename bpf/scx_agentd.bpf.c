@@ -16,11 +16,12 @@
  * period agents receive CPU in proportion to their weights. Credit is capped across
  * sleeps (wake_lag_ns), so an idle agent cannot bank time and then monopolise CPUs.
  *
- * Interactive: a waking interactive task goes straight to the local queue of a CPU
- * that runs non-interactive work and preempts it (SCX_ENQ_PREEMPT), instead of
- * waiting for the next tick as a fair-class wake-up does under lazy preemption. A
- * task that exhausts its slice while still runnable is demoted to its agent's queue
- * until it sleeps again, so CPU-bound "interactive" work cannot starve the rest.
+ * Interactive: a waking interactive task preempts a CPU that runs non-interactive
+ * work (preferably the CPU handling the wake-up) at once, instead of at the next tick
+ * as a fair-class wake-up does under lazy preemption; otherwise it waits in the
+ * interactive DSQ, which every CPU consults first. A task that runs several slices
+ * without sleeping is demoted to its agent's queue until it sleeps again, so CPU-bound
+ * "interactive" work cannot starve the rest.
  *
  * Kernel types: the host that builds agentd may lack sched_ext in its BTF, so the few
  * kernel types used below are declared here with CO-RE relocations (field names only
@@ -58,6 +59,7 @@ struct cpumask {
 	unsigned long bits[1];
 };
 struct sched_ext_entity {
+	u32 flags;
 	u64 slice;
 	u64 dsq_vtime;
 };
@@ -95,11 +97,12 @@ struct sched_ext_ops {
 
 /* Constants of include/linux/sched/ext.h and kernel/sched/ext_internal.h, unchanged since 6.12. */
 #define SCX_DSQ_LOCAL		0x8000000000000002ULL
-#define SCX_DSQ_LOCAL_ON	0xC000000000000000ULL
 #define SCX_ENQ_WAKEUP		0x1ULL
 #define SCX_ENQ_PREEMPT		(1ULL << 32)
 #define SCX_KICK_IDLE		1
+#define SCX_KICK_PREEMPT	2
 #define SCX_OPS_SWITCH_PARTIAL	8
+#define SCX_TASK_QUEUED		1	/* sched_ext_entity.flags: still runnable */
 #define SCX_WATCHDOG_MS		10000	/* a task queued this long ejects the scheduler */
 
 /* kfuncs (bpftool 7.x emits no prototypes for them). */
@@ -116,6 +119,7 @@ extern bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
 
 #define MAX_AGENTS SCX_AGENTD_MAX_AGENTS
 #define MAX_CPUS SCX_AGENTD_MAX_CPUS
+#define INTERACTIVE_BURST_SLICES 20	/* CPU time per wake-up before demotion, in slices */
 /* cpu_lat[] holds latency class + 1; 0 (the .bss default) = idle or another class. */
 #define CPU_LAT_NONE 0
 #define CPU_LAT_INTERACTIVE (SCX_AGENTD_LAT_INTERACTIVE + 1)
@@ -170,7 +174,8 @@ struct task_ctx {
 	u32 lat;
 	s32 target_cpu;		/* interactive wake-up: CPU to preempt, or -1 */
 	u8 counted;		/* counted in agent_runnable[slot] */
-	u8 demoted;		/* interactive task that used a whole slice */
+	u8 demoted;		/* interactive task that ran too long since it woke */
+	u64 burst_ns;		/* CPU time since it last became runnable */
 };
 
 struct {
@@ -235,8 +240,15 @@ s32 BPF_PROG(agentd_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_fl
 {
 	struct task_ctx *tctx = ctx_of(p, false);
 	bool is_idle = false;
-	u32 lat = tctx ? eff_lat(tctx) : SCX_AGENTD_LAT_NORMAL;
-	s32 cpu;
+	u32 lat = SCX_AGENTD_LAT_NORMAL;
+	s32 cpu, local;
+
+	if (tctx) {
+		/* select_cpu runs only for wake-ups: a task that slept is not CPU-bound. */
+		tctx->burst_ns = 0;
+		tctx->demoted = 0;
+		lat = eff_lat(tctx);
+	}
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	if (tctx)
@@ -249,8 +261,14 @@ s32 BPF_PROG(agentd_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_fl
 	}
 	if (!tctx || lat != SCX_AGENTD_LAT_INTERACTIVE || !cfg.preempt)
 		return cpu;
-	/* Prefer the chosen CPU; else any allowed CPU not running interactive work. */
-	if (cpu >= 0 && cpu < MAX_CPUS && cpu_lat[cpu] == CPU_LAT_INTERACTIVE) {
+	/* The CPU to preempt: the one handling this wake-up (no IPI: the switch happens on
+	 * return from the interrupt), else the default choice, else any allowed CPU that
+	 * is not running interactive work. */
+	local = bpf_get_smp_processor_id();
+	if (local >= 0 && local < MAX_CPUS && cpu_lat[local] != CPU_LAT_INTERACTIVE &&
+	    bpf_cpumask_test_cpu(local, p->cpus_ptr))
+		cpu = local;
+	else if (cpu >= 0 && cpu < MAX_CPUS && cpu_lat[cpu] == CPU_LAT_INTERACTIVE) {
 		for (u32 i = 0; i < MAX_CPUS && i < cfg.nr_cpus; i++) {
 			if (cpu_lat[i] != CPU_LAT_INTERACTIVE && bpf_cpumask_test_cpu(i, p->cpus_ptr)) {
 				cpu = i;
@@ -274,6 +292,8 @@ void BPF_PROG(agentd_runnable, struct task_struct *p, u64 enq_flags)
 	classify(p, tctx);
 	slot = tctx->slot & (MAX_AGENTS - 1);
 	tctx->counted = 1;
+	tctx->burst_ns = 0;
+	tctx->demoted = 0;
 	if (__sync_fetch_and_add(&agent_runnable[slot], 1) == 0) {
 		/* The agent wakes up: it keeps at most wake_lag_ns of unused credit. */
 		u64 now = global_vtime;
@@ -303,6 +323,10 @@ void BPF_PROG(agentd_enqueue, struct task_struct *p, u64 enq_flags)
 	u64 vt, floor;
 
 	stat_inc(SCX_AGENTD_STAT_ENQUEUE);
+	if (tctx && (enq_flags & SCX_ENQ_WAKEUP)) {
+		tctx->burst_ns = 0;		/* it slept: interactive again */
+		tctx->demoted = 0;
+	}
 	if (!tctx) {
 		scx_bpf_dsq_insert_vtime(p, SCX_AGENTD_DSQ_AGENT_BASE, slice_of(SCX_AGENTD_LAT_NORMAL),
 					 p->scx.dsq_vtime, enq_flags);
@@ -315,13 +339,23 @@ void BPF_PROG(agentd_enqueue, struct task_struct *p, u64 enq_flags)
 
 		tctx->target_cpu = -1;
 		if ((enq_flags & SCX_ENQ_WAKEUP) && cpu >= 0 && cpu < MAX_CPUS && cfg.preempt) {
-			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_of(lat), enq_flags | SCX_ENQ_PREEMPT);
 			stat_inc(SCX_AGENTD_STAT_PREEMPT);
+			if (cpu == scx_bpf_task_cpu(p)) {
+				/* Its own CPU (we hold that runqueue): the current task's slice
+				 * ends now and this one runs next, no IPI. */
+				scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_of(lat), enq_flags | SCX_ENQ_PREEMPT);
+				return;
+			}
+			/* Another CPU: queue it where every CPU looks first and make that CPU
+			 * look now. The kick may land after it already runs there and end its
+			 * slice; it then comes back here as interactive (see stopping). */
+			scx_bpf_dsq_insert(p, SCX_AGENTD_DSQ_INTERACTIVE, slice_of(lat), enq_flags);
+			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 			return;
 		}
 		scx_bpf_dsq_insert(p, SCX_AGENTD_DSQ_INTERACTIVE, slice_of(lat), enq_flags);
-		stat_inc(SCX_AGENTD_STAT_INTERACTIVE);
 		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_IDLE);
+		stat_inc(SCX_AGENTD_STAT_INTERACTIVE);
 		return;
 	}
 	/* Read the task's own vtime first and unconditionally: a select between a task and
@@ -373,6 +407,16 @@ void BPF_PROG(agentd_dispatch, s32 cpu, struct task_struct *prev)
 
 	if (scx_bpf_dsq_move_to_local(SCX_AGENTD_DSQ_INTERACTIVE))
 		return;
+	/* An interactive task whose slice ran out keeps its CPU ahead of agent work:
+	 * dispatching nothing lets the kernel run a still-runnable @prev again. Were it
+	 * re-queued instead, this CPU would already have taken batch work for a whole
+	 * slice before @prev reached the interactive queue. */
+	if (prev && (prev->scx.flags & SCX_TASK_QUEUED)) {
+		struct task_ctx *pc = ctx_of(prev, false);
+
+		if (pc && eff_lat(pc) == SCX_AGENTD_LAT_INTERACTIVE)
+			return;
+	}
 	/* Two passes: another CPU may empty the chosen queue between the scan and the move. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		pk.best_vt = ~0ULL;
@@ -433,13 +477,20 @@ void BPF_PROG(agentd_stopping, struct task_struct *p, bool runnable)
 		__sync_fetch_and_add(&cg->vtime, used * SCX_AGENTD_WEIGHT_DFL / cw);
 	}
 	p->scx.dsq_vtime += used * SCX_AGENTD_WEIGHT_DFL / cw;
-	if (tctx->lat == SCX_AGENTD_LAT_INTERACTIVE) {
-		/* Slice used up while still runnable: CPU-bound, not interactive (until it sleeps). */
-		bool demote = runnable && p->scx.slice == 0;
-
-		if (demote && !tctx->demoted)
-			stat_inc(SCX_AGENTD_STAT_DEMOTED);
-		tctx->demoted = demote;
+	if (!runnable) {
+		/* Going to sleep: its next wake-up starts a new burst. */
+		tctx->burst_ns = 0;
+		tctx->demoted = 0;
+		return;
+	}
+	tctx->burst_ns += used;
+	if (tctx->lat == SCX_AGENTD_LAT_INTERACTIVE && !tctx->demoted &&
+	    tctx->burst_ns > INTERACTIVE_BURST_SLICES * cfg.slice_ns[SCX_AGENTD_LAT_INTERACTIVE]) {
+		/* Ran several slices without sleeping: CPU-bound, not interactive, until it
+		 * sleeps again. Measured by CPU time rather than by an exhausted slice: a
+		 * preemption kick also ends a slice. */
+		tctx->demoted = 1;
+		stat_inc(SCX_AGENTD_STAT_DEMOTED);
 	}
 }
 

@@ -61,8 +61,8 @@ struct scx_agentd_config {
 enum scx_agentd_stat {
 	SCX_AGENTD_STAT_ENQUEUE = 0,	/* ops.enqueue calls */
 	SCX_AGENTD_STAT_DIRECT,		/* dispatched straight to an idle CPU */
-	SCX_AGENTD_STAT_INTERACTIVE,	/* queued in the interactive DSQ */
-	SCX_AGENTD_STAT_PREEMPT,	/* interactive wake-ups that preempted a CPU */
+	SCX_AGENTD_STAT_INTERACTIVE,	/* interactive, queued without a preempt kick */
+	SCX_AGENTD_STAT_PREEMPT,	/* interactive wake-ups that kicked a busy CPU to preempt */
 	SCX_AGENTD_STAT_DEMOTED,	/* interactive tasks that used a whole slice */
 	SCX_AGENTD_STAT_UNKNOWN,	/* tasks whose cgroup has no entry (slot 0) */
 	SCX_AGENTD_NR_STATS,

@@ -258,6 +258,8 @@ class Enforcer:
         except AgentdError as err:
             log.warning("tool %s: %s failed: %s", d.key, d.action, err)
             return None
+        if rec and d.action in (THROTTLE, "restore"):
+            tool.limits_applied[cgf.MEMORY_HIGH] = rec["new"]     # what status shows
         if d.action in ("thaw", "restore", KILL):
             self.admitter.admit_waiters()
         return rec

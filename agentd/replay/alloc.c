@@ -10,9 +10,11 @@
  *
  * SCHEDULE (text):  "baseline BYTES\n" then per call "call GAP_S ARGV_FILE PROFILE_FILE\n";
  *                   ARGV_FILE holds the call's argv, NUL-separated; the final line
- *                   "tail GAP_S" is the idle time after the last call; "sync T" (before a
- *                   call) waits until CLOCK_MONOTONIC time T, so several agents can start
- *                   their largest calls together (the wait is reported, not replayed time).
+ *                   "tail GAP_S" is the idle time after the last call; "barrier DIR NAME N
+ *                   TIMEOUT_S" (before a call) creates DIR/NAME and waits until DIR holds N
+ *                   entries (the harness adds an agent's entry when it exits early), so several
+ *                   agents start their largest calls together (the wait is reported and is
+ *                   not replayed time).
  * PROFILE (text):   "DURATION_S\n" then "OFFSET_S BYTES\n" per step: at OFFSET_S after its
  *                   start the call holds BYTES (grows by touching new 1 MiB chunks, shrinks
  *                   by unmapping); it exits at DURATION_S or once its last step is done.
@@ -30,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -110,6 +114,31 @@ static int tool(void) {
     return 0;
 }
 
+static int entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+static double barrier(const char *dir, const char *name, int n, double timeout) {
+    char path[8192];
+    double t = now();
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT, 0644);
+    if (fd >= 0) close(fd);
+    while (entries(dir) < n && now() - t < timeout) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return now() - t;
+}
+
 /* --- agent role ---------------------------------------------------------------------- */
 static int run_call(const char *argv_file, const char *prof) {
     static char buf[65536];
@@ -156,11 +185,15 @@ static int agent(const char *sched, const char *result) {
             if (fscanf(f, "%lf", &gap) == 1) sleep_until(now() + gap);
             break;
         }
-        if (strcmp(word, "sync") == 0) {
-            double at, t = now();
-            if (fscanf(f, "%lf", &at) != 1) { fprintf(stderr, "alloc: %s: bad sync\n", sched); return 2; }
-            sleep_until(at);
-            put(out, "sync %.6f\n", at > t ? at - t : 0.0);
+        if (strcmp(word, "barrier") == 0) {
+            char dir[4096], name[256];
+            int n;
+            double timeout;
+            if (fscanf(f, "%4095s %255s %d %lf", dir, name, &n, &timeout) != 4) {
+                fprintf(stderr, "alloc: %s: bad barrier\n", sched);
+                return 2;
+            }
+            put(out, "sync %.6f\n", barrier(dir, name, n, timeout));
             continue;
         }
         if (strcmp(word, "call") != 0 || fscanf(f, "%lf %4095s %4095s", &gap, argv_file, prof) != 3) {

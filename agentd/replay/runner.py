@@ -66,7 +66,7 @@ class AgentSpec:
     schedule: object            # scaled trace.Schedule
     delay: float = 0.0          # seconds after the run starts
     measure_latency: bool = False
-    sync_offset: float | None = None   # start the largest call no earlier than this many s after the run start
+    barrier: int | None = None  # this many agents start their largest calls together
 
 
 @dataclass
@@ -89,15 +89,18 @@ class AgentResult:
     sync_wait: float | None = None                # seconds the agent waited at the sync point (not counted)
 
 
-def write_schedule(spec, run_dir, alias, tool_prefix, sync_at=None):
+BARRIER_TIMEOUT_S = 300
+
+
+def write_schedule(spec, run_dir, alias, tool_prefix, barrier_dir=None):
     """Schedule, argv and profile files of one agent; returns the schedule path."""
     d = os.path.join(run_dir, spec.name)
     os.makedirs(d, exist_ok=True)
     gap_list, tail = gaps(spec.schedule)
     lines = [f"baseline {spec.schedule.baseline}"]
     for i, (call, gap) in enumerate(zip(spec.schedule.calls, gap_list)):
-        if sync_at is not None and i == spec.schedule.peak_call:
-            lines.append(f"sync {sync_at:.6f}")
+        if barrier_dir is not None and spec.barrier and i == spec.schedule.peak_call:
+            lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S}")
         argv = [*tool_prefix, alias, "-c", call.command.replace("\0", " ") or "true"]
         argv_file, prof_file = os.path.join(d, f"c{i}.argv"), os.path.join(d, f"c{i}.prof")
         with open(argv_file, "wb") as f:
@@ -159,6 +162,7 @@ class AgentdHost:
         self.fs, self.log = fs, log
         self.parent = f"agentd-replay-{os.getpid()}-agentd"
         self.run_dir = os.path.join(work_dir, self.parent)
+        self.barrier_dir = os.path.join(self.run_dir, "barrier")
         self.state_dir = state_dir
         self.daemon = None
 
@@ -237,6 +241,7 @@ class Group:
         self.fs = CgroupFS(CGROUP_ROOT)
         self.parent = f"agentd-replay-{os.getpid()}-{next(_seq)}"
         self.run_dir = os.path.join(work_dir, self.parent)
+        self.barrier_dir = os.path.join(self.run_dir, "barrier")
         self.log = log or (lambda msg: None)
         self.procs = {}
         self.peaks = {}
@@ -244,7 +249,7 @@ class Group:
 
     # --- setup ---------------------------------------------------------------------
     def _setup(self):
-        os.makedirs(self.run_dir, exist_ok=True)
+        os.makedirs(self.barrier_dir, exist_ok=True)
         if self.host is not None:
             self.host.set_budget(self.budget)
             self.events_from = len(self.host.events())
@@ -264,8 +269,7 @@ class Group:
     def _spawn(self, s, t0):
         d = os.path.join(self.run_dir, s.name)
         prefix = [*agentd_front(), "tool", "--"] if self.mode == "agentd" else []
-        sync_at = None if s.sync_offset is None else t0 + s.sync_offset
-        sched = write_schedule(s, self.run_dir, self.alias, prefix, sync_at)
+        sched = write_schedule(s, self.run_dir, self.alias, prefix, self.barrier_dir)
         result = os.path.join(d, "result")
         env = dict(os.environ, PYTHONPATH=REPO)
         if s.measure_latency:
@@ -299,14 +303,21 @@ class Group:
                 time.sleep(max(0.0, t0 + s.delay - time.monotonic()))
                 self._spawn(s, t0)
             deadline = t0 + timeout
-            for name, p in self.procs.items():
-                try:
-                    p.wait(timeout=max(1.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self.log(f"agent {name} still running after {timeout:.0f} s: stopping it")
-                    self.timed_out.add(name)
-                    p.kill()
-                    p.wait()
+            running = dict(self.procs)
+            while running:
+                for name, p in list(running.items()):
+                    if p.poll() is not None:
+                        # An agent that ended (or died) before the barrier must not hold the others.
+                        open(os.path.join(self.barrier_dir, name), "a").close()
+                        del running[name]
+                if running and time.monotonic() > deadline:
+                    for name, p in running.items():
+                        self.log(f"agent {name} still running after {timeout:.0f} s: stopping it")
+                        self.timed_out.add(name)
+                        p.kill()
+                        p.wait()
+                    break
+                time.sleep(0.2)
             self._read_peaks()
             return self._results()
         finally:
@@ -341,7 +352,7 @@ class Group:
             out.append(AgentResult(
                 name=s.name, trace=s.trace, priority=s.priority, completed=done is not None,
                 seconds=(done - start - waited) if done is not None and start is not None else None,
-                sync_wait=waited if s.sync_offset is not None else None,
+                sync_wait=waited if s.barrier else None,
                 lost_reason=lost_reason, calls=len(calls), calls_planned=len(s.schedule.calls),
                 calls_killed=killed, calls_failed=failed, actions=actions, peak_call_start=peak_start,
                 peak_bytes=self.peaks.get(s.name), exit_status=status,

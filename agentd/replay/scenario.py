@@ -5,9 +5,9 @@ first is the HIGH agent, the other two LOW). Every trace first runs alone (solo)
 mode family: "plain" (a bare cgroup, no limit: the solo of none and static) and "agentd"
 (alone under a daemon, no budget). Budget = 0.85 x the sum of the three plain solo peaks
 (memory.peak of each agent's cgroup). The agents start with offsets that line up their
-largest tool calls, the worst case for sharing: each agent waits before its largest call until
-1.5 x the latest solo time-to-that-call + 5 s after the run start (the wait is reported and
-not counted in its completion time).
+largest tool calls, the worst case for sharing: before its largest call each agent waits at a
+barrier until the others reach theirs (or have ended); the wait is reported and not counted in
+its completion time.
 
 Density: agents drawn in the same order, all of class low, all started together, under a
 fixed budget; n grows from 1 until a run loses an agent or its median slowdown exceeds
@@ -24,7 +24,6 @@ from .trace import build_schedule, scale, spiky_order
 
 ISOLATION_FACTOR = 0.85
 DENSITY_SLOWDOWN = 1.25
-SYNC_SLACK = 1.5
 
 
 def family(mode):
@@ -113,32 +112,20 @@ class Bench:
             out["triples"].append({"traces": names, "priorities": prio, "solo_peaks": peaks, "budget": budget})
             self.log(f"triple {k}: {names}, solo peaks {[fmt_mib(p) for p in peaks]}, budget {fmt_mib(budget)}")
             for mode in modes:
-                sync = self._sync_offset(names, family(mode))
                 for r in range(runs):
                     specs = [AgentSpec(name=f"a{i}", trace=n, priority=p, schedule=self.schedules[n],
-                                       measure_latency=p == "high", sync_offset=sync)
+                                       measure_latency=p == "high", barrier=len(names))
                              for i, (n, p) in enumerate(zip(names, prio))]
                     res = self._group(mode, specs, budget)
                     out["modes"][mode]["runs"].append({
-                        "triple": k, "run": r, "budget": budget, "sync_offset_s": rnd(sync),
-                        # an agent that waited 0 s arrived late: its spike may miss the others'
-                        "sync_waits_s": [rnd(x.sync_wait) for x in res],
+                        "triple": k, "run": r, "budget": budget,
+                        # seconds each agent waited for the others before its largest call
+                        "barrier_waits_s": [rnd(x.sync_wait) for x in res],
                         "agents": [self._agent_row(x, family(mode)) for x in res]})
                     out["solo"] = self._solo_table()
                     self.checkpoint("isolation", out)
         out["solo"] = self._solo_table()
         return out
-
-    def _sync_offset(self, names, fam):
-        """When the agents start their largest tool calls together: after the latest of
-        their solo times to that call, with room for running slower side by side."""
-        starts = []
-        for n in names:
-            s = self.solo[(n, fam)]
-            pk = self.schedules[n].peak_call
-            starts.append(s.peak_call_start if s.peak_call_start is not None
-                          else (self.schedules[n].calls[pk].start if pk is not None else 0.0))
-        return SYNC_SLACK * max(starts) + 5.0
 
     def _solo_table(self):
         return {f"{n}|{fam}": {"seconds": rnd(r.seconds), "peak_bytes": r.peak_bytes, "lost": not r.completed,

@@ -145,7 +145,7 @@ def cmd_daemon(args):
     from .daemon import Config, run_daemon
     cfg = Config(policy=args.policy or os.environ.get("AGENTD_POLICY", "default"), root=args.root,
                  socket=args.socket, state_dir=args.state_dir, event_log=args.event_log,
-                 metrics_listen=args.metrics_listen, api_group=args.group)
+                 metrics_listen=args.metrics_listen, api_group=args.group, dry_run=args.dry_run)
     return run_daemon(cfg)
 
 
@@ -273,6 +273,8 @@ def build_parser():
     d.add_argument("--state-dir")
     d.add_argument("--event-log")
     d.add_argument("--metrics-listen", help="host:port for /metrics, or 'none'")
+    d.add_argument("--dry-run", action="store_true",
+                   help="enforcement decides and logs every action but writes no limit, freeze or kill")
     d.set_defaults(fn=cmd_daemon)
 
     doc = sub.add_parser("doctor", help="print what this host supports and which modes are active")

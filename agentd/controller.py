@@ -55,7 +55,7 @@ class Controller:
         that fails, agentd works with what it has (the capability warning says so).
         """
         parts = cg.strip("/").split("/")
-        for i in range(0, len(parts)):
+        for i in range(0, len(parts) + 1):
             parent = "/".join(parts[:i])
             try:
                 self.fs.enable_controllers(parent)

@@ -41,6 +41,7 @@ class Config:
     state_dir: str | None = None
     event_log: str | None = None
     standalone: bool = False
+    dry_run: bool = False              # enforcement decides and logs, writes nothing
     sample_interval_s: float = 0.5
     sweep_interval_s: float = 1.0
 

@@ -93,11 +93,17 @@ class DaemonProc:
             return f.read()
 
     def events(self):
+        out = []
         try:
             with open(self.event_log) as f:
-                return [json.loads(line) for line in f if line.strip()]
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass          # a line still being written
         except FileNotFoundError:
-            return []
+            pass
+        return out
 
     def wait_event(self, pred, timeout=10):
         deadline = time.monotonic() + timeout

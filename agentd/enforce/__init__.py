@@ -16,5 +16,5 @@ from .enforcer import Enforcer
 
 
 def build(app):
-    return Enforcer(app, dry_run=os.environ.get("AGENTD_DRY_RUN") == "1",
+    return Enforcer(app, dry_run=getattr(app.cfg, "dry_run", False) or os.environ.get("AGENTD_DRY_RUN") == "1",
                     fake_pressure_file=os.environ.get("AGENTD_PRESSURE_FILE") or None)

@@ -23,9 +23,20 @@ def gather(policy_name=None):
         modes["monitoring"] = bpf_status()
     except Exception as err:      # the BPF layer is optional: say why it is off
         modes["monitoring"] = {"mode": "user-space polling", "reason": f"BPF layer unavailable: {err}"}
-    modes["cpu"] = {"mode": "sched_ext" if caps.sched_ext else ("cgroup weights" if "cpu" in caps.controllers else "none"),
-                    "reason": "sched_ext present" if caps.sched_ext else
-                    ("kernel lacks sched_ext" + ("" if "cpu" in caps.controllers else "; cpu controller not on cgroup v2"))}
+    # Same vocabulary as the CPU-priority stage (agentd/sched): what the daemon would run here.
+    try:
+        from .policy.loader import load_policy as _lp
+        wanted = _lp(policy_name or "default").cpu.scheduler
+    except Exception:
+        wanted = "auto"
+    if caps.sched_ext and wanted in ("auto", "sched_ext"):
+        modes["cpu"] = {"mode": "sched_ext", "reason": "the kernel has sched_ext"}
+    elif "cpu" in caps.controllers and wanted != "none":
+        modes["cpu"] = {"mode": "cpu_weight", "reason": "no sched_ext" if not caps.sched_ext else f"policy asks {wanted}"}
+    elif wanted != "none":
+        modes["cpu"] = {"mode": "nice", "reason": "no sched_ext and no cpu controller on cgroup v2"}
+    else:
+        modes["cpu"] = {"mode": "none", "reason": "policy cpu.scheduler is none"}
     modes["memory_limits"] = {"mode": "enforced" if "memory" in caps.controllers else "accounting only",
                               "reason": "memory controller on cgroup v2" if "memory" in caps.controllers
                               else "memory controller not available on cgroup v2"}

@@ -61,8 +61,6 @@ class Capabilities:
                      "between cgroups waits for an RCU grace period (~10 ms on a busy host). `agentd tool` avoids "
                      "moves (clone3 into the cgroup); automatic detection cannot. To make moves cheap: "
                      f"mount -o remount,favordynmods {self.cgroup2_mount}")
-        if not self.sched_ext:
-            w.append("sched_ext unavailable (CONFIG_SCHED_CLASS_EXT unset): CPU priorities use cpu.weight")
         return w
 
     def as_dict(self):

@@ -29,7 +29,7 @@ STATS_KEYS = {
     "bpf_programs": "{program: True/False loaded and attached}",
     "bpf_events": "{program: {event: count}} (e.g. read_stats() of each loaded object)",
     "autodetect": "{event: count} (placed, adopted, housekeeping, errors, resumed_late)",
-    "cpu_scheduler": "str: sched_ext | cpu_weight | none",
+    "cpu_scheduler": "str: sched_ext | cpu_weight | nice | none",
     "sched_ext_ejections": "int, ejections since start",
     "gpus": "[{gpu: index, memory_used_bytes, memory_total_bytes, utilization_ratio}]",
     "agent_gpu_memory": "{(agent, gpu): bytes}",

@@ -45,6 +45,12 @@ def load_located(text):
     """Parse one YAML document; raises YamlSyntaxError with a 1-based line on bad syntax."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        located = Located(None)
+        if node is None:
+            return located
+        # Building constructs scalars too: an unknown tag (`!x`) fails here, not in compose.
+        located.data = _Builder(located).build(node, ())
+        return located
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 1
@@ -54,11 +60,6 @@ def load_located(text):
         raise YamlSyntaxError(line, f"YAML syntax error: {what}") from None
     except yaml.YAMLError as err:   # e.g. several documents in one file
         raise YamlSyntaxError(1, f"YAML error: {err}") from None
-    located = Located(None)
-    if node is None:
-        return located
-    located.data = _Builder(located).build(node, ())
-    return located
 
 
 class _Builder:

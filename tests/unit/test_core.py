@@ -125,3 +125,11 @@ def test_feedback_sentences():
     assert m.startswith("[agentd] pytest was killed: it reached its 2.0 GiB limit (forecast 1.1 GiB)")
     assert "subset of the tests" in m
     assert messages_for(dict(base, outcome="ok")) == []
+
+
+def test_unknown_yaml_tag_is_a_policy_error():
+    """Found by bench/reliability.py's fuzzer: a bare unknown tag crashed the loader."""
+    from agentd.errors import PolicyError
+    with pytest.raises(PolicyError) as e:
+        load_policy_text("!@", "x.yaml")
+    assert str(e.value).startswith("x.yaml:1: YAML syntax error: could not determine a constructor")

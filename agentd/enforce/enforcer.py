@@ -28,6 +28,11 @@ from .pressure import ROOT, PressureWatch
 log = logging.getLogger("agentd.enforce")
 
 TICK_S = 0.5
+# A tool call growing faster than this (over the memory watch's window) is reported at
+# once: a pytest can add gigabytes in two seconds, a tick apart is too late.
+GROWTH_ALERT_BYTES_PER_S = 256 << 20
+# Growth that would use up the host's free memory within this many seconds is pressure.
+MEMWATCH_HORIZON_S = 2.0
 
 
 
@@ -63,6 +68,8 @@ class Enforcer:
         self.trigger_ts = None    # wall time of the latest event (reaction figures)
         self.task = None
         self.counters = {"pressure_events_total": 0}
+        self.by_cgid = {}         # cgroup id of a watched tool call -> (agent, tool)
+        self.memwatch = None
 
     @property
     def policy(self):
@@ -82,6 +89,12 @@ class Enforcer:
         for agent in self.ctl.agents.values():
             self._watch_agent(agent)
         self.watch.start(loop)
+        # The BPF memory watch (or its polling stand-in) reports a tool call that outgrows
+        # its forecast or grows fast, between ticks: react then, not at the next sample.
+        mon = getattr(self.app, "monitor", None)
+        self.memwatch = getattr(mon, "memwatch", None)
+        if mon is not None and self.memwatch is not None:
+            mon.mem_listeners.append(self._on_mem)
         self.task = asyncio.create_task(self._run())
 
     async def stop(self):
@@ -153,13 +166,47 @@ class Enforcer:
                  value if value == "max" else format_size(high))
 
     def on_tool_start(self, agent, tool):
-        pass
+        mw = getattr(self, "memwatch", None)
+        if mw is None or tool.cgroup_id is None or tool.forecast is None:
+            return
+        try:
+            mw.set_limit(tool.cgroup_id, threshold_bytes=int(tool.forecast.peak_bytes),
+                         rate_bytes_per_s=GROWTH_ALERT_BYTES_PER_S, path=tool.cgroup)
+            self.by_cgid[tool.cgroup_id] = (agent.agent_id, tool.tool_id)
+        except (AgentdError, OSError, ValueError) as err:
+            log.debug("tool %s: no memory watch: %s", tool.key, err)
+
+    def _on_mem(self, ev):
+        """A watched tool call crossed its forecast or grew faster than the alert rate."""
+        ids = self.by_cgid.get(ev.cgroup_id)
+        agent = self.ctl.agents.get(ids[0]) if ids else None
+        tool = agent.tools.get(ids[1]) if agent else None
+        st = self.tools.get(tool.key) if tool else None
+        if tool is None or st is None or tool.done:
+            return
+        now = time.monotonic()
+        self.counters["memwatch_events_total"] = self.counters.get("memwatch_events_total", 0) + 1
+        st.current = max(st.current or 0, ev.rss_bytes)
+        self.fc.sample(tool.key, now, st.current)
+        available = self.available_fn()
+        self._adapt(tool, st, available)
+        # Growth the host cannot hold for long is pressure on this agent, before PSI says so.
+        horizon_need = (ev.growth_bytes / max(ev.window_ns / 1e9, 1e-3)) * MEMWATCH_HORIZON_S
+        if available is not None and horizon_need > available:
+            self._on_pressure(agent.agent_id, now,
+                              f"memory watch: {tool.tool_id} grows {format_size(int(horizon_need / MEMWATCH_HORIZON_S))}/s "
+                              f"with {format_size(available)} free")
 
     async def admit(self, conn, agent, req):
         await self.admitter.admit(conn, agent, req)
 
     def on_tool_end(self, agent, tool, result):
         self.tools.pop(tool.key, None)
+        if self.by_cgid.pop(tool.cgroup_id, None) is not None and getattr(self, "memwatch", None) is not None:
+            try:
+                self.memwatch.clear(tool.cgroup_id)
+            except (AgentdError, OSError):
+                pass
         self.fc.record(tool, agent, result)
         self.admitter.admit_waiters()
 

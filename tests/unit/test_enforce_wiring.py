@@ -162,3 +162,30 @@ def test_reloaded_policy_changes_the_ladder_steps():
     app.policy = load_policy_text(POLICY.format(kill_main="false", steps="[kill]"), host_memory_bytes=8 * GiB)
     e.tick(1.0)
     assert e.ladder.steps == ("kill",)
+
+
+def test_memory_watch_events_move_memory_high_and_escalate_fast_growth():
+    """A BPF memory-watch event for a tool call re-forecasts it at once; growth the host
+    cannot hold for two seconds is pressure on its agent (the ladder acts, lowest first)."""
+    from agentd.monitor.events import MemEvent, MemReason
+    e, app = make()
+    watched = {}
+    e.memwatch = types.SimpleNamespace(set_limit=lambda cg, threshold_bytes, rate_bytes_per_s, path: watched.update(
+        {cg: (threshold_bytes, rate_bytes_per_s)}), clear=lambda cg: watched.pop(cg))
+    t = add(app, e, "a", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
+    t.cgroup_id = 4242
+    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+    e.on_tool_start(app.ctl.agents["a"], t)
+    assert watched[4242][0] == t.forecast.peak_bytes         # threshold = the forecast
+    # Slow growth past the forecast: no pressure, no ladder action.
+    e._on_mem(MemEvent(cgroup_id=4242, reason=next(iter(MemReason)), rss_bytes=1100 * MiB, threshold_bytes=0,
+                       rate_bytes_per_s=0, growth_bytes=10 * MiB, window_ns=250_000_000, pid=1, ts_ns=0))
+    assert e.counters["memwatch_events_total"] == 1
+    assert not [w for w in app.fs.writes if w[1] in (cgf.FREEZE, cgf.KILL)]
+    # 2 GiB in 250 ms with 4 GiB free: pressure now, the batch call is frozen first.
+    e._on_mem(MemEvent(cgroup_id=4242, reason=next(iter(MemReason)), rss_bytes=3 * GiB, threshold_bytes=0,
+                       rate_bytes_per_s=0, growth_bytes=2 * GiB, window_ns=250_000_000, pid=1, ts_ns=0))
+    assert [w[0] for w in app.fs.writes if w[1] == cgf.FREEZE] == [t.cgroup]
+    assert "memory watch" in t.actions[-1]["reason"]
+    e.on_tool_end(app.ctl.agents["a"], t, {})
+    assert 4242 not in watched

@@ -9,8 +9,9 @@ OBJ_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def object_path(name):
-    """agentd/_bpf/<name>.bpf.o, built by `make -C bpf` and shipped as package data."""
-    return os.path.join(OBJ_DIR, f"{name}.bpf.o")
+    """agentd/_bpf/<name>.bpf.o, built by `make -C bpf` and shipped as package data.
+    AGENTD_BPF_DIR points elsewhere (a custom build; fault tests point it at nothing)."""
+    return os.path.join(os.environ.get("AGENTD_BPF_DIR") or OBJ_DIR, f"{name}.bpf.o")
 
 
 def read_stats(obj):

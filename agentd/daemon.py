@@ -154,17 +154,45 @@ class App(ApiOps):
             if hook is not None:
                 self.hooks.append(hook)
 
+    # Memory the daemon keeps for itself when agents push the host into pressure: enough
+    # for its Python heap, the BPF ring buffers and a burst of requests.
+    SELF_MEMORY_MIN = 64 << 20
+
     def _move_self(self):
-        """Under systemd our service cgroup *is* the root: move into a leaf so the root may
-        delegate controllers to agents (cgroup v2's no-internal-processes rule)."""
+        """Move the daemon into the leaf <root>/daemon and protect its memory there.
+
+        Under systemd our service cgroup *is* the root, so this is required (cgroup v2's
+        no-internal-processes rule); started by hand it gives the daemon the same
+        protection: memory.min on its leaf (and on <root>, since protection is only as
+        large as the parent's), so it keeps reacting while agents exhaust memory."""
         if self.cfg.standalone:
             return
+        leaf = f"{self.root}/daemon"
         own = self.procfs.cgroup(os.getpid()).strip("/")
-        if own == self.root:
-            leaf = f"{self.root}/daemon"
+        if own != leaf:
             self.fs.mkdir(leaf)
             self.fs.move(leaf, os.getpid())
             log.info("moved the daemon into %s", leaf)
+        self.self_cgroup = leaf
+        self._enable_for(leaf)
+        for cg in (self.root, leaf):
+            try:
+                if self.fs.has(cg, "memory.min"):
+                    cur = self.fs.read_int(cg, "memory.min") or 0
+                    if cur < self.SELF_MEMORY_MIN:
+                        self.fs.write(cg, "memory.min", self.SELF_MEMORY_MIN)
+                        log.info("%s: memory.min %d -> %d (the daemon's own memory)", cg, cur, self.SELF_MEMORY_MIN)
+            except AgentdError as err:
+                log.warning("cannot protect the daemon's memory in %s: %s", cg, err)
+
+    def _enable_for(self, cg):
+        """Controllers on the ancestors of `cg`, so its memory.* files exist."""
+        parts = cg.strip("/").split("/")
+        for i in range(len(parts)):
+            try:
+                self.fs.enable_controllers("/".join(parts[:i]))
+            except AgentdError:
+                pass
 
     # --- lifecycle -------------------------------------------------------------
     async def serve(self):

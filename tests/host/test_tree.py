@@ -187,3 +187,7 @@ def test_automatic_detection_places_plain_children(daemon, cgfs, tmp_path):
     if ev.get("status") is not None:          # the BPF lifecycle program saw the exit
         assert ev["status"] == {"exit": 6} and ev["outcome"] == "failed"
     daemon.wait_event(lambda e: e["event"] == "tool_start" and e["agent"] == "auto1" and e["tool"].startswith("0002"))
+
+
+def test_daemon_moves_into_its_leaf(daemon, cgfs):
+    assert daemon.proc.pid in cgfs.procs(f"{daemon.root}/daemon")

@@ -50,3 +50,12 @@ def test_limits_are_real_files_here(daemon, cgfs):
     # cpu.weight is written by the CPU-priority stage (agentd/sched), from the same policy.
     assert 1 <= int(weight) <= 10000
     assert {"memory", "cpu", "pids"} <= set(subtree.split())
+
+
+def test_daemon_sits_in_its_protected_leaf(daemon, cgfs):
+    """The daemon moves into <root>/daemon and keeps memory.min there (and on <root>), so it
+    keeps reacting when agents push the host into memory pressure."""
+    leaf = f"{daemon.root}/daemon"
+    assert daemon.proc.pid in cgfs.procs(leaf)
+    assert cgfs.read_int(leaf, "memory.min") >= 64 << 20
+    assert cgfs.read_int(daemon.root, "memory.min") >= 64 << 20

@@ -232,10 +232,20 @@ def main(argv):
         abi, vmlinuz = prepare_kernel()
         t_ready = time.monotonic()
         log(f"kernel {abi} ready in {t_ready - t_start:.1f} s")
-        out = new_run_dir()
-        build_helpers(out)
-        rc, wall, console = boot(vmlinuz, out, argv, python, pythonpath)
-        status = read(os.path.join(out, "status"))
+        for attempt in (1, 2):
+            out = new_run_dir()
+            build_helpers(out)
+            rc, wall, console = boot(vmlinuz, out, argv, python, pythonpath)
+            status = read(os.path.join(out, "status"))
+            # Under software emulation the guest kernel can die at boot, before any test ran
+            # (seen: an int3 oops while patching static keys in sched_clock_init_late on a
+            # loaded host). That is the emulator, not agentd: boot once more. A guest that
+            # started its tests is never retried.
+            if status is None and read(os.path.join(out, "boot_s")) is None and attempt == 1:
+                log("the guest kernel died before the tests started; booting once more. Last console lines:\n"
+                    + tail(console, 8))
+                continue
+            break
         if status is None:
             failures = read(os.path.join(out, "failures.txt"))
             if failures:

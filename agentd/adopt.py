@@ -37,13 +37,14 @@ def readopt(ctl):
                 seq = _seq(tname)
                 if seq is not None:
                     agent.next_seq = max(agent.next_seq, seq + 1)
-                if not fs.populated(tcg):
+                tst = state["tools"].get(f"{name}/{tname}", {})
+                launcher_may_report = tst.get("origin") == "launcher"
+                if not fs.populated(tcg) and not launcher_may_report:
                     fs.rmdir(tcg)
                     removed += 1
                     ctl.events.emit("tool_end", agent=name, tool=tname, outcome="unknown",
                                     reason="ended while the daemon was down")
                     continue
-                tst = state["tools"].get(f"{name}/{tname}", {})
                 cls = tst.get("class") or tname.partition("-")[2] or "unknown"
                 plan = ToolPlan(tool_class=cls, priority=tst.get("priority", 0), limits={},
                                 stragglers=tst.get("stragglers", "kill"))
@@ -52,8 +53,9 @@ def readopt(ctl):
                                 pid=tst.get("pid"), started=tst.get("started", time.time()))
                 tool.limits_applied = tst.get("limits", {})
                 tool.cgroup_id = fs.cgroup_id(tcg)
-                # The launcher that owned it reconnects to report the exit; until then the
-                # sweep may finish it once its cgroup is empty.
+                # The launcher that owned it reconnects to report the exit (even when the
+                # call ended while we were away); the sweep finishes it once its cgroup is
+                # empty and the launcher's grace has passed.
                 tool.orphaned = True
                 agent.tools[tname] = tool
                 n_tools += 1

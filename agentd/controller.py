@@ -324,9 +324,21 @@ class Controller:
                 if tool.done:
                     self.fs.rmdir(tool.cgroup)
                     agent.tools.pop(tool.tool_id, None)
-                elif tool.origin != "launcher" or getattr(tool, "orphaned", False):
+                elif tool.origin != "launcher" or self._orphan_expired(tool):
                     # The exit status, where the lifecycle program reported the exit.
                     self.finish_tool(tool, status=getattr(tool, "auto_status", None), reason="cgroup emptied")
+
+    # A launcher whose daemon went away reconnects for ~3 s to report its tool call's exit
+    # status; give it that long before finishing the call without one.
+    ORPHAN_GRACE_S = 5.0
+
+    def _orphan_expired(self, tool):
+        since = getattr(tool, "orphaned", None)
+        if not since:
+            return False
+        if since is True:                  # adopted at start: the clock starts now
+            tool.orphaned = since = time.monotonic()
+        return time.monotonic() - since >= self.ORPHAN_GRACE_S
 
     def _hook(self, name, *args):
         for h in self.hooks:

@@ -40,11 +40,17 @@ class Client:
         self.sock.close()
 
     def send(self, op, **fields):
-        self.sock.sendall((json.dumps({"v": API_VERSION, "op": op, **fields}) + "\n").encode())
+        try:
+            self.sock.sendall((json.dumps({"v": API_VERSION, "op": op, **fields}) + "\n").encode())
+        except OSError as err:        # the daemon went away (restart, kill -9)
+            raise DaemonUnavailable(f"the daemon at {self.path} went away ({err.strerror})") from None
 
     def read_line(self):
         while b"\n" not in self._buf:
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError as err:
+                raise DaemonUnavailable(f"the daemon at {self.path} went away ({err.strerror})") from None
             if not chunk:
                 raise DaemonUnavailable(f"the daemon at {self.path} closed the connection")
             self._buf += chunk

@@ -193,7 +193,7 @@ class ApiOps:
             agent = self.ctl.agents.get(agent_id)
             tool = agent.tools.get(tool_id) if agent else None
             if tool and not tool.done:
-                tool.orphaned = True      # its launcher may reconnect; else the sweep finishes it
+                tool.orphaned = time.monotonic()   # its launcher may reconnect; else the sweep finishes it
         if conn.agent:
             agent = self.ctl.agents.get(conn.agent)
             if agent:

@@ -11,10 +11,10 @@
  * SCHEDULE (text):  "baseline BYTES\n" then per call "call GAP_S ARGV_FILE PROFILE_FILE\n";
  *                   ARGV_FILE holds the call's argv, NUL-separated; the final line
  *                   "tail GAP_S" is the idle time after the last call; "barrier DIR NAME N
- *                   TIMEOUT_S" (before a call) creates DIR/NAME and waits until DIR holds N
- *                   entries (the harness adds an agent's entry when it exits early), so several
- *                   agents start their largest calls together (the wait is reported and is
- *                   not replayed time).
+ *                   TIMEOUT_S EXTRA_S" (before a call) creates DIR/NAME, waits until DIR holds N
+ *                   entries (the harness adds an agent's entry when it exits early), then
+ *                   EXTRA_S more, so several agents reach their largest memory together (the
+ *                   wait is reported and is not replayed time).
  * PROFILE (text):   "DURATION_S\n" then "OFFSET_S BYTES\n" per step: at OFFSET_S after its
  *                   start the call holds BYTES (grows by touching new 1 MiB chunks, shrinks
  *                   by unmapping); it exits at DURATION_S or once its last step is done.
@@ -188,12 +188,14 @@ static int agent(const char *sched, const char *result) {
         if (strcmp(word, "barrier") == 0) {
             char dir[4096], name[256];
             int n;
-            double timeout;
-            if (fscanf(f, "%4095s %255s %d %lf", dir, name, &n, &timeout) != 4) {
+            double timeout, extra;
+            if (fscanf(f, "%4095s %255s %d %lf %lf", dir, name, &n, &timeout, &extra) != 5) {
                 fprintf(stderr, "alloc: %s: bad barrier\n", sched);
                 return 2;
             }
-            put(out, "sync %.6f\n", barrier(dir, name, n, timeout));
+            double w = barrier(dir, name, n, timeout), t = now();
+            sleep_until(t + extra);
+            put(out, "sync %.6f\n", w + now() - t);
             continue;
         }
         if (strcmp(word, "call") != 0 || fscanf(f, "%lf %4095s %4095s", &gap, argv_file, prof) != 3) {

@@ -67,6 +67,7 @@ class AgentSpec:
     delay: float = 0.0          # seconds after the run starts
     measure_latency: bool = False
     barrier: int | None = None  # this many agents start their largest calls together
+    barrier_extra: float = 0.0  # then this agent waits this much more (peaks line up)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def write_schedule(spec, run_dir, alias, tool_prefix, barrier_dir=None):
     lines = [f"baseline {spec.schedule.baseline}"]
     for i, (call, gap) in enumerate(zip(spec.schedule.calls, gap_list)):
         if barrier_dir is not None and spec.barrier and i == spec.schedule.peak_call:
-            lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S}")
+            lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S} "
+                         f"{spec.barrier_extra:.6f}")
         argv = [*tool_prefix, alias, "-c", call.command.replace("\0", " ") or "true"]
         argv_file, prof_file = os.path.join(d, f"c{i}.argv"), os.path.join(d, f"c{i}.prof")
         with open(argv_file, "wb") as f:

@@ -176,3 +176,13 @@ def test_density_target_compares_agentd_with_static():
     assert report.density_targets(den) == [("agentd fits >= 1.5x static (3 vs 2)", True)]
     den["modes"]["agentd"]["agents"] = 2
     assert report.density_targets(den)[0][1] is False
+
+
+def test_peak_instant_adds_the_time_to_touch_the_jump():
+    from agentd.replay.trace import Call, peak_instant
+    c = Call(start=0, end=3, command="x", steps=((0.5, 10 * MiB_), (1.0, 110 * MiB_), (2.0, 0)))
+    assert peak_instant(c, 100 * MiB_) == pytest.approx(1.0 + 1.0)    # 100 MiB jump at 100 MiB/s
+    assert peak_instant(Call(0, 1, "x", ()), 1) == 0.0
+
+
+MiB_ = 1 << 20

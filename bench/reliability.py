@@ -176,7 +176,11 @@ def kill9_faults(d, rounds):
         if p.returncode != 0:
             lost += 1
         bad_rc += sum(1 for line in out.splitlines() if line.startswith("rc=") and line != "rc=0")
-    time.sleep(2.5)              # one sweep after the last agent ends
+    # A launcher gets a few seconds to report to a restarted daemon (Controller.ORPHAN_GRACE_S);
+    # after that and one sweep, nothing may be left.
+    deadline = time.monotonic() + 15
+    while fs.children(f"{d.root}/agents") and time.monotonic() < deadline:
+        time.sleep(0.2)
     left = fs.children(f"{d.root}/agents")
     row("agent never lost", f"kill -9 of the daemon at random points ({kills} kills, 4 agents x 40 tool calls)",
         160, lost + bad_rc + len(left),

@@ -52,8 +52,7 @@ def cmd_run(args):
         client = connect(sock)
     held = Held(cmd)
     try:
-        reply = client.call("run_start", pid=held.pid, name=args.name, **{"class": args.agent_class},
-                            policy=args.policy, argv=cmd[:64])
+        reply = _run_start(client, held, args, cmd, standalone is None)
     except (ReplyError, DaemonUnavailable) as err:
         held.abort()
         print(f"agentd: {err}", file=sys.stderr)
@@ -77,6 +76,48 @@ def cmd_run(args):
     if standalone:
         standalone.stop()
     return code
+
+
+def _run_start(client, held, args, cmd, may_retry, patience_s=10.0):
+    """Ask the daemon to place the held child; survive the daemon dying mid-request.
+
+    If the daemon went away after moving the child into an agent's main cgroup, that agent
+    exists (the restarted daemon re-adopts it): go on with it. If it went away before, ask
+    the restarted daemon again. Only then give up.
+    """
+    from .api.client import DaemonUnavailable, connect
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return client.call("run_start", pid=held.pid, name=args.name, **{"class": args.agent_class},
+                               policy=args.policy, argv=cmd[:64])
+        except DaemonUnavailable:
+            if not may_retry or time.monotonic() > deadline:
+                raise
+        placed = _placed_agent(held.pid, args.socket)
+        if placed:
+            agent, sock = placed
+            log.warning("the daemon restarted while starting agent %s; it re-adopts it", agent)
+            return {"agent": agent, "env": {"AGENTD_AGENT": agent, "AGENTD_SOCKET": sock or ""}}
+        time.sleep(0.2)
+        try:
+            client = connect(args.socket)
+        except DaemonUnavailable:
+            continue
+
+
+def _placed_agent(pid, sock=None):
+    """(agent id, socket) when `pid` already sits in some agent's main cgroup, else None."""
+    from .api.client import socket_path
+    from .kernel.procfs import ProcFS
+    try:
+        cg = ProcFS().cgroup(pid).strip("/")
+    except AgentdError:
+        return None
+    parts = cg.split("/")
+    if len(parts) >= 3 and parts[-1] == "main" and parts[-3] == "agents":
+        return parts[-2], socket_path(sock)
+    return None
 
 
 # --- tool (Python fallback of the C launcher) -------------------------------------

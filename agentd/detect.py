@@ -128,6 +128,20 @@ class DetectionHook:
             asyncio.get_running_loop().remove_reader(fd)
         self.monitor.close()
 
+    def metric_stats(self):
+        """What the metrics collector reads at scrape time (agentd/metrics/collector.py)."""
+        mon = self.monitor
+        progs = {"lifecycle": mon.lifecycle is not None, "memwatch": mon.mem_mode == "bpf"}
+        events = {}
+        if mon.lifecycle is not None:
+            try:
+                events["lifecycle"] = dict(mon.lifecycle.stats())
+            except Exception:         # a failed read omits samples, never fails the scrape
+                pass
+        st = self.detector.stats
+        auto = {k: getattr(st, k) for k in ("placed", "adopted", "housekeeping", "errors", "resumed_late")}
+        return {"bpf_programs": progs, "bpf_events": events, "autodetect": auto}
+
     def modes(self):
         return {"detection": {"mode": self.detector.mode, "reason": self.detector.reason,
                               "enabled": self.policy.enabled, **self.detector.stats.__dict__,

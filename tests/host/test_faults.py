@@ -36,9 +36,14 @@ def test_cgroup_removed_behind_agentds_back(daemon, cgfs):
     try:
         base = f"{daemon.root}/agents/gone/tools"
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (cgfs.exists(base) and cgfs.children(base)):
+        tool = None
+        while time.monotonic() < deadline and tool is None:
+            kids = cgfs.children(base) if cgfs.exists(base) else []
+            # The cgroup exists before the launcher clones the tool into it: wait for the process.
+            if kids and cgfs.populated(f"{base}/{kids[0]}"):
+                tool = kids[0]
             time.sleep(0.05)
-        tool = cgfs.children(base)[0]
+        assert tool is not None, "the tool call never started"
         cgfs.kill(f"{base}/{tool}")
         cgfs.wait_empty(f"{base}/{tool}", 5)
         cgfs.rmdir(f"{base}/{tool}")

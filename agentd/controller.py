@@ -46,9 +46,9 @@ class Controller:
     def setup(self):
         """Create the root and enable controllers down to it, as far as the kernel allows."""
         self.fs.makedirs(self.agents_cgroup)
-        self._enable_path(self.agents_cgroup)
+        self.enable_path(self.agents_cgroup)
 
-    def _enable_path(self, cg):
+    def enable_path(self, cg):
         """Enable controllers on every ancestor of `cg` below the mount, so its children get them.
 
         Writing subtree_control needs the ancestor to have no processes of its own; where

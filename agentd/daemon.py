@@ -174,7 +174,7 @@ class App(ApiOps):
             self.fs.move(leaf, os.getpid())
             log.info("moved the daemon into %s", leaf)
         self.self_cgroup = leaf
-        self._enable_for(leaf)
+        self.ctl.enable_path(self.root)     # so the leaf has memory.* files
         for cg in (self.root, leaf):
             try:
                 if self.fs.has(cg, "memory.min"):
@@ -184,15 +184,6 @@ class App(ApiOps):
                         log.info("%s: memory.min %d -> %d (the daemon's own memory)", cg, cur, self.SELF_MEMORY_MIN)
             except AgentdError as err:
                 log.warning("cannot protect the daemon's memory in %s: %s", cg, err)
-
-    def _enable_for(self, cg):
-        """Controllers on the ancestors of `cg`, so its memory.* files exist."""
-        parts = cg.strip("/").split("/")
-        for i in range(len(parts)):
-            try:
-                self.fs.enable_controllers("/".join(parts[:i]))
-            except AgentdError:
-                pass
 
     # --- lifecycle -------------------------------------------------------------
     async def serve(self):

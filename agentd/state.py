@@ -104,6 +104,3 @@ class StateStore:
             if not self._warned:
                 log.warning("cannot write state file %s: %s", self.path, err)
                 self._warned = True
-
-    # Older callers: a full rewrite.
-    save = compact

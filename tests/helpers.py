@@ -93,17 +93,8 @@ class DaemonProc:
             return f.read()
 
     def events(self):
-        out = []
-        try:
-            with open(self.event_log) as f:
-                for line in f:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass          # a line still being written
-        except FileNotFoundError:
-            pass
-        return out
+        from agentd.eventlog import read_events
+        return list(read_events(self.event_log))
 
     def wait_event(self, pred, timeout=10):
         deadline = time.monotonic() + timeout

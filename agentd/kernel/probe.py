@@ -133,13 +133,8 @@ def probe(mount=None, test_cgroup=None):
     except OSError:
         pass
     btf = os.path.exists(BTF_VMLINUX)
-    memcg_ops = False
-    if btf:
-        try:
-            with open(BTF_VMLINUX, "rb") as f:
-                memcg_ops = b"memcg_bpf_ops" in f.read()
-        except OSError:
-            pass
+    from .bpf_probe import MEMCG_STRUCT_OPS_TYPE, _btf_has
+    memcg_ops = btf and _btf_has(MEMCG_STRUCT_OPS_TYPE, BTF_VMLINUX)
     return Capabilities(
         root_user=os.geteuid() == 0,
         cgroup2_mount=mount,

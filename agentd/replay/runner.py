@@ -198,18 +198,8 @@ class AgentdHost:
         self.fs.write(self.parent, "memory.max", str(budget) if budget else "max")
 
     def events(self):
-        import json
-        out = []
-        try:
-            with open(self.event_log) as f:
-                for line in f:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:      # a line being written
-                        pass
-        except FileNotFoundError:
-            pass
-        return out
+        from ..eventlog import read_events
+        return list(read_events(self.event_log))
 
     def stop(self):
         if self.daemon is not None and self.daemon.poll() is None:

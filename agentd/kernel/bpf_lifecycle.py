@@ -9,7 +9,7 @@ import ctypes
 from ..errors import BpfError
 from . import bpf_types as T
 from . import libbpf
-from .bpf_objects import object_path, read_stats
+from .bpf_objects import LoadedProgram, object_path
 
 FLAVOURS = {
     "tp_btf": ("agentd_fork_btf", "agentd_exec_btf", "agentd_exit_btf"),
@@ -17,7 +17,7 @@ FLAVOURS = {
 }
 
 
-class Lifecycle:
+class Lifecycle(LoadedProgram):
     """Loaded and attached lifecycle program. close() detaches and frees everything."""
 
     def __init__(self, flavour="auto", report_all=False, batch_bytes=0, path=None):
@@ -76,23 +76,3 @@ class Lifecycle:
                 out[k.value] = v.value
         return out
 
-    # --- events -----------------------------------------------------------
-    @property
-    def events_map(self):
-        return self._obj.map("events")
-
-    def ring_buffer(self, callback):
-        """A RingBuffer delivering raw agentd_proc_event records (bytes) to `callback`."""
-        return libbpf.RingBuffer(self.events_map, callback)
-
-    def stats(self):
-        return read_stats(self._obj)
-
-    def close(self):
-        self._obj.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

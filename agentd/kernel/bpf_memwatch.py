@@ -4,12 +4,14 @@ import ctypes
 
 from . import bpf_types as T
 from . import libbpf
-from .bpf_objects import object_path, read_stats
+from .bpf_objects import LoadedProgram, object_path
 
 PROGRAM = "agentd_rss_btf"
 
 
-class MemWatch:
+class MemWatch(LoadedProgram):
+    EVENTS_MAP = "mem_events"
+
     """Loaded and attached memory-watch program. close() detaches and frees everything.
 
     window_s is the growth-rate window: a cgroup whose usage grows by more than
@@ -53,22 +55,3 @@ class MemWatch:
         if not self._state.lookup(ctypes.c_uint64(cgroup_id), st):
             return None
         return max(st.rss_bytes, 0)
-
-    @property
-    def events_map(self):
-        return self._obj.map("mem_events")
-
-    def ring_buffer(self, callback):
-        return libbpf.RingBuffer(self.events_map, callback)
-
-    def stats(self):
-        return read_stats(self._obj)
-
-    def close(self):
-        self._obj.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

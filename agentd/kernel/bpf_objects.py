@@ -14,6 +14,34 @@ def object_path(name):
     return os.path.join(os.environ.get("AGENTD_BPF_DIR") or OBJ_DIR, f"{name}.bpf.o")
 
 
+class LoadedProgram:
+    """What every agentd program wrapper shares: a loaded object with one ring buffer
+    map (`EVENTS_MAP`) and a `stats` array; closed once, usable as a context manager."""
+
+    EVENTS_MAP = "events"
+
+    @property
+    def events_map(self):
+        return self._obj.map(self.EVENTS_MAP)
+
+    def ring_buffer(self, callback):
+        """A RingBuffer delivering the program's raw event records (bytes) to `callback`."""
+        from . import libbpf
+        return libbpf.RingBuffer(self.events_map, callback)
+
+    def stats(self):
+        return read_stats(self._obj)
+
+    def close(self):
+        self._obj.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def read_stats(obj):
     """The `stats` array map of a loaded object as {name: count}."""
     m = obj.map("stats")

@@ -1,7 +1,8 @@
 """The pressure escalation ladder: pure decisions over literals (time passed in).
 
 While memory pressure lasts, one step is taken every `step_interval_s` on the
-lowest-priority running tool call that can still escalate: throttle (lower memory.high),
+lowest-priority running tool call that can still escalate (the agent's priority first,
+then the call's class): throttle (lower memory.high),
 then freeze, then kill, in the policy's step order. Only when every tool call is at the
 top of the ladder may an agent's main cgroup be killed, and only where its class sets
 `kill_main_allowed`. Once pressure has been gone for `relief_interval_s`, one step is
@@ -121,10 +122,14 @@ class Ladder:
 
 
 def escalation_order(c):
-    """Lowest priority first; then the lower-priority agent, the bigger, the newer."""
-    return (c.priority, c.agent_priority, -c.memory, -c.started, c.key)
+    """The lowest-priority agent first (on a shared host a tenant's priority outranks what
+    its call is: a high agent's test suite before a low agent's `cat`, as in the kernel OOM
+    order of agentd/oom.py and GPU placement); within it the lowest-priority call, then the
+    bigger, the newer."""
+    return (c.agent_priority, c.priority, -c.memory, -c.started, c.key)
 
 
 def relief_order(c):
-    """Highest priority first; among equals the older call (it has waited longest)."""
-    return (-c.priority, -c.agent_priority, c.started, c.key)
+    """Highest priority first (agent, then call); among equals the older call (it has
+    waited longest)."""
+    return (-c.agent_priority, -c.priority, c.started, c.key)

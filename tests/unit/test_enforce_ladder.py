@@ -121,3 +121,12 @@ def test_killed_calls_are_never_relieved_and_pressure_resets_calm():
     lad.pressure(102.5)
     assert lad.decide(105.0, [c]) is None          # pressure came back: calm restarts
     assert lad.decide(105.5, [c]).action == "thaw"
+
+
+def test_the_agent_priority_outranks_the_call_class():
+    # A high agent's batch test suite is worth more than a low agent's interactive command.
+    lad = Ladder(step_interval_s=1.0)
+    cands = [Candidate("hi/pytest", 20, agent_priority=800, memory=900),
+             Candidate("lo/cat", 80, agent_priority=100, memory=10)]
+    lad.pressure(0.0)
+    assert lad.decide(0.0, cands).key == "lo/cat"

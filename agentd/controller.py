@@ -13,7 +13,7 @@ The controller is synchronous and owns no threads: the daemon's event loop calls
 import logging
 import time
 
-from . import names
+from . import names, oom
 from .errors import AgentdError, CgroupGone, KernelError, ProcessGone, RequestError
 from .kernel import cgroupfs as cgf
 from .model import Agent, ToolCall
@@ -21,6 +21,7 @@ from .model import Agent, ToolCall
 log = logging.getLogger("agentd.controller")
 
 AGENTS = "agents"
+OOM_GROUP = "memory.oom.group"
 
 
 class Controller:
@@ -37,6 +38,7 @@ class Controller:
         self.agents = {}
         self.counters = {"tool_started": {}, "tool_finished": {}}
         self.hooks = []               # objects with on_tool_start/on_tool_end/on_agent_*(...)
+        self.oom_warned = False
 
     # --- tree ----------------------------------------------------------------
     @property
@@ -133,6 +135,34 @@ class Controller:
     def place_main(self, agent, pid):
         self.fs.move(agent.main_cgroup, pid)
         agent.main_pids.add(pid)
+        try:
+            allowed = self.planner.policy.agent_class(agent.agent_class).kill_main_allowed
+        except AgentdError:
+            allowed = False
+        value = oom.main_adj(allowed)
+        if value < 0 and self.caps is not None and not getattr(self.caps, "sys_resource", True):
+            return                    # the capability probe has said so once
+        self._set_oom(pid, value, f"agent {agent.agent_id}")
+
+    def _set_oom(self, pid, value, who):
+        """The kernel OOM killer's order (agentd/oom.py); a process that is already gone or
+        a /proc that refuses costs a log line, not the call."""
+        try:
+            self.procfs.set_oom_score_adj(pid, value)
+        except ProcessGone:
+            pass
+        except KernelError as err:
+            if value < 0 and not self.oom_warned:
+                # Lowering needs CAP_SYS_RESOURCE (a container may drop it). Tool calls still
+                # get their raised values, so the killer prefers them, just by less.
+                log.warning("cannot protect agents from the OOM killer (%s: agentd lacks CAP_SYS_RESOURCE?); "
+                            "tool calls still go first", err)
+                self.oom_warned = True
+            else:
+                log.debug("%s: oom_score_adj of %d not set: %s", who, pid, err)
+
+    def tool_oom_adj(self, agent, tool):
+        return oom.tool_adj(agent.priority, tool.plan.priority)
 
     def agent_of_cgroup(self, cgroup_path):
         """(agent, tool_or_None) for a process's cgroup path ("/<root>/agents/<id>/..."), or (None, None)."""
@@ -191,11 +221,13 @@ class Controller:
         self.fs.mkdir(cg, exist_ok=False)
         try:
             self._hook("on_tool_plan", agent, tool)      # forecaster may adjust plan.limits
-            tool.limits_applied = self._apply(cg, plan.limits, f"tool {tool.key}",
+            # memory.oom.group: an OOM victim inside the call takes the whole call (agentd/oom.py).
+            tool.limits_applied = self._apply(cg, {**plan.limits, OOM_GROUP: 1}, f"tool {tool.key}",
                                               f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""))
             tool.cgroup_id = self.fs.cgroup_id(cg)
             if pid is not None:
                 self.fs.move(cg, pid)
+                self._set_oom(pid, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
         except (AgentdError, OSError):
             self.fs.rmdir(cg)
             raise
@@ -213,6 +245,9 @@ class Controller:
         """Move `pid` into an existing tool-call cgroup (the fallback of clone-into)."""
         self.fs.move(tool.cgroup, pid)
         tool.pid = pid
+        agent = self.agents.get(tool.agent_id)
+        if agent is not None:
+            self._set_oom(pid, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
         self._save(tool=tool)
 
     def sample_tool(self, tool):

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 
-from . import sdnotify
+from . import oom, sdnotify
 from .adopt import readopt
 from .api.ops import ApiOps
 from .api.server import Server
@@ -105,6 +105,7 @@ class App(ApiOps):
         self.socket_path = c.socket or os.environ.get("AGENTD_SOCKET_LISTEN") or d.socket
         self.fs = cgroupfs.CgroupFS(mount)
         self.fs.makedirs(self.root)
+        self._size_memory()
         self.caps = probe.probe(mount, test_cgroup=self.root)
         self.events = EventLog(c.event_log if c.event_log is not None else d.event_log)
         state_dir = c.state_dir if c.state_dir is not None else d.state_dir
@@ -121,6 +122,18 @@ class App(ApiOps):
         self.server = Server(self, self.socket_path, group=c.api_group or d.api_group)
         for w in self.caps.warnings():
             log.warning("%s", w)
+
+    def _size_memory(self):
+        """Policy sizes, budgets and free memory count against the memory agentd really
+        has: a memory.max above its root (a slice, a container) is smaller than the RAM."""
+        from .hostmem import HostMemory
+        from .policy.loader import load_policy
+        self.memory = HostMemory(self.fs, self.root)
+        self.available_memory = self.memory.available
+        if self.memory.limit is not None and self.memory.total != self.host_memory:
+            self.host_memory = self.memory.total
+            self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory)
+        log.info("memory agentd manages: %s", self.memory.describe())
 
     # Optional stages, in order: (module, what is lost when it cannot run, log level for a
     # missing feature). GPU placement comes last: its admit() hands its decision to
@@ -174,6 +187,11 @@ class App(ApiOps):
             self.fs.move(leaf, os.getpid())
             log.info("moved the daemon into %s", leaf)
         self.self_cgroup = leaf
+        try:
+            if self.procfs.oom_score_adj(os.getpid()) > oom.DAEMON and self.caps.sys_resource:
+                self.procfs.set_oom_score_adj(os.getpid(), oom.DAEMON)   # what reacts goes last
+        except AgentdError as err:
+            log.debug("daemon oom_score_adj not set: %s", err)
         self.ctl.enable_path(self.root)     # so the leaf has memory.* files
         for cg in (self.root, leaf):
             try:

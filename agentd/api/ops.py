@@ -93,6 +93,8 @@ class ApiOps:
         env.update(getattr(tool, "env", {}) or {})
         return {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup,
                 "path": self.fs.path(tool.cgroup), "env": env,
+                # the launcher's child sets it before exec (agentd/oom.py): inherited by all it forks
+                "oom_score_adj": str(self.ctl.tool_oom_adj(agent, tool)),
                 "messages": list(getattr(tool, "start_messages", []))}
 
     async def op_tool_attach(self, conn, req):

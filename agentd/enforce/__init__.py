@@ -17,4 +17,5 @@ from .enforcer import Enforcer
 
 def build(app):
     return Enforcer(app, dry_run=getattr(app.cfg, "dry_run", False) or os.environ.get("AGENTD_DRY_RUN") == "1",
-                    fake_pressure_file=os.environ.get("AGENTD_PRESSURE_FILE") or None)
+                    fake_pressure_file=os.environ.get("AGENTD_PRESSURE_FILE") or None,
+                    available_fn=getattr(app, "available_memory", None))

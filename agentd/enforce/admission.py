@@ -57,13 +57,16 @@ class Waiter:
     peak: int
     key: str = field(compare=False)
     seq: int = field(default_factory=lambda: next(_seq), compare=False)
+    agent_priority: int = field(default=0, compare=False)
 
     def __post_init__(self):
-        self.sort_key = (-self.priority, self.seq)
+        # The agent's priority first, then the call's (the ladder's order).
+        self.sort_key = (-self.agent_priority, -self.priority, self.seq)
 
 
 def pick(waiters, running, budget, available=None):
-    """Which waiters may start now, in order: strictly by priority (then arrival).
+    """Which waiters may start now, in order: strictly by priority, the agent's then the
+    call's (then arrival).
 
     Admitted calls count against the budget of those after them. The first waiter that
     does not fit stops the scan, so a stream of small low-priority calls cannot starve a

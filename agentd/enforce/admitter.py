@@ -62,7 +62,8 @@ class Admitter:
             self.pending[key] = pend
             return
         prog = _program(req["argv"])
-        w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{_program(req['argv'])}")
+        w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{_program(req['argv'])}",
+                             agent_priority=agent.priority)
         fut = asyncio.get_running_loop().create_future()
         self.waiters[w.seq] = (w, fut)
         self.counters["admission_queued_total"] += 1

@@ -28,6 +28,7 @@ class Capabilities:
     sched_ext_state: str | None = None
     memcg_struct_ops: bool = False
     favordynmods: bool = False
+    sys_resource: bool = False       # CAP_SYS_RESOURCE: may lower oom_score_adj (agentd/oom.py)
 
     def warnings(self):
         """One line per missing feature: what agentd does without it and how to get it."""
@@ -56,6 +57,10 @@ class Capabilities:
             w.append(f"no BTF at {BTF_VMLINUX}: eBPF programs cannot load; user-space monitoring is used")
         elif not self.bpf_permitted:
             w.append("bpf(2) not permitted (needs CAP_BPF or root): user-space monitoring is used")
+        if self.root_user and not self.sys_resource:
+            w.append("no CAP_SYS_RESOURCE: agents cannot be protected from the kernel's OOM killer "
+                     "(oom_score_adj below 0); tool calls still go first by their raised values. "
+                     "Run agentd with CAP_SYS_RESOURCE (the systemd unit keeps it)")
         if self.cgroup2_mount and not self.favordynmods:
             w.append(f"cgroup v2 at {self.cgroup2_mount} is mounted without favordynmods: every move of a process "
                      "between cgroups waits for an RCU grace period (~10 ms on a busy host). `agentd tool` avoids "
@@ -81,17 +86,24 @@ def _mount_has_option(mount, option, mounts="/proc/self/mounts"):
     return False
 
 
-def _bpf_permitted():
-    # CAP_BPF (39) or CAP_SYS_ADMIN (21) in the effective set.
+CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CAP_BPF = 21, 24, 39
+
+
+def has_capability(*bits):
+    """Does this process hold any of the capabilities `bits` in its effective set?"""
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("CapEff:"):
                     caps = int(line.split()[1], 16)
-                    return bool(caps & (1 << 39) or caps & (1 << 21))
+                    return any(caps & (1 << b) for b in bits)
     except OSError:
         pass
     return False
+
+
+def _bpf_permitted():
+    return has_capability(CAP_BPF, CAP_SYS_ADMIN)
 
 
 def probe(mount=None, test_cgroup=None):
@@ -149,4 +161,5 @@ def probe(mount=None, test_cgroup=None):
         sched_ext_state=sched_state,
         memcg_struct_ops=memcg_ops,
         favordynmods=bool(mount) and _mount_has_option(mount, "favordynmods"),
+        sys_resource=has_capability(CAP_SYS_RESOURCE),
     )

@@ -72,6 +72,20 @@ class ProcFS:
                 groups = [int(g) for g in line.split()[1:]]
         return uid, gid, groups
 
+    def oom_score_adj(self, pid):
+        return int(self._read(pid, "oom_score_adj"))
+
+    def set_oom_score_adj(self, pid, value):
+        """Write /proc/<pid>/oom_score_adj (-1000..1000). Lowering needs CAP_SYS_RESOURCE,
+        which the daemon has; a root writer also sets the process's floor to `value`."""
+        try:
+            with open(f"{self.proc}/{pid}/oom_score_adj", "w") as f:
+                f.write(str(int(value)))
+        except (FileNotFoundError, ProcessLookupError) as err:
+            raise ProcessGone(f"process {pid} is gone") from err
+        except OSError as err:
+            raise KernelError(f"writing /proc/{pid}/oom_score_adj: {err.strerror}") from err
+
     def exists(self, pid):
         return os.path.exists(f"{self.proc}/{pid}")
 

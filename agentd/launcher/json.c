@@ -290,6 +290,8 @@ static int field(struct jp *j, const char *key, struct reply *r)
         return field_str(j, &r->path);
     if (strcmp(key, "env") == 0)
         return field_env(j, &r->env);
+    if (strcmp(key, "oom_score_adj") == 0)
+        return field_str(j, &r->oom_score_adj);
     if (strcmp(key, "messages") == 0)
         return field_str_array(j, &r->messages);
     if (strcmp(key, "error") == 0)
@@ -335,6 +337,7 @@ void reply_free(struct reply *r)
     free(r->agent);
     free(r->tool);
     free(r->path);
+    free(r->oom_score_adj);
     free(r->err_code);
     free(r->err_message);
     free(r->result);

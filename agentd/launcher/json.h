@@ -46,6 +46,7 @@ struct reply {
     char *path;             /* tool_start reply: the tool call's cgroup directory */
     char *err_code, *err_message;
     struct strlist env;     /* "KEY=VALUE" entries for the tool's environment */
+    char *oom_score_adj;    /* tool_start reply: the child writes it to /proc/self before exec */
     struct strlist messages;
     char *result;           /* raw JSON text of "result", for the feedback file */
 };

@@ -125,10 +125,26 @@ void exec_cmd(char **cmd)
     _exit(e == ENOENT || e == ENOTDIR ? EXIT_NOTFOUND : EXIT_NOEXEC);
 }
 
+/* The tool call's place in the kernel OOM killer's order (agentd/oom.py). It is above
+ * the agent's, and raising needs no privilege. A failure leaves the agent's value:
+ * the call then runs, just protected like the agent. */
+static void set_oom_score_adj(const char *v)
+{
+    if (!v || !*v)
+        return;
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    (void)write_all(fd, v, strlen(v));
+    close(fd);
+}
+
 /* In the child, before CMD: the inherited signal state back, the daemon's variables in. */
-static void __attribute__((noreturn)) child_exec(const struct saved_signals *s, const struct strlist *env, char **cmd)
+static void __attribute__((noreturn)) child_exec(const struct saved_signals *s, const struct reply *r, char **cmd)
 {
     signals_give_back(s);
+    set_oom_score_adj(r->oom_score_adj);
+    const struct strlist *env = &r->env;
     for (size_t i = 0; i < env->n; i++) {
         char *kv = env->v[i];  /* our own copy since fork/clone */
         char *eq = strchr(kv, '=');
@@ -143,7 +159,7 @@ static void __attribute__((noreturn)) child_exec(const struct saved_signals *s, 
 /* The held child: waits for the go-ahead byte. EOF without it means the parent gave
  * up or died: CMD must not run outside its cgroup. */
 static void __attribute__((noreturn)) child_held(int gofd, const struct saved_signals *s,
-                                                 const struct strlist *env, char **cmd)
+                                                 const struct reply *r, char **cmd)
 {
     signals_give_back(s);  /* a forwarded SIGTERM ends the wait */
     char c = 0;
@@ -154,7 +170,7 @@ static void __attribute__((noreturn)) child_held(int gofd, const struct saved_si
     if (n != 1 || c != 'G')
         _exit(EXIT_AGENTD);
     close(gofd);
-    child_exec(s, env, cmd);
+    child_exec(s, r, cmd);
 }
 
 /*
@@ -318,7 +334,7 @@ static int start_held(struct call *k, const struct reply *start, int *st, struct
         close(g_wake[0]);
         close(g_wake[1]);
         close(go[1]);
-        child_held(go[0], &k->ss, &start->env, k->cmd);
+        child_held(go[0], &k->ss, start, k->cmd);
     }
     close(go[0]);
     k->gofd = go[1];
@@ -390,7 +406,7 @@ int tool_run(const struct tool_opts *o)
     double t0 = now_s();
     k.pid = r.path ? clone_into(r.path) : -1;
     if (k.pid == 0)
-        child_exec(&k.ss, &r.env, o->cmd);
+        child_exec(&k.ss, &r, o->cmd);
     if (k.pid > 0) {
         g_child = k.pid;
         sigprocmask(SIG_UNBLOCK, &k.ss.ours, NULL);

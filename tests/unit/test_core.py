@@ -81,6 +81,11 @@ def ctl(tmp_path):
         def cgroup(self, pid):
             return "/"
 
+        oom = {}
+
+        def set_oom_score_adj(self, pid, value):
+            self.oom[pid] = value
+
     c = Controller(fs, "agentd", None, Planner(policy, 16 * GiB), StateStore(str(tmp_path / "st")),
                    EventLog(str(tmp_path / "ev.jsonl")), Proc())
     c.setup()

@@ -46,3 +46,10 @@ def test_a_big_high_priority_waiter_is_not_overtaken():
     running = [Running("r", 600 * MiB, 600 * MiB)]
     assert pick([small, big], running, 1000 * MiB) == []
     assert [w.key for w in pick([small, big], [], 1000 * MiB)] == ["big", "small"]
+
+
+def test_the_agent_priority_comes_before_the_call_class():
+    low_agent = Waiter(priority=80, peak=100 * MiB, key="low/cat", agent_priority=100)
+    high_agent = Waiter(priority=20, peak=100 * MiB, key="high/pytest", agent_priority=800)
+    running = [Running("r", 800 * MiB, 800 * MiB)]
+    assert [w.key for w in pick([low_agent, high_agent], running, 900 * MiB)] == ["high/pytest"]

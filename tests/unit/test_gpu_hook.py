@@ -72,7 +72,7 @@ class World:
     def __init__(self, tmp_path, devices, forecasts, mps=None):
         self.fs = FakeCgroupFS(str(tmp_path / "cg"))
         self.cg_of = {}
-        procfs = types.SimpleNamespace(cgroup=lambda pid: self.cg_of[pid])
+        procfs = types.SimpleNamespace(cgroup=lambda pid: self.cg_of[pid], set_oom_score_adj=lambda pid, v: None)
         policy = load_policy_text(POLICY, "t.yaml", host_memory_bytes=64 * GiB)
         self.events = EventLog(str(tmp_path / "ev.jsonl"))
         self.ctl = Controller(self.fs, "agentd", None, Planner(policy, 64 * GiB), StateStore(str(tmp_path / "st")),

@@ -38,6 +38,11 @@ class Proc:
     def cgroup(self, pid):
         return "/"
 
+    oom = {}
+
+    def set_oom_score_adj(self, pid, value):
+        self.oom[pid] = value
+
 
 class Stage:
     """A stand-in for the enforcer/monitor/scheduler/GPU stages: every documented key."""

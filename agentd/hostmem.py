@@ -1,0 +1,79 @@
+"""The memory agentd may hand out: the host's RAM, or less where a cgroup above agentd caps it.
+
+agentd often runs inside a limit it did not set: a systemd slice with MemoryMax=, a
+container's or a pod's memory.max, a benchmark's budget. Then the host's MemTotal and
+MemAvailable overstate what agents can use, and every figure derived from them — policy
+percentages, the admission budget, how far memory.high may rise — is wrong. The tightest
+memory.max on the path from agentd's root up to the hierarchy's top is the real size of
+the machine agentd manages; what that cgroup does not yet use is what is available.
+
+One instance per daemon; `total` is read once (the policy's percentages resolve against
+it), `available()` on every decision.
+"""
+
+import logging
+
+from .errors import AgentdError
+from .kernel import cgroupfs as cgf
+
+log = logging.getLogger("agentd")
+
+
+def _host():
+    """(MemTotal, MemAvailable) in bytes, or (None, None) when unknown."""
+    try:
+        import psutil
+        vm = psutil.virtual_memory()
+        return int(vm.total), int(vm.available)
+    except Exception:
+        return None, None
+
+
+def tightest_limit(fs, root):
+    """(cgroup, memory.max in bytes) of the tightest limit on `root` and its ancestors, or
+    (None, None) when none of them has one (or the memory controller is off there)."""
+    parts = [p for p in root.strip("/").split("/") if p]
+    best = (None, None)
+    for i in range(len(parts), 0, -1):
+        cg = "/".join(parts[:i])
+        try:
+            if not fs.has(cg, cgf.MEMORY_MAX):
+                continue
+            v = fs.read_int(cg, cgf.MEMORY_MAX)
+        except (AgentdError, ValueError):
+            continue
+        if v is not None and (best[1] is None or v < best[1]):
+            best = (cg, v)
+    return best
+
+
+class HostMemory:
+    def __init__(self, fs, root, host_fn=_host):
+        self.fs = fs
+        self.host_fn = host_fn
+        self.host_total, _ = host_fn()
+        self.cgroup, self.limit = tightest_limit(fs, root)
+        if self.limit is not None and self.host_total is not None and self.limit >= self.host_total:
+            self.cgroup, self.limit = None, None      # a cap above the RAM caps nothing
+
+    @property
+    def total(self):
+        """Bytes agentd manages: the tightest cap above it, else the host's RAM (None if unknown)."""
+        return self.limit if self.limit is not None else self.host_total
+
+    def describe(self):
+        if self.limit is not None:
+            return f"{self.limit} bytes (memory.max of {self.cgroup})"
+        return f"{self.host_total} bytes (the host's RAM)" if self.host_total else "unknown"
+
+    def available(self):
+        """Bytes that can still be allocated under the cap and on the host, or None."""
+        _, host_avail = self.host_fn()
+        if self.limit is None:
+            return host_avail
+        try:
+            used = self.fs.read_int(self.cgroup, cgf.MEMORY_CURRENT) or 0
+        except AgentdError:
+            return host_avail
+        room = max(0, self.limit - used)
+        return room if host_avail is None else min(room, host_avail)

@@ -1,0 +1,59 @@
+"""The memory agentd manages: the tightest memory.max above its root, else the host's RAM."""
+
+from agentd.hostmem import HostMemory, tightest_limit
+from agentd.kernel.fakes import FakeCgroupFS
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def host(total=8 * GiB, avail=6 * GiB):
+    return lambda: (total, avail)
+
+
+def tree(tmp_path):
+    fs = FakeCgroupFS(str(tmp_path / "cg"))
+    fs.makedirs("slice/bench/agentd")
+    return fs
+
+
+def test_no_limit_above_the_root_is_the_host(tmp_path):
+    fs = tree(tmp_path)
+    m = HostMemory(fs, "slice/bench/agentd", host())
+    assert (m.total, m.limit, m.available()) == (8 * GiB, None, 6 * GiB)
+    assert "RAM" in m.describe()
+
+
+def test_the_tightest_ancestor_limit_wins_and_its_usage_sets_what_is_available(tmp_path):
+    fs = tree(tmp_path)
+    fs.write("slice", "memory.max", str(2 * GiB))
+    fs.write("slice/bench", "memory.max", str(600 * MiB))
+    fs.write("slice/bench", "memory.current", str(450 * MiB))
+    assert tightest_limit(fs, "slice/bench/agentd") == ("slice/bench", 600 * MiB)
+    m = HostMemory(fs, "slice/bench/agentd", host())
+    assert m.total == 600 * MiB
+    assert m.available() == 150 * MiB
+    assert "slice/bench" in m.describe()
+    # the host itself short of memory bounds it too
+    assert HostMemory(fs, "slice/bench/agentd", host(avail=100 * MiB)).available() == 100 * MiB
+
+
+def test_the_root_own_limit_counts(tmp_path):
+    # systemd's MemoryMax= lands on the service cgroup, which is agentd's root
+    fs = tree(tmp_path)
+    fs.write("slice/bench/agentd", "memory.max", str(1 * GiB))
+    assert HostMemory(fs, "slice/bench/agentd", host()).total == 1 * GiB
+
+
+def test_a_cap_above_the_ram_caps_nothing(tmp_path):
+    fs = tree(tmp_path)
+    fs.write("slice", "memory.max", str(64 * GiB))
+    m = HostMemory(fs, "slice/bench/agentd", host())
+    assert (m.total, m.limit) == (8 * GiB, None)
+
+
+def test_usage_over_the_cap_leaves_nothing(tmp_path):
+    fs = tree(tmp_path)
+    fs.write("slice", "memory.max", str(100 * MiB))
+    fs.write("slice", "memory.current", str(120 * MiB))
+    assert HostMemory(fs, "slice/bench/agentd", host()).available() == 0

@@ -256,6 +256,7 @@ class App(ApiOps):
             if fn:
                 fn()
         self.ctl.sweep()
+        self._follow_memory_size()
         for agent in list(self.ctl.agents.values()):
             if getattr(agent, "detached", False) and not agent.tools:
                 try:
@@ -264,6 +265,18 @@ class App(ApiOps):
                     alive = False
                 if not alive:
                     self.ctl.remove_agent(agent, reason="agent exited")
+
+    def _follow_memory_size(self):
+        """A slice or container resized under us: the policy's sizes follow."""
+        try:
+            changed = self.memory.refresh()
+        except AgentdError:
+            return
+        if changed:
+            old, self.host_memory = self.host_memory, self.memory.total
+            log.info("memory agentd manages changed: %s -> %s", old, self.memory.describe())
+            self.events.emit("memory_size", bytes=self.memory.total, cgroup=self.memory.cgroup)
+            self.reload()
 
     def _sample(self):
         for agent in self.ctl.agents.values():

@@ -7,8 +7,9 @@ percentages, the admission budget, how far memory.high may rise — is wrong. Th
 memory.max on the path from agentd's root up to the hierarchy's top is the real size of
 the machine agentd manages; what that cgroup does not yet use is what is available.
 
-One instance per daemon; `total` is read once (the policy's percentages resolve against
-it), `available()` on every decision.
+One instance per daemon; `total` is what the policy's percentages resolve against (the
+daemon re-reads it every sweep and reloads the policy when it changes), `available()` is
+read on every decision.
 """
 
 import logging
@@ -50,11 +51,20 @@ def tightest_limit(fs, root):
 class HostMemory:
     def __init__(self, fs, root, host_fn=_host):
         self.fs = fs
+        self.root = root
         self.host_fn = host_fn
         self.host_total, _ = host_fn()
-        self.cgroup, self.limit = tightest_limit(fs, root)
+        self.cgroup, self.limit = None, None
+        self.refresh()
+
+    def refresh(self):
+        """Read the limits again (an operator may resize a slice at run time:
+        `systemctl set-property ... MemoryMax=`); True when the total changed."""
+        before = self.total
+        self.cgroup, self.limit = tightest_limit(self.fs, self.root)
         if self.limit is not None and self.host_total is not None and self.limit >= self.host_total:
             self.cgroup, self.limit = None, None      # a cap above the RAM caps nothing
+        return self.total != before
 
     @property
     def total(self):

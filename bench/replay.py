@@ -11,7 +11,8 @@ to the memory just before it) and frees it at its end; the gaps between calls ar
 
 Scaling, the same for every mode: time is compressed by --speed (default 20: a 360 s trace
 replays in 18 s) and memory multiplied by --mem-scale (default 0.25); the guest has
---guest-memory (default 4G: policies/multi-tenant.yaml does not load below ~3.4 GiB, its normal class has memory.low 1Gi > max 30%) of RAM, 2 vCPUs, swap off.
+--guest-memory (default 4G) of RAM, 2 vCPUs, swap off. agentd sizes itself from the budget (the
+memory.max above its root), so the policy's percentages count against the budget.
 
 Modes: none (sibling cgroups under one parent memory.max = budget, memory.oom.group=1 per
 agent as container runtimes set it), static (plus memory.max = budget / n per agent), agentd

@@ -194,8 +194,22 @@ class AgentdHost:
         self.log(f"agentd daemon ready in {self.start_seconds:.0f} s")
         return self
 
-    def set_budget(self, budget):
+    def set_budget(self, budget, timeout=60):
+        """Set the parent's memory.max and wait until the daemon has sized itself to it
+        (it re-reads the limit above its root every sweep and logs a memory_size event)."""
+        current = self.fs.read_int(self.parent, "memory.max")
+        if current == (budget or None):
+            return
+        seen = len(self.events())
         self.fs.write(self.parent, "memory.max", str(budget) if budget else "max")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if min(budget or ram, ram) == min(current or ram, ram):
+            return                      # above the RAM either way: nothing for the daemon to see
+        deadline = time.monotonic() + timeout
+        while not any(e.get("event") == "memory_size" for e in self.events()[seen:]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the agentd daemon did not follow the budget {budget} in {timeout} s")
+            time.sleep(0.2)
 
     def events(self):
         from ..eventlog import read_events

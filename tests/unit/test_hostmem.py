@@ -57,3 +57,13 @@ def test_usage_over_the_cap_leaves_nothing(tmp_path):
     fs.write("slice", "memory.max", str(100 * MiB))
     fs.write("slice", "memory.current", str(120 * MiB))
     assert HostMemory(fs, "slice/bench/agentd", host()).available() == 0
+
+
+def test_a_resize_is_seen_on_refresh(tmp_path):
+    fs = tree(tmp_path)
+    m = HostMemory(fs, "slice/bench/agentd", host())
+    assert m.refresh() is False
+    fs.write("slice/bench", "memory.max", str(600 * MiB))
+    assert m.refresh() is True and m.total == 600 * MiB
+    fs.write("slice/bench", "memory.max", "max")
+    assert m.refresh() is True and m.total == 8 * GiB

@@ -168,7 +168,8 @@ def test_multi_tenant_policy_keeps_high_agents_above_low():
     p = load_policy("multi-tenant", host_memory_bytes=64 * GiB)
     high, low = p.agent_class("high"), p.agent_class("low")
     assert high.cpu.weight > low.cpu.weight and high.gpu.priority > low.gpu.priority
-    assert low.memory.max < high.memory.max
+    assert high.memory.max is None and low.memory.max < 64 * GiB     # only best-effort agents are capped
+    assert high.memory.low > (low.memory.low or 0)                   # and high ones are protected
     assert p.defaults.honour_declared_class is False
 
 

@@ -16,12 +16,19 @@
  * period agents receive CPU in proportion to their weights. Credit is capped across
  * sleeps (wake_lag_ns), so an idle agent cannot bank time and then monopolise CPUs.
  *
- * Interactive: a waking interactive task preempts a CPU that runs non-interactive
- * work (preferably the CPU handling the wake-up) at once, instead of at the next tick
- * as a fair-class wake-up does under lazy preemption; otherwise it waits in the
- * interactive DSQ, which every CPU consults first. A task that runs several slices
- * without sleeping is demoted to its agent's queue until it sleeps again, so CPU-bound
- * "interactive" work cannot starve the rest.
+ * Interactive: a waking interactive task goes straight to the local queue of its CPU
+ * (preferably the CPU handling the wake-up) and preempts the non-interactive work running
+ * there at once, instead of at the next tick as a fair-class wake-up does under lazy
+ * preemption. The decision is taken in ops.enqueue, not in ops.select_cpu alone: the
+ * kernel skips select_cpu for a task allowed on one CPU only (a pinned tool, a one-CPU
+ * machine or cpuset), and such a wake-up must preempt too. When its CPU already runs
+ * interactive work or is held by a higher scheduling class (the host's fair-class tasks
+ * and kernel threads always run before SCHED_EXT ones), the task waits in the interactive
+ * DSQ, which every CPU consults first, and a CPU running other work is kicked to take it.
+ * A CPU that a higher class takes over hands back the tasks queued on it (ops.cpu_release),
+ * so an interactive task does not wait behind a kernel thread while another CPU runs batch
+ * work. A task that runs several slices without sleeping is demoted to its agent's queue
+ * until it sleeps again, so CPU-bound "interactive" work cannot starve the rest.
  *
  * Kernel types: the host that builds agentd may lack sched_ext in its BTF, so the few
  * kernel types used below are declared here with CO-RE relocations (field names only
@@ -79,6 +86,9 @@ struct scx_exit_info {
 };
 #pragma clang attribute pop
 
+struct scx_cpu_acquire_args;
+struct scx_cpu_release_args;
+
 /* The members agentd sets; libbpf fills the rest of the kernel's struct with zeroes. */
 struct sched_ext_ops {
 	s32 (*select_cpu)(struct task_struct *p, s32 prev_cpu, u64 wake_flags);
@@ -88,6 +98,8 @@ struct sched_ext_ops {
 	void (*running)(struct task_struct *p);
 	void (*stopping)(struct task_struct *p, bool runnable);
 	void (*quiescent)(struct task_struct *p, u64 deq_flags);
+	void (*cpu_acquire)(s32 cpu, struct scx_cpu_acquire_args *args);
+	void (*cpu_release)(s32 cpu, struct scx_cpu_release_args *args);
 	s32 (*init)(void);
 	void (*exit)(struct scx_exit_info *info);
 	u64 flags;
@@ -99,6 +111,7 @@ struct sched_ext_ops {
 #define SCX_DSQ_LOCAL		0x8000000000000002ULL
 #define SCX_ENQ_WAKEUP		0x1ULL
 #define SCX_ENQ_PREEMPT		(1ULL << 32)
+#define SCX_ENQ_REENQ		(1ULL << 40)
 #define SCX_KICK_IDLE		1
 #define SCX_KICK_PREEMPT	2
 #define SCX_OPS_SWITCH_PARTIAL	8
@@ -116,13 +129,17 @@ extern s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym;
 extern void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym;
 extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
 extern bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
+extern u32 scx_bpf_reenqueue_local(void) __ksym;
 
 #define MAX_AGENTS SCX_AGENTD_MAX_AGENTS
 #define MAX_CPUS SCX_AGENTD_MAX_CPUS
 #define INTERACTIVE_BURST_SLICES 20	/* CPU time per wake-up before demotion, in slices */
-/* cpu_lat[] holds latency class + 1; 0 (the .bss default) = idle or another class. */
+/* cpu_lat[]: what a CPU runs. Latency class + 1 while one of agentd's tasks runs there;
+ * NONE (the .bss default) when idle or between tasks; OTHER while a higher scheduling
+ * class (fair, rt, dl) holds it, from ops.cpu_release until ops.cpu_acquire. */
 #define CPU_LAT_NONE 0
 #define CPU_LAT_INTERACTIVE (SCX_AGENTD_LAT_INTERACTIVE + 1)
+#define CPU_LAT_OTHER 0xff
 
 const volatile struct scx_agentd_config cfg = {
 	.slice_ns = { 1000000ULL, 5000000ULL, 20000000ULL },
@@ -172,7 +189,6 @@ struct task_ctx {
 	u64 run_start;		/* when it last started running */
 	u32 slot;
 	u32 lat;
-	s32 target_cpu;		/* interactive wake-up: CPU to preempt, or -1 */
 	u8 counted;		/* counted in agent_runnable[slot] */
 	u8 demoted;		/* interactive task that ran too long since it woke */
 	u64 burst_ns;		/* CPU time since it last became runnable */
@@ -235,6 +251,35 @@ static __always_inline void classify(struct task_struct *p, struct task_ctx *tct
 		max_slot = tctx->slot;
 }
 
+/* A CPU an interactive wake-up may take at once: it runs agentd's non-interactive work
+ * or nothing, not another interactive task and not a higher class's task (which
+ * SCX_ENQ_PREEMPT could not displace). */
+static __always_inline bool preemptible(s32 cpu)
+{
+	u8 l;
+
+	if (cpu < 0 || cpu >= MAX_CPUS)
+		return false;
+	l = cpu_lat[cpu];
+	return l != CPU_LAT_INTERACTIVE && l != CPU_LAT_OTHER;
+}
+
+/* Make some CPU that runs non-interactive work take the interactive queue now. */
+static __always_inline void kick_for_interactive(struct task_struct *p)
+{
+	s32 own = scx_bpf_task_cpu(p);
+
+	for (u32 i = 0; i < MAX_CPUS && i < cfg.nr_cpus; i++) {
+		if (preemptible(i) && bpf_cpumask_test_cpu(i, p->cpus_ptr)) {
+			scx_bpf_kick_cpu(i, SCX_KICK_PREEMPT);
+			return;
+		}
+	}
+	/* Every CPU is busy with interactive or higher-class work: the first one to finish
+	 * takes it from the interactive queue. Wake its own CPU in case that one idles. */
+	scx_bpf_kick_cpu(own, SCX_KICK_IDLE);
+}
+
 SEC("struct_ops/agentd_select_cpu")
 s32 BPF_PROG(agentd_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
@@ -251,8 +296,6 @@ s32 BPF_PROG(agentd_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_fl
 	}
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
-	if (tctx)
-		tctx->target_cpu = -1;
 	if (is_idle) {
 		/* An idle CPU would otherwise stay idle: no fairness is lost. */
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_of(lat), 0);
@@ -261,23 +304,19 @@ s32 BPF_PROG(agentd_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_fl
 	}
 	if (!tctx || lat != SCX_AGENTD_LAT_INTERACTIVE || !cfg.preempt)
 		return cpu;
-	/* The CPU to preempt: the one handling this wake-up (no IPI: the switch happens on
-	 * return from the interrupt), else the default choice, else any allowed CPU that
-	 * is not running interactive work. */
+	/* The CPU to preempt (ops.enqueue does it, on the CPU returned here): the one
+	 * handling this wake-up (no IPI: the switch happens on return from the interrupt),
+	 * else the default choice, else any allowed CPU that runs neither interactive work
+	 * nor a higher class's task. */
 	local = bpf_get_smp_processor_id();
-	if (local >= 0 && local < MAX_CPUS && cpu_lat[local] != CPU_LAT_INTERACTIVE &&
-	    bpf_cpumask_test_cpu(local, p->cpus_ptr))
-		cpu = local;
-	else if (cpu >= 0 && cpu < MAX_CPUS && cpu_lat[cpu] == CPU_LAT_INTERACTIVE) {
-		for (u32 i = 0; i < MAX_CPUS && i < cfg.nr_cpus; i++) {
-			if (cpu_lat[i] != CPU_LAT_INTERACTIVE && bpf_cpumask_test_cpu(i, p->cpus_ptr)) {
-				cpu = i;
-				break;
-			}
-		}
+	if (preemptible(local) && bpf_cpumask_test_cpu(local, p->cpus_ptr))
+		return local;
+	if (preemptible(cpu))
+		return cpu;
+	for (u32 i = 0; i < MAX_CPUS && i < cfg.nr_cpus; i++) {
+		if (preemptible(i) && bpf_cpumask_test_cpu(i, p->cpus_ptr))
+			return i;
 	}
-	if (cpu >= 0 && cpu < MAX_CPUS && cpu_lat[cpu] != CPU_LAT_INTERACTIVE)
-		tctx->target_cpu = cpu;
 	return cpu;
 }
 
@@ -335,26 +374,20 @@ void BPF_PROG(agentd_enqueue, struct task_struct *p, u64 enq_flags)
 	lat = eff_lat(tctx);
 	slot = tctx->slot & (MAX_AGENTS - 1);
 	if (lat == SCX_AGENTD_LAT_INTERACTIVE) {
-		s32 cpu = tctx->target_cpu;
+		/* task_cpu(p) is the CPU select_cpu chose, or its only allowed CPU. A wake-up
+		 * (or a task handed back by a CPU a higher class took) preempts the work
+		 * running there when that is preemptible; SCX_ENQ_PREEMPT ends the current
+		 * slice and reschedules that CPU, with an IPI when it is not this one. */
+		s32 cpu = scx_bpf_task_cpu(p);
 
-		tctx->target_cpu = -1;
-		if ((enq_flags & SCX_ENQ_WAKEUP) && cpu >= 0 && cpu < MAX_CPUS && cfg.preempt) {
+		if (cfg.preempt && (enq_flags & (SCX_ENQ_WAKEUP | SCX_ENQ_REENQ)) && preemptible(cpu) &&
+		    bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
 			stat_inc(SCX_AGENTD_STAT_PREEMPT);
-			if (cpu == scx_bpf_task_cpu(p)) {
-				/* Its own CPU (we hold that runqueue): the current task's slice
-				 * ends now and this one runs next, no IPI. */
-				scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_of(lat), enq_flags | SCX_ENQ_PREEMPT);
-				return;
-			}
-			/* Another CPU: queue it where every CPU looks first and make that CPU
-			 * look now. The kick may land after it already runs there and end its
-			 * slice; it then comes back here as interactive (see stopping). */
-			scx_bpf_dsq_insert(p, SCX_AGENTD_DSQ_INTERACTIVE, slice_of(lat), enq_flags);
-			scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_of(lat), enq_flags | SCX_ENQ_PREEMPT);
 			return;
 		}
 		scx_bpf_dsq_insert(p, SCX_AGENTD_DSQ_INTERACTIVE, slice_of(lat), enq_flags);
-		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_IDLE);
+		kick_for_interactive(p);
 		stat_inc(SCX_AGENTD_STAT_INTERACTIVE);
 		return;
 	}
@@ -494,6 +527,24 @@ void BPF_PROG(agentd_stopping, struct task_struct *p, bool runnable)
 	}
 }
 
+/* A higher scheduling class takes this CPU: tasks queued on its local DSQ (a task it
+ * preempted, an interactive wake-up placed here) would wait until that class is done.
+ * Hand them back to ops.enqueue (SCX_ENQ_REENQ) so another CPU can run them. */
+SEC("struct_ops/agentd_cpu_release")
+void BPF_PROG(agentd_cpu_release, s32 cpu, struct scx_cpu_release_args *args)
+{
+	if (cpu >= 0 && cpu < MAX_CPUS)
+		cpu_lat[cpu] = CPU_LAT_OTHER;
+	scx_bpf_reenqueue_local();
+}
+
+SEC("struct_ops/agentd_cpu_acquire")
+void BPF_PROG(agentd_cpu_acquire, s32 cpu, struct scx_cpu_acquire_args *args)
+{
+	if (cpu >= 0 && cpu < MAX_CPUS && cpu_lat[cpu] == CPU_LAT_OTHER)
+		cpu_lat[cpu] = CPU_LAT_NONE;
+}
+
 SEC("struct_ops/agentd_init")
 s32 BPF_PROG(agentd_init)
 {
@@ -534,6 +585,8 @@ struct sched_ext_ops agentd_ops = {
 	.running = (void *)agentd_running,
 	.stopping = (void *)agentd_stopping,
 	.quiescent = (void *)agentd_quiescent,
+	.cpu_acquire = (void *)agentd_cpu_acquire,
+	.cpu_release = (void *)agentd_cpu_release,
 	.init = (void *)agentd_init,
 	.exit = (void *)agentd_exit,
 	.flags = SCX_OPS_SWITCH_PARTIAL,

@@ -14,7 +14,7 @@ import os
 import time
 
 from ..errors import BpfError
-from ..kernel import libbpf, libbpf_structops
+from ..kernel import bpf_objects, libbpf, libbpf_structops
 from ..kernel.sched_ext import SchedExtSysfs
 from . import contract
 
@@ -27,7 +27,8 @@ SLEEPABLE = ("agentd_init",)
 
 
 def object_path():
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_bpf", OBJECT)
+    """agentd/_bpf/scx_agentd.bpf.o, or the one in AGENTD_BPF_DIR (as for every agentd program)."""
+    return bpf_objects.object_path(OBJECT[:-len(".bpf.o")])
 
 
 def make_config(slices_ns, nr_cpus=None, wake_lag_ns=20_000_000, preempt=True):

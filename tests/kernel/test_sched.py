@@ -3,6 +3,7 @@ it loads and unloads, agent tasks run under SCHED_EXT and are scheduled by it, m
 entries follow agents and tool calls, and an ejection is noticed, falls back and retries."""
 
 import asyncio
+import sys
 import types
 
 import pytest
@@ -124,3 +125,42 @@ def test_ejection_falls_back_to_cpu_weight_and_reloads(hook, cgtree):
     assert hook.modes() == {"cpu": "sched_ext"}
     assert SYSFS.state() == "enabled"
     assert hook.scx.cgroup(cgtree.fs.cgroup_id(a.main_cgroup)) is not None
+
+
+def _schedstat(pid):
+    """(run_delay ns, timeslices) of `pid`: time spent runnable but waiting, and how often it ran."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        _run, delay, count = (int(x) for x in f.read().split())
+    return delay, count
+
+
+def test_pinned_interactive_wakeups_preempt_batch_work(cgtree, hog, tmp_path):
+    """A task allowed on one CPU only never passes through ops.select_cpu (the kernel
+    skips it), so its wake-ups must be preempting from ops.enqueue: otherwise it waits
+    for the batch spinner on its CPU to use up a whole batch slice."""
+    slices = (1_000_000, 5_000_000, 20_000_000)
+    batch_cg, inter_cg = cgtree.child("batch"), cgtree.child("interactive")
+    ready = tmp_path / "ready"
+    s = ScxScheduler(make_config(slices)).load()
+    try:
+        s.set_agent(1, 100)
+        s.set_cgroup(cgtree.fs.cgroup_id(batch_cg), 1, 50, "batch")
+        s.set_cgroup(cgtree.fs.cgroup_id(inter_cg), 1, 200, "interactive")
+        spinners = [cgtree.spawn(batch_cg, [hog, "spin"], cpus={0}) for _ in range(2)]
+        sleeper = cgtree.spawn(inter_cg, [sys.executable, "-S", "-c",
+                                          f"import time\nopen({str(ready)!r}, 'w').close()\n"
+                                          "while True: time.sleep(0.005)"], cpus={0})
+        for p in (*spinners, sleeper):
+            assert kse.set_ext_policy(p.pid)
+        wait_for(ready.exists, 120, "the pinned sleeper in its loop", step=0.5)
+        before = s.stats()
+        d0, n0 = _schedstat(sleeper.pid)
+        wait_for(lambda: _schedstat(sleeper.pid)[1] - n0 >= 100, 60, "100 wake-ups of the pinned sleeper",
+                 step=0.5)
+        d1, n1 = _schedstat(sleeper.pid)
+        after = s.stats()
+        assert after["preempt"] - before["preempt"] >= (n1 - n0) // 2, (before, after)
+        # Waiting for the spinner's slice to run out would average half a batch slice.
+        assert (d1 - d0) / (n1 - n0) < slices[2] / 4, f"mean wait {(d1 - d0) / (n1 - n0) / 1e6:.2f} ms"
+    finally:
+        s.close()

@@ -1,8 +1,10 @@
 """Pressure sources for the ladder: PSI triggers (event-driven), else a poll of the files.
 
 `PressureWatch` watches the agentd root's and each agent's `memory.pressure`. It prefers
-kernel triggers (one epoll fd on the event loop, see kernel/psi.py); the first refusal
-switches every watched file to polling the `total=` counter each tick, with one warning.
+kernel triggers (one epoll, waited on by one thread that hands events to the event loop;
+not an `add_reader` on the loop, which loses trigger events: see kernel/psi.py); the first
+refusal switches every watched file to polling the `total=` counter each tick, with one
+warning.
 A fake source (a file in the same format, named by AGENTD_PRESSURE_FILE) replaces the
 root's file for tests that must drive the ladder without real memory pressure.
 """
@@ -30,25 +32,24 @@ class PressureWatch:
         self.mode = "poll" if fake_file else "psi-trigger"
         self.loop = None
         self.events_total = 0
+        self.handoff_s = None     # trigger thread -> loop latency of the latest batch
 
     # --- lifecycle -------------------------------------------------------------
     def start(self, loop):
         self.loop = loop
         if self.mode == "psi-trigger":
             self.triggers = psi.TriggerSet()
-            loop.add_reader(self.triggers.fileno(), self._on_ready)
             for key, path in list(self.paths.items()):
+                if self.triggers is None:
+                    break         # refused: polling took over
                 self._register(key, path)
+            if self.triggers is not None:
+                self.triggers.start(self._from_thread)
 
     def stop(self):
         if self.triggers is not None:
-            if self.loop is not None:
-                try:
-                    self.loop.remove_reader(self.triggers.fileno())
-                except Exception:
-                    pass
-            self.triggers.close()
-            self.triggers = None
+            triggers, self.triggers = self.triggers, None
+            triggers.close()
 
     def watch(self, key, path):
         if self.fake_file and key == ROOT:
@@ -77,16 +78,26 @@ class PressureWatch:
             self.stop()
             self.mode = "poll"
 
-    def _on_ready(self):
+    def _from_thread(self, fired, gone, seen):
+        """Runs on the trigger thread: hand the batch to the event loop."""
+        try:
+            self.loop.call_soon_threadsafe(self._on_events, fired, gone, seen)
+        except RuntimeError:
+            pass                  # the loop is closing: nothing left to react
+
+    def _on_events(self, fired, gone, seen):
+        """On the loop: `seen` is when the trigger thread woke (monotonic), so reactions
+        are timed from the kernel's notification, not from when the loop got to them."""
         if self.triggers is None:
             return
-        now = time.monotonic()
-        fired, gone = self.triggers.ready(0)
+        self.handoff_s = time.monotonic() - seen
         for key in gone:
             self.paths.pop(key, None)
         for key in fired:
+            if key not in self.paths:
+                continue          # unwatched meanwhile
             self.events_total += 1
-            self.on_pressure(key, now, "psi-trigger")
+            self.on_pressure(key, seen, "psi-trigger")
 
     # --- polling -----------------------------------------------------------------
     def poll(self, now=None):

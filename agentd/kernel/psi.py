@@ -10,15 +10,26 @@ and the file descriptor becomes ready for POLLPRI whenever tasks stalled for mor
   accepts the trailing NUL, so it is always written;
 - the fd open for as long as the trigger should live (closing removes it).
 
-`TriggerSet` multiplexes many triggers on one epoll whose own fd an asyncio loop watches
-with `add_reader`, so a hundred agents cost one reader. Where triggers cannot be
-registered, `PressurePoller` offers the same "pressure exceeded" signal from the `total=`
-counter, read periodically (one warning says so).
+`TriggerSet` multiplexes many triggers on one epoll, waited on by one thread of its own
+(`start`), so a hundred agents cost one thread. Its epoll fd must never be nested in
+another epoll (such as an asyncio loop's `add_reader`): polling a trigger fd *consumes*
+its event (the kernel's psi_trigger_poll clears the pending flag), and an outer epoll
+polls the inner one's items to decide whether the inner fd is ready. The outer check
+then eats the event and the inner epoll_wait reports nothing. Measured in the kernel
+tier (7.3): with the set's fd on the daemon's loop, 6 of 6 trigger events woke the loop
+and none reached the daemon; an event got through only when two triggers fired in the
+same wake-up (the outer check stops at the first ready item), which is why the ladder
+sometimes reacted after one window and sometimes after 75 s.
+
+Where triggers cannot be registered, `PressurePoller` offers the same "pressure
+exceeded" signal from the `total=` counter, read periodically (one warning says so).
 """
 
 import errno
 import os
 import select
+import threading
+import time
 
 from ..errors import CgroupGone, FeatureMissing, KernelError
 
@@ -105,64 +116,118 @@ class Trigger:
 
 
 class TriggerSet:
-    """Many triggers behind one epoll fd.
+    """Many triggers behind one epoll, with exactly one waiter.
 
-    `fileno()` is what an event loop watches for readability; `ready()` (non-blocking)
-    returns the keys of triggers that fired, and the keys of triggers whose cgroup was
-    removed (EPOLLERR: the kernel tears a trigger down with its cgroup) in `gone`.
+    Either call `wait()`/`ready()` yourself, or `start(deliver)` a thread that waits and
+    calls `deliver(fired_keys, gone_keys, monotonic_time)` from that thread for every
+    batch. Gone keys are triggers whose cgroup was removed (EPOLLERR: the kernel tears a
+    trigger down with its cgroup); they are removed from the set before delivery.
+    add()/remove() may be called from any thread while the waiter runs.
     """
 
     def __init__(self):
         self._ep = select.epoll()
+        self._lock = threading.Lock()
         self._by_fd = {}          # fd -> (key, Trigger)
         self._by_key = {}
-
-    def fileno(self):
-        return self._ep.fileno()
+        # A pipe in the epoll wakes the waiter for stop(); it carries no data that matters.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._thread = None
+        self._stopping = False
 
     def add(self, key, path, threshold_us, window_us, kind="some"):
         """Register a trigger on `path` under `key`; FeatureMissing/CgroupGone on refusal."""
         self.remove(key)
         t = Trigger(path, threshold_us, window_us, kind)
-        self._ep.register(t.fd, select.EPOLLPRI | select.EPOLLERR)
-        self._by_fd[t.fd] = (key, t)
-        self._by_key[key] = t
+        with self._lock:
+            self._by_fd[t.fd] = (key, t)
+            self._by_key[key] = t
+            self._ep.register(t.fd, select.EPOLLPRI | select.EPOLLERR)
         return t
 
     def remove(self, key):
-        t = self._by_key.pop(key, None)
-        if t is None:
-            return
-        self._by_fd.pop(t.fd, None)
-        try:
-            self._ep.unregister(t.fd)
-        except (OSError, ValueError):
-            pass
-        t.close()
+        with self._lock:
+            t = self._by_key.pop(key, None)
+            if t is None:
+                return
+            self._by_fd.pop(t.fd, None)
+            try:
+                self._ep.unregister(t.fd)
+            except (OSError, ValueError):
+                pass
+            t.close()
 
     def keys(self):
-        return list(self._by_key)
+        with self._lock:
+            return list(self._by_key)
 
-    def ready(self, timeout=0):
-        """(fired keys, gone keys) of the events pending now (or within `timeout` s)."""
+    def wait(self, timeout=None):
+        """(fired keys, gone keys): blocks up to `timeout` s (None: until an event or stop)."""
         fired, gone = [], []
-        for fd, mask in self._ep.poll(timeout):
-            entry = self._by_fd.get(fd)
-            if entry is None:
-                continue
-            key = entry[0]
-            if mask & select.EPOLLERR:
-                gone.append(key)
-            elif mask & select.EPOLLPRI:
-                fired.append(key)
+        try:
+            events = self._ep.poll(-1 if timeout is None else timeout)
+        except InterruptedError:
+            return fired, gone
+        with self._lock:
+            for fd, mask in events:
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 64)
+                    except BlockingIOError:
+                        pass
+                    continue
+                entry = self._by_fd.get(fd)
+                if entry is None:
+                    continue      # removed meanwhile
+                if mask & select.EPOLLERR:
+                    gone.append(entry[0])
+                elif mask & select.EPOLLPRI:
+                    fired.append(entry[0])
         for key in gone:
             self.remove(key)
         return fired, gone
 
+    def ready(self, timeout=0):
+        """Events pending now (or within `timeout` s); for callers without a thread."""
+        return self.wait(timeout)
+
+    # --- the waiter thread ---------------------------------------------------------------
+    def start(self, deliver):
+        """Wait for events in a daemon thread and hand each batch to `deliver`."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, args=(deliver,), name="agentd-psi", daemon=True)
+        self._thread.start()
+
+    def _loop(self, deliver):
+        while not self._stopping:
+            try:
+                fired, gone = self.wait(None)
+            except (OSError, ValueError):
+                if self._stopping:
+                    return
+                raise
+            if (fired or gone) and not self._stopping:
+                deliver(fired, gone, time.monotonic())
+
+    def stop(self):
+        """Stop the waiter thread (if any) and wait for it to end."""
+        th, self._thread = self._thread, None
+        if th is None:
+            return
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        th.join(5.0)
+
     def close(self):
-        for key in list(self._by_key):
+        self.stop()
+        for key in self.keys():
             self.remove(key)
         self._ep.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 class PressurePoller:

@@ -5,12 +5,14 @@
 - while it runs (a cheap tick, every TICK_S): sample, re-forecast, move memory.high with
   the re-forecast and free host memory, and run the pressure ladder;
 - on pressure (PSI trigger or poll): the ladder acts at once on the lowest-priority calls;
+- on the memory watch (BPF, between ticks): a call that crossed its forecast is
+  re-forecast at once; growth that would use up the memory left within the policy's
+  horizon is urgent pressure on its agent (the ladder steps every watch interval);
 - before a call starts (admit): admission control, with a notice while it waits;
 - at its end: record it in the history, and let waiting calls in.
 """
 
 import asyncio
-import os
 import logging
 import time
 
@@ -29,12 +31,12 @@ from .pressure import ROOT, PressureWatch
 log = logging.getLogger("agentd.enforce")
 
 TICK_S = 0.5
-# A tool call growing faster than this (over the memory watch's window) is reported at
-# once: a pytest can add gigabytes in two seconds, a tick apart is too late.
-GROWTH_ALERT_BYTES_PER_S = 256 << 20
-# Growth that would use up the host's free memory within this many seconds is pressure.
-MEMWATCH_HORIZON_S = 2.0
-
+# A tool call growing faster than this (over the memory watch's window, 0.25 s) is
+# reported at once, and then once per window while it keeps that pace: a pytest can add
+# gigabytes in two seconds, a tick apart is too late. Whether the growth is dangerous is
+# decided here against the memory left (pressure.memory_watch_horizon_s); the BPF side
+# only bounds the event rate (at most one rate event per window per call).
+GROWTH_ALERT_BYTES_PER_S = 32 << 20
 
 
 
@@ -48,6 +50,7 @@ class ToolState:
         self.current = 0
         self.live = None          # latest LiveForecast
         self.evidence = False     # forecast backed by history or a declared --mem
+        self.watch_prev = None    # (ts_ns, rss_bytes) of the latest memory-watch event
 
 
 class Enforcer:
@@ -65,7 +68,7 @@ class Enforcer:
         self.tools = {}           # tool key -> ToolState
         self.mains_killed = set() # agents whose main cgroup the ladder killed
         self.admitter = Admitter(self)
-        self.pressure_at = {}     # watch key -> monotonic time of its last event
+        self.pressure_until = {}  # watch key -> monotonic time its latest pressure lasts to
         self.trigger_ts = None    # wall time of the latest event (reaction figures)
         self.task = None
         self.counters = {"pressure_events_total": 0}
@@ -92,14 +95,14 @@ class Enforcer:
         self.watch.start(loop)
         # The BPF memory watch (or its polling stand-in) reports a tool call that outgrows
         # its forecast or grows fast, between ticks: react then, not at the next sample.
-        # Opt-in for now (AGENTD_MEMWATCH_ENFORCE=1): in the kernel tier, tracking a call
-        # that the kernel is already throttling at its agent's memory.high delayed the PSI
-        # trigger by ~75 s (tests/kernel/test_agentd_enforce.py); not yet understood.
+        # Calls are tracked while pressure.memory_watch is on (checked at each call's start).
         mon = getattr(self.app, "monitor", None)
-        if os.environ.get("AGENTD_MEMWATCH_ENFORCE") == "1":
-            self.memwatch = getattr(mon, "memwatch", None)
+        self.memwatch = getattr(mon, "memwatch", None)
         if mon is not None and self.memwatch is not None:
             mon.mem_listeners.append(self._on_mem)
+            window = getattr(self.memwatch, "window_s", None) or getattr(self.memwatch, "window_ns", 0) / 1e9
+            if window:
+                self.ladder.urgent_interval_s = window
         self.task = asyncio.create_task(self._run())
 
     async def stop(self):
@@ -134,7 +137,7 @@ class Enforcer:
 
     def on_agent_end(self, agent):
         self.watch.unwatch(agent.agent_id)
-        self.pressure_at.pop(agent.agent_id, None)
+        self.pressure_until.pop(agent.agent_id, None)
         self.mains_killed.discard(agent.agent_id)
 
     def _watch_agent(self, agent):
@@ -172,7 +175,7 @@ class Enforcer:
 
     def on_tool_start(self, agent, tool):
         mw = getattr(self, "memwatch", None)
-        if mw is None or tool.cgroup_id is None or tool.forecast is None:
+        if mw is None or tool.cgroup_id is None or tool.forecast is None or not self.policy.pressure.memory_watch:
             return
         try:
             mw.set_limit(tool.cgroup_id, threshold_bytes=int(tool.forecast.peak_bytes),
@@ -195,12 +198,50 @@ class Enforcer:
         self.fc.sample(tool.key, now, st.current)
         available = self.available_fn()
         self._adapt(tool, st, available)
-        # Growth the host cannot hold for long is pressure on this agent, before PSI says so.
-        horizon_need = (ev.growth_bytes / max(ev.window_ns / 1e9, 1e-3)) * MEMWATCH_HORIZON_S
-        if available is not None and horizon_need > available:
-            self._on_pressure(agent.agent_id, now,
-                              f"memory watch: {tool.tool_id} grows {format_size(int(horizon_need / MEMWATCH_HORIZON_S))}/s "
-                              f"with {format_size(available)} free")
+        p = self.policy.pressure
+        if not p.memory_watch:
+            return                # switched off by a reload: observe only
+        # Growth that would use up the memory left before the horizon ends is pressure on
+        # this agent now: PSI reports a stall only once reclaim has begun, and at 140 MiB/s
+        # the kernel's OOM killer may come within a PSI window of that.
+        rate = self._growth_rate(st, ev)
+        room = self._room(agent, available)
+        if room is None or rate * p.memory_watch_horizon_s <= room:
+            return
+        # The kernel stamped the event (CLOCK_MONOTONIC, as time.monotonic()): reactions
+        # are timed from it.
+        seen = ev.ts_ns / 1e9 if 0 < ev.ts_ns / 1e9 <= now else now
+        self._pressure(agent.agent_id, seen,
+                       f"memory is running out in agent {agent.agent_id}: {tool.tool_id} grows "
+                       f"{format_size(int(rate))}/s with {format_size(max(room, 0))} left (memory watch)",
+                       hold_s=2 * self.ladder.urgent_interval_s, urgent=True)
+
+    def _growth_rate(self, st, ev):
+        """Bytes/s the call grows at, over at least one watch window.
+
+        A rate event is sent as soon as the window's growth passes the alert budget, maybe
+        a few ms into the window, so growth / elapsed can be a burst's instantaneous speed.
+        Between two events of the same call (at least one window apart) the rate is
+        measured; a first event is only credited with its growth over a whole window."""
+        window_ns = max(int(self.ladder.urgent_interval_s * 1e9), 1)
+        prev, st.watch_prev = st.watch_prev, (ev.ts_ns, ev.rss_bytes)
+        if prev is not None and window_ns <= ev.ts_ns - prev[0] <= 4 * window_ns:
+            return max(ev.rss_bytes - prev[1], 0) / ((ev.ts_ns - prev[0]) / 1e9)
+        return max(ev.growth_bytes, 0) / (max(ev.window_ns, window_ns) / 1e9)
+
+    def _room(self, agent, available):
+        """Memory the agent's tool calls may still take before the kernel OOM-kills: what
+        the host (or agentd's own limit) has available, or less where the agent has a
+        memory.max. None when neither is known."""
+        room = available
+        try:
+            cap = self.fs.read_int(agent.cgroup, cgf.MEMORY_MAX) if self.fs.has(agent.cgroup, cgf.MEMORY_MAX) else None
+            if cap is not None:
+                left = cap - self.fs.read_int(agent.cgroup, cgf.MEMORY_CURRENT)
+                room = left if room is None else min(room, left)
+        except (AgentdError, OSError, TypeError, ValueError):
+            pass
+        return room
 
     async def admit(self, conn, agent, req):
         await self.admitter.admit(conn, agent, req)
@@ -217,22 +258,32 @@ class Enforcer:
 
     # --- pressure ----------------------------------------------------------------
     def _on_pressure(self, key, now, how):
-        self.counters["pressure_events_total"] += 1
-        self.pressure_at[key] = now
-        self.trigger_ts = time.time()
+        """A PSI trigger fired (or the poller saw the same stall) at `now` (monotonic)."""
         where = "the agentd tree" if key == ROOT else f"agent {key}"
         p = self.policy.pressure
-        self.ladder.pressure(now, f"memory is short in {where}: tasks stalled over "
-                                  f"{p.psi_some_threshold_us / 1000:g} ms in {p.psi_window_us / 1e6:g} s ({how})")
-        self._ladder_step(now)    # react now, not at the next tick
+        self._pressure(key, now, f"memory is short in {where}: tasks stalled over "
+                                 f"{p.psi_some_threshold_us / 1000:g} ms in {p.psi_window_us / 1e6:g} s ({how})")
+
+    def _pressure(self, key, seen, reason, hold_s=None, urgent=False):
+        """Pressure on `key` (an agent, or ROOT for the whole tree) noticed at `seen`."""
+        self.counters["pressure_events_total"] += 1
+        if urgent:
+            self.counters["memwatch_pressure_total"] = self.counters.get("memwatch_pressure_total", 0) + 1
+        hold = self.ladder.window_s * 1.5 if hold_s is None else hold_s
+        self.pressure_until[key] = max(self.pressure_until.get(key, float("-inf")), seen + hold)
+        # Wall time of the kernel's notification, so reactions are timed from it (the
+        # trigger thread's or the BPF program's stamp); a time from elsewhere (tests) as is.
+        lag = time.monotonic() - seen
+        self.trigger_ts = time.time() - (lag if 0 <= lag < 5.0 else 0.0)
+        self.ladder.pressure(seen, reason, hold_s=hold, urgent=urgent)
+        self._ladder_step(seen)   # react now, not at the next tick
 
     def _scope(self, now):
         """Agents whose tool calls the ladder may act on: all under root pressure, else
         those whose own memory.pressure fired."""
-        horizon = self.ladder.window_s * 1.5
-        if now - self.pressure_at.get(ROOT, float("-inf")) <= horizon:
+        if now <= self.pressure_until.get(ROOT, float("-inf")):
             return None
-        return {k for k, t in self.pressure_at.items() if k != ROOT and now - t <= horizon}
+        return {k for k, until in self.pressure_until.items() if k != ROOT and now <= until}
 
     def _candidates(self, scope):
         out = []

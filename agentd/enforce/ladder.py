@@ -2,12 +2,14 @@
 
 While memory pressure lasts, one step is taken every `step_interval_s` on the
 lowest-priority running tool call that can still escalate (the agent's priority first,
-then the call's class): throttle (lower memory.high),
-then freeze, then kill, in the policy's step order. Only when every tool call is at the
-top of the ladder may an agent's main cgroup be killed, and only where its class sets
-`kill_main_allowed`. Once pressure has been gone for `relief_interval_s`, one step is
-undone per interval, highest priority first: thaw, then restore the limit. A kill is never
-undone.
+then the call's class): throttle (lower memory.high), then freeze, then kill, in the
+policy's step order. Urgent pressure (the memory watch saw growth that would use up the
+memory left within its horizon) is answered at once and paced by `urgent_interval_s`, the
+watch's own reporting interval; it lasts only while the growth goes on, so the faster pace
+ends once the growth is stopped. Only when every tool call is at the top of the ladder
+may an agent's main cgroup be killed, and only where its class sets `kill_main_allowed`.
+Once pressure has been gone for `relief_interval_s`, one step is undone per interval,
+highest priority first: thaw, then restore the limit. A kill is never undone.
 
 The enforcer turns each Decision into cgroup writes; this module only chooses.
 """
@@ -43,27 +45,40 @@ class Ladder:
     steps: tuple = (THROTTLE, FREEZE, KILL)
     step_interval_s: float = 2.0
     relief_interval_s: float = 5.0
-    window_s: float = 2.0         # a pressure event counts as "pressure now" this long
+    window_s: float = 2.0         # a PSI event counts as "pressure now" for 1.5 windows
+    urgent_interval_s: float = 0.25   # step spacing while urgent (memory-watch) pressure lasts
     last_pressure: float = float("-inf")
+    pressure_until: float = float("-inf")
+    urgent_until: float = float("-inf")
     last_step: float = float("-inf")
     last_relief: float = float("-inf")
     pressure_reason: str = ""
     history: list = field(default_factory=list)   # decisions taken (tests, status)
 
-    def pressure(self, now, reason="memory pressure"):
-        """Record a pressure event (a PSI trigger fired, or the poller saw a stall)."""
-        self.last_pressure = now
+    def pressure(self, now, reason="memory pressure", hold_s=None, urgent=False):
+        """Record a pressure event (a PSI trigger fired, the poller saw a stall, or the
+        memory watch saw dangerous growth). It is "pressure now" for `hold_s`: by default a
+        window and a half, as a trigger fires at most once per window while the stall
+        lasts; the memory watch reports every interval while the growth lasts, so its
+        events hold for less."""
+        hold = self.window_s * 1.5 if hold_s is None else hold_s
+        self.last_pressure = max(self.last_pressure, now)
+        self.pressure_until = max(self.pressure_until, now + hold)
+        if urgent:
+            self.urgent_until = max(self.urgent_until, now + hold)
         self.pressure_reason = reason
 
     def under_pressure(self, now):
-        # A trigger fires at most once per window while the stall lasts: pressure is "on"
-        # until a window and a half has passed without an event.
-        return now - self.last_pressure <= self.window_s * 1.5
+        return now <= self.pressure_until
+
+    def urgent(self, now):
+        return now <= self.urgent_until
 
     def decide(self, now, candidates):
         """At most one Decision for this tick (escalation or relief), or None."""
         if self.under_pressure(now):
-            if now - self.last_step < self.step_interval_s:
+            gap = min(self.step_interval_s, self.urgent_interval_s) if self.urgent(now) else self.step_interval_s
+            if now - self.last_step < gap:
                 return None
             d = self._escalate(candidates)
             if d:

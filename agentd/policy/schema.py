@@ -224,6 +224,13 @@ class Pressure(_Model):
     throttle_factor: ranged_float(0.0, 1.0, "throttle_factor", lo_open=True, hi_open=True) = 0.5
     # Memory that tool calls' forecast peaks may add up to before admission makes calls wait.
     budget: Size = Field(default="90%", validate_default=True)
+    # The BPF memory watch as a second pressure source, faster than PSI: a tool call whose
+    # growth would use up the memory left (the host's MemAvailable, or its agent's
+    # memory.max) within memory_watch_horizon_s is pressure on its agent at once, and while
+    # that growth lasts the ladder steps as often as the watch reports (every 0.25 s), not
+    # every step_interval_s. false: the ladder answers PSI alone.
+    memory_watch: bool = True
+    memory_watch_horizon_s: ranged_float(0.0, 60.0, "memory_watch_horizon_s", lo_open=True) = 2.0
 
     @field_validator("steps")
     @classmethod

@@ -1,6 +1,8 @@
 """The enforcer in a real daemon on a kernel with the memory controller:
 - a real hog drives the PSI trigger and the ladder throttles, freezes and kills the
   lowest-priority tool call in that order, leaving the higher-priority call and the agent;
+- a tool call that grows fast toward the end of the guest's memory is acted on through the
+  BPF memory watch before the kernel's OOM killer acts (no OOM kill at all);
 - admission control makes a call wait until a running call frees its memory;
 - `agentd tool` under memory.max is OOM-killed as a tool call, told why in one sentence,
   and the agent's main process and the daemon survive.
@@ -89,6 +91,15 @@ def start_agent(d, tmp_path, name, script, hog, agent_class=None):
     return agent, out
 
 
+def end_tools(d, name):
+    """Kill what is left of an agent's tool calls: killing `agentd run` leaves them running,
+    and their memory and forecasts would weigh on the next test (admission, pressure)."""
+    for a in d.request({"op": "status"}).get("agents", []):
+        if a["agent"] == name:
+            for t in a["tools"]:
+                d.request({"op": "kill", "agent": name, "tool": t["tool"]})
+
+
 def end_agent(agent):
     if agent.poll() is None:
         agent.kill()
@@ -135,6 +146,17 @@ def actions(d, agent):
     return [e for e in events(d) if e.get("event") == "action" and e.get("tool") and e.get("agent") == agent]
 
 
+def started(d, agent, tool):
+    return next(e["ts"] for e in events(d)
+                if e.get("event") == "tool_start" and e.get("agent") == agent and e.get("tool") == tool)
+
+
+def oom_kills():
+    """The guest's OOM kills so far, every cgroup's and the global OOM killer's."""
+    with open("/proc/vmstat") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("oom_kill "))
+
+
 LADDER_SCRIPT = """\
 OUT="$1"; HOG="$2"; shift 2
 AGENTD_FEEDBACK_FILE="$OUT/batch.json" "$@" tool --class batch -- "$HOG" alloc 400 "$OUT/batch.state" \
@@ -153,15 +175,18 @@ def test_ladder_throttles_freezes_kills_lowest_priority_first(daemon, tmp_path, 
         tools = tool_ids(d, "ladder", 2)
         batch, inter = tools["batch"], tools["interactive"]
         assert d.request({"op": "status"})["modes"]["pressure"] == "psi-trigger", d.log()[-2000:]
-        wait_event(d, lambda e: e.get("action") == "kill" and e.get("tool") == batch, timeout=60)
+        wait_event(d, lambda e: e.get("action") == "kill" and e.get("agent") == "ladder" and e.get("tool") == batch,
+                   timeout=60)
         acts = actions(d, "ladder")
         assert [e["action"] for e in acts if e["tool"] == batch][:3] == ["throttle", "freeze", "kill"], acts
         kill_at = next(i for i, e in enumerate(acts) if e["tool"] == batch and e["action"] == "kill")
         assert not any(e["tool"] == inter for e in acts[:kill_at]), acts
         thr = acts[0]
         assert thr["old"] == "max" or int(thr["new"]) < int(thr["old"]), thr
-        # The agent and its interactive call live on; end the call so the agent can finish.
-        assert State(out / "inter.state").value() == 32
+        # The agent and its interactive call live on (the interactive call, throttled by the
+        # agent's memory.high too, completes once the batch call's memory is gone); end the
+        # call so the agent can finish.
+        wait_for(lambda: State(out / "inter.state").value() == 32, 30, "the interactive call to go on")
         assert d.request({"op": "kill", "agent": "ladder", "tool": inter})["ok"]
         agent.wait(60)
         assert agent.returncode == 0, agent.stderr.read()
@@ -176,8 +201,59 @@ def test_ladder_throttles_freezes_kills_lowest_priority_first(daemon, tmp_path, 
         # the tick, so only the first measures the reaction.
         assert thr["after_trigger_s"] is not None and thr["after_trigger_s"] < 1.0, thr
         figure("PSI event to first ladder action", f"{thr['after_trigger_s'] * 1000:.1f}", "ms")
+        figure("hog start to first ladder action", f"{thr['ts'] - started(d, 'ladder', batch):.2f}", "s")
         figure("throttle to kill", f"{acts[kill_at]['ts'] - thr['ts']:.2f}", "s")
     finally:
+        end_tools(d, "ladder")
+        end_agent(agent)
+
+
+# The spike asks for more than the guest has (1 GiB, no swap), touching 1 MiB at a time as
+# fast as the emulated CPU allows (30-260 MiB/s measured): left alone, the kernel's OOM
+# killer would end it within seconds. It is the agent's only call (admission admits a lone
+# call whatever its forecast; this test is about the ladder), started a few seconds after
+# the agent: starting processes right after an earlier test's memory pressure refaults
+# evicted page cache over 9p, a memory stall PSI reports and the ladder would answer first.
+SPIKE_SCRIPT = """\
+OUT="$1"; HOG="$2"; shift 2
+sleep 4
+AGENTD_FEEDBACK_FILE="$OUT/spike.json" "$@" tool --class batch -- "$HOG" alloc 1536 "$OUT/spike.state" \
+    2>"$OUT/spike.err"
+echo $? > "$OUT/spike.rc"
+echo alive > "$OUT/main.txt"
+"""
+
+
+def test_memory_watch_stops_a_fast_growing_low_priority_call_before_the_oom_killer(daemon, tmp_path, hog, figure):
+    d = daemon
+    ooms = oom_kills()
+    agent, out = start_agent(d, tmp_path, "spike", SPIKE_SCRIPT, hog)
+    try:
+        spike = tool_ids(d, "spike", 1, timeout=90)["batch"]
+        first = wait_event(d, lambda e: (e.get("event") == "action" and e.get("agent") == "spike"
+                                         and e.get("tool") == spike), timeout=90)
+        # The memory watch saw the growth and the ladder acted before PSI reported a stall
+        # and before any OOM kill.
+        assert "(memory watch)" in first["reason"], first
+        assert first["action"] == "throttle", first
+        # The ladder goes on to the kill (the call can only grow or wait); nobody was OOM-killed.
+        agent.wait(90)
+        assert agent.returncode == 0, agent.stderr.read()
+        assert (out / "main.txt").read_text().strip() == "alive"
+        assert (out / "spike.rc").read_text().strip() == "137"
+        res = json.loads((out / "spike.json").read_text().splitlines()[-1])
+        assert res["outcome"] == "killed", res
+        assert [a["action"] for a in res["actions"]][:1] == ["throttle"], res["actions"]
+        assert State(out / "spike.state").value() < 1536
+        assert oom_kills() == ooms, "the kernel's OOM killer acted"
+        assert "is being slowed down" in (out / "spike.err").read_text()
+        figure("spike start to first ladder action (memory watch)",
+               f"{first['ts'] - started(d, 'spike', spike):.2f}", "s")
+        figure("memory-watch event to first ladder action", f"{first['after_trigger_s'] * 1000:.1f}", "ms")
+        figure("spike MiB touched when killed", State(out / "spike.state").value(), "MiB")
+        figure("first action", first["action"] + ": " + first["reason"].split(": ", 1)[1])
+    finally:
+        end_tools(d, "spike")
         end_agent(agent)
 
 

@@ -130,3 +130,29 @@ def test_the_agent_priority_outranks_the_call_class():
              Candidate("lo/cat", 80, agent_priority=100, memory=10)]
     lad.pressure(0.0)
     assert lad.decide(0.0, cands).key == "lo/cat"
+
+
+def test_urgent_pressure_steps_at_the_watch_interval_and_only_while_it_lasts():
+    # PSI pressure: one step per step_interval_s. Memory-watch (urgent) pressure: one step
+    # per urgent_interval_s, held only as long as the watch keeps reporting.
+    lad = Ladder(step_interval_s=1.0, window_s=2.0, urgent_interval_s=0.25)
+    c = Candidate("a/t", 20)
+    acts = []
+    for t in (0.0, 0.25, 0.5):
+        lad.pressure(t, "growth", hold_s=0.5, urgent=True)
+        d = lad.decide(t, [c])
+        acts.append(d.action)
+        c.applied = c.applied + (d.action,)
+    assert acts == [THROTTLE, FREEZE, KILL]
+    # The growth stopped: 0.5 s after the last report the pressure is gone.
+    lad2 = Ladder(step_interval_s=1.0, window_s=2.0, urgent_interval_s=0.25)
+    c2 = Candidate("a/t", 20)
+    lad2.pressure(0.0, "growth", hold_s=0.5, urgent=True)
+    assert lad2.decide(0.0, [c2]).action == THROTTLE
+    c2.applied = (THROTTLE,)
+    assert lad2.under_pressure(0.5) and not lad2.under_pressure(0.6)
+    assert lad2.decide(0.6, [c2]) is None
+    # A PSI event meanwhile paces at step_interval_s again.
+    lad2.pressure(0.7)
+    assert lad2.decide(0.7, [c2]) is None          # 0.7 s after the last step < 1 s
+    assert lad2.decide(1.0, [c2]).action == FREEZE

@@ -189,3 +189,98 @@ def test_memory_watch_events_move_memory_high_and_escalate_fast_growth():
     assert "memory watch" in t.actions[-1]["reason"]
     e.on_tool_end(app.ctl.agents["a"], t, {})
     assert 4242 not in watched
+
+
+def _watched(app, e, memory_watch=True):
+    """A batch and an interactive call, both tracked by a recording memory watch."""
+    if not memory_watch:
+        text = POLICY.format(kill_main="false", steps="[throttle, freeze, kill]")
+        app.policy = load_policy_text(text.replace("relief_interval_s: 2.0}", "relief_interval_s: 2.0, "
+                                                   "memory_watch: false}"), host_memory_bytes=8 * GiB)
+        assert app.policy.pressure.memory_watch is False
+    watched = {}
+    e.memwatch = types.SimpleNamespace(set_limit=lambda cg, threshold_bytes, rate_bytes_per_s, path: watched.update(
+        {cg: (threshold_bytes, rate_bytes_per_s)}), clear=lambda cg: watched.pop(cg))
+    calls = []
+    for n, (tid, prio) in enumerate((("0001-batch", 20), ("0002-interactive", 80))):
+        t = add(app, e, "a", tid, prio, {cgf.MEMORY_MAX: "max"})
+        t.cgroup_id = 4000 + n
+        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+        e.on_tool_start(app.ctl.agents["a"], t)
+        calls.append(t)
+    return watched, calls
+
+
+def _growth(cgid, rss, growth, ts):
+    from agentd.monitor.events import MemEvent, MemReason
+    return MemEvent(cgroup_id=cgid, reason=MemReason.RATE, rss_bytes=rss, threshold_bytes=0, rate_bytes_per_s=0,
+                    growth_bytes=growth, window_ns=250_000_000, pid=1, ts_ns=int(ts * 1e9))
+
+
+def test_memory_watch_steps_every_watch_interval_lowest_priority_first():
+    """Growth that would use up the memory left within the horizon is urgent: the ladder
+    climbs at the watch's pace (not step_interval_s), lowest priority first, and stops
+    climbing when the reports stop."""
+    import time as _time
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 600 * MiB
+    watched, (low, high) = _watched(app, e)
+    assert set(watched) == {4000, 4001}
+    t0 = _time.monotonic() - 10.0            # the kernel's stamps on the events: in the past
+    # The interactive call grows 35 MiB per 0.25 s (140 MiB/s): 280 MiB in 2 s, 600 MiB left.
+    e._on_mem(_growth(4001, 300 * MiB, 35 * MiB, t0))
+    assert not low.actions and not high.actions              # not dangerous yet
+    e.available_fn = lambda: 250 * MiB
+    for i in range(3):
+        e._on_mem(_growth(4001, (335 + 35 * i) * MiB, 35 * MiB, t0 + 0.25 * (i + 1)))
+    assert [a["action"] for a in low.actions] == ["throttle", "freeze", "kill"]
+    assert not high.actions                                  # the batch call went first
+    assert "memory watch" in low.actions[0]["reason"] and "0002-interactive grows" in low.actions[0]["reason"]
+    assert e.counters["memwatch_pressure_total"] == 3
+    # No more reports: the urgent pressure is over half a second after the last one.
+    assert not e.ladder.under_pressure(t0 + 1.3)
+    e.tick(t0 + 1.3)
+    assert not high.actions
+
+
+def test_memory_watch_room_is_the_agents_memory_max_when_tighter():
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 8 * GiB
+    _, (low, _high) = _watched(app, e)
+    agent_cg = app.ctl.agents["a"].cgroup
+    app.fs.files[(agent_cg, cgf.MEMORY_MAX)] = str(512 * MiB)
+    app.fs.files[(agent_cg, cgf.MEMORY_CURRENT)] = str(400 * MiB)
+    import time as _time
+    e._on_mem(_growth(4001, 200 * MiB, 20 * MiB, _time.monotonic()))   # 80 MiB/s x 2 s > 112 MiB left
+    assert [a["action"] for a in low.actions] == ["throttle"]
+    assert "112.0 MiB left" in low.actions[0]["reason"]
+
+
+def test_memory_watch_switched_off_by_policy_tracks_nothing_and_never_escalates():
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 100 * MiB
+    watched, (low, high) = _watched(app, e, memory_watch=False)
+    assert watched == {}
+    e.by_cgid[4001] = ("a", high.tool_id)        # an event that was on its way regardless
+    import time as _time
+    e._on_mem(_growth(4001, 300 * MiB, 100 * MiB, _time.monotonic()))
+    assert not low.actions and not high.actions
+
+
+def test_memory_watch_rate_is_measured_over_a_whole_window_not_a_burst():
+    """A rate event leaves as soon as the window's growth passes the alert budget: 8 MiB
+    10 ms into a window is not 800 MiB/s. Between two events the rate is measured."""
+    import time as _time
+    from agentd.monitor.events import MemEvent, MemReason
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 600 * MiB
+    _, (low, _high) = _watched(app, e)
+    t0 = _time.monotonic() - 10.0
+    burst = MemEvent(cgroup_id=4001, reason=MemReason.RATE, rss_bytes=100 * MiB, threshold_bytes=0,
+                     rate_bytes_per_s=0, growth_bytes=8 * MiB, window_ns=10_000_000, pid=1, ts_ns=int(t0 * 1e9))
+    e._on_mem(burst)
+    assert not low.actions                                   # credited with 32 MiB/s, not 800
+    # 0.3 s later it holds 250 MiB more: 833 MiB/s measured, 1.7 GiB in 2 s > 600 MiB left.
+    e._on_mem(_growth(4001, 350 * MiB, 8 * MiB, t0 + 0.3))
+    assert [a["action"] for a in low.actions] == ["throttle"]
+    assert "833.3 MiB/s" in low.actions[0]["reason"]

@@ -6,6 +6,13 @@ take count against the budget. A new call starts when its own forecast peak fits
 the forecast peaks of the calls already running; otherwise it waits, and waiting calls
 are admitted highest priority first (FIFO among equals) as room appears. A call never
 waits when nothing else runs: then waiting could not make room, only delay.
+
+The agent's priority also decides whose memory counts. A call never waits for calls of
+lower-priority agents: their reservations do not count against it, and what they hold
+counts as room, because the pressure ladder and the kernel OOM order take it back from
+them first. A high-priority agent's test suite starts at once; the best-effort agents
+around it yield if memory really runs out. Within one priority of agents the budget holds
+for everyone, and waiters go by class.
 """
 
 import itertools
@@ -20,6 +27,7 @@ class Running:
     key: str
     forecast_peak: int            # bytes it is expected to reach (live re-forecast)
     current: int = 0              # bytes it holds now
+    rank: tuple | None = None     # (agent priority, call priority); None: always counts
 
     @property
     def reserved(self):
@@ -32,13 +40,24 @@ def demand(running):
     return sum(r.reserved for r in running)
 
 
-def fits(peak, running, budget, available=None):
+def _yields(r, rank):
+    return r.rank is not None and r.rank[0] < rank[0]
+
+
+def fits(peak, running, budget, available=None, rank=None):
     """May a call forecast to peak at `peak` bytes start next to `running`?
 
     `budget`: the policy's memory budget for tool calls (bytes; None = unlimited).
     `available`: memory the host can still give (MemAvailable); the growth the running
     calls are still forecast to make is set against it too.
+    `rank`: the call's (agent priority, call priority); running calls of lower-priority
+    agents are left out and what they hold counts as available (see the module's docstring).
     """
+    if rank is not None:
+        yielding = [r for r in running if _yields(r, rank)]
+        running = [r for r in running if not _yields(r, rank)]
+        if available is not None:
+            available += sum(r.current for r in yielding)
     if not running:
         return True
     if budget is not None and demand(running) + peak > budget:
@@ -63,6 +82,10 @@ class Waiter:
         # The agent's priority first, then the call's (the ladder's order).
         self.sort_key = (-self.agent_priority, -self.priority, self.seq)
 
+    @property
+    def rank(self):
+        return (self.agent_priority, self.priority)
+
 
 def pick(waiters, running, budget, available=None):
     """Which waiters may start now, in order: strictly by priority, the agent's then the
@@ -75,8 +98,8 @@ def pick(waiters, running, budget, available=None):
     out = []
     running = list(running)
     for w in sorted(waiters):
-        if not fits(w.peak, running, budget, available):
+        if not fits(w.peak, running, budget, available, rank=w.rank):
             break
         out.append(w)
-        running.append(Running(w.key, w.peak, 0))   # its growth now counts for the next
+        running.append(Running(w.key, w.peak, 0, w.rank))   # its growth now counts for the next
     return out

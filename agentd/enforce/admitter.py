@@ -54,11 +54,12 @@ class Admitter:
         # declared (--mem). A cold-start prior only says "unknown"; making such a call wait
         # would serialise every new command while the ladder already guards the host.
         evidence = fc.confidence > 0 or req.get("mem") is not None
-        pend = {"forecast": fc, "peak": peak, "ts": time.monotonic(), "evidence": evidence}
+        rank = (agent.priority, plan.priority)
+        pend = {"forecast": fc, "peak": peak, "ts": time.monotonic(), "evidence": evidence, "rank": rank}
         a = self.e.policy.admission
         budget = self.e.policy.pressure.budget
         running = self.running()
-        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn()):
+        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank):
             self.pending[key] = pend
             return
         prog = _program(req["argv"])
@@ -120,9 +121,9 @@ class Admitter:
                     fc = min(fc, cap) if cap else fc
                 else:
                     fc = 0
-                out.append(admission.Running(tool.key, fc, st.current))
+                out.append(admission.Running(tool.key, fc, st.current, (agent.priority, tool.plan.priority)))
         # Admitted but not yet started: reserve their forecast.
-        out += [admission.Running(f"{k[0]}/{k[1]}", p["peak"] if p["evidence"] else 0, 0)
+        out += [admission.Running(f"{k[0]}/{k[1]}", p["peak"] if p["evidence"] else 0, 0, p.get("rank"))
                 for k, p in self.pending.items()]
         return out
 
@@ -143,5 +144,6 @@ class Admitter:
                 fut.set_result(True)
                 # Reserved until its coroutine resumes and stores its own reservation, so
                 # the next pick cannot hand the same room out twice.
-                self.pending[("admitted", w.seq)] = {"peak": w.peak, "evidence": True, "ts": time.monotonic()}
+                self.pending[("admitted", w.seq)] = {"peak": w.peak, "evidence": True, "ts": time.monotonic(),
+                                                     "rank": w.rank}
 

@@ -53,3 +53,22 @@ def test_the_agent_priority_comes_before_the_call_class():
     high_agent = Waiter(priority=20, peak=100 * MiB, key="high/pytest", agent_priority=800)
     running = [Running("r", 800 * MiB, 800 * MiB)]
     assert [w.key for w in pick([low_agent, high_agent], running, 900 * MiB)] == ["high/pytest"]
+
+
+def test_a_call_never_waits_for_lower_ranked_calls():
+    # 800 MiB reserved by a low agent's calls: a high agent's call is admitted anyway, and
+    # what the low calls hold counts as room (the ladder and the OOM order take it back).
+    low = Running("lo/pytest", 800 * MiB, 600 * MiB, rank=(100, 20))
+    assert not fits(400 * MiB, [low], 1000 * MiB, available=300 * MiB, rank=(100, 80))   # same agent priority
+    assert fits(400 * MiB, [low], 1000 * MiB, available=300 * MiB, rank=(800, 20))
+    # equal or higher ranks still count
+    high = Running("hi/pytest", 800 * MiB, 600 * MiB, rank=(800, 20))
+    assert not fits(400 * MiB, [high], 1000 * MiB, rank=(800, 20))
+
+
+def test_waiters_skip_lower_ranked_reservations():
+    low = Running("lo/pytest", 900 * MiB, 900 * MiB, rank=(100, 20))
+    hi = Waiter(priority=20, peak=500 * MiB, key="hi/pytest", agent_priority=800)
+    lo = Waiter(priority=50, peak=50 * MiB, key="lo/python", agent_priority=100)
+    # the low python call yields to nothing lower, and does not fit next to the admitted high call
+    assert [w.key for w in pick([lo, hi], [low], 520 * MiB)] == ["hi/pytest"]

@@ -48,6 +48,28 @@ def tightest_limit(fs, root):
     return best
 
 
+def reclaimable(fs, cg):
+    """Bytes of `cg`'s memory.current the kernel reclaims before it OOM-kills there: its
+    inactive page cache (memory.stat inactive_file). memory.current counts the page cache,
+    and a cgroup under memory.max only reclaims at the limit, so after some file I/O its
+    usage sits near the limit while most of it is cache; MemAvailable counts the host's
+    cache as available for the same reason. 0 when unknown."""
+    try:
+        if not fs.has(cg, cgf.MEMORY_STAT):
+            return 0
+        return max(0, fs.read_flat_keyed(cg, cgf.MEMORY_STAT).get("inactive_file", 0))
+    except AgentdError:
+        return 0
+
+
+def room_below(fs, cg, limit):
+    """Bytes `cg` can still take before it reaches `limit` (its own or an ancestor's
+    memory.max): the limit less what it holds, reclaimable page cache counted as room.
+    AgentdError when its usage cannot be read."""
+    used = fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
+    return max(0, limit - used + reclaimable(fs, cg))
+
+
 class HostMemory:
     def __init__(self, fs, root, host_fn=_host):
         self.fs = fs
@@ -82,8 +104,7 @@ class HostMemory:
         if self.limit is None:
             return host_avail
         try:
-            used = self.fs.read_int(self.cgroup, cgf.MEMORY_CURRENT) or 0
+            room = room_below(self.fs, self.cgroup, self.limit)
         except AgentdError:
             return host_avail
-        room = max(0, self.limit - used)
         return room if host_avail is None else min(room, host_avail)

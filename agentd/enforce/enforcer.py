@@ -18,6 +18,7 @@ import time
 
 from ..errors import AgentdError
 from ..forecast import Forecast
+from ..hostmem import room_below
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
 from . import limits
@@ -232,12 +233,12 @@ class Enforcer:
     def _room(self, agent, available):
         """Memory the agent's tool calls may still take before the kernel OOM-kills: what
         the host (or agentd's own limit) has available, or less where the agent has a
-        memory.max. None when neither is known."""
+        memory.max (reclaimable page cache counted as room). None when neither is known."""
         room = available
         try:
             cap = self.fs.read_int(agent.cgroup, cgf.MEMORY_MAX) if self.fs.has(agent.cgroup, cgf.MEMORY_MAX) else None
             if cap is not None:
-                left = cap - self.fs.read_int(agent.cgroup, cgf.MEMORY_CURRENT)
+                left = room_below(self.fs, agent.cgroup, cap)     # its page cache is room
                 room = left if room is None else min(room, left)
         except (AgentdError, OSError, TypeError, ValueError):
             pass

@@ -39,6 +39,9 @@ class FS:
         v = self.read(cg, name).strip()
         return None if v == "max" else int(v)
 
+    def read_flat_keyed(self, cg, name):
+        return {k: int(v) for k, v in (line.split() for line in self.read(cg, name).splitlines() if line.strip())}
+
     def write(self, cg, name, value):
         self.writes.append((cg, name, str(value)))
         self.files[(cg, name)] = str(value)
@@ -252,6 +255,26 @@ def test_memory_watch_room_is_the_agents_memory_max_when_tighter():
     app.fs.files[(agent_cg, cgf.MEMORY_CURRENT)] = str(400 * MiB)
     import time as _time
     e._on_mem(_growth(4001, 200 * MiB, 20 * MiB, _time.monotonic()))   # 80 MiB/s x 2 s > 112 MiB left
+    assert [a["action"] for a in low.actions] == ["throttle"]
+    assert "112.0 MiB left" in low.actions[0]["reason"]
+
+
+def test_memory_watch_room_counts_the_agents_inactive_page_cache():
+    """An agent at its memory.max after a build read many files holds mostly page cache,
+    which the kernel reclaims before it OOM-kills: that is room, not pressure."""
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 8 * GiB
+    _, (low, _high) = _watched(app, e)
+    agent_cg = app.ctl.agents["a"].cgroup
+    app.fs.files[(agent_cg, cgf.MEMORY_MAX)] = str(512 * MiB)
+    app.fs.files[(agent_cg, cgf.MEMORY_CURRENT)] = str(500 * MiB)
+    app.fs.files[(agent_cg, cgf.MEMORY_STAT)] = f"anon {100 * MiB}\ninactive_file {380 * MiB}\n"
+    import time as _time
+    t0 = _time.monotonic() - 10.0
+    e._on_mem(_growth(4001, 200 * MiB, 20 * MiB, t0))         # 80 MiB/s: 160 MiB in 2 s < 392 MiB left
+    assert not low.actions
+    app.fs.files[(agent_cg, cgf.MEMORY_STAT)] = f"anon {100 * MiB}\ninactive_file {100 * MiB}\n"
+    e._on_mem(_growth(4001, 230 * MiB, 20 * MiB, t0 + 2.0))   # 112 MiB left: too little
     assert [a["action"] for a in low.actions] == ["throttle"]
     assert "112.0 MiB left" in low.actions[0]["reason"]
 

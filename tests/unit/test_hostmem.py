@@ -67,3 +67,13 @@ def test_a_resize_is_seen_on_refresh(tmp_path):
     assert m.refresh() is True and m.total == 600 * MiB
     fs.write("slice/bench", "memory.max", "max")
     assert m.refresh() is True and m.total == 8 * GiB
+
+
+def test_inactive_page_cache_under_the_cap_counts_as_available(tmp_path):
+    # Usage near the cap after file I/O is mostly cache the kernel reclaims before an OOM.
+    fs = tree(tmp_path)
+    fs.write("slice/bench", "memory.max", str(1 * GiB))
+    fs.write("slice/bench", "memory.current", str(1000 * MiB))
+    fs.write("slice/bench", "memory.stat", f"anon {300 * MiB}\nfile {700 * MiB}\nactive_file {100 * MiB}\n"
+                                           f"inactive_file {600 * MiB}\n")
+    assert HostMemory(fs, "slice/bench/agentd", host()).available() == 1024 * MiB - 1000 * MiB + 600 * MiB

@@ -91,8 +91,10 @@ class PressureWatch:
         if self.triggers is None:
             return
         self.handoff_s = time.monotonic() - seen
+        live = set(self.triggers.keys())
         for key in gone:
-            self.paths.pop(key, None)
+            if key not in live:   # else watched again since, by a new trigger
+                self.paths.pop(key, None)
         for key in fired:
             if key not in self.paths:
                 continue          # unwatched meanwhile

@@ -148,15 +148,20 @@ class TriggerSet:
 
     def remove(self, key):
         with self._lock:
-            t = self._by_key.pop(key, None)
-            if t is None:
-                return
-            self._by_fd.pop(t.fd, None)
-            try:
-                self._ep.unregister(t.fd)
-            except (OSError, ValueError):
-                pass
-            t.close()
+            t = self._by_key.get(key)
+            if t is not None:
+                self._drop(key, t)
+
+    def _drop(self, key, t):
+        """Unregister and close `t` (held lock)."""
+        if self._by_key.get(key) is t:
+            del self._by_key[key]
+        self._by_fd.pop(t.fd, None)
+        try:
+            self._ep.unregister(t.fd)
+        except (OSError, ValueError):
+            pass
+        t.close()
 
     def keys(self):
         with self._lock:
@@ -181,11 +186,13 @@ class TriggerSet:
                 if entry is None:
                     continue      # removed meanwhile
                 if mask & select.EPOLLERR:
+                    # Drop this very trigger, under the lock that found it: removing by key
+                    # afterwards could close a new trigger registered under the same key
+                    # (an agent re-created with its name) in between.
                     gone.append(entry[0])
+                    self._drop(*entry)
                 elif mask & select.EPOLLPRI:
                     fired.append(entry[0])
-        for key in gone:
-            self.remove(key)
         return fired, gone
 
     def ready(self, timeout=0):

@@ -134,6 +134,13 @@ class App(ApiOps):
             self.host_memory = self.memory.total
             self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory)
         log.info("memory agentd manages: %s", self.memory.describe())
+        from .hostmem import oom_group_above
+        group = oom_group_above(self.fs, self.root)
+        if group is not None:
+            log.warning("%s has memory.oom.group=1 (a container runtime's or systemd's OOMPolicy=kill): an OOM "
+                        "at that level kills every agent and agentd itself, not just the tool call agentd "
+                        "ranks first. Turn it off there (Kubernetes: singleProcessOOMKill) for agentd's order "
+                        "to apply", group)
 
     # Optional stages, in order: (module, what is lost when it cannot run, log level for a
     # missing feature). GPU placement comes last: its admit() hands its decision to

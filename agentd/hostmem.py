@@ -19,6 +19,8 @@ from .kernel import cgroupfs as cgf
 
 log = logging.getLogger("agentd")
 
+OOM_GROUP = "memory.oom.group"
+
 
 def _host():
     """(MemTotal, MemAvailable) in bytes, or (None, None) when unknown."""
@@ -46,6 +48,25 @@ def tightest_limit(fs, root):
         if v is not None and (best[1] is None or v < best[1]):
             best = (cg, v)
     return best
+
+
+def oom_group_above(fs, root):
+    """The highest of `root` and its ancestors with memory.oom.group=1, or None.
+
+    The kernel's OOM killer, having picked a victim, kills the whole of the highest
+    cgroup with memory.oom.group set between the victim and the cgroup that ran out. A
+    container runtime (Kubernetes on cgroup v2) or systemd's OOMPolicy=kill sets it on the
+    cgroup agentd runs in; an OOM at that level then takes every agent and the daemon,
+    whatever order agentd gave the killer (agentd/oom.py)."""
+    parts = [p for p in root.strip("/").split("/") if p]
+    for i in range(1, len(parts) + 1):
+        cg = "/".join(parts[:i])
+        try:
+            if fs.has(cg, OOM_GROUP) and fs.read_int(cg, OOM_GROUP) == 1:
+                return cg
+        except (AgentdError, ValueError):
+            continue
+    return None
 
 
 def reclaimable(fs, cg):

@@ -77,3 +77,15 @@ def test_inactive_page_cache_under_the_cap_counts_as_available(tmp_path):
     fs.write("slice/bench", "memory.stat", f"anon {300 * MiB}\nfile {700 * MiB}\nactive_file {100 * MiB}\n"
                                            f"inactive_file {600 * MiB}\n")
     assert HostMemory(fs, "slice/bench/agentd", host()).available() == 1024 * MiB - 1000 * MiB + 600 * MiB
+
+
+def test_an_oom_group_above_the_root_is_found(tmp_path):
+    from agentd.hostmem import oom_group_above
+    fs = tree(tmp_path)
+    assert oom_group_above(fs, "slice/bench/agentd") is None        # no such file: no memory controller
+    for cg in ("slice", "slice/bench", "slice/bench/agentd"):
+        fs.write(cg, "memory.oom.group", "0")
+    assert oom_group_above(fs, "slice/bench/agentd") is None
+    fs.write("slice/bench", "memory.oom.group", "1")
+    fs.write("slice/bench/agentd", "memory.oom.group", "1")
+    assert oom_group_above(fs, "slice/bench/agentd") == "slice/bench"   # the highest one is what the kernel kills

@@ -197,9 +197,11 @@ class AgentdHost:
     def set_budget(self, budget, timeout=60):
         """Set the parent's memory.max and wait until the daemon has sized itself to it
         (it re-reads the limit above its root every sweep and logs a memory_size event)."""
-        current = self.fs.read_int(self.parent, "memory.max")
+        # What we last wrote, not what memory.max reads back (the kernel rounds to pages).
+        current = getattr(self, "budget", None)
         if current == (budget or None):
             return
+        self.budget = budget or None
         seen = len(self.events())
         self.fs.write(self.parent, "memory.max", str(budget) if budget else "max")
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -206,14 +206,18 @@ class Enforcer:
         # this agent now: PSI reports a stall only once reclaim has begun, and at 140 MiB/s
         # the kernel's OOM killer may come within a PSI window of that.
         rate = self._growth_rate(st, ev)
-        room = self._room(agent, available)
+        room, own = self._room(agent, available)
         if room is None or rate * p.memory_watch_horizon_s <= room:
             return
         # The kernel stamped the event (CLOCK_MONOTONIC, as time.monotonic()): reactions
         # are timed from it.
         seen = ev.ts_ns / 1e9 if 0 < ev.ts_ns / 1e9 <= now else now
-        self._pressure(agent.agent_id, seen,
-                       f"memory is running out in agent {agent.agent_id}: {tool.tool_id} grows "
+        # Whose memory runs out decides who yields: the agent's own memory.max is its own
+        # business, but shared memory (the host's, agentd's budget) is everyone's, and then
+        # the lowest-priority calls of all agents go first, not the growing agent's own.
+        key, where = (agent.agent_id, f"agent {agent.agent_id}") if own else (ROOT, "the agentd tree")
+        self._pressure(key, seen,
+                       f"memory is running out in {where}: {agent.agent_id}/{tool.tool_id} grows "
                        f"{format_size(int(rate))}/s with {format_size(max(room, 0))} left (memory watch)",
                        hold_s=2 * self.ladder.urgent_interval_s, urgent=True)
 
@@ -231,18 +235,20 @@ class Enforcer:
         return max(ev.growth_bytes, 0) / (max(ev.window_ns, window_ns) / 1e9)
 
     def _room(self, agent, available):
-        """Memory the agent's tool calls may still take before the kernel OOM-kills: what
-        the host (or agentd's own limit) has available, or less where the agent has a
-        memory.max (reclaimable page cache counted as room). None when neither is known."""
-        room = available
+        """(room, own): memory the agent's tool calls may still take before the kernel
+        OOM-kills — what the host (or agentd's own limit) has available, or less where the
+        agent has a memory.max (reclaimable page cache counted as room) — and whether that
+        memory.max is what binds. Room is None when neither is known."""
+        room, own = available, False
         try:
             cap = self.fs.read_int(agent.cgroup, cgf.MEMORY_MAX) if self.fs.has(agent.cgroup, cgf.MEMORY_MAX) else None
             if cap is not None:
                 left = room_below(self.fs, agent.cgroup, cap)     # its page cache is room
-                room = left if room is None else min(room, left)
+                if room is None or left < room:
+                    room, own = left, True
         except (AgentdError, OSError, TypeError, ValueError):
             pass
-        return room
+        return room, own
 
     async def admit(self, conn, agent, req):
         await self.admitter.admit(conn, agent, req)

@@ -307,3 +307,25 @@ def test_memory_watch_rate_is_measured_over_a_whole_window_not_a_burst():
     e._on_mem(_growth(4001, 350 * MiB, 8 * MiB, t0 + 0.3))
     assert [a["action"] for a in low.actions] == ["throttle"]
     assert "833.3 MiB/s" in low.actions[0]["reason"]
+
+
+def test_memory_watch_on_shared_memory_acts_on_the_lowest_priority_agent_not_the_grower():
+    """A high agent's call grows fast and the memory all agents share runs out: the low
+    agent's call yields, the growing high call is left alone. (An agent's own memory.max
+    running out stays that agent's business: the test above.)"""
+    import time as _time
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 200 * MiB
+    e.memwatch = types.SimpleNamespace(set_limit=lambda *a, **k: None, clear=lambda cg: None)
+    for aid, prio in (("hi", 800), ("lo", 100)):
+        app.ctl.agents[aid] = Agent(agent_id=aid, cgroup=f"r/agents/{aid}", agent_class="normal", priority=prio)
+    grower = add(app, e, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
+    bystander = add(app, e, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
+    for n, t in enumerate((grower, bystander)):
+        t.cgroup_id = 5000 + n
+        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+        e.on_tool_start(app.ctl.agents[t.agent_id], t)
+    e._on_mem(_growth(5000, 300 * MiB, 35 * MiB, _time.monotonic()))   # 140 MiB/s x 2 s > 200 MiB
+    assert [a["action"] for a in bystander.actions] == ["throttle"]
+    assert not grower.actions
+    assert "the agentd tree" in bystander.actions[0]["reason"]

@@ -234,6 +234,23 @@ class Enforcer:
             return max(ev.rss_bytes - prev[1], 0) / ((ev.ts_ns - prev[0]) / 1e9)
         return max(ev.growth_bytes, 0) / (max(ev.window_ns, window_ns) / 1e9)
 
+    OWN_LIMIT_NEAR = 0.9          # usage at this share of its own memory.high/max: that limit binds
+
+    def _own_limit_binds(self, agent_id):
+        """Is the agent's stall its own doing: its memory.high or memory.max nearly reached?"""
+        agent = self.ctl.agents.get(agent_id)
+        if agent is None:
+            return True               # unknown: keep the trigger's own scope
+        try:
+            caps = [self.fs.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
+                    if self.fs.has(agent.cgroup, f)]
+            caps = [c for c in caps if c is not None]
+            if not caps:
+                return False
+            return self.fs.read_int(agent.cgroup, cgf.MEMORY_CURRENT) >= self.OWN_LIMIT_NEAR * min(caps)
+        except (AgentdError, OSError, TypeError, ValueError):
+            return True
+
     def _room(self, agent, available):
         """(room, own): memory the agent's tool calls may still take before the kernel
         OOM-kills — what the host (or agentd's own limit) has available, or less where the
@@ -266,6 +283,11 @@ class Enforcer:
     # --- pressure ----------------------------------------------------------------
     def _on_pressure(self, key, now, how):
         """A PSI trigger fired (or the poller saw the same stall) at `now` (monotonic)."""
+        if key != ROOT and not self._own_limit_binds(key):
+            # The agent stalls on memory everyone shares (no limit of its own is near):
+            # everyone's lowest-priority calls yield, not necessarily this agent's.
+            how = f"{how}, felt by agent {key}"
+            key = ROOT
         where = "the agentd tree" if key == ROOT else f"agent {key}"
         p = self.policy.pressure
         self._pressure(key, now, f"memory is short in {where}: tasks stalled over "

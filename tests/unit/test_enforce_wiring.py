@@ -329,3 +329,37 @@ def test_memory_watch_on_shared_memory_acts_on_the_lowest_priority_agent_not_the
     assert [a["action"] for a in bystander.actions] == ["throttle"]
     assert not grower.actions
     assert "the agentd tree" in bystander.actions[0]["reason"]
+
+
+def test_an_agents_psi_stall_on_shared_memory_makes_the_lowest_priority_agent_yield():
+    """An agent's memory.pressure fires, but it has no limit of its own near: the memory
+    all agents share is short, so the lowest-priority agent's call yields first. With its
+    own memory.max nearly reached, the stall stays its own business."""
+    import time as _time
+    e, app = make(steps="[throttle, freeze, kill]")
+    for aid, prio in (("hi", 800), ("lo", 100)):
+        app.ctl.agents[aid] = Agent(agent_id=aid, cgroup=f"r/agents/{aid}", agent_class="normal", priority=prio)
+    mine = add(app, e, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
+    other = add(app, e, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
+    for t in (mine, other):
+        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+    hi_cg = app.ctl.agents["hi"].cgroup
+    app.fs.files[(hi_cg, cgf.MEMORY_MAX)] = "max"
+    app.fs.files[(hi_cg, cgf.MEMORY_HIGH)] = "max"
+    app.fs.files[(hi_cg, cgf.MEMORY_CURRENT)] = str(300 * MiB)
+    now = _time.monotonic()
+    e._on_pressure("hi", now, "psi-trigger")
+    assert [a["action"] for a in other.actions] == ["throttle"] and not mine.actions
+    assert "felt by agent hi" in other.actions[0]["reason"]
+    # its own memory.max nearly reached: its own calls go first
+    e2, app2 = make(steps="[throttle, freeze, kill]")
+    for aid, prio in (("hi", 800), ("lo", 100)):
+        app2.ctl.agents[aid] = Agent(agent_id=aid, cgroup=f"r/agents/{aid}", agent_class="normal", priority=prio)
+    mine2 = add(app2, e2, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
+    other2 = add(app2, e2, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
+    for t in (mine2, other2):
+        app2.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+    app2.fs.files[(hi_cg, cgf.MEMORY_MAX)] = str(320 * MiB)
+    app2.fs.files[(hi_cg, cgf.MEMORY_CURRENT)] = str(300 * MiB)
+    e2._on_pressure("hi", now, "psi-trigger")
+    assert [a["action"] for a in mine2.actions] == ["throttle"] and not other2.actions

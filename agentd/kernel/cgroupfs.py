@@ -275,9 +275,14 @@ class CgroupFS:
             delay = min(delay * 2, 0.05)
 
     def remove_tree(self, cg):
-        """Remove `cg` and all its descendants (deepest first). Must be empty of processes."""
+        """Remove `cg` and all its descendants (deepest first). Must be empty of processes.
+        A part someone else removes meanwhile (the daemon and a cleanup racing) is done."""
         if not self.exists(cg):
             return
-        for child in self.children(cg):
+        try:
+            children = self.children(cg)
+        except CgroupGone:
+            return
+        for child in children:
             self.remove_tree(f"{cg}/{child}")
         self.rmdir(cg)

@@ -309,21 +309,29 @@ def test_memory_watch_rate_is_measured_over_a_whole_window_not_a_burst():
     assert "833.3 MiB/s" in low.actions[0]["reason"]
 
 
+def _high_and_low():
+    """An enforcer with a high agent (800) running a batch call and a low agent (100)
+    running a normal one; returns (e, app, high call, low call)."""
+    e, app = make(steps="[throttle, freeze, kill]")
+    for aid, prio in (("hi", 800), ("lo", 100)):
+        app.ctl.agents[aid] = Agent(agent_id=aid, cgroup=f"r/agents/{aid}", agent_class="normal", priority=prio)
+    high = add(app, e, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
+    low = add(app, e, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
+    for t in (high, low):
+        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+    return e, app, high, low
+
+
 def test_memory_watch_on_shared_memory_acts_on_the_lowest_priority_agent_not_the_grower():
     """A high agent's call grows fast and the memory all agents share runs out: the low
     agent's call yields, the growing high call is left alone. (An agent's own memory.max
     running out stays that agent's business: the test above.)"""
     import time as _time
-    e, app = make(steps="[throttle, freeze, kill]")
+    e, app, grower, bystander = _high_and_low()
     e.available_fn = lambda: 200 * MiB
     e.memwatch = types.SimpleNamespace(set_limit=lambda *a, **k: None, clear=lambda cg: None)
-    for aid, prio in (("hi", 800), ("lo", 100)):
-        app.ctl.agents[aid] = Agent(agent_id=aid, cgroup=f"r/agents/{aid}", agent_class="normal", priority=prio)
-    grower = add(app, e, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
-    bystander = add(app, e, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
     for n, t in enumerate((grower, bystander)):
         t.cgroup_id = 5000 + n
-        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
         e.on_tool_start(app.ctl.agents[t.agent_id], t)
     e._on_mem(_growth(5000, 300 * MiB, 35 * MiB, _time.monotonic()))   # 140 MiB/s x 2 s > 200 MiB
     assert [a["action"] for a in bystander.actions] == ["throttle"]
@@ -336,30 +344,18 @@ def test_an_agents_psi_stall_on_shared_memory_makes_the_lowest_priority_agent_yi
     all agents share is short, so the lowest-priority agent's call yields first. With its
     own memory.max nearly reached, the stall stays its own business."""
     import time as _time
-    e, app = make(steps="[throttle, freeze, kill]")
-    for aid, prio in (("hi", 800), ("lo", 100)):
-        app.ctl.agents[aid] = Agent(agent_id=aid, cgroup=f"r/agents/{aid}", agent_class="normal", priority=prio)
-    mine = add(app, e, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
-    other = add(app, e, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
-    for t in (mine, other):
-        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+    now = _time.monotonic()
+    e, app, mine, other = _high_and_low()
     hi_cg = app.ctl.agents["hi"].cgroup
     app.fs.files[(hi_cg, cgf.MEMORY_MAX)] = "max"
     app.fs.files[(hi_cg, cgf.MEMORY_HIGH)] = "max"
     app.fs.files[(hi_cg, cgf.MEMORY_CURRENT)] = str(300 * MiB)
-    now = _time.monotonic()
     e._on_pressure("hi", now, "psi-trigger")
     assert [a["action"] for a in other.actions] == ["throttle"] and not mine.actions
     assert "felt by agent hi" in other.actions[0]["reason"]
     # its own memory.max nearly reached: its own calls go first
-    e2, app2 = make(steps="[throttle, freeze, kill]")
-    for aid, prio in (("hi", 800), ("lo", 100)):
-        app2.ctl.agents[aid] = Agent(agent_id=aid, cgroup=f"r/agents/{aid}", agent_class="normal", priority=prio)
-    mine2 = add(app2, e2, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
-    other2 = add(app2, e2, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
-    for t in (mine2, other2):
-        app2.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
-    app2.fs.files[(hi_cg, cgf.MEMORY_MAX)] = str(320 * MiB)
-    app2.fs.files[(hi_cg, cgf.MEMORY_CURRENT)] = str(300 * MiB)
-    e2._on_pressure("hi", now, "psi-trigger")
-    assert [a["action"] for a in mine2.actions] == ["throttle"] and not other2.actions
+    e, app, mine, other = _high_and_low()
+    app.fs.files[(hi_cg, cgf.MEMORY_MAX)] = str(320 * MiB)
+    app.fs.files[(hi_cg, cgf.MEMORY_CURRENT)] = str(300 * MiB)
+    e._on_pressure("hi", now, "psi-trigger")
+    assert [a["action"] for a in mine.actions] == ["throttle"] and not other.actions

@@ -57,6 +57,7 @@ def parse_args(argv):
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true", help="one triple, one run (density: up to 4 agents)")
     p.add_argument("--triples", type=int, default=3)
+    p.add_argument("--first-triple", type=int, default=0, help="start at this triple (0-based) of the trace order")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--speed", type=float, default=20.0)
     p.add_argument("--mem-scale", type=float, default=0.25)
@@ -98,7 +99,7 @@ def guest_main(a):
     bench = Bench(load_folder(a.traces), a.speed, a.mem_scale, os.path.join(out, "work"), exe, alias, log)
     result = {"config": {"traces": os.path.abspath(a.traces), "speed": a.speed, "mem_scale": a.mem_scale,
                          "guest_memory": a.guest_memory, "kernel": os.uname().release, "triples": a.triples,
-                         "runs": a.runs, "isolation_budget_factor": ISOLATION_FACTOR,
+                         "runs": a.runs, "first_triple": a.first_triple, "isolation_budget_factor": ISOLATION_FACTOR,
                          "policy": "policies/multi-tenant.yaml"}}
 
     def save():
@@ -122,7 +123,7 @@ def guest_main(a):
 def run_scenarios(a, bench, result, save):
     from agentd.replay.scenario import ISOLATION_FACTOR
     if a.scenario in ("isolation", "both"):
-        result["isolation"] = bench.isolation(modes_of(a), a.triples, a.runs)
+        result["isolation"] = bench.isolation(modes_of(a), a.triples, a.runs, a.first_triple)
         save()
     if a.scenario in ("density", "both"):
         budget = a.density_budget
@@ -225,7 +226,7 @@ def host_main(a):
     from agentd.replay.runner import build_alloc
     build_alloc(os.path.join(out, "bin"))   # gcc on the host: the guest would take seconds
     fwd = ["--traces", os.path.abspath(a.traces), "--scenario", a.scenario, "--mode", a.mode,
-           "--triples", str(a.triples), "--runs", str(a.runs), "--speed", str(a.speed),
+           "--triples", str(a.triples), "--first-triple", str(a.first_triple), "--runs", str(a.runs), "--speed", str(a.speed),
            "--mem-scale", str(a.mem_scale), "--guest-memory", a.guest_memory, "--max-agents", str(a.max_agents)]
     if a.density_budget:
         fwd += ["--density-budget", str(a.density_budget)]

@@ -69,6 +69,14 @@ def fits(peak, running, budget, available=None, rank=None):
     return True
 
 
+def fits_resumed(call, running, budget, available=None):
+    """May a paused call (frozen, or throttled below its forecast) go on growing next to
+    `running`? What it holds is already taken; its forecast growth must fit as a new
+    call's peak would, ranked as the call is."""
+    growth = max(call.reserved - call.current, 0)
+    return fits(growth, running, None if budget is None else budget - call.current, available, rank=call.rank)
+
+
 @dataclass(order=True)
 class Waiter:
     sort_key: tuple = field(init=False, repr=False)

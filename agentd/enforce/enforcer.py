@@ -21,7 +21,7 @@ from ..forecast import Forecast
 from ..hostmem import room_below
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
-from . import limits
+from . import admission, limits
 from .actuator import Actuator
 from .admitter import Admitter
 from .forecasting import Forecasting
@@ -63,6 +63,7 @@ class Enforcer:
         self.fc = Forecasting(app.policy, app.state_dir, app.host_memory)
         p = app.policy.pressure
         self.ladder = Ladder(tuple(p.steps), p.step_interval_s, p.relief_interval_s, p.psi_window_us / 1e6)
+        self._follow_reload()
         self.watch = PressureWatch(p.psi_some_threshold_us, p.psi_window_us, self._on_pressure,
                                    fake_file=fake_pressure_file)
         self.available_fn = available_fn or _available
@@ -314,8 +315,9 @@ class Enforcer:
             return None
         return {k for k, until in self.pressure_until.items() if k != ROOT and now <= until}
 
-    def _candidates(self, scope):
+    def _candidates(self, scope, relief=False):
         out = []
+        fit = self._fit_check() if relief else None
         for agent in self.ctl.agents.values():
             if scope is not None and agent.agent_id not in scope:
                 continue          # escalation stays inside the agents under pressure
@@ -326,12 +328,28 @@ class Enforcer:
                 if st.can is None:
                     st.can = self._probe(tool)
                 out.append(Candidate(tool.key, tool.plan.priority, agent.priority, st.current, tuple(st.applied),
-                                     st.can, started=tool.started))
+                                     st.can, started=tool.started,
+                                     fits=bool(fit and st.applied and KILL not in st.applied and fit(tool.key))))
             if self._kill_main_allowed(agent):
                 out.append(Candidate(f"{agent.agent_id}/main", agent.priority, agent.priority, main=True,
                                      can=frozenset({KILL}), started=agent.created,
                                      applied=(KILL,) if agent.agent_id in self.mains_killed else ()))
         return out
+
+    def _fit_check(self):
+        """A function: would the paused call `key` fit if it went on growing now? The
+        admission test, with what the call already holds counted as taken: its forecast
+        growth must fit next to the running calls' (those of lower-priority agents yield)."""
+        running = {r.key: r for r in self.admitter.running()}
+        budget, available = self.policy.pressure.budget, self.available_fn()
+
+        def fit(key):
+            me = running.get(key)
+            if me is None:
+                return False
+            others = [r for k, r in running.items() if k != key]
+            return admission.fits_resumed(me, others, budget, available)
+        return fit
 
     def _probe(self, tool):
         can = {KILL}
@@ -349,8 +367,9 @@ class Enforcer:
 
     def _ladder_step(self, now):
         # Relief (no pressure) looks at every call; escalation only inside its scope.
-        scope = self._scope(now) if self.ladder.under_pressure(now) else None
-        d = self.ladder.decide(now, self._candidates(scope))
+        pressed = self.ladder.under_pressure(now)
+        scope = self._scope(now) if pressed else None
+        d = self.ladder.decide(now, self._candidates(scope, relief=not pressed))
         if d is None:
             return None
         agent_id, _, tool_id = d.key.partition("/")
@@ -431,6 +450,9 @@ class Enforcer:
         self.ladder.steps = tuple(p.steps)
         self.ladder.step_interval_s = p.step_interval_s
         self.ladder.relief_interval_s = p.relief_interval_s
+        # A paused call that fits again resumes after one PSI window of calm: the window
+        # in which a renewed stall would show.
+        self.ladder.quick_relief_s = min(p.relief_interval_s, p.psi_window_us / 1e6)
 
     def _adapt(self, tool, st, available):
         """Move memory.high with the re-forecast, unless the ladder holds this call."""

@@ -9,7 +9,12 @@ watch's own reporting interval; it lasts only while the growth goes on, so the f
 ends once the growth is stopped. Only when every tool call is at the top of the ladder
 may an agent's main cgroup be killed, and only where its class sets `kill_main_allowed`.
 Once pressure has been gone for `relief_interval_s`, one step is undone per interval,
-highest priority first: thaw, then restore the limit. A kill is never undone.
+highest priority first: thaw, then restore the limit. A kill is never undone. When the call
+next in that order fits again (the enforcer checks its forecast growth against the memory
+the running calls leave, as admission would), its step is undone after `quick_relief_s`
+of calm instead: a call paused through another's spike resumes as soon as the spike has
+passed, not a fixed interval later, and a call that would not fit still waits the whole
+interval.
 
 The enforcer turns each Decision into cgroup writes; this module only chooses.
 """
@@ -31,6 +36,7 @@ class Candidate:
     can: frozenset = frozenset({THROTTLE, FREEZE, KILL})   # steps the kernel offers here
     main: bool = False
     started: float = 0.0          # newer calls go first among equals (less work lost)
+    fits: bool = False            # undoing its step now would fit in the memory left
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Ladder:
     steps: tuple = (THROTTLE, FREEZE, KILL)
     step_interval_s: float = 2.0
     relief_interval_s: float = 5.0
+    quick_relief_s: float = 2.0   # calm before undoing a step that fits (see the module doc)
     window_s: float = 2.0         # a PSI event counts as "pressure now" for 1.5 windows
     urgent_interval_s: float = 0.25   # step spacing while urgent (memory-watch) pressure lasts
     last_pressure: float = float("-inf")
@@ -86,12 +93,17 @@ class Ladder:
                 self.history.append(d)
             return d
         calm_since = max(self.last_pressure, self.last_relief, self.last_step)
-        if now - calm_since < self.relief_interval_s:
+        if now - calm_since < min(self.relief_interval_s, self.quick_relief_s):
             return None
-        d = self._relieve(candidates)
-        if d:
-            self.last_relief = now
-            self.history.append(d)
+        c, d = self._relieve(candidates)
+        if d is None:
+            return None
+        if now - calm_since < self.relief_interval_s and not c.fits:
+            return None
+        self.last_relief = now
+        if c.fits and now - calm_since < self.relief_interval_s:
+            d = Decision(d.action, d.key, d.reason + "; it fits in the memory left")
+        self.history.append(d)
         return d
 
     def next_step(self, c):
@@ -126,14 +138,15 @@ class Ladder:
         return None
 
     def _relieve(self, candidates):
+        """(candidate, Decision) for the next step to undo, or (None, None)."""
         for c in sorted(candidates, key=relief_order):
             if KILL in c.applied:
                 continue          # dying or dead: nothing to give back
             if FREEZE in c.applied:
-                return Decision(THAW, c.key, "pressure gone")
+                return c, Decision(THAW, c.key, "pressure gone")
             if THROTTLE in c.applied:
-                return Decision(RESTORE, c.key, "pressure gone")
-        return None
+                return c, Decision(RESTORE, c.key, "pressure gone")
+        return None, None
 
 
 def escalation_order(c):

@@ -56,8 +56,8 @@ def isolation_table(iso, summary):
 
 def isolation_runs_table(iso):
     lines = ["| mode | triple | run | agent | trace | lost (reason) | solo s | s | slowdown "
-             "| calls run / planned | killed / failed / frozen / throttled / queued |",
-             "|---|---:|---:|---|---|---|---:|---:|---:|---:|---|"]
+             "| calls run / planned | killed / failed / frozen / throttled / queued | s frozen / queued |",
+             "|---|---:|---:|---|---|---|---:|---:|---:|---:|---|---|"]
     for mode, m in iso["modes"].items():
         for r in m["runs"]:
             for a in r["agents"]:
@@ -66,8 +66,14 @@ def isolation_runs_table(iso):
                 lines.append(f"| {mode} | {r['triple']} | {r['run']} | {a['priority']} | {a['trace']} | {lost} "
                              f"| {_f(a['solo_seconds'], '{:.1f}')} | {_f(a['seconds'], '{:.1f}')} "
                              f"| {_f(a['slowdown'])} | {tc['started']} / {tc['planned']} "
-                             f"| {tc['killed']} / {tc.get('failed', 0)} / {tc['frozen']} / {tc['throttled']} / {tc['queued']} |")
+                             f"| {tc['killed']} / {tc.get('failed', 0)} / {tc['frozen']} / {tc['throttled']} / {tc['queued']} "
+                             f"| {_time_lost(a)} |")
     return "\n".join(lines)
+
+
+def _time_lost(a):
+    t = a.get("time_s")
+    return f"{t['frozen']:.1f} / {t['queued']:.1f}" if t else "–"
 
 
 def isolation_targets(summary):

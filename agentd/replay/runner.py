@@ -88,6 +88,9 @@ class AgentResult:
     latencies_us: list = field(default_factory=list)
     exit_status: int | None = None
     sync_wait: float | None = None                # seconds the agent waited at the sync point (not counted)
+    frozen_s: float = 0.0                         # seconds its tool calls spent frozen by agentd
+    queued_s: float = 0.0                         # seconds its tool calls waited in admission
+    calls_s: float = 0.0                          # seconds its tool calls ran (agentd's wall_s, summed)
 
 
 BARRIER_TIMEOUT_S = 300
@@ -146,6 +149,23 @@ def call_killed(status, via_launcher):
     if os.WIFSIGNALED(status):
         return os.WTERMSIG(status) == signal.SIGKILL
     return via_launcher and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGKILL
+
+
+def time_lost(events, agent):
+    """(frozen, queued, ran): seconds an agent's tool calls spent frozen by agentd, waiting
+    in admission, and running, from the daemon's tool_end records (a freeze that was never
+    thawed lasts until the call's end)."""
+    frozen = queued = ran = 0.0
+    for e in events:
+        if e.get("event") != "tool_end" or e.get("agent") != agent:
+            continue
+        ran += e.get("wall_s") or 0.0
+        for a in e.get("actions") or ():
+            if a.get("action") == "queue":
+                queued += a.get("seconds") or 0.0
+            elif a.get("action") == "freeze":
+                frozen += a["seconds"] if "seconds" in a else max(e.get("ts", 0) - a.get("ts", 0), 0.0)
+    return round(frozen, 3), round(queued, 3), round(ran, 3)
 
 
 def read_latencies(path):
@@ -341,6 +361,7 @@ class Group:
             mine = [e for e in events if e.get("agent") == self.agent_name(s) and e.get("event") == "action"]
             actions = {a: len({e.get("tool") or i for i, e in enumerate(mine) if e.get("action") == a})
                        for a in ACTIONS}
+            frozen_s, queued_s, calls_s = time_lost(events, self.agent_name(s))
             killed = sum(1 for c in calls if call_killed(c[3], self.mode == "agentd"))
             failed = sum(1 for c in calls if c[3] != 0) - killed
             lost_reason = None
@@ -364,6 +385,7 @@ class Group:
                 lost_reason=lost_reason, calls=len(calls), calls_planned=len(s.schedule.calls),
                 calls_killed=killed, calls_failed=failed, actions=actions, peak_call_start=peak_start,
                 peak_bytes=self.peaks.get(s.name), exit_status=status,
+                frozen_s=frozen_s, queued_s=queued_s, calls_s=calls_s,
                 latencies_us=read_latencies(os.path.join(d, "latency")) if s.measure_latency else []))
         return out
 

@@ -87,6 +87,11 @@ class Bench:
                               "killed_by_agentd": r.actions.get("kill", 0), "frozen": r.actions.get("freeze", 0),
                               "throttled": r.actions.get("throttle", 0), "queued": r.actions.get("queue", 0)},
                "peak_bytes": r.peak_bytes}
+        if fam == "agentd":
+            # Where an agent's extra time went: paused by the ladder, held in admission,
+            # and its calls' own running time against the solo run's.
+            row["time_s"] = {"frozen": r.frozen_s, "queued": r.queued_s, "calls": r.calls_s,
+                             "solo_calls": solo.calls_s if solo else None}
         if r.latencies_us:
             row["alloc_latency_us"] = percentiles(r.latencies_us)
             row["alloc_chunks"] = len(r.latencies_us)
@@ -99,11 +104,11 @@ class Bench:
             self.host = None
 
     # --- A. isolation ----------------------------------------------------------------
-    def isolation(self, modes, triples, runs):
-        if len(self.traces) < 3 * triples:
-            raise SystemExit(f"isolation needs {3 * triples} traces, the folder has {len(self.traces)}")
+    def isolation(self, modes, triples, runs, first=0):
+        if len(self.traces) < 3 * (first + triples):
+            raise SystemExit(f"isolation needs {3 * (first + triples)} traces, the folder has {len(self.traces)}")
         out = {"triples": [], "modes": {m: {"runs": []} for m in modes}}
-        for k in range(triples):
+        for k in range(first, first + triples):
             names = [t.name for t in self.traces[3 * k:3 * k + 3]]
             prio = ["high", "low", "low"]
             fams = sorted({family(m) for m in modes} | {"plain"})

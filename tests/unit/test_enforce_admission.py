@@ -1,7 +1,7 @@
 """Admission control on literals: the budget counts running calls' forecast peaks (past and
 future), waiters start by priority, and a lone call never waits."""
 
-from agentd.enforce.admission import Running, Waiter, demand, fits, pick
+from agentd.enforce.admission import Running, Waiter, demand, fits, fits_resumed, pick
 
 MiB = 1 << 20
 
@@ -72,3 +72,21 @@ def test_waiters_skip_lower_ranked_reservations():
     lo = Waiter(priority=50, peak=50 * MiB, key="lo/python", agent_priority=100)
     # the low python call yields to nothing lower, and does not fit next to the admitted high call
     assert [w.key for w in pick([lo, hi], [low], 520 * MiB)] == ["hi/pytest"]
+
+
+def test_a_paused_call_counts_what_it_holds_as_taken_and_its_growth_as_needed():
+    # Frozen at 300 MiB of a 500 MiB forecast: it needs 200 MiB more.
+    paused = Running("lo/test", 500 * MiB, 300 * MiB, rank=(100, 20))
+    other = Running("lo/build", 400 * MiB, 100 * MiB, rank=(100, 20))
+    assert fits_resumed(paused, [other], 900 * MiB)               # 400 + 500 <= 900
+    assert not fits_resumed(paused, [other], 899 * MiB)
+    # Against what the host has left: the other call's growth (300) and its own (200).
+    assert fits_resumed(paused, [other], None, available=500 * MiB)
+    assert not fits_resumed(paused, [other], None, available=499 * MiB)
+
+
+def test_a_paused_low_call_waits_while_a_high_agent_spike_runs():
+    paused = Running("lo/test", 500 * MiB, 300 * MiB, rank=(100, 20))
+    spike = Running("hi/pytest", 1500 * MiB, 1200 * MiB, rank=(800, 20))
+    assert not fits_resumed(paused, [spike], None, available=250 * MiB)
+    assert fits_resumed(paused, [], None, available=250 * MiB)    # the spike has ended

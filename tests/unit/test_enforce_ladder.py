@@ -156,3 +156,37 @@ def test_urgent_pressure_steps_at_the_watch_interval_and_only_while_it_lasts():
     lad2.pressure(0.7)
     assert lad2.decide(0.7, [c2]) is None          # 0.7 s after the last step < 1 s
     assert lad2.decide(1.0, [c2]).action == FREEZE
+
+
+def test_a_paused_call_that_fits_resumes_after_the_quick_interval():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
+    c = Candidate("lo/pytest", 20, applied=(FREEZE,), fits=True)
+    lad.pressure(0.0)                              # pressure until 1.5 s (1.5 windows)
+    assert lad.decide(1.9, [c]) is None            # calm for less than quick_relief_s
+    d = lad.decide(2.0, [c])
+    assert d.action == "thaw" and "fits" in d.reason
+    # The next step waits the quick interval again, not the whole relief interval.
+    c2 = Candidate("lo/pytest", 20, applied=(THROTTLE,), fits=True)
+    assert lad.decide(3.9, [c2]) is None
+    assert lad.decide(4.0, [c2]).action == "restore"
+
+
+def test_a_paused_call_that_does_not_fit_waits_the_whole_relief_interval():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
+    c = Candidate("lo/pytest", 20, applied=(FREEZE,), fits=False)
+    lad.pressure(0.0)
+    assert lad.decide(2.0, [c]) is None
+    assert lad.decide(9.9, [c]) is None
+    d = lad.decide(10.0, [c])
+    assert d.action == "thaw" and "fits" not in d.reason
+
+
+def test_a_fitting_low_call_does_not_jump_a_high_call_that_does_not_fit():
+    # Relief keeps its priority order: the high call next in line does not fit, so nothing
+    # is undone early, even though the low call behind it would fit.
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
+    hi = Candidate("hi/build", 20, agent_priority=800, applied=(FREEZE,), fits=False)
+    lo = Candidate("lo/test", 20, agent_priority=100, applied=(FREEZE,), fits=True)
+    lad.pressure(0.0)
+    assert lad.decide(5.0, [hi, lo]) is None
+    assert lad.decide(10.0, [hi, lo]).key == "hi/build"

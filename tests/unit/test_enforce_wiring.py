@@ -359,3 +359,49 @@ def test_an_agents_psi_stall_on_shared_memory_makes_the_lowest_priority_agent_yi
     app.fs.files[(hi_cg, cgf.MEMORY_CURRENT)] = str(300 * MiB)
     e._on_pressure("hi", now, "psi-trigger")
     assert [a["action"] for a in mine.actions] == ["throttle"] and not other.actions
+
+
+def _frozen_call_with_forecast(avail):
+    """A low call frozen under pressure at t=100, forecast to grow from 10 MiB to 1 GiB,
+    next to a running interactive call forecast to grow by 54 MiB, on a host with `avail`
+    bytes left; relief_interval_s 10, PSI window 2 s, one ladder step per 5 s (only the
+    low call is frozen)."""
+    policy = load_policy_text(POLICY.format(kill_main="false", steps="[freeze]").replace(
+        "relief_interval_s: 2.0}", "relief_interval_s: 10.0, psi_window_us: 2000000}").replace(
+        "step_interval_s: 1.0", "step_interval_s: 5.0"), host_memory_bytes=8 * GiB)
+    e, app = make(steps="[freeze]")
+    app.policy = policy
+    e._follow_reload()
+    e.available_fn = lambda: avail
+    t = add(app, e, "a", "0001-batch", 20)
+    other = add(app, e, "b", "0001-interactive", 80)
+    for call, peak in ((t, GiB), (other, 64 * MiB)):
+        e.tools[call.key].evidence = True
+        call.forecast = types.SimpleNamespace(peak_bytes=peak)
+    e._on_pressure("", 100.0, "test")
+    e.tick(100.5)
+    assert t.frozen
+    return e, t
+
+
+def _thawed_at(e, t, until):
+    now = 100.5
+    while now < until and t.frozen:
+        now += 0.5
+        e.tick(now)
+    return now if not t.frozen else None
+
+
+def test_a_frozen_call_that_fits_again_is_thawed_a_psi_window_after_the_pressure():
+    e, t = _frozen_call_with_forecast(avail=2 * GiB)
+    # Pressure holds 1.5 windows (to 103 s); one window of calm after the event: thawed
+    # well before the 10 s relief interval.
+    at = _thawed_at(e, t, 115)
+    assert at is not None and at <= 104.0
+    assert "fits in the memory left" in t.actions[-1]["reason"]
+
+
+def test_a_frozen_call_that_would_not_fit_waits_the_whole_relief_interval():
+    e, t = _frozen_call_with_forecast(avail=512 * MiB)     # needs 1014 + 54 MiB
+    at = _thawed_at(e, t, 115)
+    assert at is not None and at >= 110.0

@@ -22,6 +22,7 @@ log = logging.getLogger("agentd.controller")
 
 AGENTS = "agents"
 OOM_GROUP = "memory.oom.group"
+CAP_SYS_RESOURCE = 24             # capability(7): pins oom_score_adj_min (agentd/oom.py)
 
 
 class Controller:
@@ -163,6 +164,23 @@ class Controller:
 
     def tool_oom_adj(self, agent, tool):
         return oom.tool_adj(agent.priority, tool.plan.priority)
+
+    def launcher_places_itself(self, pid):
+        """May the launcher `pid` start its tool call directly in the cgroup (clone3 into
+        it) and set the call's oom_score_adj from inside, without the daemon placing it?
+
+        Only where that write pins the call's floor as well as the daemon's would: the
+        launcher holds CAP_SYS_RESOURCE itself, or the daemon lacks it too (then nobody
+        pins, and a move would cost a grace period for nothing). Otherwise the launcher's
+        own write raises the value but leaves the agent's floor, and the call could lower
+        itself back to the agent's -800 (agentd/oom.py); the daemon moves the held child
+        and writes the value itself (attach) before the tool runs."""
+        if self.caps is None or not getattr(self.caps, "sys_resource", False):
+            return True
+        try:
+            return self.procfs.has_capability(pid, CAP_SYS_RESOURCE)
+        except KernelError:
+            return False
 
     def agent_of_cgroup(self, cgroup_path):
         """(agent, tool_or_None) for a process's cgroup path ("/<root>/agents/<id>/..."), or (None, None)."""

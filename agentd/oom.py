@@ -13,8 +13,18 @@ domain) to each process's size when it picks a victim:
   -1000 (never): with nothing else left, killing the agent beats a cgroup that can neither
   allocate nor shrink;
 - a tool call gets 0..1000 by priority, in the ladder's order: the agent's priority first,
-  then the tool call's class. Values are inherited by what the call forks, and raising
-  one needs no privilege, so the launcher can set its child's before exec.
+  then the tool call's class. Values are inherited by what the call forks.
+
+A value alone does not hold: without CAP_SYS_RESOURCE a process may set its own anywhere
+down to its floor (oom_score_adj_min), and the floor moves only when a writer holding
+the capability sets a value (fs/proc/base.c __set_oom_adj). A tool call forked from its
+agent starts with the agent's floor, -800, so a call that merely raised its own value
+could lower it again and be killed after its agent. The daemon, which holds the
+capability, writes each call's value itself before the tool runs (the automatic path and
+the launcher's held child); that pins the floor, and fork copies it. A launcher starts
+the call directly in its cgroup (clone3) and sets the value from inside only where its
+own write pins the floor too (it holds the capability) or nothing can (the daemon lacks
+it; one start-up warning says so).
 
 Each tool-call cgroup also has memory.oom.group=1: a victim inside a call takes the whole
 call (all of a test run's workers), never half of it.

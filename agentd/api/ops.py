@@ -91,11 +91,14 @@ class ApiOps:
         conn.tools.add((agent.agent_id, tool.tool_id))
         env = {"AGENTD_TOOL": tool.key}
         env.update(getattr(tool, "env", {}) or {})
-        return {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup,
-                "path": self.fs.path(tool.cgroup), "env": env,
-                # the launcher's child sets it before exec (agentd/oom.py): inherited by all it forks
-                "oom_score_adj": str(self.ctl.tool_oom_adj(agent, tool)),
-                "messages": list(getattr(tool, "start_messages", []))}
+        reply = {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup, "env": env,
+                 # the launcher's child sets it before exec (agentd/oom.py): inherited by all it forks
+                 "oom_score_adj": str(self.ctl.tool_oom_adj(agent, tool)),
+                 "messages": list(getattr(tool, "start_messages", []))}
+        if self.ctl.launcher_places_itself(conn.pid):
+            # Without "path" the launcher holds its child and asks for tool_attach.
+            reply["path"] = self.fs.path(tool.cgroup)
+        return reply
 
     async def op_tool_attach(self, conn, req):
         agent, _, peer_cg = self._caller_agent(conn)

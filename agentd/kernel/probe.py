@@ -59,7 +59,8 @@ class Capabilities:
             w.append("bpf(2) not permitted (needs CAP_BPF or root): user-space monitoring is used")
         if self.root_user and not self.sys_resource:
             w.append("no CAP_SYS_RESOURCE: agents cannot be protected from the kernel's OOM killer "
-                     "(oom_score_adj below 0); tool calls still go first by their raised values. "
+                     "(oom_score_adj below 0), and a tool call's value is not pinned (a call may lower "
+                     "its own back to its agent's); tool calls still go first by their raised values. "
                      "Run agentd with CAP_SYS_RESOURCE (the systemd unit keeps it)")
         if self.cgroup2_mount and not self.favordynmods:
             w.append(f"cgroup v2 at {self.cgroup2_mount} is mounted without favordynmods: every move of a process "

@@ -72,12 +72,21 @@ class ProcFS:
                 groups = [int(g) for g in line.split()[1:]]
         return uid, gid, groups
 
+    def has_capability(self, pid, bit):
+        """Does `pid` hold capability `bit` in its effective set (CapEff in status)?"""
+        for line in self._read(pid, "status").splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << bit))
+        return False
+
     def oom_score_adj(self, pid):
         return int(self._read(pid, "oom_score_adj"))
 
     def set_oom_score_adj(self, pid, value):
-        """Write /proc/<pid>/oom_score_adj (-1000..1000). Lowering needs CAP_SYS_RESOURCE,
-        which the daemon has; a root writer also sets the process's floor to `value`."""
+        """Write /proc/<pid>/oom_score_adj (-1000..1000). Lowering needs CAP_SYS_RESOURCE.
+        A writer that holds it also sets the process's floor (oom_score_adj_min) to `value`
+        (fs/proc/base.c __set_oom_adj): the process, and what it forks later, can no
+        longer go below it without the capability. Without it the floor stays where it was."""
         try:
             with open(f"{self.proc}/{pid}/oom_score_adj", "w") as f:
                 f.write(str(int(value)))

@@ -127,7 +127,9 @@ void exec_cmd(char **cmd)
 
 /* The tool call's place in the kernel OOM killer's order (agentd/oom.py). It is above
  * the agent's, and raising needs no privilege. A failure leaves the agent's value:
- * the call then runs, just protected like the agent. */
+ * the call then runs, just protected like the agent. Only a writer with
+ * CAP_SYS_RESOURCE also pins the call's floor; where we lack it, the daemon gives us
+ * no cgroup path to clone into, and writes the value itself when it attaches the child. */
 static void set_oom_score_adj(const char *v)
 {
     if (!v || !*v)

@@ -106,3 +106,31 @@ def test_the_oom_killer_takes_the_low_agents_call_not_an_agent_or_the_high_call(
                 p.send_signal(signal.SIGKILL)
                 p.wait(30)
         time.sleep(0.1)
+
+
+# A tool call that tries to go back below its value. Builtins only (`read`, `echo`, a
+# `{ }` group), so /proc/self is the call's own shell throughout: no fork, no exec.
+LOWER = ('read -r v </proc/self/oom_score_adj; echo "before=$v"; '
+         '{ echo -800 >/proc/self/oom_score_adj; } 2>/dev/null; echo "rc=$?"; '
+         'read -r v </proc/self/oom_score_adj; echo "after=$v"; '
+         'while read -r k v; do if [ "$k" = CapEff: ]; then echo "capeff=$v"; fi; done </proc/self/status')
+
+
+def test_a_tool_call_cannot_lower_its_oom_score_adj_to_its_agents(budget_daemon):
+    """The agent runs as root without CAP_SYS_RESOURCE (a sandbox's or a container's
+    default), so its launcher may clone its call straight into the cgroup but its own write
+    of the call's value cannot pin the call's floor: the floor stays the agent's -800 and
+    the call could take itself out of the killer's order. The daemon writes the value
+    itself, which pins the floor: the call's attempt to go back to -800 is refused."""
+    d, _ = budget_daemon
+    r = subprocess.run(agentd_cmd() + ["run", "--name", "nocap", "--class", "low", "--",
+                                       "setpriv", "--bounding-set=-sys_resource", "--inh-caps=-sys_resource",
+                                       "bash", "-c", '"$@" tool -- sh -c \'' + LOWER + '\'', "agent", *agentd_cmd()],
+                       env=d.env, cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    got = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert not int(got["capeff"], 16) & (1 << 24), got            # the call really lacks it
+    normal = load_policy_text(POLICY, "t.yaml").tool_class().priority
+    value = oom.tool_adj(100, normal)
+    assert int(got["before"]) == value, got
+    assert got["rc"] != "0" and int(got["after"]) == value, got

@@ -20,3 +20,88 @@ def test_values_stay_in_the_kernel_range():
     for a in (-5, 0, 500, 1000, 5000):
         for t in (-5, 0, 1000, 5000):
             assert 0 <= oom.tool_adj(a, t) <= 1000
+
+
+# --- who writes a tool call's value: the floor (oom_score_adj_min) must be pinned ---------
+
+import asyncio
+import types
+
+import pytest
+
+from agentd.api.ops import ApiOps
+from agentd.controller import Controller
+from agentd.eventlog import EventLog
+from agentd.kernel.fakes import FakeCgroupFS
+from agentd.planner import Planner
+from agentd.policy.loader import load_policy_text
+from agentd.state import StateStore
+
+CAP_SYS_RESOURCE = 24
+LAUNCHER = 4000
+
+
+class Proc:
+    """/proc of a launcher in agent `ag`, with or without CAP_SYS_RESOURCE."""
+
+    def __init__(self, caps):
+        self.caps = caps
+        self.oom = {}
+
+    def cgroup(self, pid):
+        return "/agentd/agents/ag/main"
+
+    def ppid(self, pid):
+        return LAUNCHER
+
+    def has_capability(self, pid, bit):
+        return bit in self.caps.get(pid, ())
+
+    def set_oom_score_adj(self, pid, value):
+        self.oom[pid] = value
+
+
+class Ops(ApiOps):
+    def __init__(self, ctl):
+        self.ctl, self.fs, self.procfs, self.hooks = ctl, ctl.fs, ctl.procfs, []
+
+
+def _ops(tmp_path, daemon_caps, launcher_caps):
+    fs = FakeCgroupFS(str(tmp_path / "cg"))
+    policy = load_policy_text("version: 1\n", "t.yaml", host_memory_bytes=1 << 34)
+    proc = Proc({LAUNCHER: launcher_caps})
+    caps = types.SimpleNamespace(sys_resource=daemon_caps)
+    ctl = Controller(fs, "agentd", caps, Planner(policy, 1 << 34), StateStore(str(tmp_path / "st")),
+                     EventLog(str(tmp_path / "ev.jsonl")), proc)
+    ctl.setup()
+    ctl.create_agent("ag")
+    return Ops(ctl)
+
+
+def _start(ops):
+    conn = types.SimpleNamespace(pid=LAUNCHER, tools=set())
+    return asyncio.run(ops.op_tool_start(conn, {"argv": ["sh", "-c", "true"]})), conn
+
+
+@pytest.mark.parametrize("launcher_caps", [(), (CAP_SYS_RESOURCE,)])
+def test_a_launcher_whose_own_write_would_not_pin_the_floor_gets_no_cgroup_to_clone_into(tmp_path, launcher_caps):
+    """A launcher without CAP_SYS_RESOURCE that cloned into the cgroup and set the call's
+    value itself would leave the agent's floor (-800) under it: the call could lower
+    itself back. It gets no path, holds its child, and the daemon writes the value when
+    it attaches the child, which pins the floor. One that holds the capability pins it
+    by its own write and keeps the cheaper clone."""
+    ops = _ops(tmp_path, daemon_caps=True, launcher_caps=launcher_caps)
+    reply, conn = _start(ops)
+    assert ("path" in reply) == bool(launcher_caps)
+    tool = ops.ctl.agents["ag"].tools[reply["tool"]]
+    child = 4001
+    asyncio.run(ops.op_tool_attach(conn, {"agent": "ag", "tool": tool.tool_id, "pid": child}))
+    agent = ops.ctl.agents["ag"]
+    assert ops.procfs.oom[child] == int(reply["oom_score_adj"]) == oom.tool_adj(agent.priority, tool.plan.priority)
+
+
+def test_a_daemon_that_cannot_pin_the_floor_lets_every_launcher_clone(tmp_path):
+    """Without CAP_SYS_RESOURCE the daemon's write pins nothing either (the start-up
+    warning says so): a move would cost a grace period for nothing."""
+    reply, _ = _start(_ops(tmp_path, daemon_caps=False, launcher_caps=()))
+    assert reply["path"].endswith(reply["cgroup"])

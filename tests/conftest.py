@@ -30,6 +30,22 @@ def test_root(cgfs):
     assert not cgfs.exists(name), f"test cgroup {name} left behind"
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a test left a daemon's socket folder in /tmp (DaemonProc
+    makes them outside pytest's tmp, so only its cleanup() removes them); remove them."""
+    import shutil
+    from tests.helpers import DaemonProc
+    left = [(d, who) for d, who in DaemonProc.made if os.path.exists(d)]
+    if not left:
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    for d, who in left:
+        if tr is not None:
+            tr.write_line(f"left behind: {d} (made by {who}; call DaemonProc.cleanup())", red=True)
+        shutil.rmtree(d, ignore_errors=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture
 def daemon(tmp_path, test_root):
     """A real `agentd daemon` subprocess owning `test_root`."""

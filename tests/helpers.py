@@ -51,13 +51,20 @@ def kill_tree(fs, cg):
 
 
 class DaemonProc:
-    """`agentd daemon` as a real subprocess with its own root, socket, state and log."""
+    """`agentd daemon` as a real subprocess with its own root, socket, state and log.
+
+    Its socket folder is outside pytest's tmp: `cleanup()` removes it. `made` lists every
+    folder made in this session with the test that made it, for the end-of-session check
+    (tests/conftest.py) that none is left behind."""
+
+    made = []                         # (socket folder, PYTEST_CURRENT_TEST)
 
     def __init__(self, tmp, name, policy="default", extra_env=None, metrics="none"):
         self.tmp = tmp
         self.root = name
         # The socket lives where unprivileged test users can reach it (pytest's tmp is 0700).
         self.sock_dir = tempfile.mkdtemp(prefix="agentd-sock-")
+        DaemonProc.made.append((self.sock_dir, os.environ.get("PYTEST_CURRENT_TEST", "?")))
         os.chmod(self.sock_dir, 0o755)
         self.socket = os.path.join(self.sock_dir, "agentd.sock")
         self.state_dir = os.path.join(tmp, "state")
@@ -69,6 +76,15 @@ class DaemonProc:
         self.proc = None
 
     def start(self, timeout=None):
+        """Start the daemon and wait for its socket; on failure nothing is left running
+        or on disk (callers often start it outside their try/finally)."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self, timeout):
         if timeout is None:
             # Python runs ~5x slower in the kernel tier's emulated guest.
             timeout = 180 if os.environ.get("AGENTD_KERNEL_TIER") else 20

@@ -41,7 +41,7 @@ def daemon(tmp_path):
     root = f"agentd-test-{os.getpid()}-l{next(_seq)}"
     d = DaemonProc(str(tmp_path), root).start()
     yield d
-    d.stop()
+    d.cleanup()
     kill_tree(fs, root)
     assert not fs.exists(root), f"test cgroup {root} left behind"
 

@@ -21,7 +21,6 @@ from .model import Agent, ToolCall
 log = logging.getLogger("agentd.controller")
 
 AGENTS = "agents"
-OOM_GROUP = "memory.oom.group"
 CAP_SYS_RESOURCE = 24             # capability(7): pins oom_score_adj_min (agentd/oom.py)
 
 
@@ -97,6 +96,19 @@ class Controller:
             except KernelError as err:
                 log.warning("%s: cannot set %s=%s: %s", who, name, value, err)
         return applied
+
+    def _kill_whole(self, cg, who):
+        """memory.oom.group=1: an OOM victim inside `cg` takes all of it (agentd/oom.py).
+        It scopes the kernel's kill and limits nothing, so it is written apart from the
+        limits: not in limits_applied (status, events) nor in their log lines."""
+        if not self.fs.has(cg, cgf.MEMORY_OOM_GROUP):
+            return
+        try:
+            self.fs.write(cg, cgf.MEMORY_OOM_GROUP, "1")
+        except CgroupGone:
+            raise
+        except KernelError as err:
+            log.warning("%s: cannot set %s=1 (an OOM kill may take part of it): %s", who, cgf.MEMORY_OOM_GROUP, err)
 
     # --- agents --------------------------------------------------------------
     def create_agent(self, name=None, agent_class=None, uid=0, policy=None, standalone=False):
@@ -239,9 +251,9 @@ class Controller:
         self.fs.mkdir(cg, exist_ok=False)
         try:
             self._hook("on_tool_plan", agent, tool)      # forecaster may adjust plan.limits
-            # memory.oom.group: an OOM victim inside the call takes the whole call (agentd/oom.py).
-            tool.limits_applied = self._apply(cg, {**plan.limits, OOM_GROUP: 1}, f"tool {tool.key}",
+            tool.limits_applied = self._apply(cg, plan.limits, f"tool {tool.key}",
                                               f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""))
+            self._kill_whole(cg, f"tool {tool.key}")
             tool.cgroup_id = self.fs.cgroup_id(cg)
             if pid is not None:
                 self.fs.move(cg, pid)

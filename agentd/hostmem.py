@@ -19,8 +19,6 @@ from .kernel import cgroupfs as cgf
 
 log = logging.getLogger("agentd")
 
-OOM_GROUP = "memory.oom.group"
-
 
 def _host():
     """(MemTotal, MemAvailable) in bytes, or (None, None) when unknown."""
@@ -62,7 +60,7 @@ def oom_group_above(fs, root):
     for i in range(1, len(parts) + 1):
         cg = "/".join(parts[:i])
         try:
-            if fs.has(cg, OOM_GROUP) and fs.read_int(cg, OOM_GROUP) == 1:
+            if fs.has(cg, cgf.MEMORY_OOM_GROUP) and fs.read_int(cg, cgf.MEMORY_OOM_GROUP) == 1:
                 return cg
         except (AgentdError, ValueError):
             continue

@@ -13,7 +13,7 @@ _DEFAULTS = {
     cgf.PROCS: "", cgf.EVENTS: "populated 0\nfrozen 0\n", cgf.FREEZE: "0", cgf.KILL: "",
     cgf.CONTROLLERS: "cpu memory pids io", cgf.SUBTREE_CONTROL: "",
     cgf.MEMORY_CURRENT: "0", cgf.MEMORY_PEAK: "0", cgf.MEMORY_MIN: "0", cgf.MEMORY_LOW: "0",
-    cgf.MEMORY_HIGH: "max", cgf.MEMORY_MAX: "max", cgf.MEMORY_EVENTS: "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
+    cgf.MEMORY_HIGH: "max", cgf.MEMORY_MAX: "max", cgf.MEMORY_OOM_GROUP: "0", cgf.MEMORY_EVENTS: "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
     cgf.MEMORY_PRESSURE: "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
     cgf.CPU_WEIGHT: "100", cgf.CPU_MAX: "max 100000", cgf.CPU_STAT: "usage_usec 0\n",
     cgf.PIDS_MAX: "max", cgf.PIDS_CURRENT: "0",

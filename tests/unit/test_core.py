@@ -138,3 +138,19 @@ def test_unknown_yaml_tag_is_a_policy_error():
     with pytest.raises(PolicyError) as e:
         load_policy_text("!@", "x.yaml")
     assert str(e.value).startswith("x.yaml:1: YAML syntax error: could not determine a constructor")
+
+
+def test_memory_oom_group_is_set_on_each_call_but_not_reported_as_a_limit(ctl, tmp_path, caplog):
+    """memory.oom.group decides what an OOM kill takes (the whole call), it limits
+    nothing: status, events and the limit log lines list only limits."""
+    import json
+    a = ctl.create_agent("ag", None)
+    with caplog.at_level("INFO", logger="agentd.controller"):
+        t = ctl.start_tool(a, 4242, ["bash", "-c", "cd x && pytest -q"])
+    assert ctl.fs.read(t.cgroup, "memory.oom.group") == "1"
+    assert "memory.oom.group" not in t.limits_applied and t.limits_applied["memory.max"] == str(GiB)
+    assert not [r for r in caplog.records if "memory.oom.group" in r.getMessage()]
+    res = ctl.finish_tool(t, status={"exit": 0})
+    assert "memory.oom.group" not in res["limits"]
+    events = [json.loads(line) for line in open(tmp_path / "ev.jsonl")]
+    assert all("memory.oom.group" not in (e.get("limits") or {}) for e in events)

@@ -4,7 +4,9 @@
 kernel triggers (one epoll, waited on by one thread that hands events to the event loop;
 not an `add_reader` on the loop, which loses trigger events: see kernel/psi.py); the first
 refusal switches every watched file to polling the `total=` counter each tick, with one
-warning.
+warning. So does a trigger thread that died (an exception in it): each poll (the
+enforcer's tick) checks that it still runs; a dead one costs one error, and the mode
+(`modes()`, `agentd status`) says so.
 A fake source (a file in the same format, named by AGENTD_PRESSURE_FILE) replaces the
 root's file for tests that must drive the ladder without real memory pressure.
 """
@@ -18,6 +20,7 @@ from ..kernel import psi
 log = logging.getLogger("agentd.enforce")
 
 ROOT = ""                         # the key of the agentd root's file
+POLL_AFTER_THREAD_DIED = "poll (trigger thread died)"
 
 
 class PressureWatch:
@@ -101,10 +104,23 @@ class PressureWatch:
             self.events_total += 1
             self.on_pressure(key, seen, "psi-trigger")
 
+    def _check_thread(self):
+        """A trigger thread that died delivers nothing more: poll every file instead."""
+        err = self.triggers.died()
+        if err is None:
+            return
+        log.error("PSI trigger thread died (%s: %s): polling memory.pressure every tick instead; "
+                  "reactions come up to one tick later", type(err).__name__, err,
+                  exc_info=(type(err), err, err.__traceback__))
+        self.stop()
+        self.mode = POLL_AFTER_THREAD_DIED
+
     # --- polling -----------------------------------------------------------------
     def poll(self, now=None):
         """Read the files that are polled (all in poll mode, else the fake one)."""
         now = time.monotonic() if now is None else now
+        if self.triggers is not None:
+            self._check_thread()
         for key, path in list(self.paths.items()):
             if self.triggers is not None and not (self.fake_file and key == ROOT):
                 continue

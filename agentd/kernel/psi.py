@@ -135,6 +135,7 @@ class TriggerSet:
         self._ep.register(self._wake_r, select.EPOLLIN)
         self._thread = None
         self._stopping = False
+        self._error = None        # what ended the waiter thread on its own
 
     def add(self, key, path, threshold_us, window_us, kind="some"):
         """Register a trigger on `path` under `key`; FeatureMissing/CgroupGone on refusal."""
@@ -205,8 +206,24 @@ class TriggerSet:
         if self._thread is not None:
             return
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, args=(deliver,), name="agentd-psi", daemon=True)
+        self._error = None
+        self._thread = threading.Thread(target=self._run, args=(deliver,), name="agentd-psi", daemon=True)
         self._thread.start()
+
+    def died(self):
+        """The exception that ended the waiter thread, when it ended without stop();
+        None while it runs (or before start, or after stop). Nothing else would notice:
+        a dead waiter just delivers no more events, as if there were no pressure."""
+        th = self._thread
+        if th is None or th.is_alive() or self._stopping:
+            return None
+        return self._error or RuntimeError("the PSI trigger thread ended")
+
+    def _run(self, deliver):
+        try:
+            self._loop(deliver)
+        except Exception as err:          # kept for died(): the owner logs it and carries on
+            self._error = err
 
     def _loop(self, deliver):
         while not self._stopping:

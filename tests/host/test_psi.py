@@ -114,3 +114,43 @@ def test_daemon_falls_back_to_polling_with_one_warning_when_triggers_are_refused
     log = d.log()
     assert log.count("PSI triggers unavailable") == 1, log
     assert "multiples of 2 s" in log
+
+
+def test_a_trigger_thread_that_dies_leaves_the_watch_polling(cgfs, test_root, caplog):
+    """An exception in the trigger thread (here: handing a batch to the loop fails) ends
+    it, and trigger events stop. The watch's next poll (the enforcer's tick) notices,
+    logs it once, closes the triggers and polls every file, the removed cgroup's included."""
+    from agentd.enforce.pressure import POLL_AFTER_THREAD_DIED, PressureWatch
+    cg_a, cg_b = f"{test_root}/a", f"{test_root}/b"
+    cgfs.makedirs(cg_a)
+    cgfs.makedirs(cg_b)
+    w = PressureWatch(500_000, 2_000_000, lambda key, now, how: None)
+    w.watch("a", cgfs.path(cg_a, MEMORY_PRESSURE))
+    w.watch("b", cgfs.path(cg_b, MEMORY_PRESSURE))
+
+    def broken(fired, gone, seen):
+        raise RuntimeError("cannot hand the batch over")
+
+    async def main():
+        w._from_thread = broken
+        w.start(asyncio.get_running_loop())
+        assert w.mode == "psi-trigger" and sorted(w.triggers.keys()) == ["a", "b"]
+        cgfs.rmdir(cg_b)                  # an EPOLLERR batch: delivering it kills the thread
+        for _ in range(200):
+            if w.triggers.died():
+                break
+            await asyncio.sleep(0.01)
+        triggers = w.triggers
+        with caplog.at_level("ERROR", logger="agentd.enforce"):
+            w.poll()
+            w.poll()
+        return triggers
+
+    try:
+        triggers = asyncio.run(main())
+    finally:
+        w.stop()
+    assert w.mode == POLL_AFTER_THREAD_DIED and w.triggers is None
+    assert triggers.keys() == []          # closed: no fd left registered
+    assert list(w.paths) == ["a"]         # b's file is gone: unwatched by the poll
+    assert len([r for r in caplog.records if "PSI trigger thread died" in r.getMessage()]) == 1

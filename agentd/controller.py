@@ -137,6 +137,28 @@ class Controller:
         self._hook("on_agent_start", agent)
         return agent
 
+    # The class limits that follow the memory agentd manages (policy percentages). The
+    # others do not: cpu.weight is the CPU stage's to set, cpu.max and pids.max have
+    # nothing to do with the memory size.
+    SIZED_LIMITS = (cgf.MEMORY_MIN, cgf.MEMORY_LOW, cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
+
+    def resize_agents(self, reason):
+        """Write each running agent's memory limits again from its class in the current
+        planner: a policy's percentages resolve against the memory agentd manages, and
+        when that changes (a slice or container resized) running agents follow, not only
+        the ones started after. An agent whose class left the policy keeps its limits."""
+        for agent in list(self.agents.values()):
+            try:
+                _, _, limits = self.planner.agent_limits(agent.agent_class)
+            except AgentdError as err:
+                log.warning("agent %s keeps its memory limits: %s", agent.agent_id, err)
+                continue
+            sized = {k: v for k, v in limits.items() if k in self.SIZED_LIMITS}
+            try:
+                agent.limits_applied.update(self._apply(agent.cgroup, sized, f"agent {agent.agent_id}", reason))
+            except CgroupGone:
+                continue
+
     def _fresh_agent_name(self):
         base = time.strftime("a%Y%m%d-%H%M%S")
         for i in range(1000):

@@ -274,7 +274,10 @@ class App(ApiOps):
                     self.ctl.remove_agent(agent, reason="agent exited")
 
     def _follow_memory_size(self):
-        """A slice or container resized under us: the policy's sizes follow."""
+        """A slice or container resized under us: the policy's sizes follow, for what
+        starts from now on (reload), for the agents already running (their class's
+        memory limits written again), and for the hooks that keep a size of their own
+        (`on_memory_size(total)`, e.g. the forecaster's largest forecast)."""
         try:
             changed = self.memory.refresh()
         except AgentdError:
@@ -283,7 +286,16 @@ class App(ApiOps):
             old, self.host_memory = self.host_memory, self.memory.total
             log.info("memory agentd manages changed: %s -> %s", old, self.memory.describe())
             self.events.emit("memory_size", bytes=self.memory.total, cgroup=self.memory.cgroup)
-            self.reload()
+            ok, _ = self.reload()
+            if ok:
+                self.ctl.resize_agents(f"memory agentd manages: {old} -> {self.host_memory} bytes")
+            for h in self.hooks:
+                fn = getattr(h, "on_memory_size", None)
+                if fn:
+                    try:
+                        fn(self.host_memory)
+                    except Exception:
+                        log.exception("hook %s.on_memory_size failed", type(h).__name__)
 
     def _sample(self):
         for agent in self.ctl.agents.values():

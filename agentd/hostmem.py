@@ -8,8 +8,8 @@ memory.max on the path from agentd's root up to the hierarchy's top is the real 
 the machine agentd manages; what that cgroup does not yet use is what is available.
 
 One instance per daemon; `total` is what the policy's percentages resolve against (the
-daemon re-reads it every sweep and reloads the policy when it changes), `available()` is
-read on every decision.
+daemon re-reads it every sweep; when it changes, the policy is reloaded and running
+agents' memory limits written again), `available()` is read on every decision.
 """
 
 import logging

@@ -43,6 +43,12 @@ class Forecasting:
                                          host_budget=host_memory or (64 << 30))
         self.samples = {}         # tool key -> deque[(t, bytes)]
 
+    def resize(self, host_memory):
+        """The memory agentd manages changed: no forecast may exceed the new size (and
+        a class without a prior, "unlimited", is forecast at it)."""
+        if host_memory and host_memory > self.forecaster.floor:
+            self.forecaster.host_budget = int(host_memory)
+
     def _warn(self, err):
         if not self.warned:
             log.warning("tool-call history disabled: %s; forecasts come from class priors", err)

@@ -119,6 +119,9 @@ CATALOG = (
       REACTION_BUCKETS),
     M("agentd_pressure_events_total", COUNTER, (), "Pressure events the enforcer received (PSI triggers or polls).",
       "enforcer metric_stats()"),
+    M("agentd_pressure_own_stall_total", COUNTER, (),
+      "PSI events ignored: the stall was tool calls agentd holds at their memory.high, not a shortage.",
+      "enforcer metric_stats()"),
     # --- kernel programs and scheduling -----------------------------------------------------
     M("agentd_bpf_programs_loaded", GAUGE, ("program",), "1 for each BPF program family loaded and attached.",
       "monitor metric_stats()"),

@@ -26,6 +26,7 @@ log = logging.getLogger("agentd.metrics")
 STATS_KEYS = {
     "admission_waiting": "int, calls waiting for admission now",
     "pressure_events": "int, pressure events received since start",
+    "pressure_own_stall": "int, PSI events ignored as the stall of calls held at their memory.high",
     "bpf_programs": "{program: True/False loaded and attached}",
     "bpf_events": "{program: {event: count}} (e.g. read_stats() of each loaded object)",
     "autodetect": "{event: count} (placed, adopted, housekeeping, errors, resumed_late)",
@@ -41,6 +42,7 @@ STATS_KEYS = {
 
 # Scalar keys -> metric, and {label: count} keys -> metric.
 SCALARS = {"admission_waiting": "agentd_admission_waiting", "pressure_events": "agentd_pressure_events_total",
+           "pressure_own_stall": "agentd_pressure_own_stall_total",
            "sched_ext_ejections": "agentd_sched_ext_ejections_total",
            "gpu_unattributed_bytes": "agentd_gpu_unattributed_memory_bytes", "gpu_waiting": "agentd_gpu_waiting",
            "gpu_queued_total": "agentd_gpu_queued_total", "gpu_wait_seconds_total": "agentd_gpu_wait_seconds_total"}

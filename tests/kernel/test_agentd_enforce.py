@@ -6,7 +6,9 @@
   BPF memory watch before the kernel's OOM killer acts (no OOM kill at all);
 - admission control makes a call wait until a running call frees its memory;
 - `agentd tool` under memory.max is OOM-killed as a tool call, told why in one sentence,
-  and the agent's main process and the daemon survive.
+  and the agent's main process and the daemon survive;
+- a call held at the memory.high agentd gave it stalls, and that stall is not taken for a
+  shortage: the ladder leaves the call alone.
 
 One daemon serves the module: under emulation its start-up (Python, BPF verification)
 costs about a minute, which the per-test alarm must not count.
@@ -36,6 +38,12 @@ agent_classes:
   normal: {}
   squeezed:
     memory: {high: 96Mi}
+# The built-in tool classes, plus `held`: a call the policy holds at 48 MiB of memory.high.
+tool_classes:
+  interactive: {priority: 80, latency: interactive, cpu: {weight: 200}, straggler_grace_s: 0.5}
+  normal: {priority: 50}
+  batch: {priority: 20, latency: batch, cpu: {weight: 50}}
+  held: {priority: 20, memory: {high: 48Mi}}
 pressure:
   psi_some_threshold_us: 100000
   psi_window_us: 2000000
@@ -357,4 +365,38 @@ def test_agentd_tool_oom_killed_as_a_tool_call_agent_and_daemon_survive(daemon, 
         assert d.proc.poll() is None and d.request({"op": "hello"})["ok"]
         figure("OOM-killed tool call peak", f"{res['memory_peak_bytes'] / 2**20:.1f}", "MiB")
     finally:
+        end_agent(agent)
+
+
+# The held call wants 96 MiB under a memory.high of 48 MiB: with no swap it stalls in
+# memory.high's reclaim from 48 MiB on, and inches past it (memory.high is not a hard cap).
+HELD_SCRIPT = """\
+OUT="$1"; HOG="$2"; shift 2
+"$@" tool --class held -- "$HOG" alloc 96 "$OUT/held.state" 2>"$OUT/held.err"
+echo $? > "$OUT/held.rc"
+"""
+
+
+def test_a_call_held_at_its_memory_high_is_not_escalated_by_its_own_stall(daemon, cgfs, tmp_path, hog, figure):
+    """Its stall fires the tree's and its agent's PSI triggers; agentd sees that the held call
+    explains the stall and takes no ladder step (before, it throttled, froze and killed the
+    call within seconds, for a stall its own limit made)."""
+    d = daemon
+    wait_calm(d, cgfs)
+    seen = len(events(d))
+    agent, out = start_agent(d, tmp_path, "held", HELD_SCRIPT, hog)
+    try:
+        tool = tool_ids(d, "held", 1)["held"]
+        wait_for(lambda: State(out / "held.state").value() >= 44, 60, "the held call to reach its memory.high")
+        ev = wait_event(d, lambda e: e.get("event") == "pressure_ignored" and f"held/{tool}" in e.get("held", ()),
+                        timeout=30)
+        time.sleep(6.0)              # three more PSI windows of the same stall
+        acts = [e for e in actions(d, "held")]
+        assert acts == [], acts
+        assert not (out / "held.rc").exists(), (out / "held.err").read_text()
+        n = sum(1 for e in events(d)[seen:] if e.get("event") == "pressure_ignored")
+        figure("PSI events ignored as the held call's own stall (>= 6 s)", n)
+        figure("stall the held call explained (first event)", f"{ev['held_us'] / max(ev['stall_us'], 1) * 100:.0f}", "%")
+    finally:
+        end_tools(d, "held")
         end_agent(agent)

@@ -159,6 +159,19 @@ def test_running_call_memory_high_follows_its_growth_within_free_memory():
     assert [int(w[2]) for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH] == [900 * MiB]
 
 
+def test_a_policys_own_memory_high_stays_the_ceiling_while_the_call_grows():
+    e, app = make()
+    samples = iter([100 * MiB, 300 * MiB, 500 * MiB, 700 * MiB, 900 * MiB] + [900 * MiB] * 20)
+    app.ctl.sample_tool = lambda t: next(samples)
+    t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB), cgf.MEMORY_HIGH: str(GiB)})
+    assert int(t.plan.limits[cgf.MEMORY_HIGH]) == GiB
+    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(GiB)
+    t.limits_applied = dict(t.plan.limits)
+    for i in range(8):
+        e.tick(100.0 + i * 0.5)
+    assert all(int(w[2]) <= GiB for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH), app.fs.writes
+
+
 def test_reloaded_policy_changes_the_ladder_steps():
     e, app = make()
     assert e.ladder.steps == ("freeze", "kill")
@@ -405,3 +418,72 @@ def test_a_frozen_call_that_would_not_fit_waits_the_whole_relief_interval():
     e, t = _frozen_call_with_forecast(avail=512 * MiB)     # needs 1014 + 54 MiB
     at = _thawed_at(e, t, 115)
     assert at is not None and at >= 110.0
+
+
+def _pressure_files(tmp_path, app, e):
+    """Real pressure files under tmp_path for the tree and every cgroup (the FS double has
+    none); returns a function writing a `some total=` figure into one."""
+    import os
+
+    def path(cg, name=None):
+        return str(tmp_path / (cg.replace("/", "_") + "." + (name or "dir")))
+    app.fs.path = path
+
+    def write(cg, total):
+        with open(path(cg, cgf.MEMORY_PRESSURE), "w") as f:
+            f.write(f"some avg10=0.00 avg60=0.00 avg300=0.00 total={total}\n"
+                    f"full avg10=0.00 avg60=0.00 avg300=0.00 total={total}\n")
+    write("r", 0)
+    e.watch.watch("", path("r", cgf.MEMORY_PRESSURE))
+    assert os.path.exists(path("r", cgf.MEMORY_PRESSURE))
+    return write
+
+
+def test_the_stall_of_a_call_agentd_throttled_does_not_escalate_the_ladder(tmp_path):
+    e, app = make(steps="[throttle, freeze, kill]")
+    write = _pressure_files(tmp_path, app, e)
+    t = add(app, e, "a", "0001-batch", 20, limits={cgf.MEMORY_HIGH: str(64 * MiB)})
+    t.limits_applied = {cgf.MEMORY_HIGH: str(64 * MiB)}
+    e.tools[t.key].applied = ["throttle"]          # the ladder throttled it just before
+    e.ladder.last_step = 99.9
+    write(t.cgroup, 0)
+    e.tick(100.0)                                   # base readings: tree and call
+    # In the next second the tree stalled 1 s, 0.99 s of it in the throttled call.
+    write("r", 1_000_000)
+    write(t.cgroup, 990_000)
+    e._on_pressure("", 101.0, "psi-trigger")
+    assert not t.frozen and not any(w[1] in (cgf.FREEZE, cgf.KILL) for w in app.fs.writes)
+    assert e.counters["pressure_own_stall_total"] == 1
+    ignored = [f for kind, f in app.events.got if kind == "pressure_ignored"]
+    assert ignored and ignored[0]["held"] == [t.key] and ignored[0]["stall_us"] == 1_000_000
+    # Later a stall the call does not explain (other tasks wait on memory): the ladder acts.
+    write("r", 2_000_000)
+    write(t.cgroup, 1_200_000)
+    e._on_pressure("", 102.0, "psi-trigger")
+    assert t.frozen
+
+
+def test_a_call_held_by_its_agents_own_limit_is_not_agentds_doing(tmp_path):
+    # The agent's memory.high binds: its class's limit makes the stall, and the ladder acts
+    # on it as before (tests/kernel/test_agentd_enforce.py's ladder test).
+    e, app = make(steps="[throttle, freeze, kill]")
+    write = _pressure_files(tmp_path, app, e)
+    t = add(app, e, "a", "0001-batch", 20)
+    t.limits_applied = {cgf.MEMORY_HIGH: str(64 * MiB)}
+    e.tools[t.key].applied = ["throttle"]
+    e.ladder.last_step = 99.9
+    app.fs.files[("r/agents/a", cgf.MEMORY_HIGH)] = str(96 * MiB)
+    app.fs.files[("r/agents/a", cgf.MEMORY_CURRENT)] = str(95 * MiB)
+    write(t.cgroup, 0)
+    e.tick(100.0)
+    write("r", 1_000_000)
+    write(t.cgroup, 1_000_000)
+    e._on_pressure("", 101.0, "psi-trigger")
+    assert t.frozen
+    assert "pressure_own_stall_total" not in e.counters
+
+
+def test_a_resize_bounds_the_forecasts_by_the_new_size():
+    e, app = make()
+    e.on_memory_size(2 * GiB)
+    assert e.fc.forecaster.host_budget == 2 * GiB

@@ -56,7 +56,7 @@ class Stage:
     def metric_stats(self):
         if self.fail:
             raise RuntimeError("stage broke")
-        return {"admission_waiting": 2, "pressure_events": 7,
+        return {"admission_waiting": 2, "pressure_events": 7, "pressure_own_stall": 3,
                 "bpf_programs": {"lifecycle": True, "memwatch": False},
                 "bpf_events": {"lifecycle": {"lost": 0, "stopped": 3}},
                 "autodetect": {"placed": 4, "errors": 0}, "cpu_scheduler": "sched_ext",

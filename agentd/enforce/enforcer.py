@@ -55,6 +55,7 @@ class ToolState:
         self.evidence = False     # forecast backed by history or a declared --mem
         self.watch_prev = None    # (ts_ns, rss_bytes) of the latest memory-watch event
         self.ceiling = None       # the policy's own memory.high for the call: never raised past
+        self.released = float("-inf")   # when the ladder last gave its memory.high back
 
 
 class Enforcer:
@@ -219,7 +220,14 @@ class Enforcer:
         # the kernel's OOM killer may come within a PSI window of that.
         rate = self._growth_rate(st, ev)
         room, own = self._room(agent, available)
-        if room is None or rate * p.memory_watch_horizon_s <= room:
+        grow = rate * p.memory_watch_horizon_s
+        peak = (st.live.peak_bytes if st.live else 0) or getattr(tool.forecast, "peak_bytes", 0) or 0
+        if st.evidence and st.current < peak:
+            # Below a forecast with evidence behind it, the growth still to come is what
+            # the forecast says (admission counted it), not the burst's pace carried over
+            # the whole horizon: a 0.4 s call growing 250 MiB/s is not a 500 MiB call.
+            grow = min(grow, peak - st.current)
+        if room is None or grow <= room:
             return
         # The kernel stamped the event (CLOCK_MONOTONIC, as time.monotonic()): reactions
         # are timed from it.
@@ -337,7 +345,9 @@ class Enforcer:
                 if tool.done or st is None or tool.frozen:
                     continue
                 high = _bytes(tool.limits_applied.get(cgf.MEMORY_HIGH))
-                if THROTTLE in st.applied:
+                if THROTTLE in st.applied or time.monotonic() - st.released <= self.ladder.window_s:
+                    # Throttled now, or until less than a window ago: the trigger that
+                    # fires now reports the stall of the window before it.
                     mine.append(tool)
                 elif high is not None:
                     if fresh:
@@ -508,6 +518,7 @@ class Enforcer:
                 rec = self.actuator.act(tool, "restore", d.reason,
                                         new_high=None if saved in (None, "max") else int(saved))
                 st.applied = [s for s in st.applied if s != THROTTLE]
+                st.released = time.monotonic()
             elif d.action == FREEZE:
                 rec = self.actuator.act(tool, FREEZE, d.reason, trigger_ts=trig)
                 st.applied.append(FREEZE)

@@ -3,7 +3,10 @@
 While memory pressure lasts, one step is taken every `step_interval_s` on the
 lowest-priority running tool call that can still escalate (the agent's priority first,
 then the call's class): throttle (lower memory.high), then freeze, then kill, in the
-policy's step order. Urgent pressure (the memory watch saw growth that would use up the
+policy's step order. Each step needs an event newer than the step before it: a PSI
+trigger fires once per window while the stall lasts, and the memory watch reports once per
+interval while the growth lasts, so a step that ended the stall or the growth is not
+followed by another on the old event's account. Urgent pressure (the memory watch saw growth that would use up the
 memory left within its horizon) is answered at once and paced by `urgent_interval_s`, the
 watch's own reporting interval; it lasts only while the growth goes on, so the faster pace
 ends once the growth is stopped. Only when every tool call is at the top of the ladder
@@ -87,6 +90,11 @@ class Ladder:
             gap = min(self.step_interval_s, self.urgent_interval_s) if self.urgent(now) else self.step_interval_s
             if now - self.last_step < gap:
                 return None
+            if self.last_pressure <= self.last_step:
+                # No event since the last step: that step may have been the answer (a
+                # throttled call stops growing, a frozen one stops stalling). The next
+                # step waits for new evidence, not for the old event's hold to run out.
+                return None
             d = self._escalate(candidates)
             if d:
                 self.last_step = now
@@ -138,14 +146,17 @@ class Ladder:
         return None
 
     def _relieve(self, candidates):
-        """(candidate, Decision) for the next step to undo, or (None, None)."""
+        """(candidate, Decision) for the next step to undo, or (None, None). A frozen and
+        throttled call that fits gets its limit back while still frozen, then is thawed:
+        thawed first, it would only stall against the throttled limit. One that does not
+        fit is thawed first and keeps the lower limit a while longer."""
         for c in sorted(candidates, key=relief_order):
             if KILL in c.applied:
                 continue          # dying or dead: nothing to give back
+            if THROTTLE in c.applied and (c.fits or FREEZE not in c.applied):
+                return c, Decision(RESTORE, c.key, "pressure gone")
             if FREEZE in c.applied:
                 return c, Decision(THAW, c.key, "pressure gone")
-            if THROTTLE in c.applied:
-                return c, Decision(RESTORE, c.key, "pressure gone")
         return None, None
 
 

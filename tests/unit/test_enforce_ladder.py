@@ -190,3 +190,28 @@ def test_a_fitting_low_call_does_not_jump_a_high_call_that_does_not_fit():
     lad.pressure(0.0)
     assert lad.decide(5.0, [hi, lo]) is None
     assert lad.decide(10.0, [hi, lo]).key == "hi/build"
+
+
+def test_each_step_needs_an_event_newer_than_the_last_step():
+    # One PSI event holds for 1.5 windows (3 s) but is answered by one step: the throttle
+    # may have ended the stall; the next step waits for the next event.
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=10.0, window_s=2.0)
+    c = Candidate("lo/test", 20)
+    lad.pressure(0.0)
+    assert lad.decide(0.0, [c]).action == THROTTLE
+    c.applied = (THROTTLE,)
+    assert lad.decide(1.0, [c]) is None and lad.decide(2.5, [c]) is None
+    lad.pressure(2.6)                              # the stall went on: the trigger fires again
+    assert lad.decide(2.6, [c]).action == FREEZE
+
+
+def test_a_throttled_and_frozen_call_that_fits_gets_its_limit_back_before_the_thaw():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
+    c = Candidate("lo/test", 20, applied=(THROTTLE, FREEZE), fits=True)
+    lad.pressure(0.0)
+    assert lad.decide(2.0, [c]).action == "restore"
+    # One that does not fit is thawed first, the limit kept (after the whole interval).
+    lad2 = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
+    c2 = Candidate("lo/test", 20, applied=(THROTTLE, FREEZE), fits=False)
+    lad2.pressure(0.0)
+    assert lad2.decide(10.0, [c2]).action == "thaw"

@@ -2,6 +2,7 @@
 plan time, ladder actions on the right cgroups in priority order, the main cgroup only
 with kill_main_allowed, relief on pressure's end."""
 
+import time
 import types
 
 from agentd.enforce.enforcer import Enforcer
@@ -124,7 +125,7 @@ def test_relief_thaws_highest_priority_first_after_pressure_ends():
     low = add(app, e, "a", "0001-batch", 20)
     high = add(app, e, "a", "0002-interactive", 80)
     e._on_pressure("", 100.0, "test")
-    e.tick(101.0)
+    e._on_pressure("", 101.0, "test")             # the stall goes on: a second event
     assert low.frozen and high.frozen
     thaws = []
     t = 101.5
@@ -487,3 +488,29 @@ def test_a_resize_bounds_the_forecasts_by_the_new_size():
     e, app = make()
     e.on_memory_size(2 * GiB)
     assert e.fc.forecaster.host_budget == 2 * GiB
+
+
+def test_memory_watch_projects_a_call_below_its_forecast_only_up_to_the_forecast():
+    """Fast growth with a forecast behind it: what is still to come is the forecast's rest,
+    not the burst's pace over the whole horizon. Past its forecast, the pace counts."""
+    from agentd.monitor.events import MemEvent, MemReason
+    e, app = make()
+    e.memwatch = types.SimpleNamespace(set_limit=lambda *a, **k: None, clear=lambda cg: None)
+    t = add(app, e, "a", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
+    t.cgroup_id = 4242
+    e.on_tool_start(app.ctl.agents["a"], t)
+    st = e.tools[t.key]
+    st.evidence = True
+    t.forecast = types.SimpleNamespace(peak_bytes=120 * MiB)
+    e.available_fn = lambda: 200 * MiB
+
+    def grow(rss, growth):
+        e._on_mem(MemEvent(cgroup_id=4242, reason=next(iter(MemReason)), rss_bytes=rss, threshold_bytes=0,
+                           rate_bytes_per_s=0, growth_bytes=growth, window_ns=250_000_000, pid=1, ts_ns=0))
+    # 250 MiB/s x 2 s = 500 MiB > 200 MiB left, but the forecast leaves 100 MiB to come.
+    grow(20 * MiB, 62 * MiB)
+    assert not e.ladder.under_pressure(time.monotonic())
+    # Past its forecast, the pace is all there is: urgent.
+    st.watch_prev = None
+    grow(130 * MiB, 62 * MiB)
+    assert e.ladder.urgent(time.monotonic())

@@ -1,0 +1,245 @@
+"""What one tool call costs the daemon: CPU ms and wall ms per `agentd tool` call, next
+to the same command run plainly, in one run.
+
+    sudo python3 bench/percall.py                      # this host's cgroup v2
+    python3 bench/percall.py --vm                      # the kernel tier's VM (QEMU, 2 vCPUs)
+    python3 bench/percall.py --vm --tree /path/to/other/checkout --tree .   # side by side
+
+For each source tree (default: this checkout) the script starts `agentd daemon` from it on
+a private cgroup root (under a 1 GiB memory.max in the VM, so the policy's percentages
+resolve as on a small host), with the given policy (default: multi-tenant), its socket,
+state and event log in a temporary folder. It measures the daemon's idle CPU for a few
+seconds, then starts one agent that runs `agentd tool -- CMD` and plain `CMD`
+alternately, `--calls` times each, and reports per call:
+
+  wall      spawn to reap, median and mean (the agent waits this long)
+  caller    user+sys CPU of the command and everything it forked (launcher included)
+  daemon    the daemon's user+sys CPU over the calls (/proc/PID/stat), less its idle rate
+
+The idle rate (timers: enforcer ticks, sweeps, samples) is reported on its own line: it
+is what the daemon costs with no call running. Run VM jobs under the shared VM lock.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IDLE_S = 4.0
+WARMUP = 3
+PARENT = "agentd-percall"
+PARENT_MEMORY = 1 << 30
+
+
+def proc_cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        w = f.read().rsplit(")", 1)[1].split()
+    return (int(w[11]) + int(w[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- inside the agent -----------------------------------------------------------------
+def agent_loop(args):
+    """Runs as the agent: alternate `agentd tool -- CMD` and `CMD`; JSON to args.result."""
+    cmd = shlex.split(args.cmd)
+    via = [args.launcher, "tool", "--"] + cmd
+    env = dict(os.environ)
+    err = os.open(os.path.join(os.path.dirname(args.result), "agent.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def one(argv):
+        t = time.perf_counter()
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, err, 2)])
+        _, status, ru = os.wait4(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"percall: {' '.join(argv)} exited with {os.waitstatus_to_exitcode(status)}")
+        return (time.perf_counter() - t) * 1e3, (ru.ru_utime + ru.ru_stime) * 1e3
+
+    for _ in range(WARMUP):
+        one(cmd)
+        one(via)
+    res = {"plain": [], "agentd": []}
+    # The daemon's CPU over the whole loop (its counters tick in 10 ms steps: per-call
+    # deltas would be mostly rounding); the caller takes its idle share off.
+    c0, t0 = proc_cpu_s(args.daemon_pid), time.monotonic()
+    for i in range(args.calls):
+        # Alternate which goes first: neither always runs on a just-warmed cache.
+        order = (("plain", cmd), ("agentd", via)) if i % 2 else (("agentd", via), ("plain", cmd))
+        for name, argv in order:
+            res[name].append(one(argv))
+    res["daemon_cpu_s"], res["elapsed_s"] = proc_cpu_s(args.daemon_pid) - c0, time.monotonic() - t0
+    Path(args.result).write_text(json.dumps(res))
+
+
+# --- one tree ---------------------------------------------------------------------------
+def measure_tree(tree, args, work):
+    from agentd.kernel.cgroupfs import CgroupFS, find_cgroup2_mount
+    fs = CgroupFS(find_cgroup2_mount())
+    root = f"{PARENT}/{os.getpid()}-{abs(hash(tree)) % 10000}"
+    d = tempfile.mkdtemp(prefix="percall-", dir=work)
+    sock, events = os.path.join(d, "agentd.sock"), os.path.join(d, "events.jsonl")
+    launcher = os.path.join(tree, "agentd", "_bin", "agentd")
+    env = dict(os.environ, AGENTD_SOCKET=sock, PYTHONPATH=tree)
+    policy = args.policy if os.path.sep in args.policy else os.path.join(tree, "policies", f"{args.policy}.yaml")
+    with open(os.path.join(d, "daemon.log"), "w") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "agentd", "daemon", "--root", root, "--socket", sock,
+                                   "--state-dir", os.path.join(d, "state"), "--event-log", events,
+                                   "--metrics-listen", "none", "--policy", policy],
+                                  stdout=log, stderr=log, cwd=tree, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while not (os.path.exists(events) and "daemon_start" in Path(events).read_text()):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"percall: the daemon from {tree} did not start:\n"
+                                 + Path(d, "daemon.log").read_text()[-3000:])
+            time.sleep(0.2)
+        time.sleep(2.0)                   # the stages' first ticks
+        c0 = proc_cpu_s(daemon.pid)
+        time.sleep(IDLE_S)
+        idle_rate = (proc_cpu_s(daemon.pid) - c0) / IDLE_S
+        out = os.path.join(d, "agent.json")
+        agent = [launcher, "run", "--name", "percall", "--", sys.executable, str(Path(__file__).resolve()),
+                 "--agent-loop", "--launcher", launcher, "--daemon-pid", str(daemon.pid), "--calls", str(args.calls),
+                 "--cmd", args.cmd, "--result", out]
+        rc = subprocess.run(agent, env=env, cwd=tree).returncode
+        if rc != 0:
+            raise SystemExit(f"percall: the agent failed ({rc}):\n" + Path(d, "agent.err").read_text()[-2000:]
+                             + Path(d, "daemon.log").read_text()[-2000:])
+        res = json.loads(Path(out).read_text())
+        err = Path(d, "agent.err").read_text()
+        if "agentd: " in err:
+            raise SystemExit(f"percall: agentd tool fell back or failed:\n{err[:2000]}")
+        n = len(res["agentd"])
+        ends = [e for e in map(json.loads, open(events)) if e.get("event") == "tool_end" and e.get("origin") != "auto"]
+        if len(ends) != n + WARMUP:
+            raise SystemExit(f"percall: the daemon logged {len(ends)} tool calls, expected {n + WARMUP}")
+        daemon_ms = res["daemon_cpu_s"] * 1e3 / n
+        idle_ms = idle_rate * res["elapsed_s"] * 1e3 / n
+        row = {"tree": tree, "calls": n, "policy": args.policy, "cmd": args.cmd, "idle_cpu_ms_per_s": idle_rate * 1e3}
+        for name in ("plain", "agentd"):
+            walls, cpus = [w for w, _ in res[name]], [c for _, c in res[name]]
+            row[f"{name}_wall_median_ms"] = statistics.median(walls)
+            row[f"{name}_wall_mean_ms"] = statistics.mean(walls)
+            row[f"{name}_caller_cpu_ms"] = statistics.mean(cpus)
+        row["daemon_cpu_ms_per_call"] = daemon_ms - idle_ms
+        row["daemon_cpu_ms_per_call_raw"] = daemon_ms
+        return row
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        if fs.exists(root):
+            fs.kill(root)
+            fs.wait_empty(root, 5)
+            fs.remove_tree(root)
+
+
+def report(rows, where):
+    print(f"per tool call, {where}: `{rows[0]['cmd']}`, policy {rows[0]['policy']}, {rows[0]['calls']} calls each")
+    print(f"  {'tree':32s} {'':8s} {'wall median':>12s} {'wall mean':>10s} {'caller CPU':>11s} {'daemon CPU':>11s}")
+    for r in rows:
+        t = r["tree"] if len(r["tree"]) <= 32 else "..." + r["tree"][-29:]
+        print(f"  {t:32s} {'plain':8s} {r['plain_wall_median_ms']:10.1f}ms {r['plain_wall_mean_ms']:8.1f}ms "
+              f"{r['plain_caller_cpu_ms']:9.1f}ms {'':>11s}")
+        print(f"  {'':32s} {'agentd':8s} {r['agentd_wall_median_ms']:10.1f}ms {r['agentd_wall_mean_ms']:8.1f}ms "
+              f"{r['agentd_caller_cpu_ms']:9.1f}ms {r['daemon_cpu_ms_per_call']:9.1f}ms")
+        print(f"  {'':32s} {'extra':8s} {r['agentd_wall_median_ms'] - r['plain_wall_median_ms']:10.1f}ms "
+              f"{r['agentd_wall_mean_ms'] - r['plain_wall_mean_ms']:8.1f}ms "
+              f"{r['agentd_caller_cpu_ms'] - r['plain_caller_cpu_ms']:9.1f}ms {r['daemon_cpu_ms_per_call']:9.1f}ms")
+        print(f"  {'':32s} daemon idle: {r['idle_cpu_ms_per_s']:.1f} ms CPU per second "
+              f"(subtracted; raw {r['daemon_cpu_ms_per_call_raw']:.1f} ms per call)")
+    sys.stdout.flush()
+
+
+def run_here(args):
+    from agentd.kernel.cgroupfs import CgroupFS, find_cgroup2_mount
+    mount = find_cgroup2_mount()
+    if os.geteuid() != 0 or not mount:
+        raise SystemExit("percall: needs root and cgroup v2 (or --vm)")
+    fs = CgroupFS(mount)
+    fs.mkdir(PARENT)
+    if args.guest:
+        fs.enable_controllers("", ("memory", "cpu", "pids"))
+        fs.enable_controllers(PARENT, ("memory", "cpu", "pids"))
+        if fs.has(PARENT, "memory.max"):
+            fs.write(PARENT, "memory.max", PARENT_MEMORY)
+    work = tempfile.mkdtemp(prefix="agentd-percall-")
+    rows = []
+    try:
+        for tree in args.tree:
+            rows.append(measure_tree(str(Path(tree).resolve()), args, work))
+    finally:
+        if fs.exists(PARENT) and not fs.children(PARENT):
+            fs.rmdir(PARENT)
+    report(rows, "in the kernel tier's VM (QEMU TCG, 2 vCPUs)" if args.guest else f"on this host ({os.uname().release})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def run_vm(args):
+    """One boot per tree: loading the sched_ext scheduler a second time in one boot of the
+    emulated guest sometimes hits an int3 Oops while the kernel patches its text; a boot
+    that panics is booted again."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import replay                         # its boot_in_vm: the kernel tier's VM
+    base = args.out or tempfile.mkdtemp(prefix="percall-", dir=REPO / ".cache")
+    rows = []
+    for i, tree in enumerate(args.tree):
+        for attempt in range(3):
+            out = os.path.join(base, f"tree{i}-{attempt}")
+            os.makedirs(out, exist_ok=True)
+            result = os.path.join(out, "percall.json")
+            inner = [sys.executable, str(Path(__file__).resolve()), "--guest", "--calls", str(args.calls),
+                     "--policy", args.policy, "--cmd", args.cmd, "--json", result, "--tree", str(Path(tree).resolve())]
+            status = replay.boot_in_vm(" ".join(shlex.quote(a) for a in inner), out, "4G", args.timeout)
+            if status == 0 and os.path.exists(result):
+                rows += json.loads(Path(result).read_text())
+                break
+            console = Path(out, "console.log").read_text(errors="replace") if Path(out, "console.log").exists() else ""
+            if "Kernel panic" not in console:
+                log = Path(out, "guest.log")
+                raise SystemExit(f"percall: the guest run failed (status {status}); see {out}\n"
+                                 + (log.read_text()[-3000:] if log.exists() else ""))
+            print(f"percall: the guest kernel panicked (emulation); booting again", file=sys.stderr)
+        else:
+            raise SystemExit(f"percall: the guest kernel panicked {attempt + 1} times; see {base}")
+    report(rows, "in the kernel tier's VM (QEMU TCG, 2 vCPUs)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vm", action="store_true", help="run in the kernel tier's VM")
+    p.add_argument("--tree", action="append", help="agentd source tree to measure (repeatable; default: this one)")
+    p.add_argument("--calls", type=int, help="tool calls (and plain runs) per tree (default: 40 in the VM, 300 here)")
+    p.add_argument("--policy", default="multi-tenant", help="shipped policy name or a path")
+    p.add_argument("--cmd", default="/bin/sh -c true", help="the command each call runs")
+    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--out", help="(--vm) folder for the guest's logs")
+    p.add_argument("--timeout", type=int, default=1800, help="(--vm) seconds for the whole guest run")
+    p.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--agent-loop", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--launcher", help=argparse.SUPPRESS)
+    p.add_argument("--daemon-pid", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.agent_loop:
+        return agent_loop(args)
+    args.tree = args.tree or [str(REPO)]
+    args.calls = args.calls or (40 if args.vm or args.guest else 300)
+    sys.path.insert(0, str(REPO))
+    return run_vm(args) if args.vm else run_here(args)
+
+
+if __name__ == "__main__":
+    main()

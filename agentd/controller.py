@@ -76,8 +76,15 @@ class Controller:
         if tool is not None:
             self.state.record("tool", tool.key, None if (removed or tool.done) else tool.to_state())
 
-    def _apply(self, cg, limits, who, reason):
-        """Write limit files; log old -> new; skip files the kernel does not offer here."""
+    def _apply(self, cg, limits, who, reason, fresh=False):
+        """Write limit files; log old -> new; skip files the kernel does not offer here.
+
+        `fresh`: `cg` was just made, so every file holds the kernel's default: each limit
+        is one write (no stat, no read back) and the call gets one log line, not one per
+        file. This is the per-tool-call path; in an emulated guest every cgroupfs
+        syscall costs a fraction of a millisecond and a log line about a millisecond."""
+        if fresh:
+            return self._apply_fresh(cg, limits, who, reason)
         applied = {}
         for name, value in limits.items():
             if value is None:
@@ -97,14 +104,29 @@ class Controller:
                 log.warning("%s: cannot set %s=%s: %s", who, name, value, err)
         return applied
 
+    def _apply_fresh(self, cg, limits, who, reason):
+        applied = {}
+        for name, value in limits.items():
+            if value is None:
+                continue
+            new = "max" if value == "max" else str(value)
+            try:
+                if self.fs.write_if_offered(cg, name, new):
+                    applied[name] = new
+            except CgroupGone:
+                raise
+            except KernelError as err:
+                log.warning("%s: cannot set %s=%s: %s", who, name, value, err)
+        if applied:
+            log.info("%s: %s (%s)", who, ", ".join(f"{k}={v}" for k, v in applied.items()), reason)
+        return applied
+
     def _kill_whole(self, cg, who):
         """memory.oom.group=1: an OOM victim inside `cg` takes all of it (agentd/oom.py).
         It scopes the kernel's kill and limits nothing, so it is written apart from the
         limits: not in limits_applied (status, events) nor in their log lines."""
-        if not self.fs.has(cg, cgf.MEMORY_OOM_GROUP):
-            return
         try:
-            self.fs.write(cg, cgf.MEMORY_OOM_GROUP, "1")
+            self.fs.write_if_offered(cg, cgf.MEMORY_OOM_GROUP, "1")
         except CgroupGone:
             raise
         except KernelError as err:
@@ -274,7 +296,8 @@ class Controller:
         try:
             self._hook("on_tool_plan", agent, tool)      # forecaster may adjust plan.limits
             tool.limits_applied = self._apply(cg, plan.limits, f"tool {tool.key}",
-                                              f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""))
+                                              f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""),
+                                              fresh=True)
             self._kill_whole(cg, f"tool {tool.key}")
             tool.cgroup_id = self.fs.cgroup_id(cg)
             if pid is not None:
@@ -305,8 +328,9 @@ class Controller:
     def sample_tool(self, tool):
         """Current memory of a tool call: memory.current, else the sum of its processes' RSS."""
         try:
-            if self.fs.has(tool.cgroup, cgf.MEMORY_CURRENT):
-                cur = self.fs.read_int(tool.cgroup, cgf.MEMORY_CURRENT)
+            text = self.fs.read_if_offered(tool.cgroup, cgf.MEMORY_CURRENT)
+            if text is not None:
+                cur = cgf.parse_int(text)
             elif self.sampler:
                 cur = self.sampler(self.fs.procs(tool.cgroup))
             else:
@@ -329,7 +353,7 @@ class Controller:
         stragglers = 0
         removed = True
         try:
-            if self.fs.exists(cg) and self.fs.populated(cg):
+            if self.fs.populated(cg):         # CgroupGone when it is gone
                 self.sample_tool(tool)
                 stragglers = len(self.fs.procs(cg))
                 if tool.frozen:
@@ -386,14 +410,19 @@ class Controller:
             return acc
         cg = tool.cgroup
         try:
-            if self.fs.has(cg, cgf.MEMORY_EVENTS):
-                ev = self.fs.read_flat_keyed(cg, cgf.MEMORY_EVENTS)
+            # One read per file, no stat first: a file the kernel does not offer costs
+            # the stat only then (read_if_offered).
+            text = self.fs.read_if_offered(cg, cgf.MEMORY_EVENTS)
+            if text is not None:
+                ev = cgf.parse_flat_keyed(text)
                 acc["memory_events"] = {k: ev.get(k, 0) for k in ("low", "high", "max", "oom", "oom_kill")}
-            if self.fs.has(cg, cgf.MEMORY_PEAK):
-                acc["memory_peak_cgroup"] = self.fs.read_int(cg, cgf.MEMORY_PEAK)
-            if self.fs.has(cg, cgf.CPU_STAT):
-                acc["cpu_s"] = self.fs.read_flat_keyed(cg, cgf.CPU_STAT).get("usage_usec", 0) / 1e6
-        except (CgroupGone, KernelError):
+            text = self.fs.read_if_offered(cg, cgf.MEMORY_PEAK)
+            if text is not None:
+                acc["memory_peak_cgroup"] = cgf.parse_int(text)
+            text = self.fs.read_if_offered(cg, cgf.CPU_STAT)
+            if text is not None:
+                acc["cpu_s"] = cgf.parse_flat_keyed(text).get("usage_usec", 0) / 1e6
+        except (CgroupGone, KernelError, ValueError):
             pass
         return acc
 

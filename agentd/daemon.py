@@ -248,6 +248,7 @@ class App(ApiOps):
         if self.metrics:
             self.metrics.shutdown()
         self.events.emit("daemon_stop", pid=os.getpid())
+        self.events.close()
 
     async def _periodic(self, interval, fn):
         while True:

@@ -14,20 +14,22 @@ agents' memory limits written again), `available()` is read on every decision.
 
 import logging
 
-from .errors import AgentdError
+from .errors import AgentdError, KernelError
 from .kernel import cgroupfs as cgf
+from .kernel.procfs import meminfo
 
 log = logging.getLogger("agentd")
 
 
 def _host():
-    """(MemTotal, MemAvailable) in bytes, or (None, None) when unknown."""
+    """(MemTotal, MemAvailable) in bytes, or (None, None) when unknown. Read on every
+    admission decision and enforcer tick: two lines of /proc/meminfo, not psutil's full
+    parse of it."""
     try:
-        import psutil
-        vm = psutil.virtual_memory()
-        return int(vm.total), int(vm.available)
-    except Exception:
+        m = meminfo(("MemTotal", "MemAvailable"))
+    except KernelError:
         return None, None
+    return m.get("MemTotal"), m.get("MemAvailable")
 
 
 def tightest_limit(fs, root):
@@ -74,10 +76,8 @@ def reclaimable(fs, cg):
     usage sits near the limit while most of it is cache; MemAvailable counts the host's
     cache as available for the same reason. 0 when unknown."""
     try:
-        if not fs.has(cg, cgf.MEMORY_STAT):
-            return 0
-        return max(0, fs.read_flat_keyed(cg, cgf.MEMORY_STAT).get("inactive_file", 0))
-    except AgentdError:
+        return max(0, cgf.flat_key(fs.read(cg, cgf.MEMORY_STAT), "inactive_file") or 0)
+    except AgentdError:           # no memory.stat here (controller off), or gone
         return 0
 
 

@@ -50,6 +50,38 @@ def _raise(err, what):
     raise KernelError(f"{what}: {err.strerror}") from err
 
 
+def parse_int(text):
+    """An integer file's text; 'max' is None."""
+    s = text.strip()
+    return None if s == "max" else int(s)
+
+
+def parse_flat_keyed(text):
+    """A flat-keyed file's text ("key value" lines) as {key: int}."""
+    out = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if v:
+            try:
+                out[k] = int(v)
+            except ValueError:
+                pass
+    return out
+
+
+def flat_key(text, key):
+    """One key of a flat-keyed file's text, or None when absent: memory.stat has some
+    fifty lines, and the per-decision readers want one of them."""
+    prefix = key + " "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            try:
+                return int(line[len(prefix):])
+            except ValueError:
+                return None
+    return None
+
+
 def find_cgroup2_mount(mounts="/proc/self/mounts"):
     """Return the mount point of the cgroup v2 hierarchy, or None.
 
@@ -173,21 +205,34 @@ class CgroupFS:
     def has(self, cg, name):
         return os.path.exists(self.path(cg, name))
 
+    def write_if_offered(self, cg, name, value):
+        """Write a file the kernel may not offer here (its controller off): False when it
+        does not, CgroupGone when the cgroup itself is gone. One open instead of a stat
+        and an open on the per-tool-call path; the stat is paid only when the file is
+        missing."""
+        try:
+            self.write(cg, name, value)
+            return True
+        except CgroupGone:
+            if self.exists(cg):
+                return False
+            raise
+
+    def read_if_offered(self, cg, name):
+        """A file's text, or None where the kernel does not offer it (see write_if_offered)."""
+        try:
+            return self.read(cg, name)
+        except CgroupGone:
+            if self.exists(cg):
+                return None
+            raise
+
     def read_int(self, cg, name):
         """An integer file; 'max' reads as None."""
-        s = self.read(cg, name).strip()
-        return None if s == "max" else int(s)
+        return parse_int(self.read(cg, name))
 
     def read_flat_keyed(self, cg, name):
-        out = {}
-        for line in self.read(cg, name).splitlines():
-            k, _, v = line.partition(" ")
-            if v:
-                try:
-                    out[k] = int(v)
-                except ValueError:
-                    pass
-        return out
+        return parse_flat_keyed(self.read(cg, name))
 
     # --- membership ---------------------------------------------------------
     def procs(self, cg):

@@ -5,6 +5,7 @@ writes limits can be unit-tested; real placement, freezing and killing are teste
 the real hierarchy (tests/host, tests/kernel).
 """
 
+import errno
 import os
 
 from . import cgroupfs as cgf
@@ -57,6 +58,10 @@ class FakeCgroupFS(cgf.CgroupFS):
         return sorted(e for e in os.listdir(p) if os.path.isdir(os.path.join(p, e)))
 
     def write(self, cg, name, value):
+        if name in _DEFAULTS and not os.path.exists(self.path(cg, name)):
+            # As the kernel: an interface file a test removed (its controller off here)
+            # cannot be created by writing. Other names are fixtures a test sets up.
+            cgf._raise(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)), f"opening {cg}/{name}")
         self.writes.append((cg.strip("/"), name, str(value)))
         if name == cgf.PROCS:
             # Moving a process: append to the target's list (no removal elsewhere: enough for tests).

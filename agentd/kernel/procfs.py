@@ -22,6 +22,26 @@ class ProcInfo:
     rss_bytes: int
 
 
+def meminfo(keys, proc="/proc"):
+    """{key: bytes} of the named /proc/meminfo lines present (their "kB" converted)."""
+    want = set(keys)
+    out = {}
+    try:
+        with open(f"{proc}/meminfo") as f:
+            for line in f:
+                k, _, rest = line.partition(":")
+                if k in want:
+                    v = rest.split()
+                    out[k] = int(v[0]) * (1024 if len(v) > 1 and v[1] == "kB" else 1)
+                    if len(out) == len(want):
+                        break
+    except OSError as err:
+        raise KernelError(f"reading {proc}/meminfo: {err.strerror}") from err
+    except (ValueError, IndexError) as err:
+        raise KernelError(f"{proc}/meminfo: unexpected format ({err})") from err
+    return out
+
+
 class ProcFS:
     def __init__(self, proc="/proc"):
         self.proc = proc

@@ -65,11 +65,16 @@ class SampleLog:
                 del self._last[key]
 
     def on_tool_start(self, agent, tool):
-        """A first point at start so short calls get a line, not only an end marker."""
-        try:
-            cur = self.app.ctl.sample_tool(tool)
-        except Exception:
-            return
+        """A first point at start so short calls get a line, not only an end marker.
+        A call the launcher clones into its cgroup after this (no pid yet) holds nothing:
+        its point is 0 without reading the empty cgroup."""
+        if tool.pid is None and tool.origin == "launcher":
+            cur = 0
+        else:
+            try:
+                cur = self.app.ctl.sample_tool(tool)
+            except Exception:
+                return
         if cur is not None:
             self._last[tool.key] = (time.time(), cur)
             self.app.events.emit("sample", agent=agent.agent_id, tool=tool.tool_id,

@@ -1,5 +1,7 @@
 """Unit tests of the foundation's pure parts and of limit writes on a fake cgroup tree."""
 
+import os
+
 import pytest
 
 from agentd.api import protocol
@@ -154,3 +156,47 @@ def test_memory_oom_group_is_set_on_each_call_but_not_reported_as_a_limit(ctl, t
     assert "memory.oom.group" not in res["limits"]
     events = [json.loads(line) for line in open(tmp_path / "ev.jsonl")]
     assert all("memory.oom.group" not in (e.get("limits") or {}) for e in events)
+
+
+def test_a_tool_calls_limits_are_written_once_each_and_logged_in_one_line(ctl, caplog, monkeypatch):
+    """The per-call path: one write per limit file into the fresh cgroup (no stat, no read
+    back), a file the kernel does not offer there skipped, and one log line for all."""
+    a = ctl.create_agent("ag", None)
+    # The kernel offers no pids controller below this agent: tool cgroups lack pids.max.
+    populate = ctl.fs._populate
+
+    def without_pids(path):
+        populate(path)
+        if "/tools/" in path:
+            os.unlink(os.path.join(path, "pids.max"))
+    monkeypatch.setattr(ctl.fs, "_populate", without_pids)
+    reads = []
+    real_read = ctl.fs.read
+    monkeypatch.setattr(ctl.fs, "read", lambda cg, name: reads.append(name) or real_read(cg, name))
+    before = len(ctl.fs.writes)
+    with caplog.at_level("INFO", logger="agentd.controller"):
+        t = ctl.start_tool(a, None, ["bash", "-c", "cd x && pytest -q"])
+    written = [w[1] for w in ctl.fs.writes[before:] if w[0] == t.cgroup]
+    assert sorted(written) == sorted(set(written))            # each file once
+    assert "pids.max" not in written and "pids.max" not in t.limits_applied
+    assert t.limits_applied["memory.max"] == str(GiB)
+    assert not [r for r in reads if r in t.limits_applied]    # nothing read back
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"tool {t.key}:")]
+    assert len(lines) == 1 and f"memory.max={GiB}" in lines[0]
+
+
+def test_the_event_log_stays_open_and_follows_a_rotation(tmp_path, monkeypatch):
+    import json
+    from agentd import eventlog
+    monkeypatch.setattr(eventlog, "REOPEN_CHECK_S", 0.0)
+    path = tmp_path / "ev.jsonl"
+    log = eventlog.EventLog(str(path))
+    log.emit("one")
+    fd = log._fd
+    log.emit("two")
+    assert log._fd == fd                                      # not opened again per event
+    path.rename(tmp_path / "ev.jsonl.1")                       # logrotate
+    log.emit("three")
+    assert [json.loads(x)["event"] for x in open(tmp_path / "ev.jsonl.1")] == ["one", "two"]
+    assert [json.loads(x)["event"] for x in open(path)] == ["three"]
+    log.close()

@@ -56,6 +56,8 @@ class ToolState:
         self.watch_prev = None    # (ts_ns, rss_bytes) of the latest memory-watch event
         self.ceiling = None       # the policy's own memory.high for the call: never raised past
         self.released = float("-inf")   # when the ladder last gave its memory.high back
+        self.relieved = float("-inf")   # when the ladder last undid a step on it
+        self.reached = ()         # the steps in effect just before that
 
 
 class Enforcer:
@@ -447,14 +449,20 @@ class Enforcer:
                     continue
                 if st.can is None:
                     st.can = self._probe(tool)
+                relapse = st.reached if time.monotonic() - st.relieved <= self._relapse_s() else ()
                 out.append(Candidate(tool.key, tool.plan.priority, agent.priority, st.current, tuple(st.applied),
                                      st.can, started=tool.started,
-                                     fits=bool(fit and st.applied and KILL not in st.applied and fit(tool.key))))
+                                     fits=bool(fit and st.applied and KILL not in st.applied and fit(tool.key)),
+                                     relapse=relapse))
             if self._kill_main_allowed(agent):
                 out.append(Candidate(f"{agent.agent_id}/main", agent.priority, agent.priority, main=True,
                                      can=frozenset({KILL}), started=agent.created,
                                      applied=(KILL,) if agent.agent_id in self.mains_killed else ()))
         return out
+
+    def _relapse_s(self):
+        """Pressure back this soon after a call's steps were undone: it relapsed."""
+        return max(self.ladder.relief_interval_s, 2 * self.ladder.window_s)
 
     def _fit_check(self):
         """A function: would the paused call `key` fit if it went on growing now? The
@@ -517,14 +525,17 @@ class Enforcer:
                 saved = st.saved_high
                 rec = self.actuator.act(tool, "restore", d.reason,
                                         new_high=None if saved in (None, "max") else int(saved))
+                st.reached = tuple(sorted(set(st.reached) | set(st.applied)))
                 st.applied = [s for s in st.applied if s != THROTTLE]
-                st.released = time.monotonic()
+                st.released = st.relieved = time.monotonic()
             elif d.action == FREEZE:
                 rec = self.actuator.act(tool, FREEZE, d.reason, trigger_ts=trig)
                 st.applied.append(FREEZE)
             elif d.action == "thaw":
                 rec = self.actuator.act(tool, "thaw", d.reason)
+                st.reached = tuple(sorted(set(st.reached) | set(st.applied)))
                 st.applied = [s for s in st.applied if s != FREEZE]
+                st.relieved = time.monotonic()
             else:
                 rec = self.actuator.act(tool, KILL, d.reason, trigger_ts=trig)
                 st.applied.append(KILL)

@@ -6,7 +6,9 @@ then the call's class): throttle (lower memory.high), then freeze, then kill, in
 policy's step order. Each step needs an event newer than the step before it: a PSI
 trigger fires once per window while the stall lasts, and the memory watch reports once per
 interval while the growth lasts, so a step that ended the stall or the growth is not
-followed by another on the old event's account. Urgent pressure (the memory watch saw growth that would use up the
+followed by another on the old event's account. A call whose steps were undone and that
+is the first candidate again within `relapse_s` resumes where it stood (a frozen call
+thawed into the same stall is killed next, not throttled and frozen again). Urgent pressure (the memory watch saw growth that would use up the
 memory left within its horizon) is answered at once and paced by `urgent_interval_s`, the
 watch's own reporting interval; it lasts only while the growth goes on, so the faster pace
 ends once the growth is stopped. Only when every tool call is at the top of the ladder
@@ -40,6 +42,7 @@ class Candidate:
     main: bool = False
     started: float = 0.0          # newer calls go first among equals (less work lost)
     fits: bool = False            # undoing its step now would fit in the memory left
+    relapse: tuple = ()           # steps it reached before a relief that did not last
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,10 @@ class Ladder:
             return None
         if c.main:
             return KILL if KILL in self.steps and KILL in c.can else None
-        done = set(c.applied)
+        # A call that brings the pressure back soon after its steps were undone goes on
+        # from where it stood: thawed into the same stall, it would only be throttled
+        # and frozen again, round after round.
+        done = set(c.applied) | set(c.relapse)
         for s in self.steps:
             if s in done or s not in c.can:
                 continue

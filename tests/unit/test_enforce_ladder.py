@@ -215,3 +215,14 @@ def test_a_throttled_and_frozen_call_that_fits_gets_its_limit_back_before_the_th
     c2 = Candidate("lo/test", 20, applied=(THROTTLE, FREEZE), fits=False)
     lad2.pressure(0.0)
     assert lad2.decide(10.0, [c2]).action == "thaw"
+
+
+def test_a_call_that_relapses_after_relief_resumes_where_it_stood():
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=2.0, window_s=1.0)
+    c = Candidate("lo/test", 20, relapse=(THROTTLE, FREEZE))
+    lad.pressure(0.0)
+    assert lad.decide(0.0, [c]).action == KILL
+    # Without a relapse the ladder starts at the bottom.
+    lad2 = Ladder(step_interval_s=1.0, relief_interval_s=2.0, window_s=1.0)
+    lad2.pressure(0.0)
+    assert lad2.decide(0.0, [Candidate("lo/test", 20)]).action == THROTTLE

@@ -514,3 +514,20 @@ def test_memory_watch_projects_a_call_below_its_forecast_only_up_to_the_forecast
     st.watch_prev = None
     grow(130 * MiB, 62 * MiB)
     assert e.ladder.urgent(time.monotonic())
+
+
+def test_a_call_thawed_into_the_same_stall_is_killed_next():
+    e, app = make(steps="[freeze, kill]")
+    t = add(app, e, "a", "0001-batch", 20)
+    e._on_pressure("", 100.0, "test")
+    assert t.frozen
+    now = 100.0
+    while t.frozen and now < 130:             # calm: relief undoes both steps
+        now += 0.5
+        e.tick(now)
+    assert not t.frozen
+    relieved = time.monotonic()
+    # The pressure is back within the relapse window (real time: the enforcer's clock).
+    e._on_pressure("", now + 0.5, "test")
+    assert time.monotonic() - relieved < e._relapse_s()
+    assert [a["action"] for a in t.actions][-1] == "kill", t.actions

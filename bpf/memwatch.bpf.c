@@ -196,11 +196,16 @@ static __always_inline int handle_rss(struct mm_struct *mm, struct mm_struct *cu
 	__s64 delta;
 
 	if (ms) {
-		delta = rss - ms->rss_bytes;
 		/* Most events change only a per-CPU delta, not the folded count: nothing to do. */
+		if (rss == ms->rss_bytes)
+			return 0;
+		/* One atomic exchange: a fault on one CPU and reclaim of the same mm on another
+		 * would otherwise both take the old value and both add the change, and the
+		 * cgroup's total would overshoot until a later event corrects it (a threshold
+		 * crossed twice for one rise). */
+		delta = rss - (__s64)__sync_lock_test_and_set(&ms->rss_bytes, rss);
 		if (!delta)
 			return 0;
-		ms->rss_bytes = rss;
 	} else {
 		struct agentd_mm_state init = { .cgroup_id = cgid, .rss_bytes = rss };
 

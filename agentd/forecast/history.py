@@ -74,13 +74,24 @@ def _convert(err, path, doing):
     return HistoryError(f"history database {path}: {doing} failed: {err}")
 
 
+# Answers of recent_peaks() kept in memory (each a handful of integers), at most this many.
+PEAKS_CACHED = 4096
+
+
 class HistoryStore:
-    """SQLite-backed tool-call history. Not thread-safe: one owner (the daemon's loop)."""
+    """SQLite-backed tool-call history. Not thread-safe: one owner (the daemon's loop).
+
+    The forecaster asks up to seven recent_peaks() questions per tool call, and a call's
+    own signatures are asked again at its next start: the answers are kept in memory and
+    brought up to date by add() (the newest peak goes in front), so a repeated question
+    costs no query. That holds while this store is the database's only writer, as the
+    daemon's is; readers (`agentd report`) are unaffected."""
 
     def __init__(self, path=":memory:", max_bytes=None):
         """`max_bytes` caps the database file: past it `add` raises HistoryFull, as a full
         disk would (call `prune` to make room)."""
         self.path = str(path)
+        self._peaks = {}          # (column, key, agent or None) -> (n asked, peaks newest first)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if self.path != ":memory:":
@@ -115,18 +126,32 @@ class HistoryStore:
                  int(rec.peak_bytes), rec.duration_s, rec.cpu_s, rec.exit_status, rec.action))
         except sqlite3.Error as err:
             raise _convert(err, self.path, "recording a tool call") from err
+        for col in LEVELS.values():
+            for agent in (None, rec.agent):
+                hit = self._peaks.get((col, getattr(rec, col), agent))
+                if hit is not None:
+                    hit[1].insert(0, int(rec.peak_bytes))
+                    del hit[1][hit[0]:]
 
     def recent_peaks(self, level, key, n, agent=None):
         """Peak bytes of the last `n` calls whose `level` is `key`, newest first."""
         col = LEVELS[level]
+        n = int(n)
+        hit = self._peaks.get((col, key, agent))
+        if hit is not None and hit[0] >= n:
+            return hit[1][:n]
         sql = f"SELECT peak_bytes FROM tool_calls WHERE {col}=?"
         args = [key]
         if agent is not None:
             sql += " AND agent=?"
             args.append(agent)
         sql += " ORDER BY id DESC LIMIT ?"
-        args.append(int(n))
-        return [r[0] for r in self._query(sql, args)]
+        args.append(n)
+        peaks = [r[0] for r in self._query(sql, args)]
+        if len(self._peaks) >= PEAKS_CACHED:
+            self._peaks.clear()
+        self._peaks[(col, key, agent)] = (n, list(peaks))
+        return peaks
 
     def count(self, level=None, key=None, agent=None):
         """Number of recorded calls, optionally of one signature level/key and agent."""
@@ -148,6 +173,7 @@ class HistoryStore:
 
     def prune(self, keep):
         """Drop all but the newest `keep` records, so the file stays bounded."""
+        self._peaks.clear()
         try:
             self._db.execute("DELETE FROM tool_calls WHERE id <= "
                              "(SELECT id FROM tool_calls ORDER BY id DESC LIMIT 1 OFFSET ?)",

@@ -39,6 +39,29 @@ def test_recent_peaks_newest_first_bounded_and_per_level():
     assert st.count("coarse", "pytest") == 3
 
 
+def test_answers_kept_in_memory_follow_every_add_and_prune():
+    """recent_peaks() answers are kept and brought up to date by add(): a store asked
+    between its adds (forecast, call, record, forecast, ...) answers what SQL answers."""
+    import random
+    rnd = random.Random(7)
+    st, ref = HistoryStore(), HistoryStore()
+    cmds = ["pytest tests/a.py", "pytest tests/b.py", "git status", "make -j4"]
+    questions = [(lvl, key, n, ag) for lvl, key in (("full", "pytest tests/a.py"), ("coarse", "pytest"),
+                                                   ("program", "git"), ("tool_class", "high"))
+                 for n in (1, 3, 32) for ag in (None, "a1", "a2")]
+    for i in range(80):
+        r = rec(rnd.choice(cmds), i * 1000, agent=rnd.choice(["a1", "a2"]))
+        st.add(r)
+        ref.add(r)
+        if i == 50:
+            st.prune(10)
+            ref.prune(10)
+        for lvl, key, n, ag in rnd.sample(questions, 8):
+            ref._peaks.clear()                # the reference always asks SQL
+            assert st.recent_peaks(lvl, key, n, agent=ag) == ref.recent_peaks(lvl, key, n, agent=ag)
+    assert st._peaks                          # the answers were kept, not asked again each time
+
+
 def test_agent_filter():
     st = HistoryStore()
     st.add(rec("pytest", 1, agent="a"))

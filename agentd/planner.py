@@ -9,10 +9,17 @@ from .policy.match import ToolLimits, classify_tool
 from .units import parse_size
 
 
+# Decisions kept per planner (a reload makes a new one), at most this many.
+DECISIONS_KEPT = 1024
+
+
 class Planner:
     def __init__(self, policy, host_memory=None):
         self.policy = policy
         self.host_memory = host_memory
+        # classify_tool is pure over this policy, and costs a regex pass over the rules:
+        # admission and placement ask it twice for each call, and agents repeat commands.
+        self._decisions = {}
 
     def agent_limits(self, class_name=None):
         name = class_name or self.policy.defaults.agent_class
@@ -32,9 +39,19 @@ class Planner:
         else:
             mem_bytes = None
         try:
-            d = classify_tool(self.policy, argv, declared_class=declared_class, mem_override=mem_bytes)
-        except AgentdError as err:
-            raise RequestError("bad_class", str(err)) from None
+            key = (tuple(argv), declared_class, mem_bytes)
+            d = self._decisions.get(key)
+        except TypeError:         # an unhashable argv item: classify_tool refuses it below
+            key = d = None
+        if d is None:
+            try:
+                d = classify_tool(self.policy, argv, declared_class=declared_class, mem_override=mem_bytes)
+            except AgentdError as err:
+                raise RequestError("bad_class", str(err)) from None
+            if key is not None:
+                if len(self._decisions) >= DECISIONS_KEPT:
+                    self._decisions.clear()
+                self._decisions[key] = d
         plan = ToolPlan(tool_class=d.class_name, priority=d.priority, limits=d.limits.cgroup_values(),
                         rule=d.rule_name, stragglers=d.stragglers, straggler_grace_s=d.straggler_grace_s,
                         latency=d.latency)

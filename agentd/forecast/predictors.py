@@ -125,6 +125,8 @@ class QuantilePredictor:
         _check(prior_weight > 0, "quantile", f"prior_weight must be > 0, got {prior_weight!r}")
         self.q, self.margin, self.halflife = float(q), float(margin), float(halflife)
         self.window, self.k = int(window), float(prior_weight)
+        # Recency weights, newest first: the same for every question of a given length.
+        self._weights = [0.5 ** (i / self.halflife) for i in range(self.window)]
 
     def predict(self, query):
         chain = _levels(query)
@@ -135,7 +137,7 @@ class QuantilePredictor:
             peaks = query.store.recent_peaks(level, key, self.window, agent=agent)
             if not peaks:
                 continue
-            w = [0.5 ** (i / self.halflife) for i in range(len(peaks))]
+            w = self._weights[:len(peaks)]
             n = sum(w)
             own, parent = n / (n + self.k), self.k / (n + self.k)
             dist = [(v * self.margin, own * wi / n) for v, wi in zip(peaks, w)] + \

@@ -39,6 +39,7 @@ Rules, in the order applied:
 without a policy classification and for cold-start priors.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -147,9 +148,18 @@ class Signature:
 def signature(argv):
     """Signature of an argv list or of a command string (as agents' Bash tools log it)."""
     if isinstance(argv, str):
+        return _signature(argv)
+    return _signature(tuple(str(a) for a in argv))
+
+
+# The daemon asks for a call's signature at its start (forecast) and at its end (history),
+# and agents repeat their commands; the shell parse is the costly part, and pure.
+@functools.lru_cache(maxsize=1024)
+def _signature(argv):
+    if isinstance(argv, str):
         cmds = split_command(argv)
     else:
-        argv = [str(a) for a in argv]
+        argv = list(argv)
         script = shell_script(argv)
         cmds = split_command(script) if script is not None else [SimpleCommand(tuple(argv), True)]
     picked = _pick(cmds, 0)

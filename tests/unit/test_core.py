@@ -200,3 +200,21 @@ def test_the_event_log_stays_open_and_follows_a_rotation(tmp_path, monkeypatch):
     assert [json.loads(x)["event"] for x in open(tmp_path / "ev.jsonl.1")] == ["one", "two"]
     assert [json.loads(x)["event"] for x in open(path)] == ["three"]
     log.close()
+
+
+def test_a_planner_answers_a_repeated_command_from_memory_with_a_plan_of_its_own(ctl, monkeypatch):
+    """Admission and placement plan each call twice: the rule match is done once, and each
+    plan's limits stay its own (the forecaster edits them)."""
+    from agentd import planner as planner_mod
+    calls = []
+    real = planner_mod.classify_tool
+    monkeypatch.setattr(planner_mod, "classify_tool", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    a = ctl.create_agent("ag", None)
+    argv = ["bash", "-c", "cd x && pytest -q"]
+    p1 = ctl.planner.plan_tool(a, argv)
+    p1.limits["memory.high"] = "1"
+    p2 = ctl.planner.plan_tool(a, list(argv))
+    assert len(calls) == 1
+    assert p2.limits["memory.high"] != "1" and p2.tool_class == p1.tool_class and p2.rule == p1.rule
+    ctl.planner.plan_tool(a, argv, mem="512Mi")
+    assert len(calls) == 2                                    # --mem is part of the question

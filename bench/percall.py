@@ -9,8 +9,9 @@ For each source tree (default: this checkout) the script starts `agentd daemon` 
 a private cgroup root (under a 1 GiB memory.max in the VM, so the policy's percentages
 resolve as on a small host), with the given policy (default: multi-tenant), its socket,
 state and event log in a temporary folder. It measures the daemon's idle CPU for a few
-seconds, then starts one agent that runs `agentd tool -- CMD` and plain `CMD`
-alternately, `--calls` times each, and reports per call:
+seconds, then starts one agent that runs `agentd tool -- CMD` and plain `CMD` in turn,
+`--calls` times each, and reports per call (in the VM also with the launcher copied to
+the guest's tmpfs: its root file system is 9p, which re-reads a binary at every exec):
 
   wall      spawn to reap, median and mean (the agent waits this long)
   caller    user+sys CPU of the command and everything it forked (launcher included)
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -47,9 +49,9 @@ def proc_cpu_s(pid):
 
 # --- inside the agent -----------------------------------------------------------------
 def agent_loop(args):
-    """Runs as the agent: alternate `agentd tool -- CMD` and `CMD`; JSON to args.result."""
-    cmd = shlex.split(args.cmd)
-    via = [args.launcher, "tool", "--"] + cmd
+    """Runs as the agent: the variants (plain CMD, `agentd tool -- CMD` with each launcher)
+    in turn, rotating which goes first; JSON to args.result."""
+    variants = json.loads(args.variants)
     env = dict(os.environ)
     err = os.open(os.path.join(os.path.dirname(args.result), "agent.err"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
@@ -62,16 +64,15 @@ def agent_loop(args):
         return (time.perf_counter() - t) * 1e3, (ru.ru_utime + ru.ru_stime) * 1e3
 
     for _ in range(WARMUP):
-        one(cmd)
-        one(via)
-    res = {"plain": [], "agentd": []}
+        for _, argv in variants:
+            one(argv)
+    res = {name: [] for name, _ in variants}
     # The daemon's CPU over the whole loop (its counters tick in 10 ms steps: per-call
     # deltas would be mostly rounding); the caller takes its idle share off.
     c0, t0 = proc_cpu_s(args.daemon_pid), time.monotonic()
     for i in range(args.calls):
-        # Alternate which goes first: neither always runs on a just-warmed cache.
-        order = (("plain", cmd), ("agentd", via)) if i % 2 else (("agentd", via), ("plain", cmd))
-        for name, argv in order:
+        # Rotate which goes first: none always runs on a just-warmed cache.
+        for name, argv in variants[i % len(variants):] + variants[:i % len(variants)]:
             res[name].append(one(argv))
     res["daemon_cpu_s"], res["elapsed_s"] = proc_cpu_s(args.daemon_pid) - c0, time.monotonic() - t0
     Path(args.result).write_text(json.dumps(res))
@@ -104,9 +105,19 @@ def measure_tree(tree, args, work):
         time.sleep(IDLE_S)
         idle_rate = (proc_cpu_s(daemon.pid) - c0) / IDLE_S
         out = os.path.join(d, "agent.json")
+        cmd = shlex.split(args.cmd)
+        variants = [("plain", cmd), ("agentd", [launcher, "tool", "--"] + cmd)]
+        if args.guest:
+            # The guest's root is the host's file system over 9p, which keeps no page
+            # cache between execs: every start of a binary there reads it again (tens of
+            # ms of CPU under emulation). An installed launcher is on a local disk:
+            # measure a copy on the guest's tmpfs too.
+            local = os.path.join(d, "agentd-launcher")
+            shutil.copy2(launcher, local)
+            variants.append(("agentd, launcher on tmpfs", [local, "tool", "--"] + cmd))
         agent = [launcher, "run", "--name", "percall", "--", sys.executable, str(Path(__file__).resolve()),
-                 "--agent-loop", "--launcher", launcher, "--daemon-pid", str(daemon.pid), "--calls", str(args.calls),
-                 "--cmd", args.cmd, "--result", out]
+                 "--agent-loop", "--variants", json.dumps(variants), "--daemon-pid", str(daemon.pid),
+                 "--calls", str(args.calls), "--result", out]
         rc = subprocess.run(agent, env=env, cwd=tree).returncode
         if rc != 0:
             raise SystemExit(f"percall: the agent failed ({rc}):\n" + Path(d, "agent.err").read_text()[-2000:]
@@ -115,20 +126,22 @@ def measure_tree(tree, args, work):
         err = Path(d, "agent.err").read_text()
         if "agentd: " in err:
             raise SystemExit(f"percall: agentd tool fell back or failed:\n{err[:2000]}")
-        n = len(res["agentd"])
+        names = [name for name, _ in variants]
+        n = sum(len(res[name]) for name in names[1:])          # tool calls timed
         ends = [e for e in map(json.loads, open(events)) if e.get("event") == "tool_end" and e.get("origin") != "auto"]
-        if len(ends) != n + WARMUP:
-            raise SystemExit(f"percall: the daemon logged {len(ends)} tool calls, expected {n + WARMUP}")
+        if len(ends) != n + WARMUP * (len(names) - 1):
+            raise SystemExit(f"percall: the daemon logged {len(ends)} tool calls, expected {n + WARMUP * (len(names) - 1)}")
+        # The daemon does the same work whichever launcher asked: its CPU over the loop,
+        # less its idle rate, shared over every tool call.
         daemon_ms = res["daemon_cpu_s"] * 1e3 / n
         idle_ms = idle_rate * res["elapsed_s"] * 1e3 / n
-        row = {"tree": tree, "calls": n, "policy": args.policy, "cmd": args.cmd, "idle_cpu_ms_per_s": idle_rate * 1e3}
-        for name in ("plain", "agentd"):
+        row = {"tree": tree, "calls": args.calls, "policy": args.policy, "cmd": args.cmd,
+               "idle_cpu_ms_per_s": idle_rate * 1e3, "daemon_cpu_ms_per_call": daemon_ms - idle_ms,
+               "daemon_cpu_ms_per_call_raw": daemon_ms, "variants": {}}
+        for name in names:
             walls, cpus = [w for w, _ in res[name]], [c for _, c in res[name]]
-            row[f"{name}_wall_median_ms"] = statistics.median(walls)
-            row[f"{name}_wall_mean_ms"] = statistics.mean(walls)
-            row[f"{name}_caller_cpu_ms"] = statistics.mean(cpus)
-        row["daemon_cpu_ms_per_call"] = daemon_ms - idle_ms
-        row["daemon_cpu_ms_per_call_raw"] = daemon_ms
+            row["variants"][name] = {"wall_median_ms": statistics.median(walls), "wall_mean_ms": statistics.mean(walls),
+                                     "caller_cpu_ms": statistics.mean(cpus)}
         return row
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -145,17 +158,18 @@ def measure_tree(tree, args, work):
 
 def report(rows, where):
     print(f"per tool call, {where}: `{rows[0]['cmd']}`, policy {rows[0]['policy']}, {rows[0]['calls']} calls each")
-    print(f"  {'tree':32s} {'':8s} {'wall median':>12s} {'wall mean':>10s} {'caller CPU':>11s} {'daemon CPU':>11s}")
+    print(f"  {'tree':30s} {'':26s} {'wall median':>11s} {'wall mean':>10s} {'caller CPU':>11s} {'daemon CPU':>11s}")
     for r in rows:
-        t = r["tree"] if len(r["tree"]) <= 32 else "..." + r["tree"][-29:]
-        print(f"  {t:32s} {'plain':8s} {r['plain_wall_median_ms']:10.1f}ms {r['plain_wall_mean_ms']:8.1f}ms "
-              f"{r['plain_caller_cpu_ms']:9.1f}ms {'':>11s}")
-        print(f"  {'':32s} {'agentd':8s} {r['agentd_wall_median_ms']:10.1f}ms {r['agentd_wall_mean_ms']:8.1f}ms "
-              f"{r['agentd_caller_cpu_ms']:9.1f}ms {r['daemon_cpu_ms_per_call']:9.1f}ms")
-        print(f"  {'':32s} {'extra':8s} {r['agentd_wall_median_ms'] - r['plain_wall_median_ms']:10.1f}ms "
-              f"{r['agentd_wall_mean_ms'] - r['plain_wall_mean_ms']:8.1f}ms "
-              f"{r['agentd_caller_cpu_ms'] - r['plain_caller_cpu_ms']:9.1f}ms {r['daemon_cpu_ms_per_call']:9.1f}ms")
-        print(f"  {'':32s} daemon idle: {r['idle_cpu_ms_per_s']:.1f} ms CPU per second "
+        t = r["tree"] if len(r["tree"]) <= 30 else "..." + r["tree"][-27:]
+        plain = r["variants"]["plain"]
+        for name, v in r["variants"].items():
+            daemon = "" if name == "plain" else f"{r['daemon_cpu_ms_per_call']:9.1f}ms"
+            extra = "" if name == "plain" else (f"  (+{v['wall_median_ms'] - plain['wall_median_ms']:.1f} ms wall, "
+                                                f"+{v['caller_cpu_ms'] - plain['caller_cpu_ms']:.1f} ms caller CPU)")
+            print(f"  {t:30s} {name:26s} {v['wall_median_ms']:9.1f}ms {v['wall_mean_ms']:8.1f}ms "
+                  f"{v['caller_cpu_ms']:9.1f}ms {daemon:>11s}{extra}")
+            t = ""
+        print(f"  {'':30s} daemon idle: {r['idle_cpu_ms_per_s']:.1f} ms CPU per second "
               f"(subtracted; raw {r['daemon_cpu_ms_per_call_raw']:.1f} ms per call)")
     sys.stdout.flush()
 
@@ -229,7 +243,7 @@ def main():
     p.add_argument("--timeout", type=int, default=1800, help="(--vm) seconds for the whole guest run")
     p.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--agent-loop", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--launcher", help=argparse.SUPPRESS)
+    p.add_argument("--variants", help=argparse.SUPPRESS)
     p.add_argument("--daemon-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -275,12 +275,17 @@ class Enforcer:
 
     def _room(self, agent, available):
         """(room, own): memory the agent's tool calls may still take before the kernel
-        OOM-kills — what the host (or agentd's own limit) has available, or less where the
-        agent has a memory.max (reclaimable page cache counted as room) — and whether that
-        memory.max is what binds. Room is None when neither is known."""
+        holds them back or OOM-kills — what the host (or agentd's own limit) has available,
+        or less where the agent has a memory.high or memory.max (reclaimable page cache
+        counted as room) — and whether the agent's own limit is what binds. Room is None
+        when neither is known."""
         room, own = available, False
         try:
-            cap = self.fs.read_int(agent.cgroup, cgf.MEMORY_MAX) if self.fs.has(agent.cgroup, cgf.MEMORY_MAX) else None
+            # memory.high too: past it the kernel holds the agent back as surely as at max.
+            caps = [self.fs.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
+                    if self.fs.has(agent.cgroup, f)]
+            caps = [c for c in caps if c is not None]
+            cap = min(caps) if caps else None
             if cap is not None:
                 left = room_below(self.fs, agent.cgroup, cap)     # its page cache is room
                 if room is None or left < room:
@@ -517,7 +522,9 @@ class Enforcer:
             if d.action == THROTTLE:
                 cur_high = self.actuator.read_high(tool.cgroup)
                 st.saved_high = self.fs.read(tool.cgroup, cgf.MEMORY_HIGH).strip()
-                new = limits.throttle_high(st.current, p.pressure.throttle_factor, p.forecast.min_high, cur_high)
+                room, _ = self._room(agent, self.available_fn())
+                new = limits.throttle_high(st.current, p.pressure.throttle_factor, p.forecast.min_high, cur_high,
+                                           room=room)
                 rec = self.actuator.act(tool, THROTTLE, d.reason, new_high=new, trigger_ts=trig)
                 st.applied.append(THROTTLE)     # even when the limit was already that low
                 self._read_stalls(time.monotonic())   # the base its own stall is set against

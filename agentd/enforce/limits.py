@@ -52,10 +52,19 @@ def adapt_high(current_high, live_peak, headroom, min_high, cap=None, usage=0, a
     return int(target)
 
 
-def throttle_high(usage, factor, min_high, current_high=None):
+def throttle_high(usage, factor, min_high, current_high=None, room=None):
     """The throttle step: memory.high = usage x factor, at least `min_high`, never above the
-    limit already in place (throttling must not loosen anything)."""
+    limit already in place (throttling must not loosen anything).
+
+    Where the memory left to the call (`room`: free memory, or its agent's own memory.max
+    less what the agent holds) is known, the call is held to what it has plus half of that,
+    as a running call's limit may grow into half of the free memory (adapt_high), and no
+    tighter: with no swap, a limit below what a call holds cannot take anonymous memory
+    back, it only stalls the call, and a throttle that merely stops the growth is enough.
+    """
     v = max(int(min_high), int(usage * factor))
+    if room is not None:
+        v = max(v, int(usage) + max(int(room), 0) // 2)
     if current_high is not None:
         v = min(v, current_high)
     return v

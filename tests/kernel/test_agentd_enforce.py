@@ -274,7 +274,10 @@ def test_memory_watch_stops_a_fast_growing_low_priority_call_before_the_oom_kill
         # The memory watch saw the growth and the ladder acted before PSI reported a stall
         # and before any OOM kill.
         assert "(memory watch)" in first["reason"], first
-        assert first["action"] == "throttle", first
+        # A throttle holds a call to what it has plus half the memory left; where the call's
+        # forecast limit is already tighter the step changes nothing and the freeze is
+        # the first write.
+        assert first["action"] in ("throttle", "freeze"), first
         # The ladder goes on to the kill (the call can only grow or wait); nobody was OOM-killed.
         agent.wait(90)
         assert agent.returncode == 0, agent.stderr.read()
@@ -282,10 +285,11 @@ def test_memory_watch_stops_a_fast_growing_low_priority_call_before_the_oom_kill
         assert (out / "spike.rc").read_text().strip() == "137"
         res = json.loads((out / "spike.json").read_text().splitlines()[-1])
         assert res["outcome"] == "killed", res
-        assert [a["action"] for a in res["actions"]][:1] == ["throttle"], res["actions"]
+        assert [a["action"] for a in res["actions"]][:1] == [first["action"]], res["actions"]
         assert State(out / "spike.state").value() < 1536
         assert oom_kills() == ooms, "the kernel's OOM killer acted"
-        assert "is being slowed down" in (out / "spike.err").read_text()
+        told = (out / "spike.err").read_text()
+        assert ("is being slowed down" if first["action"] == "throttle" else "is paused") in told, told
         figure("spike start to first ladder action (memory watch)",
                f"{first['ts'] - started(d, 'spike', spike):.2f}", "s")
         figure("memory-watch event to first ladder action", f"{first['after_trigger_s'] * 1000:.1f}", "ms")

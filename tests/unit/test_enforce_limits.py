@@ -32,3 +32,12 @@ def test_throttle_lowers_never_raises():
     assert throttle_high(400 * MiB, 0.5, 64 * MiB) == 200 * MiB
     assert throttle_high(400 * MiB, 0.5, 64 * MiB, current_high=150 * MiB) == 150 * MiB
     assert throttle_high(40 * MiB, 0.5, 64 * MiB) == 64 * MiB
+
+
+def test_throttle_holds_a_call_to_what_it_has_plus_half_the_memory_left():
+    # 30 MiB held, 90 MiB left under its agent's memory.max: it may grow to 75 MiB.
+    assert throttle_high(30 * MiB, 0.5, 64 * MiB, current_high=130 * MiB, room=90 * MiB) == 75 * MiB
+    # Nothing left: the growth stops where the call stands, not below it.
+    assert throttle_high(300 * MiB, 0.5, 64 * MiB, current_high=400 * MiB, room=0) == 300 * MiB
+    # Never above the limit in place.
+    assert throttle_high(30 * MiB, 0.5, 64 * MiB, current_high=70 * MiB, room=90 * MiB) == 70 * MiB

@@ -360,6 +360,7 @@ def test_an_agents_psi_stall_on_shared_memory_makes_the_lowest_priority_agent_yi
     import time as _time
     now = _time.monotonic()
     e, app, mine, other = _high_and_low()
+    e.available_fn = lambda: 100 * MiB         # short: a throttle holds the call back
     hi_cg = app.ctl.agents["hi"].cgroup
     app.fs.files[(hi_cg, cgf.MEMORY_MAX)] = "max"
     app.fs.files[(hi_cg, cgf.MEMORY_HIGH)] = "max"
@@ -369,6 +370,7 @@ def test_an_agents_psi_stall_on_shared_memory_makes_the_lowest_priority_agent_yi
     assert "felt by agent hi" in other.actions[0]["reason"]
     # its own memory.max nearly reached: its own calls go first
     e, app, mine, other = _high_and_low()
+    e.available_fn = lambda: 100 * MiB
     app.fs.files[(hi_cg, cgf.MEMORY_MAX)] = str(320 * MiB)
     app.fs.files[(hi_cg, cgf.MEMORY_CURRENT)] = str(300 * MiB)
     e._on_pressure("hi", now, "psi-trigger")

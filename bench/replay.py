@@ -26,6 +26,10 @@ largest tool calls are lined up in time. Solo times and peaks come from each tra
 sum of the three plain solo peaks; density budget = --density-budget (default: the first
 triple's isolation budget).
 
+The workload program and agentd's launcher run from copies on the guest's tmpfs (its root
+is the host's file system over 9p, which reads a binary again at every exec), as an installed
+agentd runs from local disk; the same for every mode.
+
 The host part boots the VM (tests/kernel/run.py fetches and caches the kernel) and runs this
 same script inside it with --in-guest; progress goes to stderr, tables to stdout.
 """
@@ -37,6 +41,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -88,7 +93,7 @@ def modes_of(a):
 
 # --- inside the VM ------------------------------------------------------------------
 def guest_main(a):
-    from agentd.replay.runner import build_alloc
+    from agentd.replay.runner import build_alloc, localize
     from agentd.replay.scenario import ISOLATION_FACTOR, Bench
     out = a.in_guest
     progress = open(os.path.join(out, "progress.log"), "a", buffering=1)
@@ -96,6 +101,8 @@ def guest_main(a):
     def log(msg):
         progress.write(time.strftime("%H:%M:%S ") + msg + "\n")
     exe, alias = build_alloc(os.path.join(out, "bin"))
+    # Run the binaries from the guest's tmpfs, as an installed agentd runs from local disk.
+    exe, alias = localize(exe, tempfile.mkdtemp(prefix="agentd-replay-bin-"))
     bench = Bench(load_folder(a.traces), a.speed, a.mem_scale, os.path.join(out, "work"), exe, alias, log)
     result = {"config": {"traces": os.path.abspath(a.traces), "speed": a.speed, "mem_scale": a.mem_scale,
                          "guest_memory": a.guest_memory, "kernel": os.uname().release, "triples": a.triples,

@@ -223,11 +223,13 @@ class Enforcer:
         rate = self._growth_rate(st, ev)
         room, own = self._room(agent, available)
         grow = rate * p.memory_watch_horizon_s
-        peak = (st.live.peak_bytes if st.live else 0) or getattr(tool.forecast, "peak_bytes", 0) or 0
+        peak = getattr(tool.forecast, "peak_bytes", 0) or 0
         if st.evidence and st.current < peak:
             # Below a forecast with evidence behind it, the growth still to come is what
             # the forecast says (admission counted it), not the burst's pace carried over
             # the whole horizon: a 0.4 s call growing 250 MiB/s is not a 500 MiB call.
+            # The start forecast, from history: the live re-forecast extrapolates the
+            # same burst.
             grow = min(grow, peak - st.current)
         if room is None or grow <= room:
             return

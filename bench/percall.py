@@ -191,6 +191,7 @@ def run_here(args):
     try:
         for tree in args.tree:
             rows.append(measure_tree(str(Path(tree).resolve()), args, work))
+        shutil.rmtree(work)               # kept on a failure: the daemon's log is there
     finally:
         if fs.exists(PARENT) and not fs.children(PARENT):
             fs.rmdir(PARENT)

@@ -20,7 +20,6 @@ from ..errors import AgentdError
 from ..forecast import Forecast
 from ..hostmem import room_below
 from ..kernel import cgroupfs as cgf
-from ..kernel import psi
 from ..units import format_size
 from . import admission, limits
 from .actuator import Actuator
@@ -29,7 +28,7 @@ from .forecasting import Forecasting
 from .limits import as_bytes as _bytes
 from .ladder import FREEZE, KILL, THROTTLE, Candidate, Ladder
 from .pressure import ROOT, PressureWatch
-from .stall import StallLedger, held_delta, own_doing
+from .held import HeldCalls
 
 log = logging.getLogger("agentd.enforce")
 
@@ -82,7 +81,7 @@ class Enforcer:
         self.counters = {"pressure_events_total": 0}
         self.by_cgid = {}         # cgroup id of a watched tool call -> (agent, tool)
         self.memwatch = None
-        self.stalls = StallLedger(p.psi_window_us / 1e6)
+        self.held = HeldCalls(self)
 
     @property
     def policy(self):
@@ -312,7 +311,7 @@ class Enforcer:
     # --- pressure ----------------------------------------------------------------
     def _on_pressure(self, key, now, how):
         """A PSI trigger fired (or the poller saw the same stall) at `now` (monotonic)."""
-        own = self._stall_is_own_doing(key, now)
+        own = self.held.own_doing(key, now)
         if own:
             self.counters["pressure_own_stall_total"] = self.counters.get("pressure_own_stall_total", 0) + 1
             log.debug("pressure on %s ignored: %s of its %s µs stall are calls held at their memory.high (%s)",
@@ -329,99 +328,6 @@ class Enforcer:
         p = self.policy.pressure
         self._pressure(key, now, f"memory is short in {where}: tasks stalled over "
                                  f"{p.psi_some_threshold_us / 1000:g} ms in {p.psi_window_us / 1e6:g} s ({how})")
-
-    # --- whose stall ----------------------------------------------------------------
-    HELD_NEAR = 0.9               # usage at this share of its memory.high: the limit holds it
-    SHORT_SHARE = 0.05            # less than this share of agentd's memory left: a real shortage
-
-    def _held(self, key, fresh=False):
-        """Running, unfrozen calls in scope `key` (ROOT: all) that a memory.high agentd set
-        for them holds back: throttled, or at their forecast's limit. Not where the agent's
-        own memory.high/max binds (its class's limit, not agentd's, makes that stall), and
-        none while the shared memory is nearly gone (then every stall is a shortage).
-        `fresh`: read what each call holds now (a trigger can fire between two ticks'
-        samples, as a call grows into its limit)."""
-        available, total = self.available_fn(), self.app.host_memory
-        if available is not None and total and available < self.SHORT_SHARE * total:
-            return []
-        out = []
-        for agent in self.ctl.agents.values():
-            if key != ROOT and agent.agent_id != key:
-                continue
-            mine = []
-            for tool in agent.tools.values():
-                st = self.tools.get(tool.key)
-                if tool.done or st is None or tool.frozen:
-                    continue
-                high = _bytes(tool.limits_applied.get(cgf.MEMORY_HIGH))
-                if THROTTLE in st.applied or time.monotonic() - st.released <= self.ladder.window_s:
-                    # Throttled now, or until less than a window ago: the trigger that
-                    # fires now reports the stall of the window before it.
-                    mine.append(tool)
-                elif high is not None:
-                    if fresh:
-                        try:
-                            st.current = max(st.current, self.fs.read_int(tool.cgroup, cgf.MEMORY_CURRENT) or 0)
-                        except (AgentdError, OSError, ValueError):
-                            pass
-                    if st.current >= self.HELD_NEAR * high:
-                        mine.append(tool)
-            if mine and not self._own_limit_binds(agent.agent_id):
-                out += mine
-        return out
-
-    def _stall_reading(self, path):
-        try:
-            return psi.total_us(path)
-        except (AgentdError, OSError, ValueError):
-            return None
-
-    def _stall_is_own_doing(self, key, now):
-        """Is the stall that fired `key`'s trigger the calls agentd holds at their
-        memory.high (agentd/enforce/stall.py)? Sets the scope's stall since its base
-        reading (taken every tick) against those calls' over the same interval. Returns
-        (scope stall µs, held calls' stall µs, their keys) when it is, else None."""
-        path = self.watch.paths.get(key)
-        held = self._held(key, fresh=True) if path is not None else []
-        if not held:
-            return None
-        total = self._stall_reading(path)
-        tpaths = [(tool, self.fs.path(tool.cgroup, cgf.MEMORY_PRESSURE)) for tool in held]
-
-        def known(t):             # every held call's stall is known from time t on
-            return all(self.stalls.at(tp, t) is not None or tool.started_mono >= t for tool, tp in tpaths)
-        base = self.stalls.base(path, now, known)
-        if total is None or base is None:
-            return None
-        held_us = []
-        for tool, tpath in tpaths:
-            t_total = self._stall_reading(tpath)
-            held_us.append(None if t_total is None else
-                           held_delta(t_total, base[0], self.stalls.at(tpath, base[0]), tool.started_mono))
-        p = self.policy.pressure
-        scope = (now - base[0], max(total - base[1], 0))
-        if not own_doing(scope, held_us, p.psi_some_threshold_us, p.psi_window_us / 1e6):
-            return None
-        return scope[1], sum(held_us), [t.key for t in held]
-
-    def _read_stalls(self, now):
-        """Read the stall counters of the tree, of every agent with running calls and of
-        those calls, each tick: the base a pressure event is set against. A trigger fires
-        on the stall of the window before it, so the readings must be there already (a
-        call grows into its memory.high between two ticks)."""
-        running = [t for a in self.ctl.agents.values() for t in a.tools.values() if not t.done]
-        if not running:
-            if self.stalls.readings:
-                self.stalls.retain(())
-            return
-        paths = {self.watch.paths.get(ROOT)} | {self.watch.paths.get(t.agent_id) for t in running}
-        paths |= {self.fs.path(t.cgroup, cgf.MEMORY_PRESSURE) for t in running}
-        paths.discard(None)
-        for path in paths:
-            total = self._stall_reading(path)
-            if total is not None:
-                self.stalls.record(path, now, total)
-        self.stalls.retain(paths)
 
     def _pressure(self, key, seen, reason, hold_s=None, urgent=False):
         """Pressure on `key` (an agent, or ROOT for the whole tree) noticed at `seen`."""
@@ -446,7 +352,10 @@ class Enforcer:
 
     def _candidates(self, scope, relief=False):
         out = []
-        fit = self._fit_check() if relief else None
+        # The fit test reads free memory and every call's reservation: only for relief,
+        # and only once a call has a step to undo (most ticks have none).
+        needs_fit = relief and any(st.applied for st in self.tools.values())
+        fit = self._fit_check() if needs_fit else None
         for agent in self.ctl.agents.values():
             if scope is not None and agent.agent_id not in scope:
                 continue          # escalation stays inside the agents under pressure
@@ -529,7 +438,7 @@ class Enforcer:
                                            room=room)
                 rec = self.actuator.act(tool, THROTTLE, d.reason, new_high=new, trigger_ts=trig)
                 st.applied.append(THROTTLE)     # even when the limit was already that low
-                self._read_stalls(time.monotonic())   # the base its own stall is set against
+                self.held.read(time.monotonic())      # the base its own stall is set against
             elif d.action == "restore":
                 saved = st.saved_high
                 rec = self.actuator.act(tool, "restore", d.reason,
@@ -580,7 +489,7 @@ class Enforcer:
                 st.current = cur
                 self.fc.sample(tool.key, now, cur)
                 self._adapt(tool, st, available)
-        self._read_stalls(now)
+        self.held.read(now)
         self.watch.poll(now)
         self._ladder_step(now)
         self.admitter.admit_waiters()

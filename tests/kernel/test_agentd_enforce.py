@@ -217,7 +217,12 @@ def test_ladder_throttles_freezes_kills_lowest_priority_first(daemon, tmp_path, 
         wait_event(d, lambda e: e.get("action") == "kill" and e.get("agent") == "ladder" and e.get("tool") == batch,
                    timeout=60)
         acts = actions(d, "ladder")
-        assert [e["action"] for e in acts if e["tool"] == batch][:3] == ["throttle", "freeze", "kill"], acts
+        # Throttle, freeze, kill. When no new event comes while it is frozen (its stall
+        # stopped), relief may undo the steps first; thawed into the same stall it relapses
+        # and is killed next.
+        steps = [e["action"] for e in acts if e["tool"] == batch]
+        assert steps[:2] == ["throttle", "freeze"] and steps[-1] == "kill", acts
+        assert set(steps[2:-1]) <= {"restore", "thaw"}, acts
         kill_at = next(i for i, e in enumerate(acts) if e["tool"] == batch and e["action"] == "kill")
         assert not any(e["tool"] == inter for e in acts[:kill_at]), acts
         thr = acts[0]
@@ -235,7 +240,8 @@ def test_ladder_throttles_freezes_kills_lowest_priority_first(daemon, tmp_path, 
             assert phrase in err, err
         res = json.loads((out / "batch.json").read_text().splitlines()[-1])
         assert res["outcome"] == "killed"
-        assert [a["action"] for a in res["actions"]][:3] == ["throttle", "freeze", "kill"]
+        done = [a["action"] for a in res["actions"]]
+        assert done[:2] == ["throttle", "freeze"] and done[-1] == "kill", done
         # The first step answers the trigger itself; later steps follow step_interval_s on
         # the tick, so only the first measures the reaction.
         assert thr["after_trigger_s"] is not None and thr["after_trigger_s"] < 1.0, thr

@@ -218,10 +218,7 @@ def with_real_daemon(args, launcher):
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
-            if fs.exists(root):
-                fs.kill(root)
-                fs.wait_empty(root, 5)
-                fs.remove_tree(root)
+            fs.destroy(root, 5)
 
 
 def main():

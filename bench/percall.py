@@ -150,10 +150,7 @@ def measure_tree(tree, args, work):
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-        if fs.exists(root):
-            fs.kill(root)
-            fs.wait_empty(root, 5)
-            fs.remove_tree(root)
+        fs.destroy(root, 5)
 
 
 def report(rows, where):

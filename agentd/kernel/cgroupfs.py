@@ -320,6 +320,15 @@ class CgroupFS:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    def destroy(self, cg, timeout):
+        """Kill what runs in `cg`'s subtree, wait up to `timeout` s for it to empty, and
+        remove the subtree; nothing to do when it is gone already."""
+        if not self.exists(cg):
+            return
+        self.kill(cg)
+        self.wait_empty(cg, timeout)
+        self.remove_tree(cg)
+
     def remove_tree(self, cg):
         """Remove `cg` and all its descendants (deepest first). Must be empty of processes.
         A part someone else removes meanwhile (the daemon and a cleanup racing) is done."""

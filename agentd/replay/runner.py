@@ -271,9 +271,7 @@ class AgentdHost:
             self._dlog.close()
         if self.fs.exists(self.parent):
             self.fs.freeze(self.parent, False)
-            self.fs.kill(self.parent)
-            self.fs.wait_empty(self.parent, 30)
-            self.fs.remove_tree(self.parent)
+            self.fs.destroy(self.parent, 30)
         shutil.rmtree(getattr(self, "sock_dir", ""), ignore_errors=True)
 
 
@@ -451,6 +449,4 @@ class Group:
                     pass
         elif self.fs.exists(self.parent):
             self.fs.freeze(self.parent, False)
-            self.fs.kill(self.parent)
-            self.fs.wait_empty(self.parent, 30)
-            self.fs.remove_tree(self.parent)
+            self.fs.destroy(self.parent, 30)

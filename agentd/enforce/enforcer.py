@@ -58,6 +58,12 @@ class ToolState:
         self.relieved = float("-inf")   # when the ladder last undid a step on it
         self.reached = ()         # the steps in effect just before that
 
+    def undo(self, step):
+        """The ladder gave `step` back: remember what was in effect (a relapse resumes there)."""
+        self.reached = tuple(sorted(set(self.reached) | set(self.applied)))
+        self.applied = [s for s in self.applied if s != step]
+        self.relieved = time.monotonic()
+
 
 class Enforcer:
     def __init__(self, app, dry_run=False, fake_pressure_file=None, available_fn=None):
@@ -443,17 +449,14 @@ class Enforcer:
                 saved = st.saved_high
                 rec = self.actuator.act(tool, "restore", d.reason,
                                         new_high=None if saved in (None, "max") else int(saved))
-                st.reached = tuple(sorted(set(st.reached) | set(st.applied)))
-                st.applied = [s for s in st.applied if s != THROTTLE]
-                st.released = st.relieved = time.monotonic()
+                st.undo(THROTTLE)
+                st.released = st.relieved
             elif d.action == FREEZE:
                 rec = self.actuator.act(tool, FREEZE, d.reason, trigger_ts=trig)
                 st.applied.append(FREEZE)
             elif d.action == "thaw":
                 rec = self.actuator.act(tool, "thaw", d.reason)
-                st.reached = tuple(sorted(set(st.reached) | set(st.applied)))
-                st.applied = [s for s in st.applied if s != FREEZE]
-                st.relieved = time.monotonic()
+                st.undo(FREEZE)
             else:
                 rec = self.actuator.act(tool, KILL, d.reason, trigger_ts=trig)
                 st.applied.append(KILL)

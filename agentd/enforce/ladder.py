@@ -6,15 +6,17 @@ then the call's class): throttle (lower memory.high), then freeze, then kill, in
 policy's step order. Each step needs an event newer than the step before it: a PSI
 trigger fires once per window while the stall lasts, and the memory watch reports once per
 interval while the growth lasts, so a step that ended the stall or the growth is not
-followed by another on the old event's account. A call whose steps were undone and that
-is the first candidate again within `relapse_s` resumes where it stood (a frozen call
-thawed into the same stall is killed next, not throttled and frozen again). Urgent pressure (the memory watch saw growth that would use up the
-memory left within its horizon) is answered at once and paced by `urgent_interval_s`, the
+followed by another on the old event's account. A call whose steps were undone shortly
+before it is first in line again (the enforcer passes those steps as its `relapse`)
+resumes where it stood: a frozen call thawed into the same stall is killed next, not
+throttled and frozen again. Urgent pressure (the memory watch saw growth that would use
+up the memory left within its horizon) is answered at once and paced by `urgent_interval_s`, the
 watch's own reporting interval; it lasts only while the growth goes on, so the faster pace
 ends once the growth is stopped. Only when every tool call is at the top of the ladder
 may an agent's main cgroup be killed, and only where its class sets `kill_main_allowed`.
 Once pressure has been gone for `relief_interval_s`, one step is undone per interval,
-highest priority first: thaw, then restore the limit. A kill is never undone. When the call
+highest priority first (see _relieve for the order of a call's own steps). A kill is
+never undone. When the call
 next in that order fits again (the enforcer checks its forecast growth against the memory
 the running calls leave, as admission would), its step is undone after `quick_relief_s`
 of calm instead: a call paused through another's spike resumes as soon as the spike has
@@ -109,10 +111,11 @@ class Ladder:
         c, d = self._relieve(candidates)
         if d is None:
             return None
-        if now - calm_since < self.relief_interval_s and not c.fits:
+        early = now - calm_since < self.relief_interval_s
+        if early and not c.fits:
             return None
         self.last_relief = now
-        if c.fits and now - calm_since < self.relief_interval_s:
+        if early:
             d = Decision(d.action, d.key, d.reason + "; it fits in the memory left")
         self.history.append(d)
         return d

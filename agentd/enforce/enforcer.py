@@ -6,8 +6,8 @@
   the re-forecast and free host memory, and run the pressure ladder;
 - on pressure (PSI trigger or poll): the ladder acts at once on the lowest-priority calls;
 - on the memory watch (BPF, between ticks): a call that crossed its forecast is
-  re-forecast at once; growth that would use up the memory left within the policy's
-  horizon is urgent pressure on its agent (the ladder steps every watch interval);
+  re-forecast at once; growth that would use up the shared memory left within the
+  policy's horizon is urgent pressure (the ladder steps every watch interval);
 - before a call starts (admit): admission control, with a notice while it waits;
 - at its end: record it in the history, and let waiting calls in.
 """
@@ -26,7 +26,7 @@ from .actuator import Actuator
 from .admitter import Admitter
 from .forecasting import Forecasting
 from .limits import as_bytes as _bytes
-from .ladder import FREEZE, KILL, THROTTLE, Candidate, Ladder
+from .ladder import FREEZE, KILL, RESUME, THROTTLE, Candidate, Ladder
 from .pressure import ROOT, PressureWatch
 from .held import HeldCalls
 
@@ -222,11 +222,18 @@ class Enforcer:
         p = self.policy.pressure
         if not p.memory_watch:
             return                # switched off by a reload: observe only
-        # Growth that would use up the memory left before the horizon ends is pressure on
-        # this agent now: PSI reports a stall only once reclaim has begun, and at 140 MiB/s
+        # Growth that would use up the memory left before the horizon ends is pressure
+        # now: PSI reports a stall only once reclaim has begun, and at 140 MiB/s
         # the kernel's OOM killer may come within a PSI window of that.
         rate = self._growth_rate(st, ev)
-        room, own = self._room(agent, available)
+        # Only shared memory is watched: what the host (or agentd's own limit) has left.
+        # Under the agent's own memory.max or memory.high the growth can only harm that
+        # agent, and the kernel already answers it there: at memory.max its OOM order
+        # (agentd/oom.py) kills the call, never the agent, and only if the call really
+        # does not fit; at memory.high the agent stalls, and its own PSI trigger brings
+        # the ladder. Projecting a burst's pace against the few hundred MiB left under a
+        # cap stopped calls that would have fitted.
+        room = available
         grow = rate * p.memory_watch_horizon_s
         peak = getattr(tool.forecast, "peak_bytes", 0) or 0
         if st.evidence and st.current < peak:
@@ -241,12 +248,10 @@ class Enforcer:
         # The kernel stamped the event (CLOCK_MONOTONIC, as time.monotonic()): reactions
         # are timed from it.
         seen = ev.ts_ns / 1e9 if 0 < ev.ts_ns / 1e9 <= now else now
-        # Whose memory runs out decides who yields: the agent's own memory.max is its own
-        # business, but shared memory (the host's, agentd's budget) is everyone's, and then
-        # the lowest-priority calls of all agents go first, not the growing agent's own.
-        key, where = (agent.agent_id, f"agent {agent.agent_id}") if own else (ROOT, "the agentd tree")
-        self._pressure(key, seen,
-                       f"memory is running out in {where}: {agent.agent_id}/{tool.tool_id} grows "
+        # Shared memory (the host's, agentd's budget) is everyone's: the lowest-priority
+        # calls of all agents yield first, not necessarily the growing agent's own.
+        self._pressure(ROOT, seen,
+                       f"memory is running out in the agentd tree: {agent.agent_id}/{tool.tool_id} grows "
                        f"{format_size(int(rate))}/s with {format_size(max(room, 0))} left (memory watch)",
                        hold_s=2 * self.ladder.urgent_interval_s, urgent=True)
 
@@ -445,12 +450,17 @@ class Enforcer:
                 rec = self.actuator.act(tool, THROTTLE, d.reason, new_high=new, trigger_ts=trig)
                 st.applied.append(THROTTLE)     # even when the limit was already that low
                 self.held.read(time.monotonic())      # the base its own stall is set against
-            elif d.action == "restore":
+            elif d.action in ("restore", RESUME):
                 saved = st.saved_high
                 rec = self.actuator.act(tool, "restore", d.reason,
                                         new_high=None if saved in (None, "max") else int(saved))
                 st.undo(THROTTLE)
                 st.released = st.relieved
+                if d.action == RESUME:
+                    if rec:
+                        tool.limits_applied[cgf.MEMORY_HIGH] = rec["new"]
+                    rec = self.actuator.act(tool, "thaw", d.reason)
+                    st.undo(FREEZE)
             elif d.action == FREEZE:
                 rec = self.actuator.act(tool, FREEZE, d.reason, trigger_ts=trig)
                 st.applied.append(FREEZE)
@@ -465,7 +475,7 @@ class Enforcer:
             return None
         if rec and d.action in (THROTTLE, "restore"):
             tool.limits_applied[cgf.MEMORY_HIGH] = rec["new"]     # what status shows
-        if d.action in ("thaw", "restore", KILL):
+        if d.action in ("thaw", "restore", RESUME, KILL):
             self.admitter.admit_waiters()
         return rec
 

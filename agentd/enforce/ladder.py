@@ -9,9 +9,10 @@ interval while the growth lasts, so a step that ended the stall or the growth is
 followed by another on the old event's account. A call whose steps were undone shortly
 before it is first in line again (the enforcer passes those steps as its `relapse`)
 resumes where it stood: a frozen call thawed into the same stall is killed next, not
-throttled and frozen again. Urgent pressure (the memory watch saw growth that would use
-up the memory left within its horizon) is answered at once and paced by `urgent_interval_s`, the
-watch's own reporting interval; it lasts only while the growth goes on, so the faster pace
+throttled and frozen again (for a stall, not the memory watch: see next_step). Urgent
+pressure (the memory watch saw growth that would use up the memory left within its
+horizon) is answered at once and paced by `urgent_interval_s`, the watch's own reporting
+interval; it lasts only while the growth goes on, so the faster pace
 ends once the growth is stopped. Only when every tool call is at the top of the ladder
 may an agent's main cgroup be killed, and only where its class sets `kill_main_allowed`.
 Once pressure has been gone for `relief_interval_s`, one step is undone per interval,
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 THROTTLE, FREEZE, KILL = "throttle", "freeze", "kill"
 THAW, RESTORE = "thaw", "restore"
+RESUME = "resume"                 # restore, then thaw, in one step (a paused call that fits)
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str                   # throttle | freeze | kill | thaw | restore
+    action: str                   # throttle | freeze | kill | thaw | restore | resume
     key: str
     reason: str
 
@@ -100,7 +102,7 @@ class Ladder:
                 # throttled call stops growing, a frozen one stops stalling). The next
                 # step waits for new evidence, not for the old event's hold to run out.
                 return None
-            d = self._escalate(candidates)
+            d = self._escalate(candidates, relapse=not self.urgent(now))
             if d:
                 self.last_step = now
                 self.history.append(d)
@@ -120,8 +122,11 @@ class Ladder:
         self.history.append(d)
         return d
 
-    def next_step(self, c):
-        """The next ladder step for candidate `c`, or None at the top."""
+    def next_step(self, c, relapse=True):
+        """The next ladder step for candidate `c`, or None at the top. `relapse`: count the
+        steps `c` reached before its last relief (a stall came back); not for the memory
+        watch's growth, which names the shared memory running out, not this call's doing:
+        a call thawed because it fits starts at the bottom again."""
         if KILL in c.applied:
             return None
         if c.main:
@@ -129,7 +134,7 @@ class Ladder:
         # A call that brings the pressure back soon after its steps were undone goes on
         # from where it stood: thawed into the same stall, it would only be throttled
         # and frozen again, round after round.
-        done = set(c.applied) | set(c.relapse)
+        done = set(c.applied) | (set(c.relapse) if relapse else set())
         for s in self.steps:
             if s in done or s not in c.can:
                 continue
@@ -140,10 +145,10 @@ class Ladder:
             return s
         return None
 
-    def _escalate(self, candidates):
+    def _escalate(self, candidates, relapse=True):
         tools = sorted((c for c in candidates if not c.main), key=escalation_order)
         for c in tools:
-            s = self.next_step(c)
+            s = self.next_step(c, relapse)
             if s:
                 return Decision(s, c.key, self.pressure_reason or "memory pressure")
         mains = sorted((c for c in candidates if c.main), key=escalation_order)
@@ -156,13 +161,16 @@ class Ladder:
 
     def _relieve(self, candidates):
         """(candidate, Decision) for the next step to undo, or (None, None). A frozen and
-        throttled call that fits gets its limit back while still frozen, then is thawed:
-        thawed first, it would only stall against the throttled limit. One that does not
-        fit is thawed first and keeps the lower limit a while longer."""
+        throttled call that fits gets its limit back while still frozen and is thawed in
+        the same step (resume): thawed first, it would only stall against the throttled
+        limit, and a second step would keep it paused another quiet window. One that does
+        not fit is thawed first and keeps the lower limit a while longer."""
         for c in sorted(candidates, key=relief_order):
             if KILL in c.applied:
                 continue          # dying or dead: nothing to give back
-            if THROTTLE in c.applied and (c.fits or FREEZE not in c.applied):
+            if THROTTLE in c.applied and FREEZE in c.applied and c.fits:
+                return c, Decision(RESUME, c.key, "pressure gone")
+            if THROTTLE in c.applied and FREEZE not in c.applied:
                 return c, Decision(RESTORE, c.key, "pressure gone")
             if FREEZE in c.applied:
                 return c, Decision(THAW, c.key, "pressure gone")

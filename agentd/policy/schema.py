@@ -225,8 +225,8 @@ class Pressure(_Model):
     # Memory that tool calls' forecast peaks may add up to before admission makes calls wait.
     budget: Size = Field(default="90%", validate_default=True)
     # The BPF memory watch as a second pressure source, faster than PSI: a tool call whose
-    # growth would use up the memory left (the host's MemAvailable, or its agent's
-    # memory.max) within memory_watch_horizon_s is pressure on its agent at once, and while
+    # growth would use up the shared memory left (the host's MemAvailable, or what
+    # agentd's own limit leaves) within memory_watch_horizon_s is pressure at once, and while
     # that growth lasts the ladder steps as often as the watch reports (every 0.25 s), not
     # every step_interval_s. false: the ladder answers PSI alone.
     memory_watch: bool = True

@@ -24,6 +24,8 @@ def run_until_quiet(ladder, cands, start, step, n, pressure=True):
                 c.applied = tuple(a for a in c.applied if a != FREEZE)
             elif d.action == "restore":
                 c.applied = tuple(a for a in c.applied if a != THROTTLE)
+            elif d.action == "resume":
+                c.applied = tuple(a for a in c.applied if a not in (THROTTLE, FREEZE))
         t += step
     return out, t
 
@@ -205,11 +207,12 @@ def test_each_step_needs_an_event_newer_than_the_last_step():
     assert lad.decide(2.6, [c]).action == FREEZE
 
 
-def test_a_throttled_and_frozen_call_that_fits_gets_its_limit_back_before_the_thaw():
+def test_a_throttled_and_frozen_call_that_fits_gets_its_limit_back_and_is_thawed_in_one_step():
     lad = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
     c = Candidate("lo/test", 20, applied=(THROTTLE, FREEZE), fits=True)
     lad.pressure(0.0)
-    assert lad.decide(2.0, [c]).action == "restore"
+    assert lad.decide(1.9, [c]) is None
+    assert lad.decide(2.0, [c]).action == "resume"
     # One that does not fit is thawed first, the limit kept (after the whole interval).
     lad2 = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
     c2 = Candidate("lo/test", 20, applied=(THROTTLE, FREEZE), fits=False)
@@ -226,3 +229,12 @@ def test_a_call_that_relapses_after_relief_resumes_where_it_stood():
     lad2 = Ladder(step_interval_s=1.0, relief_interval_s=2.0, window_s=1.0)
     lad2.pressure(0.0)
     assert lad2.decide(0.0, [Candidate("lo/test", 20)]).action == THROTTLE
+
+
+def test_a_relapse_counts_for_a_stall_not_for_the_memory_watch():
+    """The memory watch names the shared memory running out, maybe by another agent's
+    growth: a call thawed because it fitted starts at the bottom of the ladder again."""
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=2.0, window_s=1.0, urgent_interval_s=0.25)
+    c = Candidate("lo/test", 20, relapse=(THROTTLE, FREEZE))
+    lad.pressure(0.0, urgent=True, hold_s=0.5)
+    assert lad.decide(0.0, [c]).action == THROTTLE

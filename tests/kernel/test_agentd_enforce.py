@@ -8,7 +8,9 @@
 - `agentd tool` under memory.max is OOM-killed as a tool call, told why in one sentence,
   and the agent's main process and the daemon survive;
 - a call held at the memory.high agentd gave it stalls, and that stall is not taken for a
-  shortage: the ladder leaves the call alone.
+  shortage: the ladder leaves the call alone;
+- a call growing fast toward its agent's own memory.max, with the guest's memory ample, is
+  left to the kernel and completes: the memory watch guards shared memory only.
 
 One daemon serves the module: under emulation its start-up (Python, BPF verification)
 costs about a minute, which the per-test alarm must not count.
@@ -38,6 +40,8 @@ agent_classes:
   normal: {}
   squeezed:
     memory: {high: 96Mi}
+  capped:
+    memory: {max: 192Mi}
 # The built-in tool classes, plus `held`: a call the policy holds at 48 MiB of memory.high.
 tool_classes:
   interactive: {priority: 80, latency: interactive, cpu: {weight: 200}, straggler_grace_s: 0.5}
@@ -409,4 +413,39 @@ def test_a_call_held_at_its_memory_high_is_not_escalated_by_its_own_stall(daemon
         figure("stall the held call explained (first event)", f"{ev['held_us'] / max(ev['stall_us'], 1) * 100:.0f}", "%")
     finally:
         end_tools(d, "held")
+        end_agent(agent)
+
+
+CAPPED_SCRIPT = """\
+OUT="$1"; HOG="$2"; shift 2
+AGENTD_FEEDBACK_FILE="$OUT/grow.json" "$@" tool -- "$HOG" alloc 160 "$OUT/grow.state" 2>"$OUT/grow.err"
+echo alive > "$OUT/main.txt"
+"""
+
+
+def test_fast_growth_under_the_agents_own_cap_is_left_to_the_kernel(daemon, cgfs, tmp_path, hog, figure):
+    """A call growing at full speed to 160 MiB under its agent's 192 MiB memory.max: two
+    seconds of that pace would pass the cap, but not the guest's memory. It harms no other
+    agent and fits: no ladder step, no OOM kill (the kernel would kill the call, not the
+    agent, had it not fitted)."""
+    d = daemon
+    wait_calm(d, cgfs)
+    ooms = oom_kills()
+    agent, out = start_agent(d, tmp_path, "capped", CAPPED_SCRIPT, hog, agent_class="capped")
+    try:
+        grow = tool_ids(d, "capped", 1, timeout=90)["normal"]
+        t0 = time.monotonic()
+        wait_for(lambda: (out / "grow.state").exists() and State(out / "grow.state").value() >= 160, 60,
+                 "the call to touch 160 MiB", step=0.05)
+        took = time.monotonic() - t0
+        time.sleep(2.0)           # the watch's events and any step they would bring
+        assert not actions(d, "capped"), actions(d, "capped")
+        assert oom_kills() == ooms, "the kernel's OOM killer acted"
+        assert State(out / "grow.state").value() == 160
+        # Fast enough for the watch to report it (32 MiB/s), and for 2 s of that pace to pass
+        # the cap: before, the watch set that against the room under the cap and stepped.
+        assert 160 / took > 64, took
+        figure("capped call: seconds to touch 160 MiB (no ladder step)", f"{took:.2f}", "s")
+    finally:
+        end_tools(d, "capped")
         end_agent(agent)

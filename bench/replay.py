@@ -225,9 +225,22 @@ def tailer(path):
     return tick
 
 
+def missing_builds(repo):
+    """agentd's compiled parts that the agentd mode needs but `repo` lacks (a fresh git
+    worktree has none: they are build outputs). Without them the daemon falls back to
+    polling /proc and `agentd tool` to Python read over 9p per call: the run would measure
+    the fallbacks, several times slower in the emulated guest, not agentd."""
+    need = [os.path.join("agentd", "_bin", "agentd")]
+    need += [os.path.join("agentd", "_bpf", f"{n}.bpf.o") for n in ("lifecycle", "memwatch", "scx_agentd")]
+    return [n for n in need if not os.path.exists(os.path.join(repo, n))]
+
+
 def host_main(a):
     load_folder(a.traces)               # fail here, not in the VM, on a bad folder
-    modes_of(a)
+    missing = missing_builds(REPO) if "agentd" in modes_of(a) else []
+    if missing:
+        raise SystemExit(f"replay.py: {', '.join(missing)} missing in {REPO}: the agentd mode would measure "
+                         f"agentd's fallbacks; build them first with `python3 -m agentd._build`")
     out = os.path.join(RUNS_DIR, time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
     os.makedirs(out)
     from agentd.replay.runner import build_alloc

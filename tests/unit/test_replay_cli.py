@@ -1,0 +1,56 @@
+"""bench/replay.py's host side: what it refuses before it boots a VM."""
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location("bench_replay", os.path.join(REPO, "bench", "replay.py"))
+replay = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(replay)
+
+BUILT = ["agentd/_bin/agentd", "agentd/_bpf/lifecycle.bpf.o", "agentd/_bpf/memwatch.bpf.o",
+         "agentd/_bpf/scx_agentd.bpf.o"]
+
+
+def _tree(root, files):
+    for f in files:
+        path = root / f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+def test_missing_builds_names_each_compiled_part_a_tree_lacks(tmp_path):
+    assert replay.missing_builds(str(tmp_path)) == [os.path.normpath(f) for f in BUILT]
+    _tree(tmp_path, BUILT[:2])
+    assert replay.missing_builds(str(tmp_path)) == [os.path.normpath(f) for f in BUILT[2:]]
+    _tree(tmp_path, BUILT)
+    assert replay.missing_builds(str(tmp_path)) == []
+
+
+def test_the_agentd_mode_is_refused_before_the_vm_when_the_build_is_missing(tmp_path, monkeypatch):
+    # A fresh worktree has no build outputs: the agentd mode would time the fallbacks.
+    monkeypatch.setattr(replay, "REPO", str(tmp_path))
+    monkeypatch.setattr(replay, "RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(replay, "load_folder", lambda path: [])
+    monkeypatch.setattr(replay, "boot_in_vm", lambda *a, **k: pytest.fail("booted"))
+    with pytest.raises(SystemExit, match=r"agentd/_bin/agentd.*missing.*python3 -m agentd\._build"):
+        replay.host_main(replay.parse_args(["--traces", str(tmp_path), "--mode", "agentd"]))
+    assert not (tmp_path / "runs").exists()        # nothing started, nothing written
+
+
+def test_modes_without_agentd_need_no_build(tmp_path, monkeypatch):
+    monkeypatch.setattr(replay, "REPO", str(tmp_path))
+    monkeypatch.setattr(replay, "load_folder", lambda path: [])
+    monkeypatch.setattr(replay, "boot_in_vm", lambda *a, **k: pytest.fail("booted"))
+    # Past the build check: stopped at the next step instead (no runs folder allowed).
+    monkeypatch.setattr(replay, "RUNS_DIR", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        replay.host_main(replay.parse_args(["--traces", str(tmp_path), "--mode", "none,static"]))
+
+
+def test_an_unknown_mode_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(replay, "load_folder", lambda path: [])
+    with pytest.raises(SystemExit, match="unknown mode.*fast"):
+        replay.host_main(replay.parse_args(["--traces", str(tmp_path), "--mode", "fast"]))

@@ -28,7 +28,11 @@ def isolation_summary(iso):
              "high_slowdown_max": max((a["slowdown"] for a in high if a["slowdown"]), default=None),
              "low_slowdown_median": _med([a["slowdown"] for a in low]),
              "low_slowdown_max": max((a["slowdown"] for a in low if a["slowdown"]), default=None),
-             "high_latency_us": {p: _med([x[p] for x in lat]) for p in ("p50", "p95", "p99")} if lat else None}
+             "high_latency_us": {p: _med([x[p] for x in lat]) for p in ("p50", "p95", "p99")} if lat else None,
+             # how close the three came to the budget together: a run whose largest
+             # combined peak stayed well below 1.0 did not test sharing at all
+             "group_peak_ratio_max": max((r["group_peak_bytes"] / r["budget"] for r in runs
+                                          if r.get("group_peak_bytes") and r.get("budget")), default=None)}
         for key in ("killed", "failed", "killed_by_agentd", "frozen", "throttled", "queued"):
             s[f"high_{key}"] = sum(a["tool_calls"].get(key, 0) for a in high)
             s[f"low_{key}"] = sum(a["tool_calls"].get(key, 0) for a in low)
@@ -39,8 +43,9 @@ def isolation_summary(iso):
 def isolation_table(iso, summary):
     lines = ["| mode | runs | runs losing an agent | HIGH lost | LOW lost | HIGH slowdown (median / max) "
              "| LOW slowdown (median / max) | HIGH alloc latency p50 / p95 / p99 (µs) "
-             "| tool calls killed (HIGH / LOW) | failed | frozen | throttled | queued |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| tool calls killed (HIGH / LOW) | failed | frozen | throttled | queued "
+             "| combined peak / budget (max) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, s in summary.items():
         lat = s["high_latency_us"]
         lat_s = " / ".join(_f(lat[p], "{:.0f}") for p in ("p50", "p95", "p99")) if lat else "-"
@@ -50,7 +55,8 @@ def isolation_table(iso, summary):
             f"| {_f(s['low_slowdown_median'])}x / {_f(s['low_slowdown_max'])}x | {lat_s} "
             f"| {s['high_killed']} / {s['low_killed']} | {s['high_failed'] + s['low_failed']} "
             f"| {s['high_frozen'] + s['low_frozen']} "
-            f"| {s['high_throttled'] + s['low_throttled']} | {s['high_queued'] + s['low_queued']} |")
+            f"| {s['high_throttled'] + s['low_throttled']} | {s['high_queued'] + s['low_queued']} "
+            f"| {_f(s.get('group_peak_ratio_max'))} |")
     return "\n".join(lines)
 
 

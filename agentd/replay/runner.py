@@ -293,6 +293,8 @@ class Group:
         self.log = log or (lambda msg: None)
         self.procs = {}
         self.peaks = {}
+        self.group_peak = None      # the most memory the whole group held at once
+        self._group_peak_file = None
         self.timed_out = set()
 
     # --- setup ---------------------------------------------------------------------
@@ -301,6 +303,7 @@ class Group:
         if self.host is not None:
             self.host.set_budget(self.budget)
             self.events_from = len(self.host.events())
+            self._watch_group_peak(self.host.parent)
             return
         self.fs.enable_controllers("", CONTROLLERS)
         self.fs.mkdir(self.parent, exist_ok=False)
@@ -312,6 +315,26 @@ class Group:
             self.fs.write(cg, "memory.oom.group", "1")
             if self.mode == "static" and self.budget:
                 self.fs.write(cg, "memory.max", str(self.budget // len(self.specs)))
+        self._watch_group_peak(self.parent)
+
+    def _watch_group_peak(self, cg):
+        """Open `cg`'s memory.peak and reset it for this descriptor (Linux 6.12+), so a
+        read through it gives this run's combined peak: how close the agents came to the
+        budget together (the agentd daemon's cgroup serves many runs; its plain peak
+        would be the largest of them all). Without the reset only a fresh cgroup's
+        peak is this run's."""
+        try:
+            f = open(self.fs.path(cg, "memory.peak"), "r+")
+        except OSError:
+            return                      # no memory controller: no figure
+        try:
+            f.write("reset\n")
+            f.flush()
+        except OSError:
+            if self.host is not None:   # an old kernel: the peak would span earlier runs
+                f.close()
+                return
+        self._group_peak_file = f
 
     # --- agents --------------------------------------------------------------------
     def _spawn(self, s, t0):
@@ -422,7 +445,15 @@ class Group:
         return None
 
     def _read_peaks(self):
-        """memory.peak of every agent's cgroup (its own processes and tool calls)."""
+        """memory.peak of every agent's cgroup (its own processes and tool calls), and of
+        the group as a whole."""
+        f = self._group_peak_file
+        if f is not None:
+            try:
+                f.seek(0)
+                self.group_peak = int(f.read())
+            except (OSError, ValueError):
+                pass
         for s in self.specs:
             try:
                 cg = self._find(self.host.parent, self.agent_name(s), 4) if self.host \
@@ -433,6 +464,9 @@ class Group:
                 pass
 
     def _cleanup(self):
+        if self._group_peak_file is not None:
+            self._group_peak_file.close()
+            self._group_peak_file = None
         for p in self.procs.values():
             if p.poll() is None:
                 p.kill()

@@ -43,6 +43,7 @@ class Bench:
         self.solo = {}          # (trace, family) -> AgentResult
         self.host = None        # the AgentdHost, started on the first agentd run
         self.host_start_seconds = None
+        self.group_peak = None  # memory.peak of the last run's group
         self.checkpoint = lambda scenario, partial: None    # called after every run
         # One tool-call history across the benchmark (solo runs first, as on a host that has
         # seen these agents before); in the guest's /tmp: SQLite's WAL does not work over 9p.
@@ -63,7 +64,9 @@ class Bench:
             host = self.host
         g = Group(mode, specs, budget, self.work_dir, self.exe, self.alias, host=host, log=self.log)
         res = g.run(self._timeout(specs))
-        self.log(f"  {mode}: {len(specs)} agent(s), budget {fmt_mib(budget)}: "
+        self.group_peak = g.group_peak
+        peak = f", peak {fmt_mib(g.group_peak)}" if g.group_peak else ""
+        self.log(f"  {mode}: {len(specs)} agent(s), budget {fmt_mib(budget)}{peak}: "
                  + ", ".join(f"{r.trace}={'%.1fs' % r.seconds if r.completed else 'LOST'}" for r in res)
                  + f" ({time.monotonic() - t0:.0f} s)")
         return res
@@ -130,6 +133,8 @@ class Bench:
                     res = self._group(mode, specs, budget)
                     out["modes"][mode]["runs"].append({
                         "triple": k, "run": r, "budget": budget,
+                        # the most the three held at once (memory.peak of their parent)
+                        "group_peak_bytes": self.group_peak,
                         # seconds each agent waited for the others before its largest call
                         "barrier_waits_s": [rnd(x.sync_wait) for x in res],
                         "agents": [self._agent_row(x, family(mode)) for x in res]})

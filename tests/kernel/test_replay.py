@@ -9,6 +9,8 @@ import pytest
 from agentd.replay.runner import AgentSpec, Group, build_alloc
 from agentd.replay.trace import build_schedule, load_trace, scale
 
+from .kernel_support import wait_for
+
 pytestmark = pytest.mark.kernel
 MiB = 1 << 20
 
@@ -30,7 +32,12 @@ def replay(tmp_path, mode, schedule, budget):
 
 
 def test_replayed_agent_holds_its_trace_memory_and_completes(tmp_path, schedule, figure):
-    r = replay(tmp_path, "none", schedule, 256 * MiB)
+    exe, alias = build_alloc(str(tmp_path / "bin"))
+    spec = AgentSpec(name="a0", trace="tiny", priority="high", schedule=schedule, measure_latency=True)
+    g = Group("none", [spec], 256 * MiB, str(tmp_path / "work"), exe, alias)
+    r = g.run(timeout=120)[0]
+    # the group's own memory.peak: what the run held at once, here that one agent
+    assert r.peak_bytes <= g.group_peak <= 256 * MiB
     assert r.completed and r.lost_reason is None
     assert (r.calls, r.calls_killed) == (1, 0)
     # the agent's cgroup really held baseline + the call's growth (48 MiB in 1 MiB chunks)
@@ -45,3 +52,22 @@ def test_static_limit_below_the_peak_loses_the_agent(tmp_path, schedule):
     r = replay(tmp_path, "static", schedule, 48 * MiB)
     assert not r.completed
     assert "SIGKILL" in r.lost_reason
+
+
+def test_the_group_peak_counts_this_run_not_the_cgroups_earlier_ones(cgtree, cgfs, hog, state, tmp_path):
+    # The agentd daemon's cgroup serves every run of a benchmark: its memory.peak must be
+    # read through a descriptor reset at the run's start, or one run's spike shows in all.
+    used = cgtree.child("used")
+    done = state()
+    p = cgtree.spawn(used, [hog, "alloc", "48", done.path])
+    wait_for(lambda: done.value() >= 48, 60, "the hog to touch 48 MiB")
+    p.kill()
+    p.wait()
+    assert cgfs.read_int(used, "memory.peak") >= 48 * MiB
+    g = Group("none", [], None, str(tmp_path / "work"), "/bin/true", "/bin/true")
+    try:
+        g._watch_group_peak(used)
+        g._read_peaks()
+    finally:
+        g._cleanup()
+    assert g.group_peak is not None and g.group_peak < 16 * MiB

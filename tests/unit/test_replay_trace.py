@@ -169,6 +169,17 @@ def test_isolation_summary_takes_medians_over_runs_and_counts_losses():
     assert s["high_slowdown_median"] == pytest.approx(1.1) and s["high_slowdown_max"] == pytest.approx(1.2)
     assert s["low_frozen"] == 2 and s["high_latency_us"] == lat
     assert "| agentd | 3 | 1 | 0 | 1 |" in report.isolation_table(iso, {"agentd": s})
+    assert s["group_peak_ratio_max"] is None            # runs from before the figure existed
+    assert report.isolation_table(iso, {"agentd": s}).endswith("| - |")
+
+
+def test_isolation_summary_reports_how_close_the_group_came_to_its_budget():
+    runs = [{"budget": 100, "group_peak_bytes": 80, "agents": [_agent("high"), _agent("low")]},
+            {"budget": 200, "group_peak_bytes": 190, "agents": [_agent("high"), _agent("low")]},
+            {"budget": 100, "group_peak_bytes": None, "agents": [_agent("high"), _agent("low")]}]
+    s = report.isolation_summary({"modes": {"none": {"runs": runs}}})["none"]
+    assert s["group_peak_ratio_max"] == pytest.approx(0.95)
+    assert report.isolation_table({}, {"none": s}).endswith("| 0.95 |")
 
 
 def test_density_target_compares_agentd_with_static():

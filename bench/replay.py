@@ -225,19 +225,22 @@ def tailer(path):
     return tick
 
 
-def missing_builds(repo):
-    """agentd's compiled parts that the agentd mode needs but `repo` lacks (a fresh git
-    worktree has none: they are build outputs). Without them the daemon falls back to
-    polling /proc and `agentd tool` to Python read over 9p per call: the run would measure
-    the fallbacks, several times slower in the emulated guest, not agentd."""
-    need = [os.path.join("agentd", "_bin", "agentd")]
-    need += [os.path.join("agentd", "_bpf", f"{n}.bpf.o") for n in ("lifecycle", "memwatch", "scx_agentd")]
-    return [n for n in need if not os.path.exists(os.path.join(repo, n))]
+def missing_builds():
+    """agentd's compiled parts that the agentd mode needs but this tree lacks (a fresh git
+    worktree has none: they are build outputs), at the paths the guest's daemon and the
+    replay's agents load them from. Without them the daemon falls back to polling /proc
+    and `agentd tool` to Python read over 9p per call: the run would measure the
+    fallbacks, several times slower in the emulated guest, not agentd."""
+    from agentd.kernel.bpf_objects import object_path
+    from agentd.replay import runner
+    need = [runner.LAUNCHER] + [object_path(n) for n in ("lifecycle", "memwatch", "scx_agentd")]
+    inside = os.path.join(REPO, "")
+    return [p[len(inside):] if p.startswith(inside) else p for p in need if not os.path.exists(p)]
 
 
 def host_main(a):
     load_folder(a.traces)               # fail here, not in the VM, on a bad folder
-    missing = missing_builds(REPO) if "agentd" in modes_of(a) else []
+    missing = missing_builds() if "agentd" in modes_of(a) else []
     if missing:
         raise SystemExit(f"replay.py: {', '.join(missing)} missing in {REPO}: the agentd mode would measure "
                          f"agentd's fallbacks; build them first with `python3 -m agentd._build`")

@@ -124,6 +124,20 @@ def own_cgroup(pid="self", proc="/proc"):
     raise FeatureMissing(f"process {pid} has no cgroup v2 membership")
 
 
+class PeakFile:
+    """A memory.peak descriptor from CgroupFS.peak_from_now."""
+
+    def __init__(self, f, reset):
+        self._f, self.reset = f, reset
+
+    def read(self):
+        self._f.seek(0)
+        return parse_int(self._f.read())
+
+    def close(self):
+        self._f.close()
+
+
 class CgroupFS:
     """Read and write a cgroup v2 hierarchy mounted at `mount`.
 
@@ -233,6 +247,23 @@ class CgroupFS:
 
     def read_flat_keyed(self, cg, name):
         return parse_flat_keyed(self.read(cg, name))
+
+    def peak_from_now(self, cg):
+        """`cg`'s memory.peak opened and reset for this descriptor (Linux 6.12+), so that
+        reads through it give the most `cg` has held since the call, not since it was
+        made. A kernel without the reset leaves the file as it was: `PeakFile.reset` says
+        which one the reads give."""
+        try:
+            f = open(self.path(cg, MEMORY_PEAK), "r+")
+        except OSError as err:
+            _raise(err, f"opening {cg}/{MEMORY_PEAK}")
+        try:
+            f.write("reset\n")
+            f.flush()
+            reset = True
+        except OSError:
+            reset = False
+        return PeakFile(f, reset)
 
     # --- membership ---------------------------------------------------------
     def procs(self, cg):

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from ..errors import KernelError
 from ..kernel.cgroupfs import PROCS, CgroupFS
 from .trace import gaps
 
@@ -318,23 +319,17 @@ class Group:
         self._watch_group_peak(self.parent)
 
     def _watch_group_peak(self, cg):
-        """Open `cg`'s memory.peak and reset it for this descriptor (Linux 6.12+), so a
-        read through it gives this run's combined peak: how close the agents came to the
-        budget together (the agentd daemon's cgroup serves many runs; its plain peak
-        would be the largest of them all). Without the reset only a fresh cgroup's
-        peak is this run's."""
+        """Watch this run's combined peak in `cg`: how close the agents came to the budget
+        together. The agentd daemon's cgroup serves many runs, so its peak counts only
+        where the kernel resets it for our descriptor; a fresh cgroup's counts either way."""
         try:
-            f = open(self.fs.path(cg, "memory.peak"), "r+")
-        except OSError:
+            peak = self.fs.peak_from_now(cg)
+        except KernelError:
             return                      # no memory controller: no figure
-        try:
-            f.write("reset\n")
-            f.flush()
-        except OSError:
-            if self.host is not None:   # an old kernel: the peak would span earlier runs
-                f.close()
-                return
-        self._group_peak_file = f
+        if not peak.reset and self.host is not None:
+            peak.close()                # an old kernel: the peak would span earlier runs
+            return
+        self._group_peak_file = peak
 
     # --- agents --------------------------------------------------------------------
     def _spawn(self, s, t0):
@@ -447,11 +442,9 @@ class Group:
     def _read_peaks(self):
         """memory.peak of every agent's cgroup (its own processes and tool calls), and of
         the group as a whole."""
-        f = self._group_peak_file
-        if f is not None:
+        if self._group_peak_file is not None:
             try:
-                f.seek(0)
-                self.group_peak = int(f.read())
+                self.group_peak = self._group_peak_file.read()
             except (OSError, ValueError):
                 pass
         for s in self.specs:

@@ -43,7 +43,6 @@ class Bench:
         self.solo = {}          # (trace, family) -> AgentResult
         self.host = None        # the AgentdHost, started on the first agentd run
         self.host_start_seconds = None
-        self.group_peak = None  # memory.peak of the last run's group
         self.checkpoint = lambda scenario, partial: None    # called after every run
         # One tool-call history across the benchmark (solo runs first, as on a host that has
         # seen these agents before); in the guest's /tmp: SQLite's WAL does not work over 9p.
@@ -56,6 +55,7 @@ class Bench:
                    for s in specs) + 120
 
     def _group(self, mode, specs, budget):
+        """Run `specs` as one group: ([AgentResult], the group's combined memory peak)."""
         t0 = time.monotonic()
         host = None
         if mode == "agentd":
@@ -64,12 +64,11 @@ class Bench:
             host = self.host
         g = Group(mode, specs, budget, self.work_dir, self.exe, self.alias, host=host, log=self.log)
         res = g.run(self._timeout(specs))
-        self.group_peak = g.group_peak
         peak = f", peak {fmt_mib(g.group_peak)}" if g.group_peak else ""
         self.log(f"  {mode}: {len(specs)} agent(s), budget {fmt_mib(budget)}{peak}: "
                  + ", ".join(f"{r.trace}={'%.1fs' % r.seconds if r.completed else 'LOST'}" for r in res)
                  + f" ({time.monotonic() - t0:.0f} s)")
-        return res
+        return res, g.group_peak
 
     def solo_run(self, name, fam, priority="low"):
         key = (name, fam)
@@ -77,7 +76,7 @@ class Bench:
             spec = AgentSpec(name="solo", trace=name, priority=priority, schedule=self.schedules[name],
                              measure_latency=priority == "high")
             self.log(f"solo {name} ({fam})")
-            self.solo[key] = self._group("agentd" if fam == "agentd" else "none", [spec], None)[0]
+            self.solo[key] = self._group("agentd" if fam == "agentd" else "none", [spec], None)[0][0]
         return self.solo[key]
 
     def _agent_row(self, r, fam):
@@ -130,11 +129,11 @@ class Bench:
                                        measure_latency=p == "high", barrier=len(names),
                                        barrier_extra=max(inst) - inst[i])
                              for i, (n, p) in enumerate(zip(names, prio))]
-                    res = self._group(mode, specs, budget)
+                    res, group_peak = self._group(mode, specs, budget)
                     out["modes"][mode]["runs"].append({
                         "triple": k, "run": r, "budget": budget,
                         # the most the three held at once (memory.peak of their parent)
-                        "group_peak_bytes": self.group_peak,
+                        "group_peak_bytes": group_peak,
                         # seconds each agent waited for the others before its largest call
                         "barrier_waits_s": [rnd(x.sync_wait) for x in res],
                         "agents": [self._agent_row(x, family(mode)) for x in res]})
@@ -160,7 +159,7 @@ class Bench:
                     self.solo_run(name, fam)
                 specs = [AgentSpec(name=f"a{i}", trace=x, priority="low", schedule=self.schedules[x])
                          for i, x in enumerate(names[:n])]
-                rows = [self._agent_row(x, fam) for x in self._group(mode, specs, budget)]
+                rows = [self._agent_row(x, fam) for x in self._group(mode, specs, budget)[0]]
                 lost = sum(r["lost"] for r in rows)
                 slow = [r["slowdown"] for r in rows if r["slowdown"] is not None]
                 med = statistics.median(slow) if slow else None

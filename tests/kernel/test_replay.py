@@ -26,16 +26,15 @@ def schedule(tmp_path):
 
 
 def replay(tmp_path, mode, schedule, budget):
+    """The one agent's AgentResult and its Group."""
     exe, alias = build_alloc(str(tmp_path / "bin"))
     spec = AgentSpec(name="a0", trace="tiny", priority="high", schedule=schedule, measure_latency=True)
-    return Group(mode, [spec], budget, str(tmp_path / "work"), exe, alias).run(timeout=120)[0]
+    g = Group(mode, [spec], budget, str(tmp_path / "work"), exe, alias)
+    return g.run(timeout=120)[0], g
 
 
 def test_replayed_agent_holds_its_trace_memory_and_completes(tmp_path, schedule, figure):
-    exe, alias = build_alloc(str(tmp_path / "bin"))
-    spec = AgentSpec(name="a0", trace="tiny", priority="high", schedule=schedule, measure_latency=True)
-    g = Group("none", [spec], 256 * MiB, str(tmp_path / "work"), exe, alias)
-    r = g.run(timeout=120)[0]
+    r, g = replay(tmp_path, "none", schedule, 256 * MiB)
     # the group's own memory.peak: what the run held at once, here that one agent
     assert r.peak_bytes <= g.group_peak <= 256 * MiB
     assert r.completed and r.lost_reason is None
@@ -49,7 +48,7 @@ def test_replayed_agent_holds_its_trace_memory_and_completes(tmp_path, schedule,
 
 def test_static_limit_below_the_peak_loses_the_agent(tmp_path, schedule):
     # static: each agent's memory.max = budget / n = 48 MiB < 72 MiB peak
-    r = replay(tmp_path, "static", schedule, 48 * MiB)
+    r, _ = replay(tmp_path, "static", schedule, 48 * MiB)
     assert not r.completed
     assert "SIGKILL" in r.lost_reason
 

@@ -20,27 +20,36 @@ def _tree(root, files):
         path.write_bytes(b"")
 
 
-def test_missing_builds_names_each_compiled_part_a_tree_lacks(tmp_path):
-    assert replay.missing_builds(str(tmp_path)) == [os.path.normpath(f) for f in BUILT]
-    _tree(tmp_path, BUILT[:2])
-    assert replay.missing_builds(str(tmp_path)) == [os.path.normpath(f) for f in BUILT[2:]]
-    _tree(tmp_path, BUILT)
-    assert replay.missing_builds(str(tmp_path)) == []
-
-
-def test_the_agentd_mode_is_refused_before_the_vm_when_the_build_is_missing(tmp_path, monkeypatch):
-    # A fresh worktree has no build outputs: the agentd mode would time the fallbacks.
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    """A repository tree at tmp_path, with the launcher and the BPF objects looked up there."""
+    from agentd.replay import runner
     monkeypatch.setattr(replay, "REPO", str(tmp_path))
-    monkeypatch.setattr(replay, "RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(runner, "LAUNCHER", str(tmp_path / BUILT[0]))
+    monkeypatch.setenv("AGENTD_BPF_DIR", str(tmp_path / "agentd" / "_bpf"))
+    return tmp_path
+
+
+def test_missing_builds_names_each_compiled_part_a_tree_lacks(tree):
+    assert replay.missing_builds() == [os.path.normpath(f) for f in BUILT]
+    _tree(tree, BUILT[:2])
+    assert replay.missing_builds() == [os.path.normpath(f) for f in BUILT[2:]]
+    _tree(tree, BUILT)
+    assert replay.missing_builds() == []
+
+
+def test_the_agentd_mode_is_refused_before_the_vm_when_the_build_is_missing(tree, monkeypatch):
+    # A fresh worktree has no build outputs: the agentd mode would time the fallbacks.
+    monkeypatch.setattr(replay, "RUNS_DIR", str(tree / "runs"))
     monkeypatch.setattr(replay, "load_folder", lambda path: [])
     monkeypatch.setattr(replay, "boot_in_vm", lambda *a, **k: pytest.fail("booted"))
     with pytest.raises(SystemExit, match=r"agentd/_bin/agentd.*missing.*python3 -m agentd\._build"):
-        replay.host_main(replay.parse_args(["--traces", str(tmp_path), "--mode", "agentd"]))
-    assert not (tmp_path / "runs").exists()        # nothing started, nothing written
+        replay.host_main(replay.parse_args(["--traces", str(tree), "--mode", "agentd"]))
+    assert not (tree / "runs").exists()        # nothing started, nothing written
 
 
-def test_modes_without_agentd_need_no_build(tmp_path, monkeypatch):
-    monkeypatch.setattr(replay, "REPO", str(tmp_path))
+def test_modes_without_agentd_need_no_build(tree, monkeypatch):
+    tmp_path = tree
     monkeypatch.setattr(replay, "load_folder", lambda path: [])
     monkeypatch.setattr(replay, "boot_in_vm", lambda *a, **k: pytest.fail("booted"))
     # Past the build check: stopped at the next step instead (no runs folder allowed).

@@ -187,16 +187,22 @@ def test_every_psi_trigger_event_reaches_the_event_loop(cgtree, cgfs, hog, state
         try:
             assert watch.mode == "psi-trigger"
             cgtree.spawn(cg, [hog, "alloc", "64", state().path])
-            await asyncio.sleep(7.0)
+            # The hog stalls without pause once it runs; how soon it runs depends on how busy
+            # the host running this emulated guest is, so wait for three signals, not a fixed time.
+            deadline = loop.time() + 60
+            while len(got) < 3 and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+            first = got[0][0] if got else None
         finally:
             watch.stop()
+        return first
 
-    asyncio.run(main())
-    # The stall starts within a second and lasts: a signal at most every 2 s window after it.
+    first = asyncio.run(main())
+    # A lasting stall is signalled once per 2 s window, and each signal must reach the loop.
     assert len(got) >= 3, got
     gaps = [b[0] - a[0] for a, b in zip(got, got[1:])]
     assert all(g >= 1.9 for g in gaps), gaps
-    figure("PSI trigger events delivered in 7 s (2 s window)", len(got))
+    figure("PSI trigger events: seconds for 3 signals (2 s window)", f"{got[2][0] - first:.1f}")
     figure("trigger thread to loop hand-off (max)", f"{max(h for _, h in got) * 1000:.2f}", "ms")
 
 

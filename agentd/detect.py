@@ -23,11 +23,11 @@ _SELF = {"agentd", "agentd-py"}
 
 
 class DetectionHook:
-    def __init__(self, app):
+    def __init__(self, app, monitor=None):
         from .monitor.autodetect import for_monitor
         from .monitor.kernel_events import EventMonitor
         self.app = app
-        self.monitor = EventMonitor(app.fs)
+        self.monitor = monitor if monitor is not None else EventMonitor(app.fs)
         self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
         self.monitor.proc_listeners.append(self._on_proc)
@@ -143,9 +143,14 @@ class DetectionHook:
         return {"bpf_programs": progs, "bpf_events": events, "autodetect": auto}
 
     def modes(self):
-        return {"detection": {"mode": self.detector.mode, "reason": self.detector.reason,
-                              "enabled": self.policy.enabled, **self.detector.stats.__dict__,
-                              "hold_ns": None}}
+        """The mode name only: it becomes a metric label (agentd_mode_info), so it must
+        stay one of a few words; counts are agentd_autodetect_total, details mode_details()."""
+        return {"detection": self.detector.mode if self.policy.enabled else "off"}
+
+    def mode_details(self):
+        """Why this mode, and the detector's counters, for `agentd status` (never a label)."""
+        return {"detection": {"mode": self.modes()["detection"], "reason": self.detector.reason,
+                              "enabled": self.policy.enabled, **self.detector.stats.summary()}}
 
 
 def build(app):

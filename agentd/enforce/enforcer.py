@@ -132,8 +132,12 @@ class Enforcer:
         self.fc.close()
 
     def modes(self):
+        # Mode words only: they are metric labels (the history file's path is in mode_details).
         return {"enforce": "dry-run" if self.actuator.dry_run else "on",
-                "pressure": self.watch.mode, "history": self.fc.mode}
+                "pressure": self.watch.mode, "history": "off" if self.fc.store is None else "sqlite"}
+
+    def mode_details(self):
+        return {"history": {"mode": self.modes()["history"], "path": self.fc.mode}}
 
     def metrics(self):
         out = dict(self.counters, **self.admitter.counters)

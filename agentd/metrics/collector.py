@@ -115,7 +115,12 @@ class AgentdCollector:
         for h in getattr(self.app, "hooks", []):
             modes = getattr(h, "modes", None)
             for comp, mode in (modes() if modes else {}).items():
-                fams.add("agentd_mode_info", [comp, mode], 1)
+                # A label value is one series for as long as it lasts: only a plain mode
+                # word belongs there (a dict or a count would make a series per change).
+                if isinstance(mode, str):
+                    fams.add("agentd_mode_info", [comp, mode], 1)
+                else:
+                    log.warning("metrics: %s.modes()[%r] is not a mode name; omitted", type(h).__name__, comp)
 
     def _controller(self, fams):
         ctl = self.app.ctl

@@ -1,7 +1,9 @@
 """The metrics catalog, the collector over a fake cgroup tree, the event tally, the sample log."""
 
+import asyncio
 import os
 import re
+import time
 
 import pytest
 from prometheus_client import generate_latest
@@ -9,6 +11,8 @@ from prometheus_client import generate_latest
 from agentd.controller import Controller
 from agentd.eventlog import EventLog
 from agentd.kernel.fakes import FakeCgroupFS
+from agentd.kernel.probe import Capabilities
+from agentd.metrics.collector import STATS_KEYS
 from agentd.metrics import build_registry, parse_listen
 from agentd.metrics.catalog import BY_NAME, CATALOG, HISTOGRAM, render_catalog
 from agentd.metrics.samples import SampleLog
@@ -29,14 +33,18 @@ agent_classes:
 tool_classes:
   normal: {priority: 50}
   batch: {priority: 20, memory: {max: 1Gi}}
+  train: {priority: 30, device: gpu}
 tool_rules:
   - {name: tests, match: {program: [pytest]}, class: batch}
 """
 
 
 class Proc:
+    def __init__(self):
+        self.cg_of = {}
+
     def cgroup(self, pid):
-        return "/"
+        return self.cg_of.get(pid, "/")
 
     oom = {}
 
@@ -44,28 +52,14 @@ class Proc:
         self.oom[pid] = value
 
 
-class Stage:
-    """A stand-in for the enforcer/monitor/scheduler/GPU stages: every documented key."""
-
-    def __init__(self, fail=False):
-        self.fail = fail
+class Broken:
+    """A stage whose metric_stats() raises: its samples go, the scrape stays."""
 
     def modes(self):
         return {"pressure": "psi-trigger"}
 
     def metric_stats(self):
-        if self.fail:
-            raise RuntimeError("stage broke")
-        return {"admission_waiting": 2, "pressure_events": 7, "pressure_own_stall": 3,
-                "bpf_programs": {"lifecycle": True, "memwatch": False},
-                "bpf_events": {"lifecycle": {"lost": 0, "stopped": 3}},
-                "autodetect": {"placed": 4, "errors": 0}, "cpu_scheduler": "sched_ext",
-                "sched_ext_ejections": 1,
-                "gpus": [{"gpu": "0", "memory_used_bytes": 5 * GiB, "memory_total_bytes": 80 * GiB,
-                          "utilization_ratio": 0.25}],
-                "agent_gpu_memory": {("ag", "0"): GiB}, "gpu_unattributed_bytes": 0,
-                "gpu_placements": {"placed": 3, "no_room": 1}, "gpu_budget_actions": {"notify": 1, "kill": 0},
-                "gpu_waiting": 0, "gpu_queued_total": 1, "gpu_wait_seconds_total": 2.5}
+        raise RuntimeError("stage broke")
 
 
 class App:
@@ -78,6 +72,57 @@ class App:
         self.ctl.setup()
         self.hooks = list(hooks)
         self.started = 1700000000.0
+        # What the daemon's stages read from the App (daemon.App has the same names).
+        self.fs, self.policy, self.root, self.state_dir, self.host_memory = fs, policy, "agentd", "", 16 * GiB
+        self.procfs = self.ctl.procfs
+        self.caps = Capabilities(root_user=True, cgroup2_mount=fs.mount, controllers=("cpu", "memory"),
+                                 sched_ext=True, sched_ext_state="disabled")
+
+
+def real_stages(app):
+    """The daemon's own stages (enforcer, detection, CPU scheduler, GPU) over the fake tree:
+    with user-space event sources, a scripted sched_ext loader and a scripted NVML."""
+    import asyncio
+    from agentd.detect import DetectionHook
+    from agentd.enforce.enforcer import ROOT, Enforcer
+    from agentd.gpu.fake import FakeNvml
+    from agentd.gpu.hook import GpuHook
+    from agentd.gpu.nvml import Nvml
+    from agentd.monitor.kernel_events import EventMonitor
+    from agentd.sched.hook import CpuScheduler
+    from tests.unit.test_gpu_hook import Forecasts, dev
+    from tests.unit.test_sched import Clock, Loader
+
+    enforcer = Enforcer(app, available_fn=lambda: 8 * GiB)
+    detection = DetectionHook(app, monitor=EventMonitor(app.fs, mode="userspace"))
+    sched = CpuScheduler(app, loader=Loader(), clock=Clock())
+    nvml = FakeNvml({"devices": [dict(dev(80 * GiB, 5 * GiB), uuid="GPU-0")]})
+    gpu = GpuHook(app, Nvml.open(nvml), Forecasts({"train.py": 4 * GiB}))
+    stages = [enforcer, detection, sched, gpu]
+    app.hooks += stages
+    app.ctl.hooks = app.hooks
+
+    async def start_sched():
+        await sched.start()
+        sched.task.cancel()
+    asyncio.run(start_sched())
+    enforcer._pressure(ROOT, time.monotonic(), "a PSI trigger fired")
+
+    def detect(agent, argv):
+        """What the detector does for a child of the agent that execs `argv`."""
+        detection.on_agent_start(agent)
+        known = detection.detector._agents[agent.agent_id]
+        detection.detector._consider(known, 4300 + len(agent.tools), argv, True)
+
+    async def gpu_call(agent):
+        """A GPU tool call, placed; its process then holds 3 GiB on the GPU."""
+        await gpu.admit(None, agent, {"argv": ["train.py"], "class": "train", "pid": 4400})
+        tool = app.ctl.start_tool(agent, 4400, ["train.py"], "train")
+        app.procfs.cg_of[4400] = "/" + tool.cgroup
+        nvml.script["devices"][0]["processes"] = [{"pid": 4400, "used": 3 * GiB}]
+        gpu.refresh()
+        return tool
+    return stages, detect, gpu_call
 
 
 def scrape(registry):
@@ -145,12 +190,35 @@ def test_catalog_names_follow_the_conventions():
     assert len(BY_NAME) == len(CATALOG)
 
 
+# Families no stage can fill over the fake tree: the BPF programs' own counters need the
+# programs loaded (tests/host/test_metrics_series.py scrapes a real daemon that has them).
+NEEDS_BPF = {"agentd_bpf_events_total"}
+
+
+def test_real_stages_emit_only_documented_keys_and_plain_modes(tmp_path):
+    """Every key a real stage's metric_stats() returns is one the collector reads, every
+    documented key comes from some stage, and every mode is a plain word (a label value)."""
+    app = App(tmp_path)
+    stages, _, _ = real_stages(app)
+    emitted = {}
+    for h in stages:
+        for k in h.metric_stats():
+            emitted.setdefault(k, type(h).__name__)
+        for comp, mode in h.modes().items():
+            assert isinstance(mode, str) and len(mode) < 200, (type(h).__name__, comp, mode)
+    assert set(emitted) <= set(STATS_KEYS), {k: v for k, v in emitted.items() if k not in STATS_KEYS}
+    assert set(STATS_KEYS) <= set(emitted), set(STATS_KEYS) - set(emitted)
+
+
 def test_collector_emits_exactly_the_catalog(tmp_path):
-    app = App(tmp_path, hooks=[Stage()])
+    app = App(tmp_path)
+    _, detect, gpu_call = real_stages(app)
     registry, _ = build_registry(app)
-    drive(app)
+    a = drive(app)
+    detect(a, ["sh", "-c", "make -j4"])
+    asyncio.run(gpu_call(a))
     s = scrape(registry)
-    assert metric_names(s) == set(BY_NAME)
+    assert metric_names(s) == set(BY_NAME) - NEEDS_BPF
 
     def one(name, **labels):
         vals = [v for lab, v in s[name] if all(lab.get(k) == x for k, x in labels.items())]
@@ -165,7 +233,8 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     assert one("agentd_agent_pressure_memory_waiting_seconds_total", agent="ag") == 2.5
     assert one("agentd_agent_pressure_memory_stalled_seconds_total", agent="ag") == 0.5
     assert one("agentd_agent_pressure_io_stalled_seconds_total", agent="ag") == 0.25
-    assert one("agentd_tool_calls_running", tool_class="normal") == 1
+    assert one("agentd_tool_calls_running", tool_class="normal") == 2     # ls, and the detected make
+    assert one("agentd_tool_calls_running", tool_class="train") == 1
     assert one("agentd_tool_calls_finished_total", tool_class="batch", outcome="ok") == 1
     assert one("agentd_tool_call_memory_events_total", tool_class="batch", event="high") == 3
     # 600 MiB falls in the 1 GiB bucket, not the 512 MiB one.
@@ -177,18 +246,27 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     assert one("agentd_enforcement_reaction_seconds_count", action="throttle") == 1
     assert one("agentd_admission_wait_seconds_sum", tool_class="batch", outcome="admitted") == 3.0
     assert one("agentd_admission_wait_seconds_count", tool_class="normal", outcome="refused") == 1
-    assert one("agentd_admission_waiting") == 2
-    assert one("agentd_gpu_placements_total", outcome="no_room") == 1
-    assert one("agentd_gpu_wait_seconds_total") == 2.5
     assert one("agentd_policy_reloads_total", outcome="failed") == 1
-    assert one("agentd_mode_info", component="pressure", mode="psi-trigger") == 1
+    # From the real stages:
+    assert one("agentd_admission_waiting") == 0
+    assert one("agentd_pressure_events_total") == 1
+    assert one("agentd_pressure_own_stall_total") == 0
+    assert one("agentd_autodetect_total", event="placed") == 1
+    assert one("agentd_bpf_programs_loaded", program="lifecycle") == 0
     assert one("agentd_bpf_programs_loaded", program="memwatch") == 0
+    assert one("agentd_mode_info", component="detection", mode="poll") == 1
+    assert one("agentd_mode_info", component="cpu", mode="sched_ext") == 1
+    assert one("agentd_mode_info", component="enforce", mode="on") == 1
     assert one("agentd_cpu_scheduler_mode", mode="sched_ext") == 1
-    assert one("agentd_gpu_utilization_ratio", gpu="0") == 0.25
+    assert one("agentd_sched_ext_ejections_total") == 0
+    assert one("agentd_gpu_placements_total", outcome="gpu") == 1
+    assert one("agentd_gpu_memory_total_bytes", gpu="0") == 80 * GiB
+    assert one("agentd_agent_gpu_memory_bytes", agent="ag", gpu="0") == 3 * GiB
+    assert one("agentd_gpu_waiting") == 0 and one("agentd_gpu_queued_total") == 0
 
 
 def test_missing_or_failing_stages_omit_samples_not_the_scrape(tmp_path):
-    app = App(tmp_path, hooks=[Stage(fail=True)])
+    app = App(tmp_path, hooks=[Broken()])
     registry, _ = build_registry(app)
     a = drive(app)
     # The agent's cgroup vanishes between the controller's view and the read.

@@ -18,6 +18,16 @@ def _setup_logging(verbose, daemon=False):
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
 
 
+def _listen_arg(text):
+    """--metrics-listen: checked while parsing, with the policy's own rule, so a bad value
+    stops before anything starts and every spelling of "off" means the same."""
+    from .policy.fields import normalise_listen
+    try:
+        return normalise_listen(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _cmd_after_dashes(args):
     cmd = list(args.cmd or [])
     if cmd and cmd[0] == "--":
@@ -40,7 +50,7 @@ def cmd_run(args):
         pid = os.getpid()
         run_dir = "/run/agentd" if os.access("/run", os.W_OK) else "/tmp"
         cfg = Config(policy=args.policy or "default", root=f"agentd.standalone/{pid}",
-                     socket=f"{run_dir}/standalone-{pid}.sock", state_dir="", metrics_listen="none",
+                     socket=f"{run_dir}/standalone-{pid}.sock", metrics_listen=args.metrics_listen,
                      standalone=True, event_log=args.event_log)
         standalone = Standalone(cfg)
         try:
@@ -50,6 +60,12 @@ def cmd_run(args):
             return 125
         log.info("no daemon at %s: running standalone", socket_path(args.socket))
         client = connect(sock)
+    if standalone is None and args.metrics_listen is not None:
+        client.close()
+        print(f"agentd: --metrics-listen is for a standalone run, but a daemon serves {socket_path(args.socket)}: "
+              "it serves metrics as its policy's daemon.metrics_listen says; run without --metrics-listen",
+              file=sys.stderr)
+        return 125
     held = Held(cmd)
     try:
         reply = _run_start(client, held, args, cmd, standalone is None)
@@ -295,6 +311,8 @@ def build_parser():
     r.add_argument("--class", dest="agent_class")
     r.add_argument("--socket")
     r.add_argument("--event-log", default=None)
+    r.add_argument("--metrics-listen", type=_listen_arg,
+                   help="standalone runs only: serve /metrics on HOST:PORT (default: off)")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)
 
@@ -313,7 +331,8 @@ def build_parser():
     d.add_argument("--group", help="group whose members may create agents")
     d.add_argument("--state-dir")
     d.add_argument("--event-log")
-    d.add_argument("--metrics-listen", help="host:port for /metrics, or 'none'")
+    d.add_argument("--metrics-listen", type=_listen_arg,
+                   help="HOST:PORT for /metrics, or off/none/disabled (default: the policy's daemon.metrics_listen)")
     d.add_argument("--dry-run", action="store_true",
                    help="enforcement decides and logs every action but writes no limit, freeze or kill")
     d.set_defaults(fn=cmd_daemon)

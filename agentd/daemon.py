@@ -37,7 +37,7 @@ class Config:
     root: str | None = None           # relative to the v2 mount; None = from policy / auto
     socket: str | None = None
     api_group: str | None = None
-    metrics_listen: str | None = None  # "host:port" or "none"
+    metrics_listen: str | None = None  # None: the policy's; "" off; else "host:port" (normalise_listen)
     state_dir: str | None = None
     event_log: str | None = None
     standalone: bool = False
@@ -64,6 +64,18 @@ def rss_sampler(pids):
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
+
+
+def standalone_state_dir(state_dir, euid=None, environ=None):
+    """Where a standalone `agentd run` keeps its tool-call history: root uses the state dir
+    (the policy's daemon.state_dir, the one the system daemon uses), anyone else the XDG
+    state dir ($XDG_STATE_HOME/agentd, else ~/.local/state/agentd)."""
+    euid = os.geteuid() if euid is None else euid
+    env = os.environ if environ is None else environ
+    if euid == 0:
+        return state_dir
+    base = env.get("XDG_STATE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "agentd")
 
 
 def default_root(mount, procfs):
@@ -109,8 +121,15 @@ class App(ApiOps):
         self.caps = probe.probe(mount, test_cgroup=self.root)
         self.events = EventLog(c.event_log if c.event_log is not None else d.event_log)
         state_dir = c.state_dir if c.state_dir is not None else d.state_dir
-        self.state = StateStore(state_dir)
-        self.state_dir = state_dir
+        if c.standalone:
+            # A standalone tree lives and dies with its `agentd run`: nothing to re-adopt,
+            # so no state journal (two runs at once would write the same one). What
+            # persists is the tool-call history, so forecasts learn across runs.
+            self.state = StateStore("")
+            self.state_dir = standalone_state_dir(state_dir)
+        else:
+            self.state = StateStore(state_dir)
+            self.state_dir = state_dir
         self.ctl = Controller(self.fs, self.root, self.caps, Planner(self.policy, self.host_memory),
                               self.state, self.events, self.procfs, sampler=rss_sampler)
         # One list of hooks serves both the controller's events (on_tool_plan/start/end,
@@ -217,8 +236,12 @@ class App(ApiOps):
         readopt(self.ctl)
         await self.server.start()
         self.metrics = None
-        listen = self.cfg.metrics_listen or self.policy.daemon.metrics_listen
-        if listen and listen != "none" and not self.cfg.standalone:
+        listen = self.cfg.metrics_listen
+        if listen is None:
+            # Standalone runs serve metrics only when their command line asks: a laptop's
+            # `agentd run` must not take the system daemon's port.
+            listen = "" if self.cfg.standalone else self.policy.daemon.metrics_listen
+        if listen:
             from .metrics import start_metrics
             self.metrics = start_metrics(self, listen)
         tasks = [asyncio.create_task(self._periodic(self.cfg.sweep_interval_s, self._sweep)),

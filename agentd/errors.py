@@ -29,7 +29,8 @@ class PolicyError(AgentdError):
     """A policy failed validation; carries every problem with file:line."""
 
     def __init__(self, problems, source="<policy>"):
-        self.problems = list(problems)
+        # One message is one problem: list("text") would split it into characters.
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
         super().__init__("\n".join(str(p) for p in self.problems))
 

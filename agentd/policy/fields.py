@@ -137,14 +137,25 @@ def _abs_path(v):
     return v
 
 
-def _listen(v):
-    # YAML 1.1 reads a bare `off` as false: both mean no metrics endpoint.
-    if v is False or v is None or isinstance(v, str) and v.strip().lower() in ("", "off", "none"):
+# Words that turn the metrics endpoint off, in the policy and on the command line alike.
+# YAML 1.1 reads a bare `off` / `no` as false, which means the same.
+LISTEN_OFF = ("off", "none", "disabled")
+
+
+def normalise_listen(v):
+    """A metrics listen address: "HOST:PORT" as given, or "" for no endpoint (one of
+    LISTEN_OFF, an empty string, false). ValueError names what is accepted."""
+    if v is False or v is None or isinstance(v, str) and v.strip().lower() in ("",) + LISTEN_OFF:
         return ""
-    m = re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$", v) if isinstance(v, str) else None
+    m = re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$", v) if isinstance(v, str) else None
     if not m or not 0 < int(m.group(2)) < 65536:
-        raise ValueError(f"bad listen address {v!r}: expected HOST:PORT, e.g. 127.0.0.1:9464, or 'off'")
+        raise ValueError(f"bad listen address {v!r}: expected HOST:PORT (e.g. 127.0.0.1:9464, :9464) "
+                         f"or {', '.join(LISTEN_OFF)} for no metrics endpoint")
     return v
+
+
+def _listen(v):
+    return normalise_listen(v)
 
 
 Size = Annotated[Optional[int], BeforeValidator(_size)]

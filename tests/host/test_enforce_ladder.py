@@ -1,9 +1,13 @@
-"""The pressure ladder in a real daemon on the host's cgroup v2 tree, driven by a fake
-pressure source (a file in PSI format named by AGENTD_PRESSURE_FILE): real tool calls
-are frozen lowest priority first, thawed highest priority first, killed, and told so.
-
-The host has no memory controller, so throttling is impossible here: the ladder skips it
-(see tests/kernel/test_enforce_ladder.py for the whole ladder under a real hog)."""
+"""The pressure ladder's wiring in a real daemon on the host's cgroup v2 tree, driven by a
+FAKE pressure source: a file in PSI format named by AGENTD_PRESSURE_FILE, which the daemon
+polls instead of arming kernel PSI triggers (status says `pressure: poll`). What this shows
+is real: tool calls are frozen lowest priority first, thawed highest priority first,
+killed, and told so, through cgroup.freeze and cgroup.kill. What it does not show is the
+ladder's real trigger path: the kernel's PSI triggers firing under a real memory hog,
+throttling through memory.high (this host has no memory controller), the memory watch.
+That path is covered in the kernel tier, by
+tests/kernel/test_agentd_enforce.py::test_ladder_throttles_freezes_kills_lowest_priority_first
+(and the memory-watch and admission tests beside it)."""
 
 import json
 import os

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -155,10 +156,23 @@ def test_daemon_kill9_and_restart_readopts_running_tool(daemon, cgfs, tmp_path):
     assert cgfs.children(f"{daemon.root}/agents") == []
 
 
+def standalone_policy(tmp_path):
+    """The shipped default with the state dir in the test's tmp: a standalone run as root
+    keeps its history in the policy's daemon.state_dir, never the machine's /var/lib/agentd."""
+    from agentd.policy.loader import resolve_policy
+    path = tmp_path / "standalone.yaml"
+    text, n = re.subn(r"(?m)^  state_dir: .*$", f"  state_dir: {tmp_path / 'state'}",
+                      resolve_policy("default").read_text())
+    assert n == 1
+    path.write_text(text)
+    return str(path)
+
+
 def test_standalone_run_without_daemon(cgfs, tmp_path):
     env = dict(os.environ, AGENTD_SOCKET=str(tmp_path / "nothing.sock"))
     log = tmp_path / "ev.jsonl"
-    r = subprocess.run(agentd_cmd() + ["run", "--event-log", str(log), "--", "bash", "-c",
+    r = subprocess.run(agentd_cmd() + ["run", "--policy", standalone_policy(tmp_path), "--event-log", str(log),
+                                       "--", "bash", "-c",
                                        'while read -r l; do c=$l; done </proc/self/cgroup; echo "$c"; "$@" tool -- grep ^0:: /proc/self/cgroup; exit 3',
                                        "a", *agentd_cmd()],
                        capture_output=True, text=True, env=env, timeout=60)
@@ -186,10 +200,48 @@ def test_automatic_detection_places_plain_children(daemon, cgfs, tmp_path):
     assert len(seen) == 1 and seen.pop().startswith(f"0::/{daemon.root}/agents/auto1/tools/0001-"), seen
     ev = daemon.wait_event(lambda e: e["event"] == "tool_end" and e["agent"] == "auto1" and e["tool"].startswith("0001"))
     assert ev["origin"] == "auto" and ev["argv"][:2] == ["sh", "-c"]
-    if ev.get("status") is not None:          # the BPF lifecycle program saw the exit
-        assert ev["status"] == {"exit": 6} and ev["outcome"] == "failed"
+    # The exit status comes from the BPF lifecycle program, which the host tier has
+    # (the polling fallback cannot know it: tests/host/test_faults.py covers that mode).
+    assert daemon.request({"op": "status"})["modes"]["detection"] == "bpf-stop"
+    assert ev["status"] == {"exit": 6} and ev["outcome"] == "failed", ev
     daemon.wait_event(lambda e: e["event"] == "tool_start" and e["agent"] == "auto1" and e["tool"].startswith("0002"))
 
 
 def test_daemon_moves_into_its_leaf(daemon, cgfs):
     assert daemon.proc.pid in cgfs.procs(f"{daemon.root}/daemon")
+
+
+def test_successive_standalone_runs_share_the_forecast_history(cgfs, tmp_path):
+    """A laptop without a daemon: the second run's forecast for a command comes from the
+    peak the first run measured, and the history sits in the state dir, not in memory.
+    Each run also serves /metrics when asked."""
+    import urllib.request
+    from tests.host.test_metrics_series import free_port
+    policy = standalone_policy(tmp_path)
+    env = dict(os.environ, AGENTD_SOCKET=str(tmp_path / "nothing.sock"))
+    hog = "x = bytearray(300 << 20); [x.__setitem__(i, 1) for i in range(0, len(x), 4096)]"
+    # Declared interactive (no rule of the default policy matches): a 256 MiB class prior,
+    # which the call's ~310 MiB peak exceeds.
+    script = ('"$@" tool --class interactive -- python3 -c "$HOG" && '
+              'python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read()'
+              '.decode())" "$URL" > "$OUT"')
+    ends = []
+    for run in (1, 2):
+        log, port = tmp_path / f"ev{run}.jsonl", free_port()
+        r = subprocess.run(agentd_cmd() + ["run", "--policy", policy, "--event-log", str(log),
+                                           "--metrics-listen", f"127.0.0.1:{port}", "--", "bash", "-c", script,
+                                           "a", *agentd_cmd()],
+                           capture_output=True, text=True, timeout=120,
+                           env=dict(env, HOG=hog, URL=f"http://127.0.0.1:{port}/metrics",
+                                    OUT=str(tmp_path / f"metrics{run}.txt")))
+        assert r.returncode == 0, r.stderr
+        evs = [json.loads(x) for x in log.read_text().splitlines()]
+        ends.append(next(e for e in evs if e["event"] == "tool_end" and e["argv"][:1] == ["python3"]))
+        assert "agentd_tool_calls_started_total" in (tmp_path / f"metrics{run}.txt").read_text()
+    assert os.path.exists(tmp_path / "state" / "history.sqlite")
+    first, second = ends
+    assert first["memory_peak_bytes"] >= 300 << 20, first
+    # The first run knew nothing of this command: the class prior. The second forecasts from
+    # the first's peak: above it (the predictor's margin), so above the prior too.
+    assert first["forecast_bytes"] == 256 << 20, first
+    assert second["forecast_bytes"] > first["memory_peak_bytes"] > first["forecast_bytes"], (first, second)

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 
-from .errors import AgentdError
+from .errors import AgentdError, ProcessGone
 
 log = logging.getLogger("agentd.detect")
 
@@ -28,7 +28,8 @@ class DetectionHook:
         from .monitor.kernel_events import EventMonitor
         self.app = app
         self.monitor = monitor if monitor is not None else EventMonitor(app.fs)
-        self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs)
+        self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs,
+                                    agent_process=self.is_agent_process)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
         self.monitor.proc_listeners.append(self._on_proc)
         self._task = None
@@ -47,6 +48,26 @@ class DetectionHook:
         if self.policy.new_session_only and not leads_session:
             return False
         return not is_housekeeping(self.app.policy, argv)
+
+    def is_agent_process(self, pid):
+        """Is `pid` (a process in an agent's main cgroup) one of the agent's own programs
+        (detection.agent_programs: the basename of its executable or of its argv[0])?
+        Only their children are tool calls; with no list, every main process counts."""
+        names = self.policy.agent_programs
+        if not names:
+            return True
+        procfs = self.app.procfs
+        seen = set()
+        try:
+            argv = procfs.cmdline(pid)
+            if argv:
+                seen.add(os.path.basename(argv[0]))
+            seen.add(os.path.basename(procfs.exe(pid)))
+        except ProcessGone:
+            return False
+        except AgentdError as err:        # e.g. exe unreadable: argv[0] alone decides
+            log.debug("agent_programs: %s", err)
+        return not seen.isdisjoint(names)
 
     def place(self, agent_id, pid, argv):
         agent = self.app.ctl.agents.get(agent_id)

@@ -79,6 +79,17 @@ class ProcFS:
     def comm(self, pid):
         return self._read(pid, "comm").strip()
 
+    def exe(self, pid):
+        """Path of the executable `pid` runs (the /proc/<pid>/exe link; a replaced or
+        removed binary reads with " (deleted)", dropped here)."""
+        try:
+            path = os.readlink(f"{self.proc}/{pid}/exe")
+        except (FileNotFoundError, ProcessLookupError) as err:
+            raise ProcessGone(f"process {pid} is gone") from err
+        except OSError as err:
+            raise KernelError(f"reading /proc/{pid}/exe: {err.strerror}") from err
+        return path[:-len(" (deleted)")] if path.endswith(" (deleted)") else path
+
     def groups(self, pid):
         """Real uid, primary gid and supplementary group ids of `pid` (from status)."""
         uid = gid = None

@@ -2,7 +2,8 @@
 
 Rule: a process that lives in an agent's `main` cgroup, whose parent also lives there
 (an agent main process: the agent itself, or a spawn policy kept as housekeeping), and
-that execs, is a tool-call candidate. The daemon's `is_tool(argv, leads_session)`
+that execs, is a tool-call candidate. With `agent_process(ppid)` (the policy's
+detection.agent_programs) the parent must also be one of the agent's own programs. The daemon's `is_tool(argv, leads_session)`
 (policy) decides; for a tool call the daemon's `place(agent_id, pid, argv)` creates the
 tool-call cgroup and moves the pid (the Controller owns the cgroup tree, not this module).
 
@@ -68,13 +69,16 @@ class AutoDetector:
     """
 
     def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason="",
-                 resume=resume):
+                 resume=resume, agent_process=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if strategy != "poll" and lifecycle is None:
             raise ValueError(f"strategy {strategy!r} needs the lifecycle BPF program")
         self.place = place
         self.is_tool = is_tool
+        # agent_process(pid) -> bool: is this main-cgroup process one of the agent's own
+        # programs, whose children are tool calls? None: every main process is.
+        self.agent_process = agent_process
         self.cgroups = cgroups
         self.strategy = strategy
         self.reason = reason or ("BPF lifecycle program attached" if lifecycle else "BPF unavailable")
@@ -145,7 +149,7 @@ class AutoDetector:
             if not ev.parent_in_main:               # the agent's own process (re)executing
                 agent.known[ev.pid] = (None, ev.argv)
                 return
-            self._consider(agent, ev.pid, list(ev.argv), ev.leads_session)
+            self._consider(agent, ev.pid, list(ev.argv), ev.leads_session, ev.ppid)
         finally:
             if ev.stopped:
                 self.resume(ev.pid)
@@ -153,9 +157,10 @@ class AutoDetector:
                 self.stats.hold_ns.append(hold)
                 del self.stats.hold_ns[:-1000]
 
-    def _consider(self, agent, pid, argv, leads_session):
+    def _consider(self, agent, pid, argv, leads_session, ppid=None):
         try:
-            tool = bool(self.is_tool(argv, leads_session))
+            tool = (self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
+                and bool(self.is_tool(argv, leads_session))
         except Exception:  # policy bugs must not leave a task stopped
             log.exception("is_tool failed for %s; treating %r as housekeeping", agent.agent_id, argv[:3])
             tool = False
@@ -228,7 +233,7 @@ class AutoDetector:
                 return
             self.stats.resumed_late += 1
             try:
-                self._consider(agent, pid, list(info.argv), info.sid == pid)
+                self._consider(agent, pid, list(info.argv), info.sid == pid, info.ppid)
             finally:
                 self.resume(pid)
             return
@@ -243,10 +248,10 @@ class AutoDetector:
             parent = None
         if parent is not None and parent.argv == info.argv:
             return                  # forked, not yet exec'd: decide once it has
-        self._consider(agent, pid, list(info.argv), info.sid == pid)
+        self._consider(agent, pid, list(info.argv), info.sid == pid, info.ppid)
 
 
-def for_monitor(monitor, place, is_tool, cgroups, strategy=None):
+def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None):
     """The detector the daemon wants for `monitor` (a kernel_events.EventMonitor):
     stop-at-exec when the lifecycle program runs, /proc polling otherwise; subscribed
     to the monitor's process events. The daemon still calls reconcile() on its tick
@@ -254,8 +259,9 @@ def for_monitor(monitor, place, is_tool, cgroups, strategy=None):
     at start, which resumes tasks a previous daemon left stopped."""
     if monitor.lifecycle is not None:
         det = AutoDetector(place, is_tool, cgroups, strategy=strategy or "stop", lifecycle=monitor.lifecycle,
-                           reason=monitor.reason)
+                           reason=monitor.reason, agent_process=agent_process)
         monitor.proc_listeners.append(det.handle)
     else:
-        det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason)
+        det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason,
+                           agent_process=agent_process)
     return det

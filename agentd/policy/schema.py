@@ -194,9 +194,27 @@ class Detection(_Model):
     enabled: bool = True
     new_session_only: bool = False     # count only children that lead a new session (setsid)
     startup_grace_s: Seconds = 0.0     # children in the agent's first seconds are housekeeping
-    agent_programs: ProgramNames = []     # main-cgroup processes whose children are tool calls; [] = all
-    tool_parents: ProgramNames = []     # persistent shells whose children are tool calls
+    # The agent's own programs: only children of a main-cgroup process whose executable or
+    # argv[0] has one of these basenames are tool calls; children of the agent's other
+    # processes (a language server, an npm helper) stay in main. [] = any main process.
+    agent_programs: ProgramNames = []
     housekeeping: list[Match] = list(DEFAULT_HOUSEKEEPING)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tool_parents(cls, data):
+        # Persistent shells (SWE-agent style) are not detected yet: a key that looked
+        # accepted but did nothing is refused with what to do instead. An empty list asks
+        # for nothing (installed copies of the old default policy carry one), so it passes.
+        if isinstance(data, dict) and data.get("tool_parents", []) not in ([], None):
+            raise PydanticCustomError(
+                "policy_unsupported",
+                "tool_parents is not supported: agentd does not detect commands typed into a persistent "
+                "shell yet; remove the key (such commands run in the agent's main cgroup; run them through "
+                "`agentd tool -- CMD` to give each its own tool-call cgroup)", {"subpath": "tool_parents"})
+        if isinstance(data, dict) and "tool_parents" in data:
+            data = {k: v for k, v in data.items() if k != "tool_parents"}
+        return data
 
 
 class Forecast(_Model):

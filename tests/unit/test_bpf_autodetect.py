@@ -178,3 +178,18 @@ def test_a_task_rescued_by_reconcile_is_not_placed_again_when_its_event_arrives(
     assert placed == [("a", 20, ("sh", "-c", "x"))]
     assert d.stats.housekeeping == 1
     assert sorted(resumed) == [20, 20, 21, 21]     # resuming twice is harmless
+
+
+def test_only_children_of_the_agents_own_programs_are_tool_calls():
+    d, placed, resumed = make()
+    asked = []
+
+    def agent_process(ppid):
+        asked.append(ppid)
+        return ppid == 10          # 10: the agent; 20: a helper it keeps in main
+    d.agent_process = agent_process
+    d.handle(exec_ev(11, 10, ["bash", "-c", "make"]))
+    d.handle(exec_ev(21, 20, ["sh", "-c", "tsc --watch"]))
+    assert placed == [("a", 11, ("bash", "-c", "make"))]
+    assert resumed == [11, 21] and asked == [10, 20]
+    assert d.stats.placed == 1 and d.stats.housekeeping == 1

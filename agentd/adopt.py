@@ -9,8 +9,9 @@ leftover is logged as ended and removed.
 import logging
 import time
 
-from .errors import CgroupGone, KernelError
+from .errors import AgentdError, CgroupGone, KernelError
 from .model import Agent, ToolCall, ToolPlan
+from .planner import Planner
 
 log = logging.getLogger("agentd.adopt")
 
@@ -30,6 +31,16 @@ def readopt(ctl):
         agent = Agent(agent_id=name, cgroup=cg, agent_class=st.get("class", "unknown"),
                       priority=st.get("priority", 0), uid=st.get("uid", 0), policy=st.get("policy"),
                       created=st.get("created", time.time()), next_seq=st.get("next_seq", 1))
+        if st.get("policy_text"):
+            # The agent brought its own policy: it runs under it again, checked against the
+            # policy this daemon runs now; one that no longer fits leaves it on the daemon's.
+            try:
+                view = ctl.agent_view(agent.policy, st["policy_text"])
+                agent.policy_text, agent.view = view
+                agent.planner = Planner(view[1], ctl.planner.host_memory)
+            except AgentdError as err:
+                log.warning("agent %s: its own policy no longer fits under the daemon's; it runs under the "
+                            "daemon's policy: %s", name, err)
         try:
             tool_names = fs.children(agent.tools_cgroup) if fs.exists(agent.tools_cgroup) else []
             for tname in tool_names:

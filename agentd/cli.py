@@ -66,9 +66,21 @@ def cmd_run(args):
               "it serves metrics as its policy's daemon.metrics_listen says; run without --metrics-listen",
               file=sys.stderr)
         return 125
+    # Against a running daemon, --policy is the agent's own policy within the daemon's: read
+    # here, with the caller's permissions (the daemon reads no file a client names).
+    own_policy = None
+    if standalone is None and args.policy:
+        from .policy.loader import resolve_policy
+        path = resolve_policy(args.policy)
+        try:
+            own_policy = (str(path), path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
+            client.close()
+            raise PolicyError([f"{path}: cannot read policy: {getattr(err, 'strerror', None) or err}"],
+                              str(path)) from None
     held = Held(cmd)
     try:
-        reply = _run_start(client, held, args, cmd, standalone is None)
+        reply = _run_start(client, held, args, cmd, standalone is None, own_policy)
     except (ReplyError, DaemonUnavailable) as err:
         held.abort()
         print(f"agentd: {err}", file=sys.stderr)
@@ -94,7 +106,7 @@ def cmd_run(args):
     return code
 
 
-def _run_start(client, held, args, cmd, may_retry, patience_s=10.0):
+def _run_start(client, held, args, cmd, may_retry, own_policy=None, patience_s=10.0):
     """Ask the daemon to place the held child; survive the daemon dying mid-request.
 
     If the daemon went away after moving the child into an agent's main cgroup, that agent
@@ -105,8 +117,9 @@ def _run_start(client, held, args, cmd, may_retry, patience_s=10.0):
     deadline = time.monotonic() + patience_s
     while True:
         try:
+            extra = {"policy": own_policy[0], "policy_text": own_policy[1]} if own_policy else {}
             return client.call("run_start", pid=held.pid, name=args.name, **{"class": args.agent_class},
-                               policy=args.policy, argv=cmd[:64])
+                               argv=cmd[:64], **extra)
         except DaemonUnavailable:
             if not may_retry or time.monotonic() > deadline:
                 raise
@@ -306,7 +319,8 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="start an agent sandbox in its own cgroup tree")
-    r.add_argument("--policy")
+    r.add_argument("--policy", help="standalone: the policy to run; with a daemon: this agent's own policy, "
+                                    "applied within the daemon's (only tighter; refused otherwise)")
     r.add_argument("--name")
     r.add_argument("--class", dest="agent_class")
     r.add_argument("--socket")

@@ -17,6 +17,7 @@ from . import names, oom
 from .errors import AgentdError, CgroupGone, KernelError, ProcessGone, RequestError
 from .kernel import cgroupfs as cgf
 from .model import Agent, ToolCall
+from .planner import Planner
 
 log = logging.getLogger("agentd.controller")
 
@@ -133,17 +134,22 @@ class Controller:
             log.warning("%s: cannot set %s=1 (an OOM kill may take part of it): %s", who, cgf.MEMORY_OOM_GROUP, err)
 
     # --- agents --------------------------------------------------------------
-    def create_agent(self, name=None, agent_class=None, uid=0, policy=None, standalone=False):
+    def create_agent(self, name=None, agent_class=None, uid=0, policy=None, standalone=False, view=None):
+        """`view`: (policy text, Policy) the agent runs under instead of the daemon's
+        (policy/overlay.py: its own policy within the daemon's), or None."""
         if name is None:
             name = self._fresh_agent_name()
         names.check_name(name, "agent name")
         if name in self.agents or self.fs.exists(f"{self.agents_cgroup}/{name}"):
             raise RequestError("exists", f"an agent named {name!r} already runs; pick another --name")
-        cls_name, priority, limits = self.planner.agent_limits(agent_class)
+        planner = Planner(view[1], self.planner.host_memory) if view else self.planner
+        cls_name, priority, limits = planner.agent_limits(agent_class)
         cg = f"{self.agents_cgroup}/{name}"
         self.fs.mkdir(cg, exist_ok=False)
         agent = Agent(agent_id=name, cgroup=cg, agent_class=cls_name, priority=priority, uid=uid,
                       policy=policy, standalone=standalone)
+        if view:
+            agent.policy_text, agent.view, agent.planner = view[0], view[1], planner
         try:
             self.fs.mkdir(agent.main_cgroup)
             self.fs.mkdir(agent.tools_cgroup)
@@ -171,7 +177,7 @@ class Controller:
         the ones started after. An agent whose class left the policy keeps its limits."""
         for agent in list(self.agents.values()):
             try:
-                _, _, limits = self.planner.agent_limits(agent.agent_class)
+                _, _, limits = self.planner_of(agent).agent_limits(agent.agent_class)
             except AgentdError as err:
                 log.warning("agent %s keeps its memory limits: %s", agent.agent_id, err)
                 continue
@@ -180,6 +186,24 @@ class Controller:
                 agent.limits_applied.update(self._apply(agent.cgroup, sized, f"agent {agent.agent_id}", reason))
             except CgroupGone:
                 continue
+
+    def agent_view(self, source, text):
+        """(text, Policy) for an agent that brings its own policy `text` (named `source`):
+        the daemon's policy with it applied where it may be (policy/overlay.py).
+        PolicyError lists every place it asks for more than the daemon's policy allows."""
+        from .policy.overlay import agent_policy
+        return text, agent_policy(self.planner.policy, text, source or "<agent policy>", self.planner.host_memory)
+
+    def planner_of(self, agent):
+        """The planner for `agent`'s tool calls: its own policy's view, else the daemon's."""
+        return agent.planner or self.planner
+
+    def set_view(self, agent, view):
+        """Put `agent` under `view` ((text, Policy), or None for the daemon's policy), e.g.
+        after a reload re-checked its own policy against the new daemon policy."""
+        agent.policy_text, agent.view = (view[0], view[1]) if view else (None, None)
+        agent.planner = Planner(view[1], self.planner.host_memory) if view else None
+        self._save(agent=agent)
 
     def _fresh_agent_name(self):
         base = time.strftime("a%Y%m%d-%H%M%S")
@@ -193,7 +217,7 @@ class Controller:
         self.fs.move(agent.main_cgroup, pid)
         agent.main_pids.add(pid)
         try:
-            allowed = self.planner.policy.agent_class(agent.agent_class).kill_main_allowed
+            allowed = self.planner_of(agent).policy.agent_class(agent.agent_class).kill_main_allowed
         except AgentdError:
             allowed = False
         value = oom.main_adj(allowed)
@@ -284,7 +308,7 @@ class Controller:
         (a write to cgroup.procs waits for an RCU grace period, ~10 ms on a busy host),
         or falls back to `attach()`.
         """
-        plan = self.planner.plan_tool(agent, argv, declared_class, mem)
+        plan = self.planner_of(agent).plan_tool(agent, argv, declared_class, mem)
         names.check_name(plan.tool_class, "tool class")
         seq = agent.next_seq
         agent.next_seq += 1

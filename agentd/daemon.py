@@ -19,7 +19,7 @@ from .adopt import readopt
 from .api.ops import ApiOps
 from .api.server import Server
 from .controller import Controller
-from .errors import AgentdError, FeatureMissing, PolicyError
+from .errors import AgentdError, FeatureMissing, PolicyError, RequestError
 from .eventlog import EventLog
 from .kernel import cgroupfs, probe
 from .kernel.procfs import ProcFS
@@ -342,9 +342,40 @@ class App(ApiOps):
             return False, str(err)
         self.policy = new
         self.ctl.planner = Planner(new, self.host_memory)
+        self._recheck_agent_policies()
         self.events.emit("reload", ok=True, policy=self.cfg.policy)
         log.info("policy %s reloaded", self.cfg.policy)
         return True, "policy reloaded"
+
+    def agent_policy_view(self, source, text):
+        """(text, Policy) for `agentd run --policy P`: the agent's own policy within the
+        daemon's; refused with every problem when it asks for more. None without one."""
+        if text is None:
+            if source:
+                raise RequestError("bad_field", f"policy {source!r} came without its text: this agentd run is older "
+                                                "than the daemon; the daemon does not read files named by a client")
+            return None
+        try:
+            return self.ctl.agent_view(source, text)
+        except PolicyError as err:
+            raise RequestError("bad_policy", f"policy {source or '<agent policy>'} does not fit under the running "
+                                             f"daemon's policy {self.policy.source}; nothing was started:\n{err}") \
+                from None
+
+    def _recheck_agent_policies(self):
+        """After a reload the daemon's policy bounds each agent's own policy anew: one that
+        no longer fits leaves its agent on the daemon's policy, and says so."""
+        for agent in list(self.ctl.agents.values()):
+            if agent.policy_text is None:
+                continue
+            try:
+                self.ctl.set_view(agent, self.ctl.agent_view(agent.policy, agent.policy_text))
+            except PolicyError as err:
+                log.warning("agent %s: its own policy %s no longer fits under the reloaded policy; it runs under "
+                            "the daemon's policy from now on:\n%s", agent.agent_id, agent.policy, err)
+                self.events.emit("agent_policy", agent=agent.agent_id, ok=False, error=str(err))
+                self.ctl.set_view(agent, None)
+
 
 def run_daemon(cfg):
     """`agentd daemon`: serve until SIGTERM/SIGINT; SIGHUP reloads. Agents outlive us."""

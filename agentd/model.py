@@ -63,6 +63,11 @@ class Agent:
     tools: dict = dataclasses.field(default_factory=dict)     # tool_id -> ToolCall
     limits_applied: dict = dataclasses.field(default_factory=dict)
     standalone: bool = False
+    # The agent's own policy under the daemon's (policy/overlay.py): its text, as sent, and
+    # the Policy it runs under with the Planner made from it; None = the daemon's policy.
+    policy_text: str | None = None
+    view: object = None
+    planner: object = None
 
     @property
     def main_cgroup(self):
@@ -76,4 +81,5 @@ class Agent:
         return {
             "agent": self.agent_id, "class": self.agent_class, "priority": self.priority,
             "uid": self.uid, "policy": self.policy, "created": self.created, "next_seq": self.next_seq,
+            **({"policy_text": self.policy_text} if self.policy_text is not None else {}),
         }

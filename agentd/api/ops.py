@@ -43,8 +43,9 @@ class ApiOps:
                                             f"group {self.server.group!r} may")
         _, _, peer_cg = self._caller_agent(conn)
         self._check_child(conn, req["pid"], peer_cg)
+        view = self.agent_policy_view(req.get("policy"), req.get("policy_text"))
         agent = self.ctl.create_agent(req.get("name"), req.get("class"), uid=conn.uid, policy=req.get("policy"),
-                                      standalone=self.cfg.standalone)
+                                      standalone=self.cfg.standalone, view=view)
         try:
             self.ctl.place_main(agent, req["pid"])
         except AgentdError:

@@ -24,7 +24,7 @@ _OPT_STR = (str, type(None))
 SCHEMA = {
     "hello": {},
     "run_start": {"pid": (int, True), "name": (_OPT_STR, False), "class": (_OPT_STR, False),
-                  "policy": (_OPT_STR, False), "argv": (list, False)},
+                  "policy": (_OPT_STR, False), "policy_text": (_OPT_STR, False), "argv": (list, False)},
     "run_done": {"agent": (_STR, True), "status": ((dict, type(None)), False)},
     # Without "pid" the daemon makes the cgroup and replies with its "path"; the client
     # clones straight into it, or sends tool_attach with the pid of a held child.

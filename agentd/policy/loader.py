@@ -99,8 +99,10 @@ def check_file(path):
     return []
 
 
-def load_policy_text(text, source="<policy>", host_memory_bytes=None):
-    """Validate policy YAML `text`; `source` names it in messages. Raises PolicyError."""
+def load_policy_text(text, source="<policy>", host_memory_bytes=None, known_classes=None):
+    """Validate policy YAML `text`; `source` names it in messages. Raises PolicyError.
+    `known_classes` ({"agent_classes": names, "tool_classes": names}): classes defined
+    elsewhere that names in the text may refer to (an agent's policy under the daemon's)."""
     host = host_memory_bytes if host_memory_bytes is not None else detect_host_memory()
     try:
         doc = load_located(text)
@@ -119,7 +121,7 @@ def load_policy_text(text, source="<policy>", host_memory_bytes=None):
         policy = Policy.model_validate(doc.data, context={"host_memory_bytes": host})
     except ValidationError as err:
         problems += [_problem(source, doc, e) for e in err.errors()]
-    problems += _reference_problems(source, doc)
+    problems += _reference_problems(source, doc, known_classes or {})
     if problems:
         # Line order; within a line, the order the schema checked them in.
         problems = sorted(dict.fromkeys(problems), key=lambda p: p.line)
@@ -129,7 +131,7 @@ def load_policy_text(text, source="<policy>", host_memory_bytes=None):
     return policy
 
 
-def _reference_problems(source, doc):
+def _reference_problems(source, doc, known):
     """Names that must refer to defined classes, checked on the raw data so that they are
     reported even when other parts of the policy failed validation."""
     data = doc.data
@@ -138,8 +140,8 @@ def _reference_problems(source, doc):
     def defined(section, builtin):
         sec = data.get(section, None)
         if section not in data:
-            return set(builtin)
-        return set(sec) if isinstance(sec, dict) else None   # None: section broken, skip
+            return set(builtin) | set(known.get(section, ()))
+        return set(sec) | set(known.get(section, ())) if isinstance(sec, dict) else None   # None: broken, skip
 
     agent = defined("agent_classes", {"normal"})
     tool = defined("tool_classes", BUILTIN_TOOL_CLASSES)

@@ -110,7 +110,7 @@ class CpuScheduler:
         if slot == 0:
             log.warning("agent %s: more than %d agents; it shares the scheduler's default slot",
                         agent.agent_id, contract.MAX_AGENTS - 1)
-        aw = self.agent_w[agent.agent_id] = agent_weight(self.policy, agent)
+        aw = self.agent_w[agent.agent_id] = agent_weight(getattr(agent, "view", None) or self.policy, agent)
         if self.mode == SCHED_EXT:
             self._scx_call(self.scx.set_agent, slot, aw)
         self._add(CgroupPrio(agent.main_cgroup, agent.cgroup, slot, contract.WEIGHT_DFL, MAIN_LATENCY, aw))
@@ -127,7 +127,8 @@ class CpuScheduler:
     def on_tool_start(self, agent, tool):
         if agent.agent_id not in self.agent_w:
             self.on_agent_start(agent)
-        prio = CgroupPrio(tool.cgroup, agent.cgroup, self.slots.take(agent.agent_id), tool_weight(self.policy, tool),
+        policy = getattr(agent, "view", None) or self.policy      # the agent's own policy, if it brought one
+        prio = CgroupPrio(tool.cgroup, agent.cgroup, self.slots.take(agent.agent_id), tool_weight(policy, tool),
                           tool_latency(tool), self.agent_w[agent.agent_id])
         self._add(prio, tool.cgroup_id)
         if tool.pid:

@@ -46,7 +46,8 @@ def cmd_run(args):
     try:
         client = connect(args.socket)
     except DaemonUnavailable:
-        from .daemon import Config, Standalone
+        from .daemon import Config
+        from .standalone import Standalone
         pid = os.getpid()
         run_dir = "/run/agentd" if os.access("/run", os.W_OK) else "/tmp"
         cfg = Config(policy=args.policy or "default", root=f"agentd.standalone/{pid}",

@@ -74,3 +74,12 @@ def test_the_daemon_refuses_an_invalid_policy_with_each_problem_on_its_own_line(
         f"{bad}:3: agent_classes.normal.priority: priority 5000 is out of range: expected 0..1000\n"
         f"{bad}:5: tool_rules[0].class: unknown tool class 'nope'; built in: batch, "
         "interactive, normal\n")
+
+
+def test_standalone_history_lives_in_the_state_dir_for_root_else_the_xdg_state_dir():
+    from agentd.standalone import standalone_state_dir
+    assert standalone_state_dir("/var/lib/agentd", euid=0, environ={}) == "/var/lib/agentd"
+    assert standalone_state_dir("/var/lib/agentd", euid=1000, environ={"XDG_STATE_HOME": "/x/state",
+                                                                       "HOME": "/home/u"}) == "/x/state/agentd"
+    assert standalone_state_dir("/var/lib/agentd", euid=1000, environ={"HOME": "/home/u"}) == \
+        "/home/u/.local/state/agentd"

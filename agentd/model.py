@@ -35,6 +35,9 @@ class ToolCall:
     limits_applied: dict = dataclasses.field(default_factory=dict)
     frozen: bool = False
     done: bool = False
+    # The cpu.weight the GPU stage asks for a call it sent to the CPU instead of a GPU
+    # (the class's gpu.offload_cpu_weight); the CPU stage owns cpu.weight and applies it.
+    offload_cpu_weight: int | None = None
 
     @property
     def key(self):

@@ -296,8 +296,12 @@ class GpuHook:
             if d.outcome == pl.OFFLOAD:
                 weight = getattr(tg, "offload_cpu_weight", None)
                 if weight is not None:
-                    tool.plan.limits[cgf.CPU_WEIGHT] = int(weight)
-                    tool.offload_cpu_weight = int(weight)   # for a CPU scheduler that sets weights itself
+                    # The CPU stage owns cpu.weight and gives an offloaded call this weight
+                    # (sched/weights.py tool_weight); the plan carries it too, so the
+                    # controller's first write (and limits_applied) agrees with it, and a
+                    # daemon without a CPU stage still applies it.
+                    tool.offload_cpu_weight = int(weight)
+                    tool.plan.limits[cgf.CPU_WEIGHT] = str(int(weight))
                 why = _why(d, None, agent=self.budget_limit(agent.agent_class))
                 waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
                 msg = (f"[agentd] {prog} runs on the CPU, not a GPU{waited}: it is forecast to need "

@@ -4,7 +4,8 @@ One weight scale for every mode: cgroup v2's cpu.weight (1..10000, default 100).
 - An agent's weight is its class's `cpu.weight` when the policy sets one, else it is
   derived from the class's `priority` (2 x priority, so the default 50 gives 100).
 - A tool call's weight (among the cgroups of its agent) is the cpu.weight its class and
-  rule resolve to, else derived from its priority the same way.
+  rule resolve to, else derived from its priority the same way; a call the GPU stage sent
+  to the CPU instead of a GPU gets its class's `gpu.offload_cpu_weight` instead.
 - The agent's own process (its `main` cgroup) is interactive with the default weight.
 The same numbers go into the sched_ext maps, into cpu.weight files (fallback), or,
 without a cpu controller, into nice values.
@@ -56,7 +57,13 @@ def agent_weight(policy, agent):
 
 
 def tool_weight(policy, tool):
-    """The tool call's weight: its rule's cpu.weight, else its class's, else from priority."""
+    """The tool call's weight: the GPU stage's offload weight for a call it sent to the CPU,
+    else its rule's cpu.weight, else its class's, else from priority."""
+    offload = getattr(tool, "offload_cpu_weight", None)
+    if offload is not None:
+        # The call was meant for a GPU and runs its work on CPUs instead: the policy's
+        # offload weight replaces the class's, in every mode (sched_ext map, cpu.weight, nice).
+        return clamp_weight(offload)
     plan = tool.plan
     rule = next((r for r in policy.tool_rules if plan.rule and r.name == plan.rule), None)
     w = _explicit_weight(rule.cpu) if rule is not None else None

@@ -8,6 +8,7 @@ import types
 import pytest
 
 from agentd.controller import Controller
+from agentd.daemon import App
 from agentd.eventlog import EventLog
 from agentd.forecast import Forecast, HistoryStore
 from agentd.gpu.fake import FakeNvml
@@ -16,6 +17,7 @@ from agentd.gpu.hook import GpuHook
 from agentd.gpu.nvml import Nvml
 from agentd.kernel.fakes import FakeCgroupFS
 from agentd.planner import Planner
+from agentd.sched import build as sched_build
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
 from agentd.units import format_size
@@ -78,15 +80,22 @@ class World:
         self.ctl = Controller(self.fs, "agentd", None, Planner(policy, 64 * GiB), StateStore(str(tmp_path / "st")),
                               self.events, procfs)
         self.ctl.setup()
+        caps = types.SimpleNamespace(controllers=("cpu", "memory", "pids"), sched_ext=False)
         self.app = types.SimpleNamespace(policy=policy, ctl=self.ctl, fs=self.fs, events=self.events, procfs=procfs,
-                                         state_dir=None)
+                                         state_dir=None, caps=caps)
         self.fake = FakeNvml({"devices": devices, "mps": mps})
         self.hook = GpuHook(self.app, Nvml.open(self.fake), Forecasts(forecasts))
-        self.ctl.hooks = [self.hook]
+        # The stages the daemon builds that act on a tool call's CPU and GPU, in the
+        # daemon's order (App.STAGES), sharing one hook list as the daemon's do.
+        self.sched = sched_build(self.app)
+        built = {"sched": self.sched, "gpu": self.hook}
+        self.ctl.hooks = [built[name] for name, *_ in App.STAGES if name in built]
         self.pid = 1000
 
     async def start(self, agent, argv, cls=None, conn=None):
         """What op_tool_start does: admit, then start_tool with nothing awaited in between."""
+        if not self.sched.started:
+            await self.sched.start()      # as the daemon starts its stages before serving
         self.pid += 1
         pid = self.pid
         conn = conn or Conn()
@@ -153,7 +162,13 @@ def test_no_room_offloads_to_cpu_with_weight_and_reservations_count(tmp_path):
     first, second = run(main())
     assert first.gpu_placement["outcome"] == "gpu"
     assert second.gpu_placement["outcome"] == "offload" and second.env == {"CUDA_VISIBLE_DEVICES": ""}
+    # The offload weight is what the call's cpu.weight file ends at, after every stage the
+    # daemon runs at a tool start (the CPU stage writes weights after the GPU stage decided).
     assert second.limits_applied.get("cpu.weight") == "300"
+    assert w.fs.read(second.cgroup, "cpu.weight") == "300"
+    assert w.sched.prios[second.cgroup].weight == 300
+    # The call placed on the GPU keeps its class's weight (priority 30 -> 60).
+    assert w.fs.read(first.cgroup, "cpu.weight") == "60"
     assert "runs on the CPU" in second.start_messages[0] and "no GPU has that much free" in second.start_messages[0]
     assert w.hook.stats["gpu_placements"]["offload"] == 1
 

@@ -120,4 +120,12 @@ struct agentd_memwatch_config {
 	__u32 _pad;
 };
 
+/* Device guard (devguard.bpf.c): the character-device majors a tool call may not open. */
+#define AGENTD_DEVGUARD_MAX_MAJORS 8
+
+struct agentd_devguard_config {
+	__u32 nr_majors;	/* entries of majors[] in use */
+	__u32 majors[AGENTD_DEVGUARD_MAX_MAJORS];
+};
+
 #endif

@@ -13,11 +13,14 @@ why GPU features are off on this host. Environment:
   AGENTD_GPU_INTERVAL_S=SEC    how often GPU memory is read and budgets checked (1.0)
 """
 
+import logging
 import os
 
 from .nvml import FAKE_ENV, Nvml, NvmlError, NvmlUnavailable
 
-__all__ = ["FAKE_ENV", "Nvml", "NvmlError", "NvmlUnavailable", "build", "gpu_status"]
+__all__ = ["FAKE_ENV", "Nvml", "NvmlError", "NvmlUnavailable", "build", "device_guard", "gpu_status"]
+
+log = logging.getLogger("agentd.gpu")
 
 
 def build(app):
@@ -30,7 +33,22 @@ def build(app):
         nv.close()
         raise NvmlUnavailable(f"cannot read the GPUs: {err}") from err
     forecasts = GpuForecasts(app.state_dir, max(d.memory_total for d in devices))
-    return GpuHook(app, nv, forecasts, interval_s=float(os.environ.get("AGENTD_GPU_INTERVAL_S", "1.0")))
+    return GpuHook(app, nv, forecasts, interval_s=float(os.environ.get("AGENTD_GPU_INTERVAL_S", "1.0")),
+                   devguard=device_guard())
+
+
+def device_guard():
+    """The device program that hides the GPUs from tool calls placed on the CPU (the only
+    way for calls detected automatically, whose environment cannot change after exec);
+    None, with one warning, where it cannot load."""
+    from ..errors import AgentdError
+    try:
+        from ..kernel.bpf_devguard import DevGuard, nvidia_majors
+        return DevGuard(nvidia_majors())
+    except AgentdError as err:
+        log.warning("GPUs stay visible to tool calls placed on the CPU (only CUDA_VISIBLE_DEVICES hides them, "
+                    "which calls detected automatically do not get): the device program cannot load: %s", err)
+        return None
 
 
 def gpu_status():

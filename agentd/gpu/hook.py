@@ -20,11 +20,13 @@ import logging
 import time
 
 from ..api import protocol
-from ..errors import AgentdError, ProcessGone, RequestError
+from ..errors import AgentdError, CgroupGone, ProcessGone, RequestError
 from ..kernel import cgroupfs as cgf
-from ..units import format_size
+from ..forecast import Forecast
+from ..units import format_size, parse_size
 from . import budget
 from . import placement as pl
+from .history import FLOOR_BYTES
 from .nvml import NvmlError
 
 log = logging.getLogger("agentd.gpu")
@@ -60,8 +62,10 @@ def _program(argv):
 
 
 class GpuHook:
-    def __init__(self, app, nvml, forecasts, interval_s=1.0):
+    def __init__(self, app, nvml, forecasts, interval_s=1.0, devguard=None):
         self.app = app
+        self.devguard = devguard  # kernel/bpf_devguard.DevGuard, or None: CUDA_VISIBLE_DEVICES only
+        self._guard_error = None
         self.nv = nvml
         self.fc = forecasts
         self.interval_s = interval_s
@@ -179,10 +183,15 @@ class GpuHook:
         if device == "cpu":
             return pl.CPU, None
         f = self.fc.forecast(argv, plan.tool_class, agent.agent_id, agent.agent_class)
-        if device == "auto" and f.confidence <= 0:
-            return pl.UNMANAGED, None     # no sign it uses a GPU: leave it alone, measure it
-        self.seq += 1
         tg = getattr(d, "gpu", None)
+        prior = getattr(tg, "prior", None)
+        if f.confidence <= 0 and prior is not None:
+            # No GPU history behind the forecast: the policy's prior for this class or rule
+            # speaks instead (a percentage is of the largest GPU).
+            f = Forecast(max(parse_size(prior, self.max_total), FLOOR_BYTES), 0.0, "prior:policy")
+        elif device == "auto" and f.confidence <= 0:
+            return pl.UNMANAGED, None     # no sign it uses a GPU and no prior: leave it alone, measure it
+        self.seq += 1
         return None, pl.Request(key or f"{agent.agent_id}/request-{self.seq}", agent.agent_id, (self.agent_gpu(agent).priority, plan.priority), self.seq,
                                 min(f.peak_bytes, self.max_total), getattr(tg, "fallback", pl.OFFLOAD))
 
@@ -283,7 +292,6 @@ class GpuHook:
             dev = next((x for x in self.devices if x.index == d.device), None)
             limit = getattr(tg, "mps_pinned_mem_limit", None)
             if limit is not None:
-                from ..units import parse_size
                 limit = parse_size(limit, dev.memory_total if dev else self.max_total)
             env = pl.gpu_env(dev.uuid if dev else str(d.device), self.mps(),
                              getattr(tg, "mps_active_thread_percentage", None), limit)
@@ -293,6 +301,7 @@ class GpuHook:
                    f"to need {format_size(d.forecast)} of GPU memory")
         elif d.outcome in (pl.OFFLOAD, pl.CPU):
             env = pl.cpu_env()
+            hidden = self._hide_gpus(tool)
             if d.outcome == pl.OFFLOAD:
                 weight = getattr(tg, "offload_cpu_weight", None)
                 if weight is not None:
@@ -319,13 +328,35 @@ class GpuHook:
                                  "ts": round(time.time() - d.waited, 3)})
         tool.gpu_placement = {"outcome": d.outcome, "device": d.device, "forecast_bytes": d.forecast,
                               "reason": d.reason}
+        if d.outcome in (pl.OFFLOAD, pl.CPU):
+            tool.gpu_placement["devices_hidden"] = hidden
         self.counters["placements"][d.outcome] = self.counters["placements"].get(d.outcome, 0) + 1
         if d.outcome != pl.UNMANAGED:
             self.app.events.emit("gpu_placement", agent=agent.agent_id, tool=tool.tool_id, outcome=d.outcome,
-                                 device=d.device, forecast_bytes=d.forecast, reason=d.reason, env=env)
+                                 device=d.device, forecast_bytes=d.forecast, reason=d.reason, env=env,
+                                 devices_hidden=tool.gpu_placement.get("devices_hidden"))
             log.info("tool %s: GPU placement %s%s (forecast %s%s)", tool.key, d.outcome,
                      "" if d.device is None else f" on GPU {d.device}", format_size(d.forecast),
                      f", {d.reason}" if d.reason else "")
+
+    def _hide_gpus(self, tool):
+        """Attach the device program to the call's cgroup before any of its processes runs
+        there: the environment hides the GPUs from a call that reads it, this hides them
+        from one that does not (an automatically detected call, or one that resets
+        CUDA_VISIBLE_DEVICES). True if hidden."""
+        if self.devguard is None:
+            return False
+        try:
+            self.devguard.hide(self.app.fs.path(tool.cgroup))
+        except CgroupGone:
+            return False
+        except AgentdError as err:
+            if str(err) != self._guard_error:        # once per distinct failure, not per call
+                log.warning("tool %s: cannot hide the GPUs from it (it sees them, CUDA_VISIBLE_DEVICES aside): %s",
+                            tool.key, err)
+                self._guard_error = str(err)
+            return False
+        return True
 
     def on_tool_start(self, agent, tool):
         pass
@@ -371,11 +402,14 @@ class GpuHook:
                 fut.cancel()
         self.fc.close()
         self.nv.close()
+        if self.devguard is not None:
+            self.devguard.close()     # attachments stay with their cgroups
 
     def modes(self):
         n = len(self.devices)
         return {"gpu": f"nvml: {n} GPU{'s' if n != 1 else ''}, driver {self.nv.driver}"
-                       + (", MPS" if self._mps[0] else "") + f", {self.fc.mode}"}
+                       + (", MPS" if self._mps[0] else "") + f", {self.fc.mode}"
+                       + (", device program" if self.devguard is not None else ", environment only")}
 
     def metric_stats(self):
         """The collector's contract (metrics/collector.py STATS_KEYS) plus GPU placement counters."""

@@ -11,6 +11,7 @@ AGENTD_COMM_LEN = 16
 AGENTD_FILENAME_LEN = 128
 AGENTD_ARGV_LEN = 256
 AGENTD_MAX_CGROUP_DEPTH = 16
+AGENTD_DEVGUARD_MAX_MAJORS = 8
 
 # enum agentd_event_type
 AGENTD_EV_FORK = 1
@@ -111,5 +112,12 @@ class agentd_memwatch_config(C.Structure):
     ]
 
 
+class agentd_devguard_config(C.Structure):
+    _fields_ = [
+        ("nr_majors", C.c_uint32),
+        ("majors", C.c_uint32 * AGENTD_DEVGUARD_MAX_MAJORS),
+    ]
+
+
 STRUCTS = (agentd_proc_event, agentd_mem_event, agentd_mem_limit, agentd_mem_state, agentd_mm_state,
-           agentd_lifecycle_config, agentd_memwatch_config)
+           agentd_lifecycle_config, agentd_memwatch_config, agentd_devguard_config)

@@ -31,6 +31,10 @@ LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 # bpf_map_update_elem flags (uapi)
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
+# enum bpf_attach_type and attach flags (uapi) for programs attached to a cgroup
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_MULTI = 1 << 1
+
 _PRINT_FN = _c.CFUNCTYPE(_c.c_int, _c.c_int, _c.c_char_p, _vp)
 _SAMPLE_FN = _c.CFUNCTYPE(_c.c_int, _vp, _vp, _c.c_size_t)
 
@@ -53,6 +57,10 @@ _SIGNATURES = [
     ("bpf_program__fd", _c.c_int, [_vp]),
     ("bpf_program__attach", _vp, [_vp]),
     ("bpf_link__destroy", _c.c_int, [_vp]),
+    ("bpf_prog_attach", _c.c_int, [_c.c_int, _c.c_int, _c.c_int, _c.c_uint]),
+    ("bpf_prog_detach2", _c.c_int, [_c.c_int, _c.c_int, _c.c_int]),
+    ("bpf_prog_query", _c.c_int, [_c.c_int, _c.c_int, _c.c_uint32, _c.POINTER(_c.c_uint32),
+                                  _c.POINTER(_c.c_uint32), _c.POINTER(_c.c_uint32)]),
     ("bpf_link__fd", _c.c_int, [_vp]),
     ("bpf_map__name", _c.c_char_p, [_vp]),
     ("bpf_map__fd", _c.c_int, [_vp]),
@@ -119,7 +127,9 @@ class _Lib:
         failed = (not ret) if check == "ptr" else (ret < 0)
         if failed:
             code = -ret if check == "int" and ret < 0 else (err or _errno.EINVAL)
-            raise BpfError(_format(what, code, log))
+            exc = BpfError(_format(what, code, log))
+            exc.errno = code          # for callers that expect one errno (EEXIST, ENOENT)
+            raise exc
         return ret
 
 
@@ -243,6 +253,17 @@ class Map:
             prev, nxt = nxt, key_type()
 
 
+def cgroup_prog_ids(cgroup_fd, attach_type, most=64):
+    """Kernel ids of the programs attached to the cgroup open as `cgroup_fd` itself
+    (not those inherited from its ancestors), for `attach_type`."""
+    L = lib()
+    ids = (_c.c_uint32 * most)()
+    cnt, flags = _c.c_uint32(most), _c.c_uint32(0)
+    L.call("querying a cgroup's programs", L.bpf_prog_query, int(cgroup_fd), int(attach_type), 0,
+           _c.byref(flags), ids, _c.byref(cnt))
+    return list(ids[:cnt.value])
+
+
 def _fd_id(fd, key):
     with open(f"/proc/self/fdinfo/{fd}") as f:
         for line in f:
@@ -361,6 +382,30 @@ class Object:
         link = Link(ptr, name)
         self.links.append(link)
         return link
+
+    def prog_id(self, name):
+        """The kernel's id of loaded program `name`."""
+        self._need(True)
+        return _fd_id(lib().bpf_program__fd(self._prog(name)), "prog_id")
+
+    def attach_cgroup(self, name, cgroup_fd, attach_type, flags=BPF_F_ALLOW_MULTI):
+        """Attach program `name` to the cgroup open as `cgroup_fd` with bpf(BPF_PROG_ATTACH).
+
+        Unlike a link, this attachment belongs to the cgroup: it stays when this object is
+        closed or the process exits, and goes when the cgroup is removed (or on
+        detach_cgroup). The kernel refuses one program twice on a cgroup (EINVAL)."""
+        self._need(True)
+        L = lib()
+        prog = self._prog(name)
+        L.call(f"attaching {name} to a cgroup", L.bpf_prog_attach, L.bpf_program__fd(prog), int(cgroup_fd),
+               int(attach_type), int(flags))
+
+    def detach_cgroup(self, name, cgroup_fd, attach_type):
+        """Detach program `name` from the cgroup open as `cgroup_fd` (ENOENT: not attached)."""
+        self._need(True)
+        L = lib()
+        L.call(f"detaching {name} from a cgroup", L.bpf_prog_detach2, L.bpf_program__fd(self._prog(name)),
+               int(cgroup_fd), int(attach_type))
 
     def kernel_ids(self):
         """{'progs', 'maps', 'links'}: the kernel's ids of this object's loaded parts

@@ -171,6 +171,7 @@ def _reference_problems(source, doc, known):
             continue
         if "class" in rule:
             check(tool, ("tool_rules", i, "class"), rule["class"], "tool", "tool_classes")
+            _check_rule_prior(source, doc, data, i, rule, out)
         name = rule.get("name")
         if isinstance(name, str):
             if name in seen:
@@ -178,6 +179,18 @@ def _reference_problems(source, doc, known):
                                    f"duplicate rule name {name!r} (first used by tool_rules[{seen[name]}])"))
             seen.setdefault(name, i)
     return out
+
+
+def _check_rule_prior(source, doc, data, i, rule, out):
+    """A rule's gpu.prior on a `device: cpu` class would never be used: say so."""
+    classes = data.get("tool_classes")
+    if not isinstance(rule.get("gpu"), dict) or "prior" not in rule["gpu"]:
+        return
+    cls = (classes if isinstance(classes, dict) else BUILTIN_TOOL_CLASSES).get(rule["class"])
+    if isinstance(cls, dict) and cls.get("device") == "cpu":
+        out.append(Problem(source, doc.line_of(("tool_rules", i, "gpu", "prior")), f"tool_rules[{i}].gpu.prior",
+                           f"gpu.prior has no effect: class {rule['class']!r} has device: cpu (its calls never "
+                           "use a GPU); remove it or use a class with device: auto or gpu"))
 
 
 def _problem(source, doc, err):

@@ -73,7 +73,7 @@ class ToolDecision:
     stragglers: str                 # kill | wait
     straggler_grace_s: float
     device: str                     # cpu | gpu | auto
-    gpu: object                     # the class's ToolGpu settings
+    gpu: object                     # the class's ToolGpu settings (a rule's gpu.prior replaces the class's)
     forecast: bool                  # may adaptive limits move memory.high
     program: str                    # the program doing the work, e.g. pytest for bash -c "cd x && pytest"
     reason: str                     # one phrase: "rule tests", "declared class batch", "default class"
@@ -271,5 +271,6 @@ def classify_tool(policy, argv, declared_class=None, mem_override=None):
     return ToolDecision(
         class_name=cls.name, rule_name=rule.name if rule else None, priority=cls.priority,
         latency=cls.latency, limits=limits, stragglers=cls.stragglers,
-        straggler_grace_s=cls.straggler_grace_s, device=cls.device, gpu=cls.gpu,
+        straggler_grace_s=cls.straggler_grace_s, device=cls.device,
+        gpu=cls.gpu if rule is None or rule.gpu is None else cls.gpu.model_copy(update={"prior": rule.gpu.prior}),
         forecast=cls.forecast, program=main_program(argv), reason=reason, notes=tuple(notes))

@@ -95,11 +95,31 @@ class AgentClass(_Model):
     gpu: AgentGpu = AgentGpu()
 
 
+def _prior(v):
+    # A prior is a figure for one call's GPU memory: a size or a share of a GPU, never "max"
+    # (that would reserve a whole device for every call of the class) and never 0.
+    if v is not None and (str(v).strip().lower() == "max" or not parse_size(v, 1 << 40)):
+        raise ValueError(f"gpu.prior must be a size like '4Gi' or a share of a GPU like '25%', not {v!r}")
+    return v
+
+
+GpuPrior = Annotated[Optional[GpuSize], AfterValidator(_prior)]
+
+
 class ToolGpu(_Model):
     fallback: Literal["offload", "wait"] = "offload"   # when no GPU has room
     offload_cpu_weight: Optional[Weight] = None        # cpu.weight given to a call offloaded to CPU
     mps_active_thread_percentage: Optional[ranged_int(1, 100, "MPS thread percentage")] = None
     mps_pinned_mem_limit: Optional[GpuSize] = None
+    # GPU memory a call is assumed to need while its command has no GPU history. With one,
+    # `device: auto` calls are placed (and may be offloaded) from their first run; without,
+    # they are left alone until they have held GPU memory once. `device: gpu` calls use it
+    # instead of the built-in prior (agentd/gpu/history.py PRIOR_BYTES).
+    prior: GpuPrior = None
+
+
+class RuleGpu(_Model):
+    prior: GpuPrior                    # the rule's calls' prior, replacing their class's
 
 
 class ToolClass(_Model):
@@ -115,6 +135,13 @@ class ToolClass(_Model):
     straggler_grace_s: Seconds = 1.0
     device: Literal["cpu", "gpu", "auto"] = "auto"
     gpu: ToolGpu = ToolGpu()
+
+    @model_validator(mode="after")
+    def _prior_needs_a_gpu(self):
+        if self.device == "cpu" and self.gpu.prior is not None:
+            raise PydanticCustomError("policy_prior", "gpu.prior has no effect with device: cpu (its calls never "
+                                      "use a GPU); remove it or set device: auto", {"subpath": "gpu"})
+        return self
 
 
 class Match(_Model):
@@ -148,6 +175,7 @@ class ToolRule(_Model):
     memory: Optional[MemoryLimits] = None
     cpu: Optional[CpuLimits] = None
     pids: Optional[PidsLimits] = None
+    gpu: Optional[RuleGpu] = None
 
 
 class DaemonConfig(_Model):

@@ -9,7 +9,8 @@ import pytest
 
 from agentd.controller import Controller
 from agentd.daemon import App
-from agentd.eventlog import EventLog
+from agentd.errors import BpfError
+from agentd.eventlog import EventLog, read_events
 from agentd.forecast import Forecast, HistoryStore
 from agentd.gpu.fake import FakeNvml
 from agentd.gpu.history import FLOOR_BYTES, GpuForecasts
@@ -38,7 +39,10 @@ tool_classes:
   gputest: {priority: 20, device: gpu, gpu: {fallback: wait}}
   infer: {priority: 60, device: gpu, gpu: {fallback: wait}}
   auto: {priority: 50, device: auto}
+  autop: {priority: 50, device: auto, gpu: {prior: 6Gi, offload_cpu_weight: 250}}
   cpuonly: {priority: 80, device: cpu}
+tool_rules:
+  - {name: big, match: {program: [gen.py]}, class: autop, gpu: {prior: 12Gi}}
 admission: {max_wait_s: 2, on_timeout: run}
 """
 
@@ -57,6 +61,23 @@ class Forecasts:
 
     def record(self, argv, tool_class, agent_id, agent_class, peak, duration, action=""):
         self.recorded.append((argv[0], peak))
+
+    def close(self):
+        pass
+
+
+class Guard:
+    """Records the cgroups the device program would be attached to (tests/host and
+    tests/kernel attach the real one)."""
+
+    def __init__(self, fail=None):
+        self.hidden = []
+        self.fail = fail
+
+    def hide(self, cgroup_dir):
+        if self.fail:
+            raise BpfError(self.fail)
+        self.hidden.append(cgroup_dir)
 
     def close(self):
         pass
@@ -84,7 +105,8 @@ class World:
         self.app = types.SimpleNamespace(policy=policy, ctl=self.ctl, fs=self.fs, events=self.events, procfs=procfs,
                                          state_dir=None, caps=caps)
         self.fake = FakeNvml({"devices": devices, "mps": mps})
-        self.hook = GpuHook(self.app, Nvml.open(self.fake), Forecasts(forecasts))
+        self.guard = Guard()
+        self.hook = GpuHook(self.app, Nvml.open(self.fake), Forecasts(forecasts), devguard=self.guard)
         # The stages the daemon builds that act on a tool call's CPU and GPU, in the
         # daemon's order (App.STAGES), sharing one hook list as the daemon's do.
         self.sched = sched_build(self.app)
@@ -173,6 +195,38 @@ def test_no_room_offloads_to_cpu_with_weight_and_reservations_count(tmp_path):
     assert w.hook.stats["gpu_placements"]["offload"] == 1
 
 
+def test_calls_sent_to_the_cpu_have_the_gpus_hidden_by_the_device_program(tmp_path):
+    w = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {"train.py": 10 * GiB})
+
+    async def main():
+        a = w.ctl.create_agent("ag", "normal")
+        on_gpu = await w.start(a, ["train.py"], "train")
+        offloaded = await w.start(a, ["train.py"], "train")
+        cpu = await w.start(a, ["ls"], "cpuonly")
+        # The automatic path: no admit, the process already exec'd (its environment is fixed).
+        auto = w.ctl.start_tool(a, 4000, ["train.py"], "train", origin="auto")
+        return on_gpu, offloaded, cpu, auto
+    on_gpu, offloaded, cpu, auto = run(main())
+    assert auto.gpu_placement["outcome"] == "offload"
+    assert w.guard.hidden == [w.fs.path(t.cgroup) for t in (offloaded, cpu, auto)]
+    assert all(t.gpu_placement["devices_hidden"] for t in (offloaded, cpu, auto))
+    assert "devices_hidden" not in on_gpu.gpu_placement
+    ev = [e for e in read_events(str(tmp_path / "ev.jsonl")) if e.get("event") == "gpu_placement"]
+    assert [e["devices_hidden"] for e in ev] == [None, True, True, True]
+
+
+def test_a_device_program_that_cannot_attach_leaves_the_environment_and_warns_once(tmp_path, caplog):
+    w = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {})
+    w.guard.fail = "attaching agentd_devguard to a cgroup: Operation not permitted (errno 1)"
+
+    async def main():
+        a = w.ctl.create_agent("ag", "normal")
+        return [await w.start(a, ["ls"], "cpuonly") for _ in range(3)]
+    calls = run(main())
+    assert all(t.env == {"CUDA_VISIBLE_DEVICES": ""} and t.gpu_placement["devices_hidden"] is False for t in calls)
+    assert sum("cannot hide the GPUs" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_cpu_class_sees_no_gpu_and_auto_without_history_is_left_alone(tmp_path):
     w = World(tmp_path, [dev(16 * GiB)], {})
 
@@ -182,6 +236,35 @@ def test_cpu_class_sees_no_gpu_and_auto_without_history_is_left_alone(tmp_path):
     cpu, auto = run(main())
     assert cpu.env == {"CUDA_VISIBLE_DEVICES": ""} and not getattr(cpu, "start_messages", [])
     assert not getattr(auto, "env", None) and auto.gpu_placement["outcome"] == "unmanaged"
+
+
+def test_auto_with_a_policy_prior_is_managed_from_its_first_run(tmp_path):
+    w = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {})
+
+    async def main():
+        a = w.ctl.create_agent("ag", "normal")
+        first = await w.start(a, ["pytest"], "autop")              # the class's prior: 6 GiB
+        second = await w.start(a, ["pytest"], "autop")             # 6 + 6 fit in 16 GiB
+        big = await w.start(a, ["gen.py"])                         # the rule's prior: 12 GiB
+        # The automatic path (no admit, environment fixed): offloaded and its GPUs hidden.
+        auto = w.ctl.start_tool(a, 4000, ["pytest"], "autop", origin="auto")
+        return first, second, big, auto
+    first, second, big, auto = run(main())
+    assert first.gpu_placement == {"outcome": "gpu", "device": 0, "forecast_bytes": 6 * GiB, "reason": ""}
+    assert second.gpu_placement["outcome"] == "gpu"
+    assert big.plan.rule == "big" and big.gpu_placement["forecast_bytes"] == 12 * GiB
+    assert big.gpu_placement["outcome"] == "offload" and big.gpu_placement["reason"] == "no_room"
+    assert auto.gpu_placement["outcome"] == "offload" and auto.gpu_placement["devices_hidden"]
+    assert w.guard.hidden == [w.fs.path(big.cgroup), w.fs.path(auto.cgroup)]
+    assert w.fs.read(auto.cgroup, "cpu.weight") == "250"
+
+
+def test_history_outranks_the_prior(tmp_path):
+    w = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {"pytest": 3 * GiB})
+
+    async def main():
+        return await w.start(w.ctl.create_agent("ag", "normal"), ["pytest"], "autop")
+    assert run(main()).gpu_placement["forecast_bytes"] == 3 * GiB
 
 
 def test_auto_with_gpu_history_is_placed(tmp_path):
@@ -371,6 +454,25 @@ def test_shipped_policies_drive_the_hook(tmp_path, policy_name):
     assert t.gpu_placement["outcome"] in ("gpu", "cpu", "unmanaged", "offload")
     if policy_name == "multi-tenant":
         assert t.plan.tool_class == "gpu-jobs" and t.gpu_placement["outcome"] == "gpu"
+
+
+@pytest.mark.parametrize("policy_name,prior", [("default", 4 * GiB), ("laptop", 2 * GiB),
+                                               ("multi-tenant", 8 * GiB)])
+def test_shipped_policies_give_gpu_scripts_a_prior(tmp_path, policy_name, prior):
+    """A training script with no GPU history is placed from its first run with the shipped prior."""
+    from agentd.policy.loader import load_policy
+    w = World(tmp_path, [dict(dev(80 * GiB), uuid="GPU-0")], {})
+    w.app.policy = load_policy(policy_name, host_memory_bytes=64 * GiB)
+    w.ctl.planner = Planner(w.app.policy, 64 * GiB)
+
+    async def main():
+        a = w.ctl.create_agent("ag", None)
+        return await w.start(a, ["bash", "-c", "cd model && python train.py --epochs 1"]), \
+            await w.start(a, ["bash", "-c", "python -c 'import this'"])
+    train, other = run(main())
+    assert train.plan.rule == "gpu-scripts"
+    assert train.gpu_placement["outcome"] == "gpu" and train.gpu_placement["forecast_bytes"] == prior
+    assert other.gpu_placement["outcome"] == "unmanaged"
 
 
 def test_nvml_failure_keeps_the_last_readings(tmp_path):

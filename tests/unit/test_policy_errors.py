@@ -12,6 +12,31 @@ HOST = 16 * GiB
 
 # (id, policy text, line, key path, a fragment the message must contain)
 CASES = [
+    ("gpu-prior-max", """
+        version: 1
+        tool_classes:
+          normal:
+            gpu:
+              prior: max
+        """, 6, "tool_classes.normal.gpu.prior", "gpu.prior must be a size like '4Gi' or a share of a GPU"),
+    ("gpu-prior-on-a-cpu-class", """
+        version: 1
+        tool_classes:
+          normal:
+            device: cpu
+            gpu: {prior: 4Gi}
+        """, 6, "tool_classes.normal.gpu", "gpu.prior has no effect with device: cpu"),
+    ("gpu-prior-in-a-rule-of-a-cpu-class", """
+        version: 1
+        tool_classes:
+          normal: {}
+          quick: {device: cpu}
+        tool_rules:
+          - name: q
+            match: {program: [ls]}
+            class: quick
+            gpu: {prior: 1Gi}
+        """, 10, "tool_rules[0].gpu.prior", "gpu.prior has no effect: class 'quick' has device: cpu"),
     ("bad-size", """
         version: 1
         agent_classes:

@@ -23,6 +23,8 @@ tool_classes:
   train: {priority: 30, device: gpu, gpu: {fallback: offload, offload_cpu_weight: 300}}
   suite: {priority: 20, device: gpu, gpu: {fallback: wait}}
   probe: {priority: 40, device: auto}
+tool_rules:
+  - {name: gen, match: {argv_regex: '\\bgen\\.py\\b'}, class: probe, gpu: {prior: 12Gi}}
 admission: {max_wait_s: 30, on_timeout: run}
 """
 
@@ -242,4 +244,53 @@ def test_auto_call_learns_it_uses_a_gpu_and_metrics_show_the_agent(tmp_path, tes
     finally:
         g.go("first")
         g.go("again")
+        g.d.cleanup()
+
+
+# An automatically detected tool call: opens the device node argv[1] read-write and writes
+# the outcome ("ok" or the errno) and its own cgroup to argv[2].
+GEN = r"""
+import os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_RDWR))
+    r = "ok"
+except OSError as e:
+    r = str(e.errno)
+with open(sys.argv[2], "w") as f:
+    f.write(r + " " + open("/proc/self/cgroup").read().strip())
+"""
+
+
+def test_auto_detected_call_sent_to_the_cpu_cannot_open_the_gpu(tmp_path, test_root):
+    """A `device: auto` call with a policy prior (a rule's 12 GiB) that no GPU has room for is
+    offloaded; detected automatically, it exec'd with the agent's environment, so the device
+    program on its cgroup is what keeps it off the GPU: its open of a c 195 0 node made by
+    mknod fails with EPERM, while the same open outside its cgroup reaches the (absent) driver."""
+    import errno
+    import stat
+    import sys
+    g = GpuDaemon(tmp_path, test_root, [device(other=10 * GiB)])
+    try:
+        node = str(tmp_path / "nvidia0")
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(195, 0))
+        (g.out / "gen.py").write_text(GEN)
+        p = g.agent(f'{sys.executable} -S "$OUT/gen.py" {node} "$OUT/gen.result"; echo done > "$OUT/done"', "auto")
+        result = wait_file(g.out / "gen.result", 30)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, (err, g.d.log())
+        code, cgroup = result.split(" ", 1)
+        assert f"/{test_root}/agents/auto/tools/" in cgroup, result     # detected: its own tool call
+        assert int(code) == errno.EPERM, result
+        try:
+            os.close(os.open(node, os.O_RDWR))
+            outside = "ok"
+        except OSError as e:
+            outside = e.errno
+        assert outside == errno.ENXIO
+        ev = [e for e in g.d.events() if e.get("event") == "gpu_placement"]
+        assert [(e["outcome"], e["forecast_bytes"], e["devices_hidden"]) for e in ev] == \
+            [("offload", 12 * GiB, True)], ev
+        start = next(e for e in g.d.events() if e.get("event") == "tool_start" and e["tool"] == ev[0]["tool"])
+        assert start["origin"] == "auto" and start["rule"] == "gen"
+    finally:
         g.d.cleanup()

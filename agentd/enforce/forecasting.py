@@ -11,7 +11,7 @@ import os
 import time
 
 from ..errors import AgentdError
-from ..forecast import Forecast, Forecaster, HistoryError, HistoryStore, ToolCallRecord, signature
+from ..forecast import Forecast, Forecaster, HistoryError, HistoryStore, ToolCallRecord, censored, signature
 
 log = logging.getLogger("agentd.enforce")
 
@@ -100,7 +100,8 @@ class Forecasting:
                 agent=tool.agent_id, agent_class=getattr(agent, "agent_class", "") or "",
                 tool_class=tool.plan.tool_class, argv=tool.argv[:64], duration_s=float(result.get("wall_s") or 0),
                 cpu_s=float(result.get("cpu_s") or 0), exit_status=status.get("exit"),
-                action=",".join(actions) or result.get("outcome", ""))
+                action=",".join(actions) or result.get("outcome", ""),
+                censored=censored(result.get("outcome"), actions, result.get("memory_events")))
             self.forecaster.observe(rec, now=time.time())
         except HistoryError as err:
             self._warn(err)

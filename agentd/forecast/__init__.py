@@ -5,6 +5,7 @@ Pure code (time is passed in); the only I/O is the SQLite history store.
 (`bench/forecast.py`) reports it as its `default`.
 """
 
+from .censoring import censored
 from .forecaster import FLOOR_BYTES, Forecaster
 from .history import DEFAULT_PATH, HistoryError, HistoryFull, HistoryReadOnly, HistoryStore
 from .model import Forecast, LiveForecast, ToolCallRecord
@@ -16,5 +17,5 @@ __all__ = [
     "DEFAULT_PATH", "DEFAULT_PREDICTOR", "DEFAULT_PRIORS", "FLOOR_BYTES", "PREDICTORS",
     "Forecast", "Forecaster", "HistoryError", "HistoryFull", "HistoryReadOnly", "HistoryStore",
     "LiveForecast", "PredictorError", "Signature", "ToolCallRecord", "make_predictor",
-    "register", "signature",
+    "register", "signature", "censored",
 ]

@@ -2,7 +2,8 @@
 
 One table of tool calls keyed by the three signature levels (and tool class), indexed so the
 forecaster's question — "the last N peaks of this signature (for this agent)" — is one index
-range scan. WAL mode, so the daemon's writes never block a reader (`agentd report`) and a
+range scan. Each peak carries a `censored` flag: a call agentd or the kernel killed or held
+down showed only a lower bound of its need, which the predictors treat as such. WAL mode, so the daemon's writes never block a reader (`agentd report`) and a
 crash loses at most the last transaction. `:memory:` serves tests and the benchmark.
 
 Failure is contained: any SQLite error becomes `HistoryError` (disk full and read-only
@@ -17,7 +18,8 @@ import sqlite3
 from ..errors import AgentdError
 from .model import ToolCallRecord
 
-SCHEMA_VERSION = 1
+# 2: tool_calls.censored (the peak is a lower bound); a version-1 file is migrated at open.
+SCHEMA_VERSION = 2
 DEFAULT_PATH = "/var/lib/agentd/history.sqlite"
 # Signature levels a query may name, mapped to their column (the only strings that reach SQL).
 LEVELS = {"full": "sig_full", "coarse": "sig_coarse", "program": "sig_program",
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS tool_calls (
     duration_s  REAL NOT NULL,
     cpu_s       REAL NOT NULL,
     exit_status INTEGER,
-    action      TEXT NOT NULL
+    action      TEXT NOT NULL,
+    censored    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tc_full    ON tool_calls (sig_full, id);
 CREATE INDEX IF NOT EXISTS tc_coarse  ON tool_calls (sig_coarse, id);
@@ -108,8 +111,21 @@ class HistoryStore:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise HistoryError(f"history database {self.path} has schema {row[0]}, newer than "
                                    f"this agentd's {SCHEMA_VERSION}; upgrade agentd or move it away")
+            elif int(row[0]) < 2:
+                self._migrate_v1()
         except sqlite3.Error as err:
             raise _convert(err, self.path, "opening") from err
+
+    def _migrate_v1(self):
+        """Version 1 had no `censored` column. Its calls' `action` says what agentd did to
+        them (the ladder's actions, else the outcome): a call throttled or killed (by agentd
+        or the kernel's OOM killer) or ended by a signal did not show its whole peak."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("ALTER TABLE tool_calls ADD COLUMN censored INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE tool_calls SET censored=1 WHERE action LIKE '%kill%' "
+                             "OR action LIKE '%throttle%' OR action='signaled'")
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self):
         self._db.close()
@@ -119,39 +135,47 @@ class HistoryStore:
         try:
             self._db.execute(
                 "INSERT INTO tool_calls (ts, agent, agent_class, tool_class, sig_full, sig_coarse,"
-                " sig_program, argv, peak_bytes, duration_s, cpu_s, exit_status, action)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " sig_program, argv, peak_bytes, duration_s, cpu_s, exit_status, action, censored)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rec.ts, rec.agent, rec.agent_class, rec.tool_class, rec.sig_full,
                  rec.sig_coarse, rec.sig_program, json.dumps(list(rec.argv)),
-                 int(rec.peak_bytes), rec.duration_s, rec.cpu_s, rec.exit_status, rec.action))
+                 int(rec.peak_bytes), rec.duration_s, rec.cpu_s, rec.exit_status, rec.action,
+                 int(bool(rec.censored))))
         except sqlite3.Error as err:
             raise _convert(err, self.path, "recording a tool call") from err
+        sample = (int(rec.peak_bytes), bool(rec.censored))
         for col in LEVELS.values():
             for agent in (None, rec.agent):
                 hit = self._peaks.get((col, getattr(rec, col), agent))
                 if hit is not None:
-                    hit[1].insert(0, int(rec.peak_bytes))
+                    hit[1].insert(0, sample)
                     del hit[1][hit[0]:]
 
-    def recent_peaks(self, level, key, n, agent=None):
-        """Peak bytes of the last `n` calls whose `level` is `key`, newest first."""
+    def recent(self, level, key, n, agent=None):
+        """(peak bytes, censored) of the last `n` calls whose `level` is `key`, newest first.
+        A censored peak is a lower bound: the call was cut short or held down."""
         col = LEVELS[level]
         n = int(n)
         hit = self._peaks.get((col, key, agent))
         if hit is not None and hit[0] >= n:
             return hit[1][:n]
-        sql = f"SELECT peak_bytes FROM tool_calls WHERE {col}=?"
+        sql = f"SELECT peak_bytes, censored FROM tool_calls WHERE {col}=?"
         args = [key]
         if agent is not None:
             sql += " AND agent=?"
             args.append(agent)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(n)
-        peaks = [r[0] for r in self._query(sql, args)]
+        samples = [(r[0], bool(r[1])) for r in self._query(sql, args)]
         if len(self._peaks) >= PEAKS_CACHED:
             self._peaks.clear()
-        self._peaks[(col, key, agent)] = (n, list(peaks))
-        return peaks
+        self._peaks[(col, key, agent)] = (n, list(samples))
+        return samples
+
+    def recent_peaks(self, level, key, n, agent=None):
+        """Peak bytes of the last `n` calls whose `level` is `key`, newest first (censored
+        or not; predictors ask recent() to tell them apart)."""
+        return [p for p, _ in self.recent(level, key, n, agent)]
 
     def count(self, level=None, key=None, agent=None):
         """Number of recorded calls, optionally of one signature level/key and agent."""
@@ -167,9 +191,9 @@ class HistoryStore:
     def records(self, limit=100):
         """The last `limit` records, newest first (for reports and tests)."""
         rows = self._query("SELECT ts, agent, agent_class, tool_class, sig_full, sig_coarse,"
-                           " sig_program, peak_bytes, duration_s, cpu_s, exit_status, action, argv"
+                           " sig_program, peak_bytes, duration_s, cpu_s, exit_status, action, argv, censored"
                            " FROM tool_calls ORDER BY id DESC LIMIT ?", [int(limit)])
-        return [ToolCallRecord(*r[:12], argv=tuple(json.loads(r[12]))) for r in rows]
+        return [ToolCallRecord(*r[:12], argv=tuple(json.loads(r[12])), censored=bool(r[13])) for r in rows]
 
     def prune(self, keep):
         """Drop all but the newest `keep` records, so the file stays bounded."""

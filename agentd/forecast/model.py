@@ -44,6 +44,9 @@ class ToolCallRecord:
     exit_status: int | None = None
     action: str = ""            # what agentd did: "", "throttled", "frozen", "killed", ...
     argv: tuple = field(default=())
+    # The call was cut short or held down (killed, OOM-killed, throttled, at memory.max):
+    # its true peak is at least peak_bytes, not peak_bytes (see forecast/censoring.py).
+    censored: bool = False
 
     @classmethod
     def from_signature(cls, sig, *, ts, peak_bytes, agent="", agent_class="", tool_class=None,

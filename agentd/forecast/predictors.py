@@ -15,6 +15,12 @@ Shipped:
 - `last`: the last observed peak of the most specific signature seen (a baseline).
 - `max`: the largest of the last N peaks at the same fallback chain (a simple envelope).
 - `fixed`: the class table alone (low 256 MiB / medium 1 GiB / high = host budget).
+
+Censored peaks. A call that was killed, OOM-killed, throttled or held at memory.max
+(forecast/censoring.py) never showed its whole need: its recorded peak is a lower bound.
+Counting it as a complete peak biases every later forecast of that command down — toward
+the very limit that cut it off. Each predictor below says how it uses such a peak; none
+ever reads it as less than its value.
 """
 
 from dataclasses import dataclass
@@ -32,6 +38,14 @@ DEFAULT_PREDICTOR = "quantile"
 # The shipped policies' classes (interactive/normal/batch) map onto the same table.
 DEFAULT_PRIORS = {"low": 256 * MiB, "medium": 1024 * MiB, "high": None,
                   "interactive": 256 * MiB, "normal": 1024 * MiB, "batch": None}
+
+
+# A censored peak (a lower bound) with nothing known above it counts this many times its
+# value: a command cut off at some point is forecast 1.5x that point next time (before any
+# margin), so one cut off again and again climbs geometrically until a run completes. The
+# envelope predictors (max, last) have no distribution to spread a bound over and always
+# use it.
+CENSORED_STEP = 1.5
 
 
 class PredictorError(AgentdError):
@@ -130,22 +144,59 @@ class QuantilePredictor:
 
     def predict(self, query):
         chain = _levels(query)
-        dist = [(float(query.prior()), 1.0)]      # (value, weight), weights sum to 1
+        # (value, weight, observed): weights sum to 1; `observed` marks mass that real
+        # calls' peaks put there (not the class prior's pseudo-observation).
+        dist = [(float(query.prior()), 1.0, False)]
         finest, finest_idx, n_finest = f"prior:{query.tool_class}", len(chain), 0
         for idx in range(len(chain) - 1, -1, -1):
             label, level, key, agent = chain[idx]
-            peaks = query.store.recent_peaks(level, key, self.window, agent=agent)
-            if not peaks:
+            samples = query.store.recent(level, key, self.window, agent=agent)
+            if not samples:
                 continue
-            w = self._weights[:len(peaks)]
+            w = self._weights[:len(samples)]
             n = sum(w)
             own, parent = n / (n + self.k), self.k / (n + self.k)
-            dist = [(v * self.margin, own * wi / n) for v, wi in zip(peaks, w)] + \
-                   [(v, parent * wi) for v, wi in dist]
-            finest, finest_idx, n_finest = f"quantile:{label}({len(peaks)})", idx, len(peaks)
-        v = _mixture_quantile(dist, self.q)
+            level_dist = [(v * self.margin, own * wi / n, True) for (v, cut), wi in zip(samples, w) if not cut] + \
+                         [(v, parent * wi, real) for v, wi, real in dist]
+            cut = [(v * self.margin, own * wi / n) for (v, c), wi in zip(samples, w) if c]
+            dist = _redistribute(level_dist, cut)
+            finest, finest_idx, n_finest = f"quantile:{label}({len(samples)})", idx, len(samples)
+        v = _mixture_quantile([(v, wi) for v, wi, _ in dist], self.q)
         conf = 0.0 if n_finest == 0 else _confidence(n_finest, finest_idx, len(chain))
         return Forecast(int(v), conf, finest)
+
+
+def _redistribute(dist, censored):
+    """Add censored observations (bound, weight) to the mixture `dist` of (value, weight,
+    observed) entries.
+
+    A censored peak says only "at least this much" (its bound: the sample times the margin,
+    as a complete peak would enter). Its weight is spread over the observed mass at or above
+    the bound, in proportion: the call is taken to behave like the calls that are known to
+    have got that far — this level's complete peaks and the coarser levels' (the
+    redistribute-to-the-right idea of the Kaplan-Meier estimator). The class prior's
+    pseudo-observation is left out of that tail: it is not evidence of what such calls
+    need, and for an unlimited class it would turn one throttle of a well-known 400 MiB
+    command into a forecast of the whole host. Where nothing observed lies above the bound,
+    the weight goes to CENSORED_STEP times the bound (an inflated lower bound). Either way
+    the mass lands above the bound, never below it: a forecast learnt from a cut-off call
+    is never smaller than the same history read as complete peaks. Bounds are taken against
+    the mixture without the censored points, so their order does not matter."""
+    if not censored:
+        return dist
+    # The spread weight is added to the tail's entries in place (no new entries), so the
+    # mixture stays as long as the history behind it, level after level.
+    extra = [0.0] * len(dist)
+    out = []
+    for bound, weight in censored:
+        tail = [i for i, (v, w, real) in enumerate(dist) if real and v >= bound and w > 0]
+        total = sum(dist[i][1] for i in tail)
+        if total <= 0:
+            out.append((bound * CENSORED_STEP, weight, True))
+            continue
+        for i in tail:
+            extra[i] += weight * dist[i][1] / total
+    return [(v, w + x, real) for (v, w, real), x in zip(dist, extra)] + out
 
 
 def _mixture_quantile(dist, q):
@@ -158,9 +209,15 @@ def _mixture_quantile(dist, q):
     return pairs[-1][0]
 
 
+def _at_least(sample):
+    v, cut = sample
+    return v * CENSORED_STEP if cut else v
+
+
 @register("max")
 class MaxPredictor:
-    """The largest of the last `window` peaks at the first level with history, x margin."""
+    """The largest of the last `window` peaks at the first level with history, x margin
+    (a censored peak counts CENSORED_STEP times its value)."""
 
     def __init__(self, window=16, margin=1.0):
         _check(int(window) >= 1, "max", f"window must be >= 1, got {window!r}")
@@ -170,16 +227,17 @@ class MaxPredictor:
     def predict(self, query):
         chain = _levels(query)
         for idx, (label, level, key, agent) in enumerate(chain):
-            peaks = query.store.recent_peaks(level, key, self.window, agent=agent)
-            if peaks:
-                return Forecast(int(max(peaks) * self.margin),
-                                _confidence(len(peaks), idx, len(chain)), f"max:{label}({len(peaks)})")
+            samples = query.store.recent(level, key, self.window, agent=agent)
+            if samples:
+                return Forecast(int(max(_at_least(s) for s in samples) * self.margin),
+                                _confidence(len(samples), idx, len(chain)), f"max:{label}({len(samples)})")
         return Forecast(query.prior(), 0.0, f"prior:{query.tool_class}")
 
 
 @register("last")
 class LastPredictor:
-    """The last observed peak of the most specific signature seen (no margin): a baseline."""
+    """The last observed peak of the most specific signature seen (no margin): a baseline
+    (a censored one counts CENSORED_STEP times its value)."""
 
     def __init__(self):
         pass
@@ -187,9 +245,9 @@ class LastPredictor:
     def predict(self, query):
         chain = _levels(query)
         for idx, (label, level, key, agent) in enumerate(chain):
-            peaks = query.store.recent_peaks(level, key, 1, agent=agent)
-            if peaks:
-                return Forecast(int(peaks[0]), _confidence(1, idx, len(chain)), f"last:{label}")
+            samples = query.store.recent(level, key, 1, agent=agent)
+            if samples:
+                return Forecast(int(_at_least(samples[0])), _confidence(1, idx, len(chain)), f"last:{label}")
         return Forecast(query.prior(), 0.0, f"prior:{query.tool_class}")
 
 

@@ -61,12 +61,14 @@ class GpuForecasts:
             log.warning("GPU history unreadable (%s): using the prior", err)
             return Forecast(self.fc.priors.get("medium"), 0.0, "prior:unreadable")
 
-    def record(self, argv, tool_class, agent_id, agent_class, peak_bytes, duration_s, action=""):
+    def record(self, argv, tool_class, agent_id, agent_class, peak_bytes, duration_s, action="", censored=False):
+        """`censored`: the call was cut short (killed over its agent's GPU budget, ...), so
+        `peak_bytes` is only a lower bound of its GPU need."""
         if peak_bytes <= 0 or self.store is None:
             return
         rec = ToolCallRecord.from_signature(signature(argv), ts=time.time(), peak_bytes=peak_bytes, agent=agent_id,
                                             agent_class=agent_class, tool_class=tool_class, argv=argv[:64],
-                                            duration_s=duration_s, action=action)
+                                            duration_s=duration_s, action=action, censored=bool(censored))
         try:
             self.fc.observe(rec)
             if self.store.count() > PRUNE_KEEP * 1.1:

@@ -22,7 +22,7 @@ import time
 from ..api import protocol
 from ..errors import AgentdError, CgroupGone, ProcessGone, RequestError
 from ..kernel import cgroupfs as cgf
-from ..forecast import Forecast
+from ..forecast import Forecast, censored
 from ..units import format_size, parse_size
 from . import budget
 from . import placement as pl
@@ -370,7 +370,8 @@ class GpuHook:
             peak = max(pc.peak, held)
             result["gpu_peak_bytes"] = peak
             self.fc.record(tool.argv, tool.plan.tool_class, agent.agent_id, agent.agent_class, peak,
-                           result.get("wall_s") or 0.0, action=result.get("outcome") or "")
+                           result.get("wall_s") or 0.0, action=result.get("outcome") or "",
+                           censored=censored(result.get("outcome"), [a.get("action") for a in tool.actions]))
         self._wake()
 
     # --- while running -------------------------------------------------------------

@@ -42,6 +42,21 @@ def test_history_in_state_dir_learns_across_instances(tmp_path):
     g.close()
 
 
+def test_killed_and_throttled_calls_are_recorded_as_lower_bounds(tmp_path):
+    f = Forecasting(policy(), str(tmp_path), 8 * GiB)
+    agent = types.SimpleNamespace(agent_class="normal")
+    done = tool(["pytest", "-x"])
+    f.record(done, agent, result(300 * MiB))
+    throttled = tool(["pytest", "-x"], key="0002-batch")
+    throttled.actions = [{"action": "throttle"}, {"action": "restore"}]
+    f.record(throttled, agent, result(200 * MiB))
+    killed = tool(["pytest", "-x"], key="0003-batch")
+    f.record(killed, agent, dict(result(500 * MiB), outcome="oom_killed", memory_events={"oom_kill": 1}))
+    assert [(r.peak_bytes, r.censored) for r in f.store.records()] == \
+        [(500 * MiB, True), (200 * MiB, True), (300 * MiB, False)]
+    f.close()
+
+
 def test_unwritable_state_dir_warns_once_and_uses_priors(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -120,7 +120,7 @@ def test_last_and_fixed_baselines():
 
 def test_forecaster_without_history_answers_from_priors():
     class Broken:
-        def recent_peaks(self, *a, **k):
+        def recent(self, *a, **k):
             raise HistoryError("disk gone")
 
         def add(self, rec):

@@ -59,8 +59,9 @@ class Forecasts:
         v = self.table.get(argv[0])
         return Forecast(v or 2 * GiB, 1.0 if v else 0.0, "test")
 
-    def record(self, argv, tool_class, agent_id, agent_class, peak, duration, action=""):
+    def record(self, argv, tool_class, agent_id, agent_class, peak, duration, action="", censored=False):
         self.recorded.append((argv[0], peak))
+        self.censored = getattr(self, "censored", []) + [(argv[0], censored)]
 
     def close(self):
         pass
@@ -380,6 +381,8 @@ def test_over_budget_kill_takes_the_lowest_priority_gpu_call(tmp_path):
     res = w.end(suite)
     assert res["outcome"] == "killed"
     assert w.hook.stats["gpu_budget_actions"]["kill"] == 1
+    # Killed at 6 GiB: its GPU peak goes to the history as a lower bound, not a complete peak.
+    assert ("suite", 6 * GiB) in w.hook.fc.recorded and w.hook.fc.censored == [("suite", True)]
 
 
 def test_over_budget_notify_once_on_the_connection(tmp_path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replay agent traces through agentd's tool-call memory forecasters and score them.
 
-    python3 bench/forecast.py --traces DIR [--warm DIR] [--json FILE] [--half a|b]
+    python3 bench/forecast.py --traces DIR [--policy FILE] [--warm DIR] [--json FILE] [--half a|b]
 
 Input: a folder of traces in the shared format (one JSON file per agent run with `samples`
 [t_s, mem_bytes, cpu%] and `tool_calls` [{start_s, end_s, tool, command}]; see
@@ -38,6 +38,15 @@ empty, or warmed by replaying `--warm DIR` (learning only, not scored). With
 `--fresh-per-trace` every trace starts from that empty (or warmed) history instead: the
 first agent on a new host.
 
+Configuration. The calls are forecast as the daemon forecasts them under a policy
+(`--policy`, default: the shipped policies/default.yaml, read, never restated here): each
+call's tool class comes from the policy's rules (`bash -c COMMAND`, as Claude Code runs it),
+so its cold start is that class's prior and its history is kept under that class; the
+`default` predictor is the policy's `forecast.predictor` with its `forecast.quantile`; and a
+forecast above the class's memory.max is cut to it (the daemon tells that limit as the
+forecast). Percentages in the policy are of the trace's memory total. The baselines run under
+the same classes and caps.
+
 Scores per predictor: under-prediction rate (true peak > forecast), over-provision ratio
 forecast / true peak (median and p95, linear interpolation), tool calls scored. Baselines:
 `fixed` (class table low 256 MiB / medium 1 GiB / high unlimited = the trace's memory
@@ -58,8 +67,37 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from agentd.forecast import (DEFAULT_PREDICTOR, FLOOR_BYTES, PREDICTORS, Forecaster,  # noqa: E402
                              HistoryStore, ToolCallRecord, signature)
+from agentd.policy.loader import load_policy  # noqa: E402
+from agentd.policy.match import classify_tool  # noqa: E402
 
 STATIC = "static-task-peak"
+DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "policies", "default.yaml")
+
+
+class Config:
+    """What the daemon takes from a policy to forecast a call: predictor, its quantile,
+    classes (with their memory.max) from the rules. Policies are resolved per memory total."""
+
+    def __init__(self, path=DEFAULT_POLICY):
+        self.path = os.path.abspath(path)
+        self._by_total = {}
+        f = self.policy(64 << 30).forecast
+        self.predictor = DEFAULT_PREDICTOR if f.predictor == "default" else f.predictor
+        self.quantile = f.quantile
+
+    def policy(self, total):
+        if total not in self._by_total:
+            self._by_total[total] = load_policy(self.path, host_memory_bytes=total)
+        return self._by_total[total]
+
+    def args(self, predictor):
+        """The policy's predictor arguments, as agentd/enforce/forecasting.py passes them."""
+        return {"q": self.quantile} if predictor == self.predictor == "quantile" else None
+
+    def classify(self, command, total):
+        """(tool class, memory.max or None) of a Bash call under the policy."""
+        d = classify_tool(self.policy(total), ["bash", "-c", command])
+        return d.class_name, d.limits.memory_max
 
 
 def load_traces(folder, half=None):
@@ -134,31 +172,42 @@ def _metrics(pairs, ratios):
 _PREPARED = {}
 
 
-def _prepared(trace, floor):
-    """Counted calls of a trace with their signatures, computed once per run, not per predictor."""
-    key = (id(trace), floor)
+def _prepared(trace, floor, config=None):
+    """Counted calls of a trace with their signatures and (under a policy) class and cap,
+    computed once per run, not per predictor."""
+    key = (id(trace), floor, id(config))
     if key not in _PREPARED:
         calls = sorted((c for c in derive_calls(trace, floor) if c["counted"]), key=lambda c: c["start"])
-        _PREPARED[key] = (trace, [(c, signature(c["command"])) for c in calls])
-    return _PREPARED[key][1]
+        total = int(trace.get("mem_total_bytes") or 64 << 30)
+        out = []
+        for c in calls:
+            sig = signature(c["command"])
+            cls, cap = config.classify(c["command"], total) if config is not None else (sig.tool_class, None)
+            out.append((c, sig, cls, cap))
+        _PREPARED[key] = (trace, config, out)
+    return _PREPARED[key][2]
 
 
-def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None):
-    """(forecast, true) of every counted call of `traces`, replayed through one history."""
+def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None, config=None):
+    """(forecast, true) of every counted call of `traces`, replayed through one history.
+    `config` (a Config): classes, caps and the default predictor's arguments of a policy;
+    None: the signatures' own classes, no caps, `predictor_args` as given."""
     store = HistoryStore(":memory:")
     pairs, clock = [], 0.0
+    if config is not None and predictor_args is None:
+        predictor_args = config.args(predictor)
     for scored, group in ((False, warm), (True, traces)):
         for trace in group:
-            calls = _prepared(trace, floor)
+            calls = _prepared(trace, floor, config)
             budget = int(trace.get("mem_total_bytes") or 64 << 30)
             fc = Forecaster(store, "fixed" if predictor == STATIC else predictor, host_budget=budget, floor_bytes=floor,
-                            predictor_args=predictor_args)
+                            predictor_args=None if predictor == STATIC else predictor_args)
             if not calls:
                 continue
             task_peak = max(s[1] for s in trace["samples"])
             agent = trace.get("task", "")
             pending = []            # (end, record): learnt once a later call starts after it
-            for c, sig in calls:
+            for c, sig, cls, cap in calls:
                 now = clock + c["start"]
                 pending.sort(key=lambda p: p[0])
                 while pending and pending[0][0] <= c["start"]:
@@ -166,11 +215,13 @@ def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None):
                 if predictor == STATIC:
                     f = max(task_peak - c["baseline"], floor)
                 else:
-                    f = fc.forecast(sig, agent=agent, now=now).peak_bytes
+                    f = fc.forecast(sig, tool_class=cls, agent=agent, now=now).peak_bytes
+                    if cap is not None:
+                        f = min(f, cap)      # the daemon tells memory.max as the forecast above it
                 if scored:
                     pairs.append((f, c["true"]))
                 pending.append((c["end"], ToolCallRecord.from_signature(
-                    sig, ts=now, peak_bytes=c["growth"], agent=agent,
+                    sig, ts=now, peak_bytes=c["growth"], agent=agent, tool_class=cls,
                     duration_s=c["end"] - c["start"], argv=(c["command"],))))
             for _, rec in pending:
                 fc.observe(rec, clock)
@@ -179,11 +230,12 @@ def replay(traces, predictor, warm=(), floor=FLOOR_BYTES, predictor_args=None):
     return pairs
 
 
-def run(traces, warm=(), floor=FLOOR_BYTES, fresh_per_trace=False):
-    names = sorted(PREDICTORS, key=lambda n: (n != DEFAULT_PREDICTOR, n)) + [STATIC]
+def run(traces, warm=(), floor=FLOOR_BYTES, fresh_per_trace=False, config=None):
+    default = config.predictor if config is not None else DEFAULT_PREDICTOR
+    names = sorted(PREDICTORS, key=lambda n: (n != default, n)) + [STATIC]
     if fresh_per_trace:     # every trace alone: an empty history (plus the warm set) each time
-        return {n: score([p for t in traces for p in replay([t], n, warm, floor)]) for n in names}
-    return {n: score(replay(traces, n, warm, floor)) for n in names}
+        return {n: score([p for t in traces for p in replay([t], n, warm, floor, config=config)]) for n in names}
+    return {n: score(replay(traces, n, warm, floor, config=config)) for n in names}
 
 
 def _pct(v):
@@ -217,24 +269,31 @@ def main(argv=None):
                     help="score only one half of the instances (crc32 of `instance` mod 2)")
     ap.add_argument("--fresh-per-trace", action="store_true",
                     help="start every trace from an empty (or only warmed) history")
+    ap.add_argument("--policy", default=DEFAULT_POLICY,
+                    help="the policy whose forecast settings, classes and caps are scored "
+                         "(default: the shipped policies/default.yaml)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     traces = load_traces(args.traces, args.half)
     if not traces:
         ap.error(f"no trace files (*.json) in {args.traces}")
     warm = load_traces(args.warm) if args.warm else []
-    results = run(traces, warm, fresh_per_trace=args.fresh_per_trace)
+    config = Config(args.policy)
+    results = run(traces, warm, fresh_per_trace=args.fresh_per_trace, config=config)
     skipped = sum(1 for t in traces for c in derive_calls(t) if not c["counted"])
-    print(f"{len(traces)} traces, floor {FLOOR_BYTES >> 20} MiB, {skipped} overlapping Bash calls skipped"
+    print(f"{len(traces)} traces, policy {os.path.relpath(config.path)} (predictor {config.predictor}, "
+          f"quantile {config.quantile:g}, its classes' priors and memory.max), floor {FLOOR_BYTES >> 20} MiB, "
+          f"{skipped} overlapping Bash calls skipped"
           + (f", warmed by {len(warm)} traces" if warm else "")
           + (", fresh history per trace" if args.fresh_per_trace else "")
           + f", {time.monotonic() - t0:.1f} s\n")
-    print(table(results, DEFAULT_PREDICTOR))
+    print(table(results, config.predictor))
     if args.json:
         with open(args.json, "w") as fh:
             out = {n: {k: v for k, v in r.items() if k != "above_floor"} for n, r in results.items()}
-            json.dump({"predictors": out, "default": DEFAULT_PREDICTOR,
-                       "floor_bytes": FLOOR_BYTES, "skipped_overlap": skipped}, fh, indent=2)
+            json.dump({"predictors": out, "default": config.predictor, "policy": config.path,
+                       "quantile": config.quantile, "floor_bytes": FLOOR_BYTES, "skipped_overlap": skipped},
+                      fh, indent=2)
     return 0
 
 

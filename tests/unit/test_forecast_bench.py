@@ -132,3 +132,47 @@ def test_any_folder_in_the_format_is_accepted(tmp_path, capsys):
 def test_empty_folder_is_an_error(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--traces", str(tmp_path)])
+
+
+def test_the_default_configuration_is_read_from_the_shipped_policy():
+    from agentd.policy.loader import load_policy
+    shipped = load_policy(os.path.join(REPO, "policies", "default.yaml"), host_memory_bytes=16 * 10**9).forecast
+    cfg = bench.Config()
+    assert cfg.path == os.path.join(REPO, "policies", "default.yaml")
+    assert cfg.quantile == shipped.quantile and cfg.args("quantile") == {"q": shipped.quantile}
+    assert cfg.classify("cd repo && pytest -x", 16 * 10**9)[0] == "batch"
+    assert cfg.classify("git status", 16 * 10**9) == ("interactive", 1 << 30)
+
+
+POLICY = """\
+version: 1
+tool_classes:
+  normal: {memory: {max: 100Mi}}
+  batch: {memory: {max: 50%}}
+tool_rules:
+  - {name: tests, match: {program: [pytest]}, class: batch}
+forecast: {quantile: QUANTILE}
+"""
+
+
+def test_the_policy_decides_classes_caps_and_quantile(tmp_path, capsys):
+    # A cold `python x.py` is a normal call (1 GiB prior) cut to the class's 100 MiB cap; a
+    # cold pytest is a batch call (unlimited prior) cut to 50% of the trace's 1 GB.
+    t = trace([(0, 200 * MB), (1, 200 * MB), (2, 250 * MB), (3, 200 * MB), (4, 200 * MB), (5, 700 * MB),
+               (6, 200 * MB)], [(0.5, 2.5, "Bash", "python x.py"), (4.5, 5.5, "Bash", "pytest -q")], total=10**9)
+    (tmp_path / "p.yaml").write_text(POLICY.replace("QUANTILE", "0.95"))
+    cfg = bench.Config(str(tmp_path / "p.yaml"))
+    pairs = bench.replay([t], cfg.predictor, config=cfg)
+    assert [f for f, _ in pairs] == [100 << 20, 10**9 // 2]
+    without = bench.replay([t], cfg.predictor)                    # no policy: no caps
+    assert without[0][0] > 100 << 20
+    # The CLI reports the policy's settings, and scores what it reads.
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    (folder / "t.json").write_text(json.dumps(t))
+    (tmp_path / "q5.yaml").write_text(POLICY.replace("QUANTILE", "0.5"))
+    out = tmp_path / "r.json"
+    assert bench.main(["--traces", str(folder), "--policy", str(tmp_path / "q5.yaml"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["quantile"] == 0.5 and res["policy"] == str(tmp_path / "q5.yaml")
+    assert "quantile 0.5" in capsys.readouterr().out

@@ -168,3 +168,28 @@ def test_agent_over_budget_is_killed_on_a_real_gpu(tmp_path, test_root, real_gpu
     finally:
         (out / "hog.go").write_text("")
         d.cleanup()
+
+
+def test_the_device_program_hides_the_real_gpu_from_a_call(cgfs, test_root, real_gpu):
+    """With a real driver the device nodes open outside (nvidiactl, /dev/nvidia0) and CUDA
+    initialises; in a cgroup with agentd's device program both are refused."""
+    import subprocess
+    import sys
+    from agentd.kernel.bpf_devguard import DevGuard, nvidia_majors
+    nodes = [p for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm") if os.path.exists(p)]
+    probe = ("import ctypes, os, sys\nopen(sys.argv[1], 'w').write('0')\nout = []\n"
+             "for p in sys.argv[2:]:\n"
+             "    try:\n        os.close(os.open(p, os.O_RDWR)); out.append('ok')\n"
+             "    except OSError as e:\n        out.append(str(e.errno))\n"
+             "out.append(str(ctypes.CDLL('libcuda.so.1').cuInit(0)))\nprint(' '.join(out))\n")
+    cgfs.mkdir(test_root)
+    cg = f"{test_root}/call"
+    cgfs.mkdir(cg)
+    here = subprocess.run([sys.executable, "-S", "-c", probe, "/dev/null", *nodes], capture_output=True, text=True)
+    assert here.stdout.split() == ["ok"] * len(nodes) + ["0"], here
+    with DevGuard(nvidia_majors()) as g:
+        g.hide(cgfs.path(cg))
+        inside = subprocess.run([sys.executable, "-S", "-c", probe, cgfs.path(cg, "cgroup.procs"), *nodes],
+                                capture_output=True, text=True)
+    got = inside.stdout.split()
+    assert got[:-1] == ["1"] * len(nodes) and got[-1] != "0", inside     # EPERM; cuInit fails

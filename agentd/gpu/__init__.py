@@ -5,6 +5,7 @@
   placement.py  pure placement decisions (priority, room, budgets) and the call's environment
   history.py    GPU-memory forecasts by signature (agentd.forecast over gpu-history.sqlite)
   hook.py       the daemon stage: admit/plan/tick, budget actions, stats
+  effects.py    what a decision does to a call: environment, offload weight, device program
 
 `build(app)` is what the daemon calls; it raises NvmlUnavailable (a FeatureMissing) saying
 why GPU features are off on this host. Environment:

@@ -7,8 +7,9 @@ placement (placement.py, pure) -> the tool call's environment and cpu.weight -> 
   asks `place()`: a call that must wait for a GPU waits here, told so by a notice, until room
   frees up or the admission timeout passes. No await separates our `admit` (the last one)
   from the controller's `on_tool_plan`, so the decision is handed over in `pending`.
-- `on_tool_plan()` writes the decision into the call: CUDA_VISIBLE_DEVICES (and MPS variables),
-  cpu.weight for offloaded calls, a sentence in `tool.start_messages`. Calls that reach it
+- `on_tool_plan()` writes the decision into the call (effects.py): CUDA_VISIBLE_DEVICES (and
+  MPS variables), the offload CPU weight for the CPU stage, the device program that hides the
+  GPUs from a call sent to the CPU, a sentence in `tool.start_messages`. Calls that reach it
   without `admit` (the automatic path) are decided there and never wait.
 - A periodic tick re-reads NVML, updates each call's GPU peak, applies each agent class's
   `over_budget` action to the agent's lowest-priority GPU call, and wakes waiters.
@@ -20,11 +21,11 @@ import logging
 import time
 
 from ..api import protocol
-from ..errors import AgentdError, CgroupGone, ProcessGone, RequestError
-from ..kernel import cgroupfs as cgf
+from ..errors import AgentdError, ProcessGone, RequestError
 from ..forecast import Forecast, censored
 from ..units import format_size, parse_size
-from . import budget
+from . import budget, effects
+from .effects import Placed
 from . import placement as pl
 from .history import FLOOR_BYTES
 from .nvml import NvmlError
@@ -33,15 +34,6 @@ log = logging.getLogger("agentd.gpu")
 
 RESERVATION_TTL_S = 30.0      # a decision not claimed by a starting call within this is dropped
 MPS_RECHECK_S = 5.0
-
-
-@dataclasses.dataclass
-class Placed:
-    """A running call agentd placed on a GPU (or one seen holding GPU memory)."""
-    agent: str
-    device: int | None
-    forecast: int
-    peak: int = 0
 
 
 @dataclasses.dataclass
@@ -234,7 +226,7 @@ class GpuHook:
         self.counters["queued_total"] += 1
         conn.send(protocol.notice("queued", (
             f"[agentd] {prog} is waiting for a GPU: it is forecast to need {format_size(r.forecast)} of GPU memory "
-            f"and {_why(p, r)}; it starts when a GPU has room (at most {a.max_wait_s:g} s)")))
+            f"and {effects.why(p, r)}; it starts when a GPU has room (at most {a.max_wait_s:g} s)")))
         self.app.events.emit("action", agent=agent.agent_id, tool=None, action="gpu_queue", argv=req["argv"][:8],
                              reason=p.reason, forecast_bytes=r.forecast)
         t0 = time.monotonic()
@@ -282,81 +274,7 @@ class GpuHook:
                 self.refresh()
                 p = self._decide_now(r)
                 d = Decision(pl.OFFLOAD if p.outcome == pl.WAIT else p.outcome, p.device, r.forecast, p.reason, p.free)
-        self._apply(agent, tool, d)
-
-    def _apply(self, agent, tool, d):
-        tg = getattr(getattr(tool.plan, "decision", None), "gpu", None)
-        env, msg = {}, None
-        prog = _program(tool.argv)
-        if d.outcome == pl.GPU:
-            dev = next((x for x in self.devices if x.index == d.device), None)
-            limit = getattr(tg, "mps_pinned_mem_limit", None)
-            if limit is not None:
-                limit = parse_size(limit, dev.memory_total if dev else self.max_total)
-            env = pl.gpu_env(dev.uuid if dev else str(d.device), self.mps(),
-                             getattr(tg, "mps_active_thread_percentage", None), limit)
-            self.placed[tool.key] = Placed(agent.agent_id, d.device, d.forecast)
-            waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
-            msg = (f"[agentd] {prog} runs on GPU {d.device}{waited} ({dev.name if dev else 'GPU'}): it is forecast "
-                   f"to need {format_size(d.forecast)} of GPU memory")
-        elif d.outcome in (pl.OFFLOAD, pl.CPU):
-            env = pl.cpu_env()
-            hidden = self._hide_gpus(tool)
-            if d.outcome == pl.OFFLOAD:
-                weight = getattr(tg, "offload_cpu_weight", None)
-                if weight is not None:
-                    # The CPU stage owns cpu.weight and gives an offloaded call this weight
-                    # (sched/weights.py tool_weight); the plan carries it too, so the
-                    # controller's first write (and limits_applied) agrees with it, and a
-                    # daemon without a CPU stage still applies it.
-                    tool.offload_cpu_weight = int(weight)
-                    tool.plan.limits[cgf.CPU_WEIGHT] = str(int(weight))
-                why = _why(d, None, agent=self.budget_limit(agent.agent_class))
-                waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
-                msg = (f"[agentd] {prog} runs on the CPU, not a GPU{waited}: it is forecast to need "
-                       f"{format_size(d.forecast)} of GPU memory and {why}; no GPU is visible to it "
-                       f"(CUDA_VISIBLE_DEVICES is empty), so use CPU code paths or a smaller model")
-        if env:
-            tool.env = {**(getattr(tool, "env", None) or {}), **env}
-        if msg:
-            if not hasattr(tool, "start_messages"):
-                tool.start_messages = []
-            tool.start_messages.append(msg)
-        if d.waited is not None:
-            tool.actions.append({"action": "gpu_queue", "reason": d.reason, "seconds": round(d.waited, 3),
-                                 "forecast_bytes": d.forecast, "timed_out": d.timed_out,
-                                 "ts": round(time.time() - d.waited, 3)})
-        tool.gpu_placement = {"outcome": d.outcome, "device": d.device, "forecast_bytes": d.forecast,
-                              "reason": d.reason}
-        if d.outcome in (pl.OFFLOAD, pl.CPU):
-            tool.gpu_placement["devices_hidden"] = hidden
-        self.counters["placements"][d.outcome] = self.counters["placements"].get(d.outcome, 0) + 1
-        if d.outcome != pl.UNMANAGED:
-            self.app.events.emit("gpu_placement", agent=agent.agent_id, tool=tool.tool_id, outcome=d.outcome,
-                                 device=d.device, forecast_bytes=d.forecast, reason=d.reason, env=env,
-                                 devices_hidden=tool.gpu_placement.get("devices_hidden"))
-            log.info("tool %s: GPU placement %s%s (forecast %s%s)", tool.key, d.outcome,
-                     "" if d.device is None else f" on GPU {d.device}", format_size(d.forecast),
-                     f", {d.reason}" if d.reason else "")
-
-    def _hide_gpus(self, tool):
-        """Attach the device program to the call's cgroup before any of its processes runs
-        there: the environment hides the GPUs from a call that reads it, this hides them
-        from one that does not (an automatically detected call, or one that resets
-        CUDA_VISIBLE_DEVICES). True if hidden."""
-        if self.devguard is None:
-            return False
-        try:
-            self.devguard.hide(self.app.fs.path(tool.cgroup))
-        except CgroupGone:
-            return False
-        except AgentdError as err:
-            if str(err) != self._guard_error:        # once per distinct failure, not per call
-                log.warning("tool %s: cannot hide the GPUs from it (it sees them, CUDA_VISIBLE_DEVICES aside): %s",
-                            tool.key, err)
-                self._guard_error = str(err)
-            return False
-        return True
+        effects.apply(self, agent, tool, d)
 
     def on_tool_start(self, agent, tool):
         pass
@@ -429,18 +347,3 @@ class GpuHook:
     @property
     def stats(self):
         return self.metric_stats()
-
-
-def _why(p, r, agent=None):
-    """Why a call did not get a GPU, for the agent's sentence."""
-    free = f"the most free on any GPU is {format_size(p.free)}"
-    return {
-        "no_room": f"no GPU has that much free ({free})",
-        "agent_budget": "its agent's GPU memory budget" + (f" ({format_size(agent)})" if agent else "") +
-                        " is taken by its other GPU calls",
-        "over_budget_alone": "that is more than its agent's GPU memory budget" +
-                             (f" ({format_size(agent)})" if agent else ""),
-        "higher_priority_waiting": f"a higher-priority GPU call is waiting for that room ({free})",
-        "earlier_waiting": f"an earlier GPU call is waiting for that room ({free})",
-        "wait_timed_out": f"no GPU had room before the wait timed out ({free})",
-    }.get(p.reason, p.reason or "no GPU has room")

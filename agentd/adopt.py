@@ -63,6 +63,9 @@ def readopt(ctl):
                                 origin=tst.get("origin", "adopted"), intent=tst.get("intent"),
                                 pid=tst.get("pid"), started=tst.get("started", time.time()))
                 tool.limits_applied = tst.get("limits", {})
+                # A call offloaded from the GPU keeps its CPU weight across a restart (the
+                # CPU stage applies it again when it takes the call back).
+                tool.offload_cpu_weight = tst.get("offload_cpu_weight")
                 tool.cgroup_id = fs.cgroup_id(tcg)
                 # The launcher that owned it reconnects to report the exit (even when the
                 # call ended while we were away); the sweep finishes it once its cgroup is

@@ -49,6 +49,7 @@ class ToolCall:
             "class": self.plan.tool_class, "priority": self.plan.priority, "origin": self.origin,
             "intent": self.intent, "pid": self.pid, "started": self.started,
             "limits": self.limits_applied, "stragglers": self.plan.stragglers,
+            "offload_cpu_weight": self.offload_cpu_weight,
         }
 
 

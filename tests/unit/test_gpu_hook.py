@@ -196,6 +196,25 @@ def test_no_room_offloads_to_cpu_with_weight_and_reservations_count(tmp_path):
     assert w.hook.stats["gpu_placements"]["offload"] == 1
 
 
+def test_an_offloaded_call_keeps_its_weight_across_a_daemon_restart(tmp_path):
+    from agentd.adopt import readopt
+    w = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {"train.py": 10 * GiB})
+
+    async def main():
+        a = w.ctl.create_agent("ag", "normal")
+        return await w.start(a, ["train.py"], "train"), await w.start(a, ["train.py"], "train")
+    _, offloaded = run(main())
+    w.fs.write(offloaded.cgroup, "cpu.weight", "100")              # forget it, as a fresh daemon would
+    again = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {})   # the same tree and state file
+
+    async def restart():
+        await again.sched.start()
+        readopt(again.ctl)
+    run(restart())
+    assert again.ctl.agents["ag"].tools[offloaded.tool_id].offload_cpu_weight == 300
+    assert w.fs.read(offloaded.cgroup, "cpu.weight") == "300"
+
+
 def test_calls_sent_to_the_cpu_have_the_gpus_hidden_by_the_device_program(tmp_path):
     w = World(tmp_path, [dict(dev(16 * GiB), uuid="GPU-0")], {"train.py": 10 * GiB})
 

@@ -325,10 +325,14 @@ class GpuHook:
             self.devguard.close()     # attachments stay with their cgroups
 
     def modes(self):
+        # A mode word (a metric label): how a call sent to the CPU is kept off the GPUs.
+        return {"gpu": "device-program" if self.devguard is not None else "environment"}
+
+    def mode_details(self):
         n = len(self.devices)
-        return {"gpu": f"nvml: {n} GPU{'s' if n != 1 else ''}, driver {self.nv.driver}"
-                       + (", MPS" if self._mps[0] else "") + f", {self.fc.mode}"
-                       + (", device program" if self.devguard is not None else ", environment only")}
+        return {"gpu": {"mode": self.modes()["gpu"], "gpus": n, "driver": self.nv.driver, "mps": bool(self._mps[0]),
+                        "history": self.fc.mode,
+                        "hidden_majors": list(self.devguard.majors) if self.devguard is not None else []}}
 
     def metric_stats(self):
         """The collector's contract (metrics/collector.py STATS_KEYS) plus GPU placement counters."""

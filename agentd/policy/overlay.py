@@ -144,6 +144,15 @@ class _Check:
                                      f"{_show(mine, size)} is above what the daemon's policy "
                                      f"{self.daemon.source} allows tool class {rule.class_!r} "
                                      f"({_show(allowed, size)})")
+            if rule.gpu is not None:
+                # GPU placement weighs every agent's calls against each other: an agent may
+                # only repeat a prior the daemon's policy gives this class, as with `gpu`.
+                given = [cls.gpu.prior] + [r.gpu.prior for r in theirs if r.gpu is not None]
+                if rule.gpu.prior not in given:
+                    self.problem(("tool_rules", i, "gpu", "prior"),
+                                 f"gpu.prior {rule.gpu.prior!r} is not one the daemon's policy {self.daemon.source} "
+                                 f"gives tool class {rule.class_!r} "
+                                 f"({', '.join(repr(p) for p in given if p is not None) or 'none'}); leave it out")
 
     def host_wide(self):
         for section in HOST_WIDE:

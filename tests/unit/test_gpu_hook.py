@@ -71,6 +71,8 @@ class Guard:
     """Records the cgroups the device program would be attached to (tests/host and
     tests/kernel attach the real one)."""
 
+    majors = (195,)
+
     def __init__(self, fail=None):
         self.hidden = []
         self.fail = fail
@@ -231,6 +233,8 @@ def test_calls_sent_to_the_cpu_have_the_gpus_hidden_by_the_device_program(tmp_pa
     assert w.guard.hidden == [w.fs.path(t.cgroup) for t in (offloaded, cpu, auto)]
     assert all(t.gpu_placement["devices_hidden"] for t in (offloaded, cpu, auto))
     assert "devices_hidden" not in on_gpu.gpu_placement
+    assert w.hook.modes() == {"gpu": "device-program"}
+    assert w.hook.mode_details()["gpu"]["hidden_majors"] == [195]
     ev = [e for e in read_events(str(tmp_path / "ev.jsonl")) if e.get("event") == "gpu_placement"]
     assert [e["devices_hidden"] for e in ev] == [None, True, True, True]
 

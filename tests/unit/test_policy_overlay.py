@@ -108,3 +108,14 @@ def test_shipped_policies_fit_under_themselves(name):
     p = load_policy(name, host_memory_bytes=HOST)
     with open(p.source) as f:
         agent_policy(p, f.read(), p.source)
+
+
+def test_a_rule_may_repeat_only_a_gpu_prior_the_daemon_gives_its_class():
+    daemon = load_policy("default", host_memory_bytes=HOST)
+    ok = "version: 1\ntool_rules:\n  - {name: t, match: {program: [train.py]}, class: normal, gpu: {prior: 4Gi}}\n"
+    assert agent_policy(daemon, ok, "mine.yaml").tool_rules[0].gpu.prior == "4Gi"
+    big = "version: 1\ntool_rules:\n  - name: t\n    match: {program: [x.py]}\n    class: normal\n" \
+          "    gpu: {prior: 70Gi}\n"
+    assert problems(daemon, big) == [
+        f"mine.yaml:6: tool_rules[0].gpu.prior: gpu.prior '70Gi' is not one the daemon's policy {daemon.source} "
+        "gives tool class 'normal' ('4Gi'); leave it out"]

@@ -17,8 +17,9 @@ the body is the program and its imports predict memory.
 """
 
 import re
-import shlex
 from dataclasses import dataclass
+
+from .. import shellwords
 
 # Operators that end a simple command. `|` additionally marks the next command as a later
 # pipeline stage; the others start a new pipeline.
@@ -47,17 +48,8 @@ class SimpleCommand:
 
 
 def _tokens(text):
-    """shlex tokens of `text` with operators as separate tokens; closes cut-off quotes."""
-    for suffix in ("", '"', "'", "'\"", "\"'"):
-        lex = shlex.shlex(text + suffix, posix=True, punctuation_chars=";&|()<>")
-        lex.whitespace = " \t\r"    # newlines separate commands, so keep them as tokens
-        lex.wordchars += "~-./*?=%+:@,[]{}^!$#"
-        lex.commenters = ""
-        try:
-            return list(lex)
-        except ValueError:          # unbalanced quote: the log cut the command; try closing it
-            continue
-    return text.split()
+    """Words and operators of `text`; a cut-off quote is closed (shellwords: linear, bounded)."""
+    return shellwords.tokens(text)
 
 
 _HEREDOC_RE = re.compile(r"<<-?[ \t]*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
@@ -117,7 +109,7 @@ def shell_script(argv):
 
 def split_command(command, depth=0):
     """Simple commands of a command string, in order, wrappers unwrapped."""
-    text, bodies = _split_heredocs(command)
+    text, bodies = _split_heredocs(shellwords.bounded(command))
     toks = _tokens(text)
     result, cur, first, body_for_cur = [], [], True, ""
     i = 0

@@ -43,6 +43,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+from .. import shellwords
 from .shell import MAX_DEPTH, SimpleCommand, shell_script, split_command
 
 # Rule 2's ranks. Unknown programs rank as interpreters (medium): guessing "light" for an
@@ -147,9 +148,11 @@ class Signature:
 
 def signature(argv):
     """Signature of an argv list or of a command string (as agents' Bash tools log it)."""
+    # Only the bounded head is read (agentd/shellwords.py): an argv is the agent's input,
+    # and the cache key must not hold megabytes either.
     if isinstance(argv, str):
-        return _signature(argv)
-    return _signature(tuple(str(a) for a in argv))
+        return _signature(shellwords.bounded(argv))
+    return _signature(shellwords.bounded_argv([str(a) for a in argv]))
 
 
 # The daemon asks for a call's signature at its start (forecast) and at its end (history),

@@ -42,14 +42,20 @@ def meminfo(keys, proc="/proc"):
     return out
 
 
+# A process's arguments can be megabytes (up to ARG_MAX and more), set by whoever exec'd
+# it: an agent's child. Only the head is read; analysis looks at a few KB of it anyway
+# (agentd/shellwords.py), and the cut last argument is kept as it was read.
+CMDLINE_MAX_BYTES = 64 * 1024
+
+
 class ProcFS:
     def __init__(self, proc="/proc"):
         self.proc = proc
 
-    def _read(self, pid, name, mode="r"):
+    def _read(self, pid, name, mode="r", limit=-1):
         try:
             with open(f"{self.proc}/{pid}/{name}", mode) as f:
-                return f.read()
+                return f.read(limit)
         except (FileNotFoundError, ProcessLookupError) as err:
             raise ProcessGone(f"process {pid} is gone") from err
         except OSError as err:
@@ -73,8 +79,13 @@ class ProcFS:
         return self.stat(pid)[0]
 
     def cmdline(self, pid):
-        raw = self._read(pid, "cmdline", "rb")
-        return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]] if raw else []
+        raw = self._read(pid, "cmdline", "rb", CMDLINE_MAX_BYTES)
+        if not raw:
+            return []
+        parts = raw.split(b"\0")
+        if raw.endswith(b"\0"):
+            parts = parts[:-1]        # else the read was cut: keep the head of the last one
+        return [a.decode(errors="replace") for a in parts]
 
     def comm(self, pid):
         return self._read(pid, "comm").strip()
@@ -133,7 +144,7 @@ class ProcFS:
         stat = self._read(pid, "stat")
         # comm may contain spaces and parentheses: split after the last ')'.
         rest = stat[stat.rindex(")") + 2:].split()
-        raw = self._read(pid, "cmdline", "rb")
+        raw = self._read(pid, "cmdline", "rb", CMDLINE_MAX_BYTES)
         argv = tuple(a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else ()
         statm = self._read(pid, "statm").split()
         return ProcInfo(pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), sid=int(rest[3]), state=rest[0],

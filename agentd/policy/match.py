@@ -19,6 +19,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import shellwords
 from ..errors import AgentdError, RequestError
 from ..kernel import cgroupfs as cg
 from ..units import parse_size
@@ -87,18 +88,7 @@ def _compiled(pattern):
 
 def _shell_commands(text):
     """The simple commands (lists of words) of a shell command string."""
-    for suffix in ("", '"', "'"):   # a cut-off quote is closed rather than refused
-        lex = shlex.shlex(text + suffix, posix=True, punctuation_chars=";&|()<>")
-        lex.whitespace = " \t\r"
-        lex.wordchars += "~-./*?=%+:@,[]^!$#"
-        lex.commenters = ""
-        try:
-            tokens = list(lex)
-            break
-        except ValueError:
-            continue
-    else:
-        tokens = text.split()
+    tokens = shellwords.tokens(text)
     cmds, cur, skip_next = [], [], False
     for tok in tokens:
         if skip_next:
@@ -182,19 +172,25 @@ def _analyse(argv):
     return unique, (shlex.join(argv),) + tuple(scripts), main
 
 
+def _analysed(argv):
+    # Only the bounded head of an argv is analysed (agentd/shellwords.py): it is the
+    # agent's input, read on the daemon's event loop, and a cache key.
+    return _analyse(shellwords.bounded_argv(list(argv)))
+
+
 def command_programs(argv):
     """Every program a call runs, argv[0]'s basename first, wrappers unwrapped."""
-    return _analyse(tuple(argv))[0]
+    return _analysed(argv)[0]
 
 
 def main_program(argv):
     """The program doing the work, e.g. pytest for `bash -c "cd x && python -m pytest"`."""
-    return _analyse(tuple(argv))[2]
+    return _analysed(argv)[2]
 
 
 def matches(match, argv, declared_class=None):
     """Whether a rule's match holds for this call (all given conditions, any_of branches)."""
-    programs, texts, _ = _analyse(tuple(argv))
+    programs, texts, _ = _analysed(argv)
     if match.program is not None and not any(p in match.program for p in programs):
         return False
     if match.only_programs is not None:

@@ -14,6 +14,7 @@ import logging
 import time
 
 from . import names, oom
+from .clip import clip_argv
 from .errors import AgentdError, CgroupGone, KernelError, ProcessGone, RequestError
 from .kernel import cgroupfs as cgf
 from .model import Agent, ToolCall
@@ -314,7 +315,7 @@ class Controller:
         agent.next_seq += 1
         tool_id = f"{seq:04d}-{plan.tool_class}"
         cg = f"{agent.tools_cgroup}/{tool_id}"
-        tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=cg, argv=list(argv), plan=plan,
+        tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=cg, argv=clip_argv(argv), plan=plan,
                         origin=origin, intent=intent, pid=pid)
         self.fs.mkdir(cg, exist_ok=False)
         try:

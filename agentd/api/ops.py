@@ -9,6 +9,7 @@ only inside the caller's own agent, decided from /proc/<pid>/cgroup of the calle
 import asyncio
 import time
 
+from ..clip import clip_argv
 from ..errors import AgentdError, RequestError
 
 
@@ -51,7 +52,7 @@ class ApiOps:
         except AgentdError:
             self.ctl.remove_agent(agent, reason="placement failed")
             raise
-        agent.argv = req.get("argv") or []
+        agent.argv = clip_argv(req.get("argv") or [])
         conn.agent = agent.agent_id
         return {"agent": agent.agent_id, "cgroup": agent.cgroup, "agent_class": agent.agent_class,
                 "env": {"AGENTD_AGENT": agent.agent_id, "AGENTD_SOCKET": self.socket_path}}

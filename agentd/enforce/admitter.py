@@ -7,6 +7,7 @@ import logging
 import time
 
 from ..api import protocol
+from ..clip import clip_argv
 from ..errors import RequestError
 from ..feedback import _program
 from ..kernel import cgroupfs as cgf
@@ -74,7 +75,7 @@ class Admitter:
             f"running tool calls are forecast to use {format_size(admission.demand(running))} of the "
             f"{format_size(budget) if budget else 'unlimited'} budget; it starts when room appears "
             f"(at most {a.max_wait_s:g} s)")))
-        self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=req["argv"][:8],
+        self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=clip_argv(req["argv"])[:8],
                              reason="memory budget", forecast_bytes=peak)
         log.info("agent %s: %s queued for memory (forecast %s, demand %s, budget %s)", agent.agent_id, prog,
                  format_size(peak), format_size(admission.demand(running)), format_size(budget) if budget else "-")

@@ -38,6 +38,9 @@ STATS_KEYS = {
     "gpu_placements": "{outcome: count}",
     "gpu_budget_actions": "{action: count}",
     "gpu_waiting": "int", "gpu_queued_total": "int", "gpu_wait_seconds_total": "float",
+    "event_log_write_errors_total": "int, event-log lines the file system refused (a full disk)",
+    "event_log_dropped_total": "int, event-log lines held back by the per-agent rate limit",
+    "api_connections_refused": "{reason: count} (per_uid, total, not_in_agent, timeout)",
 }
 
 # Scalar keys -> metric, and {label: count} keys -> metric.
@@ -45,9 +48,12 @@ SCALARS = {"admission_waiting": "agentd_admission_waiting", "pressure_events": "
            "pressure_own_stall": "agentd_pressure_own_stall_total",
            "sched_ext_ejections": "agentd_sched_ext_ejections_total",
            "gpu_unattributed_bytes": "agentd_gpu_unattributed_memory_bytes", "gpu_waiting": "agentd_gpu_waiting",
-           "gpu_queued_total": "agentd_gpu_queued_total", "gpu_wait_seconds_total": "agentd_gpu_wait_seconds_total"}
+           "gpu_queued_total": "agentd_gpu_queued_total", "gpu_wait_seconds_total": "agentd_gpu_wait_seconds_total",
+           "event_log_write_errors_total": "agentd_event_log_write_errors_total",
+           "event_log_dropped_total": "agentd_event_log_dropped_total"}
 LABELLED = {"autodetect": "agentd_autodetect_total", "gpu_placements": "agentd_gpu_placements_total",
-            "gpu_budget_actions": "agentd_gpu_budget_actions_total"}
+            "gpu_budget_actions": "agentd_gpu_budget_actions_total",
+            "api_connections_refused": "agentd_api_connections_refused_total"}
 
 PRESSURE = (("memory", cgf.MEMORY_PRESSURE), ("cpu", cgf.CPU_PRESSURE), ("io", cgf.IO_PRESSURE))
 
@@ -192,7 +198,9 @@ class AgentdCollector:
 
     def _stages(self, fams):
         stats = {}
-        for h in getattr(self.app, "hooks", []):
+        # The event log and the API server keep counters of their own, as the stages do.
+        sources = [getattr(self.app, "events", None), getattr(self.app, "server", None)]
+        for h in [s for s in sources if s is not None] + list(getattr(self.app, "hooks", [])):
             fn = getattr(h, "metric_stats", None)
             if fn is None:
                 continue

@@ -123,6 +123,24 @@ class Controller:
             log.info("%s: %s (%s)", who, ", ".join(f"{k}={v}" for k, v in applied.items()), reason)
         return applied
 
+    # cgroup.max.descendants of an agent: its tool-call cap, plus main, tools, and room for
+    # cgroups the agent nests itself or calls still draining. The kernel then refuses a
+    # mkdir past it on every path (API, automatic detection, a delegated agent), so one
+    # agent cannot fill the tree with empty cgroups that every walk of it pays for.
+    DESCENDANTS_SLACK = 64
+
+    def _bound_descendants(self, cg, who):
+        try:
+            cap = self.planner.policy.daemon.max_tool_calls_per_agent
+        except AttributeError:
+            return
+        try:
+            self.fs.write_if_offered(cg, cgf.CGROUP_MAX_DESCENDANTS, str(cap + self.DESCENDANTS_SLACK))
+        except CgroupGone:
+            raise
+        except KernelError as err:
+            log.warning("%s: cannot set %s: %s", who, cgf.CGROUP_MAX_DESCENDANTS, err)
+
     def _kill_whole(self, cg, who):
         """memory.oom.group=1: an OOM victim inside `cg` takes all of it (agentd/oom.py).
         It scopes the kernel's kill and limits nothing, so it is written apart from the
@@ -157,6 +175,7 @@ class Controller:
             self.fs.enable_controllers(cg)
             self.fs.enable_controllers(agent.tools_cgroup)
             agent.limits_applied = self._apply(cg, limits, f"agent {name}", f"class {cls_name}")
+            self._bound_descendants(cg, f"agent {name}")
         except AgentdError:
             self.fs.remove_tree(cg)
             raise

@@ -83,10 +83,22 @@ class ApiOps:
             self._check_child(conn, req["pid"], peer_cg)
         elif any((a == agent.agent_id) for a, _ in conn.tools):
             raise RequestError("busy", "this connection already has a tool call starting")
-        for h in self.hooks:
-            admit = getattr(h, "admit", None)
-            if admit:
-                await admit(conn, agent, req)
+        # One agent's calls, running or waiting, are bounded: each holds a cgroup, a
+        # connection and maybe a memory reservation other agents' calls are measured against.
+        cap = self.policy.daemon.max_tool_calls_per_agent
+        held = sum(1 for t in agent.tools.values() if not t.done) + getattr(agent, "tool_starts_pending", 0)
+        if held >= cap:
+            raise RequestError("too_many_tools", f"agent {agent.agent_id} already has {held} tool calls running or "
+                                                 f"waiting (policy daemon.max_tool_calls_per_agent: {cap}); "
+                                                 f"wait for some to end")
+        agent.tool_starts_pending = getattr(agent, "tool_starts_pending", 0) + 1
+        try:
+            for h in self.hooks:
+                admit = getattr(h, "admit", None)
+                if admit:
+                    await admit(conn, agent, req)
+        finally:
+            agent.tool_starts_pending -= 1
         tool = self.ctl.start_tool(agent, req.get("pid"), req["argv"], req.get("class"), req.get("mem"),
                                    req.get("intent"))
         tool.conn = conn

@@ -8,7 +8,7 @@ import time
 
 from ..api import protocol
 from ..clip import clip_argv
-from ..errors import RequestError
+from ..errors import AgentdError, RequestError
 from ..feedback import _program
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
@@ -17,7 +17,12 @@ from .limits import as_bytes as _bytes
 
 log = logging.getLogger("agentd.enforce")
 
-RESERVATION_TTL_S = 10.0          # an admitted call that never started stops counting
+# A reservation needs a living process. An admitted call is placed at once (the launcher
+# clones into its cgroup right after the reply), so an admission that was never followed
+# by a start, or a call whose cgroup holds no process this long after its start, stops
+# counting: an agent cannot hold memory for nothing to make other agents' calls wait.
+RESERVATION_TTL_S = 2.0
+PLACE_GRACE_S = 2.0
 
 
 def call_key(agent_id, pid, argv):
@@ -116,7 +121,9 @@ class Admitter:
                 # Without evidence a call reserves what it holds (its past), not a guess
                 # at its future.
                 fc = getattr(tool.forecast, "peak_bytes", 0) or 0
-                if st.evidence:
+                if st.evidence and not self._lives(tool):
+                    fc = 0
+                elif st.evidence:
                     cap = _bytes(tool.limits_applied.get(cgf.MEMORY_MAX)) or _bytes(tool.plan.limits.get(cgf.MEMORY_MAX))
                     fc = st.live.peak_bytes if st.live else fc
                     fc = min(fc, cap) if cap else fc
@@ -127,6 +134,16 @@ class Admitter:
         out += [admission.Running(f"{k[0]}/{k[1]}", p["peak"] if p["evidence"] else 0, 0, p.get("rank"))
                 for k, p in self.pending.items()]
         return out
+
+    def _lives(self, tool):
+        """Does the call hold a process (or is it just starting)? The kernel's
+        cgroup.events says, not the client."""
+        if time.monotonic() - tool.started_mono < PLACE_GRACE_S:
+            return True
+        try:
+            return self.e.ctl.fs.populated(tool.cgroup)
+        except AgentdError:
+            return False
 
     def expire_pending(self):
         now = time.monotonic()

@@ -29,6 +29,7 @@ MEMORY_SWAP_MAX = "memory.swap.max"
 MEMORY_EVENTS = "memory.events"
 MEMORY_STAT = "memory.stat"
 MEMORY_PRESSURE = "memory.pressure"
+CGROUP_MAX_DESCENDANTS = "cgroup.max.descendants"   # core file: mkdir below fails (EAGAIN) past it
 MEMORY_OOM_GROUP = "memory.oom.group"     # 1: an OOM kill in the cgroup takes all of it
 CPU_PRESSURE = "cpu.pressure"
 IO_PRESSURE = "io.pressure"

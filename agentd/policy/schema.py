@@ -185,6 +185,16 @@ class DaemonConfig(_Model):
     metrics_listen: ListenAddr = "127.0.0.1:9464"   # "" / off = no metrics endpoint
     state_dir: AbsPath = "/var/lib/agentd"
     event_log: AbsPath = "/var/log/agentd/events.jsonl"
+    # What one caller may hold of the daemon (every local user can reach its socket):
+    # open API connections per uid (root is bounded only by the total), and tool calls one
+    # agent may have running or waiting at once (its cgroup's cgroup.max.descendants
+    # follows, so the kernel holds the bound for every path that makes cgroups).
+    max_connections_per_uid: ranged_int(4, 100_000, "daemon.max_connections_per_uid") = 64
+    max_tool_calls_per_agent: ranged_int(1, 100_000, "daemon.max_tool_calls_per_agent") = 128
+    # A connection that sends no request within first_request_timeout_s, or none for
+    # idle_timeout_s while it has no tool call or agent of its own, is closed.
+    first_request_timeout_s: ranged_float(0.1, 3600, "daemon.first_request_timeout_s") = 10.0
+    idle_timeout_s: ranged_float(1, 86_400, "daemon.idle_timeout_s") = 120.0
 
     @field_validator("root")
     @classmethod

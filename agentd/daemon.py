@@ -17,6 +17,7 @@ import time
 from . import oom, sdnotify
 from .adopt import readopt
 from .api.ops import ApiOps
+from .api.guard import raise_fd_limit
 from .api.server import Server
 from .controller import Controller
 from .errors import AgentdError, FeatureMissing, PolicyError, RequestError
@@ -128,6 +129,10 @@ class App(ApiOps):
         self.ctl.setup()
         self._build_hooks()
         self.server = Server(self, self.socket_path, group=c.api_group or d.api_group)
+        if not c.standalone:
+            # Every local user can connect: the API's bound on connections follows this limit
+            # (api/guard.py), and a daemon started by hand often has a soft limit of 1024.
+            log.info("file descriptor limit: %d", raise_fd_limit())
         for w in self.caps.warnings():
             log.warning("%s", w)
 

@@ -127,12 +127,17 @@ class DaemonProc:
             s.connect(self.socket)
             s.sendall(raw if raw is not None else (json.dumps({"v": 1, **obj}) + "\n").encode())
             buf = b""
-            while b"\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
+            while True:
+                while b"\n" not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                line, nl, rest = buf.partition(b"\n")
+                if not nl or b'"notice":"keepalive"' not in line:
                     break
-                buf += chunk
-        return json.loads(buf.partition(b"\n")[0]) if buf else None
+                buf = rest            # a slow request: the daemon says it is still at it
+        return json.loads(line) if line else None
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)

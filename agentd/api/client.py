@@ -63,7 +63,8 @@ class Client:
         while True:
             msg = self.read_line()
             if "notice" in msg:
-                if on_notice:
+                # A keepalive says the daemon is still working on the request: no news.
+                if on_notice and msg.get("notice") != "keepalive":
                     on_notice(msg)
                 continue
             if msg.get("ok"):

@@ -5,6 +5,12 @@ Authorisation is decided here from SO_PEERCRED and /proc, never from ids the cli
 - a tool call is created only inside the agent whose cgroup the caller is in, and only for
   a child of the caller that still shares the caller's cgroup;
 - freeze/thaw/kill/status reach only the caller's own agent (root/group members: any).
+
+What a caller may hold is bounded here too (api/guard.py): connections per uid and in all
+(below the descriptor limit, with a reserve for the daemon's own files), a first request
+within daemon.first_request_timeout_s, idle connections without a tool call or agent
+closed after daemon.idle_timeout_s, a caller in no agent and not admin answered once and
+dropped, accept() failures backed off, refusals logged at a bounded rate.
 """
 
 import asyncio
@@ -15,9 +21,14 @@ import socket
 import struct
 
 from ..errors import AgentdError, ProcessGone, RequestError
-from . import protocol
+from . import guard, protocol
 
 log = logging.getLogger("agentd.api")
+
+# A request still running after this long gets a keepalive notice every this often, so
+# a client can tell a daemon that works (admission waits, stragglers) from a hung one.
+KEEPALIVE_S = 1.0
+BACKLOG = 128
 
 
 def peer_cred(sock):
@@ -42,10 +53,19 @@ class Server:
         self.app = app            # agentd.daemon.App
         self.path = path
         self.group = group
-        self._server = None
+        self._server = None       # the listening socket
+        self._loop = None
+        self._accepting = False
+        self._backoff = 0.0
+        self._tasks = set()
+        self.counts = guard.ConnectionCounts()
+        self.ratelog = guard.RateLimitedLog(log)
         self.conns = set()
         self.requests_total = {}
         self.errors_total = {}
+
+    def _limits(self):
+        return self.app.policy.daemon
 
     async def start(self):
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -53,15 +73,102 @@ class Server:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=protocol.MAX_LINE)
-        # Anyone may connect (agents run as any user); what they may do is decided per
-        # request from their credentials.
-        os.chmod(self.path, 0o666)
+        self._loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(self.path)
+            # Anyone may connect (agents run as any user); what they may do is decided per
+            # request from their credentials.
+            os.chmod(self.path, 0o666)
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self._server = sock
+        self._resume()
+
+    # --- accepting: our own loop, so a full descriptor table or a flood is a bounded,
+    # quiet state rather than asyncio's per-failure traceback.
+    def _resume(self):
+        if self._server is not None and not self._accepting:
+            self._loop.add_reader(self._server.fileno(), self._accept_ready)
+            self._accepting = True
+
+    def _pause(self):
+        if self._accepting:
+            self._loop.remove_reader(self._server.fileno())
+            self._accepting = False
+
+    def _accept_ready(self):
+        for _ in range(BACKLOG):
+            try:
+                sock, _ = self._server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self._accept_failed(err)
+                return
+            self._backoff = 0.0
+            self._admit(sock)
+
+    def _accept_failed(self, err):
+        """No descriptor (or memory) for a new connection: stop accepting for a moment,
+        longer while it lasts; the kernel's backlog holds the callers meanwhile."""
+        self._backoff = min(guard.ACCEPT_BACKOFF_MAX_S, max(guard.ACCEPT_BACKOFF_MIN_S, self._backoff * 2))
+        self._pause()
+        self._loop.call_later(self._backoff, self._resume)
+        self.counts.count_refusal("accept_error")
+        self.ratelog("accept", logging.WARNING, "cannot accept API connections (%s): pausing %.2f s; "
+                     "%d connections open", err.strerror or err, self._backoff, self.counts.total)
+
+    def _admit(self, sock):
+        try:
+            sock.setblocking(False)
+            _, uid, _ = peer_cred(sock)
+        except OSError:
+            sock.close()
+            return
+        reason = self.counts.over(uid, self._limits().max_connections_per_uid)
+        if reason is not None:
+            self.counts.count_refusal(reason)
+            self.ratelog(("refused", reason, uid), logging.WARNING,
+                         "API connection from uid %d refused: %s (%d open for this uid, %d in all)", uid,
+                         "too many connections for this user" if reason == "per_uid" else "too many connections",
+                         self.counts.by_uid.get(uid, 0), self.counts.total)
+            try:
+                sock.send(protocol.error("too_many_connections",
+                                         f"uid {uid} holds too many connections to agentd; close some"
+                                         if reason == "per_uid" else "agentd serves too many connections; "
+                                                                     "try again later"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        self.counts.add(uid)
+        task = self._loop.create_task(self._connection(sock, uid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connection(self, sock, uid):
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE)
+        except OSError:
+            sock.close()
+            self.counts.remove(uid)
+            return
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.counts.remove(uid)
+
+    def metric_stats(self):
+        return {"api_connections_refused": dict(self.counts.refused)}
 
     async def close(self):
         if self._server:
+            self._pause()
             self._server.close()
-            await self._server.wait_closed()
+            self._server = None
         for c in list(self.conns):
             c.writer.close()
         try:
@@ -94,10 +201,19 @@ class Server:
             return
         conn = Connection(pid, uid, gid, writer)
         self.conns.add(conn)
+        # A caller in no agent and not admin may ask one thing (hello; anything else is
+        # refused) and is then dropped: it has no business holding a connection.
+        once = not self._may_stay(conn)
+        first = True
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), self._read_timeout(conn, first))
+                except asyncio.TimeoutError:
+                    self.counts.count_refusal("timeout")
+                    self.ratelog(("timeout", conn.uid), logging.INFO, "closing API connection of pid %d uid %d: %s",
+                                 conn.pid, conn.uid, "no request" if first else "idle")
+                    break
                 except (asyncio.LimitOverrunError, ValueError):
                     conn.send(protocol.error("too_long", f"request longer than {protocol.MAX_LINE} bytes"))
                     break
@@ -107,8 +223,12 @@ class Server:
                     break
                 if not line.strip():
                     continue
+                first = False
                 await self._one(conn, line)
                 await writer.drain()
+                if once:
+                    self.counts.count_refusal("not_in_agent")
+                    break
         except ConnectionError:
             pass
         finally:
@@ -119,23 +239,55 @@ class Server:
             except Exception:
                 pass
 
+    def _may_stay(self, conn):
+        if self.is_admin(conn):
+            return True
+        try:
+            agent, _, _ = self.app._caller_agent(conn)
+        except RequestError:
+            return False
+        return agent is not None
+
+    def _read_timeout(self, conn, first):
+        """Seconds to wait for the next request line: a connection that holds a tool call
+        or an agent waits as long as they run; any other is closed when idle."""
+        d = self._limits()
+        if first:
+            return d.first_request_timeout_s
+        if conn.tools or conn.agent:
+            return None
+        return d.idle_timeout_s
+
+    async def _keepalive(self, conn):
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            conn.send(protocol.notice("keepalive", ""))
+
     async def _one(self, conn, line):
         op = "?"
+        ka = None
         try:
             req = protocol.parse_request(line)
             op = req["op"]
+            ka = asyncio.get_running_loop().create_task(self._keepalive(conn))
             reply = await getattr(self.app, "op_" + op)(conn, req)
             conn.send(protocol.ok(**(reply or {})))
         except RequestError as err:
             self.errors_total[err.code] = self.errors_total.get(err.code, 0) + 1
-            log.info("request %s from pid %d uid %d refused: %s: %s", op, conn.pid, conn.uid, err.code, err)
+            self.ratelog(("refused", conn.uid), logging.INFO, "request %s from pid %d uid %d refused: %s: %s",
+                         op, conn.pid, conn.uid, err.code, err)
             conn.send(protocol.error(err.code, str(err)))
         except ProcessGone as err:
             conn.send(protocol.error("gone", str(err)))
         except AgentdError as err:
-            log.warning("request %s from pid %d failed: %s", op, conn.pid, err)
+            self.ratelog(("failed", conn.uid), logging.WARNING, "request %s from pid %d failed: %s",
+                         op, conn.pid, err)
             conn.send(protocol.error("failed", str(err)))
         except Exception as err:      # a bug must not take the daemon down with it
-            log.exception("request %s from pid %d crashed", op, conn.pid)
+            self.ratelog(("crashed", op), logging.ERROR, "request %s from pid %d crashed", op, conn.pid,
+                         exc_info=True)
             conn.send(protocol.error("internal", f"internal error: {type(err).__name__}"))
+        finally:
+            if ka is not None:
+                ka.cancel()
         self.requests_total[op] = self.requests_total.get(op, 0) + 1

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -58,19 +59,47 @@ int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-int conn_send(struct conn *c, const struct buf *b)
+/* The socket is non-blocking: a daemon that stopped reading (hung, stopped) makes a
+ * large request wait for room, and that wait is bounded like a reply's. */
+int conn_send(struct conn *c, const struct buf *b, int timeout_ms)
 {
     size_t off = 0;
+    double deadline = now_s() + timeout_ms / 1000.0;
     while (off < b->len) {
-        ssize_t n = send(c->fd, b->p + off, b->len - off, MSG_NOSIGNAL);
+        ssize_t n = send(c->fd, b->p + off, b->len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return -1;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return -1;
+            double left = deadline - now_s();
+            if (timeout_ms >= 0 && left <= 0) {
+                errno = ETIMEDOUT;
+                return -1;
+            }
+            struct pollfd p = {c->fd, POLLOUT, 0};
+            if (poll(&p, 1, timeout_ms < 0 ? -1 : (int)(left * 1000) + 1) < 0 && errno != EINTR)
+                return -1;
+            continue;
         }
         off += (size_t)n;
     }
     return 0;
+}
+
+/* AGENTD_REPLY_TIMEOUT (seconds) or the default: how long a request may go without any
+ * line from the daemon. A working daemon sends a keepalive notice every second while a
+ * request takes long (an admission wait); silence means it hangs. */
+int reply_timeout_ms(void)
+{
+    const char *s = getenv("AGENTD_REPLY_TIMEOUT");
+    if (s && *s) {
+        char *end;
+        double v = strtod(s, &end);
+        if (*end == '\0' && v > 0 && v < 86400)
+            return (int)(v * 1000);
+    }
+    return DEFAULT_REPLY_TIMEOUT_MS;
 }
 
 void conn_close(struct conn *c)
@@ -93,7 +122,9 @@ int connect_retry(const char *path, int budget_ms, int *err)
     double deadline = now_s() + budget_ms / 1000.0;
     long delay_ms = 5;
     for (;;) {
-        int fd = high_fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        /* Non-blocking: a full backlog (a hung or flooded daemon) is EAGAIN, retried
+         * within the budget, instead of a connect() that blocks for good. */
+        int fd = high_fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
         if (fd < 0) {
             *err = errno;
             return -1;
@@ -164,7 +195,7 @@ enum ev next_event(struct conn *c, int timeout_ms, char **line, size_t *len)
             ssize_t r = read(c->fd, tmp, sizeof tmp);
             if (r > 0)
                 buf_add(&c->in, tmp, (size_t)r);
-            else if (!(r < 0 && errno == EINTR))
+            else if (!(r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)))
                 return EV_CLOSED;
         }
     }

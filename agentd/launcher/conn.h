@@ -19,7 +19,11 @@ double now_s(void);                        /* CLOCK_MONOTONIC seconds */
 int high_fd(int fd);                       /* move fd above stdio (0-2) */
 int pipe_high(int p[2], int flags);
 int write_all(int fd, const char *p, size_t n);
-int conn_send(struct conn *c, const struct buf *b);
+/* Send all of b; -1 on error, or with errno ETIMEDOUT after timeout_ms (< 0: none). */
+int conn_send(struct conn *c, const struct buf *b, int timeout_ms);
+/* How long to wait for the daemon's next line (AGENTD_REPLY_TIMEOUT, seconds). */
+#define DEFAULT_REPLY_TIMEOUT_MS 5000
+int reply_timeout_ms(void);
 void conn_close(struct conn *c);
 /* Connect to path, retrying for budget_ms; the fd, or -1 with *err set. */
 int connect_retry(const char *path, int budget_ms, int *err);

@@ -81,6 +81,8 @@ void print_lines(const struct strlist *l)
 
 void print_notice(const struct reply *r)
 {
+    if (r->notice && strcmp(r->notice, "keepalive") == 0)
+        return;  /* the daemon is still at it: nothing to tell the agent */
     const char *m = r->message ? r->message : r->notice;
     if (m)
         fprintf(stderr, "%s\n", m);
@@ -144,7 +146,7 @@ void report_done(struct conn *c, const char *path, const char *agent, const char
                 return;
             }
         }
-        if (conn_send(c, &b) == 0)
+        if (conn_send(c, &b, DONE_REPLY_TIMEOUT_MS) == 0)
             sent = 1;
         else
             conn_close(c);

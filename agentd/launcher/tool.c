@@ -243,6 +243,14 @@ static void __attribute__((noreturn)) fallback(const char *path, const char *why
     exec_cmd(cmd);
 }
 
+/* A hung daemon must never hang the agent: it gets one line, and CMD runs unplaced. */
+static void __attribute__((noreturn)) fallback_hung(const char *path, char **cmd)
+{
+    fprintf(stderr, "agentd: the daemon at %s did not answer within %.3g s: running %s without a tool-call cgroup\n",
+            path, reply_timeout_ms() / 1000.0, cmd[0]);
+    exec_cmd(cmd);
+}
+
 struct call {
     const char *path;
     char **cmd;
@@ -250,6 +258,7 @@ struct call {
     struct saved_signals ss;
     pid_t pid;   /* the child, -1 before there is one */
     int gofd;    /* write end of the held child's pipe, -1 if none */
+    int timeout_ms;  /* for each line of a reply (reply_timeout_ms()) */
 };
 
 /* Undo everything (the waiting child dies unplaced) so CMD can run as if we were not here. */
@@ -272,18 +281,31 @@ static void __attribute__((noreturn)) abandon_and_fallback(struct call *k, const
     if (k->pid > 0)
         abandon(k);
     conn_close(&k->c);
+    if (why == NULL)
+        fallback_hung(k->path, k->cmd);
     fallback(k->path, why, k->cmd);
+}
+
+/* Why a send or a reply failed, for abandon_and_fallback (NULL: the daemon hangs). */
+static const char *lost(int rc_or_errno, const char *closed)
+{
+    return rc_or_errno == ETIMEDOUT ? NULL : closed;
 }
 
 /* Notices (e.g. "queued" under admission control) may come before the answer.
  * 1: the answer is in *r; 0: the held child died first (status in *st); -1: the
- * connection broke or does not speak our protocol. */
+ * connection broke or does not speak our protocol; ETIMEDOUT: no line came within
+ * k->timeout_ms (each line, keepalives included, starts the wait again). */
 static int await_reply(struct call *k, struct reply *r, int *st, struct rusage *ru)
 {
+    double deadline = now_s() + k->timeout_ms / 1000.0;
     for (;;) {
         char *line;
         size_t len;
-        enum ev e = next_event(&k->c, -1, &line, &len);
+        int left_ms = (int)((deadline - now_s()) * 1000);
+        enum ev e = next_event(&k->c, left_ms > 0 ? left_ms : 0, &line, &len);
+        if (e == EV_TIMEOUT)
+            return ETIMEDOUT;
         if (e == EV_CHILD) {
             if (k->pid > 0 && reap(k->pid, st, ru))
                 return 0;
@@ -299,6 +321,7 @@ static int await_reply(struct call *k, struct reply *r, int *st, struct rusage *
             return 1;
         print_notice(r);
         reply_free(r);
+        deadline = now_s() + k->timeout_ms / 1000.0;
     }
 }
 
@@ -345,18 +368,18 @@ static int start_held(struct call *k, const struct reply *start, int *st, struct
 
     struct buf req = {0};
     build_attach(&req, start->agent, start->tool, k->pid);
-    int sent = conn_send(&k->c, &req);
+    int sent = conn_send(&k->c, &req, k->timeout_ms);
     buf_free(&req);
     if (sent < 0)
-        abandon_and_fallback(k, "connection closed");
+        abandon_and_fallback(k, lost(errno, "connection closed"));
     struct reply r;
     int rc = await_reply(k, &r, st, ru);
     if (rc == 0) {  /* killed while waiting (a forwarded SIGTERM, Ctrl-C): the call is over */
         conn_close(&k->c);
         return status_code(*st);
     }
-    if (rc < 0)
-        abandon_and_fallback(k, "connection closed before the reply");
+    if (rc != 1)
+        abandon_and_fallback(k, lost(rc, "connection closed before the reply"));
     if (r.ok == 0) {
         int code = refused(k, &r);
         reply_free(&r);
@@ -373,7 +396,7 @@ int tool_run(const struct tool_opts *o)
 {
     const char *env = getenv("AGENTD_SOCKET");
     struct call k = {.path = env && *env ? env : DEFAULT_SOCKET, .cmd = o->cmd, .c = {.fd = -1, .wake = -1},
-                     .pid = -1, .gofd = -1};
+                     .pid = -1, .gofd = -1, .timeout_ms = reply_timeout_ms()};
     int err = 0;
     k.c.fd = connect_retry(k.path, CONNECT_BUDGET_MS, &err);
     if (k.c.fd < 0)
@@ -383,16 +406,17 @@ int tool_run(const struct tool_opts *o)
      * while queued (SIGTERM, Ctrl-C) just ends here; the daemon sees the connection go. */
     struct buf req = {0};
     build_start(&req, o);
-    int sent = conn_send(&k.c, &req);
+    int sent = conn_send(&k.c, &req, k.timeout_ms);
     buf_free(&req);
     if (sent < 0)
-        abandon_and_fallback(&k, "connection closed");
+        abandon_and_fallback(&k, lost(errno, "connection closed"));
     struct reply r;
     int st = 0;
     struct rusage ru;
     memset(&ru, 0, sizeof ru);
-    if (await_reply(&k, &r, &st, &ru) < 0)
-        abandon_and_fallback(&k, "connection closed before the reply");
+    int rc = await_reply(&k, &r, &st, &ru);
+    if (rc != 1)  /* no child yet, so never 0 */
+        abandon_and_fallback(&k, lost(rc, "connection closed before the reply"));
     if (r.ok == 0) {
         int code = refused(&k, &r);
         reply_free(&r);

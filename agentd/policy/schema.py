@@ -189,7 +189,7 @@ class DaemonConfig(_Model):
     # open API connections per uid (root is bounded only by the total), and tool calls one
     # agent may have running or waiting at once (its cgroup's cgroup.max.descendants
     # follows, so the kernel holds the bound for every path that makes cgroups).
-    max_connections_per_uid: ranged_int(4, 100_000, "daemon.max_connections_per_uid") = 64
+    max_connections_per_uid: ranged_int(4, 100_000, "daemon.max_connections_per_uid") = 256
     max_tool_calls_per_agent: ranged_int(1, 100_000, "daemon.max_tool_calls_per_agent") = 128
     # A connection that sends no request within first_request_timeout_s, or none for
     # idle_timeout_s while it has no tool call or agent of its own, is closed.

@@ -278,6 +278,46 @@ def test_attack_4_argv_parser_stall(daemon):
     assert max(lat) < 1.0, f"the event loop was blocked: hello took up to {max(lat):.2f} s"
 
 
+EXEC_HUGE = r'''
+import subprocess, sys
+# 1.3 MB of arguments; the script (the part a policy analyses) ends in an open quote and
+# a backslash, which made a retrying tokenizer rescan it again and again.
+script = "sleep 3\n\"" + "a" * 120000 + "\\"
+p = subprocess.Popen(["/bin/sh", "-c", script, "sh"] + ["b" * 120000] * 10, stderr=subprocess.DEVNULL)
+p.wait()
+print("done", flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_attack_4_polling_exec_with_huge_argv(tmp_path, test_root):
+    """Without BPF the daemon polls the agents' processes and reads their command lines:
+    an exec with 1.3 MB of arguments is read and analysed in bounded time."""
+    empty = tmp_path / "no-bpf"
+    empty.mkdir()
+    d = DaemonProc(str(tmp_path), test_root, extra_env={"AGENTD_BPF_DIR": str(empty)}).start()
+    lat, stop = [], threading.Event()
+    prober = threading.Thread(target=hello_latencies, args=(d, stop, lat), daemon=True)
+    try:
+        assert "polling /proc" in d.log()
+        prober.start()
+        attacker = attacker_in_agent(d, "execer", EXEC_HUGE, unused_uid())
+        try:
+            read_until(attacker, "done", timeout=180)
+        finally:
+            stop.set()
+            finish(attacker)
+        prober.join(10)
+        starts = [e for e in d.events() if e.get("event") == "tool_start" and e.get("agent") == "execer"]
+    finally:
+        d.cleanup()
+    assert lat and max(lat) < 1.0, f"the event loop was blocked: hello took up to {max(lat):.2f} s"
+    # It was placed, and what was read of its command line is recorded clipped, with a marker.
+    assert starts, "the exec was never placed"
+    start = starts[0]
+    assert start["argv"][:2] == ["/bin/sh", "-c"] and "...[cut: " in start["argv"][2], start["argv"][:2]
+
+
 # --- row 5: logging amplification and a full disk -------------------------------------
 
 BIG_ARGV = CLIENT + r'''

@@ -1,0 +1,65 @@
+"""Bounds the API server keeps: connection counts, rate-limited logging, the event log's
+per-agent rate and its failures (no daemon needed)."""
+
+import logging
+
+from agentd import eventlog
+from agentd.api import guard
+
+
+def test_connection_counts_per_uid_and_root():
+    c = guard.ConnectionCounts()
+    for _ in range(4):
+        assert c.over(1000, per_uid=4) is None
+        c.add(1000)
+    assert c.over(1000, per_uid=4) == "per_uid"
+    assert c.over(1001, per_uid=4) is None
+    for _ in range(10):
+        c.add(0)
+    assert c.over(0, per_uid=4) is None          # root: only the total bounds it
+    c.remove(1000)
+    assert c.over(1000, per_uid=4) is None
+    assert c.total == 13
+
+
+def test_connection_budget_keeps_a_reserve():
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert guard.connection_budget() <= max(1, soft - guard.FD_RESERVE)
+
+
+def test_rate_limited_log_says_what_it_held_back(caplog):
+    rl = guard.RateLimitedLog(logging.getLogger("t"), burst=3, interval_s=3600)
+    with caplog.at_level(logging.INFO, logger="t"):
+        sent = [rl("k", logging.INFO, "line %d", i) for i in range(100)]
+    assert sent.count(True) == 3 and len(caplog.records) == 3
+    rl._keys["k"][0] -= 7200                     # the window has passed
+    with caplog.at_level(logging.INFO, logger="t"):
+        rl("k", logging.INFO, "again")
+    assert "97 similar messages suppressed" in caplog.text
+
+
+def test_event_log_never_raises_and_counts(tmp_path, caplog):
+    log = eventlog.EventLog(str(tmp_path / "d" / "ev.jsonl"))
+    log.emit("x", agent="a")
+    log.close()
+    log.path = str(tmp_path / "missing" / "ev.jsonl")   # cannot be opened: ENOENT
+    with caplog.at_level(logging.WARNING, logger="agentd.events"):
+        for _ in range(5):
+            log.emit("y", agent="a")
+    assert log.write_errors == 5
+    assert caplog.text.count("cannot write the event log") == 1
+    assert log.metric_stats()["event_log_write_errors_total"] == 5
+
+
+def test_event_log_rate_per_agent(tmp_path, monkeypatch):
+    monkeypatch.setattr(eventlog, "AGENT_BURST_BYTES", 10_000)
+    monkeypatch.setattr(eventlog, "AGENT_BYTES_PER_S", 1)
+    log = eventlog.EventLog(str(tmp_path / "ev.jsonl"))
+    for _ in range(200):
+        log.emit("tool_start", agent="noisy", argv=["x" * 200])
+    log.emit("tool_start", agent="quiet")
+    assert 0 < log.dropped < 200
+    lines = (tmp_path / "ev.jsonl").read_text().splitlines()
+    assert len(lines) == 200 - log.dropped + 1
+    assert '"agent":"quiet"' in lines[-1]

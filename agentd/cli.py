@@ -152,11 +152,11 @@ def _placed_agent(pid, sock=None):
 
 # --- tool (Python fallback of the C launcher) -------------------------------------
 def cmd_tool(args):
-    from .api.client import DaemonUnavailable, ReplyError, connect, socket_path
+    from .api.client import DaemonHung, DaemonUnavailable, ReplyError, connect, reply_timeout, socket_path
     from .supervise import Held
     cmd = _cmd_after_dashes(args)
     try:
-        client = connect(args.socket)
+        client = connect(args.socket, timeout=reply_timeout())
     except DaemonUnavailable as err:
         print(f"agentd: {err}: running {cmd[0]} without a tool-call cgroup", file=sys.stderr)
         os.execvp(cmd[0], cmd)
@@ -169,6 +169,10 @@ def cmd_tool(args):
     try:
         reply = client.call("tool_start", on_notice=notice, pid=held.pid, argv=cmd, mem=args.mem,
                             intent=args.intent, cwd=os.getcwd(), **{"class": args.tool_class})
+    except DaemonHung as err:         # a hung daemon must not hang the agent
+        held.abort()
+        print(f"agentd: {err}: running {cmd[0]} without a tool-call cgroup", file=sys.stderr)
+        os.execvp(cmd[0], cmd)
     except (ReplyError, DaemonUnavailable) as err:
         held.abort()
         print(f"agentd: {err}", file=sys.stderr)
@@ -180,9 +184,12 @@ def cmd_tool(args):
     try:
         done = client.call("tool_done", on_notice=notice, agent=reply["agent"], tool=reply["tool"], status=status,
                            wall_s=time.monotonic() - t0, **rusage)
+    except DaemonHung as err:         # the call has run; its end just goes unreported
+        print(f"agentd: {err}; carrying on", file=sys.stderr)
+        done = {}
     except DaemonUnavailable:
         try:
-            client = connect(socket_path(args.socket))
+            client = connect(socket_path(args.socket), timeout=reply_timeout())
             done = client.call("tool_done", agent=reply["agent"], tool=reply["tool"], status=status,
                                wall_s=time.monotonic() - t0, **rusage)
         except (ReplyError, DaemonUnavailable):

@@ -18,6 +18,20 @@ class DaemonUnavailable(AgentdError):
     pass
 
 
+class DaemonHung(DaemonUnavailable):
+    """No line from the daemon within the client's timeout (a working daemon sends
+    keepalive notices while a request takes long)."""
+
+
+def reply_timeout():
+    """AGENTD_REPLY_TIMEOUT (seconds), as the C launcher reads it; 5 s by default."""
+    try:
+        v = float(os.environ.get("AGENTD_REPLY_TIMEOUT") or 5.0)
+    except ValueError:
+        v = 5.0
+    return v if 0 < v < 86400 else 5.0
+
+
 class ReplyError(AgentdError):
     def __init__(self, code, message):
         self.code = code
@@ -49,6 +63,9 @@ class Client:
         while b"\n" not in self._buf:
             try:
                 chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise DaemonHung(f"the daemon at {self.path} did not answer within "
+                                 f"{self.sock.gettimeout():g} s") from None
             except OSError as err:
                 raise DaemonUnavailable(f"the daemon at {self.path} went away ({err.strerror})") from None
             if not chunk:

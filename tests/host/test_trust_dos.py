@@ -88,7 +88,7 @@ import json, os, socket, sys, time
 SOCK = os.environ["AGENTD_SOCKET"]
 def connect():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(30)
+    s.settimeout(120)
     s.connect(SOCK)
     return s
 def call(s, **req):
@@ -125,15 +125,22 @@ FLOOD = r'''
 import os, select, socket, sys, time
 SOCK, N = sys.argv[1], int(sys.argv[2])
 socks, refused = [], 0
-for _ in range(N):
+give_up = time.monotonic() + 15
+while len(socks) + refused < N:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.setblocking(False)
     try:
         s.connect(SOCK)
         socks.append(s)
-    except OSError:
-        refused += 1            # the backlog is full: the daemon does not accept
+    except BlockingIOError:     # the backlog is full: the daemon does not accept; insist
         s.close()
+        if time.monotonic() > give_up:
+            refused += 1
+        else:
+            time.sleep(0.01)
+    except OSError:
+        s.close()
+        refused += 1
 print("ready", len(socks), refused, flush=True)
 sys.stdin.readline()            # hold them until told
 deadline = time.monotonic() + float(sys.argv[3])
@@ -212,14 +219,19 @@ def test_attack_3_launcher_runs_command_when_daemon_hangs(daemon_without_detecti
     daemon = daemon_without_detection
     gate = Gate(tmp_path / "gate")
     out, err = tmp_path / "out", tmp_path / "err"
-    script = f'gate="$1"; shift; {WAIT}; "$@" tool -- echo ran > {out} 2> {err}; echo "rc=$?" >> {out}'
+    started = tmp_path / "started"
+    script = (f'gate="$1"; shift; : > {started}; {WAIT}; "$@" tool -- echo ran > {out} 2> {err}; '
+              f'echo "rc=$?" >> {out}')
     agent = subprocess.Popen(agentd_cmd() + ["run", "--name", "hung", "--", "bash", "-c", script, "agent",
                                              gate.path, *agentd_cmd()],
                              env=dict(daemon.env, AGENTD_REPLY_TIMEOUT="2"), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stopped = False
     try:
-        daemon.wait_event(lambda e: e.get("event") == "agent_start" and e.get("agent") == "hung", timeout=30)
+        deadline = time.monotonic() + 30
+        while not started.exists():      # placed and running: the daemon is done with it
+            assert time.monotonic() < deadline, "the agent never started"
+            time.sleep(0.05)
         os.kill(daemon.proc.pid, signal.SIGSTOP)
         stopped = True
         deadline = time.monotonic() + 10
@@ -365,6 +377,7 @@ def test_attack_5_event_log_disk_full_does_not_fail_tool_calls(tmp_path, test_ro
     d = DaemonProc(str(tmp_path), test_root)
     d.event_log = os.path.join(mnt, "events.jsonl")
     try:
+        d.start()
         fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             while os.write(fd, b"\0" * 4096):
@@ -373,12 +386,12 @@ def test_attack_5_event_log_disk_full_does_not_fail_tool_calls(tmp_path, test_ro
             pass                       # ENOSPC: full
         finally:
             os.close(fd)
-        d.start()
         tools = cgfs.path(f"{test_root}/agents/victim/tools")
         # Counted with a glob (a builtin): a child such as ls would be a tool call itself.
-        r = d.run('"$@" tool -- echo one && "$@" tool -- echo two && shopt -s nullglob && t=("$TOOLS"/*/) '
-                  '&& echo ${#t[@]}',
-                  *agentd_cmd(), name="victim", env={"TOOLS": tools})
+        # Each call's events are longer than what is left of the log's last page.
+        r = d.run('"$@" tool -- true "$BIG" && echo one && "$@" tool -- true "$BIG" && echo two && '
+                  'shopt -s nullglob && t=("$TOOLS"/*/) && echo ${#t[@]}',
+                  *agentd_cmd(), name="victim", env={"TOOLS": tools, "BIG": "x" * 6000})
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == ["one", "two", "0"], (r.stdout, r.stderr)
         assert "internal error" not in r.stderr
@@ -396,6 +409,7 @@ def test_attack_5_event_log_disk_full_does_not_fail_tool_calls(tmp_path, test_ro
 HOLD = CLIENT + r'''
 held = []
 for i in range(2):
+    time.sleep(2.5 * i)
     s = connect()
     r = call(s, op="tool_start", argv=["cargo", "build"], mem="45%", **{"class": "batch"})
     assert r and r.get("ok"), r
@@ -410,7 +424,7 @@ def test_attack_6_reservations_without_process(daemon):
     agent's tool call is admitted at once, not after admission's maximum wait."""
     attacker = attacker_in_agent(daemon, "hoarder", HOLD, unused_uid())
     try:
-        read_until(attacker, "held", timeout=60)
+        read_until(attacker, "held", timeout=150)
         time.sleep(3.0)
         t0 = time.monotonic()
         r = daemon.run('"$@" tool --mem 10% -- true', *agentd_cmd(), name="victim", timeout=90)

@@ -64,7 +64,8 @@ CATALOG = (
       "Event-log lines held back because one agent wrote faster than its share of the log.",
       "event log metric_stats()"),
     M("agentd_api_connections_refused_total", COUNTER, ("reason",),
-      "API connections closed by the daemon: per_uid and total caps, callers in no agent, timeouts.",
+      "API connections closed or refused by the daemon, by reason: per_uid, total, not_in_agent, timeout, "
+      "accept_error.",
       "API server metric_stats()"),
     # --- agents -----------------------------------------------------------------------
     M("agentd_agents_running", GAUGE, (), "Agents agentd manages now.", "controller"),

@@ -225,7 +225,11 @@ class Server:
                     continue
                 first = False
                 await self._one(conn, line)
-                await writer.drain()
+                try:                      # a client that does not read its replies is let go
+                    await asyncio.wait_for(writer.drain(), self._limits().idle_timeout_s)
+                except asyncio.TimeoutError:
+                    self.counts.count_refusal("timeout")
+                    break
                 if once:
                     self.counts.count_refusal("not_in_agent")
                     break

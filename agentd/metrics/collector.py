@@ -38,9 +38,12 @@ STATS_KEYS = {
     "gpu_placements": "{outcome: count}",
     "gpu_budget_actions": "{action: count}",
     "gpu_waiting": "int", "gpu_queued_total": "int", "gpu_wait_seconds_total": "float",
+}
+# What the event log's and the API server's `metric_stats()` return (read the same way).
+OWN_STATS_KEYS = {
     "event_log_write_errors_total": "int, event-log lines the file system refused (a full disk)",
     "event_log_dropped_total": "int, event-log lines held back by the per-agent rate limit",
-    "api_connections_refused": "{reason: count} (per_uid, total, not_in_agent, timeout)",
+    "api_connections_refused": "{reason: count} (per_uid, total, not_in_agent, timeout, accept_error)",
 }
 
 # Scalar keys -> metric, and {label: count} keys -> metric.

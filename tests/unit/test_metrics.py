@@ -75,6 +75,8 @@ class App:
         # What the daemon's stages read from the App (daemon.App has the same names).
         self.fs, self.policy, self.root, self.state_dir, self.host_memory = fs, policy, "agentd", "", 16 * GiB
         self.procfs = self.ctl.procfs
+        from agentd.api.server import Server
+        self.server = Server(self, str(tmp / "agentd.sock"))     # not started: its counters only
         self.caps = Capabilities(root_user=True, cgroup2_mount=fs.mount, controllers=("cpu", "memory"),
                                  sched_ext=True, sched_ext_state="disabled")
 
@@ -215,6 +217,8 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     _, detect, gpu_call = real_stages(app)
     registry, _ = build_registry(app)
     a = drive(app)
+    app.server.counts.count_refusal("per_uid")
+    app.events.write_errors = 2
     detect(a, ["sh", "-c", "make -j4"])
     asyncio.run(gpu_call(a))
     s = scrape(registry)
@@ -226,6 +230,8 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
         return vals[0]
 
     assert one("agentd_agents_running") == 1
+    assert one("agentd_api_connections_refused_total", reason="per_uid") == 1
+    assert one("agentd_event_log_write_errors_total") == 2
     assert one("agentd_agent_memory_bytes", agent="ag", agent_class="normal") == GiB
     assert one("agentd_agent_memory_high_bytes", agent="ag") == 3 * GiB
     assert one("agentd_agent_memory_max_bytes", agent="ag") == 4 * GiB

@@ -85,7 +85,7 @@ class ApiOps:
             raise RequestError("busy", "this connection already has a tool call starting")
         # One agent's calls, running or waiting, are bounded: each holds a cgroup, a
         # connection and maybe a memory reservation other agents' calls are measured against.
-        cap = self.policy.daemon.max_tool_calls_per_agent
+        cap = self.ctl.planner.policy.daemon.max_tool_calls_per_agent
         held = sum(1 for t in agent.tools.values() if not t.done) + getattr(agent, "tool_starts_pending", 0)
         if held >= cap:
             raise RequestError("too_many_tools", f"agent {agent.agent_id} already has {held} tool calls running or "

@@ -228,7 +228,8 @@ class GpuHook:
         conn.send(protocol.notice("queued", (
             f"[agentd] {prog} is waiting for a GPU: it is forecast to need {format_size(r.forecast)} of GPU memory "
             f"and {effects.why(p, r)}; it starts when a GPU has room (at most {a.max_wait_s:g} s)")))
-        self.app.events.emit("action", agent=agent.agent_id, tool=None, action="gpu_queue", argv=clip_argv(req["argv"])[:8],
+        self.app.events.emit("action", agent=agent.agent_id, tool=None, action="gpu_queue",
+                             argv=clip_argv(req["argv"])[:8],
                              reason=p.reason, forecast_bytes=r.forecast)
         t0 = time.monotonic()
         try:

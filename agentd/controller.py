@@ -233,7 +233,10 @@ class Controller:
                 return n
         raise AgentdError("cannot find a free agent name")
 
-    def place_main(self, agent, pid):
+    def place_main(self, agent, proc):
+        """Move the agent's first process (`proc`: a kernel.pidfd.Proc, or a pid) into main."""
+        pid = _pid(proc)
+        _verify(proc)
         self.fs.move(agent.main_cgroup, pid)
         agent.main_pids.add(pid)
         try:
@@ -243,12 +246,15 @@ class Controller:
         value = oom.main_adj(allowed)
         if value < 0 and self.caps is not None and not getattr(self.caps, "sys_resource", True):
             return                    # the capability probe has said so once
-        self._set_oom(pid, value, f"agent {agent.agent_id}")
+        self._set_oom(proc, value, f"agent {agent.agent_id}")
 
-    def _set_oom(self, pid, value, who):
+    def _set_oom(self, proc, value, who):
         """The kernel OOM killer's order (agentd/oom.py); a process that is already gone or
-        a /proc that refuses costs a log line, not the call."""
+        a /proc that refuses costs a log line, not the call. A held process is verified
+        first: a pid that names another process by now is not written."""
+        pid = _pid(proc)
         try:
+            _verify(proc)
             self.procfs.set_oom_score_adj(pid, value)
         except ProcessGone:
             pass
@@ -296,6 +302,10 @@ class Controller:
             return agent, agent.tools.get(parts[2])
         return agent, None
 
+    def in_agents_tree(self, cgroup_path):
+        """Is a process in this cgroup inside some agent's subtree (known to us or not)?"""
+        return cgroup_path.strip("/").startswith(self.agents_cgroup + "/")
+
     def agent_of_pid(self, pid):
         return self.agent_of_cgroup(self.procfs.cgroup(pid))
 
@@ -318,8 +328,12 @@ class Controller:
         self._hook("on_agent_end", agent)
 
     # --- tool calls ----------------------------------------------------------
-    def start_tool(self, agent, pid, argv, declared_class=None, mem=None, intent=None, origin="launcher"):
-        """Create a tool-call cgroup in `agent`, apply its limits and move `pid` into it.
+    def start_tool(self, agent, proc, argv, declared_class=None, mem=None, intent=None, origin="launcher"):
+        """Create a tool-call cgroup in `agent`, apply its limits and move `proc` into it.
+
+        `proc`: a kernel.pidfd.Proc (checked again immediately before the move and the
+        oom_score_adj write: a pid that names another process by then is refused), a
+        bare pid (fakes in unit tests), or None.
 
         `pid` must not have exec'd the tool yet (the launcher's child waits for our reply;
         the automatic path holds it stopped), so everything it forks lands inside.
@@ -328,6 +342,7 @@ class Controller:
         (a write to cgroup.procs waits for an RCU grace period, ~10 ms on a busy host),
         or falls back to `attach()`.
         """
+        pid = _pid(proc)
         plan = self.planner_of(agent).plan_tool(agent, argv, declared_class, mem)
         names.check_name(plan.tool_class, "tool class")
         seq = agent.next_seq
@@ -345,8 +360,9 @@ class Controller:
             self._kill_whole(cg, f"tool {tool.key}")
             tool.cgroup_id = self.fs.cgroup_id(cg)
             if pid is not None:
+                _verify(proc)
                 self.fs.move(cg, pid)
-                self._set_oom(pid, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
+                self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
         except (AgentdError, OSError):
             self.fs.rmdir(cg)
             raise
@@ -360,13 +376,16 @@ class Controller:
         self._hook("on_tool_start", agent, tool)
         return tool
 
-    def attach(self, tool, pid):
-        """Move `pid` into an existing tool-call cgroup (the fallback of clone-into)."""
+    def attach(self, tool, proc):
+        """Move `proc` (a kernel.pidfd.Proc, or a pid) into an existing tool-call cgroup
+        (the fallback of clone-into)."""
+        pid = _pid(proc)
+        _verify(proc)
         self.fs.move(tool.cgroup, pid)
         tool.pid = pid
         agent = self.agents.get(tool.agent_id)
         if agent is not None:
-            self._set_oom(pid, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
+            self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
         self._save(tool=tool)
 
     def sample_tool(self, tool):
@@ -417,19 +436,27 @@ class Controller:
             log.warning("tool %s: cleanup failed: %s", tool.key, err)
             accounting = self._accounting(tool, gone=True)
             removed = False
-        peak = max(accounting.pop("memory_peak_cgroup") or 0, tool.peak_sample,
-                   (rusage or {}).get("maxrss_kb", 0) * 1024)
-        wall = (rusage or {}).get("wall_s") or (time.monotonic() - tool.started_mono)
+        # What is recorded, and learnt from in the history (forecasts are keyed by
+        # signature across agents), is the kernel's figures only: memory.peak, else the
+        # daemon's own samples of the call's processes; cpu.stat; the daemon's clock. The
+        # client's rusage is whatever the client chose to send: kept, labelled as such.
+        kernel_peak = accounting.pop("memory_peak_cgroup")
+        peak = max(kernel_peak or 0, tool.peak_sample)
+        wall = time.monotonic() - tool.started_mono
         outcome = _outcome(status, tool, accounting)
+        cpu = accounting.pop("cpu_s")
         result = {
             "agent": tool.agent_id, "tool": tool.tool_id, "argv": tool.argv[:64], "tool_class": tool.plan.tool_class,
             "rule": tool.plan.rule, "origin": tool.origin, "status": status, "outcome": outcome,
             "wall_s": round(wall, 4),
-            "cpu_s": round(accounting.pop("cpu_s") or ((rusage or {}).get("utime_s", 0) + (rusage or {}).get("stime_s", 0)), 4),
+            "cpu_s": None if cpu is None else round(cpu, 4),
             "memory_peak_bytes": peak, "memory_events": accounting["memory_events"],
             "limits": tool.limits_applied, "actions": tool.actions, "stragglers": stragglers,
             "reason": reason, "cgroup_removed": removed,
+            "memory_peak_source": "memory.peak" if kernel_peak is not None else "samples",
         }
+        if rusage:
+            result["reported"] = {k: rusage[k] for k in ("wall_s", "utime_s", "stime_s", "maxrss_kb") if k in rusage}
         if tool.forecast is not None:
             result["forecast_bytes"] = getattr(tool.forecast, "peak_bytes", None)
         tool.done = True
@@ -508,6 +535,18 @@ class Controller:
                     fn(*args)
                 except Exception:
                     log.exception("hook %s.%s failed", type(h).__name__, name)
+
+
+def _pid(proc):
+    return getattr(proc, "pid", proc)
+
+
+def _verify(proc):
+    """A held process (kernel.pidfd.Proc) must still be the one its pid named when it was
+    checked: ProcessGone otherwise. A bare pid carries no identity to check."""
+    verify = getattr(proc, "verify", None)
+    if verify is not None:
+        verify()
 
 
 def _outcome(status, tool, acc):

@@ -76,7 +76,10 @@ class DetectionHook:
         grace = self.policy.startup_grace_s
         if grace and time.time() - agent.created < grace:
             return                    # the agent's start-up spawns are housekeeping
-        tool = self.app.ctl.start_tool(agent, pid, argv, origin="auto")
+        # Held by a pidfd from here: the move and the oom_score_adj write check that the
+        # pid still names the process the event was about.
+        with self.app.procfs.hold(pid) as proc:
+            tool = self.app.ctl.start_tool(agent, proc, argv, origin="auto")
         self._tools_by_pid[pid] = tool
         self.stats["placed"] += 1
 

@@ -2,8 +2,16 @@
 credentials already read). A mixin of the daemon's App: the ops use its controller,
 cgroupfs adapter, event log and hooks.
 
-Authorisation: creating agents needs root or the API group; everything else is allowed
-only inside the caller's own agent, decided from /proc/<pid>/cgroup of the caller.
+Authorisation: creating agents needs root or the API group, from outside every agent;
+everything else is allowed only inside the caller's own agent, decided from
+/proc/<pid>/cgroup of the caller. What these checks trust, by name:
+- the caller is the process that connected, held by a pidfd (conn.proc): every read of
+  /proc/<conn.pid> is followed by conn.verify_peer(), so it was that process's;
+- a process the caller names (its child, to place) is held by a pidfd taken when it is
+  checked; the controller verifies it again immediately before every move and
+  oom_score_adj write, and a check that an await separates from its use runs again;
+- a process inside an agent's cgroup has that agent's rights only, whatever its uid or
+  groups: the agent runs code a model wrote.
 """
 
 import asyncio
@@ -17,41 +25,71 @@ class ApiOps:
     def _caller_agent(self, conn):
         try:
             cg = self.procfs.cgroup(conn.pid)
+            conn.verify_peer()
         except AgentdError:
-            raise RequestError("gone", f"caller pid {conn.pid} vanished") from None
+            raise RequestError("gone", f"caller pid {conn.pid} has exited") from None
         agent, tool = self.ctl.agent_of_cgroup(cg)
         return agent, tool, cg
 
-    def _check_child(self, conn, pid, peer_cg):
-        """The process to place must be the caller's own child, still in the caller's cgroup."""
+    def _is_admin(self, conn):
+        """Root or the API group, and not inside any agent (see the module's docstring)."""
+        if not self.server.is_admin(conn):
+            return False
         try:
-            ppid = self.procfs.ppid(pid)
-            child_cg = self.procfs.cgroup(pid)
+            cg = self.procfs.cgroup(conn.pid)
+            conn.verify_peer()
+        except AgentdError:
+            return False
+        return not self.ctl.in_agents_tree(cg)
+
+    def _hold_child(self, conn, pid, peer_cg):
+        """The process to place, held by a pidfd, once checked to be the caller's own
+        child still in the caller's cgroup. The caller closes it."""
+        try:
+            child = self.procfs.hold(pid)
         except AgentdError:
             raise RequestError("gone", f"process {pid} is gone") from None
+        try:
+            self._check_child(conn, child, peer_cg)
+        except BaseException:
+            child.close()
+            raise
+        return child
+
+    def _check_child(self, conn, child, peer_cg):
+        try:
+            ppid = self.procfs.ppid(child.pid)
+            child_cg = self.procfs.cgroup(child.pid)
+            child.verify()            # what was read is the held process's
+            conn.verify_peer()        # and its parent pid is our peer's
+        except AgentdError:
+            raise RequestError("gone", f"process {child.pid} is gone") from None
         if ppid != conn.pid:
-            raise RequestError("not_child", f"process {pid} is not a child of the caller (pid {conn.pid})")
+            raise RequestError("not_child", f"process {child.pid} is not a child of the caller (pid {conn.pid})")
         if child_cg != peer_cg:
-            raise RequestError("not_child", f"process {pid} is not in the caller's cgroup")
+            raise RequestError("not_child", f"process {child.pid} is not in the caller's cgroup")
 
     async def op_hello(self, conn, req):
         from .. import API_VERSION, __version__
         return {"version": __version__, "api": API_VERSION, "standalone": self.cfg.standalone}
 
     async def op_run_start(self, conn, req):
-        if not self.server.is_admin(conn):
+        if not self._is_admin(conn):
+            if self.server.is_admin(conn):
+                raise RequestError("forbidden", f"pid {conn.pid} runs inside an agent and may not create agents: "
+                                                f"an agent has its own agent's rights only")
             raise RequestError("forbidden", f"uid {conn.uid} may not create agents: only root or members of "
                                             f"group {self.server.group!r} may")
         _, _, peer_cg = self._caller_agent(conn)
-        self._check_child(conn, req["pid"], peer_cg)
-        view = self.agent_policy_view(req.get("policy"), req.get("policy_text"))
-        agent = self.ctl.create_agent(req.get("name"), req.get("class"), uid=conn.uid, policy=req.get("policy"),
-                                      standalone=self.cfg.standalone, view=view)
-        try:
-            self.ctl.place_main(agent, req["pid"])
-        except AgentdError:
-            self.ctl.remove_agent(agent, reason="placement failed")
-            raise
+        with self._hold_child(conn, req["pid"], peer_cg) as child:
+            view = self.agent_policy_view(req.get("policy"), req.get("policy_text"))
+            agent = self.ctl.create_agent(req.get("name"), req.get("class"), uid=conn.uid,
+                                          policy=req.get("policy"), standalone=self.cfg.standalone, view=view)
+            try:
+                self.ctl.place_main(agent, child)
+            except AgentdError:
+                self.ctl.remove_agent(agent, reason="placement failed")
+                raise
         agent.argv = clip_argv(req.get("argv") or [])
         conn.agent = agent.agent_id
         return {"agent": agent.agent_id, "cgroup": agent.cgroup, "agent_class": agent.agent_class,
@@ -61,7 +99,7 @@ class ApiOps:
         agent = self.ctl.agents.get(req["agent"])
         if agent is None:
             raise RequestError("no_agent", f"no agent {req['agent']!r}")
-        if conn.agent != agent.agent_id and not self.server.is_admin(conn):
+        if conn.agent != agent.agent_id and not self._is_admin(conn):
             raise RequestError("forbidden", "only the connection that started an agent may end it")
         await self._settle_agent(agent)
         self.ctl.remove_agent(agent, kill=True, reason="agent exited")
@@ -79,28 +117,40 @@ class ApiOps:
         if agent is None:
             raise RequestError("not_in_agent", f"`agentd tool` must run inside an agent started with `agentd run` "
                                                f"(pid {conn.pid} is in cgroup {peer_cg})")
+        child = None
         if "pid" in req:
-            self._check_child(conn, req["pid"], peer_cg)
+            child = self._hold_child(conn, req["pid"], peer_cg)
         elif any((a == agent.agent_id) for a, _ in conn.tools):
             raise RequestError("busy", "this connection already has a tool call starting")
-        # One agent's calls, running or waiting, are bounded: each holds a cgroup, a
-        # connection and maybe a memory reservation other agents' calls are measured against.
-        cap = self.ctl.planner.policy.daemon.max_tool_calls_per_agent
-        held = sum(1 for t in agent.tools.values() if not t.done) + getattr(agent, "tool_starts_pending", 0)
-        if held >= cap:
-            raise RequestError("too_many_tools", f"agent {agent.agent_id} already has {held} tool calls running or "
-                                                 f"waiting (policy daemon.max_tool_calls_per_agent: {cap}); "
-                                                 f"wait for some to end")
-        agent.tool_starts_pending = getattr(agent, "tool_starts_pending", 0) + 1
         try:
-            for h in self.hooks:
-                admit = getattr(h, "admit", None)
-                if admit:
-                    await admit(conn, agent, req)
+            # One agent's calls, running or waiting, are bounded: each holds a cgroup, a
+            # connection and maybe a memory reservation other agents' calls are measured against.
+            cap = self.ctl.planner.policy.daemon.max_tool_calls_per_agent
+            held = sum(1 for t in agent.tools.values() if not t.done) + getattr(agent, "tool_starts_pending", 0)
+            if held >= cap:
+                raise RequestError("too_many_tools", f"agent {agent.agent_id} already has {held} tool calls running "
+                                                     f"or waiting (policy daemon.max_tool_calls_per_agent: {cap}); "
+                                                     f"wait for some to end")
+            agent.tool_starts_pending = getattr(agent, "tool_starts_pending", 0) + 1
+            try:
+                for h in self.hooks:
+                    admit = getattr(h, "admit", None)
+                    if admit:
+                        await admit(conn, agent, req)
+            finally:
+                agent.tool_starts_pending -= 1
+            # Admission may have waited: the caller, its agent and its child are checked
+            # again, now, against the identities held since the first check.
+            again, _, now_cg = self._caller_agent(conn)
+            if again is not agent or now_cg != peer_cg or self.ctl.agents.get(agent.agent_id) is not agent:
+                raise RequestError("gone", f"the caller (pid {conn.pid}) left agent {agent.agent_id} while waiting")
+            if child is not None:
+                self._check_child(conn, child, peer_cg)
+            tool = self.ctl.start_tool(agent, child, req["argv"], req.get("class"), req.get("mem"),
+                                       req.get("intent"))
         finally:
-            agent.tool_starts_pending -= 1
-        tool = self.ctl.start_tool(agent, req.get("pid"), req["argv"], req.get("class"), req.get("mem"),
-                                   req.get("intent"))
+            if child is not None:
+                child.close()
         tool.conn = conn
         conn.tools.add((agent.agent_id, tool.tool_id))
         env = {"AGENTD_TOOL": tool.key}
@@ -109,7 +159,7 @@ class ApiOps:
                  # the launcher's child sets it before exec (agentd/oom.py): inherited by all it forks
                  "oom_score_adj": str(self.ctl.tool_oom_adj(agent, tool)),
                  "messages": list(getattr(tool, "start_messages", []))}
-        if self.ctl.launcher_places_itself(conn.pid):
+        if self.ctl.launcher_places_itself(conn.pid) and conn.peer_alive():   # read-then-verify
             # Without "path" the launcher holds its child and asks for tool_attach.
             reply["path"] = self.fs.path(tool.cgroup)
         return reply
@@ -121,8 +171,8 @@ class ApiOps:
         tool = agent.tools.get(req["tool"])
         if tool is None or tool.done:
             raise RequestError("no_tool", f"no running tool call {req['agent']}/{req['tool']}")
-        self._check_child(conn, req["pid"], peer_cg)
-        self.ctl.attach(tool, req["pid"])
+        with self._hold_child(conn, req["pid"], peer_cg) as child:
+            self.ctl.attach(tool, child)
         return {}
 
     async def op_tool_done(self, conn, req):
@@ -155,7 +205,7 @@ class ApiOps:
 
     async def op_status(self, conn, req):
         from ..status import snapshot
-        admin = self.server.is_admin(conn)
+        admin = self._is_admin(conn)
         only = None
         if not admin:
             agent, _, _ = self._caller_agent(conn)
@@ -169,8 +219,9 @@ class ApiOps:
         return snapshot(self, only)
 
     async def op_reload(self, conn, req):
-        if not self.server.is_admin(conn):
-            raise RequestError("forbidden", "only root or the agentd group may reload the policy")
+        if not self._is_admin(conn):
+            raise RequestError("forbidden", "only root or the agentd group, from outside every agent, may reload "
+                                            "the policy")
         ok, msg = self.reload()
         if not ok:
             raise RequestError("reload_failed", f"kept the previous policy: {msg}")
@@ -179,7 +230,7 @@ class ApiOps:
     def _target_tool(self, conn, req):
         agent = self.ctl.agents.get(req["agent"])
         caller, _, _ = self._caller_agent(conn)
-        if not self.server.is_admin(conn) and (caller is None or agent is None or caller.agent_id != agent.agent_id):
+        if not self._is_admin(conn) and (caller is None or agent is None or caller.agent_id != agent.agent_id):
             raise RequestError("forbidden", "a process may only act on tool calls of its own agent")
         tool = agent.tools.get(req["tool"]) if agent else None
         if tool is None or tool.done:

@@ -1,7 +1,11 @@
 """asyncio unix-socket server: peer credentials, request dispatch, per-connection state.
 
-Authorisation is decided here from SO_PEERCRED and /proc, never from ids the client sends:
-- creating an agent needs uid 0 or membership of the configured group;
+Authorisation is decided here from SO_PEERCRED and /proc, never from ids the client sends.
+The peer is held as a pidfd from accept on (SO_PEERPIDFD, agentd.kernel.pidfd): what
+/proc says about its pid counts only while that process lives, and a connection whose
+process has exited is closed, so a process that later gets the same pid inherits nothing.
+- creating an agent needs uid 0 or membership of the configured group, from outside
+  every agent: a process inside an agent has that agent's rights only, whatever its uid;
 - a tool call is created only inside the agent whose cgroup the caller is in, and only for
   a child of the caller that still shares the caller's cgroup;
 - freeze/thaw/kill/status reach only the caller's own agent (root/group members: any).
@@ -21,6 +25,7 @@ import socket
 import struct
 
 from ..errors import AgentdError, ProcessGone, RequestError
+from ..kernel.pidfd import Proc
 from . import guard, protocol
 
 log = logging.getLogger("agentd.api")
@@ -37,8 +42,9 @@ def peer_cred(sock):
 
 
 class Connection:
-    def __init__(self, pid, uid, gid, writer):
+    def __init__(self, pid, uid, gid, writer, proc=None):
         self.pid, self.uid, self.gid = pid, uid, gid
+        self.proc = proc          # kernel.pidfd.Proc of the peer: the identity every request is checked against
         self.writer = writer
         self.tools = set()        # (agent, tool) started on this connection and not done yet
         self.agent = None         # agent created on this connection (run)
@@ -46,6 +52,16 @@ class Connection:
     def send(self, data):
         if not self.writer.is_closing():
             self.writer.write(data)
+
+    def peer_alive(self):
+        return self.proc is not None and self.proc.alive()
+
+    def verify_peer(self):
+        """Raise ProcessGone unless the connecting process still lives: call it after
+        reading anything from /proc/<conn.pid>, so that what was read was the peer's."""
+        if self.proc is None:
+            raise ProcessGone("the connecting process is not held")
+        self.proc.verify()
 
 
 class Server:
@@ -177,6 +193,8 @@ class Server:
             pass
 
     def is_admin(self, conn):
+        """Do the peer's credentials name root or the API group? (Where it runs also
+        counts: see ApiOps._is_admin.)"""
         if conn.uid == 0:
             return True
         if not self.group:
@@ -189,17 +207,20 @@ class Server:
             return True
         try:
             _, _, groups = self.app.procfs.groups(conn.pid)
+            conn.verify_peer()
         except AgentdError:
             return False
         return gid in groups
 
     async def _serve(self, reader, writer):
+        sock = writer.get_extra_info("socket")
         try:
-            pid, uid, gid = peer_cred(writer.get_extra_info("socket"))
-        except OSError:
-            writer.close()
+            pid, uid, gid = peer_cred(sock)
+            proc = Proc.of_peer(sock, pid)
+        except (OSError, AgentdError):
+            writer.close()          # the peer is already gone: nobody to answer
             return
-        conn = Connection(pid, uid, gid, writer)
+        conn = Connection(proc.pid, uid, gid, writer, proc)
         self.conns.add(conn)
         # A caller in no agent and not admin may ask one thing (hello; anything else is
         # refused) and is then dropped: it has no business holding a connection.
@@ -224,6 +245,10 @@ class Server:
                 if not line.strip():
                     continue
                 first = False
+                if not conn.peer_alive():
+                    # Its pid may already name another process: nothing more is answered.
+                    log.info("connection of pid %d closed: the process has exited", conn.pid)
+                    break
                 await self._one(conn, line)
                 try:                      # a client that does not read its replies is let go
                     await asyncio.wait_for(writer.drain(), self._limits().idle_timeout_s)
@@ -238,6 +263,7 @@ class Server:
         finally:
             self.conns.discard(conn)
             self.app.connection_lost(conn)
+            proc.close()
             try:
                 writer.close()
             except Exception:

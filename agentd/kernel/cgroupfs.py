@@ -7,6 +7,7 @@ Every cgroupfs file name agentd uses is named once here. All paths are relative 
 
 import errno
 import os
+import signal
 import time
 
 from ..errors import CgroupGone, FeatureMissing, KernelError
@@ -326,16 +327,30 @@ class CgroupFS:
         if self.has(cg, KILL):
             self.write(cg, KILL, "1")
             return
-        import signal
         for _ in range(10):
             pids = self.procs(cg)
             if not pids:
                 return
             for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self._kill_member(cg, pid, signal.SIGKILL)
+
+    def _kill_member(self, cg, pid, sig):
+        """Signal `pid` only while it is still a member of `cg`: held by a pidfd, its
+        membership read, then the signal sent through the pidfd, so a pid reused since
+        cgroup.procs was read is never signalled."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return                    # gone already
+        try:
+            mine = own_cgroup(pid).strip("/")
+            if mine != cg.strip("/") and not mine.startswith(cg.strip("/") + "/"):
+                return
+            signal.pidfd_send_signal(fd, sig)
+        except (OSError, KernelError):
+            pass
+        finally:
+            os.close(fd)
 
     def wait_empty(self, cg, timeout):
         """Poll until no process is left in the subtree. True if it emptied in time."""

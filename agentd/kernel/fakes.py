@@ -81,3 +81,32 @@ class FakeCgroupFS(cgf.CgroupFS):
 
     def cgroup_id(self, cg):
         return os.stat(self.path(cg)).st_ino
+
+
+class FakeProc:
+    """Stands in for kernel.pidfd.Proc over a fake /proc: a pid that stays the same process
+    until `exit()` is called (then verify() raises ProcessGone, as a recycled pid would)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.gone = False
+
+    def alive(self):
+        return not self.gone
+
+    def verify(self):
+        if self.gone:
+            from ..errors import ProcessGone
+            raise ProcessGone(f"process {self.pid} has exited")
+
+    def exit(self):
+        self.gone = True
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass

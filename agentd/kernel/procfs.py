@@ -137,6 +137,12 @@ class ProcFS:
         except OSError as err:
             raise KernelError(f"writing /proc/{pid}/oom_score_adj: {err.strerror}") from err
 
+    def hold(self, pid):
+        """`pid` held by a pidfd (kernel.pidfd.Proc): later checks and writes can tell
+        whether the pid still names this process."""
+        from .pidfd import Proc
+        return Proc.open(pid, self.proc)
+
     def exists(self, pid):
         return os.path.exists(f"{self.proc}/{pid}")
 

@@ -32,7 +32,7 @@ import pytest
 from agentd.api.ops import ApiOps
 from agentd.controller import Controller
 from agentd.eventlog import EventLog
-from agentd.kernel.fakes import FakeCgroupFS
+from agentd.kernel.fakes import FakeCgroupFS, FakeProc
 from agentd.planner import Planner
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
@@ -60,6 +60,9 @@ class Proc:
     def set_oom_score_adj(self, pid, value):
         self.oom[pid] = value
 
+    def hold(self, pid):
+        return FakeProc(pid)
+
 
 class Ops(ApiOps):
     def __init__(self, ctl):
@@ -79,7 +82,9 @@ def _ops(tmp_path, daemon_caps, launcher_caps):
 
 
 def _start(ops):
-    conn = types.SimpleNamespace(pid=LAUNCHER, tools=set())
+    peer = FakeProc(LAUNCHER)
+    conn = types.SimpleNamespace(pid=LAUNCHER, tools=set(), proc=peer, verify_peer=peer.verify,
+                                 peer_alive=peer.alive)
     return asyncio.run(ops.op_tool_start(conn, {"argv": ["sh", "-c", "true"]})), conn
 
 

@@ -1,0 +1,336 @@
+"""Who a request comes from, and what it may act on, against a real daemon: each test
+plays an attack as an unprivileged local user would (a user made for the test, inside
+an agent of its own), and checks that nothing outside the attacker's agent changed.
+
+Pid reuse is made deterministic by the test itself (root): it writes
+/proc/sys/kernel/ns_last_pid and forks until the freed pid is taken by a process of its
+choosing (a process of another user, outside every agent, or moved into a victim agent).
+"""
+
+import grp
+import itertools
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from agentd.kernel.cgroupfs import own_cgroup
+from tests.helpers import REPO, DaemonProc, agentd_cmd
+
+_seq = itertools.count()
+
+
+# --- the actors -----------------------------------------------------------------------
+class User:
+    """A unique unprivileged user (and optionally a group it belongs to), removed after."""
+
+    def __init__(self, group=None):
+        self.name = f"agtd{os.getpid()}x{next(_seq)}"
+        subprocess.run(["useradd", "-M", "-N", "-r", "-s", "/usr/sbin/nologin", self.name], check=True)
+        pw = pwd.getpwnam(self.name)
+        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        self.groups = [self.gid]
+        if group is not None:
+            subprocess.run(["usermod", "-a", "-G", group, self.name], check=True)
+            self.groups.append(grp.getgrnam(group).gr_gid)
+
+    def cmd(self):
+        """Prefix that runs a command as this user (its groups only)."""
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}",
+                f"--groups={','.join(str(g) for g in self.groups)}"]
+
+    def remove(self):
+        subprocess.run(["userdel", self.name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def attacker():
+    u = User()
+    yield u
+    u.remove()
+
+
+@pytest.fixture
+def api_group():
+    name = f"agtdg{os.getpid()}x{next(_seq)}"
+    subprocess.run(["groupadd", "-r", name], check=True)
+    yield name
+    subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def work(attacker):
+    """A folder the attacker owns (pytest's tmp is root-only): its script and its notes."""
+    d = tempfile.mkdtemp(prefix="agentd-attack-")
+    os.chown(d, attacker.uid, attacker.gid)
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# The attacker's side of every test: talks to the socket directly, and leaves notes in
+# its folder for the test to read (put) or waits for the test's (wait_for).
+ATTACK_LIB = """\
+import json, os, socket, subprocess, sys, time
+WORK = os.environ["ATTACK_WORK"]
+SOCK = os.environ["AGENTD_SOCKET"]
+
+def put(name, text=""):
+    with open(os.path.join(WORK, name + ".tmp"), "w") as f:
+        f.write(text)
+    os.rename(os.path.join(WORK, name + ".tmp"), os.path.join(WORK, name))
+
+def wait_for(name, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(os.path.join(WORK, name)):
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out waiting for " + name)
+        time.sleep(0.02)
+    with open(os.path.join(WORK, name)) as f:
+        return f.read()
+
+def send(s, obj):
+    s.sendall((json.dumps(dict(v=1, **obj)) + "\\n").encode())
+
+def recv(f):
+    line = f.readline()
+    return json.loads(line) if line else None
+
+def req(obj):
+    # one request on a connection of its own
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(SOCK)
+        send(s, obj)
+        return recv(s.makefile())
+"""
+
+
+def write_attack(work, body):
+    path = os.path.join(work, "attack.py")
+    with open(path, "w") as f:
+        f.write(ATTACK_LIB + textwrap.dedent(body))
+    os.chmod(path, 0o644)
+    return path
+
+
+def wait_file(work, name, proc=None, timeout=60):
+    path = os.path.join(work, name)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the attacker ended before writing {name}: {out}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {name} from the attacker")
+        time.sleep(0.02)
+    with open(path) as f:
+        return f.read()
+
+
+def touch(work, name):
+    with open(os.path.join(work, name), "w"):
+        pass
+
+
+def spawn_with_pid(pid, argv, tries=500):
+    """Start `argv` (as root, in the test's own cgroup) as process `pid`: the kernel gives
+    the next fork ns_last_pid + 1 unless another process took it first; try again then."""
+    for _ in range(tries):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    pytest.fail(f"could not get pid {pid} in {tries} forks")
+
+
+def oom_adj(pid):
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        return int(f.read())
+
+
+def start_agent(d, name, argv, env=None, **kw):
+    return subprocess.Popen(agentd_cmd() + ["run", "--name", name, "--", *argv], env=dict(env or d.env),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def attack_in_agent(d, attacker, work, name="att"):
+    """The attacker's script, run as the attacker inside an agent of its own."""
+    env = dict(d.env, ATTACK_WORK=work, ATTACK_LAUNCHER=agentd_cmd()[0])
+    return start_agent(d, name, attacker.cmd() + [sys.executable, os.path.join(work, "attack.py")], env=env)
+
+
+def wait_tool(cgfs, d, agent, timeout=15):
+    tools = f"{d.root}/agents/{agent}/tools"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cgfs.exists(tools) and cgfs.children(tools):
+            return cgfs.children(tools)[0]
+        time.sleep(0.05)
+    raise AssertionError(f"agent {agent} has no tool call: {d.log()[-2000:]}")
+
+
+def agent_ids(status):
+    return [a["agent"] for a in status["agents"]]
+
+
+def stop(*procs):
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(20)
+
+
+ADMISSION_POLICY = """\
+version: 1
+pressure:
+  budget: 300Mi
+admission:
+  enabled: true
+  max_wait_s: 60
+  on_timeout: run
+detection:
+  enabled: false
+"""
+
+
+# --- 1: a checked child's pid recycled while its request waits in admission -------------
+def test_attack_1_pid_recycled_during_admission(tmp_path, test_root, attacker, work):
+    """tool_start names the caller's own child; the check passes; the request waits in
+    admission; the child exits and its pid goes to a root process outside every agent.
+    The daemon must not move, re-prioritise or (through the attacker's kill) kill it."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ADMISSION_POLICY)
+    d = DaemonProc(str(tmp_path), test_root, policy=str(policy)).start()
+    write_attack(work, """\
+        # A live call that holds the memory budget, so the next one waits.
+        holder = subprocess.Popen([os.environ["ATTACK_LAUNCHER"], "tool", "--mem", "200M", "--", "sh", "-c",
+                                   'touch "$ATTACK_WORK/held"; exec sleep 600'])
+        wait_for("held")
+        child = subprocess.Popen(["sleep", "600"])
+        s = socket.socket(socket.AF_UNIX); s.connect(SOCK); f = s.makefile()
+        send(s, dict(op="tool_start", pid=child.pid, argv=["sleep", "600"], mem="200M"))
+        put("queued", json.dumps(recv(f)))
+        child.kill(); child.wait()          # reaped: its pid is free for anyone
+        put("pid", str(child.pid))
+        wait_for("recycled")
+        holder.terminate(); holder.wait()   # room appears: the request goes on
+        reply = recv(f)
+        while reply is not None and "notice" in reply:
+            reply = recv(f)
+        put("reply", json.dumps(reply))
+        if reply and reply.get("ok"):
+            put("kill", json.dumps(req(dict(op="kill", agent=reply["agent"], tool=reply["tool"]))))
+        put("done")
+        """)
+    att = stranger = None
+    try:
+        att = attack_in_agent(d, attacker, work)
+        queued = json.loads(wait_file(work, "queued", att))
+        assert queued.get("notice") == "queued", queued       # the request really waits
+        pid = int(wait_file(work, "pid", att))
+        stranger = spawn_with_pid(pid, ["sleep", "600"])
+        cg, adj = own_cgroup(pid), oom_adj(pid)
+        touch(work, "recycled")
+        wait_file(work, "done", att)
+        reply = json.loads(wait_file(work, "reply"))
+        assert stranger.poll() is None, "the stranger was killed"
+        assert own_cgroup(pid) == cg, f"the stranger was moved to {own_cgroup(pid)}"
+        assert oom_adj(pid) == adj
+        assert reply["ok"] is False and reply["error"]["code"] in ("gone", "not_child"), reply
+    finally:
+        stop(stranger, att)
+        d.cleanup()
+
+
+# --- 2: the connecting process exits and its pid goes to a process of agent B ------------
+def test_attack_2_peer_pid_reused_by_another_agent(tmp_path, test_root, cgfs, attacker, work):
+    """A child of the attacker connects and exits; the attacker keeps the socket; the
+    child's pid goes to a process of agent B. Requests on that connection must not act
+    with B's identity: no status of B, no kill of B's tool call."""
+    d = DaemonProc(str(tmp_path), test_root).start()
+    victim = att = stranger = None
+    try:
+        victim = start_agent(d, "victim", ["bash", "-c", '"$@" tool -- sleep 600', "a", *agentd_cmd()])
+        tool = wait_tool(cgfs, d, "victim")
+        with open(os.path.join(work, "tool"), "w") as f:
+            f.write(tool)
+        write_attack(work, """\
+            s = socket.socket(socket.AF_UNIX)
+            pid = os.fork()
+            if pid == 0:                     # the connection is the child's
+                s.connect(SOCK)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            put("pid", str(pid))
+            tool = wait_for("tool")
+            wait_for("recycled")
+            f = s.makefile()
+            out = []
+            for obj in (dict(op="status", agent="victim"), dict(op="kill", agent="victim", tool=tool)):
+                try:
+                    send(s, obj)
+                    out.append(recv(f))
+                except OSError as err:
+                    out.append({"closed": str(err)})
+            put("out", json.dumps(out))
+            """)
+        att = attack_in_agent(d, attacker, work)
+        pid = int(wait_file(work, "pid", att))
+        stranger = spawn_with_pid(pid, ["sleep", "600"])
+        cgfs.move(f"{d.root}/agents/victim/main", pid)       # a process of agent B
+        touch(work, "recycled")
+        status, kill = json.loads(wait_file(work, "out", att))
+        assert not (status and status.get("ok")), f"the attacker read B's status: {status}"
+        assert not (kill and kill.get("ok")), f"the attacker killed B's tool call: {kill}"
+        assert cgfs.populated(f"{d.root}/agents/victim/tools/{tool}")
+        assert "closed" in d.log() or status is None or "closed" in status
+    finally:
+        stop(stranger, att, victim)
+        d.cleanup()
+
+
+# --- 10: an API-group member inside agent A ends agent B ---------------------------------
+@pytest.mark.parametrize("who", ["group_member", "root"])
+def test_attack_10_admin_inside_an_agent_ends_another(tmp_path, test_root, cgfs, api_group, work, who):
+    """Root or a member of the API group, running inside agent A, has A's rights only:
+    run_done (and status, kill) for agent B are refused and B keeps running."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\ndaemon:\n  api_group: {api_group}\ndetection:\n  enabled: false\n")
+    d = DaemonProc(str(tmp_path), test_root, policy=str(policy)).start()
+    member = User(group=api_group)
+    victim = att = None
+    try:
+        victim = start_agent(d, "victim", ["bash", "-c", '"$@" tool -- sleep 600', "a", *agentd_cmd()])
+        tool = wait_tool(cgfs, d, "victim")
+        write_attack(work, f"""\
+            out = [req(dict(op="run_done", agent="victim")), req(dict(op="kill", agent="victim", tool="{tool}")),
+                   req(dict(op="status", agent="victim")), req(dict(op="reload"))]
+            put("out", json.dumps(out))
+            """)
+        os.chown(work, member.uid, member.gid)
+        prefix = member.cmd() if who == "group_member" else []
+        env = dict(d.env, ATTACK_WORK=work)
+        att = start_agent(d, "att", prefix + [sys.executable, os.path.join(work, "attack.py")], env=env)
+        out = json.loads(wait_file(work, "out", att))
+        assert [r["error"]["code"] if not r["ok"] else "ok" for r in out] == ["forbidden"] * 4, out
+        assert "victim" in agent_ids(d.request({"op": "status"}))
+        assert cgfs.populated(f"{d.root}/agents/victim/main")
+        assert cgfs.populated(f"{d.root}/agents/victim/tools/{tool}")
+        # The same user outside every agent is an admin (the group still means something).
+        r = subprocess.run(member.cmd() + [sys.executable, "-c", ATTACK_LIB + "print(json.dumps(req(dict(op='status'))))"],
+                           env=env, capture_output=True, text=True, timeout=30)
+        assert "victim" in agent_ids(json.loads(r.stdout)), r.stderr
+    finally:
+        stop(att, victim)
+        member.remove()
+        d.cleanup()

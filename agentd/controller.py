@@ -388,6 +388,48 @@ class Controller:
             self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
         self._save(tool=tool)
 
+    # Limits a re-classification writes: memory.high belongs to the forecast (enforce/).
+    RECLASSIFY_LIMITS = (cgf.MEMORY_MIN, cgf.MEMORY_LOW, cgf.MEMORY_MAX, cgf.CPU_WEIGHT, cgf.CPU_MAX, cgf.PIDS_MAX)
+
+    def reclassify(self, tool, argv, why):
+        """Plan `tool` again from `argv`, what the kernel says it runs (not what its client
+        declared): a different class gets that class's limits, priority and place in the
+        OOM order, and one `tool_reclassify` event. Returns the new class, or None when
+        nothing changed."""
+        agent = self.agents.get(tool.agent_id)
+        if agent is None or tool.done:
+            return None
+        plan = self.planner.plan_tool(agent, argv, None, None)
+        old = tool.plan
+        if (plan.tool_class, plan.rule) == (old.tool_class, old.rule):
+            return None
+        names.check_name(plan.tool_class, "tool class")
+        limits = {k: v for k, v in plan.limits.items() if k in self.RECLASSIFY_LIMITS}
+        plan.limits = dict(old.limits, **limits)
+        tool.plan = plan
+        try:
+            tool.limits_applied.update(self._apply(tool.cgroup, limits, f"tool {tool.key}",
+                                                   f"reclassified {old.tool_class} -> {plan.tool_class}: {why}"))
+            adj = self.tool_oom_adj(agent, tool)
+            for pid in self.fs.procs(tool.cgroup):
+                # Held, and checked to be in the call's cgroup after the hold, so the write
+                # cannot reach a process that took a listed pid since.
+                try:
+                    with self.procfs.hold(pid) as proc:
+                        if self.procfs.cgroup(pid).strip("/") == tool.cgroup.strip("/"):
+                            self._set_oom(proc, adj, f"tool {tool.key}")
+                except AgentdError:
+                    continue
+        except CgroupGone:
+            pass
+        log.info("tool %s: reclassified %s -> %s (%s; declared argv %s)", tool.key, old.tool_class,
+                 plan.tool_class, why, tool.argv[:8])
+        self._save(tool=tool)
+        self.events.emit("tool_reclassify", agent=tool.agent_id, tool=tool.tool_id, argv=list(argv)[:64],
+                         declared_argv=tool.argv[:64], old_class=old.tool_class, tool_class=plan.tool_class,
+                         rule=plan.rule, reason=why)
+        return plan.tool_class
+
     def sample_tool(self, tool):
         """Current memory of a tool call: memory.current, else the sum of its processes' RSS."""
         try:

@@ -10,6 +10,7 @@ nothing it forks starts outside (see bpf/README.md).
 """
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -18,8 +19,43 @@ from .errors import AgentdError, ProcessGone
 
 log = logging.getLogger("agentd.detect")
 
-# The `agentd` front itself is never a tool call: it makes its own (race-free) one.
-_SELF = {"agentd", "agentd-py"}
+
+class Front:
+    """The compiled `agentd` front, recognised by the file the kernel runs.
+
+    It is never a tool call: it makes its own (race-free) one. argv[0] proves nothing
+    (`exec -a agentd CMD`); the executable does: a process whose /proc/<pid>/exe has the
+    launcher's content (the package's file, or an installed copy of it). The answer is
+    kept per file identity (device, inode, size, mtime, ctime), so each file is hashed
+    once. A Python front (`python -m agentd`) is not exempt: its interpreter would run
+    any module named agentd."""
+
+    KEPT = 256
+
+    def __init__(self, procfs, path):
+        self.procfs = procfs
+        self.size = self.digest = None
+        self.cache = {}
+        if path and os.path.exists(path):
+            self.size = os.stat(path).st_size
+            with open(path, "rb") as f:
+                self.digest = hashlib.sha256(f.read()).hexdigest()
+
+    def runs(self, pid):
+        if self.digest is None:
+            return False
+        try:
+            st = self.procfs.exe_stat(pid)
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            hit = self.cache.get(key)
+            if hit is None:
+                hit = st.st_size == self.size and self.procfs.exe_digest(pid) == self.digest
+                if len(self.cache) >= self.KEPT:
+                    self.cache.clear()
+                self.cache[key] = hit
+            return hit
+        except AgentdError:
+            return False
 
 
 class DetectionHook:
@@ -31,6 +67,9 @@ class DetectionHook:
         self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs,
                                     agent_process=self.is_agent_process)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
+        self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
+        from .install import launcher_path
+        self.front = Front(app.procfs, launcher_path())
         self.monitor.proc_listeners.append(self._on_proc)
         self._task = None
         self.stats = {"placed": 0, "housekeeping": 0}
@@ -41,9 +80,9 @@ class DetectionHook:
     def policy(self):
         return self.app.policy.detection
 
-    def is_tool(self, argv, leads_session):
+    def is_tool(self, argv, leads_session, pid=None):
         from .policy.match import is_housekeeping
-        if not argv or os.path.basename(argv[0]) in _SELF or argv[1:3] == ["-m", "agentd"]:
+        if not argv or (pid is not None and self.front.runs(pid)):
             return False
         if self.policy.new_session_only and not leads_session:
             return False
@@ -83,8 +122,63 @@ class DetectionHook:
         self._tools_by_pid[pid] = tool
         self.stats["placed"] += 1
 
+    # --- what a tool call really runs ------------------------------------------------
+    def trusts_declared(self):
+        """Does the policy take a client's word for what its tool call runs? Where it does
+        not honour declared classes, it does not honour declared argv either: the call is
+        classified again from what the kernel says it execs."""
+        return self.app.policy.defaults.honour_declared_class
+
+    def on_tool_start(self, agent, tool):
+        if tool.origin != "auto" and tool.cgroup_id is not None:
+            self._tools_by_cgid[tool.cgroup_id] = tool
+
+    def _exec_in_tool(self, tool, pid):
+        """A process of `tool` exec'd. The call's first exec, and every later exec of that
+        same process, say what the call runs; its children's do not (git runs a pager)."""
+        root = getattr(tool, "exec_root", None)
+        if root is None:
+            if self.front.runs(pid):
+                return                 # the launcher's held child before its exec
+            tool.exec_root = root = pid
+        if pid != root or tool.done or self.trusts_declared():
+            return
+        try:
+            argv = self.app.procfs.running_argv(pid)
+            self.app.ctl.reclassify(tool, argv, "classified from what it execs")
+        except AgentdError as err:
+            log.debug("tool %s: exec of %d not checked: %s", tool.key, pid, err)
+
+    def _check_tools_polled(self):
+        """Without BPF exec events: the root process of each launcher-started call whose
+        exec has not been seen, found in its cgroup (the process whose parent is not there)."""
+        if self.trusts_declared():
+            return
+        fs, procfs = self.app.fs, self.app.procfs
+        for tool in list(self._tools_by_cgid.values()):
+            agent = self.app.ctl.agents.get(tool.agent_id)
+            if agent is not None and getattr(agent, "watch_id", None) and self.monitor.lifecycle is not None:
+                continue               # its execs come as BPF events
+            if tool.done or getattr(tool, "exec_checked", False):
+                continue
+            try:
+                pids = set(fs.procs(tool.cgroup))
+                roots = [p for p in pids if procfs.ppid(p) not in pids]
+            except AgentdError:
+                continue
+            for pid in roots[:1]:
+                if self.front.runs(pid):
+                    continue           # still the held child, not yet exec'd
+                tool.exec_checked = True
+                self._exec_in_tool(tool, pid)
+
     def _on_proc(self, ev):
         from .monitor.events import ProcKind
+        if ev.kind == ProcKind.EXEC:
+            tool = self._tools_by_cgid.get(ev.cgroup_id)
+            if tool is not None:
+                self._exec_in_tool(tool, ev.pid)
+            return
         if ev.kind != ProcKind.EXIT:
             return
         tool = self._tools_by_pid.pop(ev.pid, None)
@@ -94,13 +188,15 @@ class DetectionHook:
 
     # --- daemon hooks ----------------------------------------------------------------
     def on_agent_start(self, agent):
-        if not self.policy.enabled:
+        enabled = self.policy.enabled
+        if not enabled and self.trusts_declared():
             return
         try:
-            self.detector.add_agent(agent.agent_id, agent.main_cgroup)
+            if enabled:
+                self.detector.add_agent(agent.agent_id, agent.main_cgroup)
             if self.monitor.lifecycle is not None:
                 # The agent's whole subtree, so the exits of its tool calls are seen (their
-                # exit status is known only to the agent, which reaps them).
+                # exit status is known only to the agent, which reaps them), and their execs.
                 agent.watch_id = self.app.fs.cgroup_id(agent.cgroup)
                 self.monitor.lifecycle.watch(agent.watch_id)
         except AgentdError as err:
@@ -116,6 +212,7 @@ class DetectionHook:
 
     def on_tool_end(self, agent, tool, result):
         self._tools_by_pid.pop(tool.pid, None)
+        self._tools_by_cgid.pop(tool.cgroup_id, None)
 
     async def start(self):
         loop = asyncio.get_running_loop()
@@ -141,6 +238,7 @@ class DetectionHook:
             try:
                 self.monitor.tick()
                 self.detector.reconcile()
+                self._check_tools_polled()
             except Exception:
                 log.exception("detection tick failed")
 

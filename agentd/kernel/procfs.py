@@ -2,7 +2,9 @@
 tests can point it at a fake tree. Used by the daemon (authorisation, placement checks)
 and by the user-space stand-ins for the BPF programs (automatic detection, memory)."""
 
+import hashlib
 import os
+import stat as stat_mod
 from dataclasses import dataclass
 
 from ..errors import KernelError, ProcessGone
@@ -136,6 +138,63 @@ class ProcFS:
             raise ProcessGone(f"process {pid} is gone") from err
         except OSError as err:
             raise KernelError(f"writing /proc/{pid}/oom_score_adj: {err.strerror}") from err
+
+    # --- what a process really runs (argv[0] is whatever its parent chose) ----------
+    def _exe_err(self, pid, err):
+        if isinstance(err, (FileNotFoundError, ProcessLookupError)):
+            return ProcessGone(f"process {pid} is gone")
+        return KernelError(f"reading /proc/{pid}/exe: {err.strerror}")
+
+    def exe(self, pid):
+        """Path of the file the kernel loaded for `pid` (as seen in its mount namespace)."""
+        try:
+            return os.readlink(f"{self.proc}/{pid}/exe")
+        except OSError as err:
+            raise self._exe_err(pid, err) from err
+
+    def exe_stat(self, pid):
+        """os.stat_result of that file (dev, inode, size, times): its identity."""
+        try:
+            return os.stat(f"{self.proc}/{pid}/exe")
+        except OSError as err:
+            raise self._exe_err(pid, err) from err
+
+    def exe_digest(self, pid):
+        """sha256 of that file's content, read through /proc/<pid>/exe (the file loaded,
+        even if its path was replaced since)."""
+        h = hashlib.sha256()
+        try:
+            with open(f"{self.proc}/{pid}/exe", "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as err:
+            raise self._exe_err(pid, err) from err
+        return h.hexdigest()
+
+    def running_argv(self, pid):
+        """What `pid` runs, from the kernel rather than from its argv[0]: the real
+        executable's path followed by cmdline[1:]; for a `#!` script (which the kernel
+        starts as INTERPRETER [ARG] SCRIPT ARGS...) the script and its arguments."""
+        exe = self.exe(pid)
+        cmdline = self.cmdline(pid)
+        for i in (1, 2):
+            if i < len(cmdline) and cmdline[i].startswith("/") and self._is_script(pid, cmdline[i]):
+                return cmdline[i:]
+        return [exe] + cmdline[1:]
+
+    def _is_script(self, pid, path):
+        # Through the process's own root (a container's files); non-blocking and regular
+        # files only: the path is the process's choice, and a FIFO must not stall us.
+        try:
+            fd = os.open(f"{self.proc}/{pid}/root{path}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError:
+            return False
+        try:
+            return stat_mod.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 2, 0) == b"#!"
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def hold(self, pid):
         """`pid` held by a pidfd (kernel.pidfd.Proc): later checks and writes can tell

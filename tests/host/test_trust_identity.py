@@ -334,3 +334,119 @@ def test_attack_10_admin_inside_an_agent_ends_another(tmp_path, test_root, cgfs,
         stop(att, victim)
         member.remove()
         d.cleanup()
+
+
+# --- 7: an agent's reported figures poison another agent's forecast ----------------------
+def test_attack_7_reported_maxrss_poisons_another_agents_forecast(tmp_path, test_root, attacker, work):
+    """Agent A reports six `pytest` calls that never ran as peaking at 40 GiB. Forecasts are
+    keyed by signature across agents: B's next `pytest` must be forecast from what the
+    kernel saw, not from A's word."""
+    d = DaemonProc(str(tmp_path), test_root, policy=str(_no_detection(tmp_path))).start()
+    fake = os.path.join(work, "pytest")
+    with open(fake, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chmod(fake, 0o755)
+    env = dict(d.env, PATH=f"{work}:{os.environ['PATH']}")
+    write_attack(work, """\
+        for _ in range(6):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(SOCK); f = s.makefile()
+                send(s, dict(op="tool_start", argv=["pytest"]))
+                r = recv(f)
+                send(s, dict(op="tool_done", agent=r["agent"], tool=r["tool"], status={"exit": 0},
+                             wall_s=120.0, utime_s=100.0, stime_s=5.0, maxrss_kb=40 << 20))
+                put("lied", json.dumps(recv(f)))
+        put("done")
+        """)
+    victim = att = None
+    try:
+        # B's own history first: three real runs of its pytest.
+        victim = subprocess.run(agentd_cmd() + ["run", "--name", "victim", "--", "bash", "-c",
+                                                'for i in 1 2 3; do "$@" tool -- pytest; done', "b", *agentd_cmd()],
+                                env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert victim.returncode == 0, victim.stderr
+        att = attack_in_agent(d, attacker, work)
+        wait_file(work, "done", att)
+        lied = json.loads(wait_file(work, "lied"))
+        assert lied["ok"], lied
+        victim = subprocess.run(agentd_cmd() + ["run", "--name", "victim2", "--", *agentd_cmd(), "tool", "--",
+                                                "pytest"], env=env, cwd=REPO, capture_output=True, text=True,
+                                timeout=60)
+        assert victim.returncode == 0, victim.stderr
+        end = d.wait_event(lambda e: e.get("event") == "tool_end" and e.get("agent") == "victim2")
+        assert end["forecast_bytes"] < 1 << 30, f"B's pytest forecast {end['forecast_bytes'] / 2**30:.1f} GiB"
+        # What A sent is kept, labelled as its own report; it is not the peak.
+        assert lied["result"]["reported"]["maxrss_kb"] == 40 << 20
+        assert lied["result"]["memory_peak_bytes"] < 1 << 30
+    finally:
+        stop(att)
+        d.cleanup()
+
+
+def _no_detection(tmp_path):
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\ndetection:\n  enabled: false\n")
+    return p
+
+
+# --- 8: declare one command, run another ------------------------------------------------
+def test_attack_8_declared_argv_is_not_what_runs(tmp_path, test_root, attacker, work):
+    """Under a policy that honours no declarations (multi-tenant), a call that declares
+    `git status` and then execs python is classed from what runs, not as interactive."""
+    d = DaemonProc(str(tmp_path), test_root, policy="multi-tenant").start()
+    write_attack(work, """\
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:                 # held until placed, then runs something else
+            os.close(w); os.read(r, 1)
+            os.execv("/usr/bin/python3", ["python3", "-c", "import time; time.sleep(30)"])
+        os.close(r)
+        s = socket.socket(socket.AF_UNIX); s.connect(SOCK); f = s.makefile()
+        send(s, dict(op="tool_start", pid=child, argv=["git", "status"]))
+        reply = recv(f)
+        put("started", json.dumps(reply))
+        os.write(w, b"G")
+        wait_for("seen")
+        os.kill(child, 9); os.waitpid(child, 0)
+        send(s, dict(op="tool_done", agent=reply["agent"], tool=reply["tool"], status={"signal": 9}))
+        recv(f)
+        """)
+    att = None
+    try:
+        att = attack_in_agent(d, attacker, work)
+        started = json.loads(wait_file(work, "started", att))
+        assert started["ok"], started
+        assert started["tool"].endswith("-interactive")    # what the declaration bought at first
+        deadline = time.monotonic() + 15
+        cls = None
+        while time.monotonic() < deadline:
+            snap = d.request({"op": "status", "agent": "att"})
+            tools = [t for a in snap["agents"] for t in a["tools"] if t["tool"] == started["tool"]]
+            cls = tools[0]["tool_class"] if tools else None
+            if cls not in (None, "interactive"):
+                break
+            time.sleep(0.1)
+        touch(work, "seen")
+        assert cls == "normal", f"the call still runs as {cls}"
+        ev = d.wait_event(lambda e: e.get("event") == "tool_reclassify")
+        assert ev["old_class"] == "interactive" and os.path.basename(ev["argv"][0]).startswith("python")
+    finally:
+        stop(att)
+        d.cleanup()
+
+
+# --- 9: argv[0] "agentd" hides a command from automatic detection ------------------------
+def test_attack_9_argv0_agentd_is_still_a_tool_call(tmp_path, test_root, attacker, work):
+    """`exec -a agentd sleep` from an agent's main cgroup is a tool call like any other;
+    the real agentd front (the launcher file) is still never one: it makes its own."""
+    d = DaemonProc(str(tmp_path), test_root).start()
+    env = dict(d.env, ATTACK_WORK=work)
+    try:
+        r = start_agent(d, "att", attacker.cmd() + ["bash", "-c", '(exec -a agentd sleep 1); "$@" tool -- true',
+                                                     "a", *agentd_cmd()], env=env)
+        out, _ = r.communicate(timeout=60)
+        assert r.returncode == 0, out
+        starts = [e for e in d.events() if e.get("event") == "tool_start" and e.get("agent") == "att"]
+        assert [(e["argv"][0], e["origin"]) for e in starts] == [("agentd", "auto"), ("true", "launcher")], starts
+    finally:
+        d.cleanup()

@@ -38,10 +38,41 @@ def _cmd_after_dashes(args):
 
 
 # --- run ----------------------------------------------------------------------
+def agent_user(args, environ=os.environ, euid=None):
+    """The user the agent runs as (a supervise.RunAs), or None to keep ours.
+
+    `--user USER` chooses (root only, unless it names ourselves). Otherwise, started
+    through sudo, the invoking user (SUDO_UID/SUDO_GID and that user's groups): root is
+    needed to host or reach agentd, not by the agent, which runs code a model wrote.
+    Running the agent as root takes `--user root`."""
+    from .supervise import RunAs
+    euid = os.geteuid() if euid is None else euid
+    if args.user:
+        user = RunAs.lookup(args.user)
+        if user is None:
+            raise AgentdError(f"--user {args.user}: no such user")
+        if user.uid == euid:
+            return None
+        if euid != 0:
+            raise AgentdError(f"--user {args.user}: only root can run an agent as another user")
+        return user
+    sudo_uid = environ.get("SUDO_UID", "")
+    if euid != 0 or not sudo_uid.isdigit() or int(sudo_uid) == 0:
+        return None
+    user = RunAs.lookup(sudo_uid)
+    if user is None:
+        raise AgentdError(f"SUDO_UID={sudo_uid} names no user; pass --user USER (or --user root)")
+    gid = environ.get("SUDO_GID", "")
+    if gid.isdigit() and int(gid) != user.gid:
+        user = RunAs(user.uid, int(gid), user.name, user.home)
+    return user
+
+
 def cmd_run(args):
     from .api.client import DaemonUnavailable, ReplyError, connect, socket_path
     from .supervise import Held
     cmd = _cmd_after_dashes(args)
+    user = agent_user(args)
     standalone = None
     try:
         client = connect(args.socket)
@@ -79,7 +110,7 @@ def cmd_run(args):
             client.close()
             raise PolicyError([f"{path}: cannot read policy: {getattr(err, 'strerror', None) or err}"],
                               str(path)) from None
-    held = Held(cmd)
+    held = Held(cmd, user=user)
     try:
         reply = _run_start(client, held, args, cmd, standalone is None, own_policy)
     except (ReplyError, DaemonUnavailable) as err:
@@ -335,6 +366,8 @@ def build_parser():
     r.add_argument("--event-log", default=None)
     r.add_argument("--metrics-listen", type=_listen_arg,
                    help="standalone runs only: serve /metrics on HOST:PORT (default: off)")
+    r.add_argument("--user", help="user the agent runs as (default: the user who ran sudo, else ours); "
+                                  "--user root runs it as root")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)
 

@@ -14,10 +14,40 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, sign
              signal.SIGINT, signal.SIGQUIT)
 
 
-class Held:
-    """A forked child held before exec until `release(env)`."""
+class RunAs:
+    """The user an agent runs as: `agentd run` keeps root for itself (it talks to the
+    daemon, or hosts it) and gives the agent only this user's credentials."""
 
-    def __init__(self, argv):
+    def __init__(self, uid, gid, name, home=None, groups=None):
+        self.uid, self.gid, self.name, self.home = uid, gid, name, home
+        self.groups = groups if groups is not None else os.getgrouplist(name, gid)
+
+    @classmethod
+    def lookup(cls, who):
+        """A user by name or number."""
+        import pwd
+        try:
+            pw = pwd.getpwuid(int(who)) if str(who).isdigit() else pwd.getpwnam(who)
+        except (KeyError, ValueError):
+            return None
+        return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir)
+
+    def become(self):
+        """In the child, before exec: groups, then gid, then uid (the order that still
+        has the privilege each step needs); HOME, USER and LOGNAME follow."""
+        os.setgroups(self.groups)
+        os.setresgid(self.gid, self.gid, self.gid)
+        os.setresuid(self.uid, self.uid, self.uid)
+        os.environ["USER"] = os.environ["LOGNAME"] = self.name
+        if self.home:
+            os.environ["HOME"] = self.home
+
+
+class Held:
+    """A forked child held before exec until `release(env)`. With `user` (a RunAs) the
+    child drops to that user after it is placed, just before exec."""
+
+    def __init__(self, argv, user=None):
         self.argv = argv
         r, w = os.pipe()
         pid = os.fork()
@@ -34,6 +64,12 @@ class Held:
                 os._exit(125)              # the parent gave up: never run unplaced
             env = json.loads(data)
             os.environ.update(env)
+            if user is not None:
+                try:
+                    user.become()
+                except OSError as err:
+                    sys.stderr.write(f"agentd: cannot run as user {user.name}: {err.strerror}\n")
+                    os._exit(125)
             for s in FORWARDED:
                 signal.signal(s, signal.SIG_DFL)
             try:

@@ -450,3 +450,42 @@ def test_attack_9_argv0_agentd_is_still_a_tool_call(tmp_path, test_root, attacke
         assert [(e["argv"][0], e["origin"]) for e in starts] == [("agentd", "auto"), ("true", "launcher")], starts
     finally:
         d.cleanup()
+
+
+# --- `sudo agentd run`: the agent runs as the user who ran sudo, agentd keeps root --------
+AS_WHO = 'id -u; id -g; id -G; "$1" tool -- sh -c \'echo "tool=$AGENTD_TOOL"; id -u\''
+
+
+@pytest.mark.parametrize("mode", ["daemon", "standalone"])
+def test_attack_sudo_run_gives_the_agent_the_invoking_users_rights(tmp_path, test_root, api_group, mode):
+    """`sudo agentd run -- CMD` must not hand CMD root (which would make it an API admin
+    and let it write cgroupfs): CMD runs as SUDO_UID/SUDO_GID with that user's groups,
+    and its tool calls still work; running it as root takes `--user root`."""
+    user = User(group=api_group)
+    d = None
+    try:
+        if mode == "daemon":
+            d = DaemonProc(str(tmp_path), test_root).start()
+            env = dict(d.env)
+        else:
+            env = dict(os.environ, AGENTD_SOCKET=str(tmp_path / "no-daemon.sock"))
+        sudo = dict(env, SUDO_UID=str(user.uid), SUDO_GID=str(user.gid), SUDO_USER=user.name)
+        r = subprocess.run(agentd_cmd() + ["run", "--", "bash", "-c", AS_WHO, "a", *agentd_cmd()], env=sudo,
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.split("\n")
+        assert lines[:2] == [str(user.uid), str(user.gid)], r.stdout
+        assert sorted(map(int, lines[2].split())) == sorted(user.groups), r.stdout
+        assert lines[3].startswith("tool=") and "/" in lines[3] and lines[4] == str(user.uid), (r.stdout, r.stderr)
+        # Root only when asked for, by name.
+        r = subprocess.run(agentd_cmd() + ["run", "--user", "root", "--", "id", "-u"], env=sudo, cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout) == (0, "0\n"), r.stderr
+        if mode == "daemon":
+            r = subprocess.run(agentd_cmd() + ["run", "--user", user.name, "--", "id", "-u"], env=env, cwd=REPO,
+                               capture_output=True, text=True, timeout=60)
+            assert (r.returncode, r.stdout) == (0, f"{user.uid}\n"), r.stderr
+    finally:
+        if d is not None:
+            d.cleanup()
+        user.remove()

@@ -489,3 +489,57 @@ def test_attack_sudo_run_gives_the_agent_the_invoking_users_rights(tmp_path, tes
         if d is not None:
             d.cleanup()
         user.remove()
+
+
+# --- the identity adapter itself, on the real kernel --------------------------------------
+def test_pidfd_identity_refuses_a_recycled_pid():
+    from agentd.errors import ProcessGone
+    from agentd.kernel.pidfd import Proc
+    first = subprocess.Popen(["sleep", "60"])
+    held = Proc.open(first.pid)
+    other = None
+    try:
+        held.verify()
+        first.kill()
+        first.wait()
+        with pytest.raises(ProcessGone):
+            held.verify()
+        other = spawn_with_pid(held.pid, ["sleep", "60"])    # the same number, another process
+        assert not held.alive()
+        with pytest.raises(ProcessGone):
+            held.verify()
+    finally:
+        held.close()
+        stop(first, other)
+
+
+@pytest.mark.parametrize("peerpidfd", [True, False])
+def test_peer_identity_from_so_peerpidfd_or_its_fallback(monkeypatch, peerpidfd):
+    """SO_PEERPIDFD where the kernel has it; else pidfd_open of the SO_PEERCRED pid."""
+    import socket
+    from agentd.api.server import peer_cred
+    from agentd.kernel import pidfd
+    if not peerpidfd:
+        monkeypatch.setattr(pidfd, "SO_PEERPIDFD", 0x7fff)     # an option no kernel has
+    srv = socket.socket(socket.AF_UNIX)
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "s")
+    srv.bind(path)
+    srv.listen()
+    client = subprocess.Popen([sys.executable, "-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); "
+                               "s.connect(sys.argv[1]); time.sleep(60)", path])
+    try:
+        conn, _ = srv.accept()
+        pid, uid, _ = peer_cred(conn)
+        with pidfd.Proc.of_peer(conn, pid) as peer:
+            assert peer.source == ("SO_PEERPIDFD" if peerpidfd else "pidfd_open")
+            assert (peer.pid, uid) == (client.pid, 0)
+            peer.verify()
+            client.kill()
+            client.wait()
+            assert not peer.alive()
+        conn.close()
+    finally:
+        stop(client)
+        srv.close()
+        shutil.rmtree(d)

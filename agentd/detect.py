@@ -64,12 +64,12 @@ class DetectionHook:
         from .monitor.kernel_events import EventMonitor
         self.app = app
         self.monitor = monitor if monitor is not None else EventMonitor(app.fs)
-        self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs,
-                                    agent_process=self.is_agent_process)
-        self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
-        self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
         from .install import launcher_path
         self.front = Front(app.procfs, launcher_path())
+        self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs,
+                                    agent_process=self.is_agent_process, exempt=self.front.runs)
+        self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
+        self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
         self.monitor.proc_listeners.append(self._on_proc)
         self._task = None
         self.stats = {"placed": 0, "housekeeping": 0}
@@ -80,9 +80,11 @@ class DetectionHook:
     def policy(self):
         return self.app.policy.detection
 
-    def is_tool(self, argv, leads_session, pid=None):
+    def is_tool(self, argv, leads_session):
+        """The policy's answer from argv. argv exempts nothing by itself (`exec -a agentd`):
+        the agentd front is recognised by its executable (Front, the detector's `exempt`)."""
         from .policy.match import is_housekeeping
-        if not argv or (pid is not None and self.front.runs(pid)):
+        if not argv:
             return False
         if self.policy.new_session_only and not leads_session:
             return False

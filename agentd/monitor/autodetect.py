@@ -69,7 +69,7 @@ class AutoDetector:
     """
 
     def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason="",
-                 resume=resume, agent_process=None):
+                 resume=resume, agent_process=None, exempt=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if strategy != "poll" and lifecycle is None:
@@ -85,6 +85,9 @@ class AutoDetector:
         self.lifecycle = lifecycle
         self.procfs = procfs or ProcFS()
         self.resume = resume
+        # exempt(pid) -> bool: a process that is never a tool call, judged by what the
+        # kernel runs (the agentd front: it makes its own tool call), never by its argv.
+        self.exempt = exempt
         self.stats = AutodetectStats()
         self._agents = {}           # agent_id -> _Agent
         self._by_main = {}          # main cgroup id -> _Agent
@@ -159,7 +162,8 @@ class AutoDetector:
 
     def _consider(self, agent, pid, argv, leads_session, ppid=None):
         try:
-            tool = (self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
+            tool = not (self.exempt and self.exempt(pid)) \
+                and (self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
                 and bool(self.is_tool(argv, leads_session))
         except Exception:  # policy bugs must not leave a task stopped
             log.exception("is_tool failed for %s; treating %r as housekeeping", agent.agent_id, argv[:3])
@@ -251,7 +255,7 @@ class AutoDetector:
         self._consider(agent, pid, list(info.argv), info.sid == pid, info.ppid)
 
 
-def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None):
+def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None, exempt=None):
     """The detector the daemon wants for `monitor` (a kernel_events.EventMonitor):
     stop-at-exec when the lifecycle program runs, /proc polling otherwise; subscribed
     to the monitor's process events. The daemon still calls reconcile() on its tick
@@ -259,9 +263,9 @@ def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=N
     at start, which resumes tasks a previous daemon left stopped."""
     if monitor.lifecycle is not None:
         det = AutoDetector(place, is_tool, cgroups, strategy=strategy or "stop", lifecycle=monitor.lifecycle,
-                           reason=monitor.reason, agent_process=agent_process)
+                           reason=monitor.reason, agent_process=agent_process, exempt=exempt)
         monitor.proc_listeners.append(det.handle)
     else:
         det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason,
-                           agent_process=agent_process)
+                           agent_process=agent_process, exempt=exempt)
     return det

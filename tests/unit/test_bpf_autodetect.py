@@ -57,7 +57,7 @@ def exec_ev(pid, ppid, argv, flags=T.AGENTD_PF_MAIN | T.AGENTD_PF_PARENT_MAIN | 
                      ts_ns=0, flags=flags, sid=pid if sid is None else sid, argv=tuple(argv))
 
 
-def make(strategy="stop", is_tool=lambda argv, leads, pid=None: leads, place_exc=None, procfs=None):
+def make(strategy="stop", is_tool=lambda argv, leads: leads, place_exc=None, procfs=None):
     placed, resumed = [], []
 
     def place(agent, pid, argv):
@@ -103,7 +103,7 @@ def test_agent_own_exec_is_not_a_candidate():
 
 
 def test_policy_error_or_failed_place_never_leaves_task_stopped():
-    def boom(argv, leads, pid=None):
+    def boom(argv, leads):
         raise RuntimeError("policy bug")
     d, placed, resumed = make(is_tool=boom)
     d.handle(exec_ev(22, 10, ["sh"]))

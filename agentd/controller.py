@@ -393,15 +393,17 @@ class Controller:
 
     def reclassify(self, tool, argv, why):
         """Plan `tool` again from `argv`, what the kernel says it runs (not what its client
-        declared): a different class gets that class's limits, priority and place in the
-        OOM order, and one `tool_reclassify` event. Returns the new class, or None when
-        nothing changed."""
+        declared). A declaration may only lower a call's standing, never raise it: where
+        what runs ranks lower (priority) than what was declared, the call gets that class's
+        limits, priority and place in the OOM order, and one `tool_reclassify` event; a
+        call declared humbler than it is keeps its declaration (the replay's stand-in
+        program, say). Returns the new class, or None when nothing changed."""
         agent = self.agents.get(tool.agent_id)
         if agent is None or tool.done:
             return None
         plan = self.planner.plan_tool(agent, argv, None, None)
         old = tool.plan
-        if (plan.tool_class, plan.rule) == (old.tool_class, old.rule):
+        if plan.priority >= old.priority:
             return None
         names.check_name(plan.tool_class, "tool class")
         limits = {k: v for k, v in plan.limits.items() if k in self.RECLASSIFY_LIMITS}

@@ -15,7 +15,7 @@ from agentd.eventlog import EventLog
 from agentd.kernel import cgroupfs as cgf
 from agentd.kernel.fakes import FakeCgroupFS, FakeProc
 from agentd.planner import Planner
-from agentd.policy.loader import load_policy_text
+from agentd.policy.loader import load_policy
 from agentd.state import StateStore
 
 CALLER, CHILD = 4000, 4001
@@ -54,7 +54,7 @@ class Ops(ApiOps):
 
 def _ops(tmp_path, admit=None, caller_cg="/agentd/agents/ag/main"):
     fs = FakeCgroupFS(str(tmp_path / "cg"))
-    policy = load_policy_text("version: 1\n", "t.yaml", host_memory_bytes=1 << 34)
+    policy = load_policy("default", host_memory_bytes=1 << 34)     # its rules: git is interactive
     proc = Proc({CALLER: caller_cg, CHILD: caller_cg})
     ctl = Controller(fs, "agentd", types.SimpleNamespace(sys_resource=False), Planner(policy, 1 << 34),
                      StateStore(str(tmp_path / "st")), EventLog(str(tmp_path / "ev.jsonl")), proc)
@@ -119,3 +119,19 @@ def test_root_outside_every_agent_is_admin(tmp_path):
     ops = _ops(tmp_path, caller_cg="/user.slice")
     assert ops._is_admin(_conn(uid=0))
     assert not ops._is_admin(_conn(uid=1000))
+
+
+def test_what_runs_may_lower_a_declared_class_never_raise_it(tmp_path):
+    ops = _ops(tmp_path)
+    ctl = ops.ctl
+    agent = ctl.agents["ag"]
+    liar = ctl.start_tool(agent, None, ["git", "status"])
+    assert liar.plan.tool_class == "interactive"
+    assert ctl.reclassify(liar, ["/usr/bin/python3", "-c", "pass"], "test") == "normal"
+    assert liar.plan.tool_class == "normal" and liar.plan.priority == 50
+    assert ctl.fs.read(liar.cgroup, cgf.MEMORY_MAX).strip() == liar.plan.limits[cgf.MEMORY_MAX]
+    humble = ctl.start_tool(agent, None, ["python3", "-c", "pass"])
+    assert ctl.reclassify(humble, ["/usr/bin/git", "status"], "test") is None
+    assert humble.plan.tool_class == "normal"
+    ev = [line for line in open(tmp_path / "ev.jsonl") if "tool_reclassify" in line]
+    assert len(ev) == 1 and '"old_class": "interactive"' in ev[0].replace('":"', '": "')

@@ -8,6 +8,11 @@ import pytest
 os.environ["AGENTD_POLICY_DIR"] = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                "policies")
 
+# `agentd run` started through sudo runs the agent as the invoking user: under `sudo pytest`
+# every test agent would lose root. Tests that want that set SUDO_UID themselves.
+for _k in ("SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND"):
+    os.environ.pop(_k, None)
+
 _seq = itertools.count()
 
 

@@ -189,7 +189,7 @@ def with_real_daemon(args, launcher):
             wait_for_socket(sock, daemon)
             res = os.path.join(d, "result.json")
             label = f"real daemon, policy {args.policy or 'default without detection'}"
-            cmd = py + ["run", "--socket", sock, "--", sys.executable, str(Path(__file__).resolve()), "--inner",
+            cmd = py + ["run", "--user", "root", "--socket", sock, "--", sys.executable, str(Path(__file__).resolve()), "--inner",
                         "--launcher", launcher, "--socket", sock, "--runs", str(args.runs), "--json", res,
                         "--label", label]
             import psutil

@@ -115,7 +115,7 @@ def measure_tree(tree, args, work):
             local = os.path.join(d, "agentd-launcher")
             shutil.copy2(launcher, local)
             variants.append(("agentd, launcher on tmpfs", [local, "tool", "--"] + cmd))
-        agent = [launcher, "run", "--name", "percall", "--", sys.executable, str(Path(__file__).resolve()),
+        agent = [launcher, "run", "--user", "root", "--name", "percall", "--", sys.executable, str(Path(__file__).resolve()),
                  "--agent-loop", "--variants", json.dumps(variants), "--daemon-pid", str(daemon.pid),
                  "--calls", str(args.calls), "--result", out]
         rc = subprocess.run(agent, env=env, cwd=tree).returncode

@@ -343,7 +343,8 @@ class Group:
         argv = [self.exe, "agent", sched, result]
         if self.mode == "agentd":
             env["AGENTD_SOCKET"] = self.host.socket
-            argv = [*agentd_front(), "run", "--name", self.agent_name(s), "--class", s.priority, "--", *argv]
+            argv = [*agentd_front(), "run", "--user", "root", "--name", self.agent_name(s), "--class", s.priority, "--",
+                    *argv]
             self.procs[s.name] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, cwd=d,
                                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr"), "w"))
             return

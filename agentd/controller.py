@@ -401,7 +401,7 @@ class Controller:
         agent = self.agents.get(tool.agent_id)
         if agent is None or tool.done:
             return None
-        plan = self.planner.plan_tool(agent, argv, None, None)
+        plan = self.planner_of(agent).plan_tool(agent, argv, None, None)
         old = tool.plan
         if plan.priority >= old.priority:
             return None

@@ -145,13 +145,6 @@ class ProcFS:
             return ProcessGone(f"process {pid} is gone")
         return KernelError(f"reading /proc/{pid}/exe: {err.strerror}")
 
-    def exe(self, pid):
-        """Path of the file the kernel loaded for `pid` (as seen in its mount namespace)."""
-        try:
-            return os.readlink(f"{self.proc}/{pid}/exe")
-        except OSError as err:
-            raise self._exe_err(pid, err) from err
-
     def exe_stat(self, pid):
         """os.stat_result of that file (dev, inode, size, times): its identity."""
         try:

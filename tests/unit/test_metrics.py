@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 
 from agentd.controller import Controller
 from agentd.eventlog import EventLog
-from agentd.kernel.fakes import FakeCgroupFS
+from agentd.kernel.fakes import FakeCgroupFS, FakeProc
 from agentd.kernel.probe import Capabilities
 from agentd.metrics.collector import STATS_KEYS
 from agentd.metrics import build_registry, parse_listen
@@ -20,7 +20,7 @@ from agentd.metrics.tally import MAX_REASONS, EventTally, normalise_reason
 from agentd.planner import Planner
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
-from agentd.errors import PolicyError
+from agentd.errors import PolicyError, ProcessGone
 
 GiB = 2**30
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,6 +50,12 @@ class Proc:
 
     def set_oom_score_adj(self, pid, value):
         self.oom[pid] = value
+
+    def hold(self, pid):
+        return FakeProc(pid)
+
+    def exe_stat(self, pid):
+        raise ProcessGone(f"process {pid} is not in this fake /proc")
 
 
 class Broken:

@@ -15,6 +15,7 @@ the process was alive after the read, the read was of that process. Before actin
 pid, verify immediately before the write.
 """
 
+import errno
 import os
 import select
 import socket
@@ -79,8 +80,12 @@ class Proc:
         connect() and now (a window of microseconds, not the lifetime of the connection)."""
         try:
             fd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-        except OSError:
-            fd = None
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                # The kernel knows the option and says the peer has been reaped: its
+                # SO_PEERCRED pid may already be someone else's. No fallback here.
+                raise ProcessGone("the connecting process has exited") from err
+            fd = None                 # ENOPROTOOPT: a kernel before 6.5
         if fd is not None and fd >= 0:
             peer = _pid_of(fd, proc)
             if peer <= 0:

@@ -543,3 +543,30 @@ def test_peer_identity_from_so_peerpidfd_or_its_fallback(monkeypatch, peerpidfd)
         stop(client)
         srv.close()
         shutil.rmtree(d)
+
+
+def test_peer_that_exited_before_accept_gets_no_identity():
+    """The connecting process exits (reaped) before the daemon accepts: whatever now holds
+    its pid is not taken for the peer."""
+    import socket
+    from agentd.errors import ProcessGone
+    from agentd.kernel.pidfd import Proc
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "s")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen()
+    stranger = None
+    try:
+        client = subprocess.run([sys.executable, "-c", "import socket,sys,os; s=socket.socket(socket.AF_UNIX); "
+                                 "s.connect(sys.argv[1]); print(os.getpid())", path],
+                                capture_output=True, text=True, check=True)
+        stranger = spawn_with_pid(int(client.stdout), ["sleep", "60"])
+        conn, _ = srv.accept()
+        with pytest.raises(ProcessGone):
+            Proc.of_peer(conn, int(client.stdout))
+        conn.close()
+    finally:
+        stop(stranger)
+        srv.close()
+        shutil.rmtree(d)

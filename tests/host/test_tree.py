@@ -219,7 +219,10 @@ def test_successive_standalone_runs_share_the_forecast_history(cgfs, tmp_path):
     from tests.host.test_metrics_series import free_port
     policy = standalone_policy(tmp_path)
     env = dict(os.environ, AGENTD_SOCKET=str(tmp_path / "nothing.sock"))
-    hog = "x = bytearray(300 << 20); [x.__setitem__(i, 1) for i in range(0, len(x), 4096)]"
+    # The peak recorded is the kernel's (memory.peak), or where this host lacks the memory
+    # controller the daemon's own samples (every 0.5 s): the hog holds its pages past two.
+    hog = ("import time; x = bytearray(300 << 20); [x.__setitem__(i, 1) for i in range(0, len(x), 4096)]; "
+           "time.sleep(1.5)")
     # Declared interactive (no rule of the default policy matches): a 256 MiB class prior,
     # which the call's ~310 MiB peak exceeds.
     script = ('"$@" tool --class interactive -- python3 -c "$HOG" && '

@@ -16,6 +16,8 @@ import time
 FD_RESERVE = 256
 # However large the limit, more connections than this are not served at once.
 MAX_CONNECTIONS = 16384
+# Each connection holds its socket and the peer's pidfd (api/server.py: identity).
+FDS_PER_CONNECTION = 2
 # accept() failures (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for this long,
 # doubling while they go on: a full descriptor table is not a reason to spin.
 ACCEPT_BACKOFF_MIN_S = 0.05
@@ -38,12 +40,13 @@ def raise_fd_limit():
 
 
 def connection_budget():
-    """Connections the server may hold now: the descriptor limit less the reserve. Read
-    each time (one syscall): the limit can change under a running daemon (prlimit)."""
+    """Connections the server may hold now: the descriptor limit less the reserve, over the
+    descriptors each connection holds. Read each time (one syscall): the limit can change
+    under a running daemon (prlimit)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+    return max(1, min(MAX_CONNECTIONS, (soft - FD_RESERVE) // FDS_PER_CONNECTION))
 
 
 class ConnectionCounts:

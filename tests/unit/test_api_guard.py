@@ -22,10 +22,15 @@ def test_connection_counts_per_uid_and_root():
     assert c.total == 13
 
 
-def test_connection_budget_keeps_a_reserve():
+def test_connection_budget_keeps_a_reserve_and_counts_each_connections_fds():
     import resource
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert guard.connection_budget() <= max(1, soft - guard.FD_RESERVE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        # A socket and a peer pidfd per connection: (1024 - 256) / 2.
+        assert guard.connection_budget() == (1024 - guard.FD_RESERVE) // guard.FDS_PER_CONNECTION == 384
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_rate_limited_log_says_what_it_held_back(caplog):

@@ -72,8 +72,11 @@ class DetectionHook:
         self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
         self.monitor.proc_listeners.append(self._on_proc)
         self._task = None
+        self._beat_task = None
+        self.watchdog = None          # the exec watchdog process (kernel/exec_watchdog.py)
         self.stats = {"placed": 0, "housekeeping": 0}
         app.monitor = self.monitor    # other stages (enforcement) may subscribe to memory events
+        self._beat()                  # before re-adoption registers agents for stop-at-exec
 
     # --- policy ------------------------------------------------------------------
     @property
@@ -216,11 +219,58 @@ class DetectionHook:
         self._tools_by_pid.pop(tool.pid, None)
         self._tools_by_cgid.pop(tool.cgroup_id, None)
 
+    # --- dead-man switch (see bpf/lifecycle.bpf.c) ---------------------------------
+    def _beat(self):
+        lc = self.monitor.lifecycle
+        if lc is not None:
+            lc.beat(self.policy.stop_timeout_s)
+
+    async def _heartbeat(self):
+        """Beats from the event loop itself: a stopped or wedged loop stops the beat, and
+        the program then stops no more execs. The bound follows policy reloads."""
+        while True:
+            try:
+                self._beat()
+            except Exception:
+                log.exception("writing the detection heartbeat failed")
+            await asyncio.sleep(min(0.2, self.policy.stop_timeout_s / 4))
+
+    def _start_watchdog(self):
+        from .kernel import exec_watchdog
+        try:
+            self.watchdog = exec_watchdog.spawn(self.monitor.lifecycle.watchdog_fds())
+        except (OSError, AgentdError) as err:
+            # Without it a task stopped just before a daemon hang waits for the daemon.
+            log.warning("exec watchdog not started (tasks stopped at exec depend on the daemon alone): %s", err)
+
+    def _stop_watchdog(self):
+        if self.watchdog is not None:
+            self.watchdog.terminate()
+            try:
+                self.watchdog.wait(5)
+            except Exception:
+                self.watchdog.kill()
+            self.watchdog = None
+
+    def _release_held(self):
+        """Resume every task still held stopped: nobody places them once we are gone."""
+        from .kernel.bpf_userspace import resume
+        lc = self.monitor.lifecycle
+        try:
+            for pid in lc.held():
+                resume(pid)
+                lc.release(pid)
+        except AgentdError as err:
+            log.warning("resuming tasks stopped at exec on shutdown: %s", err)
+
     async def start(self):
         loop = asyncio.get_running_loop()
         fd = self.monitor.fileno()
         if fd is not None:
             loop.add_reader(fd, self._drain)
+        if self.monitor.lifecycle is not None:
+            self._start_watchdog()
+            self._beat_task = asyncio.create_task(self._heartbeat())
         # Resume anything a previous daemon left stopped, then keep a safety net running.
         self.detector.reconcile()
         self._task = asyncio.create_task(self._tick(0.1 if fd is None else 1.0))
@@ -247,9 +297,15 @@ class DetectionHook:
     async def stop(self):
         if self._task:
             self._task.cancel()
+        if self._beat_task:
+            self._beat_task.cancel()
         fd = self.monitor.fileno()
         if fd is not None:
             asyncio.get_running_loop().remove_reader(fd)
+        if self.monitor.lifecycle is not None:
+            self._drain()
+            self._stop_watchdog()
+            self._release_held()
         self.monitor.close()
 
     def metric_stats(self):

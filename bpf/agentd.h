@@ -36,6 +36,7 @@ enum agentd_event_type {
 #define AGENTD_PF_STOPPED 0x1	/* the program sent SIGSTOP; user space must SIGCONT */
 #define AGENTD_PF_MAIN 0x2	/* the task was in a MAIN cgroup when the event fired */
 #define AGENTD_PF_PARENT_MAIN 0x4	/* its parent is in the same cgroup (exec only) */
+#define AGENTD_PF_STOP_SKIPPED 0x8	/* would have been stopped, but the daemon's heartbeat is stale */
 
 /* Lifecycle event (fork, exec, exit): one fixed-size record.
  * fork: pid = the new process, ppid = the forking process.
@@ -102,6 +103,9 @@ enum agentd_stat {
 	AGENTD_STAT_LOST = 0,		/* ring buffer full: an event was dropped */
 	AGENTD_STAT_STOPPED,		/* tasks stopped at exec for placement */
 	AGENTD_STAT_MEM_EVENTS,		/* memory-watch events emitted */
+	AGENTD_STAT_STOP_SKIPPED,	/* execs not stopped: the daemon's heartbeat was stale */
+	AGENTD_STAT_HELD_FULL,		/* execs not stopped: the `held` map was full */
+	AGENTD_STAT_RELEASED,		/* stopped tasks the exec watchdog resumed (the daemon did not) */
 	AGENTD_STAT_NR,
 };
 
@@ -113,6 +117,26 @@ struct agentd_lifecycle_config {
 	 * cost an inter-processor interrupt, which is expensive in a VM. */
 	__u32 batch_bytes;
 };
+
+/* heartbeat array map (one entry, key 0), written by the daemon's event loop.
+ * A task is stopped at exec only while now - beat_ns <= max_age_ns: a daemon that is
+ * stopped or hung must never leave an agent's tool calls stopped. max_age_ns 0 turns the
+ * check off (programs loaded without a daemon, e.g. benchmarks). */
+struct agentd_heartbeat {
+	__u64 beat_ns;		/* CLOCK_MONOTONIC (bpf_ktime_get_ns, time.monotonic_ns) */
+	__u64 max_age_ns;	/* detection.stop_timeout_s */
+};
+
+/* held hash map: pid -> a task stopped at exec that user space has not resumed yet.
+ * The program adds the entry before it stops the task; the daemon deletes it after
+ * SIGCONT; the exec watchdog (agentd/kernel/exec_watchdog.py) resumes and deletes
+ * entries older than max_age_ns, so a daemon that hangs right after a stop releases
+ * its tasks anyway. start_boottime_ns tells a reused pid apart. */
+struct agentd_held {
+	__u64 stop_ns;			/* bpf_ktime_get_ns() at the stop */
+	__u64 start_boottime_ns;	/* task->start_boottime: /proc/PID/stat starttime */
+};
+#define AGENTD_HELD_MAX 4096
 
 struct agentd_memwatch_config {
 	__u64 window_ns;	/* growth-rate window */

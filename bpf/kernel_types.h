@@ -81,6 +81,7 @@ struct task_struct {
 	struct mm_struct *mm;
 	struct signal_struct *signal;
 	struct css_set *cgroups;
+	__u64 start_boottime;	/* ns since boot: /proc/PID/stat starttime in clock ticks */
 };
 
 struct linux_binprm {

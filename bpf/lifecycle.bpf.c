@@ -15,6 +15,12 @@
  * cannot run, it cannot fork before it is moved: every descendant starts in the right
  * cgroup. If the event cannot be reported (ring buffer full) the task is not stopped.
  *
+ * Dead-man switch: a hung daemon must never hang an agent. The daemon's event loop
+ * writes `heartbeat` every ~200 ms; when the beat is older than its max_age_ns the
+ * program does not stop the task (AGENTD_PF_STOP_SKIPPED: the daemon places it late,
+ * best effort, if it comes back). Every stopped task is recorded in `held` first, so the
+ * exec watchdog (a separate process) resumes it if the daemon stalls right after.
+ *
  * Two attach flavours share the logic: tp_btf (typed args, 5.5+) and classic
  * tracepoints (needs tracefs); the loader enables one of them.
  */
@@ -48,6 +54,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct agentd_heartbeat);
+} heartbeat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AGENTD_HELD_MAX);
+	__type(key, __u32);
+	__type(value, struct agentd_held);
+} held SEC(".maps");
 
 static __always_inline void count(__u32 id)
 {
@@ -98,6 +118,44 @@ static __always_inline __u64 find_watched(__u64 cgid, __u32 *flags)
 	}
 	*flags = 0;
 	return 0;
+}
+
+/* Is the daemon's event loop alive (a recent heartbeat)? No bound set: yes. */
+static __always_inline int daemon_alive(void)
+{
+	__u32 key = 0;
+	struct agentd_heartbeat *hb = bpf_map_lookup_elem(&heartbeat, &key);
+
+	if (!hb)
+		return 0;
+	__u64 max_age = hb->max_age_ns;
+
+	if (!max_age)
+		return 1;
+	__u64 beat = hb->beat_ns;
+	__u64 now = bpf_ktime_get_ns();
+
+	return now <= beat || now - beat <= max_age;
+}
+
+/* Stop the current task for placement; 1 if it was. It is recorded in `held` before
+ * the signal so that the watchdog can always release it; no record, no stop. */
+static __always_inline int stop_for_placement(struct task_struct *t, __u32 pid)
+{
+	struct agentd_held h = {
+		.stop_ns = bpf_ktime_get_ns(),
+		.start_boottime_ns = BPF_CORE_READ(t, start_boottime),
+	};
+
+	if (bpf_map_update_elem(&held, &pid, &h, BPF_ANY)) {
+		count(AGENTD_STAT_HELD_FULL);
+		return 0;
+	}
+	if (bpf_send_signal(SIGSTOP)) {
+		bpf_map_delete_elem(&held, &pid);
+		return 0;
+	}
+	return 1;
 }
 
 static __always_inline struct agentd_proc_event *
@@ -181,7 +239,12 @@ static __always_inline int handle_exec(struct task_struct *t, const char *filena
 		e->flags |= AGENTD_PF_MAIN;
 		if (task_cgroup_id(BPF_CORE_READ(t, real_parent)) == cgid) {
 			e->flags |= AGENTD_PF_PARENT_MAIN;
-			if ((flags & AGENTD_WATCH_STOP_EXEC) && bpf_send_signal(SIGSTOP) == 0) {
+			if (!(flags & AGENTD_WATCH_STOP_EXEC)) {
+				/* sweep strategy: report only */
+			} else if (!daemon_alive()) {
+				e->flags |= AGENTD_PF_STOP_SKIPPED;
+				count(AGENTD_STAT_STOP_SKIPPED);
+			} else if (stop_for_placement(t, e->pid)) {
 				e->flags |= AGENTD_PF_STOPPED;
 				count(AGENTD_STAT_STOPPED);
 			}
@@ -207,6 +270,12 @@ static __always_inline int handle_exit(struct task_struct *t)
 	if (!e)
 		return 0;
 	e->exit_code = BPF_CORE_READ(t, exit_code);
+	if (flags & AGENTD_WATCH_MAIN) {
+		/* A task killed while stopped leaves no `held` entry behind. */
+		__u32 pid = e->pid;
+
+		bpf_map_delete_elem(&held, &pid);
+	}
 	if (flags & AGENTD_WATCH_MAIN)
 		e->flags |= AGENTD_PF_MAIN;
 	submit(e);

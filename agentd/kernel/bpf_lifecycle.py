@@ -5,6 +5,7 @@ classic `tracepoint` (needs tracefs mounted). "auto" tries tp_btf and falls back
 """
 
 import ctypes
+import time
 
 from ..errors import BpfError
 from . import bpf_types as T
@@ -43,6 +44,35 @@ class Lifecycle(LoadedProgram):
         if errors:
             self.fallback_reason = errors[0]
         self._watched = self._obj.map("watched_cgroups")
+        self._heartbeat = self._obj.map("heartbeat")
+        self._held = self._obj.map("held")
+        self.max_age_ns = 0
+
+    # --- dead-man switch --------------------------------------------------
+    def beat(self, max_age_s=None):
+        """Tell the program the daemon is alive (now). `max_age_s`: stop tasks at exec only
+        while the last beat is at most this old (None keeps the current bound; 0: always)."""
+        if max_age_s is not None:
+            self.max_age_ns = int(max_age_s * 1e9)
+        hb = T.agentd_heartbeat(beat_ns=time.monotonic_ns(), max_age_ns=self.max_age_ns)
+        self._heartbeat.update(ctypes.c_uint32(0), hb)
+
+    def release(self, pid):
+        """Forget `pid` in `held` once user space has resumed it (False if absent)."""
+        return self._held.delete(ctypes.c_uint32(pid))
+
+    def held(self):
+        """{pid: agentd_held} of tasks stopped at exec and not released yet."""
+        out = {}
+        for k in self._held.keys(ctypes.c_uint32):
+            v = T.agentd_held()
+            if self._held.lookup(k, v):
+                out[k.value] = v
+        return out
+
+    def watchdog_fds(self):
+        """The map descriptors the exec watchdog needs (kernel.exec_watchdog)."""
+        return {"held": self._held.fd, "heartbeat": self._heartbeat.fd, "stats": self._obj.map("stats").fd}
 
     def _open(self, flavour, report_all, batch_bytes):
         obj = libbpf.Object(self.path)

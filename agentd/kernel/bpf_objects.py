@@ -46,7 +46,8 @@ def read_stats(obj):
     """The `stats` array map of a loaded object as {name: count}."""
     m = obj.map("stats")
     names = {T.AGENTD_STAT_LOST: "lost", T.AGENTD_STAT_STOPPED: "stopped",
-             T.AGENTD_STAT_MEM_EVENTS: "mem_events"}
+             T.AGENTD_STAT_MEM_EVENTS: "mem_events", T.AGENTD_STAT_STOP_SKIPPED: "stop_skipped",
+             T.AGENTD_STAT_HELD_FULL: "held_full", T.AGENTD_STAT_RELEASED: "released"}
     out = {}
     for i, name in names.items():
         v = ctypes.c_uint64()

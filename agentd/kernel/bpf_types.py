@@ -27,6 +27,8 @@ AGENTD_WATCH_STOP_EXEC = 0x4
 AGENTD_PF_STOPPED = 0x1
 AGENTD_PF_MAIN = 0x2
 AGENTD_PF_PARENT_MAIN = 0x4
+AGENTD_PF_STOP_SKIPPED = 0x8
+AGENTD_HELD_MAX = 4096
 
 AGENTD_MEM_OVER_THRESHOLD = 0x1
 AGENTD_MEM_OVER_RATE = 0x2
@@ -35,7 +37,10 @@ AGENTD_MEM_OVER_RATE = 0x2
 AGENTD_STAT_LOST = 0
 AGENTD_STAT_STOPPED = 1
 AGENTD_STAT_MEM_EVENTS = 2
-AGENTD_STAT_NR = 3
+AGENTD_STAT_STOP_SKIPPED = 3
+AGENTD_STAT_HELD_FULL = 4
+AGENTD_STAT_RELEASED = 5
+AGENTD_STAT_NR = 6
 
 
 class agentd_proc_event(C.Structure):
@@ -104,6 +109,20 @@ class agentd_lifecycle_config(C.Structure):
     ]
 
 
+class agentd_heartbeat(C.Structure):
+    _fields_ = [
+        ("beat_ns", C.c_uint64),
+        ("max_age_ns", C.c_uint64),
+    ]
+
+
+class agentd_held(C.Structure):
+    _fields_ = [
+        ("stop_ns", C.c_uint64),
+        ("start_boottime_ns", C.c_uint64),
+    ]
+
+
 class agentd_memwatch_config(C.Structure):
     _fields_ = [
         ("window_ns", C.c_uint64),
@@ -120,4 +139,4 @@ class agentd_devguard_config(C.Structure):
 
 
 STRUCTS = (agentd_proc_event, agentd_mem_event, agentd_mem_limit, agentd_mem_state, agentd_mm_state,
-           agentd_lifecycle_config, agentd_memwatch_config, agentd_devguard_config)
+           agentd_lifecycle_config, agentd_heartbeat, agentd_held, agentd_memwatch_config, agentd_devguard_config)

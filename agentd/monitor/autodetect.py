@@ -152,15 +152,25 @@ class AutoDetector:
             if not ev.parent_in_main:               # the agent's own process (re)executing
                 agent.known[ev.pid] = (None, ev.argv)
                 return
-            self._consider(agent, ev.pid, list(ev.argv), ev.leads_session, ev.ppid)
+            # Not stopped (the heartbeat was stale when it exec'd): it ran meanwhile, so its
+            # descendants are swept after it is placed, as without stop-at-exec.
+            self._consider(agent, ev.pid, list(ev.argv), ev.leads_session, ev.ppid, held=ev.stopped)
         finally:
             if ev.stopped:
-                self.resume(ev.pid)
+                self._resume(ev.pid)
                 hold = time.monotonic_ns() - ev.ts_ns
                 self.stats.hold_ns.append(hold)
                 del self.stats.hold_ns[:-1000]
 
-    def _consider(self, agent, pid, argv, leads_session, ppid=None):
+    def _resume(self, pid):
+        self.resume(pid)
+        if self.lifecycle is not None:
+            try:
+                self.lifecycle.release(pid)     # the exec watchdog need not resume it
+            except AgentdError as err:
+                log.debug("held %d: %s", pid, err)
+
+    def _consider(self, agent, pid, argv, leads_session, ppid=None, held=None):
         try:
             tool = not (self.exempt and self.exempt(pid)) \
                 and (self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
@@ -183,7 +193,7 @@ class AutoDetector:
         self.stats.placed += 1
         agent.known.pop(pid, None)
         self._tool_of[pid] = pid
-        if self.strategy != "stop":
+        if self.strategy != "stop" or held is False:
             for child in self.procfs.descendants(pid):
                 self._tool_of[child] = pid
                 self._adopt(pid, child, only_from=agent.main)
@@ -239,7 +249,7 @@ class AutoDetector:
             try:
                 self._consider(agent, pid, list(info.argv), info.sid == pid, info.ppid)
             finally:
-                self.resume(pid)
+                self._resume(pid)
             return
         if known is not None and known[1] == info.argv:
             return

@@ -48,6 +48,12 @@ class ProcEvent:
         return bool(self.flags & T.AGENTD_PF_MAIN)
 
     @property
+    def stop_skipped(self):
+        """The program would have stopped this task but the daemon's heartbeat was stale:
+        it ran on unplaced, and may have forked already."""
+        return bool(self.flags & T.AGENTD_PF_STOP_SKIPPED)
+
+    @property
     def parent_in_main(self):
         return bool(self.flags & T.AGENTD_PF_PARENT_MAIN)
 

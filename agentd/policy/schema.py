@@ -232,6 +232,10 @@ class Detection(_Model):
     enabled: bool = True
     new_session_only: bool = False     # count only children that lead a new session (setsid)
     startup_grace_s: Seconds = 0.0     # children in the agent's first seconds are housekeeping
+    # Dead-man switch of stop-at-exec: a tool call is stopped at exec only while the
+    # daemon's heartbeat is younger than this, and one stopped longer than this is resumed
+    # by the exec watchdog even if the daemon is hung. A hung daemon never hangs an agent.
+    stop_timeout_s: ranged_float(0.25, 60, "detection.stop_timeout_s") = 1.0
     # The agent's own programs: only children of a main-cgroup process whose executable or
     # argv[0] has one of these basenames are tool calls; children of the agent's other
     # processes (a language server, an npm helper) stay in main. [] = any main process.

@@ -167,3 +167,126 @@ def test_classic_tracepoint_flavour_delivers_the_same_events(cgfs, test_root):
     finally:
         if mounted:
             subprocess.run(["umount", "/sys/kernel/tracing"], check=True)
+
+
+# --- dead-man switch: a stalled daemon never leaves a tool call stopped ---------------
+
+def _stop_watched(cgfs, main):
+    lc = Lifecycle()
+    lc.watch(cgfs.cgroup_id(main), T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN | T.AGENTD_WATCH_STOP_EXEC)
+    return lc
+
+
+def _resume_leftovers(evs):
+    for e in evs:
+        if e.stopped:
+            try:
+                os.kill(e.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+def test_stale_heartbeat_lets_the_exec_run_and_flags_it(cgfs, test_root):
+    main = f"{test_root}/main"
+    cgfs.makedirs(main)
+    lc = _stop_watched(cgfs, main)
+    col = Collector(lc)
+    evs = []
+    try:
+        lc.beat(0.25)
+        time.sleep(0.5)                  # no beat since: the daemon counts as hung
+        agent = spawn_in(cgfs, main, ["sh", "-c", "sh -c 'exit 7'; echo $? > /dev/null"])
+        try:
+            assert agent.wait(10) == 0, "nobody resumes: the child must not have been stopped"
+        finally:
+            evs = col.drain(until=lambda evs: any(e.kind == ProcKind.EXEC and e.ppid == agent.pid for e in evs))
+        child = [e for e in evs if e.kind == ProcKind.EXEC and e.ppid == agent.pid]
+        assert len(child) == 1 and child[0].stop_skipped and not child[0].stopped
+        st = lc.stats()
+        assert st["stop_skipped"] == 1 and st["stopped"] == 0
+        assert lc.held() == {}
+
+        # A fresh beat: stops again, and records the task in `held` until it exits.
+        lc.beat(60)
+        agent = spawn_in(cgfs, main, ["sh", "-c", "sh -c 'exit 7'; echo $? > /dev/null"])
+        evs = col.drain(until=lambda evs: any(e.stopped for e in evs))
+        ev = next(e for e in evs if e.stopped)
+        held = lc.held()
+        assert list(held) == [ev.pid]
+        with open(f"/proc/{ev.pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        assert held[ev.pid].start_boottime_ns // (10**9 // os.sysconf("SC_CLK_TCK")) == ticks
+        os.kill(ev.pid, signal.SIGCONT)
+        assert agent.wait(10) == 0
+        deadline = time.monotonic() + 10
+        while lc.held() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lc.held() == {}, "the exit of a held task must remove its entry"
+    finally:
+        _resume_leftovers(evs)
+        col.close()
+        lc.close()
+
+
+def test_exec_watchdog_resumes_a_task_nobody_resumed(cgfs, test_root):
+    """The daemon stops beating right after a stop (it hung): the watchdog, a separate
+    process, resumes the task once it has been held longer than the bound."""
+    import threading
+    from agentd.kernel import exec_watchdog
+
+    main = f"{test_root}/main"
+    cgfs.makedirs(main)
+    lc = _stop_watched(cgfs, main)
+    col = Collector(lc)
+    hung = threading.Event()
+    evs = []
+
+    def beat():                          # the daemon's event loop, until it "hangs"
+        while not hung.is_set():
+            lc.beat(1.0)
+            time.sleep(0.1)
+    beater = threading.Thread(target=beat)
+    beater.start()
+    dog = None
+    try:
+        dog = exec_watchdog.spawn(lc.watchdog_fds())
+        agent = spawn_in(cgfs, main, ["sh", "-c", "sh -c 'exit 7'; echo $? > /dev/null"])
+        evs = col.drain(until=lambda evs: any(e.stopped for e in evs), timeout=30)
+        hung.set()
+        assert any(e.stopped for e in evs), "the exec was not stopped"
+        assert agent.wait(30) == 0, "the watchdog did not resume the held task"
+        assert lc.held() == {}
+        assert lc.stats()["released"] == 1
+        assert dog.poll() is None
+    finally:
+        hung.set()
+        beater.join()
+        if dog is not None:
+            dog.terminate()
+            dog.wait(10)
+        _resume_leftovers(evs)
+        col.close()
+        lc.close()
+
+
+def test_exec_watchdog_never_signals_a_reused_pid():
+    from agentd.kernel import exec_watchdog
+
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        os.kill(p.pid, signal.SIGSTOP)
+        ticks = exec_watchdog.start_ticks(p.pid)
+        tick_ns = 10**9 // os.sysconf("SC_CLK_TCK")
+        other = T.agentd_held(stop_ns=0, start_boottime_ns=(ticks + 1) * tick_ns)
+        assert exec_watchdog.resume_held(p.pid, other) is False
+        time.sleep(0.1)
+        assert _state(p.pid) == "T"
+        same = T.agentd_held(stop_ns=0, start_boottime_ns=ticks * tick_ns + 1)
+        assert exec_watchdog.resume_held(p.pid, same) is True
+        deadline = time.monotonic() + 10
+        while _state(p.pid) == "T" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _state(p.pid) != "T"
+    finally:
+        p.kill()
+        p.wait()

@@ -263,6 +263,25 @@ class DetectionHook:
         except AgentdError as err:
             log.warning("resuming tasks stopped at exec on shutdown: %s", err)
 
+    def _resume_left_stopped(self):
+        """Detection is off now, but a previous daemon (with it on) may have left children
+        of agent processes stopped at exec, and its exec watchdog died with it: resume them
+        unplaced (the same test the detector's reconcile() applies)."""
+        from .kernel.bpf_userspace import resume
+        for agent in list(self.app.ctl.agents.values()):
+            try:
+                pids = set(self.app.fs.procs(agent.main_cgroup))
+            except AgentdError:
+                continue
+            for pid in pids:
+                try:
+                    info = self.app.procfs.info(pid)
+                except AgentdError:
+                    continue
+                if info.state == "T" and info.ppid in pids:
+                    log.info("resuming %d, left stopped at exec in %s's main cgroup", pid, agent.agent_id)
+                    resume(pid)
+
     async def start(self):
         loop = asyncio.get_running_loop()
         fd = self.monitor.fileno()
@@ -271,8 +290,12 @@ class DetectionHook:
         if self.monitor.lifecycle is not None:
             self._start_watchdog()
             self._beat_task = asyncio.create_task(self._heartbeat())
-        # Resume anything a previous daemon left stopped, then keep a safety net running.
-        self.detector.reconcile()
+        # Resume anything a previous daemon left stopped (placing it when detection is on),
+        # then keep a safety net running.
+        if self.policy.enabled:
+            self.detector.reconcile()
+        else:
+            self._resume_left_stopped()
         self._task = asyncio.create_task(self._tick(0.1 if fd is None else 1.0))
 
     def before_sweep(self):

@@ -105,3 +105,76 @@ def test_stopped_daemon_does_not_hang_the_agents_tool_calls(tmp_path, test_root)
             agent.kill()
             agent.wait()
         d.cleanup()
+
+
+def _children(pid):
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_restarted_daemon_places_and_resumes_a_call_left_stopped(tmp_path, test_root, cgfs):
+    """Worst case: daemon and exec watchdog both die (kill -9) while a call is held
+    stopped at exec. The next daemon finds it stopped in the agent's main cgroup, places
+    it in its own tool-call cgroup and resumes it."""
+    d = DaemonProc(str(tmp_path), test_root, policy=_policy(tmp_path))
+    d.start()
+    log, fifo, halt = tmp_path / "cg.log", tmp_path / "fifo", tmp_path / "halt"
+    os.mkfifo(fifo)
+    agent = subprocess.Popen(agentd_cmd() + ["run", "--name", "rs", "--", "bash", "-c", AGENT, "agent",
+                                             str(log), str(fifo), str(halt)],
+                             env=d.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    main_cg = f"{test_root}/agents/rs/main"
+    tools = f"0::/{test_root}/agents/rs/tools/"
+    held = None
+    try:
+        _wait_for(lambda: sum(l.startswith(tools) for l in _lines(log)) >= 3, 60, "no call was placed")
+        [dog] = [p for p in _children(d.proc.pid) if "agentd.kernel.exec_watchdog" in _cmdline(p)]
+        os.kill(dog, signal.SIGKILL)
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        n0 = len(_lines(log))
+
+        def find_held():
+            nonlocal held
+            procs = set(cgfs.procs(main_cg))
+            for pid in procs:
+                if _state(pid) == "T":
+                    held = pid
+            return held is not None
+        _wait_for(find_held, 30, "no call was held stopped after the daemon's stop")
+        d.kill9()
+        time.sleep(0.5)
+        assert _state(held) == "T", "nothing but the next daemon can resume it"
+        assert len(_lines(log)) == n0
+
+        d.start()
+        _wait_for(lambda: len(_lines(log)) >= n0 + 3, 60, "the call left stopped was never resumed")
+        assert _lines(log)[n0].startswith(tools), "the call left stopped ran unplaced"
+    finally:
+        if held is not None and _state(held) == "T":
+            os.kill(held, signal.SIGCONT)
+        halt.write_text("")
+        try:
+            agent.wait(30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+        d.cleanup()

@@ -197,26 +197,28 @@ def test_attack_3_fd_flood_from_user_in_no_agent(daemon, tmp_path):
     assert size < 1_000_000, f"daemon log grew to {size} bytes under the flood"
 
 
-@pytest.fixture
-def daemon_without_detection(tmp_path, test_root):
-    """A daemon whose policy turns automatic detection off: with it on, the BPF program
-    stops each exec in an agent until the daemon places it, so a stopped daemon would
-    hold the launcher's own exec before the launcher could time out."""
+@pytest.fixture(params=["detection-off", "detection-on"])
+def daemon_to_hang(request, tmp_path, test_root):
+    """A daemon with automatic detection off, and one with it on: then the BPF program
+    stops each exec in an agent until the daemon places it, so a stopped daemon must not
+    hold the launcher's own exec (the heartbeat and the exec watchdog see to that)."""
     with open(os.path.join(REPO, "policies", "default.yaml")) as f:
         text = f.read()
     assert "detection:\n  enabled: true\n" in text
-    policy = tmp_path / "no-detection.yaml"
-    policy.write_text(text.replace("detection:\n  enabled: true\n", "detection:\n  enabled: false\n"))
+    if request.param == "detection-off":
+        text = text.replace("detection:\n  enabled: true\n", "detection:\n  enabled: false\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
     d = DaemonProc(str(tmp_path), test_root, policy=str(policy))
     d.start()
     yield d
     d.cleanup()
 
 
-def test_attack_3_launcher_runs_command_when_daemon_hangs(daemon_without_detection, tmp_path):
+def test_attack_3_launcher_runs_command_when_daemon_hangs(daemon_to_hang, tmp_path):
     """The daemon accepts but never answers (stopped): `agentd tool` says so in one line
     and runs the command without a tool-call cgroup instead of hanging the agent."""
-    daemon = daemon_without_detection
+    daemon = daemon_to_hang
     gate = Gate(tmp_path / "gate")
     out, err = tmp_path / "out", tmp_path / "err"
     started = tmp_path / "started"

@@ -121,10 +121,10 @@ def run(maps, daemon_pidfd):
             return
 
 
-def spawn(fds):
-    """Start the watchdog for the calling (daemon) process; `fds` is
+def spawn(fds, daemon_pid=None):
+    """Start the watchdog for the daemon (default: the calling process); `fds` is
     Lifecycle.watchdog_fds(). Returns the Popen."""
-    me = os.pidfd_open(os.getpid())
+    me = os.pidfd_open(daemon_pid or os.getpid())
     try:
         args = [sys.executable, "-m", __name__, "--daemon-pidfd", str(me)]
         for name, fd in fds.items():

@@ -290,3 +290,38 @@ def test_exec_watchdog_never_signals_a_reused_pid():
     finally:
         p.kill()
         p.wait()
+
+
+def test_exec_watchdog_resumes_everything_held_when_the_daemon_exits(cgfs, test_root):
+    """A held task younger than the bound is left alone while the daemon lives; when the
+    daemon exits (here a stand-in process, killed), the watchdog resumes it and exits."""
+    from agentd.kernel import exec_watchdog
+
+    main = f"{test_root}/main"
+    cgfs.makedirs(main)
+    lc = _stop_watched(cgfs, main)
+    col = Collector(lc)
+    fake_daemon = subprocess.Popen(["sleep", "300"])
+    evs, dog = [], None
+    try:
+        lc.beat(60)
+        dog = exec_watchdog.spawn(lc.watchdog_fds(), daemon_pid=fake_daemon.pid)
+        agent = spawn_in(cgfs, main, ["sh", "-c", "sh -c 'exit 7'; echo $? > /dev/null"])
+        evs = col.drain(until=lambda evs: any(e.stopped for e in evs), timeout=30)
+        ev = next(e for e in evs if e.stopped)
+        time.sleep(1.0)
+        assert _state(ev.pid) == "T" and agent.poll() is None, "held for less than the bound: not resumed"
+        fake_daemon.kill()
+        fake_daemon.wait()
+        assert agent.wait(30) == 0
+        assert dog.wait(30) == 0
+        assert lc.held() == {} and lc.stats()["released"] == 1
+    finally:
+        fake_daemon.kill()
+        fake_daemon.wait()
+        if dog is not None and dog.poll() is None:
+            dog.kill()
+            dog.wait()
+        _resume_leftovers(evs)
+        col.close()
+        lc.close()

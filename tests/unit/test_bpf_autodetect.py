@@ -50,6 +50,12 @@ class FakeLifecycle:
     def unwatch(self, cid):
         self.watched.pop(cid, None)
 
+    released = None
+
+    def release(self, pid):
+        self.released = (self.released or []) + [pid]
+        return True
+
 
 def exec_ev(pid, ppid, argv, flags=T.AGENTD_PF_MAIN | T.AGENTD_PF_PARENT_MAIN | T.AGENTD_PF_STOPPED,
             cgroup_id=MAIN_ID, sid=None):
@@ -193,3 +199,27 @@ def test_only_children_of_the_agents_own_programs_are_tool_calls():
     assert placed == [("a", 11, ("bash", "-c", "make"))]
     assert resumed == [11, 21] and asked == [10, 20]
     assert d.stats.placed == 1 and d.stats.housekeeping == 1
+
+
+def test_resumed_task_leaves_the_held_map():
+    """After SIGCONT the detector tells the program's `held` map, so the exec watchdog
+    never signals that pid again."""
+    d, placed, resumed = make()
+    d.handle(exec_ev(20, 10, ["sh", "-c", "ls"]))
+    assert resumed == [20] and d.lifecycle.released == [20]
+
+
+def test_call_not_stopped_for_a_stale_heartbeat_is_placed_with_its_descendants(monkeypatch):
+    """The program skipped the stop (the daemon was hung): the call ran meanwhile, so
+    once placed, whatever it forked is moved after it; nothing is resumed."""
+    import agentd.monitor.autodetect as ad
+    monkeypatch.setattr(ad, "own_cgroup", lambda pid: "/a/tools/t20" if pid == 20 else "/a/main")
+    d, placed, resumed = make(procfs=FakeProcFS(kids={20: [30, 31]}))
+    d.handle(exec_ev(20, 10, ["sh", "-c", "make"],
+                     flags=T.AGENTD_PF_MAIN | T.AGENTD_PF_PARENT_MAIN | T.AGENTD_PF_STOP_SKIPPED))
+    assert placed == [("a", 20, ("sh", "-c", "make"))]
+    assert d.cgroups.moves == [("a/tools/t20", 30), ("a/tools/t20", 31)]
+    assert resumed == [] and d.lifecycle.released is None
+    # A stopped call is not swept: nothing it runs could have forked.
+    d.handle(exec_ev(40, 10, ["sh", "-c", "ls"]))
+    assert len(d.cgroups.moves) == 2 and resumed == [40]

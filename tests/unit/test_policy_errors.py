@@ -254,6 +254,10 @@ CASES = [
           normal:
             gpu: {memory_budget: lots}
         """, 5, "agent_classes.normal.gpu.memory_budget", "bad size 'lots'"),
+    ("stop-timeout", """
+        version: 1
+        detection: {stop_timeout_s: 0.1}
+        """, 3, "detection.stop_timeout_s", "0.1 is out of range: expected a value in [0.25, 60]"),
     ("empty-any-of", """
         version: 1
         tool_rules:

@@ -2,16 +2,18 @@
 does not (it was stopped, hung or killed right after the stop).
 
 Why a separate process: the heartbeat check in the BPF program only prevents new stops
-once the daemon is gone; a task stopped a moment before still needs someone to send it
-SIGCONT, and nothing inside a SIGSTOPped or wedged daemon runs (no thread, no timer). A
-BPF timer cannot do it either: bpf_send_signal() signals only the current task, timers
-are refused in classic tracepoint programs, and the kfunc that signals another task
-(bpf_send_signal_task) exists only on recent kernels. So the daemon starts this small
-process (its own session, so a terminal's job-control stop of the daemon does not stop
-it) with the `held`, `heartbeat` and `stats` map descriptors and a pidfd of itself. It
-wakes a few times per bound, resumes every `held` task stopped longer than the bound
-(detection.stop_timeout_s, read from `heartbeat` at each round so a reload applies),
-and when the daemon exits it resumes everything still held and exits too.
+once the daemon stalls; a task stopped a moment before still needs someone to send it
+SIGCONT, and nothing inside a SIGSTOPped or wedged daemon runs (no thread, no timer).
+In BPF, bpf_send_signal() signals only the current task; a bpf_timer callback calling
+the bpf_send_signal_task() kfunc could signal another one, but that kfunc exists only
+from 6.13 (the host's 6.18 has it), and the verifier refuses timers in the classic
+tracepoint programs the loader falls back to. A small user-space process works on every
+kernel the program loads on. The daemon starts it (its own session, so a terminal's
+job-control stop of the daemon does not stop it) with the `held`, `heartbeat` and
+`stats` map descriptors and a pidfd of the daemon. It wakes a few times per bound,
+resumes every `held` task stopped longer than the bound (detection.stop_timeout_s, read
+from `heartbeat` at each round so a reload applies), and when the daemon exits (even
+kill -9) it resumes everything still held and exits too.
 
 A pid is signalled through a pidfd opened after checking the task's start time against
 the one the program recorded, so a reused pid is never signalled.

@@ -152,15 +152,21 @@ class AutoDetector:
             if not ev.parent_in_main:               # the agent's own process (re)executing
                 agent.known[ev.pid] = (None, ev.argv)
                 return
-            # Not stopped (the heartbeat was stale when it exec'd): it ran meanwhile, so its
+            # Not stopped (the heartbeat was stale when it exec'd), or held past the bound
+            # (the exec watchdog has resumed it): it may have forked meanwhile, so its
             # descendants are swept after it is placed, as without stop-at-exec.
-            self._consider(agent, ev.pid, list(ev.argv), ev.leads_session, ev.ppid, held=ev.stopped)
+            self._consider(agent, ev.pid, list(ev.argv), ev.leads_session, ev.ppid,
+                           held=ev.stopped and not self._held_too_long(ev))
         finally:
             if ev.stopped:
                 self._resume(ev.pid)
                 hold = time.monotonic_ns() - ev.ts_ns
                 self.stats.hold_ns.append(hold)
                 del self.stats.hold_ns[:-1000]
+
+    def _held_too_long(self, ev):
+        bound = getattr(self.lifecycle, "max_age_ns", 0)
+        return bool(bound) and time.monotonic_ns() - ev.ts_ns > bound
 
     def _resume(self, pid):
         self.resume(pid)

@@ -66,6 +66,56 @@ def test_lifecycle_events_for_a_watched_tree(cgtree, cgfs):
         lc.close()
 
 
+def test_dead_man_switch_on_this_kernel(cgtree, cgfs):
+    """The heartbeat check and the held map work here too: with a stale beat the exec
+    runs unstopped; a task held while the beat stops is resumed by the exec watchdog."""
+    import os
+    import signal
+    from agentd.kernel import exec_watchdog
+
+    main = cgtree.child("main")
+    lc = Lifecycle()
+    rd = Reader(lc, decode_proc)
+    hung = threading.Event()
+    beater, dog = None, None
+    try:
+        lc.watch(cgfs.cgroup_id(main), T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN | T.AGENTD_WATCH_STOP_EXEC)
+        lc.beat(0.25)
+        time.sleep(0.5)
+        p = cgtree.spawn(main, ["sh", "-c", "sh -c 'exit 7'; echo $? > /dev/null"])
+        assert p.wait(120) == 0, "a stale heartbeat must not stop the exec"
+        wait_for(lambda: any(e.stop_skipped and e.ppid == p.pid for _, e in rd.items), 20, "skipped-stop event")
+        assert lc.stats()["stop_skipped"] == 1 and lc.held() == {}
+
+        def beat():
+            while not hung.is_set():
+                lc.beat(2.0)
+                time.sleep(0.1)
+        beater = threading.Thread(target=beat)
+        beater.start()
+        dog = exec_watchdog.spawn(lc.watchdog_fds())
+        p = cgtree.spawn(main, ["sh", "-c", "sh -c 'exit 7'; echo $? > /dev/null"])
+        wait_for(lambda: any(e.stopped and e.ppid == p.pid for _, e in rd.items), 60, "stopped event")
+        hung.set()                      # the daemon "hangs" right after the stop
+        assert p.wait(120) == 0, "the exec watchdog did not resume the held task"
+        assert lc.stats()["released"] == 1 and lc.held() == {}
+    finally:
+        hung.set()
+        if beater is not None:
+            beater.join()
+        if dog is not None:
+            dog.terminate()
+            dog.wait(60)
+        for _, e in rd.items:
+            if e.stopped:
+                try:
+                    os.kill(e.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        rd.close()
+        lc.close()
+
+
 def test_memwatch_fires_for_a_growing_tool_call(cgtree, cgfs, hog, state, figure):
     cg = cgtree.child("tool")
     cid = cgfs.cgroup_id(cg)

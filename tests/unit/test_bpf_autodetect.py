@@ -223,3 +223,18 @@ def test_call_not_stopped_for_a_stale_heartbeat_is_placed_with_its_descendants(m
     # A stopped call is not swept: nothing it runs could have forked.
     d.handle(exec_ev(40, 10, ["sh", "-c", "ls"]))
     assert len(d.cgroups.moves) == 2 and resumed == [40]
+
+
+def test_call_held_past_the_bound_is_swept_too(monkeypatch):
+    """The daemon comes back after the exec watchdog resumed a held call: it may have
+    forked, so its descendants are moved after it as for a skipped stop."""
+    import time
+    import agentd.monitor.autodetect as ad
+    monkeypatch.setattr(ad, "own_cgroup", lambda pid: "/a/tools/t20" if pid == 20 else "/a/main")
+    d, placed, resumed = make(procfs=FakeProcFS(kids={20: [30], 40: [50]}))
+    d.lifecycle.max_age_ns = 1_000_000_000
+    import dataclasses
+    d.handle(dataclasses.replace(exec_ev(20, 10, ["sh", "-c", "make"]), ts_ns=time.monotonic_ns() - 2_000_000_000))
+    assert d.cgroups.moves == [("a/tools/t20", 30)] and resumed == [20]
+    d.handle(dataclasses.replace(exec_ev(40, 10, ["sh", "-c", "ls"]), ts_ns=time.monotonic_ns()))
+    assert len(d.cgroups.moves) == 1 and resumed == [20, 40]

@@ -6,6 +6,7 @@ instead of retrying the same thing into the same wall.
 
 import os
 
+from .ui.text import printable
 from .units import format_size
 
 _ADVICE = {
@@ -69,4 +70,6 @@ def messages_for(result):
                 break
     if result.get("stragglers") and result.get("cgroup_removed"):
         out.append(f"[agentd] {result['stragglers']} background process(es) left by {prog} were stopped when it ended")
-    return out
+    # The program name comes from the agent's argv: the sentences go to a terminal.
+    return [printable(m) for m in out]
+

@@ -12,10 +12,13 @@
 #include <unistd.h>
 
 /* The daemon refuses request lines over 256 KiB (agentd/api/protocol.py). A huge
- * `bash -c SCRIPT` is shortened here so the call is still placed and logged. */
+ * `bash -c SCRIPT` is shortened here so the call is still placed and logged. The fuzz
+ * harness (fuzz/) builds with small values so that short inputs reach the cuts. */
+#ifndef ARGV_BUDGET
 #define ARGV_MAX_ITEMS 1024
 #define ARG_MAX_BYTES (32 * 1024)
 #define ARGV_BUDGET (192 * 1024)
+#endif
 
 /* A restarted daemon needs a moment to re-adopt the call before it can take its end. */
 #define RECONNECT_BUDGET_MS 3000
@@ -46,7 +49,9 @@ void build_start(struct buf *b, const struct tool_opts *o)
             continue;
         b->len = mark;
         b->p[mark] = '\0';
-        size_t left = mark - start < ARGV_BUDGET ? ARGV_BUDGET - (mark - start) : 0;
+        /* What is left after the comma and the two quotes of the cut argument. */
+        size_t used = mark - start + (i ? 1 : 0) + 2;
+        size_t left = used < ARGV_BUDGET ? ARGV_BUDGET - used : 0;
         if (left / 6 > 0) {  /* an escaped byte takes at most 6 ("\u001f") */
             if (i)
                 buf_addc(b, ',');

@@ -2,7 +2,8 @@
 
 The state directory holds every agent's argv and history (state.json, the journal,
 history.sqlite): it is the daemon's alone, 0700, files 0600, whether systemd made it
-(StateDirectoryMode) or the daemon was started by hand. The daemon runs with umask 077
+(StateDirectoryMode=0700 in the unit), `agentd install` did, or the daemon was started by
+hand on a folder an older agentd left open (fixed at start, with one warning). The daemon runs with umask 077
 so that whatever it creates is private unless it says otherwise; the places that must
 stay reachable say so: the API socket (0666, authorised per request) and its folder
 (0755), and cgroup directories (0755, the cgroupfs adapter). The event log holds argv

@@ -50,8 +50,16 @@ def private_dir(path):
 
 
 def shared_dir(path):
-    """Create `path` 0755 if missing (the API socket's folder: every agent connects)."""
-    if os.path.isdir(path):
-        return
-    os.makedirs(path, mode=SHARED_DIR, exist_ok=True)
-    os.chmod(path, SHARED_DIR)
+    """Create `path` and any missing parents 0755 (the API socket's folder: every agent
+    connects, whatever the daemon's umask)."""
+    missing = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, SHARED_DIR)
+        except FileExistsError:
+            continue
+        os.chmod(d, SHARED_DIR)

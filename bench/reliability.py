@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -281,6 +282,7 @@ def main():
     finally:
         d.cleanup()
         kill_tree(fs, root)
+        shutil.rmtree(tmp, ignore_errors=True)
     if not q:
         print("authorisation tests ...", file=sys.stderr)
         auth_tests()

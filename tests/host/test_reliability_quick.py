@@ -17,6 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_reliability_quick_mode_every_row_holds(tmp_path, cgfs):
     out = tmp_path / "RELIABILITY.md"
     tmp_before = {p for p in os.listdir("/tmp") if p.startswith("agentd-rel-")}
+    cg_before = {c for c in cgfs.children("") if c.startswith("agentd-rel-")}
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "reliability.py"), "--quick", "--skip-attacks",
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.exists(), r.stderr[-3000:]
@@ -29,7 +30,7 @@ def test_reliability_quick_mode_every_row_holds(tmp_path, cgfs):
     assert not bad, "\n".join(bad)
     assert r.returncode == 0, r.stderr[-3000:]
     # Nothing left behind: the bench's cgroups, users and mounts.
-    assert not [c for c in cgfs.children("") if c.startswith("agentd-rel-")]
+    assert not {c for c in cgfs.children("") if c.startswith("agentd-rel-")} - cg_before
     assert not {p for p in os.listdir("/tmp") if p.startswith("agentd-rel-")} - tmp_before
     with open("/etc/passwd") as f:
         assert "agrel" not in f.read()

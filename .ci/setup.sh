@@ -11,8 +11,11 @@ export DEBIAN_FRONTEND=noninteractive
 clang_pkg=clang-19
 apt-cache show clang-19 >/dev/null 2>&1 || { apt-get update -qq; }
 apt-cache show clang-19 >/dev/null 2>&1 || clang_pkg=clang
+# libclang-rt: the libFuzzer and sanitizer runtimes for the launcher's fuzz harness test.
+rt_pkg=libclang-rt-19-dev
+[ "$clang_pkg" = clang ] && rt_pkg=libclang-rt-dev
 # prometheus: the real-scrape test; systemd: systemd-analyze verify of the unit.
-pkgs="$clang_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux prometheus systemd busybox-static"
+pkgs="$clang_pkg $rt_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux prometheus systemd busybox-static"
 need=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
 if [ -n "$need" ]; then

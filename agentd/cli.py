@@ -239,8 +239,15 @@ def _write_feedback(result):
     line = json.dumps(result, separators=(",", ":")) + "\n"
     path = os.environ.get("AGENTD_FEEDBACK_FILE")
     if path:
-        with open(path, "a") as f:
-            f.write(line)
+        from .feedback import open_result_file
+        fd = open_result_file(path)
+        if fd is not None:
+            try:
+                os.write(fd, line.encode())     # one O_APPEND write: parallel calls never interleave
+            except OSError as err:
+                print(f"agentd: cannot write the tool-call result to {path}: {err.strerror}", file=sys.stderr)
+            finally:
+                os.close(fd)
     fd = os.environ.get("AGENTD_FEEDBACK_FD")
     if fd and fd.isdigit():
         try:

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 
-from . import oom, sdnotify
+from . import filemodes, oom, sdnotify
 from .adopt import readopt
 from .api.ops import ApiOps
 from .api.guard import raise_fd_limit
@@ -120,6 +120,8 @@ class App(ApiOps):
         else:
             self.state = StateStore(state_dir)
             self.state_dir = state_dir
+        if self.state_dir:
+            filemodes.private_dir(self.state_dir)
         self.ctl = Controller(self.fs, self.root, self.caps, Planner(self.policy, self.host_memory),
                               self.state, self.events, self.procfs, sampler=rss_sampler)
         # One list of hooks serves both the controller's events (on_tool_plan/start/end,
@@ -128,6 +130,7 @@ class App(ApiOps):
         self._move_self()
         self.ctl.setup()
         self._build_hooks()
+        filemodes.shared_dir(os.path.dirname(os.path.abspath(self.socket_path)))
         self.server = Server(self, self.socket_path, group=c.api_group or d.api_group)
         if not c.standalone:
             # Every local user can connect: the API's bound on connections follows this limit
@@ -373,6 +376,10 @@ class App(ApiOps):
 
 def run_daemon(cfg):
     """`agentd daemon`: serve until SIGTERM/SIGINT; SIGHUP reloads. Agents outlive us."""
+    # What the daemon creates is root's alone unless it says otherwise (filemodes.py).
+    # Not in standalone mode: there the process is the agent's `agentd run`, whose
+    # umask the agent inherits.
+    os.umask(filemodes.DAEMON_UMASK)
     app = App(cfg)
     app.build()
 

@@ -57,8 +57,12 @@ class EventLog:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def _open(self):
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # Events carry every agent's argv: the log is root's alone, like the state
+        # (agentd/filemodes.py); one left readable by an older agentd is made so.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         st = os.fstat(fd)
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.fchmod(fd, st.st_mode & 0o700)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
         self._checked = time.monotonic()
 

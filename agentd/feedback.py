@@ -6,6 +6,7 @@ instead of retrying the same thing into the same wall.
 
 import os
 
+from .ui.text import printable
 from .units import format_size
 
 _ADVICE = {
@@ -69,4 +70,39 @@ def messages_for(result):
                 break
     if result.get("stragglers") and result.get("cgroup_removed"):
         out.append(f"[agentd] {result['stragglers']} background process(es) left by {prog} were stopped when it ended")
-    return out
+    # The program name comes from the agent's argv: the sentences go to a terminal.
+    return [printable(m) for m in out]
+
+
+def open_result_file(path, err=None):
+    """Open `$AGENTD_FEEDBACK_FILE` for appending, or None after one line on `err` (stderr).
+
+    The path comes from the environment, which the agent (or whatever steers it)
+    controls, and `agentd tool` may run as root: appending must not write to a file this
+    user could not write itself. A symbolic link (planted in /tmp by another user, say)
+    is not followed, and only a regular file this user owns, with no other name, is
+    written; a FIFO cannot hold the call up. The same rules as the C front's (proto.c)."""
+    import errno
+    import stat
+    import sys
+    err = err or sys.stderr
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+        print(f"agentd: not writing the tool-call result to {path}: {why}", file=err)
+        return None
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = "it is not a regular file"
+    elif st.st_uid != os.geteuid():
+        why = f"it belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+    elif st.st_nlink > 1:
+        why = "it has more than one name (hard links)"
+    if why:
+        os.close(fd)
+        print(f"agentd: not writing the tool-call result to {path}: {why}", file=err)
+        return None
+    return fd

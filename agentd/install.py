@@ -83,7 +83,7 @@ def install(args, out=print):
                 shutil.copy2(os.path.join(pol_dir, name), target)
                 out(f"installed {target}")
     for d in ("/var/lib/agentd", "/var/log/agentd"):
-        os.makedirs(_staged(root, d), mode=0o750, exist_ok=True)
+        os.makedirs(_staged(root, d), mode=0o700, exist_ok=True)     # every agent's argv: root's alone
     if not args.no_systemd:
         target = _staged(root, f"/etc/systemd/system/{UNIT_NAME}")
         os.makedirs(os.path.dirname(target), exist_ok=True)

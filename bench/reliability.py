@@ -3,11 +3,14 @@
 
 Promises: an agent is never lost because of agentd; a tool call is never leaked (no
 orphan cgroup, process or fd); no process acts on another agent's resources; bad input
-gets a clear error and changes nothing.
+gets a clear error and changes nothing; no agent or local user degrades another agent by
+more than a bounded amount (bench/trust.py: the attack suite, DoS bounds, a full disk).
 
-    python3 bench/reliability.py [--quick] [--out bench/RELIABILITY.md]
+    python3 bench/reliability.py [--quick] [--skip-attacks] [--out bench/RELIABILITY.md]
 
 Runs on the host (root, cgroup v2). Each row: promise, test, inputs tried, failures, result.
+`--quick` (under a minute) is run by the test suite (tests/host/test_reliability_quick.py),
+which runs the attack tests itself (--skip-attacks) and judges behaviour, not timing.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import concurrent.futures as cf
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +27,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tests.helpers import DaemonProc, agentd_cmd, kill_tree  # noqa: E402
 
@@ -31,9 +36,13 @@ from agentd.kernel.cgroupfs import CgroupFS, find_cgroup2_mount  # noqa: E402
 ROWS = []
 
 
-def row(promise, test, inputs, failures, note=""):
-    ROWS.append((promise, test, inputs, failures, "pass" if failures == 0 else "FAIL", note))
-    print(f"  {test}: {inputs} inputs, {failures} failures {note}", file=sys.stderr, flush=True)
+T0 = time.monotonic()
+
+
+def row(promise, test, inputs, failures, note="", result=None):
+    ROWS.append((promise, test, inputs, failures, result or ("pass" if failures == 0 else "FAIL"), note))
+    print(f"  [{time.monotonic() - T0:5.0f} s] {test}: {inputs} inputs, {failures} failures {note}", file=sys.stderr,
+          flush=True)
 
 
 # --- bad input: fuzzers ---------------------------------------------------------------
@@ -150,13 +159,13 @@ def live_bad_requests(d, n):
 
 
 # --- faults: kill -9 --------------------------------------------------------------------
-def kill9_faults(d, rounds):
+def kill9_faults(d, rounds, calls=40):
     """kill -9 the daemon at random points while agents create and end tool calls."""
     fs = CgroupFS(find_cgroup2_mount())
     script = 'for i in $(seq %d); do "$@" tool -- sh -c "sleep 0.0$((RANDOM %% 9))"; echo "rc=$?"; done'
     procs = []
     for a in range(4):
-        procs.append(subprocess.Popen(agentd_cmd() + ["run", "--name", f"k{a}", "--", "bash", "-c", script % 40,
+        procs.append(subprocess.Popen(agentd_cmd() + ["run", "--name", f"k{a}", "--", "bash", "-c", script % calls,
                                                       "a", *agentd_cmd()],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=d.env))
     rnd = random.Random(7)
@@ -182,8 +191,8 @@ def kill9_faults(d, rounds):
     while fs.children(f"{d.root}/agents") and time.monotonic() < deadline:
         time.sleep(0.2)
     left = fs.children(f"{d.root}/agents")
-    row("agent never lost", f"kill -9 of the daemon at random points ({kills} kills, 4 agents x 40 tool calls)",
-        160, lost + bad_rc + len(left),
+    row("agent never lost", f"kill -9 of the daemon at random points ({kills} kills, 4 agents x {calls} tool calls)",
+        4 * calls, lost + bad_rc + len(left),
         f"agents lost {lost}, tool calls with a wrong status {bad_rc}, cgroups left {len(left)}")
 
 
@@ -245,8 +254,11 @@ def auth_tests():
 
 
 def main():
+    import trust
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument("--quick", action="store_true", help="fewer inputs, for a fast check")
+    ap.add_argument("--quick", action="store_true", help="fewer inputs, for a fast check (timing not judged)")
+    ap.add_argument("--skip-attacks", action="store_true",
+                    help="do not run the test_attack_* host tests (the test suite runs them itself)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "RELIABILITY.md"))
     args = ap.parse_args()
     q = args.quick
@@ -254,28 +266,52 @@ def main():
     print("fuzzing the API parser ...", file=sys.stderr)
     fuzz_api_parser(1000 if q else 10000)
     print("fuzzing the policy loader ...", file=sys.stderr)
-    fuzz_policy_loader(500 if q else 10000)
+    fuzz_policy_loader(300 if q else 10000)
     tmp = tempfile.mkdtemp(prefix="agentd-rel-")
     root = f"agentd-rel-{os.getpid()}"
     d = DaemonProc(tmp, root).start()
     try:
         print("malformed requests at a live daemon ...", file=sys.stderr)
-        live_bad_requests(d, 300 if q else 2000)
+        live_bad_requests(d, 200 if q else 2000)
+        print("hypothesis requests at a live daemon ...", file=sys.stderr)
+        trust.live_api_fuzz(row, d, 200 if q else 3000)
         print("load ...", file=sys.stderr)
-        load(d, 20, 20 if q else 250)
+        load(d, 5 if q else 20, 10 if q else 250)
         print("kill -9 faults ...", file=sys.stderr)
-        kill9_faults(d, 5 if q else 25)
+        kill9_faults(d, 3 if q else 25, calls=8 if q else 40)
     finally:
         d.cleanup()
         kill_tree(fs, root)
-    print("authorisation tests ...", file=sys.stderr)
-    auth_tests()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not q:
+        print("authorisation tests ...", file=sys.stderr)
+        auth_tests()
+    if not args.skip_attacks:
+        print("attack suite (tests/host/test_trust_*.py) ...", file=sys.stderr)
+        trust.attack_suite(row)
+    print("DoS bounds ...", file=sys.stderr)
+    try:
+        dos = trust.dos_bounds(row, f"{root}-dos", 20 if q else 300, judge_timing=not q)
+    finally:
+        kill_tree(fs, f"{root}-dos")
+    print("disk full ...", file=sys.stderr)
+    try:
+        trust.disk_full(row, f"{root}-full", 5 if q else 20)
+    finally:
+        kill_tree(fs, f"{root}-full")
     lines = ["# agentd reliability and security results", "",
              "Written by `python3 bench/reliability.py" + (" --quick" if q else "") + "` on "
              + time.strftime("%Y-%m-%d") + "; do not edit by hand.", "",
              "| promise | test | inputs tried | failures found | result | notes |", "|---|---|---:|---:|---|---|"]
     for r in ROWS:
-        lines.append("| " + " | ".join(str(x).replace("|", "/") for x in r) + " |")
+        lines.append("| " + " | ".join(str(x).replace("|", "/").replace("\n", " ") for x in r) + " |")
+    lines += ["", "## Another agent's tool calls under attack (same daemon, phases one after another)", "",
+              f"Bounds: median within {trust.MEDIAN_RATIO_MAX:g}x the quiet value, p99 under {trust.P99_MAX_MS:g} ms"
+              + (" (not judged in --quick)" if q else "") + f", daemon RSS growth under {trust.RSS_GROWTH_MAX >> 20} MiB, "
+              f"logs under {trust.LOG_PER_STORM_REQUEST_MAX >> 10} KiB per storm request and "
+              f"{trust.LOG_FLOOD_MAX >> 20} MiB per flood. The daemon starts with a soft fd limit of "
+              f"{trust.SERVICE_NOFILE} (a systemd service's default); the flood comes from one user in no agent, "
+              f"the storm from one agent (tool_start with 100 KB of argv, then tool_done, on two connections).", ""] + dos
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
         f.write(text)

@@ -119,4 +119,6 @@ def error(code, message):
 
 
 def notice(kind, message):
-    return encode({"notice": kind, "message": message})
+    # Notices name the agent's program (argv) and are printed on its terminal as they are.
+    from ..ui.text import printable
+    return encode({"notice": kind, "message": printable(message)})

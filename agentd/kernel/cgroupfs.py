@@ -157,9 +157,15 @@ class CgroupFS:
     def exists(self, cg):
         return os.path.isdir(self.path(cg))
 
+    # The daemon runs with umask 077 (its state is root's alone), which would make every
+    # cgroup it creates 0700. cgroup directories stay readable as systemd's are: tools
+    # and people outside agentd read memory.current and cgroup.procs there.
+    DIR_MODE = 0o755
+
     def mkdir(self, cg, exist_ok=True):
         try:
-            os.mkdir(self.path(cg))
+            os.mkdir(self.path(cg), self.DIR_MODE)
+            os.chmod(self.path(cg), self.DIR_MODE)
             return True
         except FileExistsError:
             if not exist_ok:

@@ -8,14 +8,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 /* The daemon refuses request lines over 256 KiB (agentd/api/protocol.py). A huge
- * `bash -c SCRIPT` is shortened here so the call is still placed and logged. */
+ * `bash -c SCRIPT` is shortened here so the call is still placed and logged. The fuzz
+ * harness (fuzz/) builds with small values so that short inputs reach the cuts. */
+#ifndef ARGV_BUDGET
 #define ARGV_MAX_ITEMS 1024
 #define ARG_MAX_BYTES (32 * 1024)
 #define ARGV_BUDGET (192 * 1024)
+#endif
 
 /* A restarted daemon needs a moment to re-adopt the call before it can take its end. */
 #define RECONNECT_BUDGET_MS 3000
@@ -46,7 +50,9 @@ void build_start(struct buf *b, const struct tool_opts *o)
             continue;
         b->len = mark;
         b->p[mark] = '\0';
-        size_t left = mark - start < ARGV_BUDGET ? ARGV_BUDGET - (mark - start) : 0;
+        /* What is left after the comma and the two quotes of the cut argument. */
+        size_t used = mark - start + (i ? 1 : 0) + 2;
+        size_t left = used < ARGV_BUDGET ? ARGV_BUDGET - used : 0;
         if (left / 6 > 0) {  /* an escaped byte takes at most 6 ("\u001f") */
             if (i)
                 buf_addc(b, ',');
@@ -88,6 +94,44 @@ void print_notice(const struct reply *r)
         fprintf(stderr, "%s\n", m);
 }
 
+/*
+ * The feedback file is named by the environment, which the agent (or whatever steered
+ * it) controls, and the launcher may run as root. Appending must not become a way to
+ * write to a file the agent's user could not write itself: a symbolic link (in /tmp,
+ * say, planted by another user) is not followed, and only a regular file this user
+ * owns, with no other name, is written. A FIFO cannot hold the call up (O_NONBLOCK).
+ * Returns the fd, or -1 after one line on stderr saying why not.
+ */
+static int open_feedback_file(const char *file)
+{
+    int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "agentd: not writing the tool-call result to %s: %s\n", file,
+                errno == ELOOP ? "it is a symbolic link" : strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    const char *why = NULL;
+    char uidmsg[96];
+    if (fstat(fd, &st) < 0) {
+        why = strerror(errno);
+    } else if (!S_ISREG(st.st_mode)) {
+        why = "it is not a regular file";
+    } else if (st.st_uid != geteuid()) {
+        snprintf(uidmsg, sizeof uidmsg, "it belongs to uid %u, not to this user (uid %u)", (unsigned)st.st_uid,
+                 (unsigned)geteuid());
+        why = uidmsg;
+    } else if (st.st_nlink > 1) {
+        why = "it has more than one name (hard links)";
+    }
+    if (why) {
+        fprintf(stderr, "agentd: not writing the tool-call result to %s: %s\n", file, why);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static void feedback(const char *result)
 {
     if (!result || strcmp(result, "null") == 0)
@@ -97,9 +141,9 @@ static void feedback(const char *result)
     buf_addc(&line, '\n');
     const char *file = getenv("AGENTD_FEEDBACK_FILE");
     if (file && *file) {
+        int fd = open_feedback_file(file);
         /* One write with O_APPEND: parallel tool calls never interleave lines. */
-        int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0 || write_all(fd, line.p, line.len) < 0)
+        if (fd >= 0 && write_all(fd, line.p, line.len) < 0)
             fprintf(stderr, "agentd: cannot write the tool-call result to %s: %s\n", file, strerror(errno));
         if (fd >= 0)
             close(fd);

@@ -11,6 +11,7 @@ import dataclasses
 
 from ..errors import AgentdError
 from ..eventlog import read_events
+from .text import printable
 
 MiB = 2**20
 
@@ -32,8 +33,8 @@ class Call:
 
     @property
     def label(self):
-        prog = " ".join(" ".join(self.argv).split())[:40] or self.tool     # one line, even for scripts
-        return f"{self.tool} {prog}"
+        prog = " ".join(" ".join(map(str, self.argv)).split())[:40] or self.tool     # one line, even for scripts
+        return printable(f"{self.tool} {prog}")
 
     def points(self):
         """(ts, bytes) to draw: start at 0, then the samples held to the end; without samples

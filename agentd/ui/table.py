@@ -6,6 +6,7 @@ Pure functions over the JSON the daemon returns, so they are tested with literal
 import time
 
 from ..units import format_size
+from .text import printable
 
 
 def _size(n):
@@ -70,7 +71,7 @@ def status_lines(snap, width=160):
             out.append(TOOL_HDR)
         for t in a["tools"]:
             state = "frozen" if t.get("frozen") else (t["actions"][-1] if t.get("actions") else "running")
-            cmd = " ".join(t.get("argv") or [])
+            cmd = printable(" ".join(map(str, t.get("argv") or [])))
             line = (f"  {_cut(t['tool'], 20):<20} {_cut(t['tool_class'], 10):<10} {_size(t.get('memory_bytes')):>10} "
                     f"{_size(t.get('memory_peak_bytes')):>10} {_size(t.get('forecast_bytes')):>10} "
                     f"{_limit(t.get('limits'), 'memory.max', 'memory.high'):>10} {_age(t.get('age_s')):>6}  "
@@ -78,7 +79,9 @@ def status_lines(snap, width=160):
             out.append(line + _cut(cmd, max(width - len(line), 10)))
     for w in snap.get("warnings") or []:
         out.append(f"warning: {w}")
-    return out
+    # Names are validated by the daemon, but a line is only as safe as its least checked
+    # field: escape the whole line (escaping is idempotent on escaped text).
+    return [printable(line) for line in out]
 
 
 _SKIP = {"ts", "event", "agent", "tool"}
@@ -92,7 +95,7 @@ def event_line(rec):
         who += "/" + str(rec["tool"])
     kind = rec.get("event", "?")
     if kind == "tool_start":
-        detail = f"{rec.get('tool_class')} {' '.join(rec.get('argv') or [])[:80]}"
+        detail = f"{rec.get('tool_class')} {printable(' '.join(map(str, rec.get('argv') or [])))[:80]}"
     elif kind == "tool_end":
         detail = (f"{rec.get('outcome')} in {rec.get('wall_s', 0):.2f}s, peak {_size(rec.get('memory_peak_bytes'))}"
                   + (f" (forecast {_size(rec['forecast_bytes'])})" if rec.get("forecast_bytes") else "")
@@ -107,4 +110,4 @@ def event_line(rec):
         detail = _size(rec.get("memory_bytes"))
     else:
         detail = " ".join(f"{k}={v}" for k, v in rec.items() if k not in _SKIP and v not in (None, "", [], {}))
-    return f"{ts} {kind:<12} {who:<28} {detail}".rstrip()
+    return printable(f"{ts} {kind:<12} {who:<28} {detail}".rstrip())

@@ -11,7 +11,7 @@ counters as the witness. Each test fails if the daemon stops doing its part:
 - the API's freeze and thaw, and the pressure ladder's freeze and its relief, really stop
   and resume the call (cgroup.events frozen), and the metrics and status say so.
 
-One daemon and three long-lived agents serve the module: under emulation a daemon costs
+One daemon and two long-lived agents serve the module: under emulation a daemon costs
 30-60 s to start and each `agentd run` a Python start. Each agent's main process is a
 shell that runs the scripts the tests hand it (as an agent's persistent shell does), so a
 test costs its tool calls only.
@@ -46,8 +46,8 @@ version: 1
 agent_classes:
   normal: {}
   heavy: {priority: 80, memory: {max: 512Mi}, cpu: {weight: 400}, pids: {max: 512}}
-  light: {priority: 50, cpu: {weight: 100}}
-  squeezed: {priority: 10, memory: {high: 96Mi}}
+  # The lowest priority, and little memory: the ladder's first candidate under pressure.
+  light: {priority: 10, memory: {high: 96Mi}, cpu: {weight: 100}}
 tool_classes:
   normal: {priority: 50}
   fenced: {priority: 50, memory: {max: 128Mi}}
@@ -160,7 +160,7 @@ def env(tmp_path_factory, cgfs, hog):
         d.start(timeout=300)
         out = tmp / "out"
         out.mkdir()
-        for name in ("heavy", "light", "squeezed"):       # their Python starts overlap
+        for name in ("heavy", "light"):       # their Python starts overlap
             agents[name] = AgentShell(d, out, name, name, hog)
         for a in agents.values():
             a.wait_ready()
@@ -258,7 +258,7 @@ def test_daemon_writes_memory_max_and_the_forecast_memory_high(env, cgfs, figure
         agent_cg = heavy.status()["cgroup"]
         assert cgfs.read(agent_cg, "memory.max").strip() == str(512 * MiB)
         assert cgfs.read(agent_cg, "pids.max").strip() == "512"
-        assert cgfs.read(agents["squeezed"].status()["cgroup"], "memory.high").strip() == str(96 * MiB)
+        assert cgfs.read(agents["light"].status()["cgroup"], "memory.high").strip() == str(96 * MiB)
         figure("fenced call: forecast / memory.high / memory.max",
                f"{forecast / MiB:.0f} / {int(high) / MiB:.0f} / 128", "MiB")
     finally:
@@ -298,9 +298,9 @@ def test_a_call_past_its_memory_max_is_oom_killed_whole_and_its_agent_goes_on(en
     assert fb["outcome"] == "oom_killed" and fb["stragglers"] == 0, fb
     # The agent is still there, its shell still serving.
     assert heavy.proc.poll() is None and heavy.status() is not None
-    figure("OOM-killed call (memory.max 32 MiB): processes killed / peak",
-           f"{end['memory_events']['oom_kill']} / {end['memory_peak_bytes'] / MiB:.1f} MiB")
-    figure("OOM test wall", f"{time.monotonic() - t0:.1f}", "s")
+    figure("OOM kills counted in the call's memory.events (hog + sleep, group kill)",
+           end["memory_events"]["oom_kill"])
+    figure("call start to the agent's next call done", f"{time.monotonic() - t0:.1f}", "s")
 
 
 def test_cpu_weights_of_agents_and_calls_share_one_cpu(env, cgfs, figure):
@@ -397,7 +397,7 @@ def test_api_freeze_and_thaw_stop_and_resume_the_call(env, cgfs, figure):
         heavy.end_tools()
 
 
-# The call is a hog allocating past its agent's memory.high (squeezed: 96 MiB), and a
+# The call is a hog allocating past its agent's memory.high (light: 96 MiB), and a
 # counter beside it that shows whether the call runs.
 LADDER_SCRIPT = """\
 "$AGENTD" tool --class batch -- bash -c '"$HOG" count "$OUT/ladder.count" & exec "$HOG" alloc 400 "$OUT/ladder.alloc"'
@@ -406,23 +406,27 @@ LADDER_SCRIPT = """\
 
 def test_the_ladder_freezes_the_call_under_pressure_and_thaws_it_after(env, cgfs, figure):
     d, agents = env
-    sq = agents["squeezed"]
-    counter = State(sq.out / "ladder.count")
+    light = agents["light"]
+    counter = State(light.out / "ladder.count")
     before = actions_metric(d)
-    sq.sh(LADDER_SCRIPT)
+    light.sh(LADDER_SCRIPT)
     try:
-        t = sq.tool("batch")
+        t = light.tool("batch")
         cg = t["cgroup"]
         assert cgfs.read(cg, "memory.high").strip() == "max", "the call's own limit would explain its stall"
-        ladder = lambda e, act: (e.get("event") == "action" and e.get("agent") == "squeezed"
-                                 and e.get("tool") == t["tool"] and e.get("action") == act)
-        frz = wait_event(d, lambda e: ladder(e, "freeze"), timeout=90)
-        assert frz["reason"] != "api", frz
-        # The freeze is real: the kernel reports the cgroup frozen and the counter stands.
-        wait_for(lambda: cgfs.frozen(cg), 5, "cgroup.events frozen 1 after the ladder's freeze", step=0.01)
+        # The kernel's own file is watched, not the event log: relief may thaw the call
+        # 3 s after the stall ends, and a busy guest reads the log slowly.
+        wait_for(lambda: cgfs.frozen(cg), 90, "cgroup.events frozen 1 (the ladder's freeze)", step=0.01)
         at = counter.value()
         time.sleep(0.5)
         assert cgfs.frozen(cg) and counter.value() == at, "the counter advanced while frozen"
+
+        def ladder(e, act):
+            return (e.get("event") == "action" and e.get("agent") == "light" and e.get("tool") == t["tool"]
+                    and e.get("action") == act)
+
+        frz = wait_event(d, lambda e: ladder(e, "freeze"), timeout=10)
+        assert frz["reason"] != "api", frz
         # Relief thaws it once the stall is gone, and it runs again.
         wait_for(lambda: not cgfs.frozen(cg), 30, "the ladder's thaw (cgroup.events frozen 0)", step=0.01)
         wait_for(lambda: counter.value() > at, 10, "the counter to advance after the thaw")
@@ -435,4 +439,4 @@ def test_the_ladder_freezes_the_call_under_pressure_and_thaws_it_after(env, cgfs
         figure("ladder: frozen for", f"{thaw['ts'] - frz['ts']:.2f}", "s")
         figure("ladder freeze reason", frz["reason"])
     finally:
-        sq.end_tools()
+        light.end_tools()

@@ -102,13 +102,20 @@ def test_freeze_and_kill_tool_call_agent_lives_on(daemon, cgfs, tmp_path):
             time.sleep(0.05)      # the counting loop has started
         r = daemon.request({"op": "freeze", "agent": "frz", "tool": tool})
         assert r["ok"], r
-        time.sleep(0.2)
+        cg = f"{daemon.root}/agents/frz/tools/{tool}"
+        # The kernel reports frozen once every task has stopped: only then must the counter stand.
+        deadline = time.monotonic() + 10
+        while not cgfs.frozen(cg) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cgfs.frozen(cg)
         a = counter.read_text()
         time.sleep(0.3)
         assert counter.read_text() == a, "counter advanced while frozen"
-        assert cgfs.frozen(f"{daemon.root}/agents/frz/tools/{tool}")
         assert daemon.request({"op": "thaw", "agent": "frz", "tool": tool})["ok"]
-        time.sleep(0.3)
+        # Each step of the loop starts a `sleep`: slow on a busy host and in the emulated guest.
+        deadline = time.monotonic() + 30
+        while counter.read_text() == a and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert counter.read_text() != a, "counter did not resume after thaw"
         assert daemon.request({"op": "kill", "agent": "frz", "tool": tool})["ok"]
         out, err = p.communicate(timeout=20)

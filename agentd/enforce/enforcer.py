@@ -21,7 +21,7 @@ from ..forecast import Forecast
 from ..hostmem import room_below
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
-from . import admission, limits
+from . import admission, growth, limits
 from .actuator import Actuator
 from .admitter import Admitter
 from .forecasting import Forecasting
@@ -57,6 +57,7 @@ class ToolState:
         self.released = float("-inf")   # when the ladder last gave its memory.high back
         self.relieved = float("-inf")   # when the ladder last undid a step on it
         self.reached = ()         # the steps in effect just before that
+        self.bounded_told = False # the log said once that a limit bounds its growth
 
     def undo(self, step):
         """The ladder gave `step` back: remember what was in effect (a relapse resumes there)."""
@@ -231,23 +232,27 @@ class Enforcer:
         # the kernel's OOM killer may come within a PSI window of that.
         rate = self._growth_rate(st, ev)
         # Only shared memory is watched: what the host (or agentd's own limit) has left.
-        # Under the agent's own memory.max or memory.high the growth can only harm that
-        # agent, and the kernel already answers it there: at memory.max its OOM order
-        # (agentd/oom.py) kills the call, never the agent, and only if the call really
-        # does not fit; at memory.high the agent stalls, and its own PSI trigger brings
-        # the ladder. Projecting a burst's pace against the few hundred MiB left under a
-        # cap stopped calls that would have fitted.
+        # Under the agent's own memory.max the growth can only harm that agent, and the
+        # kernel already answers it there: at memory.max its OOM order (agentd/oom.py)
+        # kills the call, never the agent, and only if the call really does not fit; at
+        # memory.high the agent stalls, and its own PSI trigger brings the ladder. So the
+        # projection stops at the tightest memory.max above the call (growth.py).
         room = available
-        grow = rate * p.memory_watch_horizon_s
         peak = getattr(tool.forecast, "peak_bytes", 0) or 0
-        if st.evidence and st.current < peak:
-            # Below a forecast with evidence behind it, the growth still to come is what
-            # the forecast says (admission counted it), not the burst's pace carried over
-            # the whole horizon: a 0.4 s call growing 250 MiB/s is not a 500 MiB call.
-            # The start forecast, from history: the live re-forecast extrapolates the
-            # same burst.
-            grow = min(grow, peak - st.current)
-        if room is None or grow <= room:
+        # The start forecast, from history: the live re-forecast extrapolates the same burst.
+        left = peak - st.current if st.evidence and st.current < peak else None
+        horizon = p.memory_watch_horizon_s
+        proj = growth.project(rate, horizon, room, forecast_left=left)
+        if not proj.urgent:
+            return
+        # Only growth that would use up the shared memory is worth reading the limits for.
+        proj = growth.project(rate, horizon, room, forecast_left=left, limit_rooms=self._limit_rooms(agent, tool))
+        if not proj.urgent:
+            if not st.bounded_told:
+                st.bounded_told = True
+                log.info("tool %s: grows %s/s, but %s leaves it %s of the %s shared memory left: "
+                         "left to the kernel (memory watch)", tool.key, format_size(int(rate)), proj.bound,
+                         format_size(proj.grow), format_size(max(room, 0)))
             return
         # The kernel stamped the event (CLOCK_MONOTONIC, as time.monotonic()): reactions
         # are timed from it.
@@ -271,6 +276,26 @@ class Enforcer:
         if prev is not None and window_ns <= ev.ts_ns - prev[0] <= 4 * window_ns:
             return max(ev.rss_bytes - prev[1], 0) / ((ev.ts_ns - prev[0]) / 1e9)
         return max(ev.growth_bytes, 0) / (max(ev.window_ns, window_ns) / 1e9)
+
+    def _limit_rooms(self, agent, tool):
+        """(name, room) under each memory.max from the call's cgroup up to agentd's root,
+        page cache counted as room: the call cannot grow past the tightest of them. A
+        limit that cannot be read bounds nothing (the projection stays at its pace)."""
+        names = {tool.cgroup: "its own memory.max", agent.cgroup: "its agent's memory.max",
+                 self.app.root: "agentd's memory.max"}
+        out, cg = [], tool.cgroup.strip("/")
+        while cg:
+            try:
+                if self.fs.has(cg, cgf.MEMORY_MAX):
+                    limit = self.fs.read_int(cg, cgf.MEMORY_MAX)
+                    if limit is not None:
+                        out.append((names.get(cg, f"memory.max of {cg}"), room_below(self.fs, cg, limit)))
+            except (AgentdError, OSError, TypeError, ValueError):
+                pass
+            if cg == self.app.root.strip("/"):
+                break             # above the root: the shared room itself (hostmem) says it
+            cg = cg.rpartition("/")[0]
+        return out
 
     OWN_LIMIT_NEAR = 0.9          # usage at this share of its own memory.high/max: that limit binds
 

@@ -71,7 +71,11 @@ class Enforcer:
         self.app = app
         self.fs = app.fs
         self.ctl = app.ctl
-        self.actuator = Actuator(app.fs, app.events, dry_run=dry_run)
+        # The controller's actuator, where there is one: class limits and the ladder's
+        # writes then share one dry-run switch and one record of would-be values.
+        shared = getattr(app.ctl, "actuator", None)
+        self.actuator = shared if isinstance(shared, Actuator) else Actuator(app.fs, app.events)
+        self.actuator.dry_run = self.actuator.dry_run or dry_run
         self.fc = Forecasting(app.policy, app.state_dir, app.host_memory)
         p = app.policy.pressure
         self.ladder = Ladder(tuple(p.steps), p.step_interval_s, p.relief_interval_s, p.psi_window_us / 1e6)
@@ -175,29 +179,39 @@ class Enforcer:
             tool.actions.append(pend["queue"])
         fc = pend["forecast"] if pend else self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id,
                                                              agent.agent_class)
+        st = self.tools[tool.key] = ToolState()
+        st.evidence = pend["evidence"] if pend else fc.confidence > 0
+        st.ceiling = self._plan_high(tool, fc)
+
+    def on_tool_observed(self, agent, tool):
+        """A dry run's automatically detected call, which is not placed: the forecast and
+        memory.high it would have got go into its plan; nothing follows it afterwards."""
+        self._plan_high(tool, self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id, agent.agent_class))
+
+    def _plan_high(self, tool, fc):
+        """tool.forecast and plan.limits' memory.high from forecast `fc`; returns the
+        policy's own memory.high for the call (a ceiling never raised past), or None."""
         cap = _bytes(tool.plan.limits.get(cgf.MEMORY_MAX))
         if cap is not None and fc.peak_bytes > cap:
             # The call cannot use more than its memory.max: that is the forecast to tell.
             fc = Forecast(cap, fc.confidence, fc.source + ":capped")
         tool.forecast = fc
-        st = self.tools[tool.key] = ToolState()
-        st.evidence = pend["evidence"] if pend else fc.confidence > 0
         decision = getattr(tool.plan, "decision", None)
         if decision is not None and not decision.forecast:
-            return
+            return None
         lim = tool.plan.limits
         high = limits.start_high(fc.peak_bytes, self.policy.forecast.headroom, self.policy.forecast.min_high,
                                  cap=_bytes(lim.get(cgf.MEMORY_MAX)))
         declared = _bytes(lim.get(cgf.MEMORY_HIGH))
         if declared is not None:
             high = min(high, declared)     # a policy's own memory.high is a ceiling
-            st.ceiling = declared
         host = self.app.host_memory
         value = "max" if host and high >= host else str(high)   # past the host's memory: no limit
         lim[cgf.MEMORY_HIGH] = value
         log.info("tool %s: forecast %s (%s, confidence %.2f) -> memory.high %s", tool.key,
                  format_size(fc.peak_bytes), fc.source, fc.confidence,
                  value if value == "max" else format_size(high))
+        return declared
 
     def on_tool_start(self, agent, tool):
         mw = getattr(self, "memwatch", None)
@@ -287,7 +301,7 @@ class Enforcer:
         while cg:
             try:
                 if self.fs.has(cg, cgf.MEMORY_MAX):
-                    limit = self.fs.read_int(cg, cgf.MEMORY_MAX)
+                    limit = self.actuator.read_int(cg, cgf.MEMORY_MAX)
                     if limit is not None:
                         out.append((names.get(cg, f"memory.max of {cg}"), room_below(self.fs, cg, limit)))
             except (AgentdError, OSError, TypeError, ValueError):
@@ -305,7 +319,7 @@ class Enforcer:
         if agent is None:
             return True               # unknown: keep the trigger's own scope
         try:
-            caps = [self.fs.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
+            caps = [self.actuator.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
                     if self.fs.has(agent.cgroup, f)]
             caps = [c for c in caps if c is not None]
             if not caps:
@@ -323,7 +337,7 @@ class Enforcer:
         room, own = available, False
         try:
             # memory.high too: past it the kernel holds the agent back as surely as at max.
-            caps = [self.fs.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
+            caps = [self.actuator.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
                     if self.fs.has(agent.cgroup, f)]
             caps = [c for c in caps if c is not None]
             cap = min(caps) if caps else None
@@ -472,7 +486,7 @@ class Enforcer:
         try:
             if d.action == THROTTLE:
                 cur_high = self.actuator.read_high(tool.cgroup)
-                st.saved_high = self.fs.read(tool.cgroup, cgf.MEMORY_HIGH).strip()
+                st.saved_high = self.actuator.read(tool.cgroup, cgf.MEMORY_HIGH)
                 room, _ = self._room(agent, self.available_fn())
                 new = limits.throttle_high(st.current, p.pressure.throttle_factor, p.forecast.min_high, cur_high,
                                            room=room)
@@ -566,7 +580,8 @@ class Enforcer:
         reason = (f"re-forecast {format_size(st.live.peak_bytes)} at {format_size(int(st.live.growth_bytes_per_s))}/s"
                   + (f", {format_size(available)} free on the host" if available is not None else ""))
         try:
-            res = self.actuator.set_high(f"tool {tool.key}", tool.cgroup, new, reason)
+            res = self.actuator.set_high(f"tool {tool.key}", tool.cgroup, new, reason, agent=tool.agent_id,
+                                         tool=tool.tool_id)
         except AgentdError as err:
             log.debug("tool %s: cannot move memory.high: %s", tool.key, err)
             return

@@ -289,6 +289,9 @@ class Controller:
 
     def remove_agent(self, agent, kill=True, reason="ended"):
         """Tear down an agent's tree. Tool calls still running are finished first."""
+        # Events still queued for it (a batched exec report of its last spawn) are read
+        # while it is known, not dropped once it is gone.
+        self._hook("before_agent_end", agent)
         for tool in list(agent.tools.values()):
             self.finish_tool(tool, status=None, reason=reason, force_kill=kill)
         try:
@@ -363,7 +366,7 @@ class Controller:
         """A dry run's automatically detected tool call: not placed, not stopped, nothing
         written. What it would have been (class, rule, limits, forecast, oom_score_adj) is
         logged and emitted as a `tool_observed` event for `agentd report --what-if`."""
-        plan = self.planner.plan_tool(agent, argv, None, None)
+        plan = self.planner_of(agent).plan_tool(agent, argv, None, None)
         names.check_name(plan.tool_class, "tool class")
         seq = agent.next_seq
         agent.next_seq += 1

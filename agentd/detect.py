@@ -217,6 +217,12 @@ class DetectionHook:
         except AgentdError as err:
             log.warning("automatic detection off for agent %s: %s", agent.agent_id, err)
 
+    def before_agent_end(self, agent):
+        """Read what the lifecycle program still holds before the agent is forgotten: an
+        exec that stopped nothing (a dry run observes) is reported in a batch, up to a
+        drain interval late, and would find its agent gone."""
+        self._drain()
+
     def on_agent_end(self, agent):
         self.detector.remove_agent(agent.agent_id)
         if self.monitor.lifecycle is not None and getattr(agent, "watch_id", None):

@@ -74,6 +74,14 @@ class Actuator:
         log.info("%s: would %s%s (%s) [dry run]", who, what, f" {detail}" if detail else "", reason)
         self.events.emit("dry_run", agent=agent, tool=tool, what=what, reason=reason, **fields)
 
+    def decided_only(self, what, who, reason, agent=None, tool=None, **fields):
+        """For a write made elsewhere (a BPF attachment): in a dry run, record the decision
+        and return True (the caller then writes nothing); else False."""
+        if not self.dry_run:
+            return False
+        self._would(what, who, reason, agent, tool, **fields)
+        return True
+
     # --- limits ------------------------------------------------------------------
     def set_high(self, who, cg, new, reason, agent=None, tool=None):
         """Write memory.high; returns (old, new) or None when nothing was written. A dry

@@ -99,7 +99,7 @@ def _would(rec, agents, calls, call):
     """A `dry_run` record: a would-be write outside the ladder."""
     changes = rec.get("changes") or {}
     tool = rec.get("tool")
-    if tool and (rec.get("agent"), tool) in calls or tool and rec.get("what") == "set":
+    if tool:
         c = call(rec)
         for name, (old, new) in changes.items():
             if name == "oom_score_adj":
@@ -112,6 +112,9 @@ def _would(rec, agents, calls, call):
                 c.limits[name] = new
         if rec.get("what") == "kill":
             c.actions.append({"ts": rec.get("ts"), "action": "kill", "old": "running", "new": "killed",
+                              "reason": rec.get("reason")})
+        elif rec.get("what") != "set":          # e.g. hide the GPUs (device program)
+            c.actions.append({"ts": rec.get("ts"), "action": rec.get("what"), "old": None, "new": None,
                               "reason": rec.get("reason")})
         return
     a = agents.get(rec.get("agent"))

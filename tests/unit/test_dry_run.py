@@ -187,6 +187,8 @@ EVENTS = [
     {"ts": 103.0, "event": "action", "agent": "ag", "tool": "0001-batch", "action": "throttle", "old": "768",
      "new": "300", "reason": "memory is short", "dry_run": True},
     {"ts": 103.5, "event": "action", "agent": "other", "tool": "0001-x", "action": "freeze", "reason": "real"},
+    {"ts": 103.6, "event": "dry_run", "agent": "ag", "tool": "0001-batch", "what": "hide the GPUs (device program)",
+     "reason": "placed on the CPU"},
     {"ts": 104.0, "event": "tool_end", "agent": "ag", "tool": "0001-batch", "outcome": "ok",
      "memory_peak_bytes": 900, "forecast_bytes": 400,
      "actions": [{"action": "queue", "ts": 100.9, "seconds": 0.0, "forecast_bytes": 400, "reason": "memory budget",
@@ -203,12 +205,12 @@ def test_what_if_lists_per_call_the_limits_steps_and_waits_of_a_dry_run():
     assert [c.tool for c in calls] == ["0001-batch", "0002-normal"]        # not the real freeze of `other`
     b, o = calls
     assert b.limits == {"memory.max": "1024", "memory.high": "768"} and b.oom_score_adj == 700
-    assert [a["action"] for a in b.actions] == ["set memory.high", "throttle"]
+    assert [a["action"] for a in b.actions] == ["set memory.high", "throttle", "hide the GPUs (device program)"]
     assert b.waits == [{"ts": 100.9, "seconds": 0.0, "forecast_bytes": 400, "reason": "memory budget"}]
     assert (b.outcome, b.peak, b.forecast) == ("ok", 900, 400)
     assert o.observed and o.oom_score_adj == 500 and o.forecast == 64
     lines = whatif.text(agents, calls)
-    assert "2 tool calls" in lines[0] and "2 enforcement steps" in lines[0] and "1 admission waits" in lines[0]
+    assert "2 tool calls" in lines[0] and "3 enforcement steps" in lines[0] and "1 admission waits" in lines[0]
     assert any("would throttle" in line and "+2.0 s" in line for line in lines)
     assert any("observed only" in line for line in lines)
     doc = whatif.as_json(agents, calls)

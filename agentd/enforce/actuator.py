@@ -260,8 +260,8 @@ class Actuator:
 
     def tell(self, tool, kind, message):
         conn = getattr(tool, "conn", None)
-        if conn is None or not message:
-            return
+        if conn is None or not message or self.dry_run:
+            return                # a dry run changes nothing the agent sees, its messages included
         try:
             conn.send(protocol.notice(kind, message))
         except Exception as err:       # a vanished client must not stop enforcement

@@ -98,6 +98,9 @@ class Controller:
             cap = self.planner.policy.daemon.max_tool_calls_per_agent
         except AttributeError:
             return
+        if self.actuator.decided_only("set", who, "tool-call cap", agent=cg.rpartition("/")[2],
+                                      changes={cgf.CGROUP_MAX_DESCENDANTS: ["max", str(cap + self.DESCENDANTS_SLACK)]}):
+            return
         try:
             self.fs.write_if_offered(cg, cgf.CGROUP_MAX_DESCENDANTS, str(cap + self.DESCENDANTS_SLACK))
         except CgroupGone:

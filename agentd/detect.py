@@ -59,6 +59,20 @@ class Front:
         except AgentdError:
             return False
 
+    def is_file(self, path):
+        """Is the file at `path` the launcher? For a dry run's exec reports, read after the
+        process may be gone (nothing stopped it): the path the kernel exec'd, from the
+        event. Only a record depends on it, never a placement."""
+        if self.digest is None or not path:
+            return False
+        try:
+            if os.stat(path).st_size != self.size:
+                return False
+            with open(path, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest() == self.digest
+        except OSError:
+            return False
+
 
 class DetectionHook:
     def __init__(self, app, monitor=None):
@@ -73,7 +87,7 @@ class DetectionHook:
         self.observe = bool(getattr(app, "dry_run", False))
         self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs,
                                     agent_process=self.is_agent_process, exempt=self.front.runs,
-                                    observe=self.observe)
+                                    observe=self.observe, exempt_file=self.front.is_file)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
         self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
         self.monitor.proc_listeners.append(self._on_proc)

@@ -69,7 +69,7 @@ class AutoDetector:
     """
 
     def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason="",
-                 resume=resume, agent_process=None, exempt=None, observe=False):
+                 resume=resume, agent_process=None, exempt=None, observe=False, exempt_file=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if strategy != "poll" and lifecycle is None:
@@ -91,6 +91,7 @@ class AutoDetector:
         # observe: report tool calls to `place` and move nothing; no task is stopped at
         # exec (a dry run: `place` only records what would have been).
         self.observe = observe
+        self.exempt_file = exempt_file  # observe: exempt(path of the exec'd file), the process may be gone
         self._observed = set()      # observe: pids recorded as tool calls (until they exit)
         self.stats = AutodetectStats()
         self._agents = {}           # agent_id -> _Agent
@@ -162,7 +163,7 @@ class AutoDetector:
             # (the exec watchdog has resumed it): it may have forked meanwhile, so its
             # descendants are swept after it is placed, as without stop-at-exec.
             self._consider(agent, ev.pid, list(ev.argv), ev.leads_session, ev.ppid,
-                           held=ev.stopped and not self._held_too_long(ev))
+                           held=ev.stopped and not self._held_too_long(ev), filename=ev.filename)
         finally:
             if ev.stopped:
                 self._resume(ev.pid)
@@ -182,9 +183,11 @@ class AutoDetector:
             except AgentdError as err:
                 log.debug("held %d: %s", pid, err)
 
-    def _consider(self, agent, pid, argv, leads_session, ppid=None, held=None):
+    def _consider(self, agent, pid, argv, leads_session, ppid=None, held=None, filename=None):
         try:
-            tool = not (self.exempt and self.exempt(pid)) \
+            exempt = bool(self.exempt and self.exempt(pid)) or bool(
+                self.observe and filename and self.exempt_file and self.exempt_file(filename))
+            tool = not exempt \
                 and (self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
                 and bool(self.is_tool(argv, leads_session))
         except Exception:  # policy bugs must not leave a task stopped
@@ -287,7 +290,8 @@ class AutoDetector:
         self._consider(agent, pid, list(info.argv), info.sid == pid, info.ppid)
 
 
-def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None, exempt=None, observe=False):
+def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None, exempt=None, observe=False,
+                exempt_file=None):
     """The detector the daemon wants for `monitor` (a kernel_events.EventMonitor):
     stop-at-exec when the lifecycle program runs, /proc polling otherwise; subscribed
     to the monitor's process events. The daemon still calls reconcile() on its tick
@@ -295,9 +299,11 @@ def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=N
     at start, which resumes tasks a previous daemon left stopped."""
     if monitor.lifecycle is not None:
         det = AutoDetector(place, is_tool, cgroups, strategy=strategy or "stop", lifecycle=monitor.lifecycle,
-                           reason=monitor.reason, agent_process=agent_process, exempt=exempt, observe=observe)
+                           reason=monitor.reason, agent_process=agent_process, exempt=exempt, observe=observe,
+                           exempt_file=exempt_file)
         monitor.proc_listeners.append(det.handle)
     else:
         det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason,
-                           agent_process=agent_process, exempt=exempt, observe=observe)
+                           agent_process=agent_process, exempt=exempt, observe=observe,
+                           exempt_file=exempt_file)
     return det

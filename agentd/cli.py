@@ -339,8 +339,18 @@ def cmd_events(args):
 
 
 def cmd_report(args):
-    from .ui.report import draw, load
     path = _event_log_path(args)
+    if args.what_if:
+        from .ui import whatif
+        agents, calls = whatif.load(path, args.agent)
+        if args.json:
+            print(json.dumps(whatif.as_json(agents, calls), indent=1))
+        else:
+            print("\n".join(whatif.text(agents, calls)))
+        return 0
+    if not args.output:
+        raise AgentdError("agentd report needs -o FILE.png (or --what-if for a dry run's decisions)")
+    from .ui.report import draw, load
     calls = load(path, args.agent)
     drawn = draw(calls, args.output, title=args.agent or "all agents")
     print(f"{args.output}: {drawn['tool_calls']} tool calls, {drawn['samples']} memory samples, "
@@ -433,9 +443,13 @@ def build_parser():
     e.add_argument("--socket")
     e.set_defaults(fn=cmd_events)
 
-    rp = sub.add_parser("report", help="draw memory over time per tool call (PNG; needs matplotlib)")
+    rp = sub.add_parser("report", help="draw memory over time per tool call (PNG; needs matplotlib), or list "
+                                       "what a dry-run daemon would have done (--what-if)")
     rp.add_argument("--agent")
-    rp.add_argument("-o", "--output", required=True, help="PNG file to write")
+    rp.add_argument("-o", "--output", help="PNG file to write")
+    rp.add_argument("--what-if", action="store_true",
+                    help="per tool call, the limits, ladder steps and admission waits a --dry-run daemon decided")
+    rp.add_argument("--json", action="store_true", help="with --what-if: JSON instead of text")
     rp.add_argument("--event-log")
     rp.add_argument("--socket")
     rp.set_defaults(fn=cmd_report)

@@ -27,8 +27,13 @@ CAP_SYS_RESOURCE = 24             # capability(7): pins oom_score_adj_min (agent
 
 
 class Controller:
-    def __init__(self, fs, root, caps, planner, state, events, procfs, sampler=None, history=None):
+    def __init__(self, fs, root, caps, planner, state, events, procfs, sampler=None, history=None,
+                 actuator=None):
+        from .enforce.actuator import Actuator
         self.fs = fs                  # CgroupFS
+        # Every limit, oom_score_adj and kill goes through the actuator: logged old -> new,
+        # and only decided (not written) in a dry run.
+        self.actuator = actuator or Actuator(fs, events, procfs=procfs)
         self.root = root.strip("/")
         self.caps = caps
         self.planner = planner        # policy front: agent_limits(), plan_tool()
@@ -78,50 +83,9 @@ class Controller:
         if tool is not None:
             self.state.record("tool", tool.key, None if (removed or tool.done) else tool.to_state())
 
-    def _apply(self, cg, limits, who, reason, fresh=False):
-        """Write limit files; log old -> new; skip files the kernel does not offer here.
-
-        `fresh`: `cg` was just made, so every file holds the kernel's default: each limit
-        is one write (no stat, no read back) and the call gets one log line, not one per
-        file. This is the per-tool-call path; in an emulated guest every cgroupfs
-        syscall costs a fraction of a millisecond and a log line about a millisecond."""
-        if fresh:
-            return self._apply_fresh(cg, limits, who, reason)
-        applied = {}
-        for name, value in limits.items():
-            if value is None:
-                continue
-            if not self.fs.has(cg, name):
-                continue
-            try:
-                old = self.fs.read(cg, name).strip()
-                new = "max" if value == "max" else str(value)
-                if old != new:
-                    self.fs.write(cg, name, new)
-                    log.info("%s: %s %s -> %s (%s)", who, name, old, new, reason)
-                applied[name] = new
-            except CgroupGone:
-                raise
-            except KernelError as err:
-                log.warning("%s: cannot set %s=%s: %s", who, name, value, err)
-        return applied
-
-    def _apply_fresh(self, cg, limits, who, reason):
-        applied = {}
-        for name, value in limits.items():
-            if value is None:
-                continue
-            new = "max" if value == "max" else str(value)
-            try:
-                if self.fs.write_if_offered(cg, name, new):
-                    applied[name] = new
-            except CgroupGone:
-                raise
-            except KernelError as err:
-                log.warning("%s: cannot set %s=%s: %s", who, name, value, err)
-        if applied:
-            log.info("%s: %s (%s)", who, ", ".join(f"{k}={v}" for k, v in applied.items()), reason)
-        return applied
+    def _apply(self, cg, limits, who, reason, fresh=False, agent=None, tool=None):
+        """Write limit files through the actuator (see Actuator.set_limits)."""
+        return self.actuator.set_limits(who, cg, limits, reason, fresh=fresh, agent=agent, tool=tool)
 
     # cgroup.max.descendants of an agent: its tool-call cap, plus main, tools, and room for
     # cgroups the agent nests itself or calls still draining. The kernel then refuses a
@@ -133,6 +97,9 @@ class Controller:
         try:
             cap = self.planner.policy.daemon.max_tool_calls_per_agent
         except AttributeError:
+            return
+        if self.actuator.decided_only("set", who, "tool-call cap", agent=cg.rpartition("/")[2],
+                                      changes={cgf.CGROUP_MAX_DESCENDANTS: ["max", str(cap + self.DESCENDANTS_SLACK)]}):
             return
         try:
             self.fs.write_if_offered(cg, cgf.CGROUP_MAX_DESCENDANTS, str(cap + self.DESCENDANTS_SLACK))
@@ -146,6 +113,8 @@ class Controller:
         It scopes the kernel's kill and limits nothing, so it is written apart from the
         limits: not in limits_applied (status, events) nor in their log lines."""
         try:
+            if self.actuator.dry_run:
+                return            # no limit, so nothing to scope; the kernel's own OOM rules stay
             self.fs.write_if_offered(cg, cgf.MEMORY_OOM_GROUP, "1")
         except CgroupGone:
             raise
@@ -174,14 +143,15 @@ class Controller:
             self.fs.mkdir(agent.tools_cgroup)
             self.fs.enable_controllers(cg)
             self.fs.enable_controllers(agent.tools_cgroup)
-            agent.limits_applied = self._apply(cg, limits, f"agent {name}", f"class {cls_name}")
+            agent.limits_applied = self._apply(cg, limits, f"agent {name}", f"class {cls_name}", agent=name)
             self._bound_descendants(cg, f"agent {name}")
         except AgentdError:
             self.fs.remove_tree(cg)
             raise
         self.agents[name] = agent
         self._save(agent=agent)
-        self.events.emit("agent_start", agent=name, agent_class=cls_name, limits=agent.limits_applied)
+        self.events.emit("agent_start", agent=name, agent_class=cls_name, limits=agent.limits_applied,
+                         **self._dry())
         self._hook("on_agent_start", agent)
         return agent
 
@@ -203,7 +173,8 @@ class Controller:
                 continue
             sized = {k: v for k, v in limits.items() if k in self.SIZED_LIMITS}
             try:
-                agent.limits_applied.update(self._apply(agent.cgroup, sized, f"agent {agent.agent_id}", reason))
+                agent.limits_applied.update(self._apply(agent.cgroup, sized, f"agent {agent.agent_id}", reason,
+                                                        agent=agent.agent_id))
             except CgroupGone:
                 continue
 
@@ -246,16 +217,16 @@ class Controller:
         value = oom.main_adj(allowed)
         if value < 0 and self.caps is not None and not getattr(self.caps, "sys_resource", True):
             return                    # the capability probe has said so once
-        self._set_oom(proc, value, f"agent {agent.agent_id}")
+        self._set_oom(proc, value, f"agent {agent.agent_id}", agent=agent.agent_id)
 
-    def _set_oom(self, proc, value, who):
+    def _set_oom(self, proc, value, who, agent=None, tool=None):
         """The kernel OOM killer's order (agentd/oom.py); a process that is already gone or
         a /proc that refuses costs a log line, not the call. A held process is verified
         first: a pid that names another process by now is not written."""
         pid = _pid(proc)
         try:
             _verify(proc)
-            self.procfs.set_oom_score_adj(pid, value)
+            self.actuator.set_oom(pid, value, who, agent=agent, tool=tool)
         except ProcessGone:
             pass
         except KernelError as err:
@@ -270,6 +241,16 @@ class Controller:
 
     def tool_oom_adj(self, agent, tool):
         return oom.tool_adj(agent.priority, tool.plan.priority)
+
+    def launcher_oom_adj(self, agent, tool):
+        """The oom_score_adj the launcher's child writes for itself before exec ("" = none:
+        in a dry run the decision is logged here and nothing is written)."""
+        value = self.tool_oom_adj(agent, tool)
+        if self.actuator.dry_run:
+            self.actuator.set_oom(tool.pid, value, f"tool {tool.key}", agent=agent.agent_id,
+                                  tool=tool.tool_id)
+            return ""
+        return str(value)
 
     def launcher_places_itself(self, pid):
         """May the launcher `pid` start its tool call directly in the cgroup (clone3 into
@@ -311,11 +292,18 @@ class Controller:
 
     def remove_agent(self, agent, kill=True, reason="ended"):
         """Tear down an agent's tree. Tool calls still running are finished first."""
+        # Events still queued for it (a batched exec report of its last spawn) are read
+        # while it is known, not dropped once it is gone.
+        self._hook("before_agent_end", agent)
         for tool in list(agent.tools.values()):
             self.finish_tool(tool, status=None, reason=reason, force_kill=kill)
         try:
             if kill and self.fs.exists(agent.cgroup) and self.fs.populated(agent.cgroup):
-                self.fs.kill(agent.cgroup)
+                if not self.actuator.kill_cgroup(f"agent {agent.agent_id}", agent.cgroup, reason,
+                                                 agent=agent.agent_id):
+                    # Dry run: its leftovers run on; the sweep removes it once they are gone.
+                    agent.detached = True
+                    return
                 self.fs.wait_empty(agent.cgroup, 2.0)
             self.fs.remove_tree(agent.cgroup)
         except CgroupGone:
@@ -356,13 +344,14 @@ class Controller:
             self._hook("on_tool_plan", agent, tool)      # forecaster may adjust plan.limits
             tool.limits_applied = self._apply(cg, plan.limits, f"tool {tool.key}",
                                               f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""),
-                                              fresh=True)
+                                              fresh=True, agent=agent.agent_id, tool=tool_id)
             self._kill_whole(cg, f"tool {tool.key}")
             tool.cgroup_id = self.fs.cgroup_id(cg)
             if pid is not None:
                 _verify(proc)
                 self.fs.move(cg, pid)
-                self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
+                self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}", agent=agent.agent_id,
+                              tool=tool_id)
         except (AgentdError, OSError):
             self.fs.rmdir(cg)
             raise
@@ -372,8 +361,30 @@ class Controller:
         self._save(agent=agent, tool=tool)
         self.events.emit("tool_start", agent=agent.agent_id, tool=tool_id, argv=tool.argv[:64],
                          tool_class=plan.tool_class, rule=plan.rule, origin=origin, intent=intent,
-                         limits=tool.limits_applied)
+                         limits=tool.limits_applied, **self._dry())
         self._hook("on_tool_start", agent, tool)
+        return tool
+
+    def observe_tool(self, agent, pid, argv, origin="auto"):
+        """A dry run's automatically detected tool call: not placed, not stopped, nothing
+        written. What it would have been (class, rule, limits, forecast, oom_score_adj) is
+        logged and emitted as a `tool_observed` event for `agentd report --what-if`."""
+        plan = self.planner_of(agent).plan_tool(agent, argv, None, None)
+        names.check_name(plan.tool_class, "tool class")
+        seq = agent.next_seq
+        agent.next_seq += 1
+        tool_id = f"{seq:04d}-{plan.tool_class}"
+        tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=f"{agent.tools_cgroup}/{tool_id}",
+                        argv=list(argv), plan=plan, origin=origin, pid=pid)
+        self._hook("on_tool_observed", agent, tool)      # the forecast's memory.high
+        would = {k: ("max" if v == "max" else str(v)) for k, v in plan.limits.items() if v is not None}
+        adj = self.tool_oom_adj(agent, tool)
+        log.info("tool %s (pid %d): would be placed in %s with %s, oom_score_adj %d [dry run]", tool.key, pid,
+                 tool.cgroup, ", ".join(f"{k}={v}" for k, v in would.items()), adj)
+        self.events.emit("tool_observed", agent=agent.agent_id, tool=tool_id, pid=pid, argv=tool.argv[:64],
+                         tool_class=plan.tool_class, rule=plan.rule, origin=origin, limits=would,
+                         oom_score_adj=adj, forecast_bytes=getattr(tool.forecast, "peak_bytes", None),
+                         dry_run=True)
         return tool
 
     def attach(self, tool, proc):
@@ -385,7 +396,8 @@ class Controller:
         tool.pid = pid
         agent = self.agents.get(tool.agent_id)
         if agent is not None:
-            self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}")
+            self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}", agent=agent.agent_id,
+                          tool=tool.tool_id)
         self._save(tool=tool)
 
     # Limits a re-classification writes: memory.high belongs to the forecast (enforce/).
@@ -467,13 +479,17 @@ class Controller:
                     self.fs.freeze(cg, False)
                 if force_kill or tool.plan.stragglers == "kill":
                     if not self.fs.wait_empty(cg, 0 if force_kill else tool.plan.straggler_grace_s):
-                        self.fs.kill(cg)
-                        self.fs.wait_empty(cg, 5.0)
+                        if self.actuator.kill_cgroup(f"tool {tool.key}", cg, f"{stragglers} left after the call",
+                                                     agent=tool.agent_id, tool=tool.tool_id):
+                            self.fs.wait_empty(cg, 5.0)
+                        else:
+                            removed = False   # dry run: the sweep removes it once they are gone
                 else:
                     removed = False       # "wait": leave it; the sweep removes it once empty
             accounting = self._accounting(tool)
             if removed:
                 self.fs.rmdir(cg)
+                self.actuator.forget(cg)
         except CgroupGone:
             accounting = self._accounting(tool, gone=True)
         except KernelError as err:
@@ -554,6 +570,7 @@ class Controller:
                     continue
                 if tool.done:
                     self.fs.rmdir(tool.cgroup)
+                    self.actuator.forget(tool.cgroup)
                     agent.tools.pop(tool.tool_id, None)
                 elif tool.origin != "launcher" or self._orphan_expired(tool):
                     # The exit status, where the lifecycle program reported the exit.
@@ -570,6 +587,10 @@ class Controller:
         if since is True:                  # adopted at start: the clock starts now
             tool.orphaned = since = time.monotonic()
         return time.monotonic() - since >= self.ORPHAN_GRACE_S
+
+    def _dry(self):
+        """Marks an event's limits as what a dry run would have set (none was written)."""
+        return {"dry_run": True} if self.actuator.dry_run else {}
 
     def _hook(self, name, *args):
         for h in self.hooks:

@@ -122,8 +122,11 @@ class App(ApiOps):
             self.state_dir = state_dir
         if self.state_dir:
             filemodes.private_dir(self.state_dir)
+        from .enforce.actuator import Actuator
+        self.dry_run = bool(c.dry_run or os.environ.get("AGENTD_DRY_RUN") == "1")
         self.ctl = Controller(self.fs, self.root, self.caps, Planner(self.policy, self.host_memory),
-                              self.state, self.events, self.procfs, sampler=rss_sampler)
+                              self.state, self.events, self.procfs, sampler=rss_sampler,
+                              actuator=Actuator(self.fs, self.events, dry_run=self.dry_run, procfs=self.procfs))
         # One list of hooks serves both the controller's events (on_tool_plan/start/end,
         # on_agent_start/end) and the daemon's (start/stop coroutines, admit, modes).
         self.ctl.hooks = self.hooks
@@ -212,7 +215,8 @@ class App(ApiOps):
         self.self_cgroup = leaf
         try:
             if self.procfs.oom_score_adj(os.getpid()) > oom.DAEMON and self.caps.sys_resource:
-                self.procfs.set_oom_score_adj(os.getpid(), oom.DAEMON)   # what reacts goes last
+                # what reacts goes last
+                self.ctl.actuator.set_oom(os.getpid(), oom.DAEMON, "the daemon")
         except AgentdError as err:
             log.debug("daemon oom_score_adj not set: %s", err)
         self.ctl.enable_path(self.root)     # so the leaf has memory.* files
@@ -221,8 +225,8 @@ class App(ApiOps):
                 if self.fs.has(cg, "memory.min"):
                     cur = self.fs.read_int(cg, "memory.min") or 0
                     if cur < self.SELF_MEMORY_MIN:
-                        self.fs.write(cg, "memory.min", self.SELF_MEMORY_MIN)
-                        log.info("%s: memory.min %d -> %d (the daemon's own memory)", cg, cur, self.SELF_MEMORY_MIN)
+                        self.ctl.actuator.set_limits(cg, cg, {"memory.min": self.SELF_MEMORY_MIN},
+                                                     "the daemon's own memory")
             except AgentdError as err:
                 log.warning("cannot protect the daemon's memory in %s: %s", cg, err)
 

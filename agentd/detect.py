@@ -6,7 +6,9 @@ The event monitor (BPF lifecycle program, or /proc polling where BPF is unavaila
 reports execs in each agent's `main` cgroup; the detector asks `is_tool` (the policy's
 detection section) and calls `place`, which creates the tool-call cgroup through the
 controller. With BPF the new process is held stopped at exec until it is placed, so
-nothing it forks starts outside (see bpf/README.md).
+nothing it forks starts outside (see bpf/README.md). A dry-run daemon only observes: the
+lifecycle program reports execs without stopping them, and a call that would have been
+placed is recorded, not moved.
 """
 
 import asyncio
@@ -57,6 +59,20 @@ class Front:
         except AgentdError:
             return False
 
+    def is_file(self, path):
+        """Is the file at `path` the launcher? For a dry run's exec reports, read after the
+        process may be gone (nothing stopped it): the path the kernel exec'd, from the
+        event. Only a record depends on it, never a placement."""
+        if self.digest is None or not path:
+            return False
+        try:
+            if os.stat(path).st_size != self.size:
+                return False
+            with open(path, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest() == self.digest
+        except OSError:
+            return False
+
 
 class DetectionHook:
     def __init__(self, app, monitor=None):
@@ -66,8 +82,12 @@ class DetectionHook:
         self.monitor = monitor if monitor is not None else EventMonitor(app.fs)
         from .install import launcher_path
         self.front = Front(app.procfs, launcher_path())
+        # A dry run observes: no task is stopped at exec, none is moved; each call that
+        # would have been placed is recorded (Controller.observe_tool).
+        self.observe = bool(getattr(app, "dry_run", False))
         self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs,
-                                    agent_process=self.is_agent_process, exempt=self.front.runs)
+                                    agent_process=self.is_agent_process, exempt=self.front.runs,
+                                    observe=self.observe, exempt_file=self.front.is_file)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
         self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
         self.monitor.proc_listeners.append(self._on_proc)
@@ -120,6 +140,10 @@ class DetectionHook:
         grace = self.policy.startup_grace_s
         if grace and time.time() - agent.created < grace:
             return                    # the agent's start-up spawns are housekeeping
+        if self.observe:
+            self.app.ctl.observe_tool(agent, pid, argv)
+            self.stats["placed"] += 1
+            return
         # Held by a pidfd from here: the move and the oom_score_adj write check that the
         # pid still names the process the event was about.
         with self.app.procfs.hold(pid) as proc:
@@ -206,6 +230,12 @@ class DetectionHook:
                 self.monitor.lifecycle.watch(agent.watch_id)
         except AgentdError as err:
             log.warning("automatic detection off for agent %s: %s", agent.agent_id, err)
+
+    def before_agent_end(self, agent):
+        """Read what the lifecycle program still holds before the agent is forgotten: an
+        exec that stopped nothing (a dry run observes) is reported in a batch, up to a
+        drain interval late, and would find its agent gone."""
+        self._drain()
 
     def on_agent_end(self, agent):
         self.detector.remove_agent(agent.agent_id)

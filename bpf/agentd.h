@@ -95,7 +95,8 @@ struct agentd_mem_state {
 /* mm_state: mm pointer -> the cgroup its rss is attributed to, and the amount. */
 struct agentd_mm_state {
 	__u64 cgroup_id;
-	__s64 rss_bytes;
+	__s64 rss_bytes;	/* charged to the cgroup: the mm's rss less base_bytes */
+	__s64 base_bytes;	/* rss a fork child inherited (shared with its parent), not charged */
 };
 
 /* stats array map (both programs): counters indexed by these ids. */

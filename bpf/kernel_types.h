@@ -72,7 +72,12 @@ struct mm_struct {
 #define AGENTD_MM_SWAPENTS 2
 #define AGENTD_MM_SHMEMPAGES 3
 
+/* task_struct.flags bit, set by fork and cleared by exec: unchanged since 2.6. */
+#define AGENTD_PF_FORKNOEXEC 0x00000040
+
 struct task_struct {
+	unsigned int flags;
+	struct task_struct *group_leader;
 	pid_t pid;
 	pid_t tgid;
 	int exit_code;

@@ -9,7 +9,8 @@
  * exit). Each mm is attributed to the cgroup of the task that last faulted on it
  * (`mm_state`); when a process moves between tracked cgroups, its rss moves with it at
  * its next fault (one that moves to an untracked cgroup keeps its charge until it exits).
- * Shared file pages are counted once per process (rss semantics, not memcg's).
+ * Shared file pages are counted once per process (rss semantics, not memcg's), except
+ * what a fork child inherits before it execs: that copy is its parent's (see below).
  *
  * Only cgroups with an entry in `mem_limits` are tracked. An event goes to `mem_events`
  * when usage crosses threshold_bytes (edge-triggered, re-armed when it falls below) or
@@ -193,23 +194,45 @@ static __always_inline int handle_rss(struct mm_struct *mm, struct mm_struct *cu
 		arrived = 1;
 	}
 	__s64 rss = mm_rss_bytes(mm);
-	__s64 delta;
+	__s64 charge, delta;
 
 	if (ms) {
+		__s64 base = ms->base_bytes;
+
+		/* A fork child that gives inherited pages back (munmap, exec tearing the
+		 * copy down) lowers its base with them: what it maps afterwards is its own. */
+		if (rss < base) {
+			ms->base_bytes = rss;
+			base = rss;
+		}
+		charge = rss - base;
 		/* Most events change only a per-CPU delta, not the folded count: nothing to do. */
-		if (rss == ms->rss_bytes)
+		if (charge == ms->rss_bytes)
 			return 0;
 		/* One atomic exchange: a fault on one CPU and reclaim of the same mm on another
 		 * would otherwise both take the old value and both add the change, and the
 		 * cgroup's total would overshoot until a later event corrects it (a threshold
 		 * crossed twice for one rise). */
-		delta = rss - (__s64)__sync_lock_test_and_set(&ms->rss_bytes, rss);
+		delta = charge - (__s64)__sync_lock_test_and_set(&ms->rss_bytes, charge);
 		if (!delta)
 			return 0;
 	} else {
-		struct agentd_mm_state init = { .cgroup_id = cgid, .rss_bytes = rss };
+		/* A fork child that has not exec'd (PF_FORKNOEXEC on its thread-group leader)
+		 * holds a copy of its parent's mm: pages shared copy-on-write with the parent,
+		 * which memcg leaves charged where they were faulted. They are not this cgroup's
+		 * usage, only what the child adds on top of them is. Counted whole, a large
+		 * process forking into a tracked cgroup (a 500 MiB node forking a shell inside
+		 * a tool call) showed its rss as the call's own until the child exec'd: a
+		 * threshold crossed by nothing the call allocated. */
+		__s64 base = 0;
+		struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
 
-		delta = rss;
+		if (leader && (leader->flags & AGENTD_PF_FORKNOEXEC))
+			base = rss;
+		struct agentd_mm_state init = { .cgroup_id = cgid, .rss_bytes = rss - base, .base_bytes = base };
+
+		charge = rss - base;
+		delta = charge;
 		arrived = 1;
 		bpf_map_update_elem(&mm_state, &key, &init, BPF_ANY);
 	}

@@ -157,7 +157,7 @@ class ApiOps:
         env.update(getattr(tool, "env", {}) or {})
         reply = {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup, "env": env,
                  # the launcher's child sets it before exec (agentd/oom.py): inherited by all it forks
-                 "oom_score_adj": str(self.ctl.tool_oom_adj(agent, tool)),
+                 "oom_score_adj": self.ctl.launcher_oom_adj(agent, tool),
                  "messages": list(getattr(tool, "start_messages", []))}
         if self.ctl.launcher_places_itself(conn.pid) and conn.peer_alive():   # read-then-verify
             # Without "path" the launcher holds its child and asks for tool_attach.

@@ -1,16 +1,25 @@
-"""Decisions -> cgroup writes. The only place in enforce/ that changes the kernel.
+"""Decisions -> kernel writes: the one place agentd changes a limit, a freeze, a kill or
+an oom_score_adj (the controller's class limits, the enforcer's ladder, the CPU stage's
+weights all come here).
 
-Every write is logged old -> new with its reason, recorded in the tool call's `actions`,
-emitted as an `action` event and, when the call's `agentd tool` is still connected, told
-to the agent as a one-sentence notice. With `dry_run` nothing is written and the log
-says what would have been.
+Every ladder write is logged old -> new with its reason, recorded in the tool call's
+`actions`, emitted as an `action` event and, when the call's `agentd tool` is still
+connected, told to the agent as a one-sentence notice.
+
+With `dry_run` nothing is written. Each decision is still logged ("would set ... [dry
+run]") and emitted: ladder actions as `action` events marked `dry_run`, everything else
+(class limits, forecast memory.high, oom_score_adj, straggler kills, CPU weights) as
+`dry_run` events naming the agent, the tool call, old -> new and the reason. The values
+agentd would have written are kept in `shadow`, so the next decision starts from them
+(a re-forecast that moves memory.high again logs its move from the would-be value, not
+from "max" every tick), and `agentd report --what-if` reads them back from the log.
 """
 
 import logging
 import time
 
 from ..api import protocol
-from ..errors import CgroupGone, KernelError
+from ..errors import AgentdError, CgroupGone, KernelError
 from ..feedback import _program, advice_for
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
@@ -23,36 +32,152 @@ def _size(v):
 
 
 class Actuator:
-    def __init__(self, fs, events, dry_run=False):
+    def __init__(self, fs, events, dry_run=False, procfs=None):
         self.fs = fs
         self.events = events
         self.dry_run = dry_run
+        self.procfs = procfs
         self.counts = {}          # action -> count (metrics)
+        self.shadow = {}          # dry run: (cgroup, file) -> the value agentd would have written
 
-    # --- primitive writes ------------------------------------------------------
+    # --- reads that see the would-be values of a dry run --------------------------
+    def read(self, cg, name):
+        """A limit file's value as agentd left it: the would-be value in a dry run."""
+        if self.dry_run and (cg, name) in self.shadow:
+            return self.shadow[(cg, name)]
+        return self.fs.read(cg, name).strip()
+
+    def read_int(self, cg, name):
+        """An integer limit file ('max' = None), as `read`."""
+        return cgf.parse_int(self.read(cg, name))
+
     def read_high(self, cg):
         """memory.high in bytes (None = "max"); None also where the file does not exist."""
         try:
             if not self.fs.has(cg, cgf.MEMORY_HIGH):
                 return None
-            return self.fs.read_int(cg, cgf.MEMORY_HIGH)
+            return self.read_int(cg, cgf.MEMORY_HIGH)
         except (CgroupGone, KernelError, ValueError):
             return None
 
-    def set_high(self, who, cg, new, reason):
-        """Write memory.high; returns (old, new) or None when nothing was written."""
+    def forget(self, cg):
+        """`cg` was removed: its would-be values go with it."""
+        if self.shadow:
+            for key in [k for k in self.shadow if k[0] == cg]:
+                del self.shadow[key]
+
+    def _would(self, what, who, reason, agent=None, tool=None, **fields):
+        """One dry-run decision: a log line and a `dry_run` event."""
+        detail = ", ".join(f"{k} {_size(v[0]) if k.startswith('memory.') else v[0]} -> "
+                           f"{_size(v[1]) if k.startswith('memory.') else v[1]}"
+                           for k, v in (fields.get("changes") or {}).items())
+        log.info("%s: would %s%s (%s) [dry run]", who, what, f" {detail}" if detail else "", reason)
+        self.events.emit("dry_run", agent=agent, tool=tool, what=what, reason=reason, **fields)
+
+    def decided_only(self, what, who, reason, agent=None, tool=None, **fields):
+        """For a write made elsewhere (a BPF attachment): in a dry run, record the decision
+        and return True (the caller then writes nothing); else False."""
+        if not self.dry_run:
+            return False
+        self._would(what, who, reason, agent, tool, **fields)
+        return True
+
+    # --- limits ------------------------------------------------------------------
+    def set_high(self, who, cg, new, reason, agent=None, tool=None):
+        """Write memory.high; returns (old, new) or None when nothing was written. A dry
+        run emits the decision when `tool` is named (the ladder's own emit their action)."""
         if not self.fs.has(cg, cgf.MEMORY_HIGH):
             return None
-        old = self.fs.read(cg, cgf.MEMORY_HIGH).strip()
+        old = self.read(cg, cgf.MEMORY_HIGH)
         val = "max" if new is None else str(int(new))
         if old == val:
             return None
         if self.dry_run:
-            log.info("%s: would set memory.high %s -> %s (%s) [dry run]", who, _size(old), _size(val), reason)
+            self.shadow[(cg, cgf.MEMORY_HIGH)] = val
+            if tool is not None:
+                self._would("set", who, reason, agent, tool, changes={cgf.MEMORY_HIGH: [old, val]})
+            else:
+                log.info("%s: would set memory.high %s -> %s (%s) [dry run]", who, _size(old), _size(val), reason)
             return old, val
         self.fs.write(cg, cgf.MEMORY_HIGH, val)
         log.info("%s: memory.high %s -> %s (%s)", who, _size(old), _size(val), reason)
         return old, val
+
+    def set_limits(self, who, cg, limits, reason, fresh=False, agent=None, tool=None):
+        """Write limit files (memory.*, cpu.*, pids.max, ...); skip files the kernel does
+        not offer here; log old -> new. Returns {file: value} of what is (or, in a dry
+        run, would be) in effect.
+
+        `fresh`: `cg` was just made, so every file holds the kernel's default: each limit
+        is one write (no stat, no read back) and the call gets one log line, not one per
+        file. This is the per-tool-call path; in an emulated guest every cgroupfs
+        syscall costs a fraction of a millisecond and a log line about a millisecond."""
+        wanted = {k: ("max" if v == "max" else str(v)) for k, v in limits.items() if v is not None}
+        if self.dry_run:
+            return self._would_limits(who, cg, wanted, reason, agent, tool)
+        applied = {}
+        if fresh:
+            for name, new in wanted.items():
+                try:
+                    if self.fs.write_if_offered(cg, name, new):
+                        applied[name] = new
+                except CgroupGone:
+                    raise
+                except KernelError as err:
+                    log.warning("%s: cannot set %s=%s: %s", who, name, new, err)
+            if applied:
+                log.info("%s: %s (%s)", who, ", ".join(f"{k}={v}" for k, v in applied.items()), reason)
+            return applied
+        for name, new in wanted.items():
+            if not self.fs.has(cg, name):
+                continue
+            try:
+                old = self.fs.read(cg, name).strip()
+                if old != new:
+                    self.fs.write(cg, name, new)
+                    log.info("%s: %s %s -> %s (%s)", who, name, old, new, reason)
+                applied[name] = new
+            except CgroupGone:
+                raise
+            except KernelError as err:
+                log.warning("%s: cannot set %s=%s: %s", who, name, new, err)
+        return applied
+
+    def _would_limits(self, who, cg, wanted, reason, agent, tool):
+        applied, changes = {}, {}
+        for name, new in wanted.items():
+            if not self.fs.has(cg, name):
+                continue          # CgroupGone when the cgroup itself is gone, as a write would
+            old = self.read(cg, name)
+            applied[name] = new
+            if old != new:
+                changes[name] = [old, new]
+                self.shadow[(cg, name)] = new
+        if changes:
+            self._would("set", who, reason, agent, tool, changes=changes)
+        return applied
+
+    def set_oom(self, pid, value, who, agent=None, tool=None):
+        """/proc/<pid>/oom_score_adj (agentd/oom.py); ProcessGone / KernelError as the write."""
+        if self.dry_run:
+            try:
+                old = self.procfs.oom_score_adj(pid) if pid and self.procfs else None
+            except (AgentdError, OSError, ValueError):
+                old = None
+            if old != value:
+                self._would("set", who, f"OOM order, pid {pid}", agent, tool, pid=pid,
+                            changes={"oom_score_adj": [old, value]})
+            return
+        self.procfs.set_oom_score_adj(pid, value)
+
+    def kill_cgroup(self, who, cg, reason, agent=None, tool=None):
+        """Kill what is left in `cg` (stragglers, an ended agent's leftovers): False in a
+        dry run, where they are left running and the decision is logged."""
+        if self.dry_run:
+            self._would("kill", who, reason, agent, tool, cgroup=cg)
+            return False
+        self.fs.kill(cg)
+        return True
 
     # --- ladder actions on a tool call ----------------------------------------
     def act(self, tool, action, reason, new_high=None, trigger_ts=None):
@@ -135,8 +260,8 @@ class Actuator:
 
     def tell(self, tool, kind, message):
         conn = getattr(tool, "conn", None)
-        if conn is None or not message:
-            return
+        if conn is None or not message or self.dry_run:
+            return                # a dry run changes nothing the agent sees, its messages included
         try:
             conn.send(protocol.notice(kind, message))
         except Exception as err:       # a vanished client must not stop enforcement

@@ -69,6 +69,18 @@ class Admitter:
             self.pending[key] = pend
             return
         prog = _program(req["argv"])
+        if self.e.actuator.dry_run:
+            # A dry run never holds a call back: the wait it would have had is recorded.
+            rec = {"action": "queue", "reason": "memory budget", "ts": round(time.time(), 3), "seconds": 0.0,
+                   "forecast_bytes": peak, "dry_run": True}
+            self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=req["argv"][:8],
+                                   reason="memory budget", forecast_bytes=peak, dry_run=True)
+            log.info("agent %s: %s would wait for memory (forecast %s, demand %s, budget %s) [dry run]",
+                     agent.agent_id, prog, format_size(peak), format_size(admission.demand(running)),
+                     format_size(budget) if budget else "-")
+            pend["queue"] = rec
+            self.pending[key] = pend
+            return
         w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{_program(req['argv'])}",
                              agent_priority=agent.priority)
         fut = asyncio.get_running_loop().create_future()

@@ -21,7 +21,7 @@ from ..forecast import Forecast
 from ..hostmem import room_below
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
-from . import admission, limits
+from . import admission, growth, limits
 from .actuator import Actuator
 from .admitter import Admitter
 from .forecasting import Forecasting
@@ -57,6 +57,7 @@ class ToolState:
         self.released = float("-inf")   # when the ladder last gave its memory.high back
         self.relieved = float("-inf")   # when the ladder last undid a step on it
         self.reached = ()         # the steps in effect just before that
+        self.bounded_told = False # the log said once that a limit bounds its growth
 
     def undo(self, step):
         """The ladder gave `step` back: remember what was in effect (a relapse resumes there)."""
@@ -70,7 +71,11 @@ class Enforcer:
         self.app = app
         self.fs = app.fs
         self.ctl = app.ctl
-        self.actuator = Actuator(app.fs, app.events, dry_run=dry_run)
+        # The controller's actuator, where there is one: class limits and the ladder's
+        # writes then share one dry-run switch and one record of would-be values.
+        shared = getattr(app.ctl, "actuator", None)
+        self.actuator = shared if isinstance(shared, Actuator) else Actuator(app.fs, app.events)
+        self.actuator.dry_run = self.actuator.dry_run or dry_run
         self.fc = Forecasting(app.policy, app.state_dir, app.host_memory)
         p = app.policy.pressure
         self.ladder = Ladder(tuple(p.steps), p.step_interval_s, p.relief_interval_s, p.psi_window_us / 1e6)
@@ -174,29 +179,39 @@ class Enforcer:
             tool.actions.append(pend["queue"])
         fc = pend["forecast"] if pend else self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id,
                                                              agent.agent_class)
+        st = self.tools[tool.key] = ToolState()
+        st.evidence = pend["evidence"] if pend else fc.confidence > 0
+        st.ceiling = self._plan_high(tool, fc)
+
+    def on_tool_observed(self, agent, tool):
+        """A dry run's automatically detected call, which is not placed: the forecast and
+        memory.high it would have got go into its plan; nothing follows it afterwards."""
+        self._plan_high(tool, self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id, agent.agent_class))
+
+    def _plan_high(self, tool, fc):
+        """tool.forecast and plan.limits' memory.high from forecast `fc`; returns the
+        policy's own memory.high for the call (a ceiling never raised past), or None."""
         cap = _bytes(tool.plan.limits.get(cgf.MEMORY_MAX))
         if cap is not None and fc.peak_bytes > cap:
             # The call cannot use more than its memory.max: that is the forecast to tell.
             fc = Forecast(cap, fc.confidence, fc.source + ":capped")
         tool.forecast = fc
-        st = self.tools[tool.key] = ToolState()
-        st.evidence = pend["evidence"] if pend else fc.confidence > 0
         decision = getattr(tool.plan, "decision", None)
         if decision is not None and not decision.forecast:
-            return
+            return None
         lim = tool.plan.limits
         high = limits.start_high(fc.peak_bytes, self.policy.forecast.headroom, self.policy.forecast.min_high,
                                  cap=_bytes(lim.get(cgf.MEMORY_MAX)))
         declared = _bytes(lim.get(cgf.MEMORY_HIGH))
         if declared is not None:
             high = min(high, declared)     # a policy's own memory.high is a ceiling
-            st.ceiling = declared
         host = self.app.host_memory
         value = "max" if host and high >= host else str(high)   # past the host's memory: no limit
         lim[cgf.MEMORY_HIGH] = value
         log.info("tool %s: forecast %s (%s, confidence %.2f) -> memory.high %s", tool.key,
                  format_size(fc.peak_bytes), fc.source, fc.confidence,
                  value if value == "max" else format_size(high))
+        return declared
 
     def on_tool_start(self, agent, tool):
         mw = getattr(self, "memwatch", None)
@@ -231,23 +246,27 @@ class Enforcer:
         # the kernel's OOM killer may come within a PSI window of that.
         rate = self._growth_rate(st, ev)
         # Only shared memory is watched: what the host (or agentd's own limit) has left.
-        # Under the agent's own memory.max or memory.high the growth can only harm that
-        # agent, and the kernel already answers it there: at memory.max its OOM order
-        # (agentd/oom.py) kills the call, never the agent, and only if the call really
-        # does not fit; at memory.high the agent stalls, and its own PSI trigger brings
-        # the ladder. Projecting a burst's pace against the few hundred MiB left under a
-        # cap stopped calls that would have fitted.
+        # Under the agent's own memory.max the growth can only harm that agent, and the
+        # kernel already answers it there: at memory.max its OOM order (agentd/oom.py)
+        # kills the call, never the agent, and only if the call really does not fit; at
+        # memory.high the agent stalls, and its own PSI trigger brings the ladder. So the
+        # projection stops at the tightest memory.max above the call (growth.py).
         room = available
-        grow = rate * p.memory_watch_horizon_s
         peak = getattr(tool.forecast, "peak_bytes", 0) or 0
-        if st.evidence and st.current < peak:
-            # Below a forecast with evidence behind it, the growth still to come is what
-            # the forecast says (admission counted it), not the burst's pace carried over
-            # the whole horizon: a 0.4 s call growing 250 MiB/s is not a 500 MiB call.
-            # The start forecast, from history: the live re-forecast extrapolates the
-            # same burst.
-            grow = min(grow, peak - st.current)
-        if room is None or grow <= room:
+        # The start forecast, from history: the live re-forecast extrapolates the same burst.
+        left = peak - st.current if st.evidence and st.current < peak else None
+        horizon = p.memory_watch_horizon_s
+        proj = growth.project(rate, horizon, room, forecast_left=left)
+        if not proj.urgent:
+            return
+        # Only growth that would use up the shared memory is worth reading the limits for.
+        proj = growth.project(rate, horizon, room, forecast_left=left, limit_rooms=self._limit_rooms(agent, tool))
+        if not proj.urgent:
+            if not st.bounded_told:
+                st.bounded_told = True
+                log.info("tool %s: grows %s/s, but %s leaves it %s of the %s shared memory left: "
+                         "left to the kernel (memory watch)", tool.key, format_size(int(rate)), proj.bound,
+                         format_size(proj.grow), format_size(max(room, 0)))
             return
         # The kernel stamped the event (CLOCK_MONOTONIC, as time.monotonic()): reactions
         # are timed from it.
@@ -272,6 +291,26 @@ class Enforcer:
             return max(ev.rss_bytes - prev[1], 0) / ((ev.ts_ns - prev[0]) / 1e9)
         return max(ev.growth_bytes, 0) / (max(ev.window_ns, window_ns) / 1e9)
 
+    def _limit_rooms(self, agent, tool):
+        """(name, room) under each memory.max from the call's cgroup up to agentd's root,
+        page cache counted as room: the call cannot grow past the tightest of them. A
+        limit that cannot be read bounds nothing (the projection stays at its pace)."""
+        names = {tool.cgroup: "its own memory.max", agent.cgroup: "its agent's memory.max",
+                 self.app.root: "agentd's memory.max"}
+        out, cg = [], tool.cgroup.strip("/")
+        while cg:
+            try:
+                if self.fs.has(cg, cgf.MEMORY_MAX):
+                    limit = self.actuator.read_int(cg, cgf.MEMORY_MAX)
+                    if limit is not None:
+                        out.append((names.get(cg, f"memory.max of {cg}"), room_below(self.fs, cg, limit)))
+            except (AgentdError, OSError, TypeError, ValueError):
+                pass
+            if cg == self.app.root.strip("/"):
+                break             # above the root: the shared room itself (hostmem) says it
+            cg = cg.rpartition("/")[0]
+        return out
+
     OWN_LIMIT_NEAR = 0.9          # usage at this share of its own memory.high/max: that limit binds
 
     def _own_limit_binds(self, agent_id):
@@ -280,7 +319,7 @@ class Enforcer:
         if agent is None:
             return True               # unknown: keep the trigger's own scope
         try:
-            caps = [self.fs.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
+            caps = [self.actuator.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
                     if self.fs.has(agent.cgroup, f)]
             caps = [c for c in caps if c is not None]
             if not caps:
@@ -298,7 +337,7 @@ class Enforcer:
         room, own = available, False
         try:
             # memory.high too: past it the kernel holds the agent back as surely as at max.
-            caps = [self.fs.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
+            caps = [self.actuator.read_int(agent.cgroup, f) for f in (cgf.MEMORY_HIGH, cgf.MEMORY_MAX)
                     if self.fs.has(agent.cgroup, f)]
             caps = [c for c in caps if c is not None]
             cap = min(caps) if caps else None
@@ -447,7 +486,7 @@ class Enforcer:
         try:
             if d.action == THROTTLE:
                 cur_high = self.actuator.read_high(tool.cgroup)
-                st.saved_high = self.fs.read(tool.cgroup, cgf.MEMORY_HIGH).strip()
+                st.saved_high = self.actuator.read(tool.cgroup, cgf.MEMORY_HIGH)
                 room, _ = self._room(agent, self.available_fn())
                 new = limits.throttle_high(st.current, p.pressure.throttle_factor, p.forecast.min_high, cur_high,
                                            room=room)
@@ -541,7 +580,8 @@ class Enforcer:
         reason = (f"re-forecast {format_size(st.live.peak_bytes)} at {format_size(int(st.live.growth_bytes_per_s))}/s"
                   + (f", {format_size(available)} free on the host" if available is not None else ""))
         try:
-            res = self.actuator.set_high(f"tool {tool.key}", tool.cgroup, new, reason)
+            res = self.actuator.set_high(f"tool {tool.key}", tool.cgroup, new, reason, agent=tool.agent_id,
+                                         tool=tool.tool_id)
         except AgentdError as err:
             log.debug("tool %s: cannot move memory.high: %s", tool.key, err)
             return

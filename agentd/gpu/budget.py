@@ -68,7 +68,12 @@ def kill(hook, agent, tool, reason):
     hook.counters["budget_actions"]["kill"] += 1
     tool.actions.append({"action": "kill", "reason": reason, "ts": round(time.time(), 3)})
     try:
-        hook.app.fs.kill(tool.cgroup)
+        # Through the actuator: a dry run decides and logs the kill, and writes nothing.
+        actuator = getattr(hook.app.ctl, "actuator", None)
+        if actuator is not None:
+            actuator.kill_cgroup(f"tool {tool.key}", tool.cgroup, reason, agent=agent.agent_id, tool=tool.tool_id)
+        else:
+            hook.app.fs.kill(tool.cgroup)
     except CgroupGone:
         pass
     hook.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="kill", reason=reason)

@@ -93,6 +93,10 @@ def hide_gpus(hook, tool):
     CUDA_VISIBLE_DEVICES). True if hidden."""
     if hook.devguard is None:
         return False
+    actuator = getattr(hook.app.ctl, "actuator", None)
+    if actuator is not None and actuator.decided_only("hide the GPUs (device program)", f"tool {tool.key}",
+                                                      "placed on the CPU", agent=tool.agent_id, tool=tool.tool_id):
+        return False
     try:
         hook.devguard.hide(hook.app.fs.path(tool.cgroup))
     except CgroupGone:

@@ -99,6 +99,7 @@ class agentd_mm_state(C.Structure):
     _fields_ = [
         ("cgroup_id", C.c_uint64),
         ("rss_bytes", C.c_int64),
+        ("base_bytes", C.c_int64),
     ]
 
 

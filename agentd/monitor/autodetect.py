@@ -69,7 +69,7 @@ class AutoDetector:
     """
 
     def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason="",
-                 resume=resume, agent_process=None, exempt=None):
+                 resume=resume, agent_process=None, exempt=None, observe=False, exempt_file=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if strategy != "poll" and lifecycle is None:
@@ -88,6 +88,11 @@ class AutoDetector:
         # exempt(pid) -> bool: a process that is never a tool call, judged by what the
         # kernel runs (the agentd front: it makes its own tool call), never by its argv.
         self.exempt = exempt
+        # observe: report tool calls to `place` and move nothing; no task is stopped at
+        # exec (a dry run: `place` only records what would have been).
+        self.observe = observe
+        self.exempt_file = exempt_file  # observe: exempt(path of the exec'd file), the process may be gone
+        self._observed = set()      # observe: pids recorded as tool calls (until they exit)
         self.stats = AutodetectStats()
         self._agents = {}           # agent_id -> _Agent
         self._by_main = {}          # main cgroup id -> _Agent
@@ -96,7 +101,8 @@ class AutoDetector:
 
     @property
     def mode(self):
-        return {"stop": "bpf-stop", "sweep": "bpf-sweep", "poll": "poll"}[self.strategy]
+        mode = {"stop": "bpf-stop", "sweep": "bpf-sweep", "poll": "poll"}[self.strategy]
+        return "bpf-observe" if self.observe and self.strategy != "poll" else mode + ("-observe" if self.observe else "")
 
     # --- agents -----------------------------------------------------------
     def add_agent(self, agent_id, main_cgroup):
@@ -106,7 +112,7 @@ class AutoDetector:
         self._by_main[main_id] = agent
         if self.lifecycle is not None:
             flags = T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN
-            if self.strategy == "stop":
+            if self.strategy == "stop" and not self.observe:
                 flags |= T.AGENTD_WATCH_STOP_EXEC
             self.lifecycle.watch(main_id, flags)
 
@@ -128,6 +134,7 @@ class AutoDetector:
                     self._adopt(root, ev.pid)
             return
         if ev.kind == ProcKind.EXIT:
+            self._observed.discard(ev.pid)
             root = self._tool_of.pop(ev.pid, None)
             if root == ev.pid:
                 self._tool_cg.pop(root, None)
@@ -139,8 +146,8 @@ class AutoDetector:
         try:
             if agent is None:
                 return
-            if ev.pid in self._tool_of:
-                return                              # reconcile() already placed it
+            if ev.pid in self._tool_of or ev.pid in self._observed:
+                return                              # reconcile() already placed it (or recorded it)
             known = agent.known.get(ev.pid)
             if known is not None and known[1] == ev.argv:
                 return                              # ... or already judged it housekeeping
@@ -156,7 +163,7 @@ class AutoDetector:
             # (the exec watchdog has resumed it): it may have forked meanwhile, so its
             # descendants are swept after it is placed, as without stop-at-exec.
             self._consider(agent, ev.pid, list(ev.argv), ev.leads_session, ev.ppid,
-                           held=ev.stopped and not self._held_too_long(ev))
+                           held=ev.stopped and not self._held_too_long(ev), filename=ev.filename)
         finally:
             if ev.stopped:
                 self._resume(ev.pid)
@@ -176,9 +183,11 @@ class AutoDetector:
             except AgentdError as err:
                 log.debug("held %d: %s", pid, err)
 
-    def _consider(self, agent, pid, argv, leads_session, ppid=None, held=None):
+    def _consider(self, agent, pid, argv, leads_session, ppid=None, held=None, filename=None):
         try:
-            tool = not (self.exempt and self.exempt(pid)) \
+            exempt = bool(self.exempt and self.exempt(pid)) or bool(
+                self.observe and filename and self.exempt_file and self.exempt_file(filename))
+            tool = not exempt \
                 and (self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
                 and bool(self.is_tool(argv, leads_session))
         except Exception:  # policy bugs must not leave a task stopped
@@ -197,6 +206,10 @@ class AutoDetector:
             log.warning("placing tool call %d of %s failed: %s", pid, agent.agent_id, err)
             return
         self.stats.placed += 1
+        if self.observe:
+            self._observed.add(pid)                 # recorded once (an exec in place is the same call)
+            agent.known.pop(pid, None)
+            return
         agent.known.pop(pid, None)
         self._tool_of[pid] = pid
         if self.strategy != "stop" or held is False:
@@ -227,19 +240,25 @@ class AutoDetector:
         poll strategy: this is the detector. BPF strategies: a safety net that places and
         resumes tasks stopped at exec whose event was lost (ring buffer full).
         """
+        seen = set()
         for agent in list(self._agents.values()):
             try:
                 pids = self.cgroups.procs(agent.main)
             except CgroupGone:
                 continue
             in_main = set(pids)
+            seen |= in_main
             for pid in pids:
                 try:
                     self._reconcile_one(agent, pid, in_main)
                 except (ProcessGone, CgroupGone):
                     agent.known.pop(pid, None)
+        if self._observed:
+            self._observed &= seen      # observed calls stay in main: gone from there, gone
 
     def _reconcile_one(self, agent, pid, in_main):
+        if pid in self._observed:
+            return
         info = self.procfs.info(pid)
         root = self._tool_of.get(info.ppid)
         if root is not None and self.strategy != "stop":
@@ -271,7 +290,8 @@ class AutoDetector:
         self._consider(agent, pid, list(info.argv), info.sid == pid, info.ppid)
 
 
-def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None, exempt=None):
+def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None, exempt=None, observe=False,
+                exempt_file=None):
     """The detector the daemon wants for `monitor` (a kernel_events.EventMonitor):
     stop-at-exec when the lifecycle program runs, /proc polling otherwise; subscribed
     to the monitor's process events. The daemon still calls reconcile() on its tick
@@ -279,9 +299,11 @@ def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=N
     at start, which resumes tasks a previous daemon left stopped."""
     if monitor.lifecycle is not None:
         det = AutoDetector(place, is_tool, cgroups, strategy=strategy or "stop", lifecycle=monitor.lifecycle,
-                           reason=monitor.reason, agent_process=agent_process, exempt=exempt)
+                           reason=monitor.reason, agent_process=agent_process, exempt=exempt, observe=observe,
+                           exempt_file=exempt_file)
         monitor.proc_listeners.append(det.handle)
     else:
         det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason,
-                           agent_process=agent_process, exempt=exempt)
+                           agent_process=agent_process, exempt=exempt, observe=observe,
+                           exempt_file=exempt_file)
     return det

@@ -20,8 +20,9 @@ NICE = "nice"
 
 
 class Fallback:
-    def __init__(self, fs, has_cpu_controller):
+    def __init__(self, fs, has_cpu_controller, actuator=None):
         self.fs = fs
+        self.actuator = actuator      # cpu.weight goes through it (dry run: decided, not written)
         self.mode = CPU_WEIGHT if has_cpu_controller else NICE
         self.niced = {}         # tid -> nice agentd set (so a pass skips them)
         self.writes = 0
@@ -33,8 +34,14 @@ class Fallback:
         try:
             if not self.fs.has(cg, cgf.CPU_WEIGHT):
                 return False
-            old = self.fs.read(cg, cgf.CPU_WEIGHT).strip()
             new = str(int(weight))
+            if self.actuator is not None:
+                old = self.actuator.read(cg, cgf.CPU_WEIGHT)
+                if old != new:
+                    self.actuator.set_limits(cg, cg, {cgf.CPU_WEIGHT: new}, why)
+                    self.writes += not self.actuator.dry_run
+                return True
+            old = self.fs.read(cg, cgf.CPU_WEIGHT).strip()
             if old != new:
                 self.fs.write(cg, cgf.CPU_WEIGHT, new)
                 self.writes += 1
@@ -57,6 +64,8 @@ class Fallback:
             return 0
         nice = nice_for_weight(prio.effective_weight)
         done = 0
+        if self.actuator is not None and self.actuator.dry_run:
+            return 0              # a dry run renices nothing (cpu.weight decisions are logged)
         for tid in tids:
             if self.niced.get(tid) == nice:
                 continue

@@ -43,7 +43,8 @@ class CpuScheduler:
         self.sysfs = sysfs or SchedExtSysfs()
         self.loader = loader or self._load_scx      # config -> a loaded ScxScheduler
         self.clock = clock
-        self.fallback = Fallback(self.fs, "cpu" in self.caps.controllers)
+        self.actuator = getattr(getattr(app, "ctl", None), "actuator", None)
+        self.fallback = Fallback(self.fs, "cpu" in self.caps.controllers, actuator=self.actuator)
         self.slots = SlotTable()
         self.agent_w = {}           # agent id -> weight
         self.prios = {}             # cgroup path -> CgroupPrio
@@ -69,6 +70,11 @@ class CpuScheduler:
         if want == NONE:
             self.mode = NONE
             log.info("CPU priorities off (policy cpu.scheduler: none)")
+        elif want in ("auto", SCHED_EXT) and self.caps.sched_ext and getattr(self.actuator, "dry_run", False):
+            # Loading a scheduler changes how the whole host schedules: a dry run does not.
+            self._enter_fallback()
+            log.warning("CPU priorities: dry run: agentd's sched_ext scheduler is not loaded; the cgroup "
+                        "weights it would give are logged instead")
         elif want in ("auto", SCHED_EXT) and self.caps.sched_ext:
             self._try_load(first=True)
         else:

@@ -5,9 +5,10 @@ would. A high-priority agent's tool call holds 100 MiB; a low-priority agent hol
 its own process; then the low agent's tool call grows until the budget runs out. The
 kernel alone would kill the biggest process, the high agent's call. With agentd's
 oom_score_adj values the victim is the low agent's tool call, the whole call
-(memory.oom.group), and both agents and the high call live on. The daemon runs dry
-(AGENTD_DRY_RUN=1: its ladder decides but writes nothing), so the kernel's choice is
-what is tested; the daemon also sizes itself from the parent's memory.max.
+(memory.oom.group), and both agents and the high call live on. The policy keeps the
+ladder out of it (no memory watch, a PSI trigger that cannot fire in time), so the
+kernel's choice is what is tested; the daemon also sizes itself from the parent's
+memory.max.
 """
 
 import os
@@ -36,6 +37,9 @@ agent_classes:
 admission: {enabled: false}
 detection: {enabled: false}
 cpu: {scheduler: weights}
+# The ladder stays out of the kernel's way: no memory watch, and a PSI trigger that fires
+# only after 10 s of stall in 10 s. (A dry run would not do: it sets no OOM order either.)
+pressure: {memory_watch: false, psi_some_threshold_us: 10000000, psi_window_us: 10000000}
 """
 
 
@@ -45,8 +49,7 @@ def budget_daemon(tmp_path, cgfs):
     cgfs.enable_controllers("", ("memory", "cpu", "pids"))
     cgfs.mkdir(parent, exist_ok=False)
     (tmp_path / "policy.yaml").write_text(POLICY)
-    d = DaemonProc(str(tmp_path), f"{parent}/agentd", policy=str(tmp_path / "policy.yaml"),
-                   extra_env={"AGENTD_DRY_RUN": "1"})
+    d = DaemonProc(str(tmp_path), f"{parent}/agentd", policy=str(tmp_path / "policy.yaml"))
     try:
         cgfs.enable_controllers(parent, ("memory", "cpu", "pids"))
         cgfs.write(parent, "memory.max", str(BUDGET))

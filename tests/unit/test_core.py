@@ -174,7 +174,7 @@ def test_a_tool_calls_limits_are_written_once_each_and_logged_in_one_line(ctl, c
     real_read = ctl.fs.read
     monkeypatch.setattr(ctl.fs, "read", lambda cg, name: reads.append(name) or real_read(cg, name))
     before = len(ctl.fs.writes)
-    with caplog.at_level("INFO", logger="agentd.controller"):
+    with caplog.at_level("INFO", logger="agentd"):        # the actuator logs every limit write
         t = ctl.start_tool(a, None, ["bash", "-c", "cd x && pytest -q"])
     written = [w[1] for w in ctl.fs.writes[before:] if w[0] == t.cgroup]
     assert sorted(written) == sorted(set(written))            # each file once

@@ -276,10 +276,48 @@ def test_memory_watch_leaves_growth_under_the_agents_own_cap_to_the_kernel():
     e._on_mem(_growth(4001, 200 * MiB, 20 * MiB, t0))         # 160 MiB in 2 s: past the cap's 112 MiB
     assert not low.actions and not high.actions
     assert not e.ladder.under_pressure(t0)
-    e.available_fn = lambda: 120 * MiB                        # and past what the host has left
+    # 120 MiB shared left: the call can take at most the 112 MiB its agent's cap leaves,
+    # so it cannot use up the shared memory either, whatever its pace.
+    e.available_fn = lambda: 120 * MiB
     e._on_mem(_growth(4001, 220 * MiB, 20 * MiB, t0 + 0.25))
+    assert not low.actions and not high.actions
+    e.available_fn = lambda: 100 * MiB                        # less left than the cap allows
+    e._on_mem(_growth(4001, 240 * MiB, 20 * MiB, t0 + 0.5))
     assert [a["action"] for a in low.actions] == ["throttle"]
-    assert "in the agentd tree" in low.actions[0]["reason"] and "120.0 MiB left" in low.actions[0]["reason"]
+    assert "in the agentd tree" in low.actions[0]["reason"] and "100.0 MiB left" in low.actions[0]["reason"]
+
+
+def test_memory_watch_projection_stops_at_the_calls_own_memory_max():
+    """A call with a memory.max of its own (a class cap) cannot grow past it either: with
+    more shared memory left than the room under that cap, fast growth takes no step; the
+    page cache it holds counts as room (the kernel reclaims it before it OOM-kills)."""
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 300 * MiB
+    _, (low, high) = _watched(app, e)
+    app.fs.files[(high.cgroup, cgf.MEMORY_MAX)] = str(512 * MiB)
+    app.fs.files[(high.cgroup, cgf.MEMORY_CURRENT)] = str(300 * MiB)
+    app.fs.files[(high.cgroup, cgf.MEMORY_STAT)] = "anon 250000000\ninactive_file 0\n"
+    t0 = time.monotonic() - 10.0
+    e._on_mem(_growth(4001, 300 * MiB, 100 * MiB, t0))       # 800 MiB in 2 s; 212 MiB under its cap
+    assert not low.actions and not high.actions
+    # 90 MiB of it is page cache: 302 MiB of room, past the 300 MiB shared left.
+    app.fs.files[(high.cgroup, cgf.MEMORY_STAT)] = f"anon 1\ninactive_file {90 * MiB}\n"
+    e._on_mem(_growth(4001, 400 * MiB, 100 * MiB, t0 + 0.25))
+    assert [a["action"] for a in low.actions] == ["throttle"]
+
+
+def test_memory_watch_projection_stops_at_agentds_own_root_limit():
+    """A memory.max on agentd's root bounds every call below it: growth that can reach the
+    whole of what is left under it uses up the shared memory."""
+    e, app = make(steps="[throttle, freeze, kill]")
+    e.available_fn = lambda: 64 * MiB
+    _, (low, high) = _watched(app, e)
+    app.fs.files[("r", cgf.MEMORY_MAX)] = str(1 * GiB)
+    app.fs.files[("r", cgf.MEMORY_CURRENT)] = str(1 * GiB - 64 * MiB)
+    t0 = time.monotonic() - 10.0
+    e._on_mem(_growth(4001, 300 * MiB, 100 * MiB, t0))
+    assert [a["action"] for a in low.actions] == ["throttle"]
+    assert "64.0 MiB left" in low.actions[0]["reason"]
 
 
 def test_memory_watch_switched_off_by_policy_tracks_nothing_and_never_escalates():

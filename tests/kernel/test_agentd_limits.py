@@ -188,31 +188,6 @@ def keep_log(d):
                 pass
 
 
-def events(d):
-    """The daemon's events; a line still being written is skipped."""
-    out = []
-    try:
-        with open(d.event_log) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def wait_event(d, pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in events(d):
-            if pred(e):
-                return e
-        time.sleep(0.1)
-    raise AssertionError(f"no matching event in {events(d)[-5:]}")
-
-
 def actions_metric(d):
     """agentd_enforcement_actions_total from the daemon's /metrics: {(action, reason): n}."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -250,7 +225,7 @@ def test_daemon_writes_memory_max_and_the_forecast_memory_high(env, cgfs, figure
         assert int(high) < 128 * MiB, "memory.high is the class cap: the forecast played no part"
         assert cgfs.read(cg, "memory.oom.group").strip() == "1"
         # What the daemon reports is what the kernel holds.
-        start = wait_event(d, lambda e: e.get("event") == "tool_start" and e.get("tool") == t["tool"]
+        start = d.wait_event(lambda e: e.get("event") == "tool_start" and e.get("tool") == t["tool"]
                            and e.get("agent") == "heavy", timeout=30)
         assert start["limits"]["memory.max"] == str(128 * MiB) and start["limits"]["memory.high"] == high, start
         assert t["limits"] == start["limits"], t
@@ -284,7 +259,7 @@ def test_a_call_past_its_memory_max_is_oom_killed_whole_and_its_agent_goes_on(en
     heavy.sh(OOM_SCRIPT)
     wait_for(lambda: (out / "after-oom").exists(), 120, "the agent's next call after the OOM kill", step=0.1)
     assert (out / "oom.rc").read_text().strip() == "137"          # SIGKILL, as the shell shows it
-    end = wait_event(d, lambda e: e.get("event") == "tool_end" and e.get("agent") == "heavy"
+    end = d.wait_event(lambda e: e.get("event") == "tool_end" and e.get("agent") == "heavy"
                      and e.get("tool_class") == "oomy", timeout=30)
     assert end["outcome"] == "oom_killed", end
     assert end["limits"]["memory.max"] == str(32 * MiB), end
@@ -425,12 +400,12 @@ def test_the_ladder_freezes_the_call_under_pressure_and_thaws_it_after(env, cgfs
             return (e.get("event") == "action" and e.get("agent") == "light" and e.get("tool") == t["tool"]
                     and e.get("action") == act)
 
-        frz = wait_event(d, lambda e: ladder(e, "freeze"), timeout=10)
+        frz = d.wait_event(lambda e: ladder(e, "freeze"), timeout=10)
         assert frz["reason"] != "api", frz
         # Relief thaws it once the stall is gone, and it runs again.
         wait_for(lambda: not cgfs.frozen(cg), 30, "the ladder's thaw (cgroup.events frozen 0)", step=0.01)
         wait_for(lambda: counter.value() > at, 10, "the counter to advance after the thaw")
-        thaw = wait_event(d, lambda e: ladder(e, "thaw"), timeout=10)
+        thaw = d.wait_event(lambda e: ladder(e, "thaw"), timeout=10)
         after = actions_metric(d)
         assert count(after, "freeze") - count(after, "freeze", "api") > \
             count(before, "freeze") - count(before, "freeze", "api"), (before, after)

@@ -89,17 +89,16 @@ class HeldCalls:
         return scope[1], sum(held_us), [t.key for t in held]
 
     def read(self, now):
-        """Read the stall counters of the tree, of every agent with running calls and of
-        those calls: the base a pressure event is set against. A trigger fires on the
-        stall of the window before it, so the readings must be there already (a call
-        grows into its memory.high between two ticks)."""
+        """Read the stall counters of the tree, of every agent and of the running calls:
+        the base a pressure event is set against. A trigger fires on the stall of the
+        window before it, so the readings must be there already: a call can start and
+        grow into its memory.high between two ticks, and its trigger can fire before the
+        tick after its start. So the tree's and the agents' counters (the files whose
+        triggers fire) are read on every tick, calls or not; a call's own counter starts
+        at zero with its cgroup, so it needs no reading before its start."""
         e = self.e
         running = [t for a in e.ctl.agents.values() for t in a.tools.values() if not t.done]
-        if not running:
-            if self.ledger.readings:
-                self.ledger.retain(())
-            return
-        paths = {e.watch.paths.get(ROOT)} | {e.watch.paths.get(t.agent_id) for t in running}
+        paths = set(e.watch.paths.values())
         paths |= {e.fs.path(t.cgroup, cgf.MEMORY_PRESSURE) for t in running}
         paths.discard(None)
         for path in paths:

@@ -493,6 +493,29 @@ def test_the_stall_of_a_call_agentd_throttled_does_not_escalate_the_ladder(tmp_p
     assert t.frozen
 
 
+def test_a_call_that_stalls_at_its_memory_high_before_the_next_tick_is_its_own_doing(tmp_path):
+    # The tree's counter was read on a tick when no call ran; the call starts after it,
+    # grows into its class's memory.high and stalls, and the trigger fires before another
+    # tick. Its stall is known from its start (a new cgroup's counter starts at zero), so
+    # the tree's stall is set against it. Before, the tree was read only while calls ran:
+    # no base, so the stall counted as a shortage and the ladder stepped on the call.
+    e, app = make(steps="[throttle, freeze, kill]")
+    write = _pressure_files(tmp_path, app, e)
+    e.tick(100.0)                                   # no call yet: the tree's base reading
+    t = add(app, e, "a", "0001-held", 20, limits={cgf.MEMORY_HIGH: str(48 * MiB)})
+    t.limits_applied = {cgf.MEMORY_HIGH: str(48 * MiB)}
+    t.started_mono = 100.2
+    e.tools[t.key].current = 48 * MiB               # at its memory.high
+    write("r", 400_000)
+    write(t.cgroup, 395_000)
+    e._on_pressure("", 100.7, "psi-trigger")
+    assert not any(w[1] in (cgf.MEMORY_HIGH, cgf.FREEZE, cgf.KILL) for w in app.fs.writes), app.fs.writes
+    assert e.tools[t.key].applied == []
+    assert e.counters["pressure_own_stall_total"] == 1
+    ignored = [f for kind, f in app.events.got if kind == "pressure_ignored"]
+    assert ignored and ignored[0]["held"] == [t.key] and ignored[0]["held_us"] == 395_000
+
+
 def test_a_call_held_by_its_agents_own_limit_is_not_agentds_doing(tmp_path):
     # The agent's memory.high binds: its class's limit makes the stall, and the ladder acts
     # on it as before (tests/kernel/test_agentd_enforce.py's ladder test).

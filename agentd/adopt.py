@@ -70,7 +70,7 @@ def readopt(ctl):
                 # The launcher that owned it reconnects to report the exit (even when the
                 # call ended while we were away); the sweep finishes it once its cgroup is
                 # empty and the launcher's grace has passed.
-                tool.orphaned = True
+                tool.orphaned_since = time.monotonic()
                 agent.tools[tname] = tool
                 n_tools += 1
             main_alive = fs.exists(agent.main_cgroup) and fs.populated(agent.main_cgroup)
@@ -92,9 +92,9 @@ def readopt(ctl):
         ctl.agents[name] = agent
         n_agents += 1
         ctl.events.emit("agent_adopted", agent=name, tools=sorted(agent.tools))
-        ctl._hook("on_agent_start", agent)
+        ctl._each("on_agent_start", lambda h, agent=agent: h.on_agent_start(agent))
         for tool in agent.tools.values():
-            ctl._hook("on_tool_start", agent, tool)
+            ctl._each("on_tool_start", lambda h, agent=agent, tool=tool: h.on_tool_start(agent, tool))
     ctl._save()
     if n_agents or removed:
         log.info("re-adopted %d agents and %d tool calls; removed %d empty leftovers", n_agents, n_tools, removed)

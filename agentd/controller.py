@@ -10,6 +10,7 @@ Layout under the controller's root (relative to the cgroup v2 mount):
 The controller is synchronous and owns no threads: the daemon's event loop calls it.
 """
 
+import dataclasses
 import logging
 import time
 
@@ -18,6 +19,7 @@ from .clip import clip_argv
 from .errors import AgentdError, CgroupGone, KernelError, ProcessGone, RequestError
 from .kernel import cgroupfs as cgf
 from .model import Agent, ToolCall
+from .pipeline import Call, Pipeline
 from .planner import Planner
 
 log = logging.getLogger("agentd.controller")
@@ -44,7 +46,8 @@ class Controller:
         self.history = history        # optional: record(toolcall, result)
         self.agents = {}
         self.counters = {"tool_started": {}, "tool_finished": {}}
-        self.hooks = []               # objects with on_tool_start/on_tool_end/on_agent_*(...)
+        self.hooks = []               # the stages (agentd/stages.py), in App.STAGES order
+        self.pipeline = Pipeline(self)
         self.oom_warned = False
 
     # --- tree ----------------------------------------------------------------
@@ -152,7 +155,7 @@ class Controller:
         self._save(agent=agent)
         self.events.emit("agent_start", agent=name, agent_class=cls_name, limits=agent.limits_applied,
                          **self._dry())
-        self._hook("on_agent_start", agent)
+        self._each("on_agent_start", lambda h: h.on_agent_start(agent))
         return agent
 
     # The class limits that follow the memory agentd manages (policy percentages). The
@@ -294,7 +297,7 @@ class Controller:
         """Tear down an agent's tree. Tool calls still running are finished first."""
         # Events still queued for it (a batched exec report of its last spawn) are read
         # while it is known, not dropped once it is gone.
-        self._hook("before_agent_end", agent)
+        self._each("before_agent_end", lambda h: h.before_agent_end(agent))
         for tool in list(agent.tools.values()):
             self.finish_tool(tool, status=None, reason=reason, force_kill=kill)
         try:
@@ -313,15 +316,17 @@ class Controller:
         self.agents.pop(agent.agent_id, None)
         self._save(agent=agent, removed=True)
         self.events.emit("agent_end", agent=agent.agent_id, reason=reason)
-        self._hook("on_agent_end", agent)
+        self._each("on_agent_end", lambda h: h.on_agent_end(agent))
 
     # --- tool calls ----------------------------------------------------------
-    def start_tool(self, agent, proc, argv, declared_class=None, mem=None, intent=None, origin="launcher"):
+    def start_tool(self, agent, proc, argv, declared_class=None, mem=None, intent=None, origin="launcher",
+                   ticket=None):
         """Create a tool-call cgroup in `agent`, apply its limits and move `proc` into it.
 
         `proc`: a kernel.pidfd.Proc (checked again immediately before the move and the
         oom_score_adj write: a pid that names another process by then is refused), a
-        bare pid (fakes in unit tests), or None.
+        bare pid (fakes in unit tests), or None. `ticket`: what the pipeline's admit
+        decided (the API path); without one the stages decide now (automatic detection).
 
         `pid` must not have exec'd the tool yet (the launcher's child waits for our reply;
         the automatic path holds it stopped), so everything it forks lands inside.
@@ -331,18 +336,23 @@ class Controller:
         or falls back to `attach()`.
         """
         pid = _pid(proc)
-        plan = self.planner_of(agent).plan_tool(agent, argv, declared_class, mem)
+        # Planned once: by the pipeline's admit (the API path, `ticket`), else here.
+        plan = ticket.plan if ticket is not None else self.pipeline.plan(agent, argv, declared_class, mem)
         names.check_name(plan.tool_class, "tool class")
         seq = agent.next_seq
         agent.next_seq += 1
         tool_id = f"{seq:04d}-{plan.tool_class}"
         cg = f"{agent.tools_cgroup}/{tool_id}"
-        tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=cg, argv=clip_argv(argv), plan=plan,
-                        origin=origin, intent=intent, pid=pid)
+        argv = clip_argv(argv)
         self.fs.mkdir(cg, exist_ok=False)
         try:
-            self._hook("on_tool_plan", agent, tool)      # forecaster may adjust plan.limits
-            tool.limits_applied = self._apply(cg, plan.limits, f"tool {tool.key}",
+            call = Call(agent, tuple(argv), plan, pid, mem is not None, key=f"{agent.agent_id}/{tool_id}", cgroup=cg)
+            placement = self.pipeline.place(call, ticket)
+            tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=cg, argv=argv, plan=plan,
+                            origin=origin, intent=intent, pid=pid, forecast=placement.forecast,
+                            actions=list(placement.actions), offload_cpu_weight=placement.offload_cpu_weight,
+                            placement=placement)
+            tool.limits_applied = self._apply(cg, placement.limits, f"tool {tool.key}",
                                               f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""),
                                               fresh=True, agent=agent.agent_id, tool=tool_id)
             self._kill_whole(cg, f"tool {tool.key}")
@@ -362,22 +372,24 @@ class Controller:
         self.events.emit("tool_start", agent=agent.agent_id, tool=tool_id, argv=tool.argv[:64],
                          tool_class=plan.tool_class, rule=plan.rule, origin=origin, intent=intent,
                          limits=tool.limits_applied, **self._dry())
-        self._hook("on_tool_start", agent, tool)
+        self._each("on_tool_start", lambda h: h.on_tool_start(agent, tool))
         return tool
 
     def observe_tool(self, agent, pid, argv, origin="auto"):
         """A dry run's automatically detected tool call: not placed, not stopped, nothing
         written. What it would have been (class, rule, limits, forecast, oom_score_adj) is
         logged and emitted as a `tool_observed` event for `agentd report --what-if`."""
-        plan = self.planner_of(agent).plan_tool(agent, argv, None, None)
+        plan = self.pipeline.plan(agent, argv)
         names.check_name(plan.tool_class, "tool class")
         seq = agent.next_seq
         agent.next_seq += 1
         tool_id = f"{seq:04d}-{plan.tool_class}"
-        tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=f"{agent.tools_cgroup}/{tool_id}",
-                        argv=list(argv), plan=plan, origin=origin, pid=pid)
-        self._hook("on_tool_observed", agent, tool)      # the forecast's memory.high
-        would = {k: ("max" if v == "max" else str(v)) for k, v in plan.limits.items() if v is not None}
+        cg = f"{agent.tools_cgroup}/{tool_id}"
+        placement = self.pipeline.observe(Call(agent, tuple(argv), plan, pid, key=f"{agent.agent_id}/{tool_id}",
+                                               cgroup=cg))     # the forecast's memory.high
+        tool = ToolCall(agent_id=agent.agent_id, tool_id=tool_id, cgroup=cg, argv=list(argv), plan=plan,
+                        origin=origin, pid=pid, forecast=placement.forecast, placement=placement)
+        would = {k: ("max" if v == "max" else str(v)) for k, v in placement.limits.items() if v is not None}
         adj = self.tool_oom_adj(agent, tool)
         log.info("tool %s (pid %d): would be placed in %s with %s, oom_score_adj %d [dry run]", tool.key, pid,
                  tool.cgroup, ", ".join(f"{k}={v}" for k, v in would.items()), adj)
@@ -413,13 +425,13 @@ class Controller:
         agent = self.agents.get(tool.agent_id)
         if agent is None or tool.done:
             return None
-        plan = self.planner_of(agent).plan_tool(agent, argv, None, None)
+        plan = self.pipeline.plan(agent, argv)
         old = tool.plan
         if plan.priority >= old.priority:
             return None
         names.check_name(plan.tool_class, "tool class")
         limits = {k: v for k, v in plan.limits.items() if k in self.RECLASSIFY_LIMITS}
-        plan.limits = dict(old.limits, **limits)
+        plan = dataclasses.replace(plan, limits=dict(old.limits, **limits))
         tool.plan = plan
         try:
             tool.limits_applied.update(self._apply(tool.cgroup, limits, f"tool {tool.key}",
@@ -476,7 +488,7 @@ class Controller:
                 self.sample_tool(tool)
                 stragglers = len(self.fs.procs(cg))
                 if tool.frozen:
-                    self.fs.freeze(cg, False)
+                    self.actuator.thaw_cgroup(cg)
                 if force_kill or tool.plan.stragglers == "kill":
                     if not self.fs.wait_empty(cg, 0 if force_kill else tool.plan.straggler_grace_s):
                         if self.actuator.kill_cgroup(f"tool {tool.key}", cg, f"{stragglers} left after the call",
@@ -527,7 +539,7 @@ class Controller:
         c[k] = c.get(k, 0) + 1
         self._save(tool=tool, removed=True)
         self.events.emit("tool_end", **result)
-        self._hook("on_tool_end", agent, tool, result)
+        self._each("on_tool_end", lambda h: h.on_tool_end(agent, tool, result))
         if self.history:
             try:
                 self.history(tool, agent, result)
@@ -574,32 +586,27 @@ class Controller:
                     agent.tools.pop(tool.tool_id, None)
                 elif tool.origin != "launcher" or self._orphan_expired(tool):
                     # The exit status, where the lifecycle program reported the exit.
-                    self.finish_tool(tool, status=getattr(tool, "auto_status", None), reason="cgroup emptied")
+                    self.finish_tool(tool, status=tool.exit_status, reason="cgroup emptied")
 
     # A launcher whose daemon went away reconnects for ~3 s to report its tool call's exit
     # status; give it that long before finishing the call without one.
     ORPHAN_GRACE_S = 5.0
 
     def _orphan_expired(self, tool):
-        since = getattr(tool, "orphaned", None)
-        if not since:
-            return False
-        if since is True:                  # adopted at start: the clock starts now
-            tool.orphaned = since = time.monotonic()
-        return time.monotonic() - since >= self.ORPHAN_GRACE_S
+        since = tool.orphaned_since
+        return since is not None and time.monotonic() - since >= self.ORPHAN_GRACE_S
 
     def _dry(self):
         """Marks an event's limits as what a dry run would have set (none was written)."""
         return {"dry_run": True} if self.actuator.dry_run else {}
 
-    def _hook(self, name, *args):
+    def _each(self, name, call):
+        """`call(stage)` for every stage; a stage that fails costs a log line, not the call."""
         for h in self.hooks:
-            fn = getattr(h, name, None)
-            if fn:
-                try:
-                    fn(*args)
-                except Exception:
-                    log.exception("hook %s.%s failed", type(h).__name__, name)
+            try:
+                call(h)
+            except Exception:
+                log.exception("stage %s.%s failed", type(h).__name__, name)
 
 
 def _pid(proc):

@@ -126,9 +126,11 @@ class App(ApiOps):
         self.dry_run = bool(c.dry_run or os.environ.get("AGENTD_DRY_RUN") == "1")
         self.ctl = Controller(self.fs, self.root, self.caps, Planner(self.policy, self.host_memory),
                               self.state, self.events, self.procfs, sampler=rss_sampler,
-                              actuator=Actuator(self.fs, self.events, dry_run=self.dry_run, procfs=self.procfs))
-        # One list of hooks serves both the controller's events (on_tool_plan/start/end,
-        # on_agent_start/end) and the daemon's (start/stop coroutines, admit, modes).
+                              actuator=Actuator(self.fs, self.events, dry_run=self.dry_run, procfs=self.procfs,
+                                                tell=self.outbox.tell))
+        # One list of stages (agentd/stages.py) serves both the controller's pipeline and
+        # events (place, on_tool_start/end, on_agent_start/end) and the daemon's (start/stop,
+        # admit, modes).
         self.ctl.hooks = self.hooks
         self._move_self()
         self.ctl.setup()
@@ -162,8 +164,9 @@ class App(ApiOps):
                         "to apply", group)
 
     # Optional stages, in order: (module, what is lost when it cannot run, log level for a
-    # missing feature). GPU placement comes last: its admit() hands its decision to
-    # on_tool_plan with no await in between. A host without NVIDIA GPUs is normal.
+    # missing feature). The order is the pipeline's: each stage's admit() and place() run
+    # in it, and a later stage's limit wins (the GPU's offload cpu.weight over the class's).
+    # A host without NVIDIA GPUs is normal.
     STAGES = (
         ("detect", "automatic tool-call detection disabled", logging.WARNING),
         ("enforce", "enforcement disabled", logging.WARNING),
@@ -176,6 +179,7 @@ class App(ApiOps):
         import importlib
         from .metrics.samples import SampleLog
         self.hooks.append(SampleLog(self))       # periodic memory samples for `agentd report`
+        built = {}
         for name, lost, missing_level in self.STAGES:
             try:
                 build = importlib.import_module(f".{name}", __package__).build
@@ -192,6 +196,11 @@ class App(ApiOps):
                 continue
             if hook is not None:
                 self.hooks.append(hook)
+                built[name] = hook
+        if "detect" in built and "enforce" in built:
+            # The kernel event monitor the detection stage runs also carries memory-watch
+            # events, which the enforcer reacts to between its ticks.
+            built["enforce"].subscribe(built["detect"].monitor)
 
     # Memory the daemon keeps for itself when agents push the host into pressure: enough
     # for its Python heap, the BPF ring buffers and a burst of requests.
@@ -251,9 +260,7 @@ class App(ApiOps):
         if wd:
             tasks.append(asyncio.create_task(self._periodic(wd, lambda: sdnotify.notify("WATCHDOG=1"))))
         for h in self.hooks:
-            start = getattr(h, "start", None)
-            if start:
-                await start()
+            await h.start()
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.ctl.agents)} agents on {self.socket_path}")
         self.events.emit("daemon_start", root=self.root, socket=self.socket_path, pid=os.getpid(),
                          standalone=self.cfg.standalone)
@@ -265,9 +272,7 @@ class App(ApiOps):
         for t in tasks:
             t.cancel()
         for h in self.hooks:
-            stop = getattr(h, "stop", None)
-            if stop:
-                await stop()
+            await h.stop()
         await self.server.close()
         if self.metrics:
             self.metrics.shutdown()
@@ -284,13 +289,11 @@ class App(ApiOps):
 
     def _sweep(self):
         for h in self.hooks:
-            fn = getattr(h, "before_sweep", None)   # e.g. drain batched exit events first
-            if fn:
-                fn()
+            h.before_sweep()          # e.g. drain batched exit events first
         self.ctl.sweep()
         self._follow_memory_size()
         for agent in list(self.ctl.agents.values()):
-            if getattr(agent, "detached", False) and not agent.tools:
+            if agent.detached and not agent.tools:
                 try:
                     alive = self.fs.exists(agent.main_cgroup) and self.fs.populated(agent.main_cgroup)
                 except AgentdError:
@@ -315,12 +318,10 @@ class App(ApiOps):
             if ok:
                 self.ctl.resize_agents(f"memory agentd manages: {old} -> {self.host_memory} bytes")
             for h in self.hooks:
-                fn = getattr(h, "on_memory_size", None)
-                if fn:
-                    try:
-                        fn(self.host_memory)
-                    except Exception:
-                        log.exception("hook %s.on_memory_size failed", type(h).__name__)
+                try:
+                    h.on_memory_size(self.host_memory)
+                except Exception:
+                    log.exception("stage %s.on_memory_size failed", type(h).__name__)
 
     def _sample(self):
         for agent in self.ctl.agents.values():

@@ -18,6 +18,7 @@ import os
 import time
 
 from .errors import AgentdError, ProcessGone
+from .stages import Stage
 
 log = logging.getLogger("agentd.detect")
 
@@ -74,7 +75,9 @@ class Front:
             return False
 
 
-class DetectionHook:
+class DetectionHook(Stage):
+    name = "detect"
+
     def __init__(self, app, monitor=None):
         from .monitor.autodetect import for_monitor
         from .monitor.kernel_events import EventMonitor
@@ -85,17 +88,19 @@ class DetectionHook:
         # A dry run observes: no task is stopped at exec, none is moved; each call that
         # would have been placed is recorded (Controller.observe_tool).
         self.observe = bool(getattr(app, "dry_run", False))
-        self.detector = for_monitor(self.monitor, self.place, self.is_tool, app.fs,
+        self.detector = for_monitor(self.monitor, self.place_detected, self.is_tool, app.fs,
                                     agent_process=self.is_agent_process, exempt=self.front.runs,
                                     observe=self.observe, exempt_file=self.front.is_file)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
         self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
+        self._exec_root = {}           # tool key -> the pid whose execs say what the call runs
+        self._exec_checked = set()     # tool keys whose root process was found by polling
+        self._watch_ids = {}           # agent -> cgroup id the lifecycle program watches
         self.monitor.proc_listeners.append(self._on_proc)
         self._task = None
         self._beat_task = None
         self.watchdog = None          # the exec watchdog process (kernel/exec_watchdog.py)
         self.stats = {"placed": 0, "housekeeping": 0}
-        app.monitor = self.monitor    # other stages (enforcement) may subscribe to memory events
         self._beat()                  # before re-adoption registers agents for stop-at-exec
 
     # --- policy ------------------------------------------------------------------
@@ -133,7 +138,7 @@ class DetectionHook:
             log.debug("agent_programs: %s", err)
         return not seen.isdisjoint(names)
 
-    def place(self, agent_id, pid, argv):
+    def place_detected(self, agent_id, pid, argv):
         agent = self.app.ctl.agents.get(agent_id)
         if agent is None:
             return
@@ -165,11 +170,11 @@ class DetectionHook:
     def _exec_in_tool(self, tool, pid):
         """A process of `tool` exec'd. The call's first exec, and every later exec of that
         same process, say what the call runs; its children's do not (git runs a pager)."""
-        root = getattr(tool, "exec_root", None)
+        root = self._exec_root.get(tool.key)
         if root is None:
             if self.front.runs(pid):
                 return                 # the launcher's held child before its exec
-            tool.exec_root = root = pid
+            self._exec_root[tool.key] = root = pid
         if pid != root or tool.done or self.trusts_declared():
             return
         try:
@@ -186,9 +191,9 @@ class DetectionHook:
         fs, procfs = self.app.fs, self.app.procfs
         for tool in list(self._tools_by_cgid.values()):
             agent = self.app.ctl.agents.get(tool.agent_id)
-            if agent is not None and getattr(agent, "watch_id", None) and self.monitor.lifecycle is not None:
+            if agent is not None and self._watch_ids.get(agent.agent_id) and self.monitor.lifecycle is not None:
                 continue               # its execs come as BPF events
-            if tool.done or getattr(tool, "exec_checked", False):
+            if tool.done or tool.key in self._exec_checked:
                 continue
             try:
                 pids = set(fs.procs(tool.cgroup))
@@ -198,7 +203,7 @@ class DetectionHook:
             for pid in roots[:1]:
                 if self.front.runs(pid):
                     continue           # still the held child, not yet exec'd
-                tool.exec_checked = True
+                self._exec_checked.add(tool.key)
                 self._exec_in_tool(tool, pid)
 
     def _on_proc(self, ev):
@@ -213,7 +218,7 @@ class DetectionHook:
         tool = self._tools_by_pid.pop(ev.pid, None)
         if tool is not None and not tool.done:
             code = ev.exit_code
-            tool.auto_status = {"exit": code} if code is not None else {"signal": ev.status & 0x7F}
+            tool.exit_status = {"exit": code} if code is not None else {"signal": ev.status & 0x7F}
 
     # --- daemon hooks ----------------------------------------------------------------
     def on_agent_start(self, agent):
@@ -226,8 +231,8 @@ class DetectionHook:
             if self.monitor.lifecycle is not None:
                 # The agent's whole subtree, so the exits of its tool calls are seen (their
                 # exit status is known only to the agent, which reaps them), and their execs.
-                agent.watch_id = self.app.fs.cgroup_id(agent.cgroup)
-                self.monitor.lifecycle.watch(agent.watch_id)
+                self._watch_ids[agent.agent_id] = self.app.fs.cgroup_id(agent.cgroup)
+                self.monitor.lifecycle.watch(self._watch_ids[agent.agent_id])
         except AgentdError as err:
             log.warning("automatic detection off for agent %s: %s", agent.agent_id, err)
 
@@ -239,15 +244,18 @@ class DetectionHook:
 
     def on_agent_end(self, agent):
         self.detector.remove_agent(agent.agent_id)
-        if self.monitor.lifecycle is not None and getattr(agent, "watch_id", None):
+        watch_id = self._watch_ids.pop(agent.agent_id, None)
+        if self.monitor.lifecycle is not None and watch_id:
             try:
-                self.monitor.lifecycle.unwatch(agent.watch_id)
+                self.monitor.lifecycle.unwatch(watch_id)
             except AgentdError:
                 pass
 
     def on_tool_end(self, agent, tool, result):
         self._tools_by_pid.pop(tool.pid, None)
         self._tools_by_cgid.pop(tool.cgroup_id, None)
+        self._exec_root.pop(tool.key, None)
+        self._exec_checked.discard(tool.key)
 
     # --- dead-man switch (see bpf/lifecycle.bpf.c) ---------------------------------
     def _beat(self):

@@ -2,11 +2,13 @@
 
 import dataclasses
 import time
+import types
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ToolPlan:
-    """What the policy decided for one tool call before it starts."""
+    """What the policy decided for one tool call before it starts (the class's own
+    limits; what the stages add to them is in the call's Placement)."""
     tool_class: str
     priority: int
     limits: dict            # cgroupfs file -> value (bytes / "max" / weight / "quota period")
@@ -14,6 +16,28 @@ class ToolPlan:
     stragglers: str = "kill"          # kill | wait
     straggler_grace_s: float = 0.5
     latency: str = "normal"
+    # The classification behind it (policy.match.ToolDecision: device, gpu, forecast on/off),
+    # None for a call re-adopted from the state journal.
+    decision: object = dataclasses.field(default=None, compare=False, repr=False)
+
+
+EMPTY = types.MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Everything a tool call gets before it runs, decided once by the pipeline
+    (agentd/pipeline.py) and applied by the controller: the limits to write (the class's,
+    with what each stage added: memory.high from the forecast, an offloaded call's
+    cpu.weight, ...), the environment and the sentences for the launcher, the actions
+    taken while it was admitted (a wait in a queue), and each stage's own record."""
+    limits: types.MappingProxyType = dataclasses.field(default_factory=lambda: EMPTY)
+    env: types.MappingProxyType = dataclasses.field(default_factory=lambda: EMPTY)
+    messages: tuple = ()
+    actions: tuple = ()
+    forecast: object = None           # the memory forecast (agentd.forecast.Forecast)
+    offload_cpu_weight: int | None = None
+    gpu: types.MappingProxyType | None = None    # the GPU stage's decision, for status and tests
 
 
 @dataclasses.dataclass
@@ -38,6 +62,23 @@ class ToolCall:
     # The cpu.weight the GPU stage asks for a call it sent to the CPU instead of a GPU
     # (the class's gpu.offload_cpu_weight); the CPU stage owns cpu.weight and applies it.
     offload_cpu_weight: int | None = None
+    placement: Placement = dataclasses.field(default_factory=Placement)
+    # The exit status the kernel reported for a call detected automatically (no launcher
+    # reports one), and when a launcher's connection went away (it may reconnect).
+    exit_status: dict | None = None
+    orphaned_since: float | None = None
+
+    @property
+    def env(self):
+        return dict(self.placement.env)
+
+    @property
+    def messages(self):
+        return list(self.placement.messages)
+
+    @property
+    def gpu_placement(self):
+        return None if self.placement.gpu is None else dict(self.placement.gpu)
 
     @property
     def key(self):
@@ -72,6 +113,10 @@ class Agent:
     policy_text: str | None = None
     view: object = None
     planner: object = None
+    argv: list = dataclasses.field(default_factory=list)   # the agent's own command line
+    # No `agentd run` is connected (re-adopted, or its connection dropped): the sweep
+    # ends the agent once its processes are gone.
+    detached: bool = False
 
     @property
     def main_cgroup(self):

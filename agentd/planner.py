@@ -17,8 +17,8 @@ class Planner:
     def __init__(self, policy, host_memory=None):
         self.policy = policy
         self.host_memory = host_memory
-        # classify_tool is pure over this policy, and costs a regex pass over the rules:
-        # admission and placement ask it twice for each call, and agents repeat commands.
+        # classify_tool is pure over this policy, and costs a regex pass over the rules;
+        # a call is planned once (agentd/pipeline.py), but agents repeat their commands.
         self._decisions = {}
 
     def agent_limits(self, class_name=None):
@@ -54,6 +54,5 @@ class Planner:
                 self._decisions[key] = d
         plan = ToolPlan(tool_class=d.class_name, priority=d.priority, limits=d.limits.cgroup_values(),
                         rule=d.rule_name, stragglers=d.stragglers, straggler_grace_s=d.straggler_grace_s,
-                        latency=d.latency)
-        plan.decision = d
+                        latency=d.latency, decision=d)
         return plan

@@ -70,9 +70,9 @@ def snapshot(app, only_agent=None):
             "root": app.root, "socket": app.socket_path, "uptime_s": round(now - app.started, 1),
             "event_log": getattr(app.events, "path", None),
             "capabilities": app.caps.as_dict(), "warnings": app.caps.warnings(),
-            "modes": {k: v for h in app.hooks for k, v in (getattr(h, "modes", lambda: {})()).items()},
+            "modes": {k: v for h in app.hooks for k, v in h.modes().items()},
             "mode_details": {k: v for h in app.hooks
-                             for k, v in (getattr(h, "mode_details", lambda: {})()).items()},
+                             for k, v in h.mode_details().items()},
             "pressure": _pressure(ctl.fs, app.root),
             "tool_calls": {"started": sum(started.values()),
                            "finished": {o: sum(v for (_, oo), v in finished.items() if oo == o)

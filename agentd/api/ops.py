@@ -19,9 +19,24 @@ import time
 
 from ..clip import clip_argv
 from ..errors import AgentdError, RequestError
+from .outbox import Outbox
 
 
 class ApiOps:
+    # What the API owns, made on first use (the daemon's App and the tests' small Ops
+    # classes both mix ApiOps in): the outbox every notice leaves through, and the tool
+    # starts each agent has waiting in admission.
+    @property
+    def outbox(self):
+        box = self.__dict__.get("_outbox")
+        if box is None:
+            box = self.__dict__["_outbox"] = Outbox()
+        return box
+
+    @property
+    def starts_pending(self):
+        return self.__dict__.setdefault("_starts_pending", {})
+
     def _caller_agent(self, conn):
         try:
             cg = self.procfs.cgroup(conn.pid)
@@ -126,19 +141,20 @@ class ApiOps:
             # One agent's calls, running or waiting, are bounded: each holds a cgroup, a
             # connection and maybe a memory reservation other agents' calls are measured against.
             cap = self.ctl.planner.policy.daemon.max_tool_calls_per_agent
-            held = sum(1 for t in agent.tools.values() if not t.done) + getattr(agent, "tool_starts_pending", 0)
+            pending = self.starts_pending
+            held = sum(1 for t in agent.tools.values() if not t.done) + pending.get(agent.agent_id, 0)
             if held >= cap:
                 raise RequestError("too_many_tools", f"agent {agent.agent_id} already has {held} tool calls running "
                                                      f"or waiting (policy daemon.max_tool_calls_per_agent: {cap}); "
                                                      f"wait for some to end")
-            agent.tool_starts_pending = getattr(agent, "tool_starts_pending", 0) + 1
+            pending[agent.agent_id] = pending.get(agent.agent_id, 0) + 1
             try:
-                for h in self.hooks:
-                    admit = getattr(h, "admit", None)
-                    if admit:
-                        await admit(conn, agent, req)
+                ticket = await self.ctl.pipeline.admit(agent, req["argv"], req.get("class"), req.get("mem"),
+                                                       req.get("pid"), self.outbox.to(conn))
             finally:
-                agent.tool_starts_pending -= 1
+                pending[agent.agent_id] -= 1
+                if not pending[agent.agent_id]:
+                    del pending[agent.agent_id]
             # Admission may have waited: the caller, its agent and its child are checked
             # again, now, against the identities held since the first check.
             again, _, now_cg = self._caller_agent(conn)
@@ -147,18 +163,18 @@ class ApiOps:
             if child is not None:
                 self._check_child(conn, child, peer_cg)
             tool = self.ctl.start_tool(agent, child, req["argv"], req.get("class"), req.get("mem"),
-                                       req.get("intent"))
+                                       req.get("intent"), ticket=ticket)
         finally:
             if child is not None:
                 child.close()
-        tool.conn = conn
+        self.outbox.bind(tool.key, conn)
         conn.tools.add((agent.agent_id, tool.tool_id))
         env = {"AGENTD_TOOL": tool.key}
-        env.update(getattr(tool, "env", {}) or {})
+        env.update(tool.placement.env)
         reply = {"agent": agent.agent_id, "tool": tool.tool_id, "cgroup": tool.cgroup, "env": env,
                  # the launcher's child sets it before exec (agentd/oom.py): inherited by all it forks
                  "oom_score_adj": self.ctl.launcher_oom_adj(agent, tool),
-                 "messages": list(getattr(tool, "start_messages", []))}
+                 "messages": list(tool.placement.messages)}
         if self.ctl.launcher_places_itself(conn.pid) and conn.peer_alive():   # read-then-verify
             # Without "path" the launcher holds its child and asks for tool_attach.
             reply["path"] = self.fs.path(tool.cgroup)
@@ -187,6 +203,7 @@ class ApiOps:
             await self._await_empty(tool.cgroup, tool.plan.straggler_grace_s)
         result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage)
         conn.tools.discard((agent.agent_id, tool.tool_id))
+        self.outbox.unbind(tool.key)
         from ..feedback import messages_for
         return {"messages": messages_for(result), "result": result}
 
@@ -238,11 +255,7 @@ class ApiOps:
         return tool
 
     def _set_frozen(self, conn, req, frozen):
-        tool = self._target_tool(conn, req)
-        self.fs.freeze(tool.cgroup, frozen)
-        tool.frozen = frozen
-        self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action="freeze" if frozen else "thaw",
-                         reason="api")
+        self.ctl.actuator.requested(self._target_tool(conn, req), "freeze" if frozen else "thaw")
         return {}
 
     async def op_freeze(self, conn, req):
@@ -252,18 +265,17 @@ class ApiOps:
         return self._set_frozen(conn, req, False)
 
     async def op_kill(self, conn, req):
-        tool = self._target_tool(conn, req)
-        tool.actions.append({"action": "kill", "reason": "api", "ts": time.time()})
-        self.fs.kill(tool.cgroup)
-        self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action="kill", reason="api")
+        self.ctl.actuator.requested(self._target_tool(conn, req), "kill")
         return {}
 
     def connection_lost(self, conn):
         for agent_id, tool_id in conn.tools:
             agent = self.ctl.agents.get(agent_id)
             tool = agent.tools.get(tool_id) if agent else None
+            if tool:
+                self.outbox.unbind(tool.key)
             if tool and not tool.done:
-                tool.orphaned = time.monotonic()   # its launcher may reconnect; else the sweep finishes it
+                tool.orphaned_since = time.monotonic()   # its launcher may reconnect; else the sweep finishes it
         if conn.agent:
             agent = self.ctl.agents.get(conn.agent)
             if agent:

@@ -4,7 +4,8 @@ weights all come here).
 
 Every ladder write is logged old -> new with its reason, recorded in the tool call's
 `actions`, emitted as an `action` event and, when the call's `agentd tool` is still
-connected, told to the agent as a one-sentence notice.
+connected, told to the agent as a one-sentence notice: through `tell(key, kind, text)`,
+the API's outbox (api/outbox.py); nothing here writes to a client.
 
 With `dry_run` nothing is written. Each decision is still logged ("would set ... [dry
 run]") and emitted: ladder actions as `action` events marked `dry_run`, everything else
@@ -18,7 +19,6 @@ from "max" every tick), and `agentd report --what-if` reads them back from the l
 import logging
 import time
 
-from ..api import protocol
 from ..errors import AgentdError, CgroupGone, KernelError
 from ..feedback import _program, advice_for
 from ..kernel import cgroupfs as cgf
@@ -32,8 +32,9 @@ def _size(v):
 
 
 class Actuator:
-    def __init__(self, fs, events, dry_run=False, procfs=None):
+    def __init__(self, fs, events, dry_run=False, procfs=None, tell=None):
         self.fs = fs
+        self.outbox = tell or (lambda key, kind, message: None)
         self.events = events
         self.dry_run = dry_run
         self.procfs = procfs
@@ -259,13 +260,38 @@ class Actuator:
         return {"action": "kill_main", "reason": reason}
 
     def tell(self, tool, kind, message):
-        conn = getattr(tool, "conn", None)
-        if conn is None or not message or self.dry_run:
+        if not message or self.dry_run:
             return                # a dry run changes nothing the agent sees, its messages included
-        try:
-            conn.send(protocol.notice(kind, message))
-        except Exception as err:       # a vanished client must not stop enforcement
-            log.debug("notice to %s failed: %s", tool.key, err)
+        self.outbox(tool.key, kind, message)
+
+    def notify(self, tool, kind, message):
+        """A notice that is not about a write (a warning before one): sent in a dry run too."""
+        self.outbox(tool.key, kind, message)
+
+    # --- actions a client asked for, and the controller's own --------------------------
+    def requested(self, tool, action, reason="api"):
+        """freeze / thaw / kill of `tool` asked for through the API: written as asked, one
+        `action` event; nothing is told to the agent (it asked)."""
+        who = f"tool {tool.key}"
+        if self.dry_run:
+            self._would(action, who, reason, tool.agent_id, tool.tool_id, cgroup=tool.cgroup)
+            return None
+        if action == "kill":
+            tool.actions.append({"action": "kill", "reason": reason, "ts": time.time()})
+            self.fs.kill(tool.cgroup)
+        elif action in ("freeze", "thaw"):
+            self.fs.freeze(tool.cgroup, action == "freeze")
+            tool.frozen = action == "freeze"
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action=action, reason=reason)
+        return {"action": action, "reason": reason}
+
+    def thaw_cgroup(self, cg):
+        """Thaw `cg` before its stragglers are killed (a frozen task dies only once thawed);
+        nothing to do in a dry run, which never froze it."""
+        if not self.dry_run:
+            self.fs.freeze(cg, False)
 
 
 def notice_text(tool, rec):

@@ -1,12 +1,13 @@
 """Admission control wired into the daemon: forecasts before a call starts, the wait, the
-notice, and the reservations of calls admitted but not yet placed (see admission.py for
-the decisions themselves)."""
+notice (through the API's outbox: `tell`), and the reservations of calls admitted but not
+yet placed (see admission.py for the decisions themselves)."""
 
 import asyncio
 import logging
 import time
 
-from ..api import protocol
+import itertools
+
 from ..clip import clip_argv
 from ..errors import AgentdError, RequestError
 from ..feedback import _program
@@ -25,74 +26,72 @@ RESERVATION_TTL_S = 2.0
 PLACE_GRACE_S = 2.0
 
 
-def call_key(agent_id, pid, argv):
-    """Names a call between admit() and its placement. The launcher may send no pid (it
-    clones into the cgroup afterwards): then two identical commands of one agent share a
-    key, which only swaps their identical forecasts."""
-    return (agent_id, pid, tuple(argv))
-
-
 class Admitter:
     def __init__(self, enforcer):
         self.e = enforcer
-        self.pending = {}         # call_key() -> {"forecast", "peak", "evidence", "queue", "ts"}
+        self.pending = {}         # (agent, seq) -> {"forecast", "peak", "evidence", "queue", "ts", "key"}
+        self.seq = itertools.count(1)
         self.waiters = {}         # Waiter.seq -> (Waiter, asyncio.Future)
         self.counters = {"admission_queued_total": 0, "admission_wait_seconds_total": 0.0,
                          "admission_timeouts_total": 0}
 
-    def take(self, agent_id, pid, argv):
-        """The forecast (and any wait) stored for a call about to be placed."""
-        return self.pending.pop(call_key(agent_id, pid, argv), None)
+    def claim(self, pend):
+        """The call admitted with `pend` is being placed: from now on it reserves as a
+        running call, not as an admitted one."""
+        self.pending.pop(pend["key"], None)
 
     def release_all(self):
         for _, fut in self.waiters.values():
             if not fut.done():
                 fut.set_result(False)
 
-    async def admit(self, conn, agent, req):
-        plan = self.e.ctl.planner.plan_tool(agent, req["argv"], req.get("class"), req.get("mem"))
-        fc = self.e.fc.forecast(req["argv"], plan.tool_class, agent.agent_id, agent.agent_class)
+    async def admit(self, call, tell):
+        """The memory forecast of `call` and, where it does not fit, its wait: returns the
+        decision place() takes (forecast, evidence, the wait's record)."""
+        agent, plan, argv = call.agent, call.plan, list(call.argv)
+        fc = self.e.fc.forecast(argv, plan.tool_class, agent.agent_id, agent.agent_class)
         cap = _bytes(plan.limits.get(cgf.MEMORY_MAX))
         peak = fc.peak_bytes if cap is None else min(fc.peak_bytes, cap)
-        key = call_key(agent.agent_id, req.get("pid"), req["argv"])
+        key = (agent.agent_id, next(self.seq))
         self.expire_pending()
         # Admission acts on evidence: history behind the forecast, or memory the caller
         # declared (--mem). A cold-start prior only says "unknown"; making such a call wait
         # would serialise every new command while the ladder already guards the host.
-        evidence = fc.confidence > 0 or req.get("mem") is not None
+        evidence = fc.confidence > 0 or call.declared_mem
         rank = (agent.priority, plan.priority)
-        pend = {"forecast": fc, "peak": peak, "ts": time.monotonic(), "evidence": evidence, "rank": rank}
+        pend = {"forecast": fc, "peak": peak, "ts": time.monotonic(), "evidence": evidence, "rank": rank,
+                "key": key}
         a = self.e.policy.admission
         budget = self.e.policy.pressure.budget
         running = self.running()
         if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank):
             self.pending[key] = pend
-            return
-        prog = _program(req["argv"])
+            return pend
+        prog = _program(argv)
         if self.e.actuator.dry_run:
             # A dry run never holds a call back: the wait it would have had is recorded.
             rec = {"action": "queue", "reason": "memory budget", "ts": round(time.time(), 3), "seconds": 0.0,
                    "forecast_bytes": peak, "dry_run": True}
-            self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=req["argv"][:8],
+            self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=argv[:8],
                                    reason="memory budget", forecast_bytes=peak, dry_run=True)
             log.info("agent %s: %s would wait for memory (forecast %s, demand %s, budget %s) [dry run]",
                      agent.agent_id, prog, format_size(peak), format_size(admission.demand(running)),
                      format_size(budget) if budget else "-")
             pend["queue"] = rec
             self.pending[key] = pend
-            return
-        w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{_program(req['argv'])}",
+            return pend
+        w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{prog}",
                              agent_priority=agent.priority)
         fut = asyncio.get_running_loop().create_future()
         self.waiters[w.seq] = (w, fut)
         self.counters["admission_queued_total"] += 1
         t0 = time.monotonic()
-        conn.send(protocol.notice("queued", (
+        tell("queued", (
             f"[agentd] {prog} is waiting for memory: it is forecast to need {format_size(peak)} and the "
             f"running tool calls are forecast to use {format_size(admission.demand(running))} of the "
             f"{format_size(budget) if budget else 'unlimited'} budget; it starts when room appears "
-            f"(at most {a.max_wait_s:g} s)")))
-        self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=clip_argv(req["argv"])[:8],
+            f"(at most {a.max_wait_s:g} s)"))
+        self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=clip_argv(argv)[:8],
                              reason="memory budget", forecast_bytes=peak)
         log.info("agent %s: %s queued for memory (forecast %s, demand %s, budget %s)", agent.agent_id, prog,
                  format_size(peak), format_size(admission.demand(running)), format_size(budget) if budget else "-")
@@ -120,6 +119,7 @@ class Admitter:
         self.pending[key] = pend
         log.info("agent %s: %s admitted after %.2f s%s", agent.agent_id, prog, waited,
                  " (wait timed out)" if not admitted else "")
+        return pend
 
     def running(self):
         out = []

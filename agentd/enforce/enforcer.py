@@ -29,6 +29,8 @@ from .limits import as_bytes as _bytes
 from .ladder import FREEZE, KILL, RESUME, THROTTLE, Candidate, Ladder
 from .pressure import ROOT, PressureWatch
 from .held import HeldCalls
+from ..pipeline import Share
+from ..stages import Stage
 
 log = logging.getLogger("agentd.enforce")
 
@@ -66,7 +68,9 @@ class ToolState:
         self.relieved = time.monotonic()
 
 
-class Enforcer:
+class Enforcer(Stage):
+    name = "enforce"
+
     def __init__(self, app, dry_run=False, fake_pressure_file=None, available_fn=None):
         self.app = app
         self.fs = app.fs
@@ -92,6 +96,7 @@ class Enforcer:
         self.counters = {"pressure_events_total": 0}
         self.by_cgid = {}         # cgroup id of a watched tool call -> (agent, tool)
         self.memwatch = None
+        self.monitor = None       # the kernel event monitor, handed over by the daemon (subscribe)
         self.held = HeldCalls(self)
 
     @property
@@ -99,6 +104,10 @@ class Enforcer:
         return self.app.policy    # re-read: a reload swaps it
 
     # --- daemon hooks ----------------------------------------------------------
+    def subscribe(self, monitor):
+        """Memory-watch events come from the detection stage's monitor (daemon.py wires it)."""
+        self.monitor = monitor
+
     async def start(self):
         loop = asyncio.get_running_loop()
         # Limits on an agent need the memory controller in <root>/agents' subtree_control;
@@ -115,9 +124,9 @@ class Enforcer:
         # The BPF memory watch (or its polling stand-in) reports a tool call that outgrows
         # its forecast or grows fast, between ticks: react then, not at the next sample.
         # Calls are tracked while pressure.memory_watch is on (checked at each call's start).
-        mon = getattr(self.app, "monitor", None)
-        self.memwatch = getattr(mon, "memwatch", None)
-        if mon is not None and self.memwatch is not None:
+        mon = self.monitor
+        self.memwatch = mon.memwatch if mon is not None else None
+        if self.memwatch is not None:
             mon.mem_listeners.append(self._on_mem)
             window = getattr(self.memwatch, "window_s", None) or getattr(self.memwatch, "window_ns", 0) / 1e9
             if window:
@@ -172,34 +181,49 @@ class Enforcer:
     def _watch_agent(self, agent):
         self.watch.watch(agent.agent_id, self.fs.path(agent.cgroup, cgf.MEMORY_PRESSURE))
 
-    def on_tool_plan(self, agent, tool):
-        """Forecast the call and set memory.high from it before the limits are written."""
-        pend = self.admitter.take(agent.agent_id, tool.pid, tool.argv)
-        if pend and pend.get("queue"):
-            tool.actions.append(pend["queue"])
-        fc = pend["forecast"] if pend else self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id,
-                                                             agent.agent_class)
-        st = self.tools[tool.key] = ToolState()
-        st.evidence = pend["evidence"] if pend else fc.confidence > 0
-        st.ceiling = self._plan_high(tool, fc)
+    async def admit(self, call, tell):
+        """Forecast the call's memory and hold it back while it does not fit (admitter.py)."""
+        return await self.admitter.admit(call, tell)
 
-    def on_tool_observed(self, agent, tool):
+    def place(self, call, decided):
+        """memory.high from the call's forecast (made at admit, else now), before the
+        controller writes its limits; the call's admission wait, if it had one."""
+        if decided is not None:
+            self.admitter.claim(decided)
+            fc = decided["forecast"]
+            evidence = decided["evidence"]
+        else:
+            fc = self.fc.forecast(list(call.argv), call.plan.tool_class, call.agent.agent_id,
+                                  call.agent.agent_class)
+            evidence = fc.confidence > 0
+        fc, high, ceiling = self._plan_high(call, fc)
+        st = self.tools[call.key] = ToolState()
+        st.evidence = evidence
+        st.ceiling = ceiling
+        queued = decided.get("queue") if decided is not None else None
+        return Share(limits={} if high is None else {cgf.MEMORY_HIGH: high}, forecast=fc,
+                     actions=(queued,) if queued else ())
+
+    def observe(self, call):
         """A dry run's automatically detected call, which is not placed: the forecast and
-        memory.high it would have got go into its plan; nothing follows it afterwards."""
-        self._plan_high(tool, self.fc.forecast(tool.argv, tool.plan.tool_class, agent.agent_id, agent.agent_class))
+        memory.high it would have got; nothing follows it afterwards."""
+        fc, high, _ = self._plan_high(call, self.fc.forecast(list(call.argv), call.plan.tool_class,
+                                                             call.agent.agent_id, call.agent.agent_class))
+        return Share(limits={} if high is None else {cgf.MEMORY_HIGH: high}, forecast=fc)
 
-    def _plan_high(self, tool, fc):
-        """tool.forecast and plan.limits' memory.high from forecast `fc`; returns the
-        policy's own memory.high for the call (a ceiling never raised past), or None."""
-        cap = _bytes(tool.plan.limits.get(cgf.MEMORY_MAX))
+    def _plan_high(self, call, fc):
+        """(forecast, memory.high, ceiling) for `call` from forecast `fc`: the forecast
+        capped at memory.max, the memory.high to start with (None: the class turns
+        forecasts off) and the policy's own memory.high for the call (a ceiling never
+        raised past), or None."""
+        cap = _bytes(call.plan.limits.get(cgf.MEMORY_MAX))
         if cap is not None and fc.peak_bytes > cap:
             # The call cannot use more than its memory.max: that is the forecast to tell.
             fc = Forecast(cap, fc.confidence, fc.source + ":capped")
-        tool.forecast = fc
-        decision = getattr(tool.plan, "decision", None)
+        decision = call.plan.decision
         if decision is not None and not decision.forecast:
-            return None
-        lim = tool.plan.limits
+            return fc, None, None
+        lim = call.plan.limits
         high = limits.start_high(fc.peak_bytes, self.policy.forecast.headroom, self.policy.forecast.min_high,
                                  cap=_bytes(lim.get(cgf.MEMORY_MAX)))
         declared = _bytes(lim.get(cgf.MEMORY_HIGH))
@@ -207,14 +231,13 @@ class Enforcer:
             high = min(high, declared)     # a policy's own memory.high is a ceiling
         host = self.app.host_memory
         value = "max" if host and high >= host else str(high)   # past the host's memory: no limit
-        lim[cgf.MEMORY_HIGH] = value
-        log.info("tool %s: forecast %s (%s, confidence %.2f) -> memory.high %s", tool.key,
+        log.info("tool %s: forecast %s (%s, confidence %.2f) -> memory.high %s", call.key,
                  format_size(fc.peak_bytes), fc.source, fc.confidence,
                  value if value == "max" else format_size(high))
-        return declared
+        return fc, value, declared
 
     def on_tool_start(self, agent, tool):
-        mw = getattr(self, "memwatch", None)
+        mw = self.memwatch
         if mw is None or tool.cgroup_id is None or tool.forecast is None or not self.policy.pressure.memory_watch:
             return
         try:
@@ -349,12 +372,9 @@ class Enforcer:
             pass
         return room, own
 
-    async def admit(self, conn, agent, req):
-        await self.admitter.admit(conn, agent, req)
-
     def on_tool_end(self, agent, tool, result):
         self.tools.pop(tool.key, None)
-        if self.by_cgid.pop(tool.cgroup_id, None) is not None and getattr(self, "memwatch", None) is not None:
+        if self.by_cgid.pop(tool.cgroup_id, None) is not None and self.memwatch is not None:
             try:
                 self.memwatch.clear(tool.cgroup_id)
             except (AgentdError, OSError):
@@ -564,7 +584,7 @@ class Enforcer:
 
     def _adapt(self, tool, st, available):
         """Move memory.high with the re-forecast, unless the ladder holds this call."""
-        decision = getattr(tool.plan, "decision", None)
+        decision = tool.plan.decision
         if st.applied or tool.frozen or (decision is not None and not decision.forecast):
             return
         high = self.actuator.read_high(tool.cgroup)

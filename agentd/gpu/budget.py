@@ -1,9 +1,10 @@
 """GPU budgets while tool calls run: an agent over its class's `memory_budget` gets the
 class's `over_budget` action on its lowest-priority call that holds GPU memory.
 
-- `notify`: once per call and over-budget episode, a notice on the call's connection (the
-  launcher prints it to the call's stderr) and an action in its result.
-- `kill`: the call's cgroup is killed (cgroup.kill through the daemon's CgroupFS); its
+- `notify`: once per call and over-budget episode, a notice to the call's client through
+  the actuator and the API's outbox (the launcher prints it to the call's stderr) and an
+  action in its result.
+- `kill`: the call's cgroup is killed (cgroup.kill through the actuator: dry-run aware); its
   memory then counts as leaving, so the next tick does not pick a second victim for it.
 Memory held by an agent's main process counts towards its budget, but agentd stops only
 tool calls: with no tool call holding GPU memory, nothing is done.
@@ -12,7 +13,6 @@ tool calls: with no tool call holding GPU memory, nothing is done.
 import logging
 import time
 
-from ..api import protocol
 from ..errors import CgroupGone
 from ..units import format_size
 
@@ -55,10 +55,8 @@ def notify(hook, agent, tool, reason):
     hook.notified.add(tool.key)
     hook.counters["budget_actions"]["notify"] += 1
     tool.actions.append({"action": "gpu_over_budget", "reason": reason, "ts": round(time.time(), 3)})
-    conn = getattr(tool, "conn", None)
-    if conn is not None:
-        conn.send(protocol.notice("gpu_over_budget", f"[agentd] {reason}: free GPU memory (smaller batches "
-                                                      f"or model) or it may be stopped"))
+    hook.app.ctl.actuator.notify(tool, "gpu_over_budget", f"[agentd] {reason}: free GPU memory (smaller batches "
+                                                          f"or model) or it may be stopped")
     hook.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="gpu_notify", reason=reason)
     log.warning("tool %s: %s (notified)", tool.key, reason)
 
@@ -69,11 +67,8 @@ def kill(hook, agent, tool, reason):
     tool.actions.append({"action": "kill", "reason": reason, "ts": round(time.time(), 3)})
     try:
         # Through the actuator: a dry run decides and logs the kill, and writes nothing.
-        actuator = getattr(hook.app.ctl, "actuator", None)
-        if actuator is not None:
-            actuator.kill_cgroup(f"tool {tool.key}", tool.cgroup, reason, agent=agent.agent_id, tool=tool.tool_id)
-        else:
-            hook.app.fs.kill(tool.cgroup)
+        hook.app.ctl.actuator.kill_cgroup(f"tool {tool.key}", tool.cgroup, reason, agent=agent.agent_id,
+                                          tool=tool.tool_id)
     except CgroupGone:
         pass
     hook.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="kill", reason=reason)

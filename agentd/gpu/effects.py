@@ -11,6 +11,7 @@ import time
 from ..errors import AgentdError, CgroupGone
 from ..kernel import cgroupfs as cgf
 from ..units import format_size, parse_size
+from ..pipeline import Share
 from . import placement as pl
 
 log = logging.getLogger("agentd.gpu")
@@ -30,10 +31,13 @@ def _program(argv):
     return prog(argv)
 
 
-def apply(hook, agent, tool, d):
-    tg = getattr(getattr(tool.plan, "decision", None), "gpu", None)
-    env, msg = {}, None
-    prog = _program(tool.argv)
+def share(hook, call, d):
+    """The call's share of its Placement for decision `d` (pipeline.Share); the device
+    program is attached here, to the call's cgroup made empty just before."""
+    agent = call.agent
+    tg = getattr(call.plan.decision, "gpu", None)
+    env, msg, limits, weight, actions = {}, None, {}, None, ()
+    prog = _program(call.argv)
     if d.outcome == pl.GPU:
         dev = next((x for x in hook.devices if x.index == d.device), None)
         limit = getattr(tg, "mps_pinned_mem_limit", None)
@@ -41,70 +45,65 @@ def apply(hook, agent, tool, d):
             limit = parse_size(limit, dev.memory_total if dev else hook.max_total)
         env = pl.gpu_env(dev.uuid if dev else str(d.device), hook.mps(),
                          getattr(tg, "mps_active_thread_percentage", None), limit)
-        hook.placed[tool.key] = Placed(agent.agent_id, d.device, d.forecast)
+        hook.placed[call.key] = Placed(agent.agent_id, d.device, d.forecast)
         waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
         msg = (f"[agentd] {prog} runs on GPU {d.device}{waited} ({dev.name if dev else 'GPU'}): it is forecast "
                f"to need {format_size(d.forecast)} of GPU memory")
     elif d.outcome in (pl.OFFLOAD, pl.CPU):
         env = pl.cpu_env()
-        hidden = hide_gpus(hook, tool)
+        hidden = hide_gpus(hook, call)
         if d.outcome == pl.OFFLOAD:
             weight = getattr(tg, "offload_cpu_weight", None)
             if weight is not None:
                 # The CPU stage owns cpu.weight and gives an offloaded call this weight
-                # (sched/weights.py tool_weight); the plan carries it too, so the
+                # (sched/weights.py tool_weight); the Placement carries it too, so the
                 # controller's first write (and limits_applied) agrees with it, and a
                 # daemon without a CPU stage still applies it.
-                tool.offload_cpu_weight = int(weight)
-                tool.plan.limits[cgf.CPU_WEIGHT] = str(int(weight))
+                weight = int(weight)
+                limits[cgf.CPU_WEIGHT] = str(weight)
             reason = why(d, None, agent=hook.budget_limit(agent.agent_class))
             waited = f" after waiting {d.waited:.1f} s" if d.waited else ""
             msg = (f"[agentd] {prog} runs on the CPU, not a GPU{waited}: it is forecast to need "
                    f"{format_size(d.forecast)} of GPU memory and {reason}; no GPU is visible to it "
                    f"(CUDA_VISIBLE_DEVICES is empty), so use CPU code paths or a smaller model")
-    if env:
-        tool.env = {**(getattr(tool, "env", None) or {}), **env}
-    if msg:
-        if not hasattr(tool, "start_messages"):
-            tool.start_messages = []
-        tool.start_messages.append(msg)
     if d.waited is not None:
-        tool.actions.append({"action": "gpu_queue", "reason": d.reason, "seconds": round(d.waited, 3),
-                             "forecast_bytes": d.forecast, "timed_out": d.timed_out,
-                             "ts": round(time.time() - d.waited, 3)})
-    tool.gpu_placement = {"outcome": d.outcome, "device": d.device, "forecast_bytes": d.forecast,
-                          "reason": d.reason}
+        actions = ({"action": "gpu_queue", "reason": d.reason, "seconds": round(d.waited, 3),
+                    "forecast_bytes": d.forecast, "timed_out": d.timed_out,
+                    "ts": round(time.time() - d.waited, 3)},)
+    gpu = {"outcome": d.outcome, "device": d.device, "forecast_bytes": d.forecast, "reason": d.reason}
     if d.outcome in (pl.OFFLOAD, pl.CPU):
-        tool.gpu_placement["devices_hidden"] = hidden
+        gpu["devices_hidden"] = hidden
     hook.counters["placements"][d.outcome] = hook.counters["placements"].get(d.outcome, 0) + 1
     if d.outcome != pl.UNMANAGED:
-        hook.app.events.emit("gpu_placement", agent=agent.agent_id, tool=tool.tool_id, outcome=d.outcome,
-                             device=d.device, forecast_bytes=d.forecast, reason=d.reason, env=env,
-                             devices_hidden=tool.gpu_placement.get("devices_hidden"))
-        log.info("tool %s: GPU placement %s%s (forecast %s%s)", tool.key, d.outcome,
+        hook.app.events.emit("gpu_placement", agent=agent.agent_id, tool=call.key.partition("/")[2],
+                             outcome=d.outcome, device=d.device, forecast_bytes=d.forecast, reason=d.reason,
+                             env=env, devices_hidden=gpu.get("devices_hidden"))
+        log.info("tool %s: GPU placement %s%s (forecast %s%s)", call.key, d.outcome,
                  "" if d.device is None else f" on GPU {d.device}", format_size(d.forecast),
                  f", {d.reason}" if d.reason else "")
+    return Share(limits=limits, env=env, messages=(msg,) if msg else (), actions=actions,
+                 offload_cpu_weight=weight, gpu=gpu)
 
 
-def hide_gpus(hook, tool):
+def hide_gpus(hook, call):
     """Attach the device program to the call's cgroup before any of its processes runs
     there: the environment hides the GPUs from a call that reads it, this hides them
     from one that does not (an automatically detected call, or one that resets
     CUDA_VISIBLE_DEVICES). True if hidden."""
     if hook.devguard is None:
         return False
-    actuator = getattr(hook.app.ctl, "actuator", None)
-    if actuator is not None and actuator.decided_only("hide the GPUs (device program)", f"tool {tool.key}",
-                                                      "placed on the CPU", agent=tool.agent_id, tool=tool.tool_id):
+    agent_id, _, tool_id = call.key.partition("/")
+    if hook.app.ctl.actuator.decided_only("hide the GPUs (device program)", f"tool {call.key}",
+                                          "placed on the CPU", agent=agent_id, tool=tool_id):
         return False
     try:
-        hook.devguard.hide(hook.app.fs.path(tool.cgroup))
+        hook.devguard.hide(hook.app.fs.path(call.cgroup))
     except CgroupGone:
         return False
     except AgentdError as err:
         if str(err) != hook._guard_error:        # once per distinct failure, not per call
             log.warning("tool %s: cannot hide the GPUs from it (it sees them, CUDA_VISIBLE_DEVICES aside): %s",
-                        tool.key, err)
+                        call.key, err)
             hook._guard_error = str(err)
         return False
     return True

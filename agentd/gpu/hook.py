@@ -3,14 +3,14 @@
 Flow: NVML (devices, processes) -> attribution (pid -> cgroup -> agent/tool call) ->
 placement (placement.py, pure) -> the tool call's environment and cpu.weight -> feedback.
 
-- `admit()` (before the call exists) classifies the request, forecasts its GPU memory and
-  asks `place()`: a call that must wait for a GPU waits here, told so by a notice, until room
-  frees up or the admission timeout passes. No await separates our `admit` (the last one)
-  from the controller's `on_tool_plan`, so the decision is handed over in `pending`.
-- `on_tool_plan()` writes the decision into the call (effects.py): CUDA_VISIBLE_DEVICES (and
-  MPS variables), the offload CPU weight for the CPU stage, the device program that hides the
-  GPUs from a call sent to the CPU, a sentence in `tool.start_messages`. Calls that reach it
-  without `admit` (the automatic path) are decided there and never wait.
+- `admit()` (before the call exists) forecasts the planned call's GPU memory and asks
+  placement.place(): a call that must wait for a GPU waits here, told so through the API's
+  outbox, until room frees up or the admission timeout passes. Its decision is reserved in
+  `pending` and handed to `place()` by the pipeline (agentd/pipeline.py).
+- `place()` turns the decision into the call's share of its Placement (effects.py):
+  CUDA_VISIBLE_DEVICES (and MPS variables), the offload CPU weight for the CPU stage, the
+  device program that hides the GPUs from a call sent to the CPU, a sentence for the agent.
+  Calls that reach it without `admit` (the automatic path) are decided there and never wait.
 - A periodic tick re-reads NVML, updates each call's GPU peak, applies each agent class's
   `over_budget` action to the agent's lowest-priority GPU call, and wakes waiters.
 """
@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import time
 
-from ..api import protocol
 from ..clip import clip_argv
 from ..errors import AgentdError, ProcessGone, RequestError
 from ..forecast import Forecast, censored
@@ -30,6 +29,7 @@ from .effects import Placed
 from . import placement as pl
 from .history import FLOOR_BYTES
 from .nvml import NvmlError
+from ..stages import Stage
 
 log = logging.getLogger("agentd.gpu")
 
@@ -47,6 +47,7 @@ class Decision:
     waited: float | None = None
     timed_out: bool = False
     ts: float = dataclasses.field(default_factory=time.monotonic)
+    key: tuple | None = None          # its reservation in GpuHook.pending, from admit to place
 
 
 def _program(argv):
@@ -54,7 +55,9 @@ def _program(argv):
     return prog(argv)
 
 
-class GpuHook:
+class GpuHook(Stage):
+    name = "gpu"
+
     def __init__(self, app, nvml, forecasts, interval_s=1.0, devguard=None):
         self.app = app
         self.devguard = devguard  # kernel/bpf_devguard.DevGuard, or None: CUDA_VISIBLE_DEVICES only
@@ -65,7 +68,7 @@ class GpuHook:
         self.devices = nvml.devices()
         self.max_total = max(d.memory_total for d in self.devices)
         self.placed = {}          # tool key -> Placed
-        self.pending = {}         # (agent, pid) -> Decision, from admit to on_tool_plan
+        self.pending = {}         # Decision.key -> Decision, from admit to place
         self.waiters = {}         # request key -> (Request, Future)
         self.admitted = {}        # request key -> Decision: woken waiters not yet resumed
         self.tool_usage = {}      # tool key -> bytes held now
@@ -193,43 +196,45 @@ class GpuHook:
         waiting = [w for w, _ in self.waiters.values()]
         return pl.place(waiting + [req], rooms, budgets)[req.key]
 
-    async def admit(self, conn, agent, req):
+    async def admit(self, call, tell):
         try:
-            await self._admit(conn, agent, req)
+            return await self._admit(call, tell)
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception:             # a fault in the GPU stage must not refuse tool calls
-            log.exception("GPU placement of %s failed; the call runs unplaced", " ".join(req["argv"][:4]))
+            log.exception("GPU placement of %s failed; the call runs unplaced", " ".join(call.argv[:4]))
+            return None
 
-    async def _admit(self, conn, agent, req):
-        key = (agent.agent_id, req.get("pid"))
-        self.pending.pop(key, None)
-        try:
-            plan = self.app.ctl.planner.plan_tool(agent, req["argv"], req.get("class"), req.get("mem"))
-        except AgentdError:
-            return                        # start_tool raises the same error, with its message
-        outcome, r = self._request(agent, plan, req["argv"], None)
+    async def _admit(self, call, tell):
+        agent = call.agent
+        outcome, r = self._request(agent, call.plan, list(call.argv), None)
         if r is None:
-            self.pending[key] = Decision(outcome)
-            return
+            return self._pend(agent, Decision(outcome))
         self.refresh()
         p = self._decide_now(r)
         if p.outcome != pl.WAIT:
-            self.pending[key] = Decision(p.outcome, p.device, r.forecast, p.reason, p.free)
-            return
-        self.pending[key] = await self._wait(conn, agent, req, r, p)
+            return self._pend(agent, Decision(p.outcome, p.device, r.forecast, p.reason, p.free))
+        return self._pend(agent, await self._wait(call, tell, r, p))
 
-    async def _wait(self, conn, agent, req, r, p):
+    def _pend(self, agent, d):
+        """Reserve `d` for its call until place() claims it (or RESERVATION_TTL_S)."""
+        self.seq += 1
+        d.key = (agent.agent_id, self.seq)
+        self.pending[d.key] = d
+        return d
+
+    async def _wait(self, call, tell, r, p):
+        agent = call.agent
         a = self.policy.admission
-        prog = _program(req["argv"])
+        prog = _program(call.argv)
         fut = asyncio.get_running_loop().create_future()
         self.waiters[r.key] = (r, fut)
         self.counters["queued_total"] += 1
-        conn.send(protocol.notice("queued", (
+        tell("queued", (
             f"[agentd] {prog} is waiting for a GPU: it is forecast to need {format_size(r.forecast)} of GPU memory "
-            f"and {effects.why(p, r)}; it starts when a GPU has room (at most {a.max_wait_s:g} s)")))
+            f"and {effects.why(p, r)}; it starts when a GPU has room (at most {a.max_wait_s:g} s)"))
         self.app.events.emit("action", agent=agent.agent_id, tool=None, action="gpu_queue",
-                             argv=clip_argv(req["argv"])[:8],
+                             argv=clip_argv(list(call.argv))[:8],
                              reason=p.reason, forecast_bytes=r.forecast)
         t0 = time.monotonic()
         try:
@@ -266,20 +271,21 @@ class GpuHook:
                 # decision cannot hand the same room out twice.
                 self.admitted[key] = Decision(p.outcome, p.device, r.forecast, p.reason, p.free)
 
-    def on_tool_plan(self, agent, tool):
-        d = self.pending.pop((agent.agent_id, tool.pid), None)
-        if d is None:                     # automatic path: decide now, never wait
-            outcome, r = self._request(agent, tool.plan, tool.argv, tool.key)
+    def place(self, call, decided):
+        """The call's GPU or CPU, its environment and sentence (effects.py). A call that
+        comes without an admit decision (the automatic path) is decided now, never waits."""
+        d = decided
+        if d is not None:
+            self.pending.pop(d.key, None)
+        else:
+            outcome, r = self._request(call.agent, call.plan, list(call.argv), call.key)
             if r is None:
                 d = Decision(outcome)
             else:
                 self.refresh()
                 p = self._decide_now(r)
                 d = Decision(pl.OFFLOAD if p.outcome == pl.WAIT else p.outcome, p.device, r.forecast, p.reason, p.free)
-        effects.apply(self, agent, tool, d)
-
-    def on_tool_start(self, agent, tool):
-        pass
+        return effects.share(self, call, d)
 
     def on_tool_end(self, agent, tool, result):
         pc = self.placed.pop(tool.key, None)

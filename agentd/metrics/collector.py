@@ -121,9 +121,8 @@ class AgentdCollector:
     def _daemon(self, fams):
         fams.add("agentd_build_info", [__version__], 1)
         fams.add("agentd_start_time_seconds", [], float(getattr(self.app, "started", time.time())))
-        for h in getattr(self.app, "hooks", []):
-            modes = getattr(h, "modes", None)
-            for comp, mode in (modes() if modes else {}).items():
+        for h in self.app.hooks:
+            for comp, mode in h.modes().items():
                 # A label value is one series for as long as it lasts: only a plain mode
                 # word belongs there (a dict or a count would make a series per change).
                 if isinstance(mode, str):
@@ -203,12 +202,9 @@ class AgentdCollector:
         stats = {}
         # The event log and the API server keep counters of their own, as the stages do.
         sources = [getattr(self.app, "events", None), getattr(self.app, "server", None)]
-        for h in [s for s in sources if s is not None] + list(getattr(self.app, "hooks", [])):
-            fn = getattr(h, "metric_stats", None)
-            if fn is None:
-                continue
+        for h in [s for s in sources if s is not None] + list(self.app.hooks):
             try:
-                stats.update(fn() or {})
+                stats.update(h.metric_stats() or {})
             except Exception:
                 log.exception("metrics: %s.metric_stats() failed", type(h).__name__)
         for key, name in SCALARS.items():

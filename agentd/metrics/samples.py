@@ -13,10 +13,14 @@ import asyncio
 import logging
 import time
 
+from ..stages import Stage
+
 log = logging.getLogger("agentd.metrics")
 
 
-class SampleLog:
+class SampleLog(Stage):
+    name = "samples"
+
     def __init__(self, app, interval_s=1.0, min_change=0.05, max_gap_s=10.0):
         self.app = app
         self.interval_s = interval_s

@@ -24,6 +24,7 @@ from ..kernel.sched_ext import SchedExtSysfs
 from . import contract
 from .fallback import Fallback
 from .scx import ScxScheduler, make_config
+from ..stages import Stage
 from .weights import MAIN_LATENCY, CgroupPrio, SlotTable, agent_weight, slices_ns, tool_latency, tool_weight
 
 log = logging.getLogger("agentd.sched")
@@ -35,7 +36,9 @@ MAX_BACKOFF_S = 300.0
 STABLE_S = 300.0            # a scheduler up this long resets the backoff
 
 
-class CpuScheduler:
+class CpuScheduler(Stage):
+    name = "sched"
+
     def __init__(self, app, sysfs=None, loader=None, clock=time.monotonic):
         self.app = app
         self.fs = app.fs

@@ -10,6 +10,7 @@ import pytest
 
 from agentd.api.ops import ApiOps
 from agentd.controller import Controller
+from agentd.stages import Stage
 from agentd.errors import RequestError
 from agentd.eventlog import EventLog
 from agentd.kernel import cgroupfs as cgf
@@ -44,10 +45,20 @@ class Proc:
         return self.held[pid]
 
 
+class Waits(Stage):
+    """A stage whose admission runs `fn` (what happens while a call waits)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    async def admit(self, call, tell):
+        await self.fn(call, tell)
+
+
 class Ops(ApiOps):
     def __init__(self, ctl, admit=None):
         self.ctl, self.fs, self.procfs = ctl, ctl.fs, ctl.procfs
-        self.hooks = [types.SimpleNamespace(admit=admit)] if admit else []
+        self.hooks = ctl.hooks = [Waits(admit)] if admit else []
         self.server = types.SimpleNamespace(is_admin=lambda conn: conn.uid == 0, group=None)
         self.cfg = types.SimpleNamespace(standalone=False)
 
@@ -75,7 +86,7 @@ def _moves(fs):
 
 
 def test_a_child_that_exits_while_admission_waits_is_not_placed(tmp_path):
-    async def admit(conn, agent, req):
+    async def admit(call, tell):
         ops.procfs.held[CHILD].exit()        # its pid may name anyone from now on
     ops = _ops(tmp_path, admit)
     with pytest.raises(RequestError) as err:
@@ -88,7 +99,7 @@ def test_a_child_that_exits_while_admission_waits_is_not_placed(tmp_path):
 def test_a_caller_that_exits_while_admission_waits_is_refused(tmp_path):
     conn = _conn()
 
-    async def admit(c, agent, req):
+    async def admit(call, tell):
         conn.proc.exit()
     ops = _ops(tmp_path, admit)
     with pytest.raises(RequestError) as err:

@@ -4,6 +4,7 @@ warning and forecasts fall back to class priors; the dry-run actuator writes not
 import logging
 import types
 
+from agentd.api.outbox import Outbox
 from agentd.enforce.actuator import Actuator, notice_text
 from agentd.enforce.forecasting import Forecasting
 from agentd.forecast import HistoryStore
@@ -136,9 +137,10 @@ def test_dry_run_decides_and_records_but_writes_nothing():
 def test_real_actions_write_log_and_tell_the_agent():
     fs, ev = RecordingFS(), Events()
     sent = []
-    act = Actuator(fs, ev)
+    box = Outbox()
+    act = Actuator(fs, ev, tell=box.tell)
     t = tool(["bash", "-c", "cd x && pytest -q"])
-    t.conn = types.SimpleNamespace(send=sent.append)
+    box.bind(t.key, types.SimpleNamespace(send=sent.append))
     act.act(t, "throttle", "memory is short", new_high=100 * MiB)
     act.act(t, "freeze", "memory is short")
     act.act(t, "thaw", "pressure gone")

@@ -8,6 +8,7 @@ import types
 from agentd.enforce.enforcer import Enforcer
 from agentd.kernel import cgroupfs as cgf
 from agentd.model import Agent, ToolCall, ToolPlan
+from agentd.pipeline import Call, merge
 from agentd.policy.loader import load_policy_text
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -75,7 +76,8 @@ def add(app, e, agent_id, tool_id, priority, limits=None):
                                                  agent_class="normal", priority=50)
     t = ToolCall(agent_id=agent_id, tool_id=tool_id, cgroup=f"r/agents/{agent_id}/tools/{tool_id}", argv=["make"],
                  plan=ToolPlan(tool_class="normal", priority=priority, limits=dict(limits or {})))
-    e.on_tool_plan(agent, t)
+    t.placement = merge(t.plan, [e.place(Call(agent, tuple(t.argv), t.plan, key=t.key, cgroup=t.cgroup), None)])
+    t.forecast = t.placement.forecast
     agent.tools[tool_id] = t
     return t
 
@@ -85,10 +87,10 @@ def test_plan_sets_memory_high_from_the_forecast_capped_by_memory_max():
     t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(512 * MiB), cgf.MEMORY_HIGH: "max"})
     # Cold start: the class prior (1 GiB) capped by memory.max (512 MiB) is the forecast.
     assert t.forecast.peak_bytes == 512 * MiB
-    assert t.plan.limits[cgf.MEMORY_HIGH] == str(512 * MiB)
+    assert t.placement.limits[cgf.MEMORY_HIGH] == str(512 * MiB)
     u = add(app, e, "a", "0002-normal", 50, {cgf.MEMORY_MAX: "max"})
     # 1 GiB x headroom 2 is below the host's 8 GiB: a number, not "max".
-    assert u.plan.limits[cgf.MEMORY_HIGH] == str(2 * GiB)
+    assert u.placement.limits[cgf.MEMORY_HIGH] == str(2 * GiB)
 
 
 def test_ladder_freezes_then_kills_lowest_priority_and_never_the_main_cgroup():
@@ -142,10 +144,10 @@ def test_running_call_memory_high_follows_its_growth_within_free_memory():
     samples = iter([100 * MiB, 300 * MiB, 500 * MiB, 700 * MiB, 900 * MiB] + [900 * MiB] * 20)
     app.ctl.sample_tool = lambda t: next(samples)
     t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB)})
-    first = int(t.plan.limits[cgf.MEMORY_HIGH])
+    first = int(t.placement.limits[cgf.MEMORY_HIGH])
     assert first == 2 * GiB                       # prior 1 GiB x headroom 2
     app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(first)
-    t.limits_applied = dict(t.plan.limits)
+    t.limits_applied = dict(t.placement.limits)
     for i in range(5):
         e.tick(100.0 + i * 0.5)
     highs = [int(w[2]) for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH]
@@ -165,9 +167,9 @@ def test_a_policys_own_memory_high_stays_the_ceiling_while_the_call_grows():
     samples = iter([100 * MiB, 300 * MiB, 500 * MiB, 700 * MiB, 900 * MiB] + [900 * MiB] * 20)
     app.ctl.sample_tool = lambda t: next(samples)
     t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB), cgf.MEMORY_HIGH: str(GiB)})
-    assert int(t.plan.limits[cgf.MEMORY_HIGH]) == GiB
+    assert int(t.placement.limits[cgf.MEMORY_HIGH]) == GiB
     app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(GiB)
-    t.limits_applied = dict(t.plan.limits)
+    t.limits_applied = dict(t.placement.limits)
     for i in range(8):
         e.tick(100.0 + i * 0.5)
     assert all(int(w[2]) <= GiB for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH), app.fs.writes
@@ -191,7 +193,7 @@ def test_memory_watch_events_move_memory_high_and_escalate_fast_growth():
         {cg: (threshold_bytes, rate_bytes_per_s)}), clear=lambda cg: watched.pop(cg))
     t = add(app, e, "a", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
     t.cgroup_id = 4242
-    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.placement.limits[cgf.MEMORY_HIGH]
     e.on_tool_start(app.ctl.agents["a"], t)
     assert watched[4242][0] == t.forecast.peak_bytes         # threshold = the forecast
     # Slow growth past the forecast: no pressure, no ladder action.
@@ -222,7 +224,7 @@ def _watched(app, e, memory_watch=True):
     for n, (tid, prio) in enumerate((("0001-batch", 20), ("0002-interactive", 80))):
         t = add(app, e, "a", tid, prio, {cgf.MEMORY_MAX: "max"})
         t.cgroup_id = 4000 + n
-        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.placement.limits[cgf.MEMORY_HIGH]
         e.on_tool_start(app.ctl.agents["a"], t)
         calls.append(t)
     return watched, calls
@@ -359,7 +361,7 @@ def _high_and_low():
     high = add(app, e, "hi", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
     low = add(app, e, "lo", "0001-normal", 50, {cgf.MEMORY_MAX: "max"})
     for t in (high, low):
-        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.plan.limits[cgf.MEMORY_HIGH]
+        app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.placement.limits[cgf.MEMORY_HIGH]
     return e, app, high, low
 
 

@@ -7,7 +7,9 @@ import types
 
 import pytest
 
+from agentd.api.outbox import Outbox
 from agentd.controller import Controller
+from agentd.enforce.actuator import Actuator
 from agentd.daemon import App
 from agentd.errors import BpfError
 from agentd.eventlog import EventLog, read_events
@@ -101,8 +103,9 @@ class World:
         procfs = types.SimpleNamespace(cgroup=lambda pid: self.cg_of[pid], set_oom_score_adj=lambda pid, v: None)
         policy = load_policy_text(POLICY, "t.yaml", host_memory_bytes=64 * GiB)
         self.events = EventLog(str(tmp_path / "ev.jsonl"))
+        self.outbox = Outbox()
         self.ctl = Controller(self.fs, "agentd", None, Planner(policy, 64 * GiB), StateStore(str(tmp_path / "st")),
-                              self.events, procfs)
+                              self.events, procfs, actuator=Actuator(self.fs, self.events, procfs=procfs, tell=self.outbox.tell))
         self.ctl.setup()
         caps = types.SimpleNamespace(controllers=("cpu", "memory", "pids"), sched_ext=False)
         self.app = types.SimpleNamespace(policy=policy, ctl=self.ctl, fs=self.fs, events=self.events, procfs=procfs,
@@ -124,9 +127,9 @@ class World:
         self.pid += 1
         pid = self.pid
         conn = conn or Conn()
-        await self.hook.admit(conn, agent, {"argv": argv, "class": cls, "pid": pid})
-        tool = self.ctl.start_tool(agent, pid, argv, cls)
-        tool.conn = conn
+        ticket = await self.ctl.pipeline.admit(agent, argv, cls, pid=pid, tell=Outbox.to(conn))
+        tool = self.ctl.start_tool(agent, pid, argv, cls, ticket=ticket)
+        self.outbox.bind(tool.key, conn)
         self.cg_of[pid] = "/" + tool.cgroup
         return tool
 
@@ -161,7 +164,7 @@ def test_placed_on_the_gpu_with_room_and_told(tmp_path):
     t = run(main())
     assert t.env == {"CUDA_VISIBLE_DEVICES": "GPU-1"}      # no MPS daemon: no MPS variables
     assert t.gpu_placement["outcome"] == "gpu" and t.gpu_placement["device"] == 1
-    assert "runs on GPU 1" in t.start_messages[0] and format_size(6 * GiB) in t.start_messages[0]
+    assert "runs on GPU 1" in t.messages[0] and format_size(6 * GiB) in t.messages[0]
     assert w.hook.stats["gpu_placements"]["gpu"] == 1
 
 
@@ -194,7 +197,7 @@ def test_no_room_offloads_to_cpu_with_weight_and_reservations_count(tmp_path):
     assert w.sched.prios[second.cgroup].weight == 300
     # The call placed on the GPU keeps its class's weight (priority 30 -> 60).
     assert w.fs.read(first.cgroup, "cpu.weight") == "60"
-    assert "runs on the CPU" in second.start_messages[0] and "no GPU has that much free" in second.start_messages[0]
+    assert "runs on the CPU" in second.messages[0] and "no GPU has that much free" in second.messages[0]
     assert w.hook.stats["gpu_placements"]["offload"] == 1
 
 
@@ -339,7 +342,7 @@ def test_waiting_calls_get_the_gpu_by_priority_when_it_frees(tmp_path):
         assert conn.sent[0]["notice"] == "queued" and "is waiting for a GPU" in conn.sent[0]["message"]
     q = next(a for a in second.actions if a["action"] == "gpu_queue")
     assert q["seconds"] > 0.1 and not q["timed_out"]
-    assert "after waiting" in second.start_messages[0]
+    assert "after waiting" in second.messages[0]
     assert w.hook.stats["gpu_queued_total"] == 2
 
 
@@ -437,7 +440,7 @@ def test_budget_keeps_an_agent_off_the_gpu(tmp_path):
     first, second = run(main())
     assert first.gpu_placement["outcome"] == "gpu"
     assert second.gpu_placement["outcome"] == "offload" and second.gpu_placement["reason"] == "agent_budget"
-    assert f"budget ({format_size(10 * GiB)})" in second.start_messages[0]
+    assert f"budget ({format_size(10 * GiB)})" in second.messages[0]
 
 
 def test_gpu_history_forecasts_from_recorded_peaks(tmp_path):

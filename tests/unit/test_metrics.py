@@ -124,8 +124,8 @@ def real_stages(app):
 
     async def gpu_call(agent):
         """A GPU tool call, placed; its process then holds 3 GiB on the GPU."""
-        await gpu.admit(None, agent, {"argv": ["train.py"], "class": "train", "pid": 4400})
-        tool = app.ctl.start_tool(agent, 4400, ["train.py"], "train")
+        ticket = await app.ctl.pipeline.admit(agent, ["train.py"], "train", pid=4400)
+        tool = app.ctl.start_tool(agent, 4400, ["train.py"], "train", ticket=ticket)
         app.procfs.cg_of[4400] = "/" + tool.cgroup
         nvml.script["devices"][0]["processes"] = [{"pid": 4400, "used": 3 * GiB}]
         gpu.refresh()

@@ -1,0 +1,102 @@
+"""The stage interface: what a stage of the daemon may implement, declared once.
+
+A stage is one resource or one concern (memory enforcement, CPU scheduling, GPU
+placement, swap, automatic detection, the sample log). `daemon.py` builds the stages
+from a list (App.STAGES) and every caller calls these methods directly: a stage that
+has nothing to do for one of them inherits the no-op below, so nothing is discovered
+with getattr and a newcomer reads here what a stage can be asked.
+
+A tool call passes the stages twice before it runs (agentd/pipeline.py):
+- `admit(call, tell)`: the API path only, before the call exists. The stage forecasts
+  what it needs of its resource and may wait for room (telling the agent through `tell`,
+  the API's outbox); it returns its decision, or None.
+- `place(call, decided)`: both paths (API and automatic detection). `decided` is what the
+  stage's own `admit` returned (None on the automatic path: decide now, never wait). It
+  returns a `Share` (limits, environment, messages, actions) the pipeline merges into the
+  call's frozen Placement, which the controller then applies.
+Stages never write to a client and never write a limit, freeze, thaw or kill themselves:
+messages go back in their Share (or through `tell`), actions through the actuator.
+"""
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class StageProtocol(Protocol):
+    name: str
+
+    # --- daemon lifetime
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def before_sweep(self) -> None: ...
+    def on_memory_size(self, total: int) -> None: ...
+
+    # --- a tool call before it runs (agentd/pipeline.py)
+    async def admit(self, call, tell): ...
+    def place(self, call, decided): ...
+    def observe(self, call): ...
+
+    # --- agents and tool calls while they run
+    def on_agent_start(self, agent) -> None: ...
+    def before_agent_end(self, agent) -> None: ...
+    def on_agent_end(self, agent) -> None: ...
+    def on_tool_start(self, agent, tool) -> None: ...
+    def on_tool_end(self, agent, tool, result) -> None: ...
+
+    # --- what status, doctor and metrics read
+    def modes(self) -> dict: ...
+    def mode_details(self) -> dict: ...
+    def metric_stats(self) -> dict: ...
+
+
+class Stage:
+    """No-op defaults of StageProtocol: a stage subclasses this and overrides what it does."""
+
+    name = "stage"
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    def before_sweep(self):
+        pass
+
+    def on_memory_size(self, total):
+        pass
+
+    async def admit(self, call, tell):
+        return None
+
+    def place(self, call, decided):
+        return None
+
+    def observe(self, call):
+        """A dry run's automatically detected call, which is not placed: what the stage
+        would have given it (a Share), for the `tool_observed` event. Nothing is acted on."""
+        return None
+
+    def on_agent_start(self, agent):
+        pass
+
+    def before_agent_end(self, agent):
+        pass
+
+    def on_agent_end(self, agent):
+        pass
+
+    def on_tool_start(self, agent, tool):
+        pass
+
+    def on_tool_end(self, agent, tool, result):
+        pass
+
+    def modes(self):
+        return {}
+
+    def mode_details(self):
+        return {}
+
+    def metric_stats(self):
+        return {}

@@ -11,7 +11,7 @@ import time
 
 from .errors import AgentdError, CgroupGone, KernelError
 from .model import Agent, ToolCall, ToolPlan
-from .planner import Planner
+from .policy.planner import Planner
 
 log = logging.getLogger("agentd.adopt")
 

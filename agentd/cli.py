@@ -239,7 +239,7 @@ def _write_feedback(result):
     line = json.dumps(result, separators=(",", ":")) + "\n"
     path = os.environ.get("AGENTD_FEEDBACK_FILE")
     if path:
-        from .feedback import open_result_file
+        from .api.feedback import open_result_file
         fd = open_result_file(path)
         if fd is not None:
             try:

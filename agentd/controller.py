@@ -20,7 +20,7 @@ from .errors import AgentdError, CgroupGone, KernelError, ProcessGone, RequestEr
 from .kernel import cgroupfs as cgf
 from .model import Agent, ToolCall
 from .pipeline import Call, Pipeline
-from .planner import Planner
+from .policy.planner import Planner
 
 log = logging.getLogger("agentd.controller")
 

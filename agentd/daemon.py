@@ -24,7 +24,7 @@ from .errors import AgentdError, FeatureMissing, PolicyError, RequestError
 from .eventlog import EventLog
 from .kernel import cgroupfs, probe
 from .kernel.procfs import ProcFS
-from .planner import Planner
+from .policy.planner import Planner
 from .state import StateStore
 
 log = logging.getLogger("agentd")
@@ -168,8 +168,9 @@ class App(ApiOps):
     # in it, and a later stage's limit wins (the GPU's offload cpu.weight over the class's).
     # A host without NVIDIA GPUs is normal.
     STAGES = (
-        ("detect", "automatic tool-call detection disabled", logging.WARNING),
+        ("monitor.detect", "automatic tool-call detection disabled", logging.WARNING),
         ("enforce", "enforcement disabled", logging.WARNING),
+        ("swap", "tool calls' swap left as the kernel has it", logging.INFO),
         ("sched", "CPU priorities disabled", logging.WARNING),
         ("gpu", "GPU placement off", logging.INFO),
     )
@@ -197,10 +198,10 @@ class App(ApiOps):
             if hook is not None:
                 self.hooks.append(hook)
                 built[name] = hook
-        if "detect" in built and "enforce" in built:
+        if "monitor.detect" in built and "enforce" in built:
             # The kernel event monitor the detection stage runs also carries memory-watch
             # events, which the enforcer reacts to between its ticks.
-            built["enforce"].subscribe(built["detect"].monitor)
+            built["enforce"].subscribe(built["monitor.detect"].monitor)
 
     # Memory the daemon keeps for itself when agents push the host into pressure: enough
     # for its Python heap, the BPF ring buffers and a burst of requests.

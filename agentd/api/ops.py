@@ -204,7 +204,7 @@ class ApiOps:
         result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage)
         conn.tools.discard((agent.agent_id, tool.tool_id))
         self.outbox.unbind(tool.key)
-        from ..feedback import messages_for
+        from .feedback import messages_for
         return {"messages": messages_for(result), "result": result}
 
     async def _await_empty(self, cg, timeout):
@@ -221,7 +221,7 @@ class ApiOps:
         return False
 
     async def op_status(self, conn, req):
-        from ..status import snapshot
+        from .status import snapshot
         admin = self._is_admin(conn)
         only = None
         if not admin:

@@ -20,7 +20,8 @@ import logging
 import time
 
 from ..errors import AgentdError, CgroupGone, KernelError
-from ..feedback import _program, advice_for
+from ..api.feedback import advice_for
+from ..policy.match import program_of as _program
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
 

@@ -10,7 +10,7 @@ import itertools
 
 from ..clip import clip_argv
 from ..errors import AgentdError, RequestError
-from ..feedback import _program
+from ..policy.match import program_of as _program
 from ..kernel import cgroupfs as cgf
 from ..units import format_size
 from . import admission

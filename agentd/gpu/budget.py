@@ -20,7 +20,7 @@ log = logging.getLogger("agentd.gpu")
 
 
 def _program(argv):
-    from ..feedback import _program as prog
+    from ..policy.match import program_of as prog
     return prog(argv)
 
 

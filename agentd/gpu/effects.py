@@ -27,7 +27,7 @@ class Placed:
 
 
 def _program(argv):
-    from ..feedback import _program as prog
+    from ..policy.match import program_of as prog
     return prog(argv)
 
 

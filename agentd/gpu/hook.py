@@ -51,7 +51,7 @@ class Decision:
 
 
 def _program(argv):
-    from ..feedback import _program as prog
+    from ..policy.match import program_of as prog
     return prog(argv)
 
 

@@ -188,6 +188,16 @@ def main_program(argv):
     return _analysed(argv)[2]
 
 
+def program_of(argv):
+    """main_program for the sentences agentd writes: never fails, "the command" for none."""
+    if not argv:
+        return "the command"
+    try:
+        return main_program(argv) or os.path.basename(argv[0])
+    except Exception:            # a sentence must never fail a tool call
+        return os.path.basename(argv[0])
+
+
 def matches(match, argv, declared_class=None):
     """Whether a rule's match holds for this call (all given conditions, any_of branches)."""
     programs, texts, _ = _analysed(argv)

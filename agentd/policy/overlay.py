@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from ..errors import PolicyError
 from ..units import format_size
 from .loader import Problem, _fmt_path, load_policy_text
-from .schema import AgentClass, CpuLimits, LATENCY_CLASSES, MemoryLimits, PidsLimits, ToolClass
+from .schema import AgentClass, CpuLimits, LATENCY_CLASSES, MemoryLimits, PidsLimits, ToolClass, ToolMemoryLimits
 from .yamlsrc import load_located
 
 HOST_WIDE = ("daemon", "detection", "forecast", "pressure", "admission", "cpu")
@@ -34,6 +34,7 @@ HOST_WIDE = ("daemon", "detection", "forecast", "pressure", "admission", "cpu")
 LE, EQ, FREE = "le", "eq", "free"
 RULES = {
     MemoryLimits: {"min": LE, "low": LE, "high": LE, "max": LE},
+    ToolMemoryLimits: {"min": LE, "low": LE, "high": LE, "max": LE, "swap_max": LE},
     CpuLimits: {"weight": LE, "max": LE},
     PidsLimits: {"max": LE},
     AgentClass: {"name": FREE, "description": FREE, "priority": LE, "kill_main_allowed": EQ, "gpu": EQ},

@@ -65,6 +65,17 @@ class MemoryLimits(_Model):
         return self
 
 
+class ToolMemoryLimits(MemoryLimits):
+    """A tool class's memory: MemoryLimits, and the swap its calls may use (memory.swap.max,
+    and memory.zswap.max where the kernel has it) in bytes; None = "max" (no limit).
+
+    0 by default: a tool call past its memory.high is meant to be slowed by reclaim and seen
+    by the pressure ladder. With swap its pages go out instead, its memory.current drops
+    while it thrashes, and the whole host's disk pays for it. Written only where the host
+    has swap (agentd/swap/)."""
+    swap_max: Size = 0
+
+
 class CpuLimits(_Model):
     weight: Weight = 100
     max: CpuAmount = None          # CPUs; None = no quota
@@ -127,7 +138,7 @@ class ToolClass(_Model):
     description: str = ""
     priority: Priority = 50
     latency: Literal["interactive", "normal", "batch"] = "normal"
-    memory: MemoryLimits = MemoryLimits()
+    memory: ToolMemoryLimits = ToolMemoryLimits()
     cpu: CpuLimits = CpuLimits()
     pids: PidsLimits = PidsLimits()
     forecast: bool = True              # may adaptive limits move memory.high for this class

@@ -15,7 +15,7 @@ from agentd.errors import RequestError
 from agentd.eventlog import EventLog
 from agentd.kernel import cgroupfs as cgf
 from agentd.kernel.fakes import FakeCgroupFS, FakeProc
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy
 from agentd.state import StateStore
 

@@ -8,10 +8,10 @@ from agentd.api import protocol
 from agentd.controller import Controller
 from agentd.errors import AgentdError, RequestError
 from agentd.eventlog import EventLog
-from agentd.feedback import messages_for
+from agentd.api.feedback import messages_for
 from agentd.kernel.fakes import FakeCgroupFS
 from agentd.names import check_name
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
 from agentd.units import format_size, parse_cpu, parse_size
@@ -205,7 +205,7 @@ def test_the_event_log_stays_open_and_follows_a_rotation(tmp_path, monkeypatch):
 def test_a_planner_answers_a_repeated_command_from_memory_with_a_plan_of_its_own(ctl, monkeypatch):
     """Admission and placement plan each call twice: the rule match is done once, and each
     plan's limits stay its own (the forecaster edits them)."""
-    from agentd import planner as planner_mod
+    from agentd.policy import planner as planner_mod
     calls = []
     real = planner_mod.classify_tool
     monkeypatch.setattr(planner_mod, "classify_tool", lambda *a, **k: calls.append(a[1]) or real(*a, **k))

@@ -12,7 +12,7 @@ from agentd.eventlog import EventLog
 from agentd.kernel import bpf_types as T
 from agentd.kernel.fakes import FakeCgroupFS
 from agentd.monitor.autodetect import AutoDetector
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
 from agentd.ui import whatif

@@ -19,7 +19,7 @@ from agentd.gpu.history import FLOOR_BYTES, GpuForecasts
 from agentd.gpu.hook import GpuHook
 from agentd.gpu.nvml import Nvml
 from agentd.kernel.fakes import FakeCgroupFS
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.sched import build as sched_build
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore

@@ -17,7 +17,7 @@ from agentd.metrics import build_registry, parse_listen
 from agentd.metrics.catalog import BY_NAME, CATALOG, HISTOGRAM, render_catalog
 from agentd.metrics.samples import SampleLog
 from agentd.metrics.tally import MAX_REASONS, EventTally, normalise_reason
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
 from agentd.errors import PolicyError, ProcessGone
@@ -91,7 +91,7 @@ def real_stages(app):
     """The daemon's own stages (enforcer, detection, CPU scheduler, GPU) over the fake tree:
     with user-space event sources, a scripted sched_ext loader and a scripted NVML."""
     import asyncio
-    from agentd.detect import DetectionHook
+    from agentd.monitor.detect import DetectionHook
     from agentd.enforce.enforcer import ROOT, Enforcer
     from agentd.gpu.fake import FakeNvml
     from agentd.gpu.hook import GpuHook

@@ -33,7 +33,7 @@ from agentd.api.ops import ApiOps
 from agentd.controller import Controller
 from agentd.eventlog import EventLog
 from agentd.kernel.fakes import FakeCgroupFS, FakeProc
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
 

@@ -4,7 +4,7 @@ policy the agent then runs under."""
 import pytest
 
 from agentd.errors import PolicyError
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy, load_policy_text
 from agentd.policy.overlay import agent_policy
 

@@ -7,7 +7,7 @@ from agentd.enforce.forecasting import Forecasting
 from agentd.eventlog import EventLog
 from agentd.hostmem import HostMemory
 from agentd.kernel.fakes import FakeCgroupFS
-from agentd.planner import Planner
+from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy
 from agentd.state import StateStore
 

@@ -1,6 +1,6 @@
 """printable(): what agents wrote, shown to people without driving their terminal."""
 
-from agentd.feedback import messages_for
+from agentd.api.feedback import messages_for
 from agentd.ui.report import Call
 from agentd.ui.table import event_line, status_lines
 from agentd.ui.text import printable

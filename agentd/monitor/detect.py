@@ -17,8 +17,8 @@ import logging
 import os
 import time
 
-from .errors import AgentdError, ProcessGone
-from .stages import Stage
+from ..errors import AgentdError, ProcessGone
+from ..stages import Stage
 
 log = logging.getLogger("agentd.detect")
 
@@ -79,11 +79,11 @@ class DetectionHook(Stage):
     name = "detect"
 
     def __init__(self, app, monitor=None):
-        from .monitor.autodetect import for_monitor
-        from .monitor.kernel_events import EventMonitor
+        from .autodetect import for_monitor
+        from .kernel_events import EventMonitor
         self.app = app
         self.monitor = monitor if monitor is not None else EventMonitor(app.fs)
-        from .install import launcher_path
+        from ..install import launcher_path
         self.front = Front(app.procfs, launcher_path())
         # A dry run observes: no task is stopped at exec, none is moved; each call that
         # would have been placed is recorded (Controller.observe_tool).
@@ -111,7 +111,7 @@ class DetectionHook(Stage):
     def is_tool(self, argv, leads_session):
         """The policy's answer from argv. argv exempts nothing by itself (`exec -a agentd`):
         the agentd front is recognised by its executable (Front, the detector's `exempt`)."""
-        from .policy.match import is_housekeeping
+        from ..policy.match import is_housekeeping
         if not argv:
             return False
         if self.policy.new_session_only and not leads_session:
@@ -207,7 +207,7 @@ class DetectionHook(Stage):
                 self._exec_in_tool(tool, pid)
 
     def _on_proc(self, ev):
-        from .monitor.events import ProcKind
+        from .events import ProcKind
         if ev.kind == ProcKind.EXEC:
             tool = self._tools_by_cgid.get(ev.cgroup_id)
             if tool is not None:
@@ -274,7 +274,7 @@ class DetectionHook(Stage):
             await asyncio.sleep(min(0.2, self.policy.stop_timeout_s / 4))
 
     def _start_watchdog(self):
-        from .kernel import exec_watchdog
+        from ..kernel import exec_watchdog
         try:
             self.watchdog = exec_watchdog.spawn(self.monitor.lifecycle.watchdog_fds())
         except (OSError, AgentdError) as err:
@@ -292,7 +292,7 @@ class DetectionHook(Stage):
 
     def _release_held(self):
         """Resume every task still held stopped: nobody places them once we are gone."""
-        from .kernel.bpf_userspace import resume
+        from ..kernel.bpf_userspace import resume
         lc = self.monitor.lifecycle
         try:
             for pid in lc.held():
@@ -305,7 +305,7 @@ class DetectionHook(Stage):
         """Detection is off now, but a previous daemon (with it on) may have left children
         of agent processes stopped at exec, and its exec watchdog died with it: resume them
         unplaced (the same test the detector's reconcile() applies)."""
-        from .kernel.bpf_userspace import resume
+        from ..kernel.bpf_userspace import resume
         for agent in list(self.app.ctl.agents.values()):
             try:
                 pids = set(self.app.fs.procs(agent.main_cgroup))

@@ -6,8 +6,8 @@ instead of retrying the same thing into the same wall.
 
 import os
 
-from .ui.text import printable
-from .units import format_size
+from ..ui.text import printable
+from ..units import format_size
 
 _ADVICE = {
     "pytest": "run a subset of the tests (-k, a single file) or fewer workers (-n 1)",
@@ -22,13 +22,8 @@ _ADVICE = {
 
 
 def _program(argv):
-    if not argv:
-        return "the command"
-    try:
-        from .policy.match import main_program
-        return main_program(argv) or os.path.basename(argv[0])
-    except Exception:            # feedback must never fail a tool call's report
-        return os.path.basename(argv[0])
+    from ..policy.match import program_of
+    return program_of(argv)
 
 
 def advice_for(argv):

@@ -3,10 +3,10 @@
 It turns the typed policy (agentd.policy) into cgroupfs values. Pure: no I/O.
 """
 
-from .errors import AgentdError, RequestError
-from .model import ToolPlan
-from .policy.match import ToolLimits, classify_tool
-from .units import parse_size
+from ..errors import AgentdError, RequestError
+from ..model import ToolPlan
+from .match import ToolLimits, classify_tool
+from ..units import parse_size
 
 
 # Decisions kept per planner (a reload makes a new one), at most this many.

@@ -6,8 +6,8 @@ vanishes mid-read leaves its fields None, never an error.
 
 import time
 
-from .kernel import cgroupfs as cgf
-from .kernel import psi
+from ..kernel import cgroupfs as cgf
+from ..kernel import psi
 
 
 def _read(fn, default=None):

@@ -24,6 +24,7 @@ from .errors import AgentdError, FeatureMissing, PolicyError, RequestError
 from .eventlog import EventLog
 from .kernel import cgroupfs, probe
 from .kernel.procfs import ProcFS
+from .monitor.sampler import Sampler
 from .policy.planner import Planner
 from .state import StateStore
 
@@ -132,6 +133,7 @@ class App(ApiOps):
         # events (place, on_tool_start/end, on_agent_start/end) and the daemon's (start/stop,
         # admit, modes).
         self.ctl.hooks = self.hooks
+        self.sampler = Sampler(self.ctl)
         self._move_self()
         self.ctl.setup()
         self._build_hooks()
@@ -325,10 +327,13 @@ class App(ApiOps):
                     log.exception("stage %s.on_memory_size failed", type(h).__name__)
 
     def _sample(self):
-        for agent in self.ctl.agents.values():
-            for tool in list(agent.tools.values()):
-                if not tool.done:
-                    self.ctl.sample_tool(tool)
+        """One reading per tick, handed to every stage (monitor/sampler.py)."""
+        snap = self.sampler.sample()
+        for h in self.hooks:
+            try:
+                h.on_sample(snap)
+            except Exception:
+                log.exception("stage %s.on_sample failed", type(h).__name__)
 
     def stop(self):
         if self.loop and self.stopping:

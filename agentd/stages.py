@@ -37,6 +37,7 @@ class StageProtocol(Protocol):
     def observe(self, call): ...
 
     # --- agents and tool calls while they run
+    def on_sample(self, snapshot) -> None: ...
     def on_agent_start(self, agent) -> None: ...
     def before_agent_end(self, agent) -> None: ...
     def on_agent_end(self, agent) -> None: ...
@@ -76,6 +77,9 @@ class Stage:
         """A dry run's automatically detected call, which is not placed: what the stage
         would have given it (a Share), for the `tool_observed` event. Nothing is acted on."""
         return None
+
+    def on_sample(self, snapshot):
+        """The tick's reading of every running call's memory (monitor/sampler.py)."""
 
     def on_agent_start(self, agent):
         pass

@@ -131,7 +131,7 @@ class Enforcer(Stage):
             window = getattr(self.memwatch, "window_s", None) or getattr(self.memwatch, "window_ns", 0) / 1e9
             if window:
                 self.ladder.urgent_interval_s = window
-        self.task = asyncio.create_task(self._run())
+        # Ticks come from the daemon's sampler (on_sample), one reading for every stage.
 
     async def stop(self):
         if self.task:
@@ -543,15 +543,15 @@ class Enforcer(Stage):
         return rec
 
     # --- the tick ----------------------------------------------------------------
-    async def _run(self):
-        while True:
-            await asyncio.sleep(TICK_S)
-            try:
-                self.tick(time.monotonic())
-            except Exception:
-                log.exception("enforcer tick failed")
+    def on_sample(self, snapshot):
+        """The daemon's tick (every TICK_S): its one reading of the calls' memory."""
+        try:
+            self.tick(snapshot.mono, snapshot.memory)
+        except Exception:
+            log.exception("enforcer tick failed")
 
-    def tick(self, now):
+    def tick(self, now, memory=None):
+        """`memory`: tool key -> bytes read this tick (a Snapshot's); None reads each call."""
         self._follow_reload()
         available = self.available_fn()
         for agent in list(self.ctl.agents.values()):
@@ -559,7 +559,7 @@ class Enforcer(Stage):
                 st = self.tools.get(tool.key)
                 if tool.done or st is None:
                     continue
-                cur = self.ctl.sample_tool(tool)
+                cur = self.ctl.sample_tool(tool) if memory is None else memory.get(tool.key)
                 if cur is None:
                     continue
                 st.current = cur

@@ -9,7 +9,6 @@ long-running call costs one line per `max_gap_s`, not one per tick.
 Wiring (daemon.py, App._build_hooks): `self.hooks.append(SampleLog(self))`.
 """
 
-import asyncio
 import logging
 import time
 
@@ -27,25 +26,18 @@ class SampleLog(Stage):
         self.min_change = min_change
         self.max_gap_s = max_gap_s
         self._last = {}           # tool key -> (ts, bytes)
-        self._task = None
+        self._ticked = float("-inf")
 
-    async def start(self):
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def on_sample(self, snapshot):
+        """The daemon's tick: every `interval_s` (a few ms early is on time), from its one
+        reading of the calls' memory."""
+        if snapshot.mono - self._ticked < self.interval_s * 0.9:
+            return
+        self._ticked = snapshot.mono
+        self.tick(snapshot.wall, snapshot.memory)
 
-    async def stop(self):
-        if self._task:
-            self._task.cancel()
-            self._task = None
-
-    async def _run(self):
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                self.tick(time.time())
-            except Exception:
-                log.exception("sample log tick failed")
-
-    def tick(self, now):
+    def tick(self, now, memory=None):
+        """`memory`: tool key -> bytes read this tick; None reads each call."""
         ctl = self.app.ctl
         live = set()
         for agent in list(ctl.agents.values()):
@@ -53,7 +45,7 @@ class SampleLog(Stage):
                 if tool.done:
                     continue
                 live.add(tool.key)
-                cur = ctl.sample_tool(tool)
+                cur = ctl.sample_tool(tool) if memory is None else memory.get(tool.key)
                 if cur is None:
                     continue
                 last = self._last.get(tool.key)

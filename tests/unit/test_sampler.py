@@ -1,0 +1,46 @@
+"""One memory reading per running tool call per tick, shared by every stage that reads it."""
+
+from agentd.enforce.enforcer import Enforcer
+from agentd.kernel import cgroupfs as cgf
+from agentd.metrics.samples import SampleLog
+from agentd.monitor.sampler import Sampler
+from tests.unit.test_metrics import App
+
+GiB = 1 << 30
+
+
+def test_one_reading_per_call_per_tick_feeds_the_enforcer_and_the_sample_log(tmp_path):
+    app = App(tmp_path)
+    enforcer = Enforcer(app, available_fn=lambda: 8 * GiB)
+    samples = SampleLog(app, interval_s=1.0)
+    app.hooks += [enforcer, samples]
+    app.ctl.hooks = app.hooks
+    seen = []
+    app.events.subscribe(seen.append)
+    agent = app.ctl.create_agent("ag", None)
+    calls = [app.ctl.start_tool(agent, None, ["pytest"]), app.ctl.start_tool(agent, None, ["make"])]
+    fs = app.ctl.fs
+    for i, t in enumerate(calls):
+        fs.write(t.cgroup, cgf.MEMORY_CURRENT, str((i + 1) * 100 << 20))
+    reads = []
+    real = fs.read_if_offered
+
+    def counting(cg, name):
+        if name == cgf.MEMORY_CURRENT:
+            reads.append(cg)
+        return real(cg, name)
+    fs.read_if_offered = counting
+    clock = iter([100.0, 100.5, 101.0])
+    sampler = Sampler(app.ctl, monotonic=lambda: next(clock), wall=lambda: 1700000000.0)
+    for _ in range(3):
+        snap = sampler.sample()
+        for h in app.hooks:
+            h.on_sample(snap)
+    assert sorted(reads) == sorted([t.cgroup for t in calls] * 3)       # once per call per tick
+    assert dict(snap.memory) == {calls[0].key: 100 << 20, calls[1].key: 200 << 20}
+    assert enforcer.tools[calls[1].key].current == 200 << 20             # the enforcer saw the reading
+    assert calls[1].peak_sample == 200 << 20                             # and the call's recorded peak
+    # The sample log keeps its own pace (1 s): the ticks at 100.0 and 101.0, not 100.5.
+    points = [e for e in seen if e["event"] == "sample" and e["tool"] == calls[0].tool_id]
+    assert [p["memory_bytes"] for p in points] == [0, 100 << 20]         # the start point, then one
+    assert samples._ticked == 101.0

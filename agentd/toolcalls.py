@@ -21,7 +21,6 @@ log = logging.getLogger("agentd.controller")
 
 
 class ToolCalls:
-
     def start_tool(self, agent, proc, argv, declared_class=None, mem=None, intent=None, origin="launcher",
                    ticket=None):
         """Create a tool-call cgroup in `agent`, apply its limits and move `proc` into it.

@@ -40,7 +40,9 @@ class Placement:
     gpu: types.MappingProxyType | None = None    # the GPU stage's decision, for status and tests
 
 
-@dataclasses.dataclass
+# Slots: a ToolCall or an Agent has the fields declared here and no others, so a stage
+# cannot hang its own state on them (it keeps that itself, keyed by the call's key).
+@dataclasses.dataclass(slots=True)
 class ToolCall:
     agent_id: str
     tool_id: str                      # "<seq>-<class>", unique within its agent
@@ -94,7 +96,7 @@ class ToolCall:
         }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Agent:
     agent_id: str
     cgroup: str                       # agents/<id>

@@ -1,0 +1,138 @@
+"""The tool-call pipeline: a call is planned once, each stage admits and places it, and
+what they decided is one frozen Placement the controller applies, on the API path and
+the automatic path alike."""
+
+import asyncio
+import dataclasses
+import types
+
+import pytest
+
+from agentd.kernel import cgroupfs as cgf
+from agentd.model import Placement, ToolPlan
+from agentd.pipeline import Call, Share, merge
+from agentd.policy.planner import Planner
+from agentd.stages import Stage, StageProtocol
+from tests.unit.test_metrics import App, real_stages
+
+GiB = 1 << 30
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How often a tool call is planned (Planner.plan_tool), per argv."""
+    calls = []
+    real = Planner.plan_tool
+
+    def plan_tool(self, agent, argv, declared_class=None, mem=None):
+        calls.append(tuple(argv))
+        return real(self, agent, argv, declared_class, mem)
+    monkeypatch.setattr(Planner, "plan_tool", plan_tool)
+    return calls
+
+
+def test_an_api_call_is_planned_once_through_every_stage(tmp_path, counted):
+    app = App(tmp_path)
+    stages, _, _ = real_stages(app)
+    agent = app.ctl.create_agent("ag", None)
+
+    async def start():
+        ticket = await app.ctl.pipeline.admit(agent, ["train.py"], "train", pid=4400)
+        return app.ctl.start_tool(agent, 4400, ["train.py"], "train", ticket=ticket)
+    tool = asyncio.run(start())
+    assert counted == [("train.py",)]            # admission, memory, GPU and the controller share it
+    p = tool.placement
+    assert p.forecast is not None and p.limits[cgf.MEMORY_HIGH] == tool.limits_applied[cgf.MEMORY_HIGH]
+    assert p.gpu["outcome"] == "gpu" and "CUDA_VISIBLE_DEVICES" in p.env and p.messages
+    assert tool.env == dict(p.env) and tool.messages == list(p.messages)
+
+
+def test_an_automatic_call_is_planned_once_and_never_waits(tmp_path, counted):
+    app = App(tmp_path)
+    stages, detect, _ = real_stages(app)
+    agent = app.ctl.create_agent("ag", None)
+    detect(agent, ["pytest", "-q"])
+    tool = next(t for t in agent.tools.values() if t.origin == "auto")
+    assert counted == [("pytest", "-q")]
+    assert tool.plan.tool_class == "batch" and tool.placement.limits[cgf.MEMORY_MAX] == str(GiB)
+    assert cgf.MEMORY_HIGH in tool.limits_applied                # the forecast, decided now
+
+
+def test_the_plan_and_the_placement_are_frozen(tmp_path):
+    app = App(tmp_path)
+    agent = app.ctl.create_agent("ag", None)
+    tool = app.ctl.start_tool(agent, None, ["make"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tool.plan.tool_class = "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tool.placement.env = {}
+    with pytest.raises(TypeError):
+        tool.placement.limits[cgf.MEMORY_MAX] = "1"
+    with pytest.raises(AttributeError):
+        tool.conn = object()          # not a declared field: a stage keeps its own state
+    with pytest.raises(AttributeError):
+        agent.watch_id = 7
+
+
+def test_later_stages_win_a_limit_and_every_share_is_kept():
+    plan = ToolPlan("normal", 50, {cgf.MEMORY_MAX: "max", cgf.CPU_WEIGHT: "100"})
+    p = merge(plan, [Share(limits={cgf.MEMORY_HIGH: "100"}, env={"A": "1"}, messages=("one",),
+                           actions=({"action": "queue"},), forecast="fc"),
+                     None,
+                     Share(limits={cgf.CPU_WEIGHT: "300"}, env={"B": "2"}, messages=("two",), offload_cpu_weight=300,
+                           gpu={"outcome": "offload"})])
+    assert isinstance(p, Placement)
+    assert dict(p.limits) == {cgf.MEMORY_MAX: "max", cgf.CPU_WEIGHT: "300", cgf.MEMORY_HIGH: "100"}
+    assert dict(p.env) == {"A": "1", "B": "2"} and p.messages == ("one", "two")
+    assert p.actions == ({"action": "queue"},) and p.forecast == "fc" and p.offload_cpu_weight == 300
+    assert plan.limits == {cgf.MEMORY_MAX: "max", cgf.CPU_WEIGHT: "100"}    # the plan itself unchanged
+
+
+def test_a_stage_that_fails_to_place_costs_its_share_not_the_call(tmp_path, caplog):
+    app = App(tmp_path)
+
+    class Broken(Stage):
+        def place(self, call, decided):
+            raise RuntimeError("bug")
+
+    class Weighs(Stage):
+        def place(self, call, decided):
+            return Share(limits={cgf.CPU_WEIGHT: "42"})
+    app.ctl.hooks = [Broken(), Weighs()]
+    agent = app.ctl.create_agent("ag", None)
+    tool = app.ctl.start_tool(agent, None, ["make"])
+    assert tool.limits_applied[cgf.CPU_WEIGHT] == "42"
+    assert "Broken.place failed" in caplog.text
+
+
+def test_every_daemon_stage_implements_the_declared_interface(tmp_path):
+    from agentd.metrics.samples import SampleLog
+    from agentd.swap import SwapStage
+    app = App(tmp_path)
+    stages, _, _ = real_stages(app)
+    for s in list(stages) + [SampleLog(app), SwapStage(lambda: app.policy)]:
+        assert isinstance(s, StageProtocol), type(s).__name__
+        assert isinstance(s, Stage)
+
+
+def test_a_call_passes_its_plan_to_every_stage_unchanged():
+    seen = []
+
+    class Looks(Stage):
+        async def admit(self, call, tell):
+            seen.append(("admit", call.plan))
+            tell("queued", "waiting")
+            return "mine"
+
+        def place(self, call, decided):
+            seen.append(("place", call.plan, decided))
+
+    planner = types.SimpleNamespace(plan_tool=lambda agent, argv, c, m: ToolPlan("normal", 50, {}))
+    ctl = types.SimpleNamespace(hooks=[Looks()], planner_of=lambda agent: planner)
+    from agentd.pipeline import Pipeline
+    told = []
+    pipe = Pipeline(ctl)
+    ticket = asyncio.run(pipe.admit(object(), ["make"], tell=lambda k, m: told.append((k, m))))
+    pipe.place(Call(object(), ("make",), ticket.plan, key="ag/0001-normal"), ticket)
+    assert seen[0][1] is ticket.plan and seen[1] == ("place", ticket.plan, "mine")
+    assert told == [("queued", "waiting")]

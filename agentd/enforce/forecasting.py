@@ -1,5 +1,5 @@
-"""The enforcer's side of forecasting: the history store's lifetime, forecasts at start,
-recording finished calls, and live samples for re-forecasts.
+"""The enforcer's side of forecasting: host-memory forecasts over their history file
+(forecast/resource.py), recording finished calls, and live samples for re-forecasts.
 
 A history that cannot be opened or written (full disk, read-only state dir) costs one
 warning; agentd then forecasts from class priors and carries on.
@@ -8,10 +8,10 @@ warning; agentd then forecasts from class priors and carries on.
 import collections
 import logging
 import os
-import time
 
 from ..errors import AgentdError
-from ..forecast import Forecast, Forecaster, HistoryError, HistoryStore, ToolCallRecord, censored, signature
+from ..forecast import Forecast, Forecaster, ToolCallRecord, censored, signature
+from ..forecast.resource import ResourceForecasts
 
 log = logging.getLogger("agentd.enforce")
 
@@ -19,28 +19,22 @@ HISTORY_FILE = "history.sqlite"
 SAMPLES_KEPT = 40                 # 20 s at the 0.5 s tick: more than the growth window
 
 
-class Forecasting:
+class Forecasting(ResourceForecasts):
     def __init__(self, policy, state_dir, host_memory):
         f = policy.forecast
-        self.path = os.path.join(state_dir, HISTORY_FILE) if state_dir else ":memory:"
-        self.store = None
-        self.warned = False
-        try:
-            if state_dir:
-                os.makedirs(state_dir, exist_ok=True)
-            self.store = HistoryStore(self.path)
-        except (HistoryError, OSError) as err:
-            self._warn(err)
         args = {"q": f.quantile} if f.predictor in ("default", "quantile") else {}
-        try:
-            self.forecaster = Forecaster(self.store, f.predictor, headroom=1.0,
-                                         host_budget=host_memory or (64 << 30), predictor_args=args)
-        except AgentdError as err:
-            # A predictor name the forecaster does not know: the policy validated only its
-            # spelling. Fall back to the default rather than enforce nothing.
-            log.warning("forecast predictor %r unusable (%s): using the default", f.predictor, err)
-            self.forecaster = Forecaster(self.store, "default", headroom=1.0,
-                                         host_budget=host_memory or (64 << 30))
+
+        def forecaster(store):
+            try:
+                return Forecaster(store, f.predictor, headroom=1.0, host_budget=host_memory or (64 << 30),
+                                  predictor_args=args)
+            except AgentdError as err:
+                # A predictor name the forecaster does not know: the policy validated only its
+                # spelling. Fall back to the default rather than enforce nothing.
+                log.warning("forecast predictor %r unusable (%s): using the default", f.predictor, err)
+                return Forecaster(store, "default", headroom=1.0, host_budget=host_memory or (64 << 30))
+        super().__init__(os.path.join(state_dir, HISTORY_FILE) if state_dir else ":memory:", forecaster,
+                         "forecasts come from class priors", what="tool-call history", logger=log)
         self.samples = {}         # tool key -> deque[(t, bytes)]
 
     def resize(self, host_memory):
@@ -49,31 +43,9 @@ class Forecasting:
         if host_memory and host_memory > self.forecaster.floor:
             self.forecaster.host_budget = int(host_memory)
 
-    def _warn(self, err):
-        if not self.warned:
-            log.warning("tool-call history disabled: %s; forecasts come from class priors", err)
-            self.warned = True
-        if self.store is not None:
-            try:
-                self.store.close()
-            except Exception:
-                pass
-        self.store = None
-        if getattr(self, "forecaster", None) is not None:
-            self.forecaster.store = None
-
     @property
     def mode(self):
         return "off" if self.store is None else self.path
-
-    def forecast(self, argv, tool_class, agent_id, agent_class):
-        try:
-            return self.forecaster.forecast(argv, tool_class=tool_class, agent_class=agent_class,
-                                            now=time.time(), agent=agent_id)
-        except HistoryError as err:
-            self._warn(err)
-            return self.forecaster.forecast(argv, tool_class=tool_class, agent_class=agent_class,
-                                            now=time.time(), agent=agent_id)
 
     def sample(self, key, t, value):
         d = self.samples.get(key)
@@ -94,18 +66,11 @@ class Forecasting:
             return
         status = result.get("status") or {}
         actions = [a.get("action") for a in tool.actions if a.get("action") != "queue"]
-        try:
-            rec = ToolCallRecord.from_signature(
-                signature(tool.argv), ts=tool.started, peak_bytes=int(result.get("memory_peak_bytes") or 0),
-                agent=tool.agent_id, agent_class=getattr(agent, "agent_class", "") or "",
-                tool_class=tool.plan.tool_class, argv=tool.argv[:64], duration_s=float(result.get("wall_s") or 0),
-                cpu_s=float(result.get("cpu_s") or 0), exit_status=status.get("exit"),
-                action=",".join(actions) or result.get("outcome", ""),
-                censored=censored(result.get("outcome"), actions, result.get("memory_events")))
-            self.forecaster.observe(rec, now=time.time())
-        except HistoryError as err:
-            self._warn(err)
-
-    def close(self):
-        if self.store is not None:
-            self.store.close()
+        rec = ToolCallRecord.from_signature(
+            signature(tool.argv), ts=tool.started, peak_bytes=int(result.get("memory_peak_bytes") or 0),
+            agent=tool.agent_id, agent_class=getattr(agent, "agent_class", "") or "",
+            tool_class=tool.plan.tool_class, argv=tool.argv[:64], duration_s=float(result.get("wall_s") or 0),
+            cpu_s=float(result.get("cpu_s") or 0), exit_status=status.get("exit"),
+            action=",".join(actions) or result.get("outcome", ""),
+            censored=censored(result.get("outcome"), actions, result.get("memory_events")))
+        self.observe(rec)

@@ -12,8 +12,9 @@ import logging
 import os
 import time
 
-from ..forecast import Forecast, Forecaster, HistoryError, HistoryStore, ToolCallRecord, signature
+from ..forecast import Forecast, Forecaster, HistoryError, ToolCallRecord, signature
 from ..forecast.model import MiB
+from ..forecast.resource import ResourceForecasts
 
 log = logging.getLogger("agentd.gpu")
 
@@ -25,41 +26,27 @@ PRIOR_BYTES = 2048 * MiB
 PRUNE_KEEP = 20000
 
 
-class GpuForecasts:
+class GpuForecasts(ResourceForecasts):
     def __init__(self, state_dir, device_bytes, store=None):
         """`device_bytes`: the largest device's memory (no forecast above it)."""
-        self.mode = "memory only"
-        if store is None and state_dir:
-            try:
-                os.makedirs(state_dir, exist_ok=True)
-                store = HistoryStore(os.path.join(state_dir, HISTORY_FILE))
-                self.mode = "history"
-            except (HistoryError, OSError) as err:
-                log.warning("GPU history disabled: %s; GPU forecasts come from the %s prior", err,
-                            f"{PRIOR_BYTES >> 20} MiB")
-                store = None
-        elif store is not None:
-            self.mode = "history"
-        self.store = store
         from ..forecast import DEFAULT_PRIORS
         budget = max(int(device_bytes), FLOOR_BYTES + 1)
-        self.fc = Forecaster(store, "default", priors={k: PRIOR_BYTES for k in DEFAULT_PRIORS},
-                             floor_bytes=FLOOR_BYTES, host_budget=budget)
 
-    def close(self):
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-            self.fc.store = None
+        def forecaster(store):
+            return Forecaster(store, "default", priors={k: PRIOR_BYTES for k in DEFAULT_PRIORS},
+                              floor_bytes=FLOOR_BYTES, host_budget=budget)
+        super().__init__(os.path.join(state_dir, HISTORY_FILE) if state_dir and store is None else None,
+                         forecaster, f"GPU forecasts come from the {PRIOR_BYTES >> 20} MiB prior", store=store,
+                         what="GPU history", logger=log)
 
-    def forecast(self, argv, tool_class, agent_id, agent_class):
-        """Forecast (peak GPU bytes, confidence, source); confidence 0 = no GPU history."""
-        try:
-            return self.fc.forecast(argv, tool_class=tool_class, agent_class=agent_class, agent=agent_id,
-                                    now=time.time())
-        except HistoryError as err:
-            log.warning("GPU history unreadable (%s): using the prior", err)
-            return Forecast(self.fc.priors.get("medium"), 0.0, "prior:unreadable")
+    @property
+    def mode(self):
+        return "memory only" if self.store is None else "history"
+
+    def unreadable(self, err, argv, tool_class, agent_id, agent_class):
+        """A failed read answers with the prior this once; the file stays in use."""
+        log.warning("GPU history unreadable (%s): using the prior", err)
+        return Forecast(self.forecaster.priors.get("medium"), 0.0, "prior:unreadable")
 
     def record(self, argv, tool_class, agent_id, agent_class, peak_bytes, duration_s, action="", censored=False):
         """`censored`: the call was cut short (killed over its agent's GPU budget, ...), so
@@ -69,11 +56,8 @@ class GpuForecasts:
         rec = ToolCallRecord.from_signature(signature(argv), ts=time.time(), peak_bytes=peak_bytes, agent=agent_id,
                                             agent_class=agent_class, tool_class=tool_class, argv=argv[:64],
                                             duration_s=duration_s, action=action, censored=bool(censored))
-        try:
-            self.fc.observe(rec)
-            if self.store.count() > PRUNE_KEEP * 1.1:
+        if self.observe(rec) and self.store.count() > PRUNE_KEEP * 1.1:
+            try:
                 self.store.prune(PRUNE_KEEP)
-        except HistoryError as err:
-            log.warning("GPU history: cannot record %s (%s); carrying on without it", " ".join(argv[:4]), err)
-            self.close()
-            self.mode = "memory only"
+            except HistoryError as err:
+                self.disable(err)

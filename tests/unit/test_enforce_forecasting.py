@@ -152,3 +152,29 @@ def test_real_actions_write_log_and_tell_the_agent():
     assert len(sent) == 4 and all(b'"notice"' in s for s in sent)
     assert b"pytest is being slowed down" in sent[0]
     assert "pytest resumed after" in notice_text(t, t.actions[2])
+
+
+def test_actions_a_client_asks_for_go_through_the_actuator_and_honour_a_dry_run():
+    fs, ev = RecordingFS(), Events()
+    t = tool(["make"])
+    Actuator(fs, ev, dry_run=True).requested(t, "kill")
+    assert fs.writes == [] and t.actions == [] and ev.got[0][0] == "dry_run"
+    act = Actuator(fs, ev)
+    act.requested(t, "freeze")
+    assert t.frozen and fs.writes[-1] == ("x/0001-batch", "cgroup.freeze", "1")
+    act.requested(t, "thaw")
+    act.requested(t, "kill")
+    assert fs.writes[-1] == ("x/0001-batch", "cgroup.kill", "1") and t.actions[-1]["action"] == "kill"
+    assert [f["action"] for k, f in ev.got if k == "action"] == ["freeze", "thaw", "kill"]
+
+
+def test_notices_reach_only_the_connection_that_started_the_call():
+    box, sent, other = Outbox(), [], []
+    act = Actuator(RecordingFS(), Events(), tell=box.tell)
+    t, u = tool(["make"]), tool(["make"], key="0002-batch")
+    box.bind(t.key, types.SimpleNamespace(send=sent.append))
+    box.bind(u.key, types.SimpleNamespace(send=other.append))
+    act.notify(t, "gpu_over_budget", "[agentd] make holds too much")
+    box.unbind(u.key)
+    act.notify(u, "gpu_over_budget", "[agentd] gone")
+    assert len(sent) == 1 and b"holds too much" in sent[0] and other == []

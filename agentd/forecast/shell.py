@@ -31,7 +31,7 @@ _REDIRECTS = {">", ">>", "<", ">|", "<>", ">&", "<&", "&>", "&>>", "<<<"}
 _HEREDOC = {"<<", "<<-"}
 # Shell keywords that wrap commands rather than being commands.
 _KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "for", "while", "until",
-             "case", "esac", "in", "!", "time", "function"}
+             "case", "esac", "in", "!", "time", "function", "{", "}"}
 _LOOP_HEADERS = {"for", "case", "select"}
 _ASSIGN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _FD_REDIRECT_RE = re.compile(r"^\d*(>>?|<|>&|<&|>\|)\S*$")

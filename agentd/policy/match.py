@@ -20,16 +20,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import shellwords
+from ..forecast.shell import MAX_DEPTH as SPLIT_ONLY, split_command
 from ..errors import AgentdError, RequestError
 from ..kernel import cgroupfs as cg
 from ..units import parse_size
 
 _SHELLS = {"bash", "sh", "dash", "zsh", "ksh", "ash", "busybox"}
-# Words that join or end simple commands in a shell string.
-_SEPARATORS = {"&&", "||", ";", "&", "|", "|&", "\n", "(", ")", "{", "}", ";;"}
-_REDIRECTS = {">", ">>", "<", ">|", "<>", ">&", "<&", "&>", "&>>", "<<<", "<<", "<<-"}
-_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "for", "while", "until",
-             "case", "esac", "in", "!", "function", "time"}
 # Builtins that set the stage; the call's main program is the first word that is none of these.
 _STAGE_BUILTINS = {"cd", "pushd", "popd", "source", ".", "export", "set", "unset", "pwd", "true",
                    "false", ":", "eval", "exec", "alias", "umask", "ulimit", "shopt", "trap",
@@ -87,25 +83,10 @@ def _compiled(pattern):
 
 
 def _shell_commands(text):
-    """The simple commands (lists of words) of a shell command string."""
-    tokens = shellwords.tokens(text)
-    cmds, cur, skip_next = [], [], False
-    for tok in tokens:
-        if skip_next:
-            skip_next = False
-        elif tok in _SEPARATORS:
-            if cur:
-                cmds.append(cur)
-            cur = []
-        elif tok in _REDIRECTS:
-            skip_next = True
-        elif tok in _KEYWORDS and not cur:
-            continue
-        else:
-            cur.append(tok)
-    if cur:
-        cmds.append(cur)
-    return cmds
+    """The simple commands (lists of words) of a shell command string: the one shell
+    splitter agentd has (forecast/shell.py, which the forecasts' signatures use too).
+    Nested `bash -c` / `eval` are left for _walk, which records their scripts."""
+    return [list(c.argv) for c in split_command(text, depth=SPLIT_ONLY)]
 
 
 def _shell_script(words):

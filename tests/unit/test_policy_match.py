@@ -202,3 +202,15 @@ def test_any_argv_classifies_without_crashing(argv):
     assert d.class_name in p.tool_classes
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", argv[0]):     # not a VAR=value prefix
         assert command_programs(argv)[0] == os.path.basename(argv[0])
+
+
+def test_one_shell_splitter_answers_for_policy_and_forecast_alike():
+    """Policy matching and forecast signatures split a command string the same way: a
+    here-document's body is the program's input, not commands, and `{ ...; }` groups."""
+    from agentd.forecast.signature import signature
+    from agentd.policy.match import command_programs, main_program
+    heredoc = ["bash", "-c", "python3 << 'EOF'\nimport numpy\nfrom x import y\nEOF"]
+    assert command_programs(heredoc) == ("bash", "python3")
+    assert main_program(heredoc) == "python3" and signature(heredoc).program == "python"   # version dropped
+    grouped = ["bash", "-c", "{ cd src; make -j4; }"]
+    assert main_program(grouped) == signature(grouped).program == "make"

@@ -20,7 +20,7 @@ from .api.ops import ApiOps
 from .api.guard import raise_fd_limit
 from .api.server import Server
 from .controller import Controller
-from .errors import AgentdError, FeatureMissing, PolicyError, RequestError
+from .errors import AgentdError, FeatureMissing, PolicyError
 from .eventlog import EventLog
 from .kernel import cgroupfs, probe
 from .kernel.procfs import ProcFS
@@ -354,21 +354,6 @@ class App(ApiOps):
         self.events.emit("reload", ok=True, policy=self.cfg.policy)
         log.info("policy %s reloaded", self.cfg.policy)
         return True, "policy reloaded"
-
-    def agent_policy_view(self, source, text):
-        """(text, Policy) for `agentd run --policy P`: the agent's own policy within the
-        daemon's; refused with every problem when it asks for more. None without one."""
-        if text is None:
-            if source:
-                raise RequestError("bad_field", f"policy {source!r} came without its text: this agentd run is older "
-                                                "than the daemon; the daemon does not read files named by a client")
-            return None
-        try:
-            return self.ctl.agent_view(source, text)
-        except PolicyError as err:
-            raise RequestError("bad_policy", f"policy {source or '<agent policy>'} does not fit under the running "
-                                             f"daemon's policy {self.policy.source}; nothing was started:\n{err}") \
-                from None
 
     def _recheck_agent_policies(self):
         """After a reload the daemon's policy bounds each agent's own policy anew: one that

@@ -18,7 +18,7 @@ import asyncio
 import time
 
 from ..clip import clip_argv
-from ..errors import AgentdError, RequestError
+from ..errors import AgentdError, PolicyError, RequestError
 from .outbox import Outbox
 
 
@@ -83,6 +83,21 @@ class ApiOps:
             raise RequestError("not_child", f"process {child.pid} is not a child of the caller (pid {conn.pid})")
         if child_cg != peer_cg:
             raise RequestError("not_child", f"process {child.pid} is not in the caller's cgroup")
+
+    def agent_policy_view(self, source, text):
+        """(text, Policy) for `agentd run --policy P`: the agent's own policy within the
+        daemon's; refused with every problem when it asks for more. None without one."""
+        if text is None:
+            if source:
+                raise RequestError("bad_field", f"policy {source!r} came without its text: this agentd run is older "
+                                                "than the daemon; the daemon does not read files named by a client")
+            return None
+        try:
+            return self.ctl.agent_view(source, text)
+        except PolicyError as err:
+            raise RequestError("bad_policy", f"policy {source or '<agent policy>'} does not fit under the running "
+                                             f"daemon's policy {self.policy.source}; nothing was started:\n{err}") \
+                from None
 
     async def op_hello(self, conn, req):
         from .. import API_VERSION, __version__

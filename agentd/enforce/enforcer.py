@@ -1,13 +1,13 @@
-"""The enforcer: the daemon hook that runs monitor -> forecast -> policy -> enforce.
+"""The enforcer: the memory stage (agentd/stages.py) that runs monitor -> forecast ->
+policy -> enforce.
 
-- at a tool call's start: forecast its peak from history, set memory.high from it
-  (on_tool_plan, before the controller applies the limits);
-- while it runs (a cheap tick, every TICK_S): sample, re-forecast, move memory.high with
-  the re-forecast and free host memory, and run the pressure ladder;
-- on pressure (PSI trigger or poll): the ladder acts at once on the lowest-priority calls;
-- on the memory watch (BPF, between ticks): a call that crossed its forecast is
-  re-forecast at once; growth that would use up the shared memory left within the
-  policy's horizon is urgent pressure (the ladder steps every watch interval);
+- at a tool call's start: forecast its peak from history (admit, or place on the
+  automatic path), and give the call's Placement memory.high from it (place);
+- while it runs (the daemon's tick, every TICK_S, with the sampler's one reading):
+  re-forecast, move memory.high with the re-forecast and free host memory, and run the
+  pressure ladder;
+- on pressure (PSI trigger or poll) and on the memory watch (BPF, between ticks): see
+  reaction.py;
 - before a call starts (admit): admission control, with a notice while it waits;
 - at its end: record it in the history, and let waiting calls in.
 """

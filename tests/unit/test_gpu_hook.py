@@ -261,7 +261,7 @@ def test_cpu_class_sees_no_gpu_and_auto_without_history_is_left_alone(tmp_path):
         a = w.ctl.create_agent("ag", "normal")
         return await w.start(a, ["ls"], "cpuonly"), await w.start(a, ["pytest"], "auto")
     cpu, auto = run(main())
-    assert cpu.env == {"CUDA_VISIBLE_DEVICES": ""} and not getattr(cpu, "start_messages", [])
+    assert cpu.env == {"CUDA_VISIBLE_DEVICES": ""} and not cpu.messages
     assert not getattr(auto, "env", None) and auto.gpu_placement["outcome"] == "unmanaged"
 
 

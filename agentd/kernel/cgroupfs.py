@@ -10,7 +10,8 @@ import os
 import signal
 import time
 
-from ..errors import CgroupGone, FeatureMissing, KernelError
+from ..errors import CgroupGone, KernelError
+from .procfs import own_cgroup
 
 # File names, named once.
 PROCS = "cgroup.procs"
@@ -109,21 +110,6 @@ def find_cgroup2_mount(mounts="/proc/self/mounts"):
         except OSError:
             continue
     return found[0]
-
-
-def own_cgroup(pid="self", proc="/proc"):
-    """The v2 cgroup path (relative to the v2 mount, leading '/') of a process."""
-    try:
-        with open(f"{proc}/{pid}/cgroup") as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return line[3:].strip()
-    except OSError as err:
-        if err.errno in _GONE:
-            from ..errors import ProcessGone
-            raise ProcessGone(f"process {pid} is gone") from err
-        raise KernelError(f"reading /proc/{pid}/cgroup: {err.strerror}") from err
-    raise FeatureMissing(f"process {pid} has no cgroup v2 membership")
 
 
 class PeakFile:

@@ -7,9 +7,14 @@ import os
 import stat as stat_mod
 from dataclasses import dataclass
 
-from ..errors import KernelError, ProcessGone
+from ..errors import FeatureMissing, KernelError, ProcessGone
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# capability(7) numbers agentd asks about, named once.
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24      # may lower oom_score_adj, and pins oom_score_adj_min (agentd/oom.py)
+CAP_BPF = 39
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ def meminfo(keys, proc="/proc"):
     return out
 
 
+def own_cgroup(pid="self", proc="/proc"):
+    """The v2 cgroup path (relative to the v2 mount, leading '/') of a process."""
+    return ProcFS(proc).cgroup(pid)
+
+
 # A process's arguments can be megabytes (up to ARG_MAX and more), set by whoever exec'd
 # it: an agent's child. Only the head is read; analysis looks at a few KB of it anyway
 # (agentd/shellwords.py), and the cut last argument is kept as it was read.
@@ -64,11 +74,12 @@ class ProcFS:
             raise KernelError(f"reading /proc/{pid}/{name}: {err.strerror}") from err
 
     def cgroup(self, pid):
-        """cgroup v2 path of `pid` relative to the v2 mount, with a leading '/'."""
+        """cgroup v2 path of `pid` ("self" for this process) relative to the v2 mount,
+        with a leading '/'. FeatureMissing when the process has no v2 membership."""
         for line in self._read(pid, "cgroup").splitlines():
             if line.startswith("0::"):
                 return line[3:]
-        raise KernelError(f"process {pid} has no cgroup v2 membership")
+        raise FeatureMissing(f"process {pid} has no cgroup v2 membership")
 
     def stat(self, pid):
         """(ppid, pgid, sid, starttime) from /proc/<pid>/stat."""
@@ -116,11 +127,13 @@ class ProcFS:
                 groups = [int(g) for g in line.split()[1:]]
         return uid, gid, groups
 
-    def has_capability(self, pid, bit):
-        """Does `pid` hold capability `bit` in its effective set (CapEff in status)?"""
+    def has_capability(self, pid, *bits):
+        """Does `pid` ("self" for this process) hold any of the capabilities `bits` in its
+        effective set (CapEff in status)?"""
         for line in self._read(pid, "status").splitlines():
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) & (1 << bit))
+                caps = int(line.split()[1], 16)
+                return any(caps & (1 << b) for b in bits)
         return False
 
     def oom_score_adj(self, pid):

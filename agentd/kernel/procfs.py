@@ -49,6 +49,17 @@ def meminfo(keys, proc="/proc"):
     return out
 
 
+def host_meminfo(proc="/proc"):
+    """(MemTotal, MemAvailable) in bytes, None for either when unknown: the host's RAM and
+    what it can still give. Read on every admission decision and enforcer tick, so two
+    lines of /proc/meminfo rather than a full parse of it."""
+    try:
+        m = meminfo(("MemTotal", "MemAvailable"), proc)
+    except KernelError:
+        return None, None
+    return m.get("MemTotal"), m.get("MemAvailable")
+
+
 def own_cgroup(pid="self", proc="/proc"):
     """The v2 cgroup path (relative to the v2 mount, leading '/') of a process."""
     return ProcFS(proc).cgroup(pid)
@@ -224,6 +235,27 @@ class ProcFS:
     def rss_bytes(self, pid):
         """Resident set (file + anon + shmem), the quantity the BPF program sums."""
         return int(self._read(pid, "statm").split()[1]) * PAGE_SIZE
+
+    def rss_total(self, pids):
+        """Summed resident set of `pids`; a process gone or unreadable meanwhile counts 0."""
+        total = 0
+        for pid in pids:
+            try:
+                total += self.rss_bytes(pid)
+            except (KernelError, ValueError, IndexError):
+                pass
+        return total
+
+    def comms(self):
+        """The comm (name, cut to 15 characters) of every process on the host."""
+        out = []
+        for entry in os.listdir(self.proc):
+            if entry.isdigit():
+                try:
+                    out.append(self.comm(entry))
+                except KernelError:
+                    continue                  # exited meanwhile
+        return out
 
     def children(self, pid):
         """Direct children of every thread of `pid` (needs CONFIG_PROC_CHILDREN)."""

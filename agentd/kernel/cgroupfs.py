@@ -85,6 +85,18 @@ def flat_key(text, key):
     return None
 
 
+def limit_values(limits, cpu_period_us=100_000):
+    """The cgroup v2 file contents a tool call's or an agent's limits stand for (`limits`
+    has the fields of agentd.policy.match.ToolLimits: bytes, CPUs, counts; None = "max")."""
+    def v(n):
+        return "max" if n is None else str(n)
+    quota = "max" if limits.cpu_max is None else str(max(1000, int(limits.cpu_max * cpu_period_us)))
+    return {MEMORY_MIN: v(limits.memory_min), MEMORY_LOW: v(limits.memory_low),
+            MEMORY_HIGH: v(limits.memory_high), MEMORY_MAX: v(limits.memory_max),
+            CPU_WEIGHT: str(limits.cpu_weight), CPU_MAX: f"{quota} {cpu_period_us}",
+            PIDS_MAX: v(limits.pids_max)}
+
+
 def find_cgroup2_mount(mounts="/proc/self/mounts"):
     """Return the mount point of the cgroup v2 hierarchy, or None.
 

@@ -89,16 +89,8 @@ class Capabilities:
         return d
 
 
-def _mount_has_option(mount, option, mounts="/proc/self/mounts"):
-    try:
-        with open(mounts) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 4 and parts[1] == mount and parts[2] == "cgroup2":
-                    return option in parts[3].split(",")
-    except OSError:
-        pass
-    return False
+def _mount_has_option(mount, option):
+    return option in cgroupfs.cgroup2_mounts().get(mount, ())
 
 
 def has_capability(*bits):

@@ -20,6 +20,7 @@ from ..errors import AgentdError
 from ..forecast import Forecast
 from ..kernel import cgroupfs as cgf
 from ..kernel.procfs import host_meminfo
+from ..monitor.hostmem import room_below
 from ..units import format_size
 from . import limits
 from .actuator import Actuator

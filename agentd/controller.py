@@ -16,6 +16,7 @@ import time
 from . import names, oom
 from .errors import AgentdError, CgroupGone, KernelError, ProcessGone, RequestError
 from .kernel import cgroupfs as cgf
+from .kernel.procfs import CAP_SYS_RESOURCE
 from .model import Agent
 from .pipeline import Pipeline
 from .toolcalls import ToolCalls, _pid, _verify
@@ -24,7 +25,6 @@ from .policy.planner import Planner
 log = logging.getLogger("agentd.controller")
 
 AGENTS = "agents"
-CAP_SYS_RESOURCE = 24             # capability(7): pins oom_score_adj_min (agentd/oom.py)
 
 
 class Controller(ToolCalls):

@@ -23,7 +23,7 @@ from .controller import Controller
 from .errors import AgentdError, FeatureMissing, PolicyError
 from .eventlog import EventLog
 from .kernel import cgroupfs, probe
-from .kernel.procfs import ProcFS
+from .kernel.procfs import ProcFS, host_meminfo
 from .monitor.sampler import Sampler
 from .policy.planner import Planner
 from .state import StateStore
@@ -49,23 +49,12 @@ class Config:
 
 
 def host_memory():
-    try:
-        import psutil
-        return psutil.virtual_memory().total
-    except Exception:
-        return None
+    return host_meminfo()[0]
 
 
 def rss_sampler(pids):
     """Sum of RSS of `pids`: the memory figure on hosts without the memory controller."""
-    import psutil
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+    return ProcFS().rss_total(pids)
 
 
 def default_root(mount, procfs):
@@ -149,7 +138,7 @@ class App(ApiOps):
     def _size_memory(self):
         """Policy sizes, budgets and free memory count against the memory agentd really
         has: a memory.max above its root (a slice, a container) is smaller than the RAM."""
-        from .hostmem import HostMemory
+        from .monitor.hostmem import HostMemory
         from .policy.loader import load_policy
         self.memory = HostMemory(self.fs, self.root)
         self.available_memory = self.memory.available
@@ -157,7 +146,7 @@ class App(ApiOps):
             self.host_memory = self.memory.total
             self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory)
         log.info("memory agentd manages: %s", self.memory.describe())
-        from .hostmem import oom_group_above
+        from .monitor.hostmem import oom_group_above
         group = oom_group_above(self.fs, self.root)
         if group is not None:
             log.warning("%s has memory.oom.group=1 (a container runtime's or systemd's OOMPolicy=kill): an OOM "

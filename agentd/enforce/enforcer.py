@@ -19,6 +19,8 @@ import time
 from ..errors import AgentdError
 from ..forecast import Forecast
 from ..kernel import cgroupfs as cgf
+from ..kernel.procfs import host_meminfo
+from ..monitor.hostmem import room_below
 from ..units import format_size
 from . import limits
 from .actuator import Actuator
@@ -326,8 +328,4 @@ class Enforcer(Reaction, Stage):
 
 def _available():
     """Memory the host can still give (MemAvailable), or None when unknown."""
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except Exception:
-        return None
+    return host_meminfo()[1]

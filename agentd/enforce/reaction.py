@@ -11,8 +11,8 @@ import logging
 import time
 
 from ..errors import AgentdError
-from ..hostmem import room_below
 from ..kernel import cgroupfs as cgf
+from ..monitor.hostmem import room_below
 from ..units import format_size
 from . import admission, growth, limits
 from .ladder import FREEZE, KILL, RESUME, THROTTLE, Candidate

@@ -15,6 +15,7 @@ import logging
 import os
 
 from ..errors import FeatureMissing, KernelError
+from ..kernel.procfs import ProcFS
 
 log = logging.getLogger("agentd.gpu")
 
@@ -95,7 +96,7 @@ class Nvml:
     def __init__(self, lib, pipe_dir=None, proc_scan=None):
         self.lib = lib
         self.pipe_dir = pipe_dir or os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or MPS_PIPE_DEFAULT
-        self.proc_scan = proc_scan      # callable -> iterable of process names (tests); None: psutil
+        self.proc_scan = proc_scan      # callable -> iterable of process names (tests); None: /proc
         self.driver = ""
         self.count = 0
         self._handles = []
@@ -173,16 +174,5 @@ class Nvml:
             return bool(scripted)
         if not os.path.exists(os.path.join(self.pipe_dir, "control")):
             return False
-        names = self.proc_scan() if self.proc_scan else _process_names()
+        names = self.proc_scan() if self.proc_scan else ProcFS().comms()
         return any(n.startswith(MPS_CONTROL_COMM) for n in names)
-
-
-def _process_names():
-    try:
-        import psutil
-    except ImportError:
-        return []
-    out = []
-    for p in psutil.process_iter(["name"]):
-        out.append(p.info.get("name") or "")
-    return out

@@ -10,24 +10,12 @@ import os
 from ..errors import AgentdError
 from . import libbpf
 from .bpf_objects import object_path
-
-BTF_PATH = "/sys/kernel/btf/vmlinux"
-# Memory struct_ops for cgroups exists only in an out-of-tree patch set; its BTF type
-# name is what would tell us the kernel has it.
-MEMCG_STRUCT_OPS_TYPE = b"memcg_bpf_ops"
-
-
-def _btf_has(name, path=BTF_PATH):
-    try:
-        with open(path, "rb") as f:
-            return name in f.read()
-    except OSError:
-        return False
+from .probe import BTF_VMLINUX, MEMCG_STRUCT_OPS_TYPE, btf_has
 
 
 def bpf_status(load=True):
     """{'mode': 'bpf'|'userspace', 'reason': str, ...details} for doctor and the daemon."""
-    info = {"mode": "userspace", "reason": "", "libbpf": None, "btf": os.path.exists(BTF_PATH),
+    info = {"mode": "userspace", "reason": "", "libbpf": None, "btf": os.path.exists(BTF_VMLINUX),
             "flavour": None, "memcg_struct_ops": False}
     try:
         info["libbpf"] = libbpf.features()["version"]
@@ -35,10 +23,10 @@ def bpf_status(load=True):
         info["reason"] = str(err)
         return info
     if not info["btf"]:
-        info["reason"] = (f"{BTF_PATH} is missing: the kernel was built without CONFIG_DEBUG_INFO_BTF, "
+        info["reason"] = (f"{BTF_VMLINUX} is missing: the kernel was built without CONFIG_DEBUG_INFO_BTF, "
                           "so CO-RE programs cannot be relocated; using /proc polling")
         return info
-    info["memcg_struct_ops"] = _btf_has(MEMCG_STRUCT_OPS_TYPE)
+    info["memcg_struct_ops"] = btf_has(MEMCG_STRUCT_OPS_TYPE)
     for name in ("lifecycle", "memwatch"):
         if not os.path.exists(object_path(name)):
             info["reason"] = f"{object_path(name)} is missing: rebuild with `make -C bpf` or reinstall agentd"

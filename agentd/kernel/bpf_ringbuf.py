@@ -4,7 +4,7 @@ import ctypes as _c
 import errno as _errno
 
 from ..errors import BpfError
-from .libbpf import _SAMPLE_FN, _format, lib
+from .libbpf_ctypes import SAMPLE_FN, format_error, lib
 
 
 class RingBuffer:
@@ -32,7 +32,7 @@ class RingBuffer:
                 self._error = err
                 return -1
             return 0
-        cb = _SAMPLE_FN(sample)
+        cb = SAMPLE_FN(sample)
         self._cbs.append(cb)  # libbpf keeps the raw pointer
         return cb
 
@@ -53,7 +53,7 @@ class RingBuffer:
             err, self._error = self._error, None
             raise err
         if ret < 0 and ret != -_errno.EINTR:
-            raise BpfError(_format("ring buffer", -ret, []))
+            raise BpfError(format_error("ring buffer", -ret, []))
         return max(ret, 0)
 
     def consume(self):

@@ -10,7 +10,8 @@ import os
 import signal
 import time
 
-from ..errors import CgroupGone, FeatureMissing, KernelError
+from ..errors import CgroupGone, KernelError
+from .procfs import own_cgroup
 
 # File names, named once.
 PROCS = "cgroup.procs"
@@ -84,21 +85,43 @@ def flat_key(text, key):
     return None
 
 
-def find_cgroup2_mount(mounts="/proc/self/mounts"):
+def limit_values(limits, cpu_period_us=100_000):
+    """The cgroup v2 file contents a tool call's or an agent's limits stand for (`limits`
+    has the fields of agentd.policy.match.ToolLimits: bytes, CPUs, counts; None = "max")."""
+    def v(n):
+        return "max" if n is None else str(n)
+    quota = "max" if limits.cpu_max is None else str(max(1000, int(limits.cpu_max * cpu_period_us)))
+    return {MEMORY_MIN: v(limits.memory_min), MEMORY_LOW: v(limits.memory_low),
+            MEMORY_HIGH: v(limits.memory_high), MEMORY_MAX: v(limits.memory_max),
+            CPU_WEIGHT: str(limits.cpu_weight), CPU_MAX: f"{quota} {cpu_period_us}",
+            PIDS_MAX: v(limits.pids_max)}
+
+
+MOUNTS = "/proc/self/mounts"
+
+
+def cgroup2_mounts(mounts=MOUNTS):
+    """{mount point: mount options} of every cgroup v2 mount, in mount order ({} when the
+    mount table cannot be read)."""
+    found = {}
+    try:
+        with open(mounts) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[2] == "cgroup2":
+                    found[parts[1].replace("\\040", " ")] = tuple(parts[3].split(","))
+    except OSError:
+        return {}
+    return found
+
+
+def find_cgroup2_mount(mounts=MOUNTS):
     """Return the mount point of the cgroup v2 hierarchy, or None.
 
     Pure v2 hosts mount it at /sys/fs/cgroup; hybrid hosts (v1 controllers plus a
     controller-less v2 tree) at /sys/fs/cgroup/unified. Prefer the one with controllers.
     """
-    found = []
-    try:
-        with open(mounts) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] == "cgroup2":
-                    found.append(parts[1].replace("\\040", " "))
-    except OSError:
-        return None
+    found = list(cgroup2_mounts(mounts))
     if not found:
         return None
     for path in found:
@@ -109,21 +132,6 @@ def find_cgroup2_mount(mounts="/proc/self/mounts"):
         except OSError:
             continue
     return found[0]
-
-
-def own_cgroup(pid="self", proc="/proc"):
-    """The v2 cgroup path (relative to the v2 mount, leading '/') of a process."""
-    try:
-        with open(f"{proc}/{pid}/cgroup") as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return line[3:].strip()
-    except OSError as err:
-        if err.errno in _GONE:
-            from ..errors import ProcessGone
-            raise ProcessGone(f"process {pid} is gone") from err
-        raise KernelError(f"reading /proc/{pid}/cgroup: {err.strerror}") from err
-    raise FeatureMissing(f"process {pid} has no cgroup v2 membership")
 
 
 class PeakFile:

@@ -29,8 +29,10 @@ import subprocess
 import sys
 import time
 
+from ..errors import ProcessGone
 from . import bpf_types as T
 from . import libbpf
+from .pidfd import starttime
 
 DEFAULT_MAX_AGE_NS = 1_000_000_000     # a daemon that set no bound still gets its tasks back
 _TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -70,10 +72,8 @@ class Maps:
 
 
 def start_ticks(pid):
-    """/proc/PID/stat field 22 (starttime, clock ticks since boot)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    """/proc/PID/stat field 22 (starttime, clock ticks since boot); ProcessGone without it."""
+    return starttime(pid)
 
 
 def resume_held(pid, h):
@@ -87,7 +87,7 @@ def resume_held(pid, h):
             return False                        # the pid was reused
         signal.pidfd_send_signal(pidfd, signal.SIGCONT)
         return True
-    except (FileNotFoundError, ProcessLookupError):
+    except (ProcessGone, ProcessLookupError):
         return False
     finally:
         os.close(pidfd)

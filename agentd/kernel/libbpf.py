@@ -8,25 +8,17 @@ Every failure raises BpfError carrying what libbpf logged while the call ran (ca
 through libbpf_set_print) and the errno, because libbpf's own message (a verifier log,
 a missing BTF type, "Operation not permitted") is what tells a person how to fix it.
 
-libbpf >= 1.0 is required: from 1.0 on every API reports errors the same way (NULL or a
-negative errno, with errno set), which this adapter relies on. Debian 12 ships 1.1.
+The ctypes declarations and the library handle live in libbpf_ctypes.py, shared with
+the ring-buffer reader (bpf_ringbuf.py); both are re-exported here.
 """
 
-import ctypes
-import ctypes.util
+import ctypes as _c
 import errno as _errno
 import os
-import threading
 
-from ..errors import BpfError, FeatureMissing
-
-LIBBPF_NAMES = ("libbpf.so.1",)
-
-_c = ctypes
-_vp = _c.c_void_p
-
-# enum libbpf_print_level
-LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+from ..errors import BpfError
+from .bpf_ringbuf import RingBuffer  # noqa: F401  (part of this adapter's public face)
+from .libbpf_ctypes import LIBBPF_NAMES, format_error, lib, version  # noqa: F401
 
 # bpf_map_update_elem flags (uapi)
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
@@ -34,140 +26,6 @@ BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 # enum bpf_attach_type and attach flags (uapi) for programs attached to a cgroup
 BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 1 << 1
-
-_PRINT_FN = _c.CFUNCTYPE(_c.c_int, _c.c_int, _c.c_char_p, _vp)
-_SAMPLE_FN = _c.CFUNCTYPE(_c.c_int, _vp, _vp, _c.c_size_t)
-
-# (name, restype, argtypes)
-_SIGNATURES = [
-    ("libbpf_major_version", _c.c_uint32, []),
-    ("libbpf_minor_version", _c.c_uint32, []),
-    ("libbpf_set_print", _vp, [_PRINT_FN]),
-    ("bpf_object__open_file", _vp, [_c.c_char_p, _vp]),
-    ("bpf_object__load", _c.c_int, [_vp]),
-    ("bpf_object__close", None, [_vp]),
-    ("bpf_object__find_program_by_name", _vp, [_vp, _c.c_char_p]),
-    ("bpf_object__find_map_by_name", _vp, [_vp, _c.c_char_p]),
-    ("bpf_object__next_program", _vp, [_vp, _vp]),
-    ("bpf_object__next_map", _vp, [_vp, _vp]),
-    ("bpf_program__name", _c.c_char_p, [_vp]),
-    ("bpf_program__section_name", _c.c_char_p, [_vp]),
-    ("bpf_program__set_autoload", _c.c_int, [_vp, _c.c_bool]),
-    ("bpf_program__autoload", _c.c_bool, [_vp]),
-    ("bpf_program__fd", _c.c_int, [_vp]),
-    ("bpf_program__attach", _vp, [_vp]),
-    ("bpf_link__destroy", _c.c_int, [_vp]),
-    ("bpf_prog_attach", _c.c_int, [_c.c_int, _c.c_int, _c.c_int, _c.c_uint]),
-    ("bpf_prog_detach2", _c.c_int, [_c.c_int, _c.c_int, _c.c_int]),
-    ("bpf_prog_query", _c.c_int, [_c.c_int, _c.c_int, _c.c_uint32, _c.POINTER(_c.c_uint32),
-                                  _c.POINTER(_c.c_uint32), _c.POINTER(_c.c_uint32)]),
-    ("bpf_link__fd", _c.c_int, [_vp]),
-    ("bpf_map__name", _c.c_char_p, [_vp]),
-    ("bpf_map__fd", _c.c_int, [_vp]),
-    ("bpf_map__initial_value", _vp, [_vp, _c.POINTER(_c.c_size_t)]),
-    ("bpf_map__key_size", _c.c_uint32, [_vp]),
-    ("bpf_map__value_size", _c.c_uint32, [_vp]),
-    ("bpf_map_lookup_elem", _c.c_int, [_c.c_int, _vp, _vp]),
-    ("bpf_map_update_elem", _c.c_int, [_c.c_int, _vp, _vp, _c.c_uint64]),
-    ("bpf_map_delete_elem", _c.c_int, [_c.c_int, _vp]),
-    ("bpf_map_get_next_key", _c.c_int, [_c.c_int, _vp, _vp]),
-    ("bpf_enable_stats", _c.c_int, [_c.c_int]),
-    ("ring_buffer__new", _vp, [_c.c_int, _SAMPLE_FN, _vp, _vp]),
-    ("ring_buffer__add", _c.c_int, [_vp, _c.c_int, _SAMPLE_FN, _vp]),
-    ("ring_buffer__poll", _c.c_int, [_vp, _c.c_int]),
-    ("ring_buffer__consume", _c.c_int, [_vp]),
-    ("ring_buffer__epoll_fd", _c.c_int, [_vp]),
-    ("ring_buffer__free", None, [_vp]),
-]
-
-
-class _Lib:
-    """The loaded library plus the message capture shared by every call."""
-
-    def __init__(self, path):
-        self.path = path
-        self.dll = _c.CDLL(path, use_errno=True)
-        for name, res, args in _SIGNATURES:
-            fn = getattr(self.dll, name)
-            fn.restype, fn.argtypes = res, args
-            setattr(self, name, fn)
-        self.version = (self.libbpf_major_version(), self.libbpf_minor_version())
-        if self.version < (1, 0):
-            raise FeatureMissing(
-                f"libbpf {self.version[0]}.{self.version[1]} at {path} is too old; agentd needs >= 1.0 "
-                "(Debian/Ubuntu package libbpf1)")
-        libc = _c.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        self._vsnprintf = libc.vsnprintf
-        self._vsnprintf.restype = _c.c_int
-        self._vsnprintf.argtypes = [_c.c_char_p, _c.c_size_t, _c.c_char_p, _vp]
-        self._local = threading.local()
-        self._print_cb = _PRINT_FN(self._on_print)  # kept alive for the process lifetime
-        self.libbpf_set_print(self._print_cb)
-
-    def _on_print(self, level, fmt, ap):
-        # va_list is passed as a pointer on x86_64 and arm64, which vsnprintf accepts.
-        buf = _c.create_string_buffer(1024)
-        self._vsnprintf(buf, len(buf), fmt, ap)
-        log = getattr(self._local, "log", None)
-        if log is not None and level <= LIBBPF_INFO:
-            line = buf.value.decode(errors="replace").rstrip("\n")
-            log.append(line[len("libbpf: "):] if line.startswith("libbpf: ") else line)
-        return 0
-
-    def call(self, what, fn, *args, check="int"):
-        """Run one libbpf call; raise BpfError with libbpf's messages on failure."""
-        self._local.log = []
-        _c.set_errno(0)
-        try:
-            ret = fn(*args)
-            err = _c.get_errno()
-            log = self._local.log
-        finally:
-            self._local.log = None
-        failed = (not ret) if check == "ptr" else (ret < 0)
-        if failed:
-            code = -ret if check == "int" and ret < 0 else (err or _errno.EINVAL)
-            exc = BpfError(_format(what, code, log))
-            exc.errno = code          # for callers that expect one errno (EEXIST, ENOENT)
-            raise exc
-        return ret
-
-
-def _format(what, code, log):
-    msg = f"{what}: {os.strerror(code)} (errno {code})"
-    if code in (_errno.EPERM, _errno.EACCES):
-        msg += "; agentd needs CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) to load BPF programs"
-    tail = [line for line in log if line.strip()][-25:]
-    if tail:
-        msg += "\nlibbpf: " + "\nlibbpf: ".join(tail)
-    return msg
-
-
-_lib = None
-_lib_lock = threading.Lock()
-
-
-def lib():
-    """The process-wide libbpf handle; FeatureMissing if libbpf.so.1 is absent or too old."""
-    global _lib
-    with _lib_lock:
-        if _lib is None:
-            last = None
-            for name in LIBBPF_NAMES:
-                try:
-                    _lib = _Lib(name)
-                    break
-                except OSError as err:
-                    last = err
-            else:
-                raise FeatureMissing(
-                    f"cannot load libbpf.so.1 ({last}); install the libbpf1 package") from last
-        return _lib
-
-
-def version():
-    """(major, minor) of the loaded libbpf."""
-    return lib().version
 
 
 def features():
@@ -219,7 +77,7 @@ class Map:
         if ret == -_errno.ENOENT:
             return False
         if ret < 0:
-            raise BpfError(_format(f"map {self.name}: lookup", -ret, []))
+            raise BpfError(format_error(f"map {self.name}: lookup", -ret, []))
         return True
 
     def update(self, key, value, flags=BPF_ANY):
@@ -227,7 +85,7 @@ class Map:
         ret = lib().bpf_map_update_elem(self.fd, _c.byref(key), _c.byref(value), flags)
         if ret < 0:
             hint = "; the map is full" if ret == -_errno.E2BIG else ""
-            raise BpfError(_format(f"map {self.name}: update", -ret, []) + hint)
+            raise BpfError(format_error(f"map {self.name}: update", -ret, []) + hint)
 
     def delete(self, key):
         """Delete `key`; False if it was absent."""
@@ -236,7 +94,7 @@ class Map:
         if ret == -_errno.ENOENT:
             return False
         if ret < 0:
-            raise BpfError(_format(f"map {self.name}: delete", -ret, []))
+            raise BpfError(format_error(f"map {self.name}: delete", -ret, []))
         return True
 
     def keys(self, key_type):
@@ -248,7 +106,7 @@ class Map:
             if ret == -_errno.ENOENT:
                 return out
             if ret < 0:
-                raise BpfError(_format(f"map {self.name}: next key", -ret, []))
+                raise BpfError(format_error(f"map {self.name}: next key", -ret, []))
             out.append(nxt)
             prev, nxt = nxt, key_type()
 
@@ -264,12 +122,21 @@ def cgroup_prog_ids(cgroup_fd, attach_type, most=64):
     return list(ids[:cnt.value])
 
 
+def _fdinfo(fd):
+    """{key: value text} of /proc/self/fdinfo/<fd>: what the kernel says about a BPF fd
+    (prog_id, map_id, link_id, run_cnt, run_time_ns)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
+    except OSError as err:
+        raise BpfError(f"reading fdinfo of fd {fd}: {err.strerror}") from err
+
+
 def _fd_id(fd, key):
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise BpfError(f"fd {fd} has no {key} in fdinfo")
+    value = _fdinfo(fd).get(key)
+    if value is None:
+        raise BpfError(f"fd {fd} has no {key} in fdinfo")
+    return int(value.split()[0])
 
 
 class Link:
@@ -430,12 +297,7 @@ class Object:
         self._need(True)
         L, out = lib(), {}
         for name in self.autoloaded():
-            fd = L.bpf_program__fd(self._prog(name))
-            vals = {}
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                for line in f:
-                    k, _, v = line.partition(":")
-                    vals[k] = v.strip()
+            vals = _fdinfo(L.bpf_program__fd(self._prog(name)))
             out[name] = (int(vals.get("run_cnt", 0)), int(vals.get("run_time_ns", 0)))
         return out
 
@@ -450,7 +312,3 @@ class Object:
         ptr, self._ptr = self._ptr, None
         lib().bpf_object__close(ptr)
 
-
-# The ring-buffer reader lives in its own module to keep this one small; it is part of
-# the same adapter and re-exported here.
-from .bpf_ringbuf import RingBuffer  # noqa: E402,F401

@@ -27,7 +27,9 @@ from ..errors import KernelError, ProcessGone
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 
 
-def _starttime(pid, proc):
+def starttime(pid, proc="/proc"):
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+    With the pid it names one process; ProcessGone once there is none."""
     try:
         with open(f"{proc}/{pid}/stat") as f:
             raw = f.read()
@@ -99,7 +101,7 @@ class Proc:
     @classmethod
     def _finish(cls, pid, fd, proc, source):
         try:
-            start = _starttime(pid, proc)
+            start = starttime(pid, proc)
             p = cls(pid, fd, start, proc, source)
             if not p.alive():             # read-then-verify: the stat was of this process
                 raise ProcessGone(f"process {pid} is gone")
@@ -125,7 +127,7 @@ class Proc:
         if not self.alive():
             raise ProcessGone(f"process {self.pid} has exited")
         try:
-            start = _starttime(self.pid, self.proc)
+            start = starttime(self.pid, self.proc)
         except ProcessGone:
             raise ProcessGone(f"process {self.pid} has exited") from None
         if start != self.starttime or not self.alive():

@@ -7,10 +7,24 @@ missing feature yields exactly one warning with what it costs and how to get it.
 import dataclasses
 import os
 
+from ..errors import KernelError
 from . import cgroupfs
+from .procfs import CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_RESOURCE, ProcFS
+from .sched_ext import SchedExtSysfs
 
-SCHED_EXT_STATE = "/sys/kernel/sched_ext/state"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
+# Memory struct_ops for cgroups exists only in an out-of-tree patch set; its BTF type
+# name is what would tell us the kernel has it.
+MEMCG_STRUCT_OPS_TYPE = b"memcg_bpf_ops"
+
+
+def btf_has(name, path=BTF_VMLINUX):
+    """Does the kernel's BTF mention `name` (bytes)? False when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return name in f.read()
+    except OSError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,32 +89,16 @@ class Capabilities:
         return d
 
 
-def _mount_has_option(mount, option, mounts="/proc/self/mounts"):
-    try:
-        with open(mounts) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 4 and parts[1] == mount and parts[2] == "cgroup2":
-                    return option in parts[3].split(",")
-    except OSError:
-        pass
-    return False
-
-
-CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CAP_BPF = 21, 24, 39
+def _mount_has_option(mount, option):
+    return option in cgroupfs.cgroup2_mounts().get(mount, ())
 
 
 def has_capability(*bits):
     """Does this process hold any of the capabilities `bits` in its effective set?"""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    caps = int(line.split()[1], 16)
-                    return any(caps & (1 << b) for b in bits)
-    except OSError:
-        pass
-    return False
+        return ProcFS().has_capability("self", *bits)
+    except KernelError:
+        return False
 
 
 def _bpf_permitted():
@@ -139,15 +137,9 @@ def probe(mount=None, test_cgroup=None):
             finally:
                 if made:
                     fs.rmdir(probe_cg)
-    sched_state = None
-    try:
-        with open(SCHED_EXT_STATE) as f:
-            sched_state = f.read().strip()
-    except OSError:
-        pass
+    sched_state = SchedExtSysfs().state()
     btf = os.path.exists(BTF_VMLINUX)
-    from .bpf_probe import MEMCG_STRUCT_OPS_TYPE, _btf_has
-    memcg_ops = btf and _btf_has(MEMCG_STRUCT_OPS_TYPE, BTF_VMLINUX)
+    memcg_ops = btf and btf_has(MEMCG_STRUCT_OPS_TYPE)
     return Capabilities(
         root_user=os.geteuid() == 0,
         cgroup2_mount=mount,

@@ -7,9 +7,14 @@ import os
 import stat as stat_mod
 from dataclasses import dataclass
 
-from ..errors import KernelError, ProcessGone
+from ..errors import FeatureMissing, KernelError, ProcessGone
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# capability(7) numbers agentd asks about, named once.
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24      # may lower oom_score_adj, and pins oom_score_adj_min (agentd/oom.py)
+CAP_BPF = 39
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,22 @@ def meminfo(keys, proc="/proc"):
     return out
 
 
+def host_meminfo(proc="/proc"):
+    """(MemTotal, MemAvailable) in bytes, None for either when unknown: the host's RAM and
+    what it can still give. Read on every admission decision and enforcer tick, so two
+    lines of /proc/meminfo rather than a full parse of it."""
+    try:
+        m = meminfo(("MemTotal", "MemAvailable"), proc)
+    except KernelError:
+        return None, None
+    return m.get("MemTotal"), m.get("MemAvailable")
+
+
+def own_cgroup(pid="self", proc="/proc"):
+    """The v2 cgroup path (relative to the v2 mount, leading '/') of a process."""
+    return ProcFS(proc).cgroup(pid)
+
+
 # A process's arguments can be megabytes (up to ARG_MAX and more), set by whoever exec'd
 # it: an agent's child. Only the head is read; analysis looks at a few KB of it anyway
 # (agentd/shellwords.py), and the cut last argument is kept as it was read.
@@ -64,11 +85,12 @@ class ProcFS:
             raise KernelError(f"reading /proc/{pid}/{name}: {err.strerror}") from err
 
     def cgroup(self, pid):
-        """cgroup v2 path of `pid` relative to the v2 mount, with a leading '/'."""
+        """cgroup v2 path of `pid` ("self" for this process) relative to the v2 mount,
+        with a leading '/'. FeatureMissing when the process has no v2 membership."""
         for line in self._read(pid, "cgroup").splitlines():
             if line.startswith("0::"):
                 return line[3:]
-        raise KernelError(f"process {pid} has no cgroup v2 membership")
+        raise FeatureMissing(f"process {pid} has no cgroup v2 membership")
 
     def stat(self, pid):
         """(ppid, pgid, sid, starttime) from /proc/<pid>/stat."""
@@ -116,11 +138,13 @@ class ProcFS:
                 groups = [int(g) for g in line.split()[1:]]
         return uid, gid, groups
 
-    def has_capability(self, pid, bit):
-        """Does `pid` hold capability `bit` in its effective set (CapEff in status)?"""
+    def has_capability(self, pid, *bits):
+        """Does `pid` ("self" for this process) hold any of the capabilities `bits` in its
+        effective set (CapEff in status)?"""
         for line in self._read(pid, "status").splitlines():
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) & (1 << bit))
+                caps = int(line.split()[1], 16)
+                return any(caps & (1 << b) for b in bits)
         return False
 
     def oom_score_adj(self, pid):
@@ -211,6 +235,27 @@ class ProcFS:
     def rss_bytes(self, pid):
         """Resident set (file + anon + shmem), the quantity the BPF program sums."""
         return int(self._read(pid, "statm").split()[1]) * PAGE_SIZE
+
+    def rss_total(self, pids):
+        """Summed resident set of `pids`; a process gone or unreadable meanwhile counts 0."""
+        total = 0
+        for pid in pids:
+            try:
+                total += self.rss_bytes(pid)
+            except (KernelError, ValueError, IndexError):
+                pass
+        return total
+
+    def comms(self):
+        """The comm (name, cut to 15 characters) of every process on the host."""
+        out = []
+        for entry in os.listdir(self.proc):
+            if entry.isdigit():
+                try:
+                    out.append(self.comm(entry))
+                except KernelError:
+                    continue                  # exited meanwhile
+        return out
 
     def children(self, pid):
         """Direct children of every thread of `pid` (needs CONFIG_PROC_CHILDREN)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ..errors import AgentdError, CgroupGone, ProcessGone
 from ..kernel import bpf_types as T
 from ..kernel.bpf_userspace import ProcFS, resume
-from ..kernel.cgroupfs import own_cgroup
+from ..kernel.procfs import own_cgroup
 from .events import ProcKind
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ from typing import Optional
 from .. import shellwords
 from ..forecast.shell import MAX_DEPTH as SPLIT_ONLY, split_command
 from ..errors import AgentdError, RequestError
-from ..kernel import cgroupfs as cg
 from ..units import parse_size
 
 _SHELLS = {"bash", "sh", "dash", "zsh", "ksh", "ash", "busybox"}
@@ -40,7 +39,8 @@ _MAX_DEPTH = 4
 
 @dataclass(frozen=True)
 class ToolLimits:
-    """Resolved limits of one tool call: bytes, CPUs (2.0 = two CPUs), counts; None = "max"."""
+    """Resolved limits of one tool call: bytes, CPUs (2.0 = two CPUs), counts; None = "max".
+    agentd.kernel.cgroupfs.limit_values turns them into cgroup v2 file contents."""
     memory_min: int = 0
     memory_low: int = 0
     memory_high: Optional[int] = None
@@ -48,16 +48,6 @@ class ToolLimits:
     cpu_weight: int = 100
     cpu_max: Optional[float] = None
     pids_max: Optional[int] = None
-
-    def cgroup_values(self, cpu_period_us=100_000):
-        """The cgroup v2 file contents these limits stand for."""
-        def v(n):
-            return "max" if n is None else str(n)
-        quota = "max" if self.cpu_max is None else str(max(1000, int(self.cpu_max * cpu_period_us)))
-        return {cg.MEMORY_MIN: v(self.memory_min), cg.MEMORY_LOW: v(self.memory_low),
-                cg.MEMORY_HIGH: v(self.memory_high), cg.MEMORY_MAX: v(self.memory_max),
-                cg.CPU_WEIGHT: str(self.cpu_weight), cg.CPU_MAX: f"{quota} {cpu_period_us}",
-                cg.PIDS_MAX: v(self.pids_max)}
 
 
 @dataclass(frozen=True)

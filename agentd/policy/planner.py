@@ -4,6 +4,7 @@ It turns the typed policy (agentd.policy) into cgroupfs values. Pure: no I/O.
 """
 
 from ..errors import AgentdError, RequestError
+from ..kernel import cgroupfs as cgf
 from ..model import ToolPlan
 from .match import ToolLimits, classify_tool
 from ..units import parse_size
@@ -28,7 +29,7 @@ class Planner:
         limits = ToolLimits(memory_min=cls.memory.min, memory_low=cls.memory.low, memory_high=cls.memory.high,
                             memory_max=cls.memory.max, cpu_weight=cls.cpu.weight, cpu_max=cls.cpu.max,
                             pids_max=cls.pids.max)
-        return name, cls.priority, limits.cgroup_values()
+        return name, cls.priority, cgf.limit_values(limits)
 
     def plan_tool(self, agent, argv, declared_class=None, mem=None):
         if mem is not None:
@@ -52,7 +53,7 @@ class Planner:
                 if len(self._decisions) >= DECISIONS_KEPT:
                     self._decisions.clear()
                 self._decisions[key] = d
-        plan = ToolPlan(tool_class=d.class_name, priority=d.priority, limits=d.limits.cgroup_values(),
+        plan = ToolPlan(tool_class=d.class_name, priority=d.priority, limits=cgf.limit_values(d.limits),
                         rule=d.rule_name, stragglers=d.stragglers, straggler_grace_s=d.straggler_grace_s,
                         latency=d.latency, decision=d)
         return plan

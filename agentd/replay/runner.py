@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import KernelError
-from ..kernel.cgroupfs import PROCS, CgroupFS
+from ..kernel.cgroupfs import PROCS, CgroupFS, find_cgroup2_mount
 from .trace import gaps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alloc.c")
 LAUNCHER = os.path.join(REPO, "agentd", "_bin", "agentd")
 POLICY = os.path.join(REPO, "policies", "multi-tenant.yaml")
-CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_ROOT = find_cgroup2_mount()        # the kernel tier's guest mounts cgroup v2 at /sys/fs/cgroup
 CONTROLLERS = ("memory", "cpu", "pids")
 MODES = ("none", "static", "agentd")
 ACTIONS = ("throttle", "freeze", "kill", "queue")

@@ -4,11 +4,11 @@ of its priority, and what it forks inherits it."""
 
 from agentd import oom
 from agentd.kernel.probe import has_capability
+from agentd.kernel.procfs import CAP_SYS_RESOURCE
 from agentd.policy.loader import load_policy
 from tests.helpers import agentd_cmd
 
 # The shell builtin `read` reads /proc/self in the shell itself: no exec, no tool call.
-CAP_SYS_RESOURCE = 24
 READ = 'read -r v </proc/self/oom_score_adj; echo "{tag}=$v"'
 
 

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from agentd.kernel.cgroupfs import own_cgroup
+from agentd.kernel.procfs import own_cgroup
 from tests.helpers import REPO, DaemonProc, agentd_cmd
 
 _seq = itertools.count()

@@ -1,6 +1,6 @@
 """The memory agentd manages: the tightest memory.max above its root, else the host's RAM."""
 
-from agentd.hostmem import HostMemory, tightest_limit
+from agentd.monitor.hostmem import HostMemory, tightest_limit
 from agentd.kernel.fakes import FakeCgroupFS
 
 MiB = 1 << 20
@@ -80,7 +80,7 @@ def test_inactive_page_cache_under_the_cap_counts_as_available(tmp_path):
 
 
 def test_an_oom_group_above_the_root_is_found(tmp_path):
-    from agentd.hostmem import oom_group_above
+    from agentd.monitor.hostmem import oom_group_above
     fs = tree(tmp_path)
     assert oom_group_above(fs, "slice/bench/agentd") is None        # no such file: no memory controller
     for cg in ("slice", "slice/bench", "slice/bench/agentd"):

@@ -33,11 +33,11 @@ from agentd.api.ops import ApiOps
 from agentd.controller import Controller
 from agentd.eventlog import EventLog
 from agentd.kernel.fakes import FakeCgroupFS, FakeProc
+from agentd.kernel.procfs import CAP_SYS_RESOURCE
 from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy_text
 from agentd.state import StateStore
 
-CAP_SYS_RESOURCE = 24
 LAUNCHER = 4000
 
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from agentd.errors import RequestError
+from agentd.kernel import cgroupfs as cgf
 from agentd.policy import classify_tool, command_programs, is_housekeeping, load_policy, load_policy_text
 from agentd.policy.match import main_program
 
@@ -130,7 +131,7 @@ def test_default_class_and_limits(policy):
     assert (d.class_name, d.rule_name, d.reason) == ("normal", None, "default class")
     assert d.limits.memory_high == 3 * GiB and d.limits.memory_max == 4 * GiB
     assert d.limits.cpu_max == 2.0 and d.limits.cpu_weight == 100 and d.limits.pids_max is None
-    assert d.limits.cgroup_values() == {
+    assert cgf.limit_values(d.limits) == {
         "memory.min": "0", "memory.low": "0", "memory.high": str(3 * GiB), "memory.max": str(4 * GiB),
         "cpu.weight": "100", "cpu.max": "200000 100000", "pids.max": "max"}
 

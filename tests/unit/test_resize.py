@@ -5,7 +5,7 @@ from agentd.controller import Controller
 from agentd.daemon import App, Config
 from agentd.enforce.forecasting import Forecasting
 from agentd.eventlog import EventLog
-from agentd.hostmem import HostMemory
+from agentd.monitor.hostmem import HostMemory
 from agentd.kernel.fakes import FakeCgroupFS
 from agentd.policy.planner import Planner
 from agentd.policy.loader import load_policy

@@ -14,22 +14,11 @@ agents' memory limits written again), `available()` is read on every decision.
 
 import logging
 
-from .errors import AgentdError, KernelError
-from .kernel import cgroupfs as cgf
-from .kernel.procfs import meminfo
+from ..errors import AgentdError
+from ..kernel import cgroupfs as cgf
+from ..kernel.procfs import host_meminfo
 
 log = logging.getLogger("agentd")
-
-
-def _host():
-    """(MemTotal, MemAvailable) in bytes, or (None, None) when unknown. Read on every
-    admission decision and enforcer tick: two lines of /proc/meminfo, not psutil's full
-    parse of it."""
-    try:
-        m = meminfo(("MemTotal", "MemAvailable"))
-    except KernelError:
-        return None, None
-    return m.get("MemTotal"), m.get("MemAvailable")
 
 
 def tightest_limit(fs, root):
@@ -90,7 +79,7 @@ def room_below(fs, cg, limit):
 
 
 class HostMemory:
-    def __init__(self, fs, root, host_fn=_host):
+    def __init__(self, fs, root, host_fn=host_meminfo):
         self.fs = fs
         self.root = root
         self.host_fn = host_fn

@@ -23,6 +23,13 @@ if [ -n "$need" ]; then
     apt-get install -y -qq --no-install-recommends $need
 fi
 
-python3 -m pip install -q -e ".[test,plot,gpu]"
-python3 -m agentd install
+# A regular (not editable) install: the service runs the installed package, whatever
+# happens to the checkout later (and systemd's PrivateTmp= would hide a checkout under
+# /tmp from it). AGENTD_WHEEL installs a wheel built from this tree elsewhere instead
+# (the systemd test tier builds it on the host: the guest has no network).
+python3 -m pip install -q "${AGENTD_WHEEL:-.}[test,plot,gpu]"
+# The tests run from the checkout: build its launcher and BPF objects in place too.
+[ -n "${AGENTD_WHEEL:-}" ] || python3 -m agentd._build
+# From a neutral folder, so the installed package (not the checkout's) installs itself.
+(cd / && python3 -m agentd install)
 echo "agentd is set up: try 'agentd doctor' and 'agentd run -- bash'"

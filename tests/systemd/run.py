@@ -24,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +61,9 @@ timeout 120 systemctl is-system-running --wait > "$OUT/system_state" 2>&1
 systemctl list-units --failed --no-legend --plain > "$OUT/failed_units" 2>&1
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
+# The interpreter that runs this script, first on PATH: the guest's login PATH may find
+# another python3 (the distribution's) that has neither pytest nor agentd's dependencies.
+export PATH={pybin}:$PATH
 {passenv}export AGENTD_SYSTEMD_TIER=1 AGENTD_SYSTEMD_TIER_OUT="$OUT" AGENTD_WHEEL={wheel}
 export PIP_NO_INDEX=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -m systemd -p no:cacheprovider -o addopts= \\
@@ -117,11 +119,11 @@ def boot(vmlinuz, out, wheel, argv):
     args = list(argv) if any(not a.startswith("-") for a in argv) else [*argv, "tests/systemd"]
     with open(script, "w") as f:
         f.write(GUEST_SCRIPT.format(
-            out=shlex.quote(out), repo=shlex.quote(REPO), wheel=shlex.quote(wheel), args=shlex.join(args),
+            out=shlex.quote(out), repo=shlex.quote(REPO), pybin=shlex.quote(os.path.dirname(sys.executable)), wheel=shlex.quote(wheel), args=shlex.join(args),
             passenv="".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())
                             if k.startswith("AGENTD_") and k.isidentifier())))
-    site = sysconfig.get_paths()["purelib"]
-    overlays = ["/etc", "/var/lib", "/usr/local", site]
+    # pip installs into this interpreter's prefix (site-packages, bin, share/agentd).
+    overlays = ["/etc", "/var/lib", "/usr/local", sys.prefix]
     argv = ["vng", "--disable-kvm", "--systemd", "-r", vmlinuz, "--user", "root",
             "--memory", GUEST_MEMORY, "--cpus", GUEST_CPUS, "--rwdir", out, "--cwd", REPO,
             *[f"--overlay-rwdir={d}" for d in overlays if not d.startswith(out)],

@@ -186,10 +186,19 @@ def main(argv):
         check_host()
         check_systemd_root()
         abi, vmlinuz = prepare_kernel()
-        out = new_run_dir()
-        wheel = build_wheel(out)
-        wall, console = boot(vmlinuz, out, wheel, argv)
-        status = read(os.path.join(out, "status"))
+        for attempt in (1, 2):
+            out = new_run_dir()
+            wheel = build_wheel(out)
+            wall, console = boot(vmlinuz, out, wheel, argv)
+            status = read(os.path.join(out, "status"))
+            # QEMU's software emulation sometimes runs a stale copy of kernel text that a
+            # static-key flip is patching (an int3 oops; see tests/kernel/run.py): a guest
+            # kernel that died without a result is booted once more, a test failure never.
+            if status is None and attempt == 1 and "Kernel panic" in (read(console) or ""):
+                log("the guest kernel panicked; booting once more. Last console lines:\n"
+                    + "\n".join((read(console) or "").splitlines()[-8:]))
+                continue
+            break
         if status is None:
             tail = "\n".join((read(console) or "").splitlines()[-40:])
             raise TierError(f"the guest wrote no result after {wall:.0f} s (results in {out}). "

@@ -12,9 +12,14 @@ AGENTD = "/usr/local/bin/agentd"
 SLOW = 240
 
 
+# What a user's shell has: not the test session's pointer to the checkout's policies
+# (tests/conftest.py), so every command reads the installed /etc/agentd/policies.
+ENV = {k: v for k, v in os.environ.items() if k != "AGENTD_POLICY_DIR"}
+
+
 def sh(cmd, check=True, timeout=SLOW, **kw):
-    """Run a shell command; a failure shows its output."""
-    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout, **kw)
+    """Run a shell command as a user would; a failure shows its output."""
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"`{cmd}` exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
     return r

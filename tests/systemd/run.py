@@ -38,8 +38,8 @@ GUEST_CPUS = "2"
 DEFAULT_TIMEOUT = 900
 
 # The host root's own services that a test guest does not need and that would cost
-# minutes of emulated boot (container engines, a database, timers). Masked on the
-# kernel command line: nothing on the host changes. prometheus.service is masked too:
+# minutes of emulated boot (container engines, a database, timers). Masked at runtime
+# in the guest (/run): nothing on the host changes. prometheus.service is masked too:
 # the metrics test starts its own Prometheus with a config that scrapes agentd.
 MASK = ("docker.service", "docker.socket", "containerd.service", "podman.service", "podman.socket",
         "podman-restart.service", "podman-auto-update.service", "podman-auto-update.timer",
@@ -50,13 +50,18 @@ MASK = ("docker.service", "docker.socket", "containerd.service", "podman.service
 
 GUEST_SCRIPT = """\
 #!/bin/sh
-# Runs inside the systemd tier's guest (started by virtme-ng from a serial getty);
-# written by tests/systemd/run.py.
+# Runs inside the systemd tier's guest (started by virtme-ng from the serial getty that
+# the kernel command line made the boot's target); written by tests/systemd/run.py.
 OUT={out}
+trap '' HUP
 cut -d' ' -f1 /proc/uptime > "$OUT/boot_s"
 uname -r > "$OUT/uname"
 cat /proc/1/comm > "$OUT/init"
 systemctl --version | head -1 > "$OUT/systemd_version"
+# Now the rest of a normal boot, without the gettys that would take this console over
+# and the host root's services a test guest does not need.
+systemctl mask --runtime console-getty.service getty@tty1.service {mask} > "$OUT/mask.txt" 2>&1
+timeout 300 systemctl start multi-user.target > "$OUT/multi_user.txt" 2>&1
 timeout 120 systemctl is-system-running --wait > "$OUT/system_state" 2>&1
 systemctl list-units --failed --no-legend --plain > "$OUT/failed_units" 2>&1
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
@@ -119,7 +124,7 @@ def boot(vmlinuz, out, wheel, argv):
     args = list(argv) if any(not a.startswith("-") for a in argv) else [*argv, "tests/systemd"]
     with open(script, "w") as f:
         f.write(GUEST_SCRIPT.format(
-            out=shlex.quote(out), repo=shlex.quote(REPO), pybin=shlex.quote(os.path.dirname(sys.executable)), wheel=shlex.quote(wheel), args=shlex.join(args),
+            out=shlex.quote(out), repo=shlex.quote(REPO), mask=" ".join(MASK), pybin=shlex.quote(os.path.dirname(sys.executable)), wheel=shlex.quote(wheel), args=shlex.join(args),
             passenv="".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())
                             if k.startswith("AGENTD_") and k.isidentifier())))
     # pip installs into this interpreter's prefix (site-packages, bin, share/agentd).
@@ -127,7 +132,10 @@ def boot(vmlinuz, out, wheel, argv):
     argv = ["vng", "--disable-kvm", "--systemd", "-r", vmlinuz, "--user", "root",
             "--memory", GUEST_MEMORY, "--cpus", GUEST_CPUS, "--rwdir", out, "--cwd", REPO,
             *[f"--overlay-rwdir={d}" for d in overlays if not d.startswith(out)],
-            "--append", " ".join(f"systemd.mask={u}" for u in MASK),
+            # Boot straight into virtme-ng's serial getty, which runs the guest script: on
+            # this root the getty generator made none (and console-getty.service, enabled
+            # for containers, took the console); the script starts multi-user.target.
+            "--append", "systemd.unit=serial-getty@ttyS0.service",
             "--exec", f"sh {shlex.quote(script)}", "--verbose"]
     timeout = float(os.environ.get("AGENTD_SYSTEMD_TIER_TIMEOUT", DEFAULT_TIMEOUT))
     console = os.path.join(out, "console.log")

@@ -136,6 +136,11 @@ def boot(vmlinuz, out, wheel, argv):
             # this root the getty generator made none (and console-getty.service, enabled
             # for containers, took the console); the script starts multi-user.target.
             "--append", "systemd.unit=serial-getty@ttyS0.service",
+            # The host root may carry /.dockerenv (this CI host does): systemd would take the
+            # guest for a Docker container, ignore the kernel command line and start a console
+            # getty instead of virtme-ng's. An empty $container in PID 1's environment (the
+            # kernel hands unknown key=value arguments to init) says "no container".
+            "--append", "container=",
             "--exec", f"sh {shlex.quote(script)}", "--verbose"]
     timeout = float(os.environ.get("AGENTD_SYSTEMD_TIER_TIMEOUT", DEFAULT_TIMEOUT))
     console = os.path.join(out, "console.log")

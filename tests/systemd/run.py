@@ -132,13 +132,10 @@ def boot(vmlinuz, out, wheel, argv):
     argv = ["vng", "--disable-kvm", "--systemd", "-r", vmlinuz, "--user", "root",
             "--memory", GUEST_MEMORY, "--cpus", GUEST_CPUS, "--rwdir", out, "--cwd", REPO,
             *[f"--overlay-rwdir={d}" for d in overlays if not d.startswith(out)],
-            # Boot straight into virtme-ng's serial getty, which runs the guest script: on
-            # this root the getty generator made none (and console-getty.service, enabled
-            # for containers, took the console); the script starts multi-user.target.
-            "--append", "systemd.unit=serial-getty@ttyS0.service",
+            *[a for u in MASK for a in ("--append", f"systemd.mask={u}")],
             # The host root may carry /.dockerenv (this CI host does): systemd would take the
             # guest for a Docker container, ignore the kernel command line and start a console
-            # getty instead of virtme-ng's. An empty $container in PID 1's environment (the
+            # getty instead of virtme-ng's serial one, which runs the tests. An empty $container in PID 1's environment (the
             # kernel hands unknown key=value arguments to init) says "no container".
             "--append", "container=",
             "--exec", f"sh {shlex.quote(script)}", "--verbose"]

@@ -16,6 +16,10 @@ def _setup_logging(verbose, daemon=False):
     level = logging.DEBUG if verbose else (logging.INFO if daemon else logging.WARNING)
     fmt = "%(levelname)s %(name)s: %(message)s" if daemon else "agentd: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    from .sdnotify import JournalPrefix, stderr_is_journal
+    if stderr_is_journal():
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JournalPrefix(handler.formatter))
 
 
 def _listen_arg(text):

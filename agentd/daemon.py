@@ -20,7 +20,7 @@ from .api.ops import ApiOps
 from .api.guard import raise_fd_limit
 from .api.server import Server
 from .controller import Controller
-from .errors import AgentdError, FeatureMissing, PolicyError
+from .errors import AgentdError, FeatureMissing, KernelError, PolicyError
 from .eventlog import EventLog
 from .kernel import cgroupfs, probe
 from .kernel.procfs import ProcFS, host_meminfo
@@ -57,15 +57,11 @@ def rss_sampler(pids):
     return ProcFS().rss_total(pids)
 
 
-def default_root(mount, procfs):
-    """The cgroup systemd delegated to us (Delegate=yes), else <mount>/agentd."""
-    if os.environ.get("INVOCATION_ID"):
-        own = procfs.cgroup(os.getpid()).strip("/")
-        if own.endswith("/daemon"):
-            own = own[: -len("/daemon")]
-        if own:
-            return own
-    return "agentd"
+def started_by_systemd():
+    """systemd started this process as a service's main process: it sets INVOCATION_ID and is
+    our parent. A daemon started from a shell inside some service inherits INVOCATION_ID
+    only, and is placed like one started by hand."""
+    return bool(os.environ.get("INVOCATION_ID")) and os.getppid() == 1
 
 
 class App(ApiOps):
@@ -92,7 +88,14 @@ class App(ApiOps):
         self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory)
         d = self.policy.daemon
         c = self.cfg
-        self.root = (c.root or (d.root if d.root != "auto" else None) or default_root(mount, self.procfs)).strip("/")
+        from .placement import decide
+        try:
+            own = self.procfs.cgroup(os.getpid())
+        except KernelError:
+            own = ""                  # no v2 membership: placed like a daemon started by hand
+        self.placement = decide(own, started_by_systemd() and not c.standalone,
+                                c.root or (d.root if d.root != "auto" else None))
+        self.root = self.placement.root
         self.socket_path = c.socket or os.environ.get("AGENTD_SOCKET_LISTEN") or d.socket
         self.fs = cgroupfs.CgroupFS(mount)
         self.fs.makedirs(self.root)
@@ -199,29 +202,32 @@ class App(ApiOps):
     SELF_MEMORY_MIN = 64 << 20
 
     def _move_self(self):
-        """Move the daemon into the leaf <root>/daemon and protect its memory there.
+        """Put the daemon where agentd.placement decided and protect its memory there.
 
-        Under systemd our service cgroup *is* the root, so this is required (cgroup v2's
-        no-internal-processes rule); started by hand it gives the daemon the same
-        protection: memory.min on its leaf (and on <root>, since protection is only as
-        large as the parent's), so it keeps reacting while agents exhaust memory."""
+        Started by hand, the daemon moves into the leaf <root>/daemon (cgroup v2's
+        no-internal-processes rule) and sets memory.min on it (and on <root>, since
+        protection is only as large as the parent's), so it keeps reacting while agents
+        exhaust memory. Under systemd the unit placed it already and the unit's
+        MemoryMin=/OOMScoreAdjust= protect it: writing them too would fight systemd."""
         if self.cfg.standalone:
             return
-        leaf = f"{self.root}/daemon"
-        own = self.procfs.cgroup(os.getpid()).strip("/")
-        if own != leaf:
-            self.fs.mkdir(leaf)
-            self.fs.move(leaf, os.getpid())
-            log.info("moved the daemon into %s", leaf)
-        self.self_cgroup = leaf
+        p = self.placement
+        if p.move:
+            self.fs.mkdir(p.self_cgroup)
+            self.fs.move(p.self_cgroup, os.getpid())
+            log.info("moved the daemon into %s", p.self_cgroup)
+        self.self_cgroup = p.self_cgroup
+        log.info("cgroup layout %s: daemon in %s, agents under %s", p.layout, p.self_cgroup, self.root)
         try:
             if self.procfs.oom_score_adj(os.getpid()) > oom.DAEMON and self.caps.sys_resource:
                 # what reacts goes last
                 self.ctl.actuator.set_oom(os.getpid(), oom.DAEMON, "the daemon")
         except AgentdError as err:
             log.debug("daemon oom_score_adj not set: %s", err)
-        self.ctl.enable_path(self.root)     # so the leaf has memory.* files
-        for cg in (self.root, leaf):
+        self.ctl.enable_path(self.root)     # so the agents' cgroups have memory.* files
+        if not p.protect:
+            return
+        for cg in (self.root, p.self_cgroup):
             try:
                 if self.fs.has(cg, "memory.min"):
                     cur = self.fs.read_int(cg, "memory.min") or 0

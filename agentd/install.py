@@ -6,6 +6,7 @@ written *into* files (the unit's ExecStart) stay the final ones. Existing polici
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,15 +34,41 @@ def unit_template():
     return _find("systemd", UNIT_NAME)
 
 
-def render_unit(agentd_path, template=None):
-    """The unit text with ExecStart pointing at `agentd_path`."""
+# systemd learnt DelegateSubgroup= in version 254; older ones warn about the unknown key on
+# every daemon-reload and start the daemon in the unit's cgroup (agentd/placement.py).
+DELEGATE_SUBGROUP_SINCE = 254
+
+
+def systemd_version():
+    """The major version of the systemd on this host (`systemctl --version`), or None."""
+    exe = shutil.which("systemctl")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.match(r"systemd (\d+)", out)
+    if m:
+        return int(m.group(1))
+    return None
+
+
+def render_unit(agentd_path, template=None, systemd=None):
+    """The unit text with ExecStart pointing at `agentd_path`, for systemd version `systemd`
+    (None: this host's; where unknown, the unit keeps every line)."""
     template = template or unit_template()
     if template is None:
         from .errors import AgentdError
         raise AgentdError("the systemd unit template systemd/agentd.service was not found (checkout or "
                           f"{sys.prefix}/share/agentd/systemd); reinstall agentd")
     with open(template) as f:
-        return f.read().replace(PLACEHOLDER, agentd_path)
+        text = f.read().replace(PLACEHOLDER, agentd_path)
+    version = systemd if systemd is not None else systemd_version()
+    if version is not None and version < DELEGATE_SUBGROUP_SINCE:
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if not line.startswith("DelegateSubgroup="))
+    return text
 
 
 def _staged(root, path):

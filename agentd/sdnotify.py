@@ -29,3 +29,39 @@ def watchdog_interval():
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2e6
+
+
+# syslog(3) priorities of Python's log levels, for journald's "<N>" line prefix.
+_PRIORITY = ((40, 3), (30, 4), (20, 6))     # ERROR and above: err; WARNING: warning; INFO: info
+
+
+def stderr_is_journal(fd=2, environ=os.environ):
+    """True when `fd` is the stream systemd connected to the journal: JOURNAL_STREAM
+    names its device and inode (systemd.exec(5)), so a redirected stderr is not taken for it."""
+    want = environ.get("JOURNAL_STREAM")
+    if not want:
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+def syslog_priority(levelno):
+    for floor, prio in _PRIORITY:
+        if levelno >= floor:
+            return prio
+    return 7                                     # debug
+
+
+class JournalPrefix:
+    """A logging.Formatter wrapper that starts each record with "<N>": journald then files
+    the line under priority N (SyslogLevelPrefix=, on by default), so `journalctl -p
+    warning -u agentd` shows agentd's warnings instead of every line at priority info."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def format(self, record):
+        return f"<{syslog_priority(record.levelno)}>{self.inner.format(record)}"

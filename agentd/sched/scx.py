@@ -1,8 +1,10 @@
 """Load, feed and unload agentd's sched_ext scheduler (bpf/scx_agentd.bpf.c).
 
 Lifecycle: open the object -> write the config into .rodata -> mark init sleepable ->
-load (verifier, CO-RE against the running kernel) -> register the struct_ops map (the
-kernel switches SCHED_EXT tasks to it; /sys/kernel/sched_ext/state becomes enabled)
+load (verifier, CO-RE against the running kernel) -> register the struct_ops map through
+a BPF link (the kernel switches SCHED_EXT tasks to it; /sys/kernel/sched_ext/state becomes
+enabled; the link dies with the process, so a daemon killed by SIGKILL or a watchdog's
+SIGABRT leaves no scheduler behind for its successor to find)
 -> write agent and cgroup entries as agents and tool calls come and go -> unregister
 -> close. After the kernel ejects the scheduler (error, stall) the object is only good
 for reading why (exit_info): the caller closes it and loads a fresh one to retry.
@@ -67,6 +69,7 @@ class ScxScheduler:
             obj.set_rodata(self.config)
             for prog in SLEEPABLE:
                 libbpf_structops.set_sleepable(obj, prog)
+            libbpf_structops.use_link(obj, OPS_MAP)
             obj.load()
             self.obj = obj
             self.link = libbpf_structops.attach_struct_ops(obj, OPS_MAP)

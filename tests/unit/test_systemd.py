@@ -119,3 +119,37 @@ def test_sd_notify_datagrams_and_watchdog_interval(tmp_path, monkeypatch):
     assert sdnotify.watchdog_interval() is None
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert not sdnotify.notify("READY=1")
+
+
+def test_unit_delegates_a_daemon_subgroup_only_where_systemd_knows_it(tmp_path):
+    # systemd >= 254 starts the daemon in <unit>/daemon, the leaf agentd.placement expects;
+    # older systemd would warn about the key on every reload, so it is left out there.
+    new = settings(render_unit("/usr/bin/agentd", systemd=257))
+    old = settings(render_unit("/usr/bin/agentd", systemd=252))
+    assert new[("Service", "DelegateSubgroup")] == ["daemon"]
+    assert ("Service", "DelegateSubgroup") not in old
+    assert new[("Service", "Delegate")] == old[("Service", "Delegate")] == ["yes"]
+    from agentd.placement import DAEMON_LEAF
+    assert DAEMON_LEAF == "daemon"
+
+
+def test_unit_sets_tasks_max_deliberately():
+    # systemd's default (15% of the thread limit) would cap every agent together.
+    with open(UNIT) as f:
+        s = settings(f.read())
+    assert s[("Service", "TasksMax")] == ["infinity"]
+
+
+def test_log_lines_carry_journal_priorities_only_when_stderr_is_the_journal(tmp_path):
+    import logging
+    with open(tmp_path / "stream", "w") as f:
+        st = os.fstat(f.fileno())
+        env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        assert sdnotify.stderr_is_journal(f.fileno(), env)
+        # A stderr redirected elsewhere (a file, a pipe) keeps the inherited variable only.
+        assert not sdnotify.stderr_is_journal(f.fileno(), {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+        assert not sdnotify.stderr_is_journal(f.fileno(), {})
+    fmt = sdnotify.JournalPrefix(logging.Formatter("%(levelname)s %(message)s"))
+    rec = logging.LogRecord("agentd", logging.WARNING, __file__, 1, "low memory", None, None)
+    assert fmt.format(rec) == "<4>WARNING low memory"
+    assert [sdnotify.syslog_priority(lv) for lv in (50, 40, 30, 20, 10)] == [3, 3, 4, 6, 7]

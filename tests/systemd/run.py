@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Run agentd's systemd tier: `pytest -m systemd tests/systemd` in a guest that boots
+Debian trixie-backports' kernel (sched_ext, full cgroup v2) with **systemd as PID 1**.
+
+The guest is virtme-ng's `--systemd` over this host's own root (read-only; writes to
+/etc, /var/lib, /usr/local and Python's site-packages go to tmpfs overlays that vanish
+with the guest), so the host must have systemd installed (.ci/setup.sh installs it). The
+kernel comes from tests/kernel/kernel_fetch.py's cache. The tests install agentd the way
+the README says (.ci/setup.sh, handed a wheel built here from this tree, since the guest
+has no network), `systemctl enable --now agentd`, and drive the service.
+
+    python3 tests/systemd/run.py [pytest args...]
+
+Exit status: the guest's pytest status, or 2 when the tier could not run.
+Environment: AGENTD_SKIP_SYSTEMD_TIER=1 skips it (exit 0, said loudly; never in CI);
+AGENTD_SYSTEMD_TIER_TIMEOUT (seconds for the VM run, default 900); every AGENTD_*
+variable is exported into the guest. Standard library only.
+"""
+
+import glob
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "kernel"))
+from kernel_fetch import REPO, TierError, check_host, prepare_kernel, run  # noqa: E402
+
+CACHE = os.path.join(REPO, ".cache", "systemd")
+RUNS_DIR = os.path.join(CACHE, "runs")
+KEEP_RUNS = 5
+GUEST_MEMORY = "2G"
+GUEST_CPUS = "2"
+DEFAULT_TIMEOUT = 900
+
+# The host root's own services that a test guest does not need and that would cost
+# minutes of emulated boot (container engines, a database, timers). Masked at runtime
+# in the guest (/run): nothing on the host changes. prometheus.service is masked too:
+# the metrics test starts its own Prometheus with a config that scrapes agentd.
+MASK = ("docker.service", "docker.socket", "containerd.service", "podman.service", "podman.socket",
+        "podman-restart.service", "podman-auto-update.service", "podman-auto-update.timer",
+        "postgresql.service", "prometheus.service", "prometheus-node-exporter.service",
+        "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+        "e2scrub_reap.service", "fstrim.timer", "man-db.timer", "systemd-timesyncd.service",
+        "systemd-pstore.service", "ssh.service", "cron.service")
+
+GUEST_SCRIPT = """\
+#!/bin/sh
+# Runs inside the systemd tier's guest (started by virtme-ng from the serial getty that
+# the kernel command line made the boot's target); written by tests/systemd/run.py.
+OUT={out}
+trap '' HUP
+cut -d' ' -f1 /proc/uptime > "$OUT/boot_s"
+uname -r > "$OUT/uname"
+cat /proc/1/comm > "$OUT/init"
+systemctl --version | head -1 > "$OUT/systemd_version"
+# Now the rest of a normal boot, without the gettys that would take this console over
+# and the host root's services a test guest does not need.
+systemctl mask --runtime console-getty.service getty@tty1.service {mask} > "$OUT/mask.txt" 2>&1
+timeout 300 systemctl start multi-user.target > "$OUT/multi_user.txt" 2>&1
+timeout 120 systemctl is-system-running --wait > "$OUT/system_state" 2>&1
+systemctl list-units --failed --no-legend --plain > "$OUT/failed_units" 2>&1
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
+# The interpreter that runs this script, first on PATH: the guest's login PATH may find
+# another python3 (the distribution's) that has neither pytest nor agentd's dependencies.
+export PATH={pybin}:$PATH
+{passenv}export AGENTD_SYSTEMD_TIER=1 AGENTD_SYSTEMD_TIER_OUT="$OUT" AGENTD_WHEEL={wheel}
+export PIP_NO_INDEX=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -m systemd -p no:cacheprovider -o addopts= \\
+  --durations=0 {args} > "$OUT/pytest.txt" 2>&1
+echo $? > "$OUT/status.tmp"
+cut -d' ' -f1 /proc/uptime > "$OUT/end_s"
+journalctl -b --no-pager -o short-monotonic > "$OUT/journal.txt" 2>&1
+dmesg > "$OUT/dmesg.txt" 2>&1
+mv "$OUT/status.tmp" "$OUT/status"
+systemctl poweroff --no-block
+"""
+
+
+def log(msg):
+    print(f"systemd-tier: {msg}", file=sys.stderr, flush=True)
+
+
+def new_run_dir():
+    os.makedirs(RUNS_DIR, exist_ok=True)
+    for name in sorted(os.listdir(RUNS_DIR))[:-KEEP_RUNS]:
+        path = os.path.join(RUNS_DIR, name)
+        if os.path.getmtime(path) < time.time() - 2 * DEFAULT_TIMEOUT:
+            shutil.rmtree(path, ignore_errors=True)
+    out = os.path.join(RUNS_DIR, time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    os.makedirs(out)
+    return out
+
+
+def build_wheel(out):
+    """The wheel .ci/setup.sh installs in the guest, built from this tree (launcher and BPF
+    objects compiled here: clang in the emulated guest would take minutes)."""
+    t0 = time.monotonic()
+    dist = os.path.join(out, "wheel")
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, REPO])
+    wheels = glob.glob(os.path.join(dist, "agentd-*.whl"))
+    if len(wheels) != 1:
+        raise TierError(f"pip wheel left {wheels} in {dist}")
+    log(f"built {os.path.basename(wheels[0])} in {time.monotonic() - t0:.1f} s")
+    return wheels[0]
+
+
+def check_systemd_root():
+    for path in ("/sbin/init", "/usr/bin/systemctl", "/usr/bin/prometheus", "/usr/sbin/runuser"):
+        if not os.path.exists(path):
+            raise TierError(f"{path} missing on the host root the guest boots: run .ci/setup.sh "
+                            "(Debian packages systemd, systemd-sysv, prometheus, util-linux)")
+    if os.path.realpath("/sbin/init").rsplit("/", 1)[-1] != "systemd":
+        raise TierError("/sbin/init is not systemd: install systemd-sysv (.ci/setup.sh)")
+
+
+def boot(vmlinuz, out, wheel, argv):
+    script = os.path.join(out, "guest.sh")
+    args = list(argv) if any(not a.startswith("-") for a in argv) else [*argv, "tests/systemd"]
+    with open(script, "w") as f:
+        f.write(GUEST_SCRIPT.format(
+            out=shlex.quote(out), repo=shlex.quote(REPO), mask=" ".join(MASK), pybin=shlex.quote(os.path.dirname(sys.executable)), wheel=shlex.quote(wheel), args=shlex.join(args),
+            passenv="".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())
+                            if k.startswith("AGENTD_") and k.isidentifier())))
+    # pip installs into this interpreter's prefix (site-packages, bin, share/agentd).
+    overlays = ["/etc", "/var/lib", "/usr/local", sys.prefix]
+    argv = ["vng", "--disable-kvm", "--systemd", "-r", vmlinuz, "--user", "root",
+            "--memory", GUEST_MEMORY, "--cpus", GUEST_CPUS, "--rwdir", out, "--cwd", REPO,
+            *[f"--overlay-rwdir={d}" for d in overlays if not d.startswith(out)],
+            *[a for u in MASK for a in ("--append", f"systemd.mask={u}")],
+            # The host root may carry /.dockerenv (this CI host does): systemd would take the
+            # guest for a Docker container, ignore the kernel command line and start a console
+            # getty instead of virtme-ng's serial one, which runs the tests. An empty $container in PID 1's environment (the
+            # kernel hands unknown key=value arguments to init) says "no container".
+            "--append", "container=",
+            "--exec", f"sh {shlex.quote(script)}", "--verbose"]
+    timeout = float(os.environ.get("AGENTD_SYSTEMD_TIER_TIMEOUT", DEFAULT_TIMEOUT))
+    console = os.path.join(out, "console.log")
+    log(f"booting {vmlinuz} with systemd as init (timeout {timeout:.0f} s; console: {console})")
+    t0 = time.monotonic()
+    with open(console, "w") as con:
+        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=con,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        shown = 0
+        try:
+            while proc.poll() is None and time.monotonic() - t0 < timeout:
+                time.sleep(1)
+                shown = show_new(os.path.join(out, "pytest.txt"), shown)
+                if os.path.exists(os.path.join(out, "status")):
+                    time.sleep(20)            # poweroff; then stop QEMU ourselves
+                    break
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    show_new(os.path.join(out, "pytest.txt"), shown)
+    return time.monotonic() - t0, console
+
+
+def show_new(path, offset):
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return offset
+    sys.stdout.write(data.decode(errors="replace"))
+    sys.stdout.flush()
+    return offset + len(data)
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv):
+    signal.signal(signal.SIGTERM, _stop)
+    if os.environ.get("AGENTD_SKIP_SYSTEMD_TIER") == "1":
+        log("SKIPPED: AGENTD_SKIP_SYSTEMD_TIER=1 is set; agentd was not tested under systemd")
+        return 0
+    t_start = time.monotonic()
+    try:
+        check_host()
+        check_systemd_root()
+        abi, vmlinuz = prepare_kernel()
+        for attempt in (1, 2):
+            out = new_run_dir()
+            wheel = build_wheel(out)
+            wall, console = boot(vmlinuz, out, wheel, argv)
+            status = read(os.path.join(out, "status"))
+            # QEMU's software emulation sometimes runs a stale copy of kernel text that a
+            # static-key flip is patching (an int3 oops; see tests/kernel/run.py): a guest
+            # kernel that died without a result is booted once more, a test failure never.
+            if status is None and attempt == 1 and "Kernel panic" in (read(console) or ""):
+                log("the guest kernel panicked; booting once more. Last console lines:\n"
+                    + "\n".join((read(console) or "").splitlines()[-8:]))
+                continue
+            break
+        if status is None:
+            tail = "\n".join((read(console) or "").splitlines()[-40:])
+            raise TierError(f"the guest wrote no result after {wall:.0f} s (results in {out}). "
+                            f"Last console lines:\n{tail}")
+        if read(os.path.join(out, "uname")) != abi or read(os.path.join(out, "init")) != "systemd":
+            raise TierError(f"the guest ran kernel {read(os.path.join(out, 'uname'))!r} with init "
+                            f"{read(os.path.join(out, 'init'))!r}, not {abi} with systemd: results prove nothing")
+    except TierError as err:
+        log(f"FAILED: {err}")
+        return 2
+    except KeyboardInterrupt as err:
+        log(f"FAILED: interrupted ({err}); the VM was stopped")
+        return 130
+    boot_s, end_s = read(os.path.join(out, "boot_s")), read(os.path.join(out, "end_s"))
+    log(f"{read(os.path.join(out, 'systemd_version'))}, system {read(os.path.join(out, 'system_state'))}, "
+        f"kernel {abi}: VM run {wall:.1f} s (guest uptime at test start {boot_s} s, tests "
+        f"{float(end_s) - float(boot_s):.1f} s); total {time.monotonic() - t_start:.1f} s; results in {out}")
+    failed = read(os.path.join(out, "failed_units"))
+    if failed:
+        log(f"failed units in the guest:\n{failed}")
+    code = int(status or 2)
+    log(f"guest pytest exit status {code}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

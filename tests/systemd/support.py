@@ -1,0 +1,87 @@
+"""Helpers for the systemd tier: commands, `systemctl show`, waiting, agentd's API."""
+
+import json
+import os
+import subprocess
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNIT = "agentd.service"
+AGENTD = "/usr/local/bin/agentd"
+# Emulated guest: a Python start costs seconds; a daemon start with its BPF programs, a minute.
+SLOW = 240
+
+
+# What a user's shell has: not the test session's pointer to the checkout's policies
+# (tests/conftest.py), so every command reads the installed /etc/agentd/policies.
+ENV = {k: v for k, v in os.environ.items() if k != "AGENTD_POLICY_DIR"}
+
+
+def sh(cmd, check=True, timeout=SLOW, **kw):
+    """Run a shell command as a user would; a failure shows its output."""
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"`{cmd}` exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def show(*props, unit=UNIT):
+    out = sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def wait_for(pred, timeout, what, step=0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def main_pid():
+    return int(show("MainPID")["MainPID"])
+
+
+def running():
+    s = show("ActiveState", "SubState", "MainPID")
+    return s["ActiveState"] == "active" and s["SubState"] == "running" and int(s["MainPID"]) > 0
+
+
+def status():
+    """agentd's own view (`agentd status --json`), or None while no daemon serves."""
+    r = sh(f"{AGENTD} status --json", check=False)
+    if r.returncode != 0:
+        return None
+    return json.loads(r.stdout)
+
+
+def agent_ids():
+    snap = status()
+    return sorted(a["agent"] for a in snap["agents"]) if snap else None
+
+
+def cgroup_of(pid):
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    return None
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def journal(*args):
+    return sh("journalctl --no-pager -u agentd " + " ".join(args)).stdout
+
+
+def systemd_version():
+    return int(sh("systemctl --version").stdout.split()[1])

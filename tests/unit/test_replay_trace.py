@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from agentd.replay import report
-from agentd.replay.runner import call_killed, parse_result, write_schedule, AgentSpec
-from agentd.replay.scenario import percentiles
-from agentd.replay.trace import (TraceError, build_schedule, gaps, load_folder, load_trace, scale,
+from bench.replay import report
+from bench.replay.runner import call_killed, parse_result, write_schedule, AgentSpec
+from bench.replay.scenario import percentiles
+from bench.replay.trace import (TraceError, build_schedule, gaps, load_folder, load_trace, scale,
                                  spiky_order)
 
 TRACES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "traces")
@@ -190,7 +190,7 @@ def test_density_target_compares_agentd_with_static():
 
 
 def test_peak_instant_adds_the_time_to_touch_the_jump():
-    from agentd.replay.trace import Call, peak_instant
+    from bench.replay.trace import Call, peak_instant
     c = Call(start=0, end=3, command="x", steps=((0.5, 10 * MiB_), (1.0, 110 * MiB_), (2.0, 0)))
     assert peak_instant(c, 100 * MiB_) == pytest.approx(1.0 + 1.0)    # 100 MiB jump at 100 MiB/s
     assert peak_instant(Call(0, 1, "x", ()), 1) == 0.0

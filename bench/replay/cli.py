@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Multi-tenant replay benchmark: real agent traces, three modes, on the kernel tier's VM.
 
-    python3 bench/replay.py --traces DIR [--scenario isolation|density] [--mode none|static|agentd|all]
+    python3 bench/replay --traces DIR [--scenario isolation|density] [--mode none|static|agentd|all]
                             [--json FILE] [--quick] [--triples N] [--runs N] [--speed X] [--mem-scale F]
 
-One trace = one agent (agentd/replay/trace.py has the exact derivation): the agent process
+One trace = one agent (bench/replay/trace.py has the exact derivation): the agent process
 holds the trace's memory before its first tool call; each Bash call is a real child process
 that allocates and touches memory following the trace's samples during the call (relative
 to the memory just before it) and frees it at its end; the gaps between calls are idle.
@@ -45,11 +45,9 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from agentd.replay import report  # noqa: E402
-from agentd.replay.trace import load_folder  # noqa: E402
+from . import report
+from .trace import load_folder
+from .vm import REPO, boot_in_vm
 
 RUNS_DIR = os.path.join(REPO, ".cache", "replay")
 
@@ -87,14 +85,14 @@ def modes_of(a):
     modes = a.mode.split(",")
     bad = [m for m in modes if m not in MODES]
     if bad:
-        raise SystemExit(f"replay.py: unknown mode(s) {', '.join(bad)}: use none, static, agentd or all")
+        raise SystemExit(f"replay: unknown mode(s) {', '.join(bad)}: use none, static, agentd or all")
     return modes
 
 
 # --- inside the VM ------------------------------------------------------------------
 def guest_main(a):
-    from agentd.replay.runner import build_alloc, localize
-    from agentd.replay.scenario import ISOLATION_FACTOR, Bench
+    from .runner import build_alloc, localize
+    from .scenario import ISOLATION_FACTOR, Bench
     out = a.in_guest
     progress = open(os.path.join(out, "progress.log"), "a", buffering=1)
 
@@ -128,7 +126,7 @@ def guest_main(a):
 
 
 def run_scenarios(a, bench, result, save):
-    from agentd.replay.scenario import ISOLATION_FACTOR
+    from .scenario import ISOLATION_FACTOR
     if a.scenario in ("isolation", "both"):
         result["isolation"] = bench.isolation(modes_of(a), a.triples, a.runs, a.first_triple)
         save()
@@ -144,67 +142,6 @@ def run_scenarios(a, bench, result, save):
 
 
 # --- on the host --------------------------------------------------------------------
-GUEST_SCRIPT = """\
-#!/bin/sh
-# Runs inside the kernel-tier guest; written by bench/replay.py.
-OUT={out}
-swapoff -a 2>/dev/null
-cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
-PYTHONDONTWRITEBYTECODE=1 {cmd} > "$OUT/guest.log" 2>&1
-echo $? > "$OUT/status"
-"""
-
-
-def boot_in_vm(command, out, memory, timeout, on_tick=None, tries=3):
-    """boot_once, booted again when the guest kernel panicked before the command began
-    (seen under QEMU's software emulation: an int3 Oops while the kernel patches its text)."""
-    for attempt in range(tries):
-        status = boot_once(command, out, memory, timeout, on_tick)
-        console = open(os.path.join(out, "console.log"), errors="replace").read()
-        started = os.path.exists(os.path.join(out, "guest.log"))
-        if status is not None or started or "Kernel panic" not in console:
-            return status
-        os.replace(os.path.join(out, "console.log"), os.path.join(out, f"console.panic{attempt}.log"))
-        print("replay: the guest kernel panicked while booting; booting again", file=sys.stderr)
-    return None
-
-
-def boot_once(command, out, memory, timeout, on_tick=None):
-    """Run `command` (a shell line) as root in the kernel tier's VM with `memory` of RAM;
-    the guest sees the host's filesystem, `out` is writable. Returns the guest's exit
-    status (None when it wrote none)."""
-    sys.path.insert(0, os.path.join(REPO, "tests", "kernel"))
-    import run as tier                  # tests/kernel/run.py: kernel fetch and cache
-    tier.check_host()
-    abi, vmlinuz = tier.prepare_kernel()
-    script = os.path.join(out, "guest.sh")
-    with open(script, "w") as f:
-        f.write(GUEST_SCRIPT.format(out=shlex.quote(out), repo=shlex.quote(REPO), cmd=command))
-    argv = ["vng", "--disable-kvm", "-r", vmlinuz, "--user", "root", "--memory", memory,
-            "--cpus", tier.GUEST_CPUS, "--rwdir", out, "--cwd", REPO, "--exec", f"sh {shlex.quote(script)}",
-            "--verbose"]
-    with open(os.path.join(out, "console.log"), "w") as con:
-        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=con, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                if on_tick:
-                    on_tick()
-                time.sleep(1)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if on_tick:
-            on_tick()
-    try:
-        with open(os.path.join(out, "status")) as f:
-            return int(f.read().strip() or 2)
-    except (OSError, ValueError):
-        return None
-
-
 def tailer(path):
     """A callable that copies new lines of `path` to stderr."""
     pos = [0]
@@ -232,7 +169,7 @@ def missing_builds():
     and `agentd tool` to Python read over 9p per call: the run would measure the
     fallbacks, several times slower in the emulated guest, not agentd."""
     from agentd.kernel.bpf_objects import object_path
-    from agentd.replay import runner
+    from . import runner
     need = [runner.LAUNCHER] + [object_path(n) for n in ("lifecycle", "memwatch", "scx_agentd")]
     inside = os.path.join(REPO, "")
     return [p[len(inside):] if p.startswith(inside) else p for p in need if not os.path.exists(p)]
@@ -242,18 +179,18 @@ def host_main(a):
     load_folder(a.traces)               # fail here, not in the VM, on a bad folder
     missing = missing_builds() if "agentd" in modes_of(a) else []
     if missing:
-        raise SystemExit(f"replay.py: {', '.join(missing)} missing in {REPO}: the agentd mode would measure "
+        raise SystemExit(f"replay: {', '.join(missing)} missing in {REPO}: the agentd mode would measure "
                          f"agentd's fallbacks; build them first with `python3 -m agentd._build`")
     out = os.path.join(RUNS_DIR, time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
     os.makedirs(out)
-    from agentd.replay.runner import build_alloc
+    from .runner import build_alloc
     build_alloc(os.path.join(out, "bin"))   # gcc on the host: the guest would take seconds
     fwd = ["--traces", os.path.abspath(a.traces), "--scenario", a.scenario, "--mode", a.mode,
            "--triples", str(a.triples), "--first-triple", str(a.first_triple), "--runs", str(a.runs), "--speed", str(a.speed),
            "--mem-scale", str(a.mem_scale), "--guest-memory", a.guest_memory, "--max-agents", str(a.max_agents)]
     if a.density_budget:
         fwd += ["--density-budget", str(a.density_budget)]
-    cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "replay.py"), *fwd, "--in-guest", out])
+    cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "replay"), *fwd, "--in-guest", out])
     print(f"replay: booting the VM ({a.guest_memory} RAM); work dir {out}", file=sys.stderr)
     t0 = time.monotonic()
     status = boot_in_vm(cmd, out, a.guest_memory, a.timeout, tailer(os.path.join(out, "progress.log")))
@@ -317,7 +254,7 @@ def main(argv=None):
             print_tables(json.load(f))
         return 0
     if not a.traces:
-        raise SystemExit("replay.py: --traces DIR is required")
+        raise SystemExit("replay: --traces DIR is required")
     if a.in_guest:
         guest_main(a)
         return 0

@@ -19,8 +19,8 @@ import statistics
 import tempfile
 import time
 
-from ..kernel.cgroupfs import CgroupFS
-from .runner import CGROUP_ROOT, AgentdHost, AgentSpec, Group
+from agentd.kernel.cgroupfs import CgroupFS
+from .runner import AgentdHost, AgentSpec, Group, cgroup_root
 from .trace import build_schedule, peak_instant, scale, spiky_order
 
 ISOLATION_FACTOR = 0.85
@@ -60,7 +60,7 @@ class Bench:
         host = None
         if mode == "agentd":
             if self.host is None:
-                self.host = AgentdHost(CgroupFS(CGROUP_ROOT), self.work_dir, self.state_dir, self.log).start()
+                self.host = AgentdHost(CgroupFS(cgroup_root()), self.work_dir, self.state_dir, self.log).start()
             host = self.host
         g = Group(mode, specs, budget, self.work_dir, self.exe, self.alias, host=host, log=self.log)
         res = g.run(self._timeout(specs))

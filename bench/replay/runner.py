@@ -21,20 +21,29 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from ..errors import KernelError
-from ..kernel.cgroupfs import PROCS, CgroupFS
+from agentd.errors import KernelError
+from agentd.kernel.cgroupfs import PROCS, CgroupFS, find_cgroup2_mount
 from .trace import gaps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alloc.c")
 LAUNCHER = os.path.join(REPO, "agentd", "_bin", "agentd")
 POLICY = os.path.join(REPO, "policies", "multi-tenant.yaml")
-CGROUP_ROOT = "/sys/fs/cgroup"
 CONTROLLERS = ("memory", "cpu", "pids")
 MODES = ("none", "static", "agentd")
 ACTIONS = ("throttle", "freeze", "kill", "queue")
 
 _seq = itertools.count()
+
+
+def cgroup_root():
+    """The cgroup v2 mount the runs create their cgroups in (the one with controllers:
+    /sys/fs/cgroup in the kernel tier's guest, whatever the host mounts elsewhere)."""
+    root = find_cgroup2_mount()
+    if root is None:
+        raise SystemExit("replay: no cgroup v2 hierarchy is mounted; the replay needs one with the "
+                         "memory, cpu and pids controllers (run it in the kernel tier's VM)")
+    return root
 
 
 def build_alloc(dest_dir):
@@ -257,7 +266,7 @@ class AgentdHost:
             time.sleep(0.2)
 
     def events(self):
-        from ..eventlog import read_events
+        from agentd.eventlog import read_events
         return list(read_events(self.event_log))
 
     def stop(self):
@@ -287,7 +296,7 @@ class Group:
         self.host = host
         self.mode, self.specs, self.budget = mode, specs, budget
         self.exe, self.alias = exe, alias
-        self.fs = CgroupFS(CGROUP_ROOT)
+        self.fs = CgroupFS(cgroup_root())
         self.parent = f"agentd-replay-{os.getpid()}-{next(_seq)}"
         self.run_dir = os.path.join(work_dir, self.parent)
         self.barrier_dir = os.path.join(self.run_dir, "barrier")

@@ -9,8 +9,9 @@ holds the trace's memory before its first tool call; each Bash call is a real ch
 that allocates and touches memory following the trace's samples during the call (relative
 to the memory just before it) and frees it at its end; the gaps between calls are idle.
 
-Scaling, the same for every mode: time is compressed by --speed (default 20: a 360 s trace
-replays in 18 s) and memory multiplied by --mem-scale (default 0.25); the guest has
+Scaling, the same for every mode: time is compressed by --speed (default 10: a 360 s trace
+replays in 36 s; slow enough that the 2 vCPUs stay below ~70% busy at the counts where
+memory binds, each run reports it) and memory multiplied by --mem-scale (default 0.25); the guest has
 --guest-memory (default 4G) of RAM, 2 vCPUs, swap off. agentd sizes itself from the budget (the
 memory.max above its root), so the policy's percentages count against the budget.
 
@@ -20,11 +21,15 @@ agent as container runtimes set it), static (plus memory.max = budget / n per ag
 agents via `agentd run --class high|low`, tool calls via `agentd tool`).
 
 Trace order (isolation triples and density draws): replayed peak / baseline (the agent's
-largest Bash-call rise over what it holds; trace.spike_ratio), largest first, then name; isolation triple k = traces 3k..3k+2, the first HIGH, the others LOW; their
-largest tool calls are lined up in time. Solo times and peaks come from each trace run alone
-(per mode family: plain cgroup for none/static, agentd for agentd). Isolation budget = 0.85 x
-sum of the three plain solo peaks; density budget = --density-budget (default: the first
-triple's isolation budget).
+largest Bash-call rise over what it holds; trace.spike_ratio), largest first, then name;
+isolation triple k = traces 3k..3k+2, the first HIGH, the others LOW; their largest tool
+calls are lined up by construction (each holds its peak until all three are there; the run
+exits 3 when no control did not lose an agent in every run). Solo times and peaks come from
+each trace run alone (per mode family: plain cgroup for none/static, agentd for agentd; the
+plain solo is run for agentd too, for agentd's own cost). Isolation budget = 0.85 x sum of
+the three plain solo peaks; density budget = --density-budget (default: the budget under
+which no control fits --density-fit agents, default 3, at the trace level). --half a|b
+keeps one half of the folder's issue instances, so the other can be held out.
 
 The workload program and agentd's launcher run from copies on the guest's tmpfs (its root
 is the host's file system over 9p, which reads a binary again at every exec), as an installed
@@ -46,7 +51,7 @@ import threading
 import time
 
 from . import report
-from .trace import load_folder
+from .trace import half_of, load_folder
 from .vm import REPO, boot_in_vm
 
 RUNS_DIR = os.path.join(REPO, ".cache", "replay")
@@ -62,10 +67,16 @@ def parse_args(argv):
     p.add_argument("--triples", type=int, default=3)
     p.add_argument("--first-triple", type=int, default=0, help="start at this triple (0-based) of the trace order")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--speed", type=float, default=20.0)
+    p.add_argument("--speed", type=float, default=10.0)
     p.add_argument("--mem-scale", type=float, default=0.25)
     p.add_argument("--guest-memory", default="4G")
-    p.add_argument("--density-budget", type=int, help="bytes (default: first triple's isolation budget)")
+    p.add_argument("--density-budget", type=int,
+                   help="bytes (default: the budget under which no control fits --density-fit agents at the "
+                        "trace level, trace.budget_for)")
+    p.add_argument("--density-fit", type=int, default=3)
+    p.add_argument("--half", choices=("a", "b"),
+                   help="only one half of the folder's issue instances (crc32 of `instance` mod 2, as "
+                        "bench/forecast.py --half): develop on one, hold the other out")
     p.add_argument("--max-agents", type=int, default=8)
     p.add_argument("--timeout", type=float, default=3000, help="seconds allowed for the whole VM run")
     p.add_argument("--report", metavar="JSON", help="print the tables of an earlier run's JSON (also a partial one)")
@@ -77,6 +88,15 @@ def parse_args(argv):
 
 
 MODES = ["none", "static", "agentd"]
+
+
+def traces_of(a):
+    traces = load_folder(a.traces)
+    if a.half:
+        traces = half_of(traces, a.half)
+        if not traces:
+            raise SystemExit(f"replay: half {a.half} of {a.traces} holds no trace")
+    return traces
 
 
 def modes_of(a):
@@ -101,7 +121,7 @@ def guest_main(a):
     exe, alias = build_alloc(os.path.join(out, "bin"))
     # Run the binaries from the guest's tmpfs, as an installed agentd runs from local disk.
     exe, alias = localize(exe, tempfile.mkdtemp(prefix="agentd-replay-bin-"))
-    bench = Bench(load_folder(a.traces), a.speed, a.mem_scale, os.path.join(out, "work"), exe, alias, log)
+    bench = Bench(traces_of(a), a.speed, a.mem_scale, os.path.join(out, "work"), exe, alias, log)
     result = {"config": {"traces": os.path.abspath(a.traces), "speed": a.speed, "mem_scale": a.mem_scale,
                          "guest_memory": a.guest_memory, "kernel": os.uname().release, "triples": a.triples,
                          "runs": a.runs, "first_triple": a.first_triple, "isolation_budget_factor": ISOLATION_FACTOR,
@@ -126,17 +146,17 @@ def guest_main(a):
 
 
 def run_scenarios(a, bench, result, save):
-    from .scenario import ISOLATION_FACTOR
+    from .trace import budget_for
     if a.scenario in ("isolation", "both"):
         result["isolation"] = bench.isolation(modes_of(a), a.triples, a.runs, a.first_triple)
         save()
     if a.scenario in ("density", "both"):
         budget = a.density_budget
         if budget is None:
-            names = [t.name for t in bench.traces[:3]]
-            for n in names:
-                bench.solo_run(n, "plain")
-            budget = int(ISOLATION_FACTOR * sum(bench.solo[(n, "plain")].peak_bytes or 0 for n in names))
+            budget = budget_for([bench.schedules[t.name] for t in bench.traces[:a.max_agents]], a.density_fit)
+            if budget is None:
+                raise SystemExit(f"replay: no budget fits exactly {a.density_fit} agent(s) among the first "
+                                 f"{a.max_agents}; give --density-budget")
         result["density"] = bench.density(modes_of(a), budget, a.max_agents)
         save()
 
@@ -176,7 +196,7 @@ def missing_builds():
 
 
 def host_main(a):
-    load_folder(a.traces)               # fail here, not in the VM, on a bad folder
+    traces_of(a)                        # fail here, not in the VM, on a bad folder
     missing = missing_builds() if "agentd" in modes_of(a) else []
     if missing:
         raise SystemExit(f"replay: {', '.join(missing)} missing in {REPO}: the agentd mode would measure "
@@ -190,6 +210,9 @@ def host_main(a):
            "--mem-scale", str(a.mem_scale), "--guest-memory", a.guest_memory, "--max-agents", str(a.max_agents)]
     if a.density_budget:
         fwd += ["--density-budget", str(a.density_budget)]
+    if a.half:
+        fwd += ["--half", a.half]
+    fwd += ["--density-fit", str(a.density_fit)]
     cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "replay"), *fwd, "--in-guest", out])
     print(f"replay: booting the VM ({a.guest_memory} RAM); work dir {out}", file=sys.stderr)
     t0 = time.monotonic()
@@ -207,6 +230,10 @@ def host_main(a):
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
+    if (result.get("isolation") or {}).get("none_lost_every_run") is False:
+        print("replay: the line-up failed: no control kept every agent in some isolation run, so those runs "
+              "did not test sharing", file=sys.stderr)
+        return 3
     return 0 if status == 0 else 1
 
 
@@ -235,6 +262,12 @@ def print_tables(result):
         print(f"### B. Density (budget {den['budget'] / 2**20:.0f} MiB, agents in order, all class low)\n")
         print(report.density_table(den))
         print()
+        b = den.get("bounds")
+        if b:
+            print(f"Trace-level bounds at this budget: no-collision {b['no_collision']}, largest call beside "
+                  f"every baseline {b['spike_beside_baselines']}, fluid {b['fluid']}\n")
+            print(report.density_steps_table(den))
+            print()
         for text, ok in report.density_targets(den):
             print(f"- target {text}: {'met' if ok else 'NOT met'}")
         den["agents_reached"] = {m: v["agents"] for m, v in den["modes"].items()}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from agentd.errors import KernelError
 from agentd.kernel.cgroupfs import PROCS, CgroupFS, find_cgroup2_mount
+from agentd.kernel.procfs import cpu_times
 from .trace import gaps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,8 +99,8 @@ class AgentSpec:
     schedule: object            # scaled trace.Schedule
     delay: float = 0.0          # seconds after the run starts
     measure_latency: bool = False
-    barrier: int | None = None  # this many agents start their largest calls together
-    barrier_extra: float = 0.0  # then this agent waits this much more (peaks line up)
+    barrier: int | None = None  # this many agents start their largest calls together and
+                                # hold them at their peaks until all are there
 
 
 @dataclass
@@ -126,6 +127,10 @@ class AgentResult:
 
 
 BARRIER_TIMEOUT_S = 300
+# How long a call holds its peak for the others. Where every call gets there, they all hold
+# at once (the line-up). A call that agentd keeps waiting at its start, or froze, does not
+# come: the ones there go on after this long (the wait is not counted either way).
+HOLD_TIMEOUT_S = 5.0
 
 
 def write_schedule(spec, run_dir, alias, tool_prefix, barrier_dir=None):
@@ -136,8 +141,8 @@ def write_schedule(spec, run_dir, alias, tool_prefix, barrier_dir=None):
     lines = [f"baseline {spec.schedule.baseline}"]
     for i, (call, gap) in enumerate(zip(spec.schedule.calls, gap_list)):
         if barrier_dir is not None and spec.barrier and i == spec.schedule.peak_call:
-            lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S} "
-                         f"{spec.barrier_extra:.6f}")
+            lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S} 0")
+            lines.append(f"hold {barrier_dir}-hold {spec.name} {spec.barrier} {HOLD_TIMEOUT_S}")
         argv = [*tool_prefix, alias, "-c", call.command.replace("\0", " ") or "true"]
         argv_file, prof_file = os.path.join(d, f"c{i}.argv"), os.path.join(d, f"c{i}.prof")
         with open(argv_file, "wb") as f:
@@ -206,6 +211,38 @@ def read_latencies(path):
             return [float(x) for x in f.read().split()]
     except FileNotFoundError:
         return []
+
+
+class CpuMeter:
+    """How busy the guest's CPUs were during a run: the busy share of every whole second
+    (from /proc/stat), summarised as mean, p95 and max. Memory is meant to bind in the
+    benchmark, so a run whose CPUs were near full measures the CPUs instead: this says which."""
+
+    def __init__(self, period=1.0, read=cpu_times):
+        self.period, self.read = period, read
+        self.shares, self.first, self.last, self.t = [], None, None, None
+
+    def start(self):
+        self.first = self.last = self.read()
+        self.t = time.monotonic()
+
+    def tick(self, final=False):
+        now = time.monotonic()
+        if self.last is None or (now - self.t < self.period and not final):
+            return
+        cur = self.read()
+        db, dt = cur[0] - self.last[0], cur[1] - self.last[1]
+        if dt > 0 and (now - self.t >= self.period / 2):
+            self.shares.append(db / dt)
+        self.last, self.t = cur, now
+
+    def summary(self):
+        if self.first is None or self.last is None or self.last[1] <= self.first[1]:
+            return None
+        xs = sorted(self.shares)
+        mean = (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])
+        return {"mean": round(mean, 3), "p95": round(xs[int(0.95 * (len(xs) - 1))], 3) if xs else None,
+                "max": round(xs[-1], 3) if xs else None}
 
 
 class AgentdHost:
@@ -306,10 +343,12 @@ class Group:
         self.group_peak = None      # the most memory the whole group held at once
         self._group_peak_file = None
         self.timed_out = set()
+        self.cpu = CpuMeter()
 
     # --- setup ---------------------------------------------------------------------
     def _setup(self):
         os.makedirs(self.barrier_dir, exist_ok=True)
+        os.makedirs(self.barrier_dir + "-hold", exist_ok=True)
         if self.host is not None:
             self.host.set_budget(self.budget)
             self.events_from = len(self.host.events())
@@ -380,11 +419,14 @@ class Group:
                 self._spawn(s, t0)
             deadline = t0 + timeout
             running = dict(self.procs)
+            self.cpu.start()
             while running:
+                self.cpu.tick()
                 for name, p in list(running.items()):
                     if p.poll() is not None:
                         # An agent that ended (or died) before the barrier must not hold the others.
-                        open(os.path.join(self.barrier_dir, name), "a").close()
+                        for b in (self.barrier_dir, self.barrier_dir + "-hold"):
+                            open(os.path.join(b, name), "a").close()
                         del running[name]
                 if running and time.monotonic() > deadline:
                     for name, p in running.items():
@@ -394,6 +436,7 @@ class Group:
                         p.wait()
                     break
                 time.sleep(0.2)
+            self.cpu.tick(final=True)
             self._read_peaks()
             return self._results()
         finally:

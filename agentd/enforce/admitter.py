@@ -15,6 +15,7 @@ from ..kernel import cgroupfs as cgf
 from ..units import format_size
 from . import admission
 from .limits import as_bytes as _bytes
+from .pressure import ROOT
 
 log = logging.getLogger("agentd.enforce")
 
@@ -64,7 +65,8 @@ class Admitter:
         a = self.e.policy.admission
         budget = self.e.policy.pressure.budget
         running = self.running()
-        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank):
+        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank,
+                                                           pressured=self.pressured()):
             self.pending[key] = pend
             return pend
         prog = _program(argv)
@@ -141,11 +143,17 @@ class Admitter:
                     fc = min(fc, cap) if cap else fc
                 else:
                     fc = 0
-                out.append(admission.Running(tool.key, fc, st.current, (agent.priority, tool.plan.priority)))
+                out.append(admission.Running(tool.key, fc, st.current, (agent.priority, tool.plan.priority),
+                                             seen=st.seen))
         # Admitted but not yet started: reserve their forecast.
         out += [admission.Running(f"{k[0]}/{k[1]}", p["peak"] if p["evidence"] else 0, 0, p.get("rank"))
                 for k, p in self.pending.items()]
         return out
+
+    def pressured(self):
+        """Is the agentd tree under memory pressure now (a PSI trigger or the memory
+        watch's projection, for as long as the enforcer holds it)?"""
+        return time.monotonic() <= self.e.pressure_until.get(ROOT, float("-inf"))
 
     def _lives(self, tool):
         """Does the call hold a process (or is it just starting)? The kernel's
@@ -167,7 +175,7 @@ class Admitter:
             return
         self.expire_pending()
         picked = admission.pick([w for w, _ in self.waiters.values()], self.running(),
-                                self.e.policy.pressure.budget, self.e.available_fn())
+                                self.e.policy.pressure.budget, self.e.available_fn(), self.pressured())
         for w in picked:
             _, fut = self.waiters.pop(w.seq)
             if not fut.done():

@@ -101,6 +101,8 @@ class AgentSpec:
     measure_latency: bool = False
     barrier: int | None = None  # this many agents start their largest calls together and
                                 # hold them at their peaks until all are there
+    barrier_extra: float = 0.0  # after the start barrier, wait this much more (the largest
+                                # steps of the calls are then due at the same moment)
 
 
 @dataclass
@@ -127,9 +129,11 @@ class AgentResult:
 
 
 BARRIER_TIMEOUT_S = 300
-# How long a call holds its peak for the others. Where every call gets there, they all hold
-# at once (the line-up). A call that agentd keeps waiting at its start, or froze, does not
-# come: the ones there go on after this long (the wait is not counted either way).
+# How long a call holds its peak for the others. The calls' largest steps are due at the
+# same moment (barrier_extra); the hold absorbs how long each takes to touch its memory, so
+# where every call gets there, they all hold at once (the line-up). A call that agentd keeps
+# waiting at its start, or froze, does not come: the ones there go on after this long (the
+# wait is not counted either way).
 HOLD_TIMEOUT_S = 5.0
 
 
@@ -141,7 +145,8 @@ def write_schedule(spec, run_dir, alias, tool_prefix, barrier_dir=None):
     lines = [f"baseline {spec.schedule.baseline}"]
     for i, (call, gap) in enumerate(zip(spec.schedule.calls, gap_list)):
         if barrier_dir is not None and spec.barrier and i == spec.schedule.peak_call:
-            lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S} 0")
+            lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S} "
+                         f"{spec.barrier_extra:.6f}")
             lines.append(f"hold {barrier_dir}-hold {spec.name} {spec.barrier} {HOLD_TIMEOUT_S}")
         argv = [*tool_prefix, alias, "-c", call.command.replace("\0", " ") or "true"]
         argv_file, prof_file = os.path.join(d, f"c{i}.argv"), os.path.join(d, f"c{i}.prof")

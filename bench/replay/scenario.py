@@ -6,7 +6,8 @@ mode family: "plain" (a bare cgroup, no limit: the solo of none and static) and 
 (alone under a daemon, no budget). Budget = 0.85 x the sum of the three plain solo peaks
 (memory.peak of each agent's cgroup). The agents line up their largest tool calls, the worst
 case for sharing, by construction: before its largest call each agent waits at a barrier
-until the others reach theirs (or have ended); then each of those calls, once it holds its
+until the others reach theirs (or have ended) and then until its largest step is due with
+theirs (the trace's offsets); then each of those calls, once it holds its
 largest step, holds it at a second barrier until all three are there (or runner.HOLD_TIMEOUT_S
 passed: a call that agentd keeps waiting at its start never comes). Both waits are reported and
 not counted in completion times. The lined-up peaks exceed the budget, so with no control an
@@ -27,7 +28,7 @@ import time
 
 from agentd.kernel.cgroupfs import CgroupFS
 from .runner import AgentdHost, AgentSpec, Group, cgroup_root
-from .trace import build_schedule, density_bounds, scale, spiky_order
+from .trace import build_schedule, density_bounds, peak_offset, scale, spiky_order
 
 ISOLATION_FACTOR = 0.85
 DENSITY_SLOWDOWN = 1.25
@@ -135,10 +136,15 @@ class Bench:
             budget = int(ISOLATION_FACTOR * sum(peaks))
             out["triples"].append({"traces": names, "priorities": prio, "solo_peaks": peaks, "budget": budget})
             self.log(f"triple {k}: {names}, solo peaks {[fmt_mib(p) for p in peaks]}, budget {fmt_mib(budget)}")
+            # After the start barrier each agent waits until its largest step is due with the
+            # others' (by the trace's offsets); the hold at the peak absorbs the touch time.
+            offs = [peak_offset(self.schedules[n].calls[self.schedules[n].peak_call])
+                    if self.schedules[n].calls else 0.0 for n in names]
             for mode in modes:
                 for r in range(runs):
                     specs = [AgentSpec(name=f"a{i}", trace=n, priority=p, schedule=self.schedules[n],
-                                       measure_latency=p == "high", barrier=len(names))
+                                       measure_latency=p == "high", barrier=len(names),
+                                       barrier_extra=max(offs) - offs[i])
                              for i, (n, p) in enumerate(zip(names, prio))]
                     res, group_peak = self._group(mode, specs, budget)
                     out["modes"][mode]["runs"].append({

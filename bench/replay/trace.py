@@ -64,6 +64,14 @@ class Schedule:
         return max(range(len(self.calls)), key=lambda i: (self.calls[i].peak, -i))
 
 
+def peak_offset(call):
+    """Seconds after `call` starts when its profile reaches its largest step (the first of
+    equals); 0 without steps."""
+    if not call.steps:
+        return 0.0
+    return max(call.steps, key=lambda st: (st[1], -st[0]))[0]
+
+
 @dataclass(frozen=True)
 class TraceInfo:
     name: str

@@ -245,6 +245,7 @@ def test_the_largest_call_holds_its_peak_until_the_others_are_there(tmp_path):
                           str(tmp_path / "barrier"))
     lines = open(path).read().splitlines()
     assert lines[1].split()[:4] == ["barrier", str(tmp_path / "barrier"), "a0", "2"]
+    assert float(lines[1].split()[5]) == 0.0
     assert lines[2].split()[:4] == ["hold", str(tmp_path / "barrier") + "-hold", "a0", "2"]
     (tmp_path / "barrier").mkdir()
     (tmp_path / "barrier" / "other").touch()            # the other agent is at its call's start
@@ -262,3 +263,10 @@ def test_the_largest_call_holds_its_peak_until_the_others_are_there(tmp_path):
     start, done, calls, waited = parse_result(str(result))
     assert done is not None and len(calls) == 1 and calls[0][3] == 0
     assert waited >= 0.5                                 # both waits, not counted as replayed time
+
+
+def test_peak_offset_is_when_the_largest_step_is_due():
+    from bench.replay.trace import Call, peak_offset
+    c = Call(start=0, end=3, command="x", steps=((0.5, 10 * MiB_), (1.0, 110 * MiB_), (1.5, 110 * MiB_), (2.0, 0)))
+    assert peak_offset(c) == 1.0
+    assert peak_offset(Call(0, 1, "x", ())) == 0.0

@@ -23,16 +23,17 @@ echo $? > "$OUT/status"
 
 
 def boot_in_vm(command, out, memory, timeout, on_tick=None, tries=3):
-    """boot_once, booted again when the guest kernel panicked before the command began
-    (seen under QEMU's software emulation: an int3 Oops while the kernel patches its text)."""
+    """boot_once, booted again when the guest kernel panicked before the command wrote any
+    result (seen under QEMU's software emulation: an int3 Oops while the kernel patches its
+    text, at boot or when a sched_ext scheduler is loaded). The command starts over then."""
     for attempt in range(tries):
         status = boot_once(command, out, memory, timeout, on_tick)
         console = open(os.path.join(out, "console.log"), errors="replace").read()
-        started = os.path.exists(os.path.join(out, "guest.log"))
-        if status is not None or started or "Kernel panic" not in console:
+        wrote = os.path.exists(os.path.join(out, "result.json"))
+        if status is not None or wrote or "Kernel panic" not in console:
             return status
         os.replace(os.path.join(out, "console.log"), os.path.join(out, f"console.panic{attempt}.log"))
-        print("replay: the guest kernel panicked while booting; booting again", file=sys.stderr)
+        print("replay: the guest kernel panicked before any result; booting again", file=sys.stderr)
     return None
 
 

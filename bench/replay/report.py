@@ -60,8 +60,8 @@ def isolation_table(iso, summary):
         lat_s = " / ".join(_f(lat[p], "{:.0f}") for p in ("p50", "p95", "p99")) if lat else "-"
         lines.append(
             f"| {mode} | {s['runs']} | {s['runs_with_loss']} | {s['high_lost']} | {s['low_lost']} "
-            f"| {_f(s['high_slowdown_median'])}x / {_f(s['high_slowdown_max'])}x "
-            f"| {_f(s['low_slowdown_median'])}x / {_f(s['low_slowdown_max'])}x "
+            f"| {_vs(s['high_slowdown_median'])} / {_vs(s['high_slowdown_max'])} "
+            f"| {_vs(s['low_slowdown_median'])} / {_vs(s['low_slowdown_max'])} "
             f"| {_vs(s['high_slowdown_vs_plain_max'])} / {_vs(s['low_slowdown_vs_plain_max'])} "
             f"| {_vs(s['solo_ratio_median'])} | {_f(s['cpu_busy_mean_max'], '{:.0%}')} | {lat_s} "
             f"| {s['high_killed']} / {s['low_killed']} | {s['high_failed'] + s['low_failed']} "

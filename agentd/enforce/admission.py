@@ -59,7 +59,7 @@ def _yields(r, rank):
     return r.rank is not None and r.rank[0] < rank[0]
 
 
-def fits(peak, running, budget, available=None, rank=None, pressured=False):
+def fits(peak, running, budget, available=None, rank=None):
     """May a call forecast to peak at `peak` bytes start next to `running`?
 
     `budget`: the policy's memory budget for tool calls (bytes; None = unlimited).
@@ -67,7 +67,6 @@ def fits(peak, running, budget, available=None, rank=None, pressured=False):
     running calls are still forecast to make is set against it too.
     `rank`: the call's (agent priority, call priority); running calls of lower-priority
     agents are left out and what they hold counts as available (see the module's docstring).
-    `pressured`: memory is under pressure now: a call with others to wait for waits.
     """
     if rank is not None:
         yielding = [r for r in running if _yields(r, rank)]
@@ -76,8 +75,6 @@ def fits(peak, running, budget, available=None, rank=None, pressured=False):
             available += sum(r.current for r in yielding)
     if not running:
         return True
-    if pressured:
-        return False
     if budget is not None and demand(running) + peak > budget:
         return False
     if available is not None and sum(r.to_come for r in running) + peak > available:
@@ -111,7 +108,7 @@ class Waiter:
         return (self.agent_priority, self.priority)
 
 
-def pick(waiters, running, budget, available=None, pressured=False):
+def pick(waiters, running, budget, available=None):
     """Which waiters may start now, in order: strictly by priority, the agent's then the
     call's (then arrival).
 
@@ -122,7 +119,7 @@ def pick(waiters, running, budget, available=None, pressured=False):
     out = []
     running = list(running)
     for w in sorted(waiters):
-        if not fits(w.peak, running, budget, available, rank=w.rank, pressured=pressured):
+        if not fits(w.peak, running, budget, available, rank=w.rank):
             break
         out.append(w)
         running.append(Running(w.key, w.peak, 0, w.rank))   # its growth now counts for the next

@@ -15,7 +15,6 @@ from ..kernel import cgroupfs as cgf
 from ..units import format_size
 from . import admission
 from .limits import as_bytes as _bytes
-from .pressure import ROOT
 
 log = logging.getLogger("agentd.enforce")
 
@@ -65,8 +64,7 @@ class Admitter:
         a = self.e.policy.admission
         budget = self.e.policy.pressure.budget
         running = self.running()
-        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank,
-                                                           pressured=self.pressured()):
+        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank):
             self.pending[key] = pend
             return pend
         prog = _program(argv)
@@ -150,11 +148,6 @@ class Admitter:
                 for k, p in self.pending.items()]
         return out
 
-    def pressured(self):
-        """Is the agentd tree under memory pressure now (a PSI trigger or the memory
-        watch's projection, for as long as the enforcer holds it)?"""
-        return time.monotonic() <= self.e.pressure_until.get(ROOT, float("-inf"))
-
     def _lives(self, tool):
         """Does the call hold a process (or is it just starting)? The kernel's
         cgroup.events says, not the client."""
@@ -175,7 +168,7 @@ class Admitter:
             return
         self.expire_pending()
         picked = admission.pick([w for w, _ in self.waiters.values()], self.running(),
-                                self.e.policy.pressure.budget, self.e.available_fn(), self.pressured())
+                                self.e.policy.pressure.budget, self.e.available_fn())
         for w in picked:
             _, fut = self.waiters.pop(w.seq)
             if not fut.done():

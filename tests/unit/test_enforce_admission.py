@@ -119,18 +119,6 @@ def test_admission_counts_memory_really_free_not_the_sum_of_forecast_peaks():
     assert not fits(121 * MiB, running, 473 * MiB, available=220 * MiB)
 
 
-def test_under_memory_pressure_a_call_with_others_to_wait_for_waits():
-    other = Running("lo/build", 100 * MiB, 100 * MiB, rank=(100, 20), seen=100 * MiB)
-    assert fits(10 * MiB, [other], 1000 * MiB, available=800 * MiB, rank=(100, 20))
-    assert not fits(10 * MiB, [other], 1000 * MiB, available=800 * MiB, rank=(100, 20), pressured=True)
-    # alone it starts (waiting could not make room); above the running ranks it starts too
-    assert fits(10 * MiB, [], 1000 * MiB, pressured=True)
-    assert fits(10 * MiB, [other], 1000 * MiB, rank=(800, 20), pressured=True)
-    w = Waiter(priority=20, peak=10 * MiB, key="lo/pytest", agent_priority=100)
-    assert pick([w], [other], 1000 * MiB, pressured=True) == []
-    assert pick([w], [other], 1000 * MiB) == [w]
-
-
 def test_a_paused_call_past_its_peak_needs_no_growth_to_resume():
     paused = Running("lo/test", 500 * MiB, 300 * MiB, rank=(100, 20), seen=520 * MiB)
     spike = Running("lo/pytest", 900 * MiB, 100 * MiB, rank=(100, 20))

@@ -201,8 +201,8 @@ def run_vm(args):
     """One boot per tree: loading the sched_ext scheduler a second time in one boot of the
     emulated guest sometimes hits an int3 Oops while the kernel patches its text; a boot
     that panics is booted again."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import replay                         # its boot_in_vm: the kernel tier's VM
+    sys.path.insert(0, str(REPO))
+    from bench.replay.vm import boot_in_vm    # the kernel tier's VM
     base = args.out or tempfile.mkdtemp(prefix="percall-", dir=REPO / ".cache")
     rows = []
     for i, tree in enumerate(args.tree):
@@ -212,7 +212,7 @@ def run_vm(args):
             result = os.path.join(out, "percall.json")
             inner = [sys.executable, str(Path(__file__).resolve()), "--guest", "--calls", str(args.calls),
                      "--policy", args.policy, "--cmd", args.cmd, "--json", result, "--tree", str(Path(tree).resolve())]
-            status = replay.boot_in_vm(" ".join(shlex.quote(a) for a in inner), out, "4G", args.timeout)
+            status = boot_in_vm(" ".join(shlex.quote(a) for a in inner), out, "4G", args.timeout)
             if status == 0 and os.path.exists(result):
                 rows += json.loads(Path(result).read_text())
                 break

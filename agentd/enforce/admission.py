@@ -1,11 +1,19 @@
 """Admission control: pure decisions on whether a tool call may start now.
 
 The idea is the one LLM-serving schedulers use for requests ("past and future" memory):
-a running call will still grow to its forecast peak, so what it holds *and* what it will
-take count against the budget. A new call starts when its own forecast peak fits next to
-the forecast peaks of the calls already running; otherwise it waits, and waiting calls
-are admitted highest priority first (FIFO among equals) as room appears. A call never
-waits when nothing else runs: then waiting could not make room, only delay.
+what a running call holds *and* the growth its forecast still expects count; nothing else.
+A call that has already been at its forecast peak reserves no more than it holds (the part
+of a forecast still to come is the forecast above the most the call has held so far), so
+a test suite past its spike does not keep memory that is free from others. A new call
+starts when its own forecast peak fits in the memory really free (`available`: the room
+under agentd's limit less what is in use, reclaimable page cache counted as free, see
+hostmem.py) beside that growth still to come, and in the policy's budget beside what the
+running calls hold and will take; otherwise it waits at its start, where waiting costs
+only time, rather than colliding in the middle of its growth. While memory is already
+under pressure (PSI, or the memory watch's projection) a call that has others to wait for
+waits. Waiting calls are admitted highest priority first (FIFO among equals) as room
+appears. A call never waits when nothing else runs: then waiting could not make room,
+only delay.
 
 The agent's priority also decides whose memory counts. A call never waits for calls of
 lower-priority agents: their reservations do not count against it, and what they hold
@@ -28,15 +36,22 @@ class Running:
     forecast_peak: int            # bytes it is expected to reach (live re-forecast)
     current: int = 0              # bytes it holds now
     rank: tuple | None = None     # (agent priority, call priority); None: always counts
+    seen: int = 0                 # the most it has held so far
+
+    @property
+    def to_come(self):
+        """Growth its forecast still expects: the forecast above the most it has held
+        (a call that has been at its forecast peak is not reserved for it again)."""
+        return max(0, self.forecast_peak - max(self.current, self.seen))
 
     @property
     def reserved(self):
-        # It may already be past its forecast: then what it holds is the reservation.
-        return max(self.forecast_peak, self.current)
+        """What it holds and what its forecast still expects."""
+        return self.current + self.to_come
 
 
 def demand(running):
-    """Bytes the running calls hold or are forecast to reach."""
+    """Bytes the running calls hold or are still forecast to take."""
     return sum(r.reserved for r in running)
 
 
@@ -48,8 +63,8 @@ def fits(peak, running, budget, available=None, rank=None):
     """May a call forecast to peak at `peak` bytes start next to `running`?
 
     `budget`: the policy's memory budget for tool calls (bytes; None = unlimited).
-    `available`: memory the host can still give (MemAvailable); the growth the running
-    calls are still forecast to make is set against it too.
+    `available`: memory really free (agentd's room, or MemAvailable); the growth the
+    running calls are still forecast to make is set against it too.
     `rank`: the call's (agent priority, call priority); running calls of lower-priority
     agents are left out and what they hold counts as available (see the module's docstring).
     """
@@ -62,10 +77,8 @@ def fits(peak, running, budget, available=None, rank=None):
         return True
     if budget is not None and demand(running) + peak > budget:
         return False
-    if available is not None:
-        growth = sum(max(0, r.reserved - r.current) for r in running)
-        if growth + peak > available:
-            return False
+    if available is not None and sum(r.to_come for r in running) + peak > available:
+        return False
     return True
 
 
@@ -73,8 +86,8 @@ def fits_resumed(call, running, budget, available=None):
     """May a paused call (frozen, or throttled below its forecast) go on growing next to
     `running`? What it holds is already taken; its forecast growth must fit as a new
     call's peak would, ranked as the call is."""
-    growth = max(call.reserved - call.current, 0)
-    return fits(growth, running, None if budget is None else budget - call.current, available, rank=call.rank)
+    return fits(call.to_come, running, None if budget is None else budget - call.current, available,
+                rank=call.rank)
 
 
 @dataclass(order=True)

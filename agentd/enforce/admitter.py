@@ -141,7 +141,8 @@ class Admitter:
                     fc = min(fc, cap) if cap else fc
                 else:
                     fc = 0
-                out.append(admission.Running(tool.key, fc, st.current, (agent.priority, tool.plan.priority)))
+                out.append(admission.Running(tool.key, fc, st.current, (agent.priority, tool.plan.priority),
+                                             seen=st.seen))
         # Admitted but not yet started: reserve their forecast.
         out += [admission.Running(f"{k[0]}/{k[1]}", p["peak"] if p["evidence"] else 0, 0, p.get("rank"))
                 for k, p in self.pending.items()]

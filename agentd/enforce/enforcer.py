@@ -54,6 +54,7 @@ class ToolState:
         self.saved_high = None    # memory.high before the throttle step ("max" or bytes str)
         self.can = None           # frozenset of steps this cgroup offers (probed once)
         self.current = 0
+        self.seen = 0             # the most it has held so far (admission: what is still to come)
         self.live = None          # latest LiveForecast
         self.evidence = False     # forecast backed by history or a declared --mem
         self.watch_prev = None    # (ts_ns, rss_bytes) of the latest memory-watch event
@@ -280,6 +281,7 @@ class Enforcer(Reaction, Stage):
                 if cur is None:
                     continue
                 st.current = cur
+                st.seen = max(st.seen, cur)
                 self.fc.sample(tool.key, now, cur)
                 self._adapt(tool, st, available)
         self.held.read(now)

@@ -34,6 +34,7 @@ class Reaction:
         now = time.monotonic()
         self.counters["memwatch_events_total"] = self.counters.get("memwatch_events_total", 0) + 1
         st.current = max(st.current or 0, ev.rss_bytes)
+        st.seen = max(st.seen, st.current)
         self.fc.sample(tool.key, now, st.current)
         available = self.available_fn()
         self._adapt(tool, st, available)

@@ -65,6 +65,27 @@ def own_cgroup(pid="self", proc="/proc"):
     return ProcFS(proc).cgroup(pid)
 
 
+def cpu_times(proc="/proc"):
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat's "cpu" line: the
+    difference of two readings over a span is how busy the CPUs were in it. Idle and iowait
+    are not busy; steal is (the vCPU was wanted but the host ran something else)."""
+    try:
+        with open(f"{proc}/stat") as f:
+            line = f.readline()
+    except OSError as err:
+        raise KernelError(f"reading {proc}/stat: {err.strerror}") from err
+    w = line.split()
+    if not w or w[0] != "cpu":
+        raise KernelError(f"{proc}/stat: no cpu line first")
+    try:
+        ticks = [int(x) for x in w[1:]]
+    except ValueError as err:
+        raise KernelError(f"{proc}/stat: unexpected format ({err})") from err
+    total = sum(ticks[:8])                  # guest and guest_nice are inside user and nice
+    idle = sum(ticks[3:5])                  # idle + iowait
+    return total - idle, total
+
+
 # A process's arguments can be megabytes (up to ARG_MAX and more), set by whoever exec'd
 # it: an agent's child. Only the head is read; analysis looks at a few KB of it anyway
 # (agentd/shellwords.py), and the cut last argument is kept as it was read.

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agentd.replay.runner import AgentSpec, Group, build_alloc
-from agentd.replay.trace import build_schedule, load_trace, scale
+from bench.replay.runner import AgentSpec, Group, build_alloc
+from bench.replay.trace import build_schedule, load_trace, scale
 
 from .kernel_support import wait_for
 

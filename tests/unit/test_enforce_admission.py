@@ -1,5 +1,5 @@
-"""Admission control on literals: the budget counts running calls' forecast peaks (past and
-future), waiters start by priority, and a lone call never waits."""
+"""Admission control on literals: the budget counts what running calls hold and the part of
+their forecasts still to come, waiters start by priority, and a lone call never waits."""
 
 from agentd.enforce.admission import Running, Waiter, demand, fits, fits_resumed, pick
 
@@ -90,3 +90,36 @@ def test_a_paused_low_call_waits_while_a_high_agent_spike_runs():
     spike = Running("hi/pytest", 1500 * MiB, 1200 * MiB, rank=(800, 20))
     assert not fits_resumed(paused, [spike], None, available=250 * MiB)
     assert fits_resumed(paused, [], None, available=250 * MiB)    # the spike has ended
+
+
+def test_a_call_that_has_been_at_its_forecast_peak_reserves_only_what_it_holds():
+    # A test suite forecast at 300 MiB spiked to 310 MiB and is back at 40 MiB: its spike is
+    # behind it, so 260 MiB are free for others. One still growing keeps its forecast.
+    past = Running("a/pytest", 300 * MiB, 40 * MiB, seen=310 * MiB)
+    growing = Running("b/pytest", 300 * MiB, 40 * MiB, seen=40 * MiB)
+    assert (past.to_come, past.reserved) == (0, 40 * MiB)
+    assert (growing.to_come, growing.reserved) == (260 * MiB, 300 * MiB)
+    # Half way up: only the rest of its forecast is still to come.
+    half = Running("c/pytest", 300 * MiB, 100 * MiB, seen=150 * MiB)
+    assert (half.to_come, half.reserved) == (150 * MiB, 250 * MiB)
+
+
+def test_admission_counts_memory_really_free_not_the_sum_of_forecast_peaks():
+    # Four calls whose forecast peaks add up to 876 MiB, against a 473 MiB budget; three
+    # have been at their peaks and hold 60 MiB each, the fourth holds 50 of 150 MiB.
+    # 300 MiB are really free under agentd's limit.
+    running = [Running(f"a{i}/x", 242 * MiB, 60 * MiB, seen=242 * MiB) for i in range(3)]
+    running.append(Running("a3/x", 150 * MiB, 50 * MiB, seen=50 * MiB))
+    assert sum(r.forecast_peak for r in running) == 876 * MiB
+    # held 230 + still to come 100 + 143 = 473
+    assert fits(143 * MiB, running, 473 * MiB, available=300 * MiB)
+    assert not fits(144 * MiB, running, 473 * MiB, available=300 * MiB)
+    # what is really free binds when it is less: 100 MiB still to come + the call
+    assert fits(120 * MiB, running, 473 * MiB, available=220 * MiB)
+    assert not fits(121 * MiB, running, 473 * MiB, available=220 * MiB)
+
+
+def test_a_paused_call_past_its_peak_needs_no_growth_to_resume():
+    paused = Running("lo/test", 500 * MiB, 300 * MiB, rank=(100, 20), seen=520 * MiB)
+    spike = Running("lo/pytest", 900 * MiB, 100 * MiB, rank=(100, 20))
+    assert fits_resumed(paused, [spike], None, available=800 * MiB)   # 800 to come + 0

@@ -615,3 +615,15 @@ def test_a_throttled_and_frozen_call_that_fits_gets_its_limit_back_and_resumes_i
     assert t.actions[3]["ts"] - t.actions[2]["ts"] < 0.1
     assert app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] == str(256 * MiB)
     assert e.tools[t.key].applied == []
+
+
+def test_admission_sees_the_most_a_call_has_held():
+    e, app = make()
+    t = add(app, e, "a1", "t1", 50)
+    t.started_mono = time.monotonic()
+    readings = iter([300 * MiB, 40 * MiB])
+    app.ctl.sample_tool = lambda tool: next(readings)
+    e.tick(100.0)
+    e.tick(101.0)
+    (r,) = e.admitter.running()
+    assert (r.current, r.seen) == (40 * MiB, 300 * MiB)

@@ -1,13 +1,9 @@
-"""bench/replay.py's host side: what it refuses before it boots a VM."""
-import importlib.util
+"""bench/replay's host side: what it refuses before it boots a VM."""
 import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("bench_replay", os.path.join(REPO, "bench", "replay.py"))
-replay = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(replay)
+from bench.replay import cli as replay
 
 BUILT = ["agentd/_bin/agentd", "agentd/_bpf/lifecycle.bpf.o", "agentd/_bpf/memwatch.bpf.o",
          "agentd/_bpf/scx_agentd.bpf.o"]
@@ -23,7 +19,7 @@ def _tree(root, files):
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
     """A repository tree at tmp_path, with the launcher and the BPF objects looked up there."""
-    from agentd.replay import runner
+    from bench.replay import runner
     monkeypatch.setattr(replay, "REPO", str(tmp_path))
     monkeypatch.setattr(runner, "LAUNCHER", str(tmp_path / BUILT[0]))
     monkeypatch.setenv("AGENTD_BPF_DIR", str(tmp_path / "agentd" / "_bpf"))

@@ -21,20 +21,30 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from ..errors import KernelError
-from ..kernel.cgroupfs import PROCS, CgroupFS, find_cgroup2_mount
+from agentd.errors import KernelError
+from agentd.kernel.cgroupfs import PROCS, CgroupFS, find_cgroup2_mount
+from agentd.kernel.procfs import cpu_times
 from .trace import gaps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alloc.c")
 LAUNCHER = os.path.join(REPO, "agentd", "_bin", "agentd")
 POLICY = os.path.join(REPO, "policies", "multi-tenant.yaml")
-CGROUP_ROOT = find_cgroup2_mount()        # the kernel tier's guest mounts cgroup v2 at /sys/fs/cgroup
 CONTROLLERS = ("memory", "cpu", "pids")
 MODES = ("none", "static", "agentd")
 ACTIONS = ("throttle", "freeze", "kill", "queue")
 
 _seq = itertools.count()
+
+
+def cgroup_root():
+    """The cgroup v2 mount the runs create their cgroups in (the one with controllers:
+    /sys/fs/cgroup in the kernel tier's guest, whatever the host mounts elsewhere)."""
+    root = find_cgroup2_mount()
+    if root is None:
+        raise SystemExit("replay: no cgroup v2 hierarchy is mounted; the replay needs one with the "
+                         "memory, cpu and pids controllers (run it in the kernel tier's VM)")
+    return root
 
 
 def build_alloc(dest_dir):
@@ -89,8 +99,10 @@ class AgentSpec:
     schedule: object            # scaled trace.Schedule
     delay: float = 0.0          # seconds after the run starts
     measure_latency: bool = False
-    barrier: int | None = None  # this many agents start their largest calls together
-    barrier_extra: float = 0.0  # then this agent waits this much more (peaks line up)
+    barrier: int | None = None  # this many agents start their largest calls together and
+                                # hold them at their peaks until all are there
+    barrier_extra: float = 0.0  # after the start barrier, wait this much more (the largest
+                                # steps of the calls are then due at the same moment)
 
 
 @dataclass
@@ -117,6 +129,12 @@ class AgentResult:
 
 
 BARRIER_TIMEOUT_S = 300
+# How long a call holds its peak for the others. The calls' largest steps are due at the
+# same moment (barrier_extra); the hold absorbs how long each takes to touch its memory, so
+# where every call gets there, they all hold at once (the line-up). A call that agentd keeps
+# waiting at its start, or froze, does not come: the ones there go on after this long (the
+# wait is not counted either way).
+HOLD_TIMEOUT_S = 5.0
 
 
 def write_schedule(spec, run_dir, alias, tool_prefix, barrier_dir=None):
@@ -129,6 +147,7 @@ def write_schedule(spec, run_dir, alias, tool_prefix, barrier_dir=None):
         if barrier_dir is not None and spec.barrier and i == spec.schedule.peak_call:
             lines.append(f"barrier {barrier_dir} {spec.name} {spec.barrier} {BARRIER_TIMEOUT_S} "
                          f"{spec.barrier_extra:.6f}")
+            lines.append(f"hold {barrier_dir}-hold {spec.name} {spec.barrier} {HOLD_TIMEOUT_S}")
         argv = [*tool_prefix, alias, "-c", call.command.replace("\0", " ") or "true"]
         argv_file, prof_file = os.path.join(d, f"c{i}.argv"), os.path.join(d, f"c{i}.prof")
         with open(argv_file, "wb") as f:
@@ -199,6 +218,38 @@ def read_latencies(path):
         return []
 
 
+class CpuMeter:
+    """How busy the guest's CPUs were during a run: the busy share of every whole second
+    (from /proc/stat), summarised as mean, p95 and max. Memory is meant to bind in the
+    benchmark, so a run whose CPUs were near full measures the CPUs instead: this says which."""
+
+    def __init__(self, period=1.0, read=cpu_times):
+        self.period, self.read = period, read
+        self.shares, self.first, self.last, self.t = [], None, None, None
+
+    def start(self):
+        self.first = self.last = self.read()
+        self.t = time.monotonic()
+
+    def tick(self, final=False):
+        now = time.monotonic()
+        if self.last is None or (now - self.t < self.period and not final):
+            return
+        cur = self.read()
+        db, dt = cur[0] - self.last[0], cur[1] - self.last[1]
+        if dt > 0 and (now - self.t >= self.period / 2):
+            self.shares.append(db / dt)
+        self.last, self.t = cur, now
+
+    def summary(self):
+        if self.first is None or self.last is None or self.last[1] <= self.first[1]:
+            return None
+        xs = sorted(self.shares)
+        mean = (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])
+        return {"mean": round(mean, 3), "p95": round(xs[int(0.95 * (len(xs) - 1))], 3) if xs else None,
+                "max": round(xs[-1], 3) if xs else None}
+
+
 class AgentdHost:
     """One `agentd daemon` for a whole benchmark (its start takes a minute in the emulated
     guest): it owns `<parent>/agentd`; each run sets the parent's memory.max (its budget)."""
@@ -257,7 +308,7 @@ class AgentdHost:
             time.sleep(0.2)
 
     def events(self):
-        from ..eventlog import read_events
+        from agentd.eventlog import read_events
         return list(read_events(self.event_log))
 
     def stop(self):
@@ -287,7 +338,7 @@ class Group:
         self.host = host
         self.mode, self.specs, self.budget = mode, specs, budget
         self.exe, self.alias = exe, alias
-        self.fs = CgroupFS(CGROUP_ROOT)
+        self.fs = CgroupFS(cgroup_root())
         self.parent = f"agentd-replay-{os.getpid()}-{next(_seq)}"
         self.run_dir = os.path.join(work_dir, self.parent)
         self.barrier_dir = os.path.join(self.run_dir, "barrier")
@@ -297,10 +348,12 @@ class Group:
         self.group_peak = None      # the most memory the whole group held at once
         self._group_peak_file = None
         self.timed_out = set()
+        self.cpu = CpuMeter()
 
     # --- setup ---------------------------------------------------------------------
     def _setup(self):
         os.makedirs(self.barrier_dir, exist_ok=True)
+        os.makedirs(self.barrier_dir + "-hold", exist_ok=True)
         if self.host is not None:
             self.host.set_budget(self.budget)
             self.events_from = len(self.host.events())
@@ -371,11 +424,14 @@ class Group:
                 self._spawn(s, t0)
             deadline = t0 + timeout
             running = dict(self.procs)
+            self.cpu.start()
             while running:
+                self.cpu.tick()
                 for name, p in list(running.items()):
                     if p.poll() is not None:
                         # An agent that ended (or died) before the barrier must not hold the others.
-                        open(os.path.join(self.barrier_dir, name), "a").close()
+                        for b in (self.barrier_dir, self.barrier_dir + "-hold"):
+                            open(os.path.join(b, name), "a").close()
                         del running[name]
                 if running and time.monotonic() > deadline:
                     for name, p in running.items():
@@ -385,6 +441,7 @@ class Group:
                         p.wait()
                     break
                 time.sleep(0.2)
+            self.cpu.tick(final=True)
             self._read_peaks()
             return self._results()
         finally:

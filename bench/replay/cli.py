@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Multi-tenant replay benchmark: real agent traces, three modes, on the kernel tier's VM.
 
-    python3 bench/replay.py --traces DIR [--scenario isolation|density] [--mode none|static|agentd|all]
+    python3 bench/replay --traces DIR [--scenario isolation|density] [--mode none|static|agentd|all]
                             [--json FILE] [--quick] [--triples N] [--runs N] [--speed X] [--mem-scale F]
 
-One trace = one agent (agentd/replay/trace.py has the exact derivation): the agent process
+One trace = one agent (bench/replay/trace.py has the exact derivation): the agent process
 holds the trace's memory before its first tool call; each Bash call is a real child process
 that allocates and touches memory following the trace's samples during the call (relative
 to the memory just before it) and frees it at its end; the gaps between calls are idle.
 
 Scaling, the same for every mode: time is compressed by --speed (default 20: a 360 s trace
-replays in 18 s) and memory multiplied by --mem-scale (default 0.25); the guest has
+replays in 18 s; every run reports how busy the guest's 2 vCPUs were, so a figure where
+the CPUs rather than memory bound shows as such) and memory multiplied by --mem-scale (default 0.25); the guest has
 --guest-memory (default 4G) of RAM, 2 vCPUs, swap off. agentd sizes itself from the budget (the
 memory.max above its root), so the policy's percentages count against the budget.
 
@@ -20,11 +21,15 @@ agent as container runtimes set it), static (plus memory.max = budget / n per ag
 agents via `agentd run --class high|low`, tool calls via `agentd tool`).
 
 Trace order (isolation triples and density draws): replayed peak / baseline (the agent's
-largest Bash-call rise over what it holds; trace.spike_ratio), largest first, then name; isolation triple k = traces 3k..3k+2, the first HIGH, the others LOW; their
-largest tool calls are lined up in time. Solo times and peaks come from each trace run alone
-(per mode family: plain cgroup for none/static, agentd for agentd). Isolation budget = 0.85 x
-sum of the three plain solo peaks; density budget = --density-budget (default: the first
-triple's isolation budget).
+largest Bash-call rise over what it holds; trace.spike_ratio), largest first, then name;
+isolation triple k = traces 3k..3k+2, the first HIGH, the others LOW; their largest tool
+calls are lined up by construction (each holds its peak until all three are there; the run
+exits 3 when no control did not lose an agent in every run). Solo times and peaks come from
+each trace run alone (per mode family: plain cgroup for none/static, agentd for agentd; the
+plain solo is run for agentd too, for agentd's own cost). Isolation budget = 0.85 x sum of
+the three plain solo peaks; density budget = --density-budget (default: the budget under
+which no control fits --density-fit agents, default 3, at the trace level). --half a|b
+keeps one half of the folder's issue instances, so the other can be held out.
 
 The workload program and agentd's launcher run from copies on the guest's tmpfs (its root
 is the host's file system over 9p, which reads a binary again at every exec), as an installed
@@ -39,17 +44,14 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from agentd.replay import report  # noqa: E402
-from agentd.replay.trace import load_folder  # noqa: E402
+from . import report
+from .trace import half_of, load_folder
+from .vm import REPO, boot_in_vm
 
 RUNS_DIR = os.path.join(REPO, ".cache", "replay")
 
@@ -67,7 +69,13 @@ def parse_args(argv):
     p.add_argument("--speed", type=float, default=20.0)
     p.add_argument("--mem-scale", type=float, default=0.25)
     p.add_argument("--guest-memory", default="4G")
-    p.add_argument("--density-budget", type=int, help="bytes (default: first triple's isolation budget)")
+    p.add_argument("--density-budget", type=int,
+                   help="bytes (default: the budget under which no control fits --density-fit agents at the "
+                        "trace level, trace.budget_for)")
+    p.add_argument("--density-fit", type=int, default=3)
+    p.add_argument("--half", choices=("a", "b"),
+                   help="only one half of the folder's issue instances (crc32 of `instance` mod 2, as "
+                        "bench/forecast.py --half): develop on one, hold the other out")
     p.add_argument("--max-agents", type=int, default=8)
     p.add_argument("--timeout", type=float, default=3000, help="seconds allowed for the whole VM run")
     p.add_argument("--report", metavar="JSON", help="print the tables of an earlier run's JSON (also a partial one)")
@@ -81,20 +89,29 @@ def parse_args(argv):
 MODES = ["none", "static", "agentd"]
 
 
+def traces_of(a):
+    traces = load_folder(a.traces)
+    if a.half:
+        traces = half_of(traces, a.half)
+        if not traces:
+            raise SystemExit(f"replay: half {a.half} of {a.traces} holds no trace")
+    return traces
+
+
 def modes_of(a):
     if a.mode == "all":
         return list(MODES)
     modes = a.mode.split(",")
     bad = [m for m in modes if m not in MODES]
     if bad:
-        raise SystemExit(f"replay.py: unknown mode(s) {', '.join(bad)}: use none, static, agentd or all")
+        raise SystemExit(f"replay: unknown mode(s) {', '.join(bad)}: use none, static, agentd or all")
     return modes
 
 
 # --- inside the VM ------------------------------------------------------------------
 def guest_main(a):
-    from agentd.replay.runner import build_alloc, localize
-    from agentd.replay.scenario import ISOLATION_FACTOR, Bench
+    from .runner import build_alloc, localize
+    from .scenario import ISOLATION_FACTOR, Bench
     out = a.in_guest
     progress = open(os.path.join(out, "progress.log"), "a", buffering=1)
 
@@ -103,7 +120,7 @@ def guest_main(a):
     exe, alias = build_alloc(os.path.join(out, "bin"))
     # Run the binaries from the guest's tmpfs, as an installed agentd runs from local disk.
     exe, alias = localize(exe, tempfile.mkdtemp(prefix="agentd-replay-bin-"))
-    bench = Bench(load_folder(a.traces), a.speed, a.mem_scale, os.path.join(out, "work"), exe, alias, log)
+    bench = Bench(traces_of(a), a.speed, a.mem_scale, os.path.join(out, "work"), exe, alias, log)
     result = {"config": {"traces": os.path.abspath(a.traces), "speed": a.speed, "mem_scale": a.mem_scale,
                          "guest_memory": a.guest_memory, "kernel": os.uname().release, "triples": a.triples,
                          "runs": a.runs, "first_triple": a.first_triple, "isolation_budget_factor": ISOLATION_FACTOR,
@@ -128,83 +145,22 @@ def guest_main(a):
 
 
 def run_scenarios(a, bench, result, save):
-    from agentd.replay.scenario import ISOLATION_FACTOR
+    from .trace import budget_for
     if a.scenario in ("isolation", "both"):
         result["isolation"] = bench.isolation(modes_of(a), a.triples, a.runs, a.first_triple)
         save()
     if a.scenario in ("density", "both"):
         budget = a.density_budget
         if budget is None:
-            names = [t.name for t in bench.traces[:3]]
-            for n in names:
-                bench.solo_run(n, "plain")
-            budget = int(ISOLATION_FACTOR * sum(bench.solo[(n, "plain")].peak_bytes or 0 for n in names))
+            budget = budget_for([bench.schedules[t.name] for t in bench.traces[:a.max_agents]], a.density_fit)
+            if budget is None:
+                raise SystemExit(f"replay: no budget fits exactly {a.density_fit} agent(s) among the first "
+                                 f"{a.max_agents}; give --density-budget")
         result["density"] = bench.density(modes_of(a), budget, a.max_agents)
         save()
 
 
 # --- on the host --------------------------------------------------------------------
-GUEST_SCRIPT = """\
-#!/bin/sh
-# Runs inside the kernel-tier guest; written by bench/replay.py.
-OUT={out}
-swapoff -a 2>/dev/null
-cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
-PYTHONDONTWRITEBYTECODE=1 {cmd} > "$OUT/guest.log" 2>&1
-echo $? > "$OUT/status"
-"""
-
-
-def boot_in_vm(command, out, memory, timeout, on_tick=None, tries=3):
-    """boot_once, booted again when the guest kernel panicked before the command began
-    (seen under QEMU's software emulation: an int3 Oops while the kernel patches its text)."""
-    for attempt in range(tries):
-        status = boot_once(command, out, memory, timeout, on_tick)
-        console = open(os.path.join(out, "console.log"), errors="replace").read()
-        started = os.path.exists(os.path.join(out, "guest.log"))
-        if status is not None or started or "Kernel panic" not in console:
-            return status
-        os.replace(os.path.join(out, "console.log"), os.path.join(out, f"console.panic{attempt}.log"))
-        print("replay: the guest kernel panicked while booting; booting again", file=sys.stderr)
-    return None
-
-
-def boot_once(command, out, memory, timeout, on_tick=None):
-    """Run `command` (a shell line) as root in the kernel tier's VM with `memory` of RAM;
-    the guest sees the host's filesystem, `out` is writable. Returns the guest's exit
-    status (None when it wrote none)."""
-    sys.path.insert(0, os.path.join(REPO, "tests", "kernel"))
-    import run as tier                  # tests/kernel/run.py: kernel fetch and cache
-    tier.check_host()
-    abi, vmlinuz = tier.prepare_kernel()
-    script = os.path.join(out, "guest.sh")
-    with open(script, "w") as f:
-        f.write(GUEST_SCRIPT.format(out=shlex.quote(out), repo=shlex.quote(REPO), cmd=command))
-    argv = ["vng", "--disable-kvm", "-r", vmlinuz, "--user", "root", "--memory", memory,
-            "--cpus", tier.GUEST_CPUS, "--rwdir", out, "--cwd", REPO, "--exec", f"sh {shlex.quote(script)}",
-            "--verbose"]
-    with open(os.path.join(out, "console.log"), "w") as con:
-        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=con, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                if on_tick:
-                    on_tick()
-                time.sleep(1)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if on_tick:
-            on_tick()
-    try:
-        with open(os.path.join(out, "status")) as f:
-            return int(f.read().strip() or 2)
-    except (OSError, ValueError):
-        return None
-
-
 def tailer(path):
     """A callable that copies new lines of `path` to stderr."""
     pos = [0]
@@ -232,28 +188,31 @@ def missing_builds():
     and `agentd tool` to Python read over 9p per call: the run would measure the
     fallbacks, several times slower in the emulated guest, not agentd."""
     from agentd.kernel.bpf_objects import object_path
-    from agentd.replay import runner
+    from . import runner
     need = [runner.LAUNCHER] + [object_path(n) for n in ("lifecycle", "memwatch", "scx_agentd")]
     inside = os.path.join(REPO, "")
     return [p[len(inside):] if p.startswith(inside) else p for p in need if not os.path.exists(p)]
 
 
 def host_main(a):
-    load_folder(a.traces)               # fail here, not in the VM, on a bad folder
+    traces_of(a)                        # fail here, not in the VM, on a bad folder
     missing = missing_builds() if "agentd" in modes_of(a) else []
     if missing:
-        raise SystemExit(f"replay.py: {', '.join(missing)} missing in {REPO}: the agentd mode would measure "
+        raise SystemExit(f"replay: {', '.join(missing)} missing in {REPO}: the agentd mode would measure "
                          f"agentd's fallbacks; build them first with `python3 -m agentd._build`")
     out = os.path.join(RUNS_DIR, time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
     os.makedirs(out)
-    from agentd.replay.runner import build_alloc
+    from .runner import build_alloc
     build_alloc(os.path.join(out, "bin"))   # gcc on the host: the guest would take seconds
     fwd = ["--traces", os.path.abspath(a.traces), "--scenario", a.scenario, "--mode", a.mode,
            "--triples", str(a.triples), "--first-triple", str(a.first_triple), "--runs", str(a.runs), "--speed", str(a.speed),
            "--mem-scale", str(a.mem_scale), "--guest-memory", a.guest_memory, "--max-agents", str(a.max_agents)]
     if a.density_budget:
         fwd += ["--density-budget", str(a.density_budget)]
-    cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "replay.py"), *fwd, "--in-guest", out])
+    if a.half:
+        fwd += ["--half", a.half]
+    fwd += ["--density-fit", str(a.density_fit)]
+    cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "replay"), *fwd, "--in-guest", out])
     print(f"replay: booting the VM ({a.guest_memory} RAM); work dir {out}", file=sys.stderr)
     t0 = time.monotonic()
     status = boot_in_vm(cmd, out, a.guest_memory, a.timeout, tailer(os.path.join(out, "progress.log")))
@@ -270,6 +229,10 @@ def host_main(a):
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
+    if (result.get("isolation") or {}).get("none_lost_every_run") is False:
+        print("replay: the line-up failed: no control kept every agent in some isolation run, so those runs "
+              "did not test sharing", file=sys.stderr)
+        return 3
     return 0 if status == 0 else 1
 
 
@@ -298,6 +261,12 @@ def print_tables(result):
         print(f"### B. Density (budget {den['budget'] / 2**20:.0f} MiB, agents in order, all class low)\n")
         print(report.density_table(den))
         print()
+        b = den.get("bounds")
+        if b:
+            print(f"Trace-level bounds at this budget: no-collision {b['no_collision']}, largest call beside "
+                  f"every baseline {b['spike_beside_baselines']}, fluid {b['fluid']}\n")
+            print(report.density_steps_table(den))
+            print()
         for text, ok in report.density_targets(den):
             print(f"- target {text}: {'met' if ok else 'NOT met'}")
         den["agents_reached"] = {m: v["agents"] for m, v in den["modes"].items()}
@@ -317,7 +286,7 @@ def main(argv=None):
             print_tables(json.load(f))
         return 0
     if not a.traces:
-        raise SystemExit("replay.py: --traces DIR is required")
+        raise SystemExit("replay: --traces DIR is required")
     if a.in_guest:
         guest_main(a)
         return 0

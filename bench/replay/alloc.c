@@ -23,6 +23,12 @@
  *                   (T: CLOCK_MONOTONIC s)
  * AGENTD_REPLAY_LATENCY (optional): file the tool role appends one line per chunk to:
  *                   microseconds to map and touch that chunk (allocation latency).
+ * "hold DIR NAME N TIMEOUT_S" (a schedule line before a call): that call, once it holds its
+ *                   largest step, creates DIR/NAME and stays there until DIR holds N entries
+ *                   or TIMEOUT_S passed, then goes on with the rest of its profile; it appends
+ *                   "sync WAITED_S" to the agent's RESULT (the tool role gets both through
+ *                   AGENTD_REPLAY_HOLD and AGENTD_REPLAY_SYNC). Several agents then hold their
+ *                   peaks at the same time by construction, whatever their allocation speed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -76,8 +82,30 @@ static void *touch_chunk(void) {
     return p;
 }
 
+static double barrier(const char *dir, const char *name, int n, double timeout);
+
 /* --- tool role ----------------------------------------------------------------------- */
 static void *chunks[MAX_CHUNKS];
+
+/* Wait at the hold barrier named by AGENTD_REPLAY_HOLD ("DIR NAME N TIMEOUT_S"); report
+ * the wait into AGENTD_REPLAY_SYNC. Returns the seconds waited (0 without a hold). */
+static double hold(void) {
+    const char *spec = getenv("AGENTD_REPLAY_HOLD");
+    char dir[4096], name[256];
+    int n;
+    double timeout;
+    if (!spec || sscanf(spec, "%4095s %255s %d %lf", dir, name, &n, &timeout) != 4) return 0;
+    double w = barrier(dir, name, n, timeout);
+    const char *sync = getenv("AGENTD_REPLAY_SYNC");
+    int fd = sync ? open(sync, O_WRONLY | O_APPEND) : -1;
+    if (fd >= 0) {
+        char line[64];
+        int len = snprintf(line, sizeof line, "sync %.6f\n", w);
+        if (write(fd, line, (size_t)len) < 0) { /* best effort */ }
+        close(fd);
+    }
+    return w;
+}
 
 static int tool(void) {
     const char *prof = getenv("AGENTD_REPLAY_PROFILE");
@@ -90,6 +118,15 @@ static int tool(void) {
     unsigned long long bytes;
     long have = 0;
     if (fscanf(f, "%lf", &dur) != 1) { fprintf(stderr, "alloc: %s: no duration\n", prof); return 2; }
+    /* The largest step (the first of equals) is where a hold waits. */
+    long pos = ftell(f), step = 0, top = -1;
+    unsigned long long most = 0;
+    while (fscanf(f, "%lf %llu", &off, &bytes) == 2) {
+        if (top < 0 || bytes > most) { most = bytes; top = step; }
+        step++;
+    }
+    fseek(f, pos, SEEK_SET);
+    step = 0;
     while (fscanf(f, "%lf %llu", &off, &bytes) == 2) {
         sleep_until(t0 + off);
         long want = (long)((bytes + CHUNK / 2) / CHUNK);
@@ -108,6 +145,7 @@ static int tool(void) {
         }
         if (lfd >= 0 && len && write(lfd, line, len) < 0) {}
         while (have > want) munmap(chunks[--have], CHUNK);
+        if (step++ == top) t0 += hold();    /* the rest of the profile moves by the wait */
     }
     fclose(f);
     sleep_until(t0 + dur);
@@ -140,6 +178,9 @@ static double barrier(const char *dir, const char *name, int n, double timeout) 
 }
 
 /* --- agent role ---------------------------------------------------------------------- */
+static char hold_spec[4608];   /* the next call's hold ("" = none) */
+static const char *result_path;
+
 static int run_call(const char *argv_file, const char *prof) {
     static char buf[65536];
     char *args[MAX_ARGS + 1];
@@ -156,6 +197,12 @@ static int run_call(const char *argv_file, const char *prof) {
     if (pid < 0) { perror("fork"); return -1; }
     if (pid == 0) {
         setenv("AGENTD_REPLAY_PROFILE", prof, 1);
+        if (hold_spec[0]) {
+            setenv("AGENTD_REPLAY_HOLD", hold_spec, 1);
+            setenv("AGENTD_REPLAY_SYNC", result_path, 1);
+        } else {
+            unsetenv("AGENTD_REPLAY_HOLD");
+        }
         execv(args[0], args);
         perror(args[0]);
         _exit(127);
@@ -170,6 +217,7 @@ static int agent(const char *sched, const char *result) {
     if (!f) { perror(sched); return 2; }
     int out = open(result, O_WRONLY | O_APPEND | O_CREAT, 0644);
     if (out < 0) { perror(result); return 2; }
+    result_path = result;
     unsigned long long base = 0;
     if (fscanf(f, " baseline %llu", &base) != 1) { fprintf(stderr, "alloc: %s: no baseline\n", sched); return 2; }
     unsigned long n = (base + CHUNK / 2) / CHUNK;
@@ -198,6 +246,17 @@ static int agent(const char *sched, const char *result) {
             put(out, "sync %.6f\n", w + now() - t);
             continue;
         }
+        if (strcmp(word, "hold") == 0) {
+            char dir[4096], name[256];
+            int n;
+            double timeout;
+            if (fscanf(f, "%4095s %255s %d %lf", dir, name, &n, &timeout) != 4) {
+                fprintf(stderr, "alloc: %s: bad hold\n", sched);
+                return 2;
+            }
+            snprintf(hold_spec, sizeof hold_spec, "%s %s %d %.3f", dir, name, n, timeout);
+            continue;
+        }
         if (strcmp(word, "call") != 0 || fscanf(f, "%lf %4095s %4095s", &gap, argv_file, prof) != 3) {
             fprintf(stderr, "alloc: %s: bad line at call %d\n", sched, i);
             return 2;
@@ -205,6 +264,7 @@ static int agent(const char *sched, const char *result) {
         sleep_until(now() + gap);
         double a = now();
         int st = run_call(argv_file, prof);
+        hold_spec[0] = 0;
         put(out, "call %d %.6f %.6f %d\n", i++, a, now(), st);
     }
     put(out, "done %.6f\n", now());

@@ -4,29 +4,34 @@ Isolation: triples of traces drawn in `spiky_order` (triple k = traces 3k, 3k+1,
 first is the HIGH agent, the other two LOW). Every trace first runs alone (solo) once per
 mode family: "plain" (a bare cgroup, no limit: the solo of none and static) and "agentd"
 (alone under a daemon, no budget). Budget = 0.85 x the sum of the three plain solo peaks
-(memory.peak of each agent's cgroup). The agents start with offsets that line up their
-largest tool calls, the worst case for sharing: before its largest call each agent waits at a
-barrier until the others reach theirs (or have ended), then long enough that the three calls
-reach their largest memory at the same moment (trace.peak_instant); the wait is reported and
-not counted in its completion time.
+(memory.peak of each agent's cgroup). The agents line up their largest tool calls, the worst
+case for sharing, by construction: before its largest call each agent waits at a barrier
+until the others reach theirs (or have ended) and then until its largest step is due with
+theirs (the trace's offsets); then each of those calls, once it holds its
+largest step, holds it at a second barrier until all three are there (or runner.HOLD_TIMEOUT_S
+passed: a call that agentd keeps waiting at its start never comes). Both waits are reported and
+not counted in completion times. The lined-up peaks exceed the budget, so with no control an
+agent is lost in every run; the benchmark checks that (`none_lost_every_run`).
 
 Density: agents drawn in the same order, all of class low, all started together, under a
 fixed budget; n grows from 1 until a run loses an agent or its median slowdown exceeds
-1.25x; the mode's figure is the largest n that passed.
+1.25x; the mode's figure is the largest n that passed. Beside each step: the trace-level
+bounds (trace.density_bounds) and how busy the guest's CPUs were.
+
+Slowdown is against the same trace's solo run in the same mode family; agentd's rows also
+give it against the plain solo (`slowdown_vs_plain`) and agentd's solo cost (`solo_ratio`).
 """
 
 import statistics
 import tempfile
 import time
 
-from ..kernel.cgroupfs import CgroupFS
-from .runner import CGROUP_ROOT, AgentdHost, AgentSpec, Group
-from .trace import build_schedule, peak_instant, scale, spiky_order
+from agentd.kernel.cgroupfs import CgroupFS
+from .runner import AgentdHost, AgentSpec, Group, cgroup_root
+from .trace import build_schedule, density_bounds, peak_offset, scale, spiky_order
 
 ISOLATION_FACTOR = 0.85
 DENSITY_SLOWDOWN = 1.25
-# Touching fresh memory in the emulated guest: ~7 ms per MiB (tests/kernel/test_replay.py).
-ALLOC_BYTES_PER_S = 140 << 20
 
 
 def family(mode):
@@ -55,16 +60,20 @@ class Bench:
                    for s in specs) + 120
 
     def _group(self, mode, specs, budget):
-        """Run `specs` as one group: ([AgentResult], the group's combined memory peak)."""
+        """Run `specs` as one group: ([AgentResult], the group's combined memory peak); the
+        group's CPU use is left in self.last_cpu."""
         t0 = time.monotonic()
         host = None
         if mode == "agentd":
             if self.host is None:
-                self.host = AgentdHost(CgroupFS(CGROUP_ROOT), self.work_dir, self.state_dir, self.log).start()
+                self.host = AgentdHost(CgroupFS(cgroup_root()), self.work_dir, self.state_dir, self.log).start()
             host = self.host
         g = Group(mode, specs, budget, self.work_dir, self.exe, self.alias, host=host, log=self.log)
         res = g.run(self._timeout(specs))
+        self.last_cpu = g.cpu.summary()
         peak = f", peak {fmt_mib(g.group_peak)}" if g.group_peak else ""
+        if self.last_cpu:
+            peak += f", CPUs busy {self.last_cpu['mean']:.0%} (p95 {self.last_cpu['p95'] or 0:.0%})"
         self.log(f"  {mode}: {len(specs)} agent(s), budget {fmt_mib(budget)}{peak}: "
                  + ", ".join(f"{r.trace}={'%.1fs' % r.seconds if r.completed else 'LOST'}" for r in res)
                  + f" ({time.monotonic() - t0:.0f} s)")
@@ -90,6 +99,12 @@ class Bench:
                               "throttled": r.actions.get("throttle", 0), "queued": r.actions.get("queue", 0)},
                "peak_bytes": r.peak_bytes}
         if fam == "agentd":
+            # agentd's own cost: its solo against the plain solo, and the slowdown against
+            # the plain solo (what an agent feels against running with no agentd at all).
+            plain = self.solo.get((r.trace, "plain"))
+            plain_s = plain.seconds if plain and plain.completed else None
+            row["solo_ratio"] = rnd(solo_s / plain_s) if solo_s and plain_s else None
+            row["slowdown_vs_plain"] = rnd(r.seconds / plain_s) if r.seconds and plain_s else None
             # Where an agent's extra time went: paused by the ladder, held in admission,
             # and its calls' own running time against the solo run's.
             row["time_s"] = {"frozen": r.frozen_s, "queued": r.queued_s, "calls": r.calls_s,
@@ -121,24 +136,32 @@ class Bench:
             budget = int(ISOLATION_FACTOR * sum(peaks))
             out["triples"].append({"traces": names, "priorities": prio, "solo_peaks": peaks, "budget": budget})
             self.log(f"triple {k}: {names}, solo peaks {[fmt_mib(p) for p in peaks]}, budget {fmt_mib(budget)}")
+            # After the start barrier each agent waits until its largest step is due with the
+            # others' (by the trace's offsets); the hold at the peak absorbs the touch time.
+            offs = [peak_offset(self.schedules[n].calls[self.schedules[n].peak_call])
+                    if self.schedules[n].calls else 0.0 for n in names]
             for mode in modes:
-                inst = [peak_instant(self.schedules[n].calls[self.schedules[n].peak_call], ALLOC_BYTES_PER_S)
-                        if self.schedules[n].calls else 0.0 for n in names]
                 for r in range(runs):
                     specs = [AgentSpec(name=f"a{i}", trace=n, priority=p, schedule=self.schedules[n],
                                        measure_latency=p == "high", barrier=len(names),
-                                       barrier_extra=max(inst) - inst[i])
+                                       barrier_extra=max(offs) - offs[i])
                              for i, (n, p) in enumerate(zip(names, prio))]
                     res, group_peak = self._group(mode, specs, budget)
                     out["modes"][mode]["runs"].append({
                         "triple": k, "run": r, "budget": budget,
                         # the most the three held at once (memory.peak of their parent)
                         "group_peak_bytes": group_peak,
-                        # seconds each agent waited for the others before its largest call
+                        # seconds each agent waited for the others at its largest call
                         "barrier_waits_s": [rnd(x.sync_wait) for x in res],
+                        "cpu_busy": self.last_cpu,
                         "agents": [self._agent_row(x, family(mode)) for x in res]})
                     out["solo"] = self._solo_table()
                     self.checkpoint("isolation", out)
+        if "none" in out["modes"]:
+            # The line-up holds the peaks together above the budget: with no control an
+            # agent must be lost in every run, or the scenario did not test sharing.
+            runs_ = out["modes"]["none"]["runs"]
+            out["none_lost_every_run"] = bool(runs_) and all(any(a["lost"] for a in r["agents"]) for r in runs_)
         out["solo"] = self._solo_table()
         return out
 
@@ -150,12 +173,16 @@ class Bench:
     # --- B. density ------------------------------------------------------------------
     def density(self, modes, budget, max_agents):
         names = [t.name for t in self.traces[:max_agents]]
-        out = {"budget": budget, "order": names, "max_agents": max_agents, "modes": {}}
+        bounds = density_bounds([self.schedules[n] for n in names], budget)
+        out = {"budget": budget, "order": names, "max_agents": max_agents, "bounds": bounds, "modes": {}}
+        self.log(f"density bounds at {fmt_mib(budget)}: no-collision {bounds['no_collision']}, "
+                 f"spike beside baselines {bounds['spike_beside_baselines']}, fluid {bounds['fluid']}")
         for mode in modes:
             fam = family(mode)
             steps, best = [], 0
             for n in range(1, len(names) + 1):
                 for name in names[:n]:
+                    self.solo_run(name, "plain")
                     self.solo_run(name, fam)
                 specs = [AgentSpec(name=f"a{i}", trace=x, priority="low", schedule=self.schedules[x])
                          for i, x in enumerate(names[:n])]
@@ -164,7 +191,11 @@ class Bench:
                 slow = [r["slowdown"] for r in rows if r["slowdown"] is not None]
                 med = statistics.median(slow) if slow else None
                 ok = lost == 0 and med is not None and med <= DENSITY_SLOWDOWN
-                steps.append({"agents": n, "lost": lost, "median_slowdown": rnd(med), "ok": ok, "per_agent": rows})
+                vs_plain = [r["slowdown_vs_plain"] for r in rows if r.get("slowdown_vs_plain") is not None]
+                steps.append({"agents": n, "lost": lost, "median_slowdown": rnd(med), "ok": ok,
+                              "median_slowdown_vs_plain": rnd(statistics.median(vs_plain)) if vs_plain else None,
+                              "calls_killed": sum(r["tool_calls"]["killed"] for r in rows),
+                              "cpu_busy": self.last_cpu, "bounds": bounds["steps"][n - 1], "per_agent": rows})
                 out["modes"][mode] = {"agents": best if not ok else n, "steps": steps}
                 self.checkpoint("density", out)
                 if not ok:

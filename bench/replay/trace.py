@@ -64,15 +64,12 @@ class Schedule:
         return max(range(len(self.calls)), key=lambda i: (self.calls[i].peak, -i))
 
 
-def peak_instant(call, alloc_bytes_per_s):
-    """Seconds after `call` starts when it holds its most memory: the offset of its largest
-    step plus the time to touch that step's jump over the step before (allocation is not
-    instant: in the emulated guest about 140 MiB/s)."""
+def peak_offset(call):
+    """Seconds after `call` starts when its profile reaches its largest step (the first of
+    equals); 0 without steps."""
     if not call.steps:
         return 0.0
-    k = max(range(len(call.steps)), key=lambda i: (call.steps[i][1], -i))
-    jump = call.steps[k][1] - (call.steps[k - 1][1] if k else 0)
-    return call.steps[k][0] + max(0, jump) / alloc_bytes_per_s
+    return max(call.steps, key=lambda st: (st[1], -st[0]))[0]
 
 
 @dataclass(frozen=True)
@@ -199,3 +196,73 @@ def gaps(schedule):
         out.append(max(0.0, c.start - prev))
         prev = c.end
     return out, max(0.0, schedule.duration - prev)
+
+
+def usage(schedule, dt=0.05):
+    """The memory a replayed agent holds over time when nothing delays it: [bytes] per `dt`
+    seconds from its start to its end (baseline plus the running call's profile step)."""
+    n = max(1, round(schedule.duration / dt))
+    out = [schedule.baseline] * n
+    for c in schedule.calls:
+        steps = sorted(c.steps)
+        for k, (off, b) in enumerate(steps):
+            lo = round((c.start + off) / dt)
+            hi = round((c.start + steps[k + 1][0]) / dt) if k + 1 < len(steps) else round(c.end / dt)
+            for i in range(max(lo, 0), min(max(hi, lo + 1), n)):
+                out[i] = schedule.baseline + b
+    return out
+
+
+def density_bounds(schedules, budget, dt=0.05):
+    """Trace-level bounds for agents 1..len(schedules) started together under `budget`:
+    per n, the peak of their summed memory and the sum of their mean memory (each agent's
+    mean over its own run), and the two bounds: `no_collision`, the largest n whose summed
+    peak stays within the budget (what no control fits if nothing moves in time), and
+    `fluid`, the largest n whose summed means do (what perfect packing in time could fit).
+    `spike_beside_baselines`: the largest n where the largest call of any of them fits beside
+    every agent's baseline (what holding calls back at their start can reach while all n
+    agents live: past it, some call collides whenever it runs). A bound is the largest n such
+    that every count up to it passes."""
+    steps, total, means, baselines, spike = [], [], 0.0, 0, 0
+    no_collision = fluid = beside = 0
+    for n, s in enumerate(schedules, 1):
+        u = usage(s, dt)
+        if len(u) > len(total):
+            total += [0] * (len(u) - len(total))
+        for i, b in enumerate(u):
+            total[i] += b
+        means += sum(u) / len(u)
+        baselines += s.baseline
+        spike = max(spike, s.peak - s.baseline)
+        peak = max(total)
+        if peak <= budget and no_collision == n - 1:
+            no_collision = n
+        if means <= budget and fluid == n - 1:
+            fluid = n
+        if baselines + spike <= budget and beside == n - 1:
+            beside = n
+        steps.append({"agents": n, "peak_of_sum": int(peak), "sum_of_means": int(means),
+                      "baselines_plus_largest_spike": int(baselines + spike)})
+    return {"budget": budget, "no_collision": no_collision, "fluid": fluid,
+            "spike_beside_baselines": beside, "steps": steps}
+
+
+def budget_for(schedules, fit, dt=0.05):
+    """A density budget under which no control fits `fit` agents at the trace level: midway
+    between the peak of the first `fit` agents' summed memory and the next larger peak as
+    more join (so `fit` agents do not collide, the next count that adds memory does).
+    Derived from the traces, so a folder the benchmark never saw gets its budget by the
+    same rule. None when fewer agents than needed are given."""
+    peaks = [s["peak_of_sum"] for s in density_bounds(schedules, float("inf"), dt)["steps"]]
+    if len(peaks) <= fit:
+        return None
+    above = [p for p in peaks[fit:] if p > peaks[fit - 1]]
+    return (peaks[fit - 1] + above[0]) // 2 if above else None
+
+
+def half_of(traces, half):
+    """The traces of one half of the issue instances ("a" or "b": crc32 of the trace's
+    `instance`, else its name, mod 2), the split bench/forecast.py --half uses: a folder's
+    two halves never share an instance, so one can be held out from the other."""
+    import zlib
+    return [t for t in traces if "ab"[zlib.crc32((t.data.get("instance") or t.name).encode()) % 2] == half]

@@ -153,4 +153,33 @@ struct agentd_devguard_config {
 	__u32 majors[AGENTD_DEVGUARD_MAX_MAJORS];
 };
 
+/* Egress shaping (egress.bpf.c): a rate per cgroup — an agent, a tool call — set by the
+ * daemon. egress_limits hash map: cgroup id -> struct agentd_egress. The daemon writes
+ * rate and burst; the program keeps the clock and the counters (the daemon reads them
+ * and never writes them back, so an update keeps them: it writes the whole value only
+ * when it adds the entry, and the rate through a lookup-modify-update otherwise).
+ * Two modes: with fq on the device, rate_bps gives departure times (EDT); where the
+ * kernel has no fq, rate_bps is 0 and classid names an htb class with the rate, which
+ * the program selects through skb->priority (the deepest level's class wins). */
+#define AGENTD_EGRESS_MAX 4096
+#define AGENTD_EGRESS_LEVELS 8	/* ancestor levels below the attach point searched */
+
+struct agentd_egress {
+	__u64 rate_bps;		/* bytes per second; 0: count only */
+	__u64 burst_ns;		/* how far the clock may lag now: a burst of rate x burst_ns */
+	__u64 next_ns;		/* the clock: earliest departure of the next packet (CLOCK_MONOTONIC) */
+	__u64 bytes;		/* passed */
+	__u64 packets;		/* passed */
+	__u64 delayed;		/* passed with a departure time later than now */
+	__u64 drops;		/* dropped: departure past the horizon */
+	__u32 classid;		/* htb mode: the class (major:minor) the packet is queued in; 0: none */
+	__u32 _pad;
+};
+
+struct agentd_egress_config {
+	__u64 horizon_ns;	/* drop a packet whose departure is further away (fq's own horizon is 10 s) */
+	__u32 first_level;	/* cgroup level of the attach point's children (agents' parents' level + 1) */
+	__u32 _pad;
+};
+
 #endif

@@ -139,5 +139,32 @@ class agentd_devguard_config(C.Structure):
     ]
 
 
+AGENTD_EGRESS_MAX = 4096
+AGENTD_EGRESS_LEVELS = 8
+
+
+class agentd_egress(C.Structure):
+    _fields_ = [
+        ("rate_bps", C.c_uint64),
+        ("burst_ns", C.c_uint64),
+        ("next_ns", C.c_uint64),
+        ("bytes", C.c_uint64),
+        ("packets", C.c_uint64),
+        ("delayed", C.c_uint64),
+        ("drops", C.c_uint64),
+        ("classid", C.c_uint32),
+        ("_pad", C.c_uint32),
+    ]
+
+
+class agentd_egress_config(C.Structure):
+    _fields_ = [
+        ("horizon_ns", C.c_uint64),
+        ("first_level", C.c_uint32),
+        ("_pad", C.c_uint32),
+    ]
+
+
 STRUCTS = (agentd_proc_event, agentd_mem_event, agentd_mem_limit, agentd_mem_state, agentd_mm_state,
-           agentd_lifecycle_config, agentd_heartbeat, agentd_held, agentd_memwatch_config, agentd_devguard_config)
+           agentd_lifecycle_config, agentd_heartbeat, agentd_held, agentd_memwatch_config, agentd_devguard_config,
+           agentd_egress, agentd_egress_config)

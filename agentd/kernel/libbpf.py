@@ -24,6 +24,7 @@ from .libbpf_ctypes import LIBBPF_NAMES, format_error, lib, version  # noqa: F40
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
 # enum bpf_attach_type and attach flags (uapi) for programs attached to a cgroup
+BPF_CGROUP_INET_EGRESS = 1
 BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 1 << 1
 
@@ -266,6 +267,18 @@ class Object:
         prog = self._prog(name)
         L.call(f"attaching {name} to a cgroup", L.bpf_prog_attach, L.bpf_program__fd(prog), int(cgroup_fd),
                int(attach_type), int(flags))
+
+    def attach_cgroup_link(self, name, cgroup_fd):
+        """Attach program `name` to the cgroup open as `cgroup_fd` through a BPF link (the
+        attach type from its section). Unlike attach_cgroup, the kernel detaches it when
+        the link's last fd closes: when this object is closed or the process dies."""
+        self._need(True)
+        L = lib()
+        ptr = L.call(f"attaching {name} to a cgroup", L.bpf_program__attach_cgroup, self._prog(name),
+                     int(cgroup_fd), check="ptr")
+        link = Link(ptr, name)
+        self.links.append(link)
+        return link
 
     def detach_cgroup(self, name, cgroup_fd, attach_type):
         """Detach program `name` from the cgroup open as `cgroup_fd` (ENOENT: not attached)."""

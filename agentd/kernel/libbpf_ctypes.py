@@ -44,6 +44,7 @@ _SIGNATURES = [
     ("bpf_program__autoload", _c.c_bool, [_vp]),
     ("bpf_program__fd", _c.c_int, [_vp]),
     ("bpf_program__attach", _vp, [_vp]),
+    ("bpf_program__attach_cgroup", _vp, [_vp, _c.c_int]),
     ("bpf_link__destroy", _c.c_int, [_vp]),
     ("bpf_prog_attach", _c.c_int, [_c.c_int, _c.c_int, _c.c_int, _c.c_uint]),
     ("bpf_prog_detach2", _c.c_int, [_c.c_int, _c.c_int, _c.c_int]),

@@ -1,0 +1,158 @@
+"""The egress devices' queueing disciplines, through pyroute2 (rtnetlink).
+
+Egress limits need a qdisc that holds packets back (agentd/kernel/bpf_egress.py):
+- **fq** honours the departure time the BPF program stamps on each packet (EDT). It
+  replaces the device's root qdisc (on a multi-queue device, each queue's qdisc under mq).
+- **htb** where the kernel has no fq (CONFIG_NET_SCH_FQ off): one class per limited
+  cgroup, the agent's class the parent of its calls' classes, the rates in the classes;
+  the BPF program picks the class through skb->priority. Traffic of no class goes out
+  unshaped (htb's default class 0).
+
+agentd touches only the devices the policy names, and only a root qdisc the kernel made
+(handle 0: — noqueue, pfifo_fast, fq_codel, mq by default): a qdisc someone configured
+is theirs, and agentd refuses the device with an error that says so. On stop it deletes
+what it added, and the kernel puts its default back.
+"""
+
+import errno
+
+from ..errors import KernelError
+
+TC_H_ROOT = 0xFFFFFFFF
+FQ, HTB = "fq", "htb"
+HTB_MAJOR = 0xA9E0             # agentd's htb handle A9E0: (unlikely to be one's own)
+MAX_MINOR = 0xFFFF
+
+
+def _ipr(netns=None):
+    # Imported here: the daemon runs without pyroute2 when no policy limits the network.
+    try:
+        from pyroute2 import IPRoute, NetNS
+    except ImportError as err:
+        raise KernelError("pyroute2 is not installed: network limits need it (pip install pyroute2)") from err
+    return NetNS(netns) if netns else IPRoute()
+
+
+def _nl_error(what, err):
+    code = err.code if hasattr(err, "code") else getattr(err, "errno", None)
+    text = getattr(err, "args", ("",))[-1]
+    return KernelError(f"{what}: {text} (errno {code})")
+
+
+def root_qdisc(ifname, netns=None):
+    """(kind, handle) of the device's root qdisc; (None, 0) when it lists none (a device
+    that is down shows no noqueue)."""
+    with _ipr(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise KernelError(f"network device {ifname!r} does not exist")
+        for q in ipr.get_qdiscs(index=idx[0]):
+            if q["parent"] == TC_H_ROOT:
+                return q.get("kind"), q["handle"]
+    return None, 0
+
+
+class Device:
+    """One egress device agentd shapes: `mode` fq or htb; remembers whether it changed the
+    root qdisc, so release() puts the kernel's default back only then."""
+
+    def __init__(self, ifname, netns=None, mode=None):
+        self.ifname, self.netns = ifname, netns
+        self.mode = None
+        self.changed = False
+        self.handle = None
+        self.classes = set()
+        with _ipr(netns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)
+            if not idx:
+                raise KernelError(f"network device {ifname!r} does not exist"
+                                  + (f" in network namespace {netns}" if netns else ""))
+            self.index = idx[0]
+            self._take(ipr, mode)
+
+    def _root(self, ipr):
+        for q in ipr.get_qdiscs(index=self.index):
+            if q["parent"] == TC_H_ROOT:
+                return q
+        return None
+
+    def _take(self, ipr, mode):
+        root = self._root(ipr)
+        kind = root.get("kind") if root is not None else None
+        handle = root["handle"] if root is not None else 0
+        if kind == FQ and mode in (None, FQ):
+            self.mode = FQ            # already there (someone's own): used, left on release
+            return
+        if handle != 0 and not (kind == HTB and handle >> 16 == HTB_MAJOR):
+            raise KernelError(
+                f"network device {self.ifname} has a root qdisc {kind} {handle >> 16:x}: that agentd did not "
+                f"set; agentd leaves it alone. Remove it (tc qdisc del dev {self.ifname} root) or take "
+                f"{self.ifname} out of network.devices")
+        if mode in (None, FQ):
+            try:
+                ipr.tc("replace", FQ, index=self.index, root=True)
+                self.mode, self.changed = FQ, True
+                self.handle = self._root(ipr)["handle"]    # the kernel picks it
+                return
+            except Exception as err:           # noqa: BLE001 — pyroute2's NetlinkError
+                if getattr(err, "code", None) != errno.ENOENT or mode == FQ:
+                    raise _nl_error(f"setting fq on {self.ifname}", err) from err
+                # ENOENT: the kernel has no fq qdisc; htb needs no departure times.
+        try:
+            ipr.tc("replace", HTB, index=self.index, handle=HTB_MAJOR << 16, root=True, default=0)
+        except Exception as err:               # noqa: BLE001
+            raise _nl_error(f"setting htb on {self.ifname}", err) from err
+        self.mode, self.changed, self.handle = HTB, True, HTB_MAJOR << 16
+
+    def set_class(self, minor, rate_bytes_per_s, burst_bytes, parent_minor=None, ceil_bytes_per_s=None):
+        """htb mode: the class HTB_MAJOR:minor with this rate (guaranteed) and ceil (the
+        most it may borrow up to; default: the rate), below the class `parent_minor` or the
+        root. Returns the classid for skb->priority. htb queues packets in leaf classes
+        only: a class with classes below it passes what is sent to it straight out, so a
+        limited cgroup with limited descendants needs a leaf of its own for its own
+        traffic (a sibling of theirs)."""
+        if self.mode != HTB:
+            raise KernelError(f"{self.ifname}: classes exist in htb mode only (mode {self.mode})")
+        if not 0 < minor <= MAX_MINOR:
+            raise KernelError(f"htb class minor {minor} is outside 1..{MAX_MINOR}")
+        classid = (HTB_MAJOR << 16) | minor
+        parent = (HTB_MAJOR << 16) | parent_minor if parent_minor else HTB_MAJOR << 16
+        rate = max(int(rate_bytes_per_s), 1)
+        ceil = max(int(ceil_bytes_per_s or rate), rate)
+        burst = max(int(burst_bytes), 1600)
+        with _ipr(self.netns) as ipr:
+            try:
+                ipr.tc("replace-class", HTB, index=self.index, handle=classid, parent=parent,
+                       rate=f"{rate * 8}bit", ceil=f"{ceil * 8}bit", burst=burst, cburst=burst)
+            except Exception as err:           # noqa: BLE001
+                raise _nl_error(f"setting htb class {minor:x} on {self.ifname}", err) from err
+        self.classes.add(minor)
+        return classid
+
+    def remove_class(self, minor):
+        if minor not in self.classes:
+            return False
+        with _ipr(self.netns) as ipr:
+            try:
+                ipr.tc("del-class", index=self.index, handle=(HTB_MAJOR << 16) | minor)
+            except Exception as err:           # noqa: BLE001
+                if getattr(err, "code", None) not in (errno.ENOENT, errno.EINVAL):
+                    raise _nl_error(f"removing htb class {minor:x} on {self.ifname}", err) from err
+        self.classes.discard(minor)
+        return True
+
+    def root_kind(self):
+        return root_qdisc(self.ifname, self.netns)
+
+    def release(self):
+        """Delete the root qdisc agentd set (the kernel puts its default back)."""
+        if not self.changed:
+            return
+        with _ipr(self.netns) as ipr:
+            try:
+                ipr.tc("del", index=self.index, handle=self.handle, root=True)
+            except Exception as err:           # noqa: BLE001
+                if getattr(err, "code", None) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                    raise _nl_error(f"restoring {self.ifname}'s qdisc", err) from err
+        self.changed = False
+        self.classes.clear()

@@ -1,0 +1,99 @@
+"""Egress limits on the host kernel: the BPF program (bpf/egress.bpf.c) attached to a
+cgroup v2 subtree, a veth pair between two network namespaces, TCP senders in cgroups.
+
+This host's kernel has no fq qdisc (CONFIG_NET_SCH_FQ off), so what runs here is the
+htb mode: the program picks each packet's htb class; tests/kernel/test_egress.py proves
+the fq (departure time) mode in the VM's kernel. The rate is measured by the receiver.
+"""
+
+import os
+
+import pytest
+
+from agentd.kernel import libbpf
+from agentd.kernel.bpf_egress import Egress
+from agentd.kernel.qdisc import HTB, Device, root_qdisc
+from agentd.errors import KernelError
+from tests.net_support import NetPair
+
+MBIT = 1_000_000 // 8          # bytes/s
+
+
+@pytest.fixture
+def pair():
+    p = NetPair(f"agentd-net-{os.getpid()}")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def tree(cgfs, test_root):
+    for cg in (test_root, f"{test_root}/agents", f"{test_root}/agents/a", f"{test_root}/agents/b",
+               f"{test_root}/agents/a/tools", f"{test_root}/agents/a/tools/t1"):
+        cgfs.mkdir(cg)
+    return test_root
+
+
+def cgid(cgfs, cg):
+    return os.stat(cgfs.path(cg)).st_ino
+
+
+def test_htb_mode_holds_an_agent_to_its_rate_and_leaves_its_neighbour_alone(cgfs, tree, pair):
+    before = root_qdisc("tx0", pair.tx)
+    dev = Device("tx0", netns=pair.tx)
+    try:
+        assert dev.mode == HTB and dev.root_kind()[0] == HTB
+        with Egress(cgfs.path(tree), tree) as eg:
+            a = f"{tree}/agents/a"
+            for rate in (10, 50):
+                classid = dev.set_class(1, rate * MBIT, 32 * 1024)
+                eg.set(cgid(cgfs, a), classid=classid)
+                got, free = pair.measure([cgfs.path(f"{a}/tools/t1", "cgroup.procs"),
+                                          cgfs.path(f"{tree}/agents/b", "cgroup.procs")])
+                assert 0.9 * rate * MBIT <= got <= 1.1 * rate * MBIT, (rate, got / MBIT)
+                assert free > 2 * rate * MBIT, (rate, free / MBIT)     # agent b has no limit
+                c = eg.counters(cgid(cgfs, a))
+                assert c["bytes"] > 0 and c["packets"] > 0
+    finally:
+        dev.release()
+    assert dev.root_kind() == before == ("noqueue", 0)
+
+
+def test_a_tool_calls_class_sits_below_its_agents(cgfs, tree, pair):
+    dev = Device("tx0", netns=pair.tx)
+    try:
+        with Egress(cgfs.path(tree), tree) as eg:
+            a, t1 = f"{tree}/agents/a", f"{tree}/agents/a/tools/t1"
+            dev.set_class(1, 40 * MBIT, 32 * 1024)                # the agent's share
+            # htb queues in leaves only: the agent's own traffic gets a leaf beside its call's.
+            eg.set(cgid(cgfs, a), classid=dev.set_class(3, MBIT, 32 * 1024, parent_minor=1,
+                                                        ceil_bytes_per_s=40 * MBIT))
+            eg.set(cgid(cgfs, t1), classid=dev.set_class(2, 10 * MBIT, 32 * 1024, parent_minor=1))
+            call, main = pair.measure([cgfs.path(t1, "cgroup.procs"), cgfs.path(a, "cgroup.procs")])
+            assert 0.9 * 10 * MBIT <= call <= 1.1 * 10 * MBIT, call / MBIT
+            assert call + main <= 1.1 * 40 * MBIT, (call + main) / MBIT
+            assert main >= 0.9 * 30 * MBIT, main / MBIT      # the rest of the agent's share
+    finally:
+        dev.release()
+
+
+def test_the_link_goes_with_the_loader_and_a_foreign_qdisc_is_refused(cgfs, tree, pair):
+    fd = os.open(cgfs.path(tree), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        eg = Egress(cgfs.path(tree), tree)
+        assert libbpf.cgroup_prog_ids(fd, libbpf.BPF_CGROUP_INET_EGRESS) == [eg.prog_id]
+        eg.close()                                    # the daemon stops or dies
+        assert libbpf.cgroup_prog_ids(fd, libbpf.BPF_CGROUP_INET_EGRESS) == []
+    finally:
+        os.close(fd)
+    # A qdisc someone set up is theirs: agentd refuses the device and changes nothing.
+    pair_tc = ["ip", "netns", "exec", pair.tx, "tc", "qdisc", "add", "dev", "tx0", "root", "handle", "7:", "htb"]
+    import subprocess
+    subprocess.run(pair_tc, check=True)
+    with pytest.raises(KernelError, match="did not set"):
+        Device("tx0", netns=pair.tx)
+    out = subprocess.run(["ip", "netns", "exec", pair.tx, "tc", "qdisc", "show", "dev", "tx0"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "htb 7:" in out
+    with pytest.raises(KernelError, match="does not exist"):
+        Device("nosuch0", netns=pair.tx)

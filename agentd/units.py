@@ -83,3 +83,34 @@ def parse_cpu(value):
     if v <= 0:
         raise AgentdError(f"cpu amount must be positive: {value!r}")
     return v
+
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(bit|bps|b/s|B/s)\s*$", re.IGNORECASE)
+_RATE_MULT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_rate(value):
+    """Bytes per second from "20Mbit", "1.5Gbit", "100kbit" (bits, as tc spells them; also
+    "20Mbps"), "10MB/s" (bytes), or a number of bytes per second; "max" is None (no limit).
+    Prefixes are powers of 10, as everywhere in networking."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise AgentdError(f"rate must be a number of bytes/s or a string like '20Mbit', not {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise AgentdError(f"rate must be above 0, not {value!r}")
+        return int(value)
+    s = str(value).strip()
+    if s.lower() in ("max", "unlimited", "none"):
+        return None
+    m = _RATE_RE.match(s)
+    if not m:
+        raise AgentdError(f"cannot parse rate {value!r}: write e.g. '20Mbit' (bits/s), '2.5MB/s' (bytes/s) or 'max'")
+    num, prefix, unit = float(m.group(1)), m.group(2).lower(), m.group(3)
+    n = num * _RATE_MULT[prefix]
+    if unit != "B/s":
+        n /= 8                    # bits
+    if n < 1:
+        raise AgentdError(f"rate {value!r} is below 1 byte/s")
+    return int(n)

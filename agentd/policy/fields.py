@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 from pydantic import BeforeValidator, ValidationInfo
 
 from ..errors import AgentdError
-from ..units import parse_cpu, parse_size
+from ..units import parse_cpu, parse_rate, parse_size
 
 # Class and rule names become parts of cgroup names (`tools/<seq>-<class>`) and metric
 # label values, so they are short and path-safe.
@@ -62,6 +62,17 @@ def _size(v, info: ValidationInfo):
     host = (info.context or {}).get("host_memory_bytes")
     try:
         return parse_size(v, host)
+    except AgentdError as err:
+        raise ValueError(str(err)) from None
+
+
+def _rate(v):
+    """Bytes/s (None = no limit) from '20Mbit', '2MB/s' or 'max'. A bare number is
+    refused: 20 could be bits or bytes, per second or per minute."""
+    if _is_number(v):
+        raise ValueError(f"rate {v!r} needs a unit: write e.g. '{v}Mbit' (bits/s) or '{v}MB/s' (bytes/s)")
+    try:
+        return parse_rate(v)
     except AgentdError as err:
         raise ValueError(str(err)) from None
 
@@ -159,6 +170,7 @@ def _listen(v):
 
 
 Size = Annotated[Optional[int], BeforeValidator(_size)]
+Rate = Annotated[Optional[int], BeforeValidator(_rate)]
 GpuSize = Annotated[object, BeforeValidator(_gpu_size)]
 CpuAmount = Annotated[Optional[float], BeforeValidator(_cpu)]
 PidsMax = Annotated[Optional[int], BeforeValidator(_pids)]

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .fields import (AbsPath, ClassName, CpuAmount, DeclaredList, GpuSize, ListenAddr, OnlyProgramList,
+from .fields import (AbsPath, ClassName, Rate, CpuAmount, DeclaredList, GpuSize, ListenAddr, OnlyProgramList,
                      PidsMax, Priority, ProgramList, ProgramNames, Regex, RuleName, Seconds, Size,
                      Weight, ranged_float, ranged_int)
 from ..errors import RequestError
@@ -85,6 +85,21 @@ class PidsLimits(_Model):
     max: PidsMax = None
 
 
+def _ifname(v):
+    # The kernel's rule for interface names (dev_valid_name): 1-15 bytes, no '/', ':' or space.
+    if not isinstance(v, str) or not 0 < len(v.encode()) <= 15 or v in (".", "..") \
+            or any(c in v for c in "/: \t\n"):
+        raise ValueError(f"{v!r} is not a network interface name (1-15 characters, no '/', ':' or space)")
+    return v
+
+
+class NetworkLimits(_Model):
+    """Egress of an agent (all its processes together) or of one tool call, on the devices
+    `network.devices` names. None = no limit."""
+    egress: Rate = None                # bytes/s, from '20Mbit', '2MB/s' or 'max'
+    burst: Size = 256 * 1024           # sent at once after a pause, above the rate
+
+
 class AgentGpu(_Model):
     memory_budget: GpuSize = "max"   # bytes, "50%" of a GPU's memory, or "max"
     priority: Priority = 50
@@ -104,6 +119,7 @@ class AgentClass(_Model):
     pids: PidsLimits = PidsLimits()
     kill_main_allowed: bool = False
     gpu: AgentGpu = AgentGpu()
+    network: NetworkLimits = NetworkLimits()
 
 
 def _prior(v):
@@ -141,6 +157,7 @@ class ToolClass(_Model):
     memory: ToolMemoryLimits = ToolMemoryLimits()
     cpu: CpuLimits = CpuLimits()
     pids: PidsLimits = PidsLimits()
+    network: NetworkLimits = NetworkLimits()
     forecast: bool = True              # may adaptive limits move memory.high for this class
     stragglers: Literal["kill", "wait"] = "kill"   # processes left when the command ends
     straggler_grace_s: Seconds = 1.0
@@ -344,6 +361,14 @@ class CpuConfig(_Model):
     retry_backoff_s: ranged_float(0.0, None, "retry_backoff_s", lo_open=True) = 5.0
 
 
+class NetworkConfig(_Model):
+    # The egress devices agentd shapes (e.g. [eth0]); none: no network control. agentd
+    # sets fq (or htb, where the kernel has no fq) as their root qdisc and refuses a
+    # device whose root qdisc someone else configured.
+    devices: list[Annotated[str, AfterValidator(_ifname)]] = []
+    mode: Literal["auto", "fq", "htb"] = "auto"   # auto: fq where the kernel has it
+
+
 # Tool classes a policy without `tool_classes` gets.
 BUILTIN_TOOL_CLASSES = {
     "interactive": {"priority": 80, "latency": "interactive", "cpu": {"weight": 200},
@@ -373,6 +398,7 @@ class Policy(_Model):
     pressure: Pressure = _section()
     admission: Admission = _section()
     cpu: CpuConfig = _section()
+    network: NetworkConfig = _section()
 
     _source: str = PrivateAttr(default="<policy>")
     _host_memory_bytes: Optional[int] = PrivateAttr(default=None)

@@ -166,6 +166,7 @@ class App(ApiOps):
         ("enforce", "enforcement disabled", logging.WARNING),
         ("swap", "tool calls' swap left as the kernel has it", logging.INFO),
         ("sched", "CPU priorities disabled", logging.WARNING),
+        ("network", "egress limits off", logging.WARNING),
         ("gpu", "GPU placement off", logging.INFO),
     )
 

@@ -38,6 +38,7 @@ STATS_KEYS = {
     "gpu_placements": "{outcome: count}",
     "gpu_budget_actions": "{action: count}",
     "gpu_waiting": "int", "gpu_queued_total": "int", "gpu_wait_seconds_total": "float",
+    "network_egress": "{agent: {bytes, packets, delayed, drops}} of its limited cgroups",
 }
 # What the event log's and the API server's `metric_stats()` return (read the same way).
 OWN_STATS_KEYS = {
@@ -218,6 +219,11 @@ class AgentdCollector:
         for prog, evs in sorted((stats.get("bpf_events") or {}).items()):
             for ev, n in sorted(evs.items()):
                 fams.add("agentd_bpf_events_total", [prog, ev], n)
+        for agent, c in sorted((stats.get("network_egress") or {}).items()):
+            fams.add("agentd_network_egress_bytes_total", [agent], c["bytes"])
+            fams.add("agentd_network_egress_packets_total", [agent], c["packets"])
+            fams.add("agentd_network_egress_delayed_packets_total", [agent], c["delayed"])
+            fams.add("agentd_network_egress_drops_total", [agent], c["drops"])
         if stats.get("cpu_scheduler"):
             fams.add("agentd_cpu_scheduler_mode", [stats["cpu_scheduler"]], 1)
         for g in stats.get("gpus") or []:

@@ -29,7 +29,8 @@ CATALOG_MD = os.path.join(HERE, "..", "..", "agentd", "metrics", "CATALOG.md")
 POLICY = """
 version: 1
 agent_classes:
-  normal: {priority: 50, memory: {high: 3Gi, max: 4Gi}}
+  normal: {priority: 50, memory: {high: 3Gi, max: 4Gi}, network: {egress: 100Mbit}}
+network: {devices: [eth9]}
 tool_classes:
   normal: {priority: 50}
   batch: {priority: 20, memory: {max: 1Gi}}
@@ -106,7 +107,10 @@ def real_stages(app):
     sched = CpuScheduler(app, loader=Loader(), clock=Clock())
     nvml = FakeNvml({"devices": [dict(dev(80 * GiB, 5 * GiB), uuid="GPU-0")]})
     gpu = GpuHook(app, Nvml.open(nvml), Forecasts({"train.py": 4 * GiB}))
-    stages = [enforcer, detection, sched, gpu]
+    from agentd.network.stage import EgressStage
+    from tests.unit.network_fakes import FakeDevice, FakeEgress
+    net = EgressStage(app, egress=FakeEgress(), device=FakeDevice)
+    stages = [enforcer, detection, sched, gpu, net]
     app.hooks += stages
     app.ctl.hooks = app.hooks
 
@@ -227,6 +231,9 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     app.events.write_errors = 2
     detect(a, ["sh", "-c", "make -j4"])
     asyncio.run(gpu_call(a))
+    net = next(h for h in app.hooks if type(h).__name__ == "EgressStage")
+    (entry,) = net.egress.entries.values()          # the agent's: its class has a rate
+    entry.update(bytes=5000, packets=4, delayed=3, drops=1)
     s = scrape(registry)
     assert metric_names(s) == set(BY_NAME) - NEEDS_BPF
 
@@ -275,6 +282,10 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     assert one("agentd_gpu_memory_total_bytes", gpu="0") == 80 * GiB
     assert one("agentd_agent_gpu_memory_bytes", agent="ag", gpu="0") == 3 * GiB
     assert one("agentd_gpu_waiting") == 0 and one("agentd_gpu_queued_total") == 0
+    assert one("agentd_network_egress_bytes_total", agent="ag") == 5000
+    assert one("agentd_network_egress_delayed_packets_total", agent="ag") == 3
+    assert one("agentd_network_egress_drops_total", agent="ag") == 1
+    assert one("agentd_mode_info", component="network", mode="fq") == 1
 
 
 def test_missing_or_failing_stages_omit_samples_not_the_scrape(tmp_path):

@@ -1,0 +1,168 @@
+"""Egress limits: the policy's `network` rates written for agents and tool calls.
+
+One BPF program on agentd's root (agentd/kernel/bpf_egress.py) and a qdisc on each device
+the policy names (agentd/kernel/qdisc.py): fq where the kernel has it (the program stamps
+departure times), else htb (the program picks a class; agentd/network/htb.py lays the
+classes out). An agent's rate bounds everything it runs; a tool call's rate bounds that
+call within it.
+"""
+
+import logging
+
+from ..errors import AgentdError, BpfError, FeatureMissing, KernelError
+from ..kernel import qdisc
+from ..kernel.bpf_egress import Egress
+from . import htb
+
+log = logging.getLogger("agentd.network")
+
+COUNTERS = ("bytes", "packets", "delayed", "drops")
+
+
+class EgressStage:
+    """`egress` and `device` are the kernel adapters (tests pass doubles)."""
+
+    def __init__(self, app, egress=None, device=qdisc.Device):
+        self.app = app
+        cfg = app.policy.network
+        self.egress = egress
+        if egress is None:
+            try:
+                self.egress = Egress(app.fs.path(app.root), app.root)
+            except (BpfError, FeatureMissing, KernelError) as err:
+                raise FeatureMissing(f"the egress program cannot load ({err}); agentd has no other way to "
+                                     "limit egress yet") from err
+        self.devices = []
+        try:
+            for name in cfg.devices:
+                self.devices.append(device(name, mode=None if cfg.mode == "auto" else cfg.mode))
+        except KernelError:
+            self.close()
+            raise
+        modes = {d.mode for d in self.devices}
+        if len(modes) > 1:
+            self.close()
+            raise KernelError(f"egress devices ended up in different modes ({sorted(modes)}): set network.mode")
+        self.mode = modes.pop()
+        self.minors = htb.Minors()
+        self.classes = {}         # cgroup -> [HtbClass] (htb mode)
+        self.ids = {}             # cgroup -> (cgroup id, agent id)
+        log.info("egress limits on %s (%s mode)", ", ".join(cfg.devices), self.mode)
+
+    # --- what the policy says ------------------------------------------------------------
+    def _policy(self, agent):
+        return getattr(agent, "view", None) or self.app.policy
+
+    def _agent_limit(self, agent):
+        try:
+            net = self._policy(agent).agent_class(agent.agent_class).network
+        except AgentdError:
+            return None
+        return (net.egress, net.burst) if net.egress else None
+
+    def _tool_limit(self, agent, tool):
+        try:
+            net = self._policy(agent).tool_class(tool.plan.tool_class).network
+        except AgentdError:
+            return None
+        return (net.egress, net.burst) if net.egress else None
+
+    # --- stage hooks -------------------------------------------------------------------
+    def on_agent_start(self, agent):
+        lim = self._agent_limit(agent)
+        if lim is None or agent.cgroup in self.ids:
+            return
+        self._set(agent.agent_id, agent.cgroup, None, lim)
+
+    def on_tool_start(self, agent, tool):
+        if agent.cgroup not in self.ids:
+            self.on_agent_start(agent)
+        lim = self._tool_limit(agent, tool)
+        if lim is not None:
+            self._set(agent.agent_id, tool.cgroup, agent.cgroup, lim, tool.cgroup_id)
+
+    def on_tool_end(self, agent, tool, result):
+        self._clear(tool.cgroup)
+
+    def on_agent_end(self, agent):
+        for cg in [c for c in self.ids if c == agent.cgroup or c.startswith(agent.cgroup + "/")]:
+            self._clear(cg)
+
+    def _set(self, agent_id, cg, agent_cg, lim, cgroup_id=None):
+        rate, burst = lim
+        try:
+            cid = cgroup_id if cgroup_id is not None else self.app.fs.cgroup_id(cg)
+            if self.mode == qdisc.FQ:
+                self.egress.set(cid, rate, burst)
+            else:
+                if agent_cg is None:
+                    made = list(htb.agent_classes(self.minors, rate, burst))
+                else:
+                    group = (self.classes.get(agent_cg) or [None])[0]
+                    made = [htb.tool_class(self.minors, rate, burst, group)]
+                self.classes[cg] = made
+                classid = None
+                for c in made:
+                    for d in self.devices:
+                        classid = d.set_class(c.minor, c.rate, c.burst, parent_minor=c.parent,
+                                              ceil_bytes_per_s=c.ceil)
+                self.egress.set(cid, classid=classid)
+            self.ids[cg] = (cid, agent_id)
+        except (AgentdError, OverflowError) as err:
+            log.warning("%s: egress limit not set: %s", cg, err)
+
+    def _clear(self, cg):
+        ent = self.ids.pop(cg, None)
+        if ent is None:
+            return
+        try:
+            self.egress.clear(ent[0])
+        except AgentdError as err:
+            log.debug("%s: egress entry not cleared: %s", cg, err)
+        for c in reversed(self.classes.pop(cg, [])):
+            for d in self.devices:
+                try:
+                    d.remove_class(c.minor)
+                except KernelError as err:
+                    log.debug("%s: htb class %x not removed: %s", cg, c.minor, err)
+            self.minors.release(c.minor)
+
+    async def stop(self):
+        self.close()
+
+    def close(self):
+        """The link goes with the object (the kernel detaches the program); the devices get
+        the kernel's default qdisc back."""
+        egress, self.egress = getattr(self, "egress", None), None
+        if egress is not None:
+            egress.close()
+        for d in getattr(self, "devices", []):
+            try:
+                d.release()
+            except KernelError as err:
+                log.warning("%s: %s", d.ifname, err)
+        self.devices = []
+
+    # --- reporting ---------------------------------------------------------------------
+    def modes(self):
+        return {"network": self.mode}
+
+    def mode_details(self):
+        return {"network": {"devices": [d.ifname for d in self.devices], "mode": self.mode}}
+
+    def metric_stats(self):
+        """Per agent: what its limited cgroups sent, were delayed and dropped (BPF counters)."""
+        per = {}
+        if self.egress is None:
+            return {}
+        for cg, (cid, agent_id) in self.ids.items():
+            try:
+                c = self.egress.counters(cid)
+            except AgentdError:
+                continue
+            if c is None:
+                continue
+            tot = per.setdefault(agent_id, dict.fromkeys(COUNTERS, 0))
+            for k in COUNTERS:
+                tot[k] += c[k]
+        return {"network_egress": per}

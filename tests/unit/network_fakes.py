@@ -1,0 +1,38 @@
+"""Doubles of the egress kernel adapters (agentd/kernel/bpf_egress.py, kernel/qdisc.py)
+for tests of the network stage's logic; tests/host/test_egress.py and
+tests/kernel/test_egress.py run the real ones."""
+
+
+class FakeEgress:
+    def __init__(self):
+        self.entries, self.closed = {}, False
+
+    def set(self, cgroup_id, rate_bytes_per_s=0, burst_bytes=0, classid=0):
+        old = self.entries.get(cgroup_id, {"bytes": 0, "packets": 0, "delayed": 0, "drops": 0})
+        self.entries[cgroup_id] = dict(old, rate_bps=rate_bytes_per_s, burst=burst_bytes, classid=classid)
+
+    def clear(self, cgroup_id):
+        return self.entries.pop(cgroup_id, None) is not None
+
+    def counters(self, cgroup_id):
+        return self.entries.get(cgroup_id)
+
+    def close(self):
+        self.closed = True
+
+
+class FakeDevice:
+    def __init__(self, ifname, mode=None, kernel_has_fq=True):
+        self.ifname = ifname
+        self.mode = mode or ("fq" if kernel_has_fq else "htb")
+        self.classes, self.released = {}, False
+
+    def set_class(self, minor, rate, burst, parent_minor=None, ceil_bytes_per_s=None):
+        self.classes[minor] = (rate, ceil_bytes_per_s or rate, parent_minor)
+        return (0xA9E0 << 16) | minor
+
+    def remove_class(self, minor):
+        return self.classes.pop(minor, None) is not None
+
+    def release(self):
+        self.released = True

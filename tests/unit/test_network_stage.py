@@ -1,0 +1,128 @@
+"""The egress stage's decisions over doubles of its kernel adapters: which cgroup gets
+which rate (fq mode) or htb class (htb mode), and what is undone when calls and agents end."""
+
+import types
+
+import pytest
+
+from agentd.errors import KernelError
+from agentd.model import Agent, ToolCall, ToolPlan
+from agentd.network import build
+from agentd.network.stage import EgressStage
+from agentd.policy import load_policy_text
+from tests.unit.network_fakes import FakeDevice, FakeEgress
+
+MBIT = 125_000
+
+POLICY = """
+version: 1
+network: {devices: [eth9, eth8], mode: %s}
+agent_classes:
+  normal: {network: {egress: 40Mbit}}
+  free: {}
+tool_classes:
+  normal: {}
+  fetch: {network: {egress: 10Mbit, burst: 64Ki}}
+  wide: {network: {egress: 80Mbit}}
+"""
+
+
+class FS:
+    def cgroup_id(self, cg):
+        return abs(hash(cg)) % 10**9
+
+
+def stage(mode="auto", kernel_has_fq=True):
+    policy = load_policy_text(POLICY % mode, host_memory_bytes=8 << 30)
+    app = types.SimpleNamespace(policy=policy, fs=FS(), root="agentd")
+
+    def device(name, mode=None):
+        return FakeDevice(name, mode=mode, kernel_has_fq=kernel_has_fq)
+    return EgressStage(app, egress=FakeEgress(), device=device), app
+
+
+def agent(cls="normal", name="a"):
+    return Agent(agent_id=name, cgroup=f"agentd/agents/{name}", agent_class=cls, priority=50)
+
+
+def tool(a, tid, cls):
+    return ToolCall(agent_id=a.agent_id, tool_id=tid, cgroup=f"{a.cgroup}/tools/{tid}", argv=["curl"],
+                    plan=ToolPlan(tool_class=cls, priority=50, limits={}), cgroup_id=hash(tid) % 10**6)
+
+
+def test_no_device_named_means_no_stage_and_nothing_touched():
+    app = types.SimpleNamespace(policy=load_policy_text("version: 1\n", host_memory_bytes=8 << 30))
+    assert build(app) is None
+
+
+def test_fq_mode_writes_the_agents_and_the_calls_rates():
+    s, app = stage()
+    a = agent()
+    s.on_agent_start(a)
+    t, u = tool(a, "0001-fetch", "fetch"), tool(a, "0002-normal", "normal")
+    s.on_tool_start(a, t)
+    s.on_tool_start(a, u)
+    e = s.egress.entries
+    assert e[app.fs.cgroup_id(a.cgroup)]["rate_bps"] == 40 * MBIT
+    assert e[t.cgroup_id]["rate_bps"] == 10 * MBIT and e[t.cgroup_id]["burst"] == 65536
+    assert u.cgroup_id not in e                     # no limit of its own: its agent's holds it
+    s.on_tool_end(a, t, None)
+    assert t.cgroup_id not in e
+    s.on_agent_end(a)
+    assert e == {}
+    assert s.modes() == {"network": "fq"}
+
+
+def test_an_agent_without_a_rate_gets_no_entry_but_its_limited_calls_do():
+    s, app = stage()
+    a = agent("free")
+    t = tool(a, "0001-fetch", "fetch")
+    s.on_tool_start(a, t)
+    assert list(s.egress.entries) == [t.cgroup_id]
+
+
+def test_htb_mode_where_the_kernel_has_no_fq_lays_classes_under_the_agent():
+    s, app = stage(kernel_has_fq=False)
+    assert s.mode == "htb"
+    a = agent()
+    s.on_agent_start(a)
+    t, w = tool(a, "0001-fetch", "fetch"), tool(a, "0002-wide", "wide")
+    s.on_tool_start(a, t)
+    s.on_tool_start(a, w)
+    for d in s.devices:                              # every named device gets the same classes
+        (group, own), fetch, wide = sorted(d.classes.items())[:2], d.classes[3], d.classes[4]
+        assert group[1] == (40 * MBIT, 40 * MBIT, None)
+        assert own[1] == (4 * MBIT, 40 * MBIT, group[0])      # the agent's own leaf
+        assert fetch == (10 * MBIT, 10 * MBIT, group[0])
+        assert wide == (40 * MBIT, 40 * MBIT, group[0])       # a call never above its agent
+    e = s.egress.entries
+    assert e[app.fs.cgroup_id(a.cgroup)]["classid"] & 0xFFFF == 2       # packets go to the leaf
+    assert e[t.cgroup_id]["classid"] & 0xFFFF == 3 and e[t.cgroup_id]["rate_bps"] == 0
+    s.on_tool_end(a, t, None)
+    assert 3 not in s.devices[0].classes
+    s.on_agent_end(a)
+    assert s.devices[0].classes == {} and e == {}
+    s.on_agent_start(agent(name="b"))              # minors are reused
+    assert len(s.devices[0].classes) == 2 and max(s.devices[0].classes) <= 4
+
+
+def test_close_releases_every_device_and_the_program():
+    s, _ = stage()
+    s.close()
+    assert s.egress is None and s.devices == []
+
+
+def test_a_device_agentd_may_not_take_stops_the_stage_and_releases_the_others():
+    policy = load_policy_text(POLICY % "auto", host_memory_bytes=8 << 30)
+    app = types.SimpleNamespace(policy=policy, fs=FS(), root="agentd")
+    made = []
+
+    def device(name, mode=None):
+        if name == "eth8":
+            raise KernelError("network device eth8 has a root qdisc htb 7: that agentd did not set")
+        made.append(FakeDevice(name, mode=mode))
+        return made[-1]
+    eg = FakeEgress()
+    with pytest.raises(KernelError, match="did not set"):
+        EgressStage(app, egress=eg, device=device)
+    assert made[0].released and eg.closed

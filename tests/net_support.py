@@ -61,6 +61,35 @@ def run(*argv, check=True):
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=60)
 
 
+class HostPair:
+    """A veth pair with its sending end `dev` in the host's own network namespace (where a
+    daemon under test runs) and the other end in namespace `<tag>-rx`. Its own /24
+    (10.78.<n>.0) so that parallel tests do not meet. close() removes the namespace and so
+    both ends."""
+
+    def __init__(self, tag, n):
+        n = n % 250 + 1
+        self.dev, self.peer, self.rx = f"agtx{n}", f"agrx{n}", f"{tag}-rx"
+        self.TX_IP, self.RX_IP = f"10.78.{n}.1", f"10.78.{n}.2"
+        run("ip", "netns", "add", self.rx)
+        try:
+            run("ip", "link", "add", self.dev, "type", "veth", "peer", "name", self.peer, "netns", self.rx)
+            run("ip", "addr", "add", f"{self.TX_IP}/24", "dev", self.dev)
+            run("ip", "-n", self.rx, "addr", "add", f"{self.RX_IP}/24", "dev", self.peer)
+            run("ip", "link", "set", self.dev, "up")
+            for dev in (self.peer, "lo"):
+                run("ip", "-n", self.rx, "link", "set", dev, "up")
+        except BaseException:
+            self.close()
+            raise
+
+    receive = None                # set below: the same receiver as NetPair's
+
+    def close(self):
+        run("ip", "link", "del", self.dev, check=False)
+        run("ip", "netns", "del", self.rx, check=False)
+
+
 class NetPair:
     """Namespaces `<tag>-tx` and `<tag>-rx`; device `tx0` (10.77.0.1) in the first, `rx0`
     (10.77.0.2) in the second. close() removes both namespaces (and so the pair)."""
@@ -118,3 +147,6 @@ class NetPair:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(os.path.exists(f"/run/netns/{ns}") for ns in (self.tx, self.rx)):
             time.sleep(0.05)
+
+
+HostPair.receive = NetPair.receive

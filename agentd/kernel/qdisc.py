@@ -14,6 +14,8 @@ is theirs, and agentd refuses the device with an error that says so. On stop it 
 what it added, and the kernel puts its default back.
 """
 
+import asyncio
+import concurrent.futures
 import errno
 
 from ..errors import KernelError
@@ -22,6 +24,27 @@ TC_H_ROOT = 0xFFFFFFFF
 FQ, HTB = "fq", "htb"
 HTB_MAJOR = 0xA9E0             # agentd's htb handle A9E0: (unlikely to be one's own)
 MAX_MINOR = 0xFFFF
+
+
+NETLINK_TIMEOUT_S = 10.0
+_worker = None
+
+
+def _off_loop(fn):
+    """Run `fn` where pyroute2 can: its synchronous API drives an asyncio loop of its own,
+    which cannot run inside the daemon's running loop, so there it runs on a worker thread
+    (a netlink round trip is well under a millisecond; the wait is bounded)."""
+    global _worker
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    if _worker is None:
+        _worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentd-netlink")
+    try:
+        return _worker.submit(fn).result(timeout=NETLINK_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise KernelError(f"rtnetlink did not answer within {NETLINK_TIMEOUT_S:g} s") from None
 
 
 def _ipr(netns=None):
@@ -42,6 +65,10 @@ def _nl_error(what, err):
 def root_qdisc(ifname, netns=None):
     """(kind, handle) of the device's root qdisc; (None, 0) when it lists none (a device
     that is down shows no noqueue)."""
+    return _off_loop(lambda: _root_qdisc(ifname, netns))
+
+
+def _root_qdisc(ifname, netns):
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
@@ -62,6 +89,10 @@ class Device:
         self.changed = False
         self.handle = None
         self.classes = set()
+        _off_loop(lambda: self._open(mode))
+
+    def _open(self, mode):
+        ifname, netns = self.ifname, self.netns
         with _ipr(netns) as ipr:
             idx = ipr.link_lookup(ifname=ifname)
             if not idx:
@@ -120,26 +151,32 @@ class Device:
         rate = max(int(rate_bytes_per_s), 1)
         ceil = max(int(ceil_bytes_per_s or rate), rate)
         burst = max(int(burst_bytes), 1600)
+        _off_loop(lambda: self._set_class(minor, classid, parent, rate, ceil, burst))
+        self.classes.add(minor)
+        return classid
+
+    def _set_class(self, minor, classid, parent, rate, ceil, burst):
         with _ipr(self.netns) as ipr:
             try:
                 ipr.tc("replace-class", HTB, index=self.index, handle=classid, parent=parent,
                        rate=f"{rate * 8}bit", ceil=f"{ceil * 8}bit", burst=burst, cburst=burst)
             except Exception as err:           # noqa: BLE001
                 raise _nl_error(f"setting htb class {minor:x} on {self.ifname}", err) from err
-        self.classes.add(minor)
-        return classid
 
     def remove_class(self, minor):
         if minor not in self.classes:
             return False
+        _off_loop(lambda: self._remove_class(minor))
+        self.classes.discard(minor)
+        return True
+
+    def _remove_class(self, minor):
         with _ipr(self.netns) as ipr:
             try:
                 ipr.tc("del-class", index=self.index, handle=(HTB_MAJOR << 16) | minor)
             except Exception as err:           # noqa: BLE001
                 if getattr(err, "code", None) not in (errno.ENOENT, errno.EINVAL):
                     raise _nl_error(f"removing htb class {minor:x} on {self.ifname}", err) from err
-        self.classes.discard(minor)
-        return True
 
     def root_kind(self):
         return root_qdisc(self.ifname, self.netns)
@@ -148,11 +185,14 @@ class Device:
         """Delete the root qdisc agentd set (the kernel puts its default back)."""
         if not self.changed:
             return
+        _off_loop(self._release)
+        self.changed = False
+        self.classes.clear()
+
+    def _release(self):
         with _ipr(self.netns) as ipr:
             try:
                 ipr.tc("del", index=self.index, handle=self.handle, root=True)
             except Exception as err:           # noqa: BLE001
                 if getattr(err, "code", None) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
                     raise _nl_error(f"restoring {self.ifname}'s qdisc", err) from err
-        self.changed = False
-        self.classes.clear()

@@ -8,6 +8,7 @@ call within it.
 """
 
 import logging
+import time
 
 from ..errors import AgentdError, BpfError, FeatureMissing, KernelError
 from ..kernel import qdisc
@@ -17,13 +18,19 @@ from . import htb
 log = logging.getLogger("agentd.network")
 
 COUNTERS = ("bytes", "packets", "delayed", "drops")
+# A call's socket may still hold data when its last process exits (the kernel sends a
+# closed socket's buffer, up to tcp_wmem's 4 MiB): its entry and class stay this long, so
+# what it left is still sent at its rate, not at line rate.
+LINGER_S = 30.0
 
 
 class EgressStage:
     """`egress` and `device` are the kernel adapters (tests pass doubles)."""
 
-    def __init__(self, app, egress=None, device=qdisc.Device):
+    def __init__(self, app, egress=None, device=qdisc.Device, clock=time.monotonic):
         self.app = app
+        self.clock = clock
+        self.ending = []          # (when, cgroup): entries to clear once their linger is over
         cfg = app.policy.network
         self.egress = egress
         if egress is None:
@@ -47,6 +54,8 @@ class EgressStage:
         self.minors = htb.Minors()
         self.classes = {}         # cgroup -> [HtbClass] (htb mode)
         self.ids = {}             # cgroup -> (cgroup id, agent id)
+        self.sent = {}            # agent id -> counters of its cgroups that are gone (counters only grow)
+        self.live = set()         # agents running (metrics are theirs only)
         log.info("egress limits on %s (%s mode)", ", ".join(cfg.devices), self.mode)
 
     # --- what the policy says ------------------------------------------------------------
@@ -69,12 +78,14 @@ class EgressStage:
 
     # --- stage hooks -------------------------------------------------------------------
     def on_agent_start(self, agent):
+        self.live.add(agent.agent_id)
         lim = self._agent_limit(agent)
         if lim is None or agent.cgroup in self.ids:
             return
         self._set(agent.agent_id, agent.cgroup, None, lim)
 
     def on_tool_start(self, agent, tool):
+        self._expire()
         if agent.cgroup not in self.ids:
             self.on_agent_start(agent)
         lim = self._tool_limit(agent, tool)
@@ -82,11 +93,36 @@ class EgressStage:
             self._set(agent.agent_id, tool.cgroup, agent.cgroup, lim, tool.cgroup_id)
 
     def on_tool_end(self, agent, tool, result):
-        self._clear(tool.cgroup)
+        self._expire()
+        if tool.cgroup in self.ids:
+            self.ending.append((self.clock() + LINGER_S, tool.cgroup))
+
+    def _expire(self, everything=False):
+        now = self.clock()
+        keep = []
+        for when, cg in self.ending:
+            if everything or when <= now:
+                self._clear(cg)
+            else:
+                keep.append((when, cg))
+        self.ending = keep
 
     def on_agent_end(self, agent):
-        for cg in [c for c in self.ids if c == agent.cgroup or c.startswith(agent.cgroup + "/")]:
-            self._clear(cg)
+        # Its cgroups linger as its calls' do: its last processes' sockets may still hold data.
+        self.live.discard(agent.agent_id)
+        self.sent.pop(agent.agent_id, None)
+        lingering = {cg for _, cg in self.ending}
+        mine = [c for c in self.ids if c == agent.cgroup or c.startswith(agent.cgroup + "/")]
+        # Calls before their agent: an htb group goes after the classes below it.
+        for cg in sorted(mine, key=lambda c: -c.count("/")):
+            if cg not in lingering:
+                self.ending.append((self.clock() + LINGER_S, cg))
+
+    def _fold(self, agent_id, c):
+        if c and agent_id in self.live:
+            tot = self.sent.setdefault(agent_id, dict.fromkeys(COUNTERS, 0))
+            for k in COUNTERS:
+                tot[k] += c[k]
 
     def _set(self, agent_id, cg, agent_cg, lim, cgroup_id=None):
         rate, burst = lim
@@ -116,6 +152,7 @@ class EgressStage:
         if ent is None:
             return
         try:
+            self._fold(ent[1], self.egress.counters(ent[0]))
             self.egress.clear(ent[0])
         except AgentdError as err:
             log.debug("%s: egress entry not cleared: %s", cg, err)
@@ -152,10 +189,13 @@ class EgressStage:
 
     def metric_stats(self):
         """Per agent: what its limited cgroups sent, were delayed and dropped (BPF counters)."""
-        per = {}
         if self.egress is None:
             return {}
+        self._expire()
+        per = {a: dict(c) for a, c in self.sent.items()}
         for cg, (cid, agent_id) in self.ids.items():
+            if agent_id not in self.live:
+                continue
             try:
                 c = self.egress.counters(cid)
             except AgentdError:

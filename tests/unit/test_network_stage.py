@@ -8,7 +8,7 @@ import pytest
 from agentd.errors import KernelError
 from agentd.model import Agent, ToolCall, ToolPlan
 from agentd.network import build
-from agentd.network.stage import EgressStage
+from agentd.network.stage import LINGER_S, EgressStage
 from agentd.policy import load_policy_text
 from tests.unit.network_fakes import FakeDevice, FakeEgress
 
@@ -32,13 +32,25 @@ class FS:
         return abs(hash(cg)) % 10**9
 
 
+class Clock:
+    now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
 def stage(mode="auto", kernel_has_fq=True):
     policy = load_policy_text(POLICY % mode, host_memory_bytes=8 << 30)
     app = types.SimpleNamespace(policy=policy, fs=FS(), root="agentd")
 
     def device(name, mode=None):
         return FakeDevice(name, mode=mode, kernel_has_fq=kernel_has_fq)
-    return EgressStage(app, egress=FakeEgress(), device=device), app
+    s = EgressStage(app, egress=FakeEgress(), device=device, clock=Clock())
+    return s, app
+
+
+def after_linger(s):
+    s.clock.now += LINGER_S + 1
 
 
 def agent(cls="normal", name="a"):
@@ -66,16 +78,29 @@ def test_fq_mode_writes_the_agents_and_the_calls_rates():
     assert e[app.fs.cgroup_id(a.cgroup)]["rate_bps"] == 40 * MBIT
     assert e[t.cgroup_id]["rate_bps"] == 10 * MBIT and e[t.cgroup_id]["burst"] == 65536
     assert u.cgroup_id not in e                     # no limit of its own: its agent's holds it
+    e[t.cgroup_id].update(bytes=1000, packets=2)
+    e[app.fs.cgroup_id(a.cgroup)].update(bytes=500, packets=1)
     s.on_tool_end(a, t, None)
+    # What the call's sockets still hold after its exit leaves at its rate: the entry lingers.
+    assert e[t.cgroup_id]["rate_bps"] == 10 * MBIT
+    after_linger(s)
+    s.metric_stats()
     assert t.cgroup_id not in e
+    # The agent's counters keep what its ended calls sent: a counter never goes down.
+    assert s.metric_stats()["network_egress"]["a"] == {"bytes": 1500, "packets": 3, "delayed": 0, "drops": 0}
     s.on_agent_end(a)
-    assert e == {}
+    assert s.metric_stats()["network_egress"] == {}          # the agent's series go with it
+    assert list(e) == [app.fs.cgroup_id(a.cgroup)]            # its own entry lingers
+    after_linger(s)
+    s.metric_stats()
+    assert e == {} and s.metric_stats()["network_egress"] == {}
     assert s.modes() == {"network": "fq"}
 
 
 def test_an_agent_without_a_rate_gets_no_entry_but_its_limited_calls_do():
     s, app = stage()
     a = agent("free")
+    s.on_agent_start(a)
     t = tool(a, "0001-fetch", "fetch")
     s.on_tool_start(a, t)
     assert list(s.egress.entries) == [t.cgroup_id]
@@ -99,8 +124,13 @@ def test_htb_mode_where_the_kernel_has_no_fq_lays_classes_under_the_agent():
     assert e[app.fs.cgroup_id(a.cgroup)]["classid"] & 0xFFFF == 2       # packets go to the leaf
     assert e[t.cgroup_id]["classid"] & 0xFFFF == 3 and e[t.cgroup_id]["rate_bps"] == 0
     s.on_tool_end(a, t, None)
+    assert 3 in s.devices[0].classes                 # lingers, as in fq mode
+    after_linger(s)
+    s.on_tool_start(a, tool(a, "0003-normal", "normal"))
     assert 3 not in s.devices[0].classes
     s.on_agent_end(a)
+    after_linger(s)
+    s.metric_stats()
     assert s.devices[0].classes == {} and e == {}
     s.on_agent_start(agent(name="b"))              # minors are reused
     assert len(s.devices[0].classes) == 2 and max(s.devices[0].classes) <= 4

@@ -1,0 +1,65 @@
+"""Egress limits through the daemon: a policy naming a device and a tool class's rate;
+`agentd tool` runs a sender that the limit holds, the metrics count its bytes, and the
+device gets its own qdisc back when the daemon stops (htb mode: this host has no fq)."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from agentd.kernel.qdisc import root_qdisc
+from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.host.test_metrics_series import free_port
+from tests.net_support import SEND, HostPair
+
+MBIT = 125_000
+
+POLICY = """\
+version: 1
+network: {{devices: [{dev}]}}
+tool_classes:
+  normal: {{priority: 50}}
+  fetch: {{priority: 50, network: {{egress: 10Mbit}}}}
+detection:
+  enabled: false
+"""
+
+
+@pytest.fixture
+def pair():
+    p = HostPair(f"agentd-netd-{os.getpid()}", os.getpid())
+    yield p
+    p.close()
+
+
+def test_a_tool_classs_egress_rate_holds_its_call_and_is_counted(tmp_path, test_root, pair):
+    before = root_qdisc(pair.dev)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(dev=pair.dev))
+    port = free_port()
+    d = DaemonProc(str(tmp_path), test_root, policy=str(policy), metrics=f"127.0.0.1:{port}").start()
+    try:
+        st = d.request({"op": "status"})
+        assert st["modes"].get("network") == "htb", st["modes"]
+        assert root_qdisc(pair.dev)[0] == "htb"
+        rates = []
+        for cls, rport in (("fetch", 5301), ("normal", 5302)):
+            recv = pair.receive(1, port=rport)
+            r = subprocess.run(agentd_cmd() + ["run", "--name", f"net-{cls}", "--", *agentd_cmd(), "tool", "--class",
+                                               cls, "--", sys.executable, "-S", "-c", SEND, pair.RX_IP, str(rport),
+                                               "3"],
+                               capture_output=True, text=True, timeout=120, env=d.env, cwd=REPO)
+            assert r.returncode == 0, r.stderr
+            out, err = recv.communicate(timeout=60)
+            rates.append(json.loads(out.strip().splitlines()[-1])[0])
+        limited, free = rates
+        assert 0.9 * 10 * MBIT <= limited <= 1.1 * 10 * MBIT, limited / MBIT
+        assert free > 2 * 10 * MBIT, free / MBIT          # the normal class has no rate
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        assert 'agentd_mode_info{component="network",mode="htb"} 1.0' in text
+    finally:
+        d.cleanup()
+    assert root_qdisc(pair.dev) == before

@@ -40,6 +40,7 @@ def gather(policy_name=None):
     modes["memory_limits"] = {"mode": "enforced" if "memory" in caps.controllers else "accounting only",
                               "reason": "memory controller on cgroup v2" if "memory" in caps.controllers
                               else "memory controller not available on cgroup v2"}
+    modes["network"] = _network_mode(policy_name, caps)
     try:
         from .gpu import gpu_status
         modes["gpu"] = gpu_status()
@@ -55,6 +56,29 @@ def gather(policy_name=None):
     except AgentdError as err:
         out["daemon"] = {"socket": sock, "running": False, "reason": str(err)}
     return out
+
+
+def _network_mode(policy_name, caps):
+    """What the egress stage (agentd/network) would run here, and why."""
+    try:
+        from .policy.loader import load_policy
+        net = load_policy(policy_name or "default").network
+    except Exception:
+        return {"mode": "off", "reason": "the policy does not load"}
+    if not net.devices:
+        return {"mode": "off", "reason": "the policy names no device (network.devices)"}
+    if not caps.bpf_permitted:
+        return {"mode": "off", "reason": "egress limits need BPF (cgroup_skb), which this process may not load"}
+    from .kernel.qdisc import kernel_has_qdisc
+    devs = ", ".join(net.devices)
+    if net.mode in ("auto", "fq") and kernel_has_qdisc("fq"):
+        return {"mode": "fq", "reason": f"departure times per packet, fq on {devs}"}
+    if net.mode == "fq":
+        return {"mode": "off", "reason": "policy asks fq and the kernel has no fq qdisc (CONFIG_NET_SCH_FQ)"}
+    if kernel_has_qdisc("htb"):
+        why = "policy asks htb" if net.mode == "htb" else "the kernel has no fq qdisc"
+        return {"mode": "htb", "reason": f"{why}; htb classes on {devs}"}
+    return {"mode": "off", "reason": "the kernel has neither the fq nor the htb qdisc"}
 
 
 def doctor(args):

@@ -17,6 +17,7 @@ what it added, and the kernel puts its default back.
 import asyncio
 import concurrent.futures
 import errno
+import os
 
 from ..errors import KernelError
 
@@ -24,6 +25,23 @@ TC_H_ROOT = 0xFFFFFFFF
 FQ, HTB = "fq", "htb"
 HTB_MAJOR = 0xA9E0             # agentd's htb handle A9E0: (unlikely to be one's own)
 MAX_MINOR = 0xFFFF
+
+
+def kernel_has_qdisc(kind, release=None, sys_root="/sys", modules_root="/lib/modules"):
+    """Does the kernel offer qdisc `kind` (a module loaded, built in, or installed to load
+    on demand)? Read without creating one, for `agentd doctor`."""
+    mod = f"sch_{kind}"
+    if os.path.isdir(os.path.join(sys_root, "module", mod)):
+        return True
+    release = release or os.uname().release
+    for name in ("modules.builtin", "modules.dep"):
+        try:
+            with open(os.path.join(modules_root, release, name)) as f:
+                if any(os.path.basename(line.split(":")[0]).split(".")[0] == mod for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 NETLINK_TIMEOUT_S = 10.0

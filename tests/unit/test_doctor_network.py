@@ -1,0 +1,37 @@
+"""`agentd doctor` says which egress mode the daemon would run, and why."""
+
+import types
+
+import pytest
+
+from agentd import doctor
+from agentd.kernel import qdisc
+
+
+@pytest.fixture
+def policy(tmp_path):
+    def write(text):
+        p = tmp_path / "p.yaml"
+        p.write_text("version: 1\n" + text)
+        return str(p)
+    return write
+
+
+def mode(path, fq=True, htb=True, bpf=True, monkeypatch=None):
+    monkeypatch.setattr(qdisc, "kernel_has_qdisc", lambda kind, **kw: {"fq": fq, "htb": htb}[kind])
+    return doctor._network_mode(path, types.SimpleNamespace(bpf_permitted=bpf))
+
+
+def test_network_modes_and_their_reasons(policy, monkeypatch):
+    none = policy("")
+    named = policy("network: {devices: [eth0]}\n")
+    forced_fq = policy("network: {devices: [eth0], mode: fq}\n")
+    assert mode(none, monkeypatch=monkeypatch)["mode"] == "off"
+    assert "names no device" in mode(none, monkeypatch=monkeypatch)["reason"]
+    assert mode(named, monkeypatch=monkeypatch) == {"mode": "fq", "reason": "departure times per packet, fq on eth0"}
+    m = mode(named, fq=False, monkeypatch=monkeypatch)
+    assert m["mode"] == "htb" and "no fq qdisc" in m["reason"]
+    m = mode(forced_fq, fq=False, monkeypatch=monkeypatch)
+    assert m["mode"] == "off" and "CONFIG_NET_SCH_FQ" in m["reason"]
+    m = mode(named, bpf=False, monkeypatch=monkeypatch)
+    assert m["mode"] == "off" and "BPF" in m["reason"]

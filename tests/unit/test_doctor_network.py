@@ -10,8 +10,10 @@ from agentd.kernel import qdisc
 
 @pytest.fixture
 def policy(tmp_path):
+    n = iter(range(100))
+
     def write(text):
-        p = tmp_path / "p.yaml"
+        p = tmp_path / f"p{next(n)}.yaml"
         p.write_text("version: 1\n" + text)
         return str(p)
     return write

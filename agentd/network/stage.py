@@ -13,6 +13,7 @@ import time
 from ..errors import AgentdError, BpfError, FeatureMissing, KernelError
 from ..kernel import qdisc
 from ..kernel.bpf_egress import Egress
+from ..stages import Stage
 from . import htb
 
 log = logging.getLogger("agentd.network")
@@ -24,8 +25,10 @@ COUNTERS = ("bytes", "packets", "delayed", "drops")
 LINGER_S = 30.0
 
 
-class EgressStage:
+class EgressStage(Stage):
     """`egress` and `device` are the kernel adapters (tests pass doubles)."""
+
+    name = "network"
 
     def __init__(self, app, egress=None, device=qdisc.Device, clock=time.monotonic):
         self.app = app

@@ -156,3 +156,11 @@ def test_a_device_agentd_may_not_take_stops_the_stage_and_releases_the_others():
     with pytest.raises(KernelError, match="did not set"):
         EgressStage(app, egress=eg, device=device)
     assert made[0].released and eg.closed
+
+
+def test_a_dry_run_sets_no_qdisc_and_loads_no_program():
+    from agentd.errors import FeatureMissing
+    policy = load_policy_text(POLICY % "auto", host_memory_bytes=8 << 30)
+    app = types.SimpleNamespace(policy=policy, fs=FS(), root="agentd", dry_run=True)
+    with pytest.raises(FeatureMissing, match="dry run: no qdisc set on eth9, eth8"):
+        build(app)

@@ -31,12 +31,17 @@ enum agentd_event_type {
 #define AGENTD_WATCH_TREE 0x1	/* report lifecycle of this cgroup and its descendants */
 #define AGENTD_WATCH_MAIN 0x2	/* an agent's main cgroup: its children's execs are tool-call candidates */
 #define AGENTD_WATCH_STOP_EXEC 0x4	/* with MAIN: SIGSTOP a child at exec until user space places it */
+#define AGENTD_WATCH_CONTAINERS 0x8	/* an agent's container parent: each cgroup below it is a container's
+					 * (or its runtime's); an exec there by a task whose parent lives in
+					 * another cgroup is an exec session (with STOP_EXEC: stopped) */
 
 /* agentd_proc_event.flags */
 #define AGENTD_PF_STOPPED 0x1	/* the program sent SIGSTOP; user space must SIGCONT */
 #define AGENTD_PF_MAIN 0x2	/* the task was in a MAIN cgroup when the event fired */
 #define AGENTD_PF_PARENT_MAIN 0x4	/* its parent is in the same cgroup (exec only) */
 #define AGENTD_PF_STOP_SKIPPED 0x8	/* would have been stopped, but the daemon's heartbeat is stale */
+#define AGENTD_PF_SHELL_CHILD 0x10	/* parent is a persistent shell (`shells`): reported, never stopped */
+#define AGENTD_PF_CONTAINER 0x20	/* an exec in a container cgroup by a task whose parent is outside it */
 
 /* Lifecycle event (fork, exec, exit): one fixed-size record.
  * fork: pid = the new process, ppid = the forking process.
@@ -138,6 +143,13 @@ struct agentd_held {
 	__u64 start_boottime_ns;	/* task->start_boottime: /proc/PID/stat starttime */
 };
 #define AGENTD_HELD_MAX 4096
+
+/* shells hash map: tgid -> task->start_boottime of a persistent shell in a main cgroup
+ * (detection.tool_parents). A job-control shell waits with WUNTRACED: a child stopped at
+ * exec would show as a stopped job ("[1]+ Stopped", status 147), so its children are
+ * reported without a stop and placed right after their exec. */
+#define AGENTD_SHELLS_MAX 1024
+#define AGENTD_NS_PER_TICK 10000000	/* ns per USER_HZ tick (100 Hz on every architecture agentd builds for) */
 
 struct agentd_memwatch_config {
 	__u64 window_ns;	/* growth-rate window */

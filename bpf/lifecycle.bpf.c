@@ -69,6 +69,13 @@ struct {
 	__type(value, struct agentd_held);
 } held SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AGENTD_SHELLS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} shells SEC(".maps");
+
 static __always_inline void count(__u32 id)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &id);
@@ -95,14 +102,22 @@ static __always_inline __u64 task_cgroup_id(struct task_struct *t)
 }
 
 /* The watched cgroup covering `cgid` (the current task's cgroup, or the forked child's,
- * which shares the current task's ancestors); 0 if none. */
-static __always_inline __u64 find_watched(__u64 cgid, __u32 *flags)
+ * which shares the current task's ancestors); 0 if none. `cont` (may be 0) gets
+ * AGENTD_WATCH_CONTAINERS, plus that ancestor's STOP_EXEC, when a strict ancestor is an
+ * agent's container parent: `cgid` is then a container's cgroup. */
+static __always_inline __u64 find_watched_in(__u64 cgid, __u32 *flags, __u32 *cont)
 {
 	__u32 *f = bpf_map_lookup_elem(&watched_cgroups, &cgid);
+	__u64 wid = 0;
+	__u32 out = 0, c = 0;
 
-	if (f) {
+	if (f && !cont) {
 		*flags = *f;
 		return cgid;
+	}
+	if (f) {
+		wid = cgid;
+		out = *f;
 	}
 	for (int lvl = 1; lvl < AGENTD_MAX_CGROUP_DEPTH; lvl++) {
 		__u64 id = bpf_get_current_ancestor_cgroup_id(lvl);
@@ -110,14 +125,37 @@ static __always_inline __u64 find_watched(__u64 cgid, __u32 *flags)
 		if (!id || id == cgid)
 			break;
 		f = bpf_map_lookup_elem(&watched_cgroups, &id);
-		if (f && (*f & AGENTD_WATCH_TREE)) {
+		if (!f)
+			continue;
+		if (!wid && (*f & AGENTD_WATCH_TREE)) {
 			/* MAIN/STOP apply to the exact cgroup only, never to descendants. */
-			*flags = *f & AGENTD_WATCH_TREE;
-			return id;
+			wid = id;
+			out = *f & AGENTD_WATCH_TREE;
+			if (!cont)
+				break;
 		}
+		if (*f & AGENTD_WATCH_CONTAINERS)
+			c = AGENTD_WATCH_CONTAINERS | (*f & AGENTD_WATCH_STOP_EXEC);
 	}
-	*flags = 0;
-	return 0;
+	*flags = out;
+	if (cont)
+		*cont = c;
+	return wid;
+}
+
+static __always_inline __u64 find_watched(__u64 cgid, __u32 *flags)
+{
+	return find_watched_in(cgid, flags, 0);
+}
+
+/* Is `parent` a persistent shell user space registered? The same task, not a reused pid:
+ * its start time in USER_HZ ticks, as /proc/PID/stat gives it (field 22). */
+static __always_inline int is_shell(struct task_struct *parent)
+{
+	__u32 tgid = BPF_CORE_READ(parent, tgid);
+	__u64 *start = bpf_map_lookup_elem(&shells, &tgid);
+
+	return start && *start == BPF_CORE_READ(parent, group_leader, start_boottime) / AGENTD_NS_PER_TICK;
 }
 
 /* Is the daemon's event loop alive (a recent heartbeat)? No bound set: yes. */
@@ -207,11 +245,23 @@ static __always_inline int handle_fork(struct task_struct *parent, struct task_s
 	return 0;
 }
 
+/* Stop the current task for placement unless the daemon is gone; flags say which. */
+static __always_inline void hold_for_placement(struct task_struct *t, struct agentd_proc_event *e)
+{
+	if (!daemon_alive()) {
+		e->flags |= AGENTD_PF_STOP_SKIPPED;
+		count(AGENTD_STAT_STOP_SKIPPED);
+	} else if (stop_for_placement(t, e->pid)) {
+		e->flags |= AGENTD_PF_STOPPED;
+		count(AGENTD_STAT_STOPPED);
+	}
+}
+
 static __always_inline int handle_exec(struct task_struct *t, const char *filename)
 {
 	__u64 cgid = bpf_get_current_cgroup_id();
-	__u32 flags;
-	__u64 wid = find_watched(cgid, &flags);
+	__u32 flags, cont;
+	__u64 wid = find_watched_in(cgid, &flags, &cont);
 
 	if (!wid && !cfg.report_all)
 		return 0;
@@ -235,20 +285,24 @@ static __always_inline int handle_exec(struct task_struct *t, const char *filena
 
 	e->sid = BPF_CORE_READ(sig, pids[AGENTD_PIDTYPE_SID], numbers[0].nr);
 	e->pgid = BPF_CORE_READ(sig, pids[AGENTD_PIDTYPE_PGID], numbers[0].nr);
+	struct task_struct *parent = BPF_CORE_READ(t, real_parent);
+
 	if (flags & AGENTD_WATCH_MAIN) {
 		e->flags |= AGENTD_PF_MAIN;
-		if (task_cgroup_id(BPF_CORE_READ(t, real_parent)) == cgid) {
+		if (task_cgroup_id(parent) == cgid) {
 			e->flags |= AGENTD_PF_PARENT_MAIN;
-			if (!(flags & AGENTD_WATCH_STOP_EXEC)) {
-				/* sweep strategy: report only */
-			} else if (!daemon_alive()) {
-				e->flags |= AGENTD_PF_STOP_SKIPPED;
-				count(AGENTD_STAT_STOP_SKIPPED);
-			} else if (stop_for_placement(t, e->pid)) {
-				e->flags |= AGENTD_PF_STOPPED;
-				count(AGENTD_STAT_STOPPED);
-			}
+			if (is_shell(parent))
+				e->flags |= AGENTD_PF_SHELL_CHILD;	/* its shell would see a stop */
+			else if (flags & AGENTD_WATCH_STOP_EXEC)
+				hold_for_placement(t, e);
+			/* else the sweep strategy: report only */
 		}
+	} else if ((cont & AGENTD_WATCH_CONTAINERS) && task_cgroup_id(parent) != cgid) {
+		/* Entered a container's cgroup from outside: the runtime (runc/crun exec, conmon)
+		 * started it. Container inits come here too; user space lets those be. */
+		e->flags |= AGENTD_PF_CONTAINER;
+		if (cont & AGENTD_WATCH_STOP_EXEC)
+			hold_for_placement(t, e);
 	}
 	submit(e);
 	return 0;

@@ -46,6 +46,7 @@ class Lifecycle(LoadedProgram):
         self._watched = self._obj.map("watched_cgroups")
         self._heartbeat = self._obj.map("heartbeat")
         self._held = self._obj.map("held")
+        self._shells = self._obj.map("shells")
         self.max_age_ns = 0
 
     # --- dead-man switch --------------------------------------------------
@@ -69,6 +70,15 @@ class Lifecycle(LoadedProgram):
             if self._held.lookup(k, v):
                 out[k.value] = v
         return out
+
+    # --- persistent shells (agentd/monitor/shells.py) ------------------------
+    def add_shell(self, pid, starttime):
+        """Report `pid`'s children at exec without stopping them (a job-control shell would
+        see the stop); `starttime`: /proc/PID/stat field 22, so a reused pid is not it."""
+        self._shells.update(ctypes.c_uint32(pid), ctypes.c_uint64(starttime))
+
+    def remove_shell(self, pid):
+        return self._shells.delete(ctypes.c_uint32(pid))
 
     def watchdog_fds(self):
         """The map descriptors the exec watchdog needs (kernel.exec_watchdog)."""

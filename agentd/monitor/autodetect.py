@@ -69,7 +69,8 @@ class AutoDetector:
     """
 
     def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason="",
-                 resume=resume, agent_process=None, exempt=None, observe=False, exempt_file=None):
+                 resume=resume, agent_process=None, exempt=None, observe=False, exempt_file=None,
+                 shell=None, kept=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if strategy != "poll" and lifecycle is None:
@@ -92,6 +93,10 @@ class AutoDetector:
         # exec (a dry run: `place` only records what would have been).
         self.observe = observe
         self.exempt_file = exempt_file  # observe: exempt(path of the exec'd file), the process may be gone
+        # shell(pid) -> bool: is this main process a persistent shell (detection.tool_parents,
+        # monitor/shells.py)? Its children are tool calls, leading a session or not.
+        self.shell = shell
+        self.kept = kept            # kept(pid, argv): a candidate judged no tool call (it stays in main)
         self._observed = set()      # observe: pids recorded as tool calls (until they exit)
         self.stats = AutodetectStats()
         self._agents = {}           # agent_id -> _Agent
@@ -126,6 +131,8 @@ class AutoDetector:
 
     # --- BPF events -------------------------------------------------------
     def handle(self, ev):
+        if ev.container:
+            return                                  # monitor/containers.py places (and resumes) it
         if ev.kind == ProcKind.FORK:
             root = self._tool_of.get(ev.ppid)
             if root is not None:
@@ -187,15 +194,18 @@ class AutoDetector:
         try:
             exempt = bool(self.exempt and self.exempt(pid)) or bool(
                 self.observe and filename and self.exempt_file and self.exempt_file(filename))
+            of_shell = bool(self.shell and ppid is not None and self.shell(ppid))
             tool = not exempt \
-                and (self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
-                and bool(self.is_tool(argv, leads_session))
+                and (of_shell or self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
+                and bool(self.is_tool(argv, leads_session or of_shell))
         except Exception:  # policy bugs must not leave a task stopped
             log.exception("is_tool failed for %s; treating %r as housekeeping", agent.agent_id, argv[:3])
             tool = False
         if not tool:
             self.stats.housekeeping += 1
             agent.known[pid] = (None, tuple(argv))
+            if self.kept is not None:
+                self.kept(pid, argv)
             return
         try:
             self.place(agent.agent_id, pid, argv)
@@ -291,7 +301,7 @@ class AutoDetector:
 
 
 def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None, exempt=None, observe=False,
-                exempt_file=None):
+                exempt_file=None, shell=None, kept=None):
     """The detector the daemon wants for `monitor` (a kernel_events.EventMonitor):
     stop-at-exec when the lifecycle program runs, /proc polling otherwise; subscribed
     to the monitor's process events. The daemon still calls reconcile() on its tick
@@ -300,10 +310,10 @@ def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=N
     if monitor.lifecycle is not None:
         det = AutoDetector(place, is_tool, cgroups, strategy=strategy or "stop", lifecycle=monitor.lifecycle,
                            reason=monitor.reason, agent_process=agent_process, exempt=exempt, observe=observe,
-                           exempt_file=exempt_file)
+                           exempt_file=exempt_file, shell=shell, kept=kept)
         monitor.proc_listeners.append(det.handle)
     else:
         det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason,
                            agent_process=agent_process, exempt=exempt, observe=observe,
-                           exempt_file=exempt_file)
+                           exempt_file=exempt_file, shell=shell, kept=kept)
     return det

@@ -85,12 +85,15 @@ class DetectionHook(Stage):
         self.monitor = monitor if monitor is not None else EventMonitor(app.fs)
         from ..install import launcher_path
         self.front = Front(app.procfs, launcher_path())
+        from .monitor.shells import PersistentShells
+        self.shells = PersistentShells(lambda: app.policy, app.procfs, self.monitor.lifecycle)
         # A dry run observes: no task is stopped at exec, none is moved; each call that
         # would have been placed is recorded (Controller.observe_tool).
         self.observe = bool(getattr(app, "dry_run", False))
         self.detector = for_monitor(self.monitor, self.place_detected, self.is_tool, app.fs,
                                     agent_process=self.is_agent_process, exempt=self.front.runs,
-                                    observe=self.observe, exempt_file=self.front.is_file)
+                                    observe=self.observe, exempt_file=self.front.is_file,
+                                    shell=self.shells.is_shell, kept=self.shells.kept)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
         self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
         self._exec_root = {}           # tool key -> the pid whose execs say what the call runs
@@ -116,6 +119,8 @@ class DetectionHook(Stage):
             return False
         if self.policy.new_session_only and not leads_session:
             return False
+        if self.shells.is_shell_argv(argv):
+            return False               # a persistent shell stays in main; its commands are the calls
         return not is_housekeeping(self.app.policy, argv)
 
     def is_agent_process(self, pid):
@@ -151,8 +156,13 @@ class DetectionHook(Stage):
             return
         # Held by a pidfd from here: the move and the oom_score_adj write check that the
         # pid still names the process the event was about.
+        job = self.shells.job(pid)     # a persistent shell's pipeline joins its running call
         with self.app.procfs.hold(pid) as proc:
+            if job is not None:
+                self.app.ctl.attach(job, proc)
+                return
             tool = self.app.ctl.start_tool(agent, proc, argv, origin="auto")
+        self.shells.placed(pid, tool)
         self._tools_by_pid[pid] = tool
         self.stats["placed"] += 1
 
@@ -215,6 +225,7 @@ class DetectionHook(Stage):
             return
         if ev.kind != ProcKind.EXIT:
             return
+        self.shells.exited(ev.pid)
         tool = self._tools_by_pid.pop(ev.pid, None)
         if tool is not None and not tool.done:
             code = ev.exit_code
@@ -252,6 +263,7 @@ class DetectionHook(Stage):
                 pass
 
     def on_tool_end(self, agent, tool, result):
+        self.shells.ended(tool)
         self._tools_by_pid.pop(tool.pid, None)
         self._tools_by_cgid.pop(tool.cgroup_id, None)
         self._exec_root.pop(tool.key, None)

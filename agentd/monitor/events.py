@@ -58,6 +58,12 @@ class ProcEvent:
         return bool(self.flags & T.AGENTD_PF_PARENT_MAIN)
 
     @property
+    def container(self):
+        """An exec in a container's cgroup started from outside it (an exec session, or the
+        container's init): agentd/monitor/containers.py places it, not the detector."""
+        return bool(self.flags & T.AGENTD_PF_CONTAINER)
+
+    @property
     def leads_session(self):
         return self.sid == self.pid and self.pid != 0
 

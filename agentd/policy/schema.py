@@ -269,22 +269,11 @@ class Detection(_Model):
     # processes (a language server, an npm helper) stay in main. [] = any main process.
     agent_programs: ProgramNames = []
     housekeeping: list[Match] = list(DEFAULT_HOUSEKEEPING)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_tool_parents(cls, data):
-        # Persistent shells (SWE-agent style) are not detected yet: a key that looked
-        # accepted but did nothing is refused with what to do instead. An empty list asks
-        # for nothing (installed copies of the old default policy carry one), so it passes.
-        if isinstance(data, dict) and data.get("tool_parents", []) not in ([], None):
-            raise PydanticCustomError(
-                "policy_unsupported",
-                "tool_parents is not supported: agentd does not detect commands typed into a persistent "
-                "shell yet; remove the key (such commands run in the agent's main cgroup; run them through "
-                "`agentd tool -- CMD` to give each its own tool-call cgroup)", {"subpath": "tool_parents"})
-        if isinstance(data, dict) and "tool_parents" in data:
-            data = {k: v for k, v in data.items() if k != "tool_parents"}
-        return data
+    # Persistent shells (SWE-agent's SWE-ReX keeps one bash per agent and types each command
+    # into it): a main-cgroup process whose argv matches one of these is the agent's shell.
+    # It stays in main, and each command it runs is a tool call (agentd/monitor/shells.py).
+    # [] = none: every child of an agent process is a tool call, a shell included.
+    tool_parents: list[Match] = []
 
 
 class Forecast(_Model):

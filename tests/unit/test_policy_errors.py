@@ -347,9 +347,8 @@ def test_percentage_resolved_against_given_host_memory():
      "tool_rules[0].match.declared_class", "declared_class list is empty: name at least one, e.g. [batch]"),
     ("version: 1\ndetection:\n  agent_programs: [/usr/bin/claude]\n", 3,
      "detection.agent_programs", "bad name '/usr/bin/claude' in the program list (programs match the basename"),
-    ("version: 1\ndetection:\n  enabled: true\n  tool_parents: [bash]\n", 4,
-     "detection.tool_parents", "tool_parents is not supported: agentd does not detect commands typed into a "
-                               "persistent shell yet; remove the key"),
+    ("version: 1\ndetection:\n  enabled: true\n  tool_parents: [{argv_regex: '(bash'}]\n", 4,
+     "detection.tool_parents[0].argv_regex", "invalid regex '(bash': missing )"),
     ("version: 1\nagent_classes:\n  normal: {memory: {max: }}\n", 3,
      "agent_classes.normal.memory.max", "a size is required here"),
 ])
@@ -360,10 +359,13 @@ def test_more_list_and_size_messages(text, line, path, fragment):
                for p in info.value.problems), str(info.value)
 
 
-def test_an_empty_tool_parents_list_asks_for_nothing_and_loads():
+def test_tool_parents_take_matches_and_default_to_none():
     # Installed copies of the earlier default policy carry `tool_parents: []`.
     p = load_policy_text("version: 1\ndetection: {tool_parents: []}\n", "p.yaml", host_memory_bytes=HOST)
-    assert p.detection.agent_programs == [] and "tool_parents" not in p.detection.model_dump()
+    assert p.detection.tool_parents == []
+    p = load_policy_text("version: 1\ndetection: {tool_parents: [{argv_regex: '^bash$'}]}\n", "p.yaml",
+                         host_memory_bytes=HOST)
+    assert p.detection.tool_parents[0].argv_regex == "^bash$"
 
 
 def test_bare_off_disables_metrics():

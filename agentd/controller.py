@@ -297,8 +297,14 @@ class Controller(ToolCalls):
         # Events still queued for it (a batched exec report of its last spawn) are read
         # while it is known, not dropped once it is gone.
         self._each("before_agent_end", lambda h: h.before_agent_end(agent))
+        spared = self._runtime_at_work(agent) if kill else None
         for tool in list(agent.tools.values()):
+            if spared and tool.tool_id in spared[0]:
+                continue              # stopping or removing a container: left to finish
             self.finish_tool(tool, status=None, reason=reason, force_kill=kill)
+        if spared:
+            self._end_around_runtime(agent, reason)
+            return
         try:
             if kill and self.fs.exists(agent.cgroup) and self.fs.populated(agent.cgroup):
                 if not self.actuator.kill_cgroup(f"agent {agent.agent_id}", agent.cgroup, reason,
@@ -316,6 +322,31 @@ class Controller(ToolCalls):
         self._save(agent=agent, removed=True)
         self.events.emit("agent_end", agent=agent.agent_id, reason=reason)
         self._each("on_agent_end", lambda h: h.on_agent_end(agent))
+
+    def _runtime_at_work(self, agent):
+        for h in self.hooks:
+            fn = getattr(h, "runtime_at_work", None)
+            if fn:
+                try:
+                    return fn(agent)
+                except Exception:
+                    log.exception("hook %s.runtime_at_work failed", type(h).__name__)
+        return None
+
+    def _end_around_runtime(self, agent, reason):
+        """The agent ended while a container runtime still works for it (a container of its
+        runs, a tool call stops one; monitor/containers.py): what is left in main is killed,
+        the runtime's part is not (killing conmon or a `podman stop` breaks the runtime).
+        The sweep removes the agent once that part is gone too."""
+        try:
+            if self.fs.exists(agent.main_cgroup) and self.fs.populated(agent.main_cgroup):
+                self.actuator.kill_cgroup(f"agent {agent.agent_id}", agent.main_cgroup, reason,
+                                          agent=agent.agent_id)
+        except AgentdError as err:
+            log.warning("agent %s: cannot kill what is left in main: %s", agent.agent_id, err)
+        if not getattr(agent, "detached", False):
+            log.info("agent %s ended; its container runtime work goes on, its cgroup goes after", agent.agent_id)
+        agent.detached = True
 
     def _dry(self):
         """Marks an event's limits as what a dry run would have set (none was written)."""

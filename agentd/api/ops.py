@@ -19,6 +19,7 @@ import time
 
 from ..clip import clip_argv
 from ..errors import AgentdError, PolicyError, RequestError
+from ..monitor import containers
 from .outbox import Outbox
 
 
@@ -123,7 +124,8 @@ class ApiOps:
         agent.argv = clip_argv(req.get("argv") or [])
         conn.agent = agent.agent_id
         return {"agent": agent.agent_id, "cgroup": agent.cgroup, "agent_class": agent.agent_class,
-                "env": {"AGENTD_AGENT": agent.agent_id, "AGENTD_SOCKET": self.socket_path}}
+                "env": {"AGENTD_AGENT": agent.agent_id, "AGENTD_SOCKET": self.socket_path,
+                        **containers.env(agent)}}
 
     async def op_run_done(self, conn, req):
         agent = self.ctl.agents.get(req["agent"])

@@ -253,6 +253,14 @@ class ProcFS:
         return ProcInfo(pid=pid, ppid=int(rest[1]), pgid=int(rest[2]), sid=int(rest[3]), state=rest[0],
                         starttime=int(rest[19]), argv=argv, rss_bytes=int(statm[1]) * PAGE_SIZE)
 
+    def ns_pid(self, pid):
+        """`pid` as its own (innermost) pid namespace numbers it: the last NSpid of
+        /proc/<pid>/status (1: the init of a container's pid namespace)."""
+        for line in self._read(pid, "status").splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+        return pid                    # kernels before 4.1 have no NSpid: no namespace seen
+
     def rss_bytes(self, pid):
         """Resident set (file + anon + shmem), the quantity the BPF program sums."""
         return int(self._read(pid, "statm").split()[1]) * PAGE_SIZE

@@ -85,7 +85,7 @@ class DetectionHook(Stage):
         self.monitor = monitor if monitor is not None else EventMonitor(app.fs)
         from ..install import launcher_path
         self.front = Front(app.procfs, launcher_path())
-        from .monitor.shells import PersistentShells
+        from .shells import PersistentShells
         self.shells = PersistentShells(lambda: app.policy, app.procfs, self.monitor.lifecycle)
         # A dry run observes: no task is stopped at exec, none is moved; each call that
         # would have been placed is recorded (Controller.observe_tool).
@@ -94,6 +94,10 @@ class DetectionHook(Stage):
                                     agent_process=self.is_agent_process, exempt=self.front.runs,
                                     observe=self.observe, exempt_file=self.front.is_file,
                                     shell=self.shells.is_shell, kept=self.shells.kept)
+        from .containers import ContainerExecs
+        self.containers = ContainerExecs(app.fs, app.procfs, self.monitor.lifecycle, self.place_detected,
+                                         observe=self.observe)
+        self.monitor.proc_listeners.append(self.containers.handle)
         self._tools_by_pid = {}        # root pid of an automatic tool call -> ToolCall
         self._tools_by_cgid = {}       # cgroup id of a running tool call -> ToolCall (exec checks)
         self._exec_root = {}           # tool key -> the pid whose execs say what the call runs
@@ -246,6 +250,7 @@ class DetectionHook(Stage):
                 self.monitor.lifecycle.watch(self._watch_ids[agent.agent_id])
         except AgentdError as err:
             log.warning("automatic detection off for agent %s: %s", agent.agent_id, err)
+        self.containers.on_agent_start(agent, self._watch_ids.get(agent.agent_id))
 
     def before_agent_end(self, agent):
         """Read what the lifecycle program still holds before the agent is forgotten: an
@@ -253,9 +258,14 @@ class DetectionHook(Stage):
         drain interval late, and would find its agent gone."""
         self._drain()
 
+    def runtime_at_work(self, agent):
+        """At the agent's end: what a container runtime still does for it (Controller)."""
+        return self.containers.at_work(agent)
+
     def on_agent_end(self, agent):
-        self.detector.remove_agent(agent.agent_id)
         watch_id = self._watch_ids.pop(agent.agent_id, None)
+        self.containers.on_agent_end(agent, watch_id)
+        self.detector.remove_agent(agent.agent_id)
         if self.monitor.lifecycle is not None and watch_id:
             try:
                 self.monitor.lifecycle.unwatch(watch_id)

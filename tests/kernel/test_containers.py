@@ -1,0 +1,170 @@
+"""Container sandboxes for real: rootful podman (Debian's package, cgroupfs manager, storage
+on the guest's tmpfs, a local image imported from a root file system tarball) under
+`agentd run`:
+
+- the container started with `--cgroup-parent=$AGENTD_CONTAINER_PARENT` lives under the
+  agent, its init in a leaf of its own;
+- each `podman exec` is a tool call of its own (its own cgroup below the agent's tools/,
+  the class and limits of its rule), its exit status reported;
+- an exec past its memory.max is OOM-killed alone: the container, conmon and the agent
+  go on (a later exec still runs);
+- at the agent's end a running container is not killed: after `agentd run` returns the
+  container still answers, `podman stop` / `rm` succeed, and then the agent's cgroup goes.
+
+One daemon and one image for the module (start-up costs about a minute under emulation).
+"""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import DaemonProc
+
+from .kernel_support import wait_for
+
+pytestmark = pytest.mark.kernel
+
+IMAGE = "localhost/agentd-test:1"
+
+POLICY = """\
+version: 1
+tool_rules:
+  - name: capped-dd
+    match: {program: [dd]}
+    class: normal
+    memory: {max: 96Mi}
+"""
+
+
+def _rootfs_tar(tmp):
+    """busybox and bash (with the libraries ldd names) in a tarball: `podman import` makes
+    an image of it, no registry needed."""
+    root = tmp / "rootfs"
+    for d in ("bin", "tmp", "proc", "sys", "dev", "etc", "root"):
+        (root / d).mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for name in ("sh", "sleep", "cat", "dd", "grep", "true", "echo", "ls"):
+        os.symlink("busybox", root / "bin" / name)
+    shutil.copy("/bin/bash", root / "bin" / "bash")
+    libs = subprocess.run(["ldd", "/bin/bash"], capture_output=True, text=True, check=True).stdout
+    for tok in libs.split():
+        if tok.startswith("/"):
+            dst = root / tok.lstrip("/")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tok, dst)
+    tar = tmp / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+    return tar
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory):
+    """Environment for a rootful podman whose state lives on tmpfs (the guest sees the host's
+    file system read-only): containers.conf and storage.conf of its own."""
+    exe = shutil.which("podman")
+    assert exe, "podman is not installed (.ci/setup.sh installs it)"
+    tmp = tmp_path_factory.mktemp("podman")
+    for d in ("graph", "run", "tmp"):
+        (tmp / d).mkdir()
+    (tmp / "containers.conf").write_text(
+        '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+        f'events_logfile_path = "{tmp}/events.log"\ntmp_dir = "{tmp}/tmp"\n'
+        '[containers]\nnetns = "none"\n')
+    (tmp / "storage.conf").write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp}/graph"\nrunroot = "{tmp}/run"\n')
+    env = dict(os.environ, CONTAINERS_CONF=str(tmp / "containers.conf"),
+               CONTAINERS_STORAGE_CONF=str(tmp / "storage.conf"))
+    subprocess.run([exe, "import", str(_rootfs_tar(tmp)), IMAGE], check=True, env=env, capture_output=True,
+                   timeout=300)
+    yield env
+    subprocess.run([exe, "rm", "-a", "-f", "-t", "0"], env=env, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, podman):
+    from agentd.kernel.cgroupfs import CgroupFS
+    from tests.helpers import cgroup2_mount, kill_tree
+    tmp = tmp_path_factory.mktemp("containers-daemon")
+    root = f"agentd-ctr-{os.getpid()}"
+    policy = tmp / "policy.yaml"
+    policy.write_text(POLICY)
+    d = DaemonProc(str(tmp), root, policy=str(policy), extra_env={
+        k: podman[k] for k in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")}).start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+        fs = CgroupFS(cgroup2_mount())
+        if fs.exists(root):
+            kill_tree(fs, root)
+
+
+def _tool_events(d, agent, kind):
+    return [e for e in d.events() if e["event"] == kind and e.get("agent") == agent]
+
+
+AGENT = """\
+set -x
+P="podman"
+$P run -d --name "$NAME" --cgroup-parent="$AGENTD_CONTAINER_PARENT" {image} sleep 600 || exit 10
+# The exec's cgroup as the container's own cgroup namespace shows it.
+$P exec "$NAME" cat /proc/self/cgroup > "$OUT/exec1" || exit 11
+$P exec "$NAME" dd if=/dev/zero of=/dev/null bs=32M count=2 2> "$OUT/small" || exit 12
+$P exec "$NAME" dd if=/dev/zero of=/dev/null bs=160M count=1 2> "$OUT/big"
+echo $? > "$OUT/big_status"
+$P exec "$NAME" sh -c 'echo after' > "$OUT/after" || exit 13
+exit 0
+"""
+
+
+def test_each_podman_exec_is_a_tool_call_and_the_runtime_survives(daemon, podman, tmp_path):
+    d = daemon
+    name = f"agentd-ctr-{os.getpid()}"
+    out = tmp_path / "out"
+    out.mkdir()
+    agent = "ctr"
+    r = d.run(AGENT.format(image=IMAGE), name=agent, timeout=900,
+              env={"NAME": name, "OUT": str(out)})
+    try:
+        tree = subprocess.run(["sh", "-c", f"cd /sys/fs/cgroup/{d.root} && for f in $(find . -name cgroup.procs); "
+                                           "do echo \"$f: $(cat $f | tr '\\n' ' ')\"; done; ps -eo pid,ppid,args"],
+                              capture_output=True, text=True).stdout
+        print(tree)
+        assert r.returncode == 0, (r.returncode, r.stderr[-3000:], d.log()[-3000:], tree)
+        base = f"{d.root}/agents/{agent}"
+        # The exec ran in a tool call of the agent, outside the container's cgroup.
+        exec1 = (out / "exec1").read_text().strip()
+        assert exec1.startswith("0::/../../tools/"), exec1
+        starts = _tool_events(d, agent, "tool_start")
+        execs = [e for e in starts if e["argv"][:1] in (["cat"], ["dd"], ["sh"])]
+        assert len(execs) == 4, [e["argv"] for e in starts]
+        assert len({e["tool"] for e in execs}) == 4
+        # The exec past its memory.max was OOM-killed (dd's 160 MiB buffer, 96 MiB allowed) ...
+        assert int((out / "big_status").read_text()) == 137, (out / "big").read_text()
+        ends = {e["tool"]: e for e in _tool_events(d, agent, "tool_end")}
+        big = next(e for e in execs if "bs=160M" in e["argv"])
+        small = next(e for e in execs if "bs=32M" in e["argv"])
+        assert ends[big["tool"]]["outcome"] == "oom_killed", ends[big["tool"]]
+        assert big["limits"].get("memory.max") == str(96 << 20), big["limits"]
+        assert ends[small["tool"]]["outcome"] == "ok", ends[small["tool"]]
+        assert ends[small["tool"]]["memory_peak_bytes"] >= 32 << 20
+        # ... alone: a later exec ran, and the container still runs after the agent ended.
+        assert (out / "after").read_text().strip() == "after"
+        st = subprocess.run(["podman", "inspect", "-f", "{{.State.Status}} {{.State.Pid}}", name], env=podman,
+                            capture_output=True, text=True, timeout=300)
+        assert st.stdout.split()[0] == "running", (st.stdout, st.stderr)
+        init = int(st.stdout.split()[1])
+        with open(f"/proc/{init}/cgroup") as f:
+            cg = f.read().strip()
+        assert cg.startswith(f"0::/{base}/containers/"), cg
+        # The runtime's own tools still work on it, and then the agent's cgroup goes.
+        stop = subprocess.run(["podman", "rm", "-f", "-t", "0", name], env=podman, capture_output=True, text=True,
+                              timeout=300)
+        assert stop.returncode == 0, stop.stderr
+        wait_for(lambda: not os.path.exists(f"/sys/fs/cgroup/{base}"), 60, "the agent's cgroup to go")
+        assert any(e["event"] == "agent_end" and e.get("agent") == agent for e in d.events())
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", name], env=podman, capture_output=True, timeout=300)

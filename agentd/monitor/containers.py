@@ -32,6 +32,7 @@ the kernel's own facts:
 
 import logging
 import os
+import re
 
 from ..errors import AgentdError, CgroupGone, ProcessGone
 from ..kernel import bpf_types as T
@@ -46,6 +47,9 @@ ENV = "AGENTD_CONTAINER_PARENT"
 # Programs of container runtimes: a tool call that still runs one at the agent's end is
 # at work on a container (stopping or removing it) and is left to finish.
 RUNTIME_PROGRAMS = frozenset({"podman", "docker", "conmon", "crun", "runc", "containerd-shim-runc-v2"})
+# ... or whose command line runs a runtime client: its shell may not have exec'd it yet
+# (`sh -c "(timeout 60 podman stop ID || podman rm -f ID) &"`, mini-swe-agent's clean-up).
+RUNTIME_IN_ARGV = re.compile(r"(?:^|[\s/(;&|])(?:podman|docker)\s")
 
 
 def parent_of(agent):
@@ -127,7 +131,7 @@ class ContainerExecs:
         runtime program, whether a container still runs under it). None: nothing."""
         tools = set()
         for tool in agent.tools.values():
-            if not tool.done and self._runs_runtime(tool.cgroup):
+            if not tool.done and (RUNTIME_IN_ARGV.search(" ".join(tool.argv)) or self._runs_runtime(tool.cgroup)):
                 tools.add(tool.tool_id)
         try:
             running = self.fs.exists(parent_of(agent)) and self.fs.populated(parent_of(agent))

@@ -168,3 +168,39 @@ def test_each_podman_exec_is_a_tool_call_and_the_runtime_survives(daemon, podman
         assert any(e["event"] == "agent_end" and e.get("agent") == agent for e in d.events())
     finally:
         subprocess.run(["podman", "rm", "-f", "-t", "0", name], env=podman, capture_output=True, timeout=300)
+
+
+MINI = os.path.join(os.path.dirname(__file__), "agents", "mini_podman.py")
+
+
+def test_mini_swe_agent_in_podman_each_action_its_own_cgroup(daemon, podman, tmp_path):
+    """The real harness: mini-swe-agent's docker environment with podman as its executable,
+    its deterministic model, under `agentd run`. Each action (`podman exec ID bash -lc CMD`)
+    runs in a tool call of its own, a child of the action with it; at the end the agent's
+    own background `podman stop` runs to completion and the container goes (--rm)."""
+    pytest.importorskip("minisweagent", reason="needs `pip install mini-swe-agent` (.ci/setup.sh)")
+    import sys
+    from tests.helpers import REPO, agentd_cmd
+    d = daemon
+    out = tmp_path / "mini"
+    out.mkdir()
+    r = subprocess.run(agentd_cmd() + ["run", "--name", "mini", "--", sys.executable, MINI, IMAGE, str(out)],
+                       capture_output=True, text=True, timeout=900, env=d.env, cwd=REPO)
+    assert r.returncode == 0, (r.stderr[-3000:], d.log()[-2000:])
+    assert "Submitted" in (out / "result").read_text()
+    seen = []
+    for n in range(3):
+        lines = [ln for ln in (out / str(n)).read_text().splitlines() if ln.startswith("0::")]
+        assert len(lines) == 2 and lines[0] == lines[1], lines          # the action's child with it
+        assert lines[0].startswith("0::/../../tools/"), lines
+        seen.append(lines[0])
+    assert len(set(seen)) == 3, seen
+    # mini-swe-agent stops its container in the background as it exits: agentd lets it.
+    base = f"{d.root}/agents/mini"
+    wait_for(lambda: not os.path.exists(f"/sys/fs/cgroup/{base}"), 300, "the agent's container to be stopped")
+    ps = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], env=podman, capture_output=True,
+                        text=True, timeout=300)
+    assert "minisweagent-" not in ps.stdout, ps.stdout
+    ends = [e for e in d.events() if e["event"] == "tool_end" and e.get("agent") == "mini"]
+    stop = [e for e in ends if "stop" in " ".join(e["argv"])]
+    assert stop and all(e["outcome"] == "ok" for e in stop), stop

@@ -204,3 +204,51 @@ def test_mini_swe_agent_in_podman_each_action_its_own_cgroup(daemon, podman, tmp
     ends = [e for e in d.events() if e["event"] == "tool_end" and e.get("agent") == "mini"]
     stop = [e for e in ends if "stop" in " ".join(e["argv"])]
     assert stop and all(e["outcome"] == "ok" for e in stop), stop
+
+
+def test_exec_overhead_side_by_side(daemon, podman, figure):
+    """What the container path costs per `podman exec`: the same `podman exec C true`, timed
+    alternately into a container under an agent (each exec stopped at exec, placed in a tool
+    call of its own, resumed) and into one podman placed itself (/libpod_parent), in one
+    boot. bench/containers.py runs it with more rounds; the figures are the README's.
+    Only behaviour is asserted: every exec into the agent's container became a tool call."""
+    import statistics
+    import sys
+    from tests.helpers import REPO, agentd_cmd
+    d = daemon
+    rounds = int(os.environ.get("AGENTD_BENCH_CONTAINER_ROUNDS", "8"))
+    managed, plain = f"agentd-bench-a-{os.getpid()}", f"agentd-bench-b-{os.getpid()}"
+    agent = subprocess.Popen(agentd_cmd() + ["run", "--name", "bench", "--", "sh", "-c",
+                                             f'podman run -d --name {managed} --cgroup-parent='
+                                             f'"$AGENTD_CONTAINER_PARENT" {IMAGE} sleep 3600 && exec sleep 3600'],
+                             env=d.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(["podman", "run", "-d", "--name", plain, IMAGE, "sleep", "3600"], env=podman, check=True,
+                       capture_output=True, timeout=300)
+
+        def running(name):
+            st = subprocess.run(["podman", "inspect", "-f", "{{.State.Status}}", name], env=podman,
+                                capture_output=True, text=True, timeout=300)
+            return st.stdout.strip() == "running"
+        wait_for(lambda: running(managed), 300, "the agent's container")
+        before = len([e for e in d.events() if e["event"] == "tool_start" and e.get("agent") == "bench"])
+        times = {managed: [], plain: []}
+        for _ in range(rounds):
+            for name in (managed, plain):
+                t0 = time.monotonic()
+                subprocess.run(["podman", "exec", name, "true"], env=podman, check=True, capture_output=True,
+                               timeout=300)
+                times[name].append(time.monotonic() - t0)
+        placed = [e for e in d.events() if e["event"] == "tool_start" and e.get("agent") == "bench"][before:]
+        assert len([e for e in placed if e["argv"] == ["true"]]) == rounds, placed
+        med_a, med_b = statistics.median(times[managed]), statistics.median(times[plain])
+        figure("podman exec median, agent's container (placed)", round(med_a * 1e3, 1), "ms")
+        figure("podman exec median, plain container", round(med_b * 1e3, 1), "ms")
+        figure("added per exec (median difference)", round((med_a - med_b) * 1e3, 1), "ms")
+        figure("rounds", rounds)
+        print(sys.version)
+    finally:
+        agent.terminate()
+        agent.wait(120)
+        subprocess.run(["podman", "rm", "-f", "-t", "0", managed, plain], env=podman, capture_output=True,
+                       timeout=300)

@@ -108,7 +108,6 @@ def _tool_events(d, agent, kind):
 
 AGENT = """\
 set -x
-P="podman"
 $P run -d --name "$NAME" --cgroup-parent="$AGENTD_CONTAINER_PARENT" {image} sleep 600 || exit 10
 # The exec's cgroup as the container's own cgroup namespace shows it.
 $P exec "$NAME" cat /proc/self/cgroup > "$OUT/exec1" || exit 11
@@ -127,7 +126,7 @@ def test_each_podman_exec_is_a_tool_call_and_the_runtime_survives(daemon, podman
     out.mkdir()
     agent = "ctr"
     r = d.run(AGENT.format(image=IMAGE), name=agent, timeout=900,
-              env={"NAME": name, "OUT": str(out)})
+              env={"NAME": name, "OUT": str(out), "P": "podman"})
     try:
         tree = subprocess.run(["sh", "-c", f"cd /sys/fs/cgroup/{d.root} && for f in $(find . -name cgroup.procs); "
                                            "do echo \"$f: $(cat $f | tr '\\n' ' ')\"; done; ps -eo pid,ppid,args"],
@@ -252,3 +251,75 @@ def test_exec_overhead_side_by_side(daemon, podman, figure):
         agent.wait(120)
         subprocess.run(["podman", "rm", "-f", "-t", "0", managed, plain], env=podman, capture_output=True,
                        timeout=300)
+
+
+# --- docker (Debian's docker.io: dockerd, its own containerd, runc) ----------------------
+
+DOCKER, DOCKERD = "/usr/bin/docker", "/usr/sbin/dockerd"
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory, podman):
+    """A dockerd of the test's own: state on tmpfs, no bridge or iptables, the cgroupfs
+    driver (so that --cgroup-parent takes a path), its containerd started by itself."""
+    assert os.access(DOCKERD, os.X_OK), "docker.io is not installed (.ci/setup.sh installs it)"
+    tmp = tmp_path_factory.mktemp("docker")
+    sock = tmp / "docker.sock"
+    log = open(tmp / "dockerd.log", "w")
+    proc = subprocess.Popen([DOCKERD, "--data-root", str(tmp / "data"), "--exec-root", str(tmp / "exec"),
+                             "--pidfile", str(tmp / "dockerd.pid"), "-H", f"unix://{sock}", "--iptables=false",
+                             "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+                             "--exec-opt", "native.cgroupdriver=cgroupfs"],
+                            stdout=log, stderr=log, start_new_session=True)
+    env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
+    try:
+        def up():
+            assert proc.poll() is None, open(tmp / "dockerd.log").read()[-3000:]
+            return subprocess.run([DOCKER, "version"], env=env, capture_output=True, timeout=120).returncode == 0
+        wait_for(up, 300, "dockerd to answer")
+        subprocess.run([DOCKER, "import", str(_rootfs_tar(tmp)), IMAGE], env=env, check=True, capture_output=True,
+                       timeout=300)
+        yield env
+    finally:
+        subprocess.run(f"{DOCKER} rm -f $({DOCKER} ps -aq)", shell=True, env=env, capture_output=True, timeout=300)
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_each_docker_exec_is_a_tool_call_and_the_runtime_survives(daemon, dockerd, tmp_path):
+    """The same with docker: dockerd creates the container below the agent's container
+    parent (--cgroup-parent, cgroupfs driver); each `docker exec` (containerd's shim runs
+    `runc exec`) is a tool call; the one past its limit is OOM-killed alone; the container
+    outlives the agent until `docker rm`."""
+    d = daemon
+    name = f"agentd-dck-{os.getpid()}"
+    out = tmp_path / "out"
+    out.mkdir()
+    r = d.run(AGENT.format(image=IMAGE), name="dck", timeout=900,
+              env={"NAME": name, "OUT": str(out), "P": DOCKER, "DOCKER_HOST": dockerd["DOCKER_HOST"]})
+    try:
+        assert r.returncode == 0, (r.returncode, r.stderr[-3000:], d.log()[-3000:])
+        base = f"{d.root}/agents/dck"
+        assert (out / "exec1").read_text().strip().startswith("0::/../../tools/"), (out / "exec1").read_text()
+        starts = [e for e in _tool_events(d, "dck", "tool_start") if e["argv"][:1] in (["cat"], ["dd"], ["sh"])]
+        assert len({e["tool"] for e in starts}) == 4, [e["argv"] for e in starts]
+        assert int((out / "big_status").read_text()) == 137, (out / "big").read_text()
+        ends = {e["tool"]: e for e in _tool_events(d, "dck", "tool_end")}
+        big = next(e for e in starts if "bs=160M" in e["argv"])
+        assert ends[big["tool"]]["outcome"] == "oom_killed", ends[big["tool"]]
+        assert (out / "after").read_text().strip() == "after"
+        st = subprocess.run([DOCKER, "inspect", "-f", "{{.State.Status}} {{.State.Pid}}", name], env=dockerd,
+                            capture_output=True, text=True, timeout=300)
+        assert st.stdout.split()[0] == "running", (st.stdout, st.stderr)
+        with open(f"/proc/{st.stdout.split()[1]}/cgroup") as f:
+            assert f.read().strip().startswith(f"0::/{base}/containers/")
+        rm = subprocess.run([DOCKER, "rm", "-f", name], env=dockerd, capture_output=True, text=True, timeout=300)
+        assert rm.returncode == 0, rm.stderr
+        wait_for(lambda: not os.path.exists(f"/sys/fs/cgroup/{base}"), 60, "the agent's cgroup to go")
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", name], env=dockerd, capture_output=True, timeout=300)

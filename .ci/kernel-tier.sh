@@ -12,6 +12,7 @@ command -v depmod >/dev/null || missing="$missing kmod"
 [ -x /bin/busybox ] || command -v busybox >/dev/null || missing="$missing busybox-static"
 command -v gcc >/dev/null || missing="$missing gcc"
 command -v podman >/dev/null || missing="$missing podman"   # tests/kernel/test_containers.py
+[ -x /usr/sbin/dockerd ] || missing="$missing docker.io"
 if [ -n "$missing" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing

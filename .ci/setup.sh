@@ -20,9 +20,10 @@ rt_pkg=libclang-rt-19-dev
 # prometheus: the real-scrape tests; systemd: systemd-analyze verify of the unit. (The
 # systemd tier, not yet in .ci/run, also needs systemd-sysv, libpam-systemd and dbus: see
 # tests/systemd/README.md.)
-# podman (with its conmon and crun): the container tests of the kernel tier, which run it in
-# the guest (storage on tmpfs, an image imported from a busybox + bash root fs tarball).
-pkgs="$clang_pkg $rt_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux prometheus systemd busybox-static podman"
+# podman (with its conmon and crun), docker.io (dockerd, containerd, runc): the container tests of
+# the kernel tier run them in the guest (state on tmpfs, an image imported from a busybox + bash
+# root fs tarball, a dockerd of the test's own); they use no service of the host's.
+pkgs="$clang_pkg $rt_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux prometheus systemd busybox-static podman docker.io"
 need=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
 if [ -n "$need" ]; then

@@ -71,14 +71,15 @@ def podman(tmp_path_factory):
         (tmp / d).mkdir()
     (tmp / "containers.conf").write_text(
         '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-        f'events_logfile_path = "{tmp}/events.log"\ntmp_dir = "{tmp}/tmp"\n'
+        f'events_logfile_path = "{tmp}/events.log"\ntmp_dir = "{tmp}/tmp"\nimage_copy_tmp_dir = "{tmp}/tmp"\n'
         '[containers]\nnetns = "none"\n')
     (tmp / "storage.conf").write_text(
         f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp}/graph"\nrunroot = "{tmp}/run"\n')
     env = dict(os.environ, CONTAINERS_CONF=str(tmp / "containers.conf"),
-               CONTAINERS_STORAGE_CONF=str(tmp / "storage.conf"))
-    subprocess.run([exe, "import", str(_rootfs_tar(tmp)), IMAGE], check=True, env=env, capture_output=True,
-                   timeout=300)
+               CONTAINERS_STORAGE_CONF=str(tmp / "storage.conf"), TMPDIR=str(tmp / "tmp"))
+    imp = subprocess.run([exe, "import", str(_rootfs_tar(tmp)), IMAGE], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert imp.returncode == 0, imp.stderr
     yield env
     subprocess.run([exe, "rm", "-a", "-f", "-t", "0"], env=env, capture_output=True, timeout=300)
 
@@ -92,7 +93,7 @@ def daemon(tmp_path_factory, podman):
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
     d = DaemonProc(str(tmp), root, policy=str(policy), extra_env={
-        k: podman[k] for k in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")}).start()
+        k: podman[k] for k in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "TMPDIR")}).start()
     try:
         yield d
     finally:
@@ -108,7 +109,7 @@ def _tool_events(d, agent, kind):
 
 AGENT = """\
 set -x
-$P run -d --name "$NAME" --cgroup-parent="$AGENTD_CONTAINER_PARENT" {image} sleep 600 || exit 10
+$P run -d --name "$NAME" --network none --cgroup-parent="$AGENTD_CONTAINER_PARENT" {image} sleep 600 || exit 10
 # The exec's cgroup as the container's own cgroup namespace shows it.
 $P exec "$NAME" cat /proc/self/cgroup > "$OUT/exec1" || exit 11
 $P exec "$NAME" dd if=/dev/zero of=/dev/null bs=32M count=2 2> "$OUT/small" || exit 12

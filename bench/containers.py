@@ -24,7 +24,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args()
-    env = dict(os.environ, AGENTD_BENCH_CONTAINER_ROUNDS=str(args.rounds))
+    env = dict(os.environ, AGENTD_BENCH_CONTAINER_ROUNDS=str(args.rounds),
+               AGENTD_KERNEL_TEST_TIMEOUT=str(max(240, 20 * args.rounds)))
     rc = subprocess.call([sys.executable, os.path.join(REPO, "tests", "kernel", "run.py"),
                           "tests/kernel/test_containers.py", "-k", "overhead"], env=env, cwd=REPO)
     runs = os.path.join(REPO, ".cache", "kernel", "runs")

@@ -46,3 +46,7 @@ for m in agent.messages:
         n += 1
 with open(os.path.join(out, "result"), "w") as f:
     f.write(repr(result))
+# What the environment's __del__ does at exit, called here: at interpreter shutdown the
+# subprocess module may already be torn down. Its background `podman stop` outlives us.
+env.cleanup()
+env.container_id = None

@@ -178,7 +178,7 @@ def test_mini_swe_agent_in_podman_each_action_its_own_cgroup(daemon, podman, tmp
     its deterministic model, under `agentd run`. Each action (`podman exec ID bash -lc CMD`)
     runs in a tool call of its own, a child of the action with it; at the end the agent's
     own background `podman stop` runs to completion and the container goes (--rm)."""
-    pytest.importorskip("minisweagent", reason="needs `pip install mini-swe-agent` (.ci/setup.sh)")
+    import minisweagent  # noqa: F401  (the test extra: .ci/setup.sh installs it)
     import sys
     from tests.helpers import REPO, agentd_cmd
     d = daemon

@@ -33,6 +33,7 @@ the kernel's own facts:
 import logging
 import os
 import re
+import time
 
 from ..errors import AgentdError, CgroupGone, ProcessGone
 from ..kernel import bpf_types as T
@@ -75,6 +76,7 @@ class ContainerExecs:
         self.resume = resume
         self._agents = {}          # the agent's watched (root) cgroup id -> agent id
         self.stats = {"exec_sessions": 0, "inits": 0}
+        self.hold_ns = []          # exec -> resumed, of the exec sessions placed (last 1000)
 
     # --- agents ------------------------------------------------------------------
     def on_agent_start(self, agent, watch_id):
@@ -103,6 +105,7 @@ class ContainerExecs:
     def handle(self, ev):
         if ev.kind != ProcKind.EXEC or not ev.container:
             return
+        placed = False
         try:
             agent_id = self._agents.get(ev.watched_id)
             if agent_id is None:
@@ -112,6 +115,7 @@ class ContainerExecs:
                 return
             self.place(agent_id, ev.pid, list(ev.argv))
             self.stats["exec_sessions"] += 1
+            placed = True
         except (ProcessGone, CgroupGone):
             pass
         except AgentdError as err:
@@ -120,10 +124,19 @@ class ContainerExecs:
         finally:
             if ev.stopped:
                 self.resume(ev.pid)
+                if placed:        # what the exec session waited for its cgroup (the path's cost)
+                    self.hold_ns.append(time.monotonic_ns() - ev.ts_ns)
+                    del self.hold_ns[:-1000]
                 try:
                     self.lifecycle.release(ev.pid)
                 except AgentdError:
                     pass
+
+    def summary(self):
+        """Counters and the hold's median/max in µs (`agentd status`: mode_details)."""
+        held = sorted(self.hold_ns)
+        return {**self.stats, "hold_median_us": held[len(held) // 2] / 1e3 if held else None,
+                "hold_max_us": held[-1] / 1e3 if held else None}
 
     # --- the agent's end -------------------------------------------------------------
     def at_work(self, agent):

@@ -413,7 +413,8 @@ class DetectionHook(Stage):
     def mode_details(self):
         """Why this mode, and the detector's counters, for `agentd status` (never a label)."""
         return {"detection": {"mode": self.modes()["detection"], "reason": self.detector.reason,
-                              "enabled": self.policy.enabled, **self.detector.stats.summary()}}
+                              "enabled": self.policy.enabled, **self.detector.stats.summary()},
+                "containers": self.containers.summary()}
 
 
 def build(app):

@@ -60,6 +60,8 @@ def test_an_exec_entering_a_container_cgroup_is_a_tool_call_and_the_container_ou
             pid1 = int(f.read().split()[0])
         with open(f"/proc/{pid1}/cgroup") as f:
             assert f.read().strip().splitlines()[-1] == f"{box}/containers/fake"
+        held = d.request({"op": "status"})["mode_details"]["containers"]
+        assert held["exec_sessions"] == 1 and held["inits"] == 2 and held["hold_max_us"] > 0, held
         starts = [e for e in d.events() if e["event"] == "tool_start" and e["agent"] == "box"]
         ctr_calls = [e["argv"] for e in starts if e["argv"][:1] != ["sleep"] or e["argv"] == ["sleep", "600"]]
         assert len(ctr_calls) == 1 and "grep" in ctr_calls[0][2], ctr_calls  # the session, not the init

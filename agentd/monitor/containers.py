@@ -53,6 +53,16 @@ RUNTIME_PROGRAMS = frozenset({"podman", "docker", "conmon", "crun", "runc", "con
 RUNTIME_IN_ARGV = re.compile(r"(?:^|[\s/(;&|])(?:podman|docker)\s")
 
 
+def _runtime_init(argv):
+    """runc (1.1 and older) starts `runc init` outside the container, is moved into its
+    cgroup, and may then re-execute itself from a sealed copy (the CVE-2019-5736 guard)
+    before it makes the container's namespaces: that exec is the runtime's, not a session's.
+    Placing it would take the container's init (or the session's command) with it, and root
+    the container's cgroup namespace in a tool call. Its own later exec of the command is
+    the one recognised."""
+    return len(argv) >= 2 and os.path.basename(argv[0]) in ("runc", "crun") and argv[1] == "init"
+
+
 def parent_of(agent):
     return f"{agent.cgroup}/{CONTAINERS}"
 
@@ -110,6 +120,8 @@ class ContainerExecs:
             agent_id = self._agents.get(ev.watched_id)
             if agent_id is None:
                 return
+            if _runtime_init(ev.argv):
+                return                           # the runtime re-executing itself (see below)
             if self.procfs.ns_pid(ev.pid) == 1:
                 self.stats["inits"] += 1        # the container's init: it stays in its cgroup
                 return

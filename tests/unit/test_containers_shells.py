@@ -102,8 +102,9 @@ def test_an_exec_session_is_placed_and_the_container_init_is_not():
     ce.handle(exec_ev(40, stopped, ("sleep", "2h")))     # pid 1 of its namespace: the init
     ce.handle(exec_ev(41, stopped))
     ce.handle(exec_ev(42, T.AGENTD_PF_MAIN))            # not a container's: the detector's
+    ce.handle(exec_ev(45, stopped, ("runc", "init")))   # runc re-executing itself: the runtime's
     assert placed == [("a1", 41, ["bash", "-lc", "make"])]
-    assert resumed == [40, 41] and lc.released == [40, 41]
+    assert resumed == [40, 41, 45] and lc.released == [40, 41, 45]
     ce.handle(exec_ev(43, stopped))                     # gone before it was looked at: resumed all the same
     assert resumed[-1] == 43 and len(placed) == 1
     ce.on_agent_end(agent)

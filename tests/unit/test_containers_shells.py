@@ -95,8 +95,8 @@ def test_an_exec_session_is_placed_and_the_container_init_is_not():
     lc = Lifecycle()
     ce = ContainerExecs(Fs(), Procfs(nspid={40: 1, 41: 12}), lc, lambda a, p, argv: placed.append((a, p, argv)),
                         resume=resumed.append)
-    agent = SimpleNamespace(agent_id="a1", cgroup="r/agents/a1", watch_id=5)
-    ce.on_agent_start(agent)
+    agent = SimpleNamespace(agent_id="a1", cgroup="r/agents/a1")
+    ce.on_agent_start(agent, 5)
     assert lc.watched[7] == T.AGENTD_WATCH_CONTAINERS | T.AGENTD_WATCH_STOP_EXEC
     stopped = T.AGENTD_PF_CONTAINER | T.AGENTD_PF_STOPPED
     ce.handle(exec_ev(40, stopped, ("sleep", "2h")))     # pid 1 of its namespace: the init
@@ -107,7 +107,7 @@ def test_an_exec_session_is_placed_and_the_container_init_is_not():
     assert resumed == [40, 41, 45] and lc.released == [40, 41, 45]
     ce.handle(exec_ev(43, stopped))                     # gone before it was looked at: resumed all the same
     assert resumed[-1] == 43 and len(placed) == 1
-    ce.on_agent_end(agent)
+    ce.on_agent_end(agent, 5)
     assert 7 not in lc.watched
     ce.handle(exec_ev(44, stopped))                     # no agent any more: only resumed
     assert resumed[-1] == 44 and len(placed) == 1
@@ -116,7 +116,7 @@ def test_an_exec_session_is_placed_and_the_container_init_is_not():
 def test_a_dry_run_watches_container_execs_without_stopping_them():
     lc = Lifecycle()
     ce = ContainerExecs(Fs(), Procfs(), lc, None, observe=True)
-    ce.on_agent_start(SimpleNamespace(agent_id="a1", cgroup="r/agents/a1", watch_id=5))
+    ce.on_agent_start(SimpleNamespace(agent_id="a1", cgroup="r/agents/a1"), 5)
     assert lc.watched[7] == T.AGENTD_WATCH_CONTAINERS
 
 

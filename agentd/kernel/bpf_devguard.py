@@ -11,10 +11,11 @@ Lifecycle: open -> rodata config (the majors) -> load -> attach per cgroup -> cl
 import errno
 import os
 
-from ..errors import BpfError, CgroupGone, KernelError
+from ..errors import BpfError, KernelError
 from . import bpf_types as T
 from . import libbpf
 from .bpf_objects import object_path
+from .cgroupfs import open_dir
 
 PROGRAM = "agentd_devguard"
 # The NVIDIA driver registers its devices (/dev/nvidia<N>, nvidiactl, nvidia-modeset) under
@@ -83,18 +84,10 @@ class DevGuard:
         self._obj = obj
         self.prog_id = obj.prog_id(PROGRAM)
 
-    def _open(self, cgroup_dir):
-        try:
-            return os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as err:
-            if err.errno in (errno.ENOENT, errno.ENOTDIR):
-                raise CgroupGone(f"{cgroup_dir}: {err.strerror}") from err
-            raise KernelError(f"opening {cgroup_dir}: {err.strerror}") from err
-
     def hide(self, cgroup_dir):
         """Refuse the devices to every process of the cgroup at `cgroup_dir` (a path under a
         cgroup v2 mount) and its descendants. Attaching twice is a no-op."""
-        fd = self._open(cgroup_dir)
+        fd = open_dir(cgroup_dir)
         try:
             # The kernel refuses the same program twice on one cgroup (EINVAL with
             # BPF_F_ALLOW_MULTI): ask first, so a repeated decision is no error.
@@ -105,7 +98,7 @@ class DevGuard:
 
     def unhide(self, cgroup_dir):
         """Detach from the cgroup at `cgroup_dir`; False if it was not attached there."""
-        fd = self._open(cgroup_dir)
+        fd = open_dir(cgroup_dir)
         try:
             self._obj.detach_cgroup(PROGRAM, fd, libbpf.BPF_CGROUP_DEVICE)
             return True
@@ -118,7 +111,7 @@ class DevGuard:
 
     def hidden(self, cgroup_dir):
         """Is this program attached to the cgroup at `cgroup_dir` itself?"""
-        fd = self._open(cgroup_dir)
+        fd = open_dir(cgroup_dir)
         try:
             return self.prog_id in libbpf.cgroup_prog_ids(fd, libbpf.BPF_CGROUP_DEVICE)
         finally:

@@ -19,13 +19,13 @@ clear / counters per cgroup -> close.
 """
 
 import ctypes as C
-import errno
 import os
 
-from ..errors import BpfError, CgroupGone, KernelError
+from ..errors import BpfError
 from . import bpf_types as T
 from . import libbpf
 from .bpf_objects import object_path
+from .cgroupfs import open_dir
 
 PROGRAM = "agentd_egress"
 MAP = "egress_limits"
@@ -63,7 +63,7 @@ class Egress:
         try:
             obj.set_rodata(_config(cgroup_level(root_rel), horizon_s))
             obj.load()
-            fd = _open_dir(root_dir)
+            fd = open_dir(root_dir)
             try:
                 obj.attach_cgroup_link(PROGRAM, fd)
             finally:
@@ -106,7 +106,7 @@ class Egress:
 
     def attached(self, cgroup_dir):
         """Is this program attached to the cgroup at `cgroup_dir` itself?"""
-        fd = _open_dir(cgroup_dir)
+        fd = open_dir(cgroup_dir)
         try:
             return self.prog_id in libbpf.cgroup_prog_ids(fd, libbpf.BPF_CGROUP_INET_EGRESS)
         finally:
@@ -121,11 +121,3 @@ class Egress:
     def __exit__(self, *exc):
         self.close()
 
-
-def _open_dir(path):
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise CgroupGone(f"{path}: {err.strerror}") from err
-        raise KernelError(f"opening {path}: {err.strerror}") from err

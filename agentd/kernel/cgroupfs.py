@@ -53,6 +53,17 @@ def _raise(err, what):
     raise KernelError(f"{what}: {err.strerror}") from err
 
 
+def open_dir(path):
+    """An O_DIRECTORY fd of the cgroup at `path` (a path under a v2 mount), for the calls
+    that take one (attaching BPF programs, clone3 into it). CgroupGone when it is not there."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ENOTDIR:
+            raise CgroupGone(f"{path}: {err.strerror}") from err
+        _raise(err, f"opening {path}")
+
+
 def parse_int(text):
     """An integer file's text; 'max' is None."""
     s = text.strip()

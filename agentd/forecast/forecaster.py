@@ -45,7 +45,7 @@ class Forecaster:
         history: it answers from the class prior and says so in `source`."""
         sig = argv if isinstance(argv, Signature) else signature(argv)
         cls = tool_class or sig.tool_class
-        q = Query(self.store, sig, cls, agent, self.priors, self.host_budget, agent_class, now)
+        q = Query(self.store, sig, cls, agent, self.priors, self.host_budget, agent_class, now, self.floor)
         if self.store is None:
             f = Forecast(q.prior(), 0.0, f"prior:{cls}")
         else:

@@ -7,11 +7,10 @@ store. The forecaster applies the floor and the host budget afterwards, so predi
 say what they know.
 
 Shipped:
-- `quantile` (default): recency-weighted upper quantile (q 0.9) of the signature's peaks
-  times a margin (1.5), each level of the fallback chain — this agent's full signature,
-  its coarse one, every agent's full and coarse, the program's, the tool class's, the class
-  prior — shrunk toward the next coarser one (2 pseudo-observations), so a signature seen
-  once leans on its parents and a cold start is the class prior.
+- `quantile` (default): each level of the fallback chain — this agent's full signature, its
+  coarse one, every agent's full and coarse, the program's, the tool class's — shrunk
+  toward the next coarser one, each call counted once, and the calls that did real work
+  (a peak above the floor) forecast apart from the rest: see QuantilePredictor.
 - `last`: the last observed peak of the most specific signature seen (a baseline).
 - `max`: the largest of the last N peaks at the same fallback chain (a simple envelope).
 - `fixed`: the class table alone (low 256 MiB / medium 1 GiB / high = host budget).
@@ -63,6 +62,7 @@ class Query:
     host_budget: int            # bytes a tool call could at most use on this host
     agent_class: str = ""
     now: float = 0.0            # caller's clock; shipped predictors weigh by call order
+    floor: int = 0              # the forecaster's floor: peaks at or below it are noise
 
     def prior(self):
         v = self.priors.get(self.tool_class, self.priors.get("medium"))
@@ -118,52 +118,110 @@ def _confidence(n, level_index, n_levels):
     return round((n / (n + 2.0)) * (1.0 - level_index / (n_levels + 1.0)), 3)
 
 
+# Which levels of the chain hold the calls of which finer ones: an agent's full signature
+# is inside its coarse one and inside every agent's full one, and so on up to the class.
+# A coarser level adds only the calls its finer levels do not already hold.
+_NESTED = {"agent-coarse": ("agent-full",), "full": ("agent-full",), "coarse": ("agent-coarse", "full"),
+           "agent-program": ("agent-coarse",), "program": ("coarse", "agent-program"), "class": ("program",)}
+
+
 @register("quantile")
 class QuantilePredictor:
-    """Recency-weighted upper quantile of a signature's peaks, shrunk toward coarser levels.
+    """Upper quantile of a hierarchical, recency-weighted mixture of a signature's peaks.
 
-    The levels of the fallback chain are mixed, coarsest first: the class's peaks (or, with
-    none, the class prior) form the base distribution; each finer level's own recent peaks
-    (weights 0.5**(age/halflife), newest = age 0) are mixed with its parent's distribution,
-    which counts as `prior_weight` observations. So a signature seen once leans mostly on
-    its coarser levels (one cheap `pip install -e .` says little about the next), one seen
-    often speaks for itself, and a cold start is the prior. Observed peaks enter times
-    `margin` (the prior is a limit already); the forecast is the mixture's upper `q` quantile.
+    Levels are mixed coarsest first; each finer level's recent peaks (weights
+    0.5**(age/halflife), newest = age 0) are mixed with its parent's distribution, which
+    counts as `prior_weight` observations; the class prior is the root, worth
+    `class_prior_weight` calls. A level counts only the calls its finer levels do not already hold
+    (an agent's three `pytest` runs are one piece of evidence, not one per level they appear
+    at), so a signature seen twice still leans on its family.
+
+    Heavy calls apart. Most calls of a command that ever does real work stay below the
+    floor (a cached `pip install`, a test run that fails at import), and their peaks say
+    nothing about how big the next real run is. So the calls above the floor form their
+    own mixture, the same way, and the share of calls above the floor is estimated with
+    the same shrinkage (`share_weight` pseudo-calls of the parent's share): an agent's two
+    cheap `pip install` runs barely move the family's 60% to the floor. When that share is
+    at least `heavy_share`, the forecast is the heavy mixture's upper quantile times
+    `heavy_margin`: quantile `q` when this agent's own calls are in it, the wider
+    (1 + q) / 2 when only other agents' are (a new repository's tests differ more from
+    another's than from its own last run). Otherwise the forecast is the whole mixture's
+    (1 + q) / 2 quantile with every peak times `margin`, as for any light command.
     """
 
-    def __init__(self, q=0.9, margin=1.5, halflife=8.0, window=32, prior_weight=2.0):
+    def __init__(self, q=0.9, margin=1.5, halflife=8.0, window=32, prior_weight=1.0,
+                 heavy_margin=1.25, heavy_share=0.1, share_weight=2.0, class_prior_weight=0.25):
         _check(0 < q <= 1, "quantile", f"q must be in (0, 1], got {q!r}")
         _check(margin >= 1, "quantile", f"margin must be >= 1, got {margin!r}")
+        _check(heavy_margin >= 1, "quantile", f"heavy_margin must be >= 1, got {heavy_margin!r}")
         _check(halflife > 0, "quantile", f"halflife must be > 0, got {halflife!r}")
         _check(int(window) >= 1, "quantile", f"window must be >= 1, got {window!r}")
         _check(prior_weight > 0, "quantile", f"prior_weight must be > 0, got {prior_weight!r}")
+        _check(0 <= heavy_share <= 1, "quantile", f"heavy_share must be in [0, 1], got {heavy_share!r}")
+        _check(share_weight > 0, "quantile", f"share_weight must be > 0, got {share_weight!r}")
+        _check(class_prior_weight > 0, "quantile", f"class_prior_weight must be > 0, got {class_prior_weight!r}")
         self.q, self.margin, self.halflife = float(q), float(margin), float(halflife)
         self.window, self.k = int(window), float(prior_weight)
-        # Recency weights, newest first: the same for every question of a given length.
+        self.heavy_margin, self.heavy_share, self.share_k = float(heavy_margin), float(heavy_share), float(share_weight)
+        self.k0 = float(class_prior_weight)
+        # Recency weights, newest first, and their running sums: the same for every question.
         self._weights = [0.5 ** (i / self.halflife) for i in range(self.window)]
+        self._sums = [0.0]
+        for w in self._weights:
+            self._sums.append(self._sums[-1] + w)
 
     def predict(self, query):
         chain = _levels(query)
-        # (value, weight, observed): weights sum to 1; `observed` marks mass that real
-        # calls' peaks put there (not the class prior's pseudo-observation).
-        dist = [(float(query.prior()), 1.0, False)]
+        got = [(idx, label, query.store.recent(level, key, self.window, agent=agent))
+               for idx, (label, level, key, agent) in enumerate(chain)]
+        counts = {label: len(samples) for _, label, samples in got}
+        # Mixtures of (value, weight, observed): weights sum to 1; `observed` marks mass that
+        # real calls' peaks put there (not the class prior's pseudo-observation).
+        whole = [(float(query.prior()), 1.0, False)]
+        heavy, heavy_label, share = None, None, None
         finest, finest_idx, n_finest = f"prior:{query.tool_class}", len(chain), 0
-        for idx in range(len(chain) - 1, -1, -1):
-            label, level, key, agent = chain[idx]
-            samples = query.store.recent(level, key, self.window, agent=agent)
-            if not samples:
-                continue
+        for idx, label, samples in reversed(got):
+            new = len(samples) - max((counts.get(c, 0) for c in _NESTED.get(label, ())), default=0)
+            if new <= 0:
+                continue            # nothing its finer levels do not hold
             w = self._weights[:len(samples)]
-            n = sum(w)
-            own, parent = n / (n + self.k), self.k / (n + self.k)
-            level_dist = [(v * self.margin, own * wi / n, True) for (v, cut), wi in zip(samples, w) if not cut] + \
-                         [(v, parent * wi, real) for v, wi, real in dist]
-            cut = [(v * self.margin, own * wi / n) for (v, c), wi in zip(samples, w) if c]
-            dist = _redistribute(level_dist, cut)
+            n, n_new = self._sums[len(samples)], self._sums[new]
+            # The class prior is a guess, worth `class_prior_weight` calls against the number
+            # of calls seen (not their recency weights, at most ~11.5): a few calls of a
+            # class outweigh it, so an unlimited class is not forecast at the whole host
+            # once its commands have been seen.
+            evidence = n_new if len(whole) > 1 else new
+            whole = _mix(whole, [(v * self.margin, wi, cut) for (v, cut), wi in zip(samples, w)], n, evidence,
+                         self.k if len(whole) > 1 else self.k0)
+            # A cut-off call was stopped on its way up: it counts as one that did real work.
+            big = [(v, wi, cut) for (v, cut), wi in zip(samples, w) if cut or v > query.floor]
+            n_big = sum(wi for _, wi, _ in big)
+            n_big_new = n_big * n_new / n
+            share = (n_big + 1) / (n + 2) if share is None else \
+                (n_big_new + self.share_k * share) / (n_new + self.share_k)
+            if big:
+                heavy = _mix(heavy, big, n_big, n_big_new, self.k)
+                heavy_label = label
             finest, finest_idx, n_finest = f"quantile:{label}({len(samples)})", idx, len(samples)
-        v = _mixture_quantile([(v, wi) for v, wi, _ in dist], self.q)
         conf = 0.0 if n_finest == 0 else _confidence(n_finest, finest_idx, len(chain))
-        return Forecast(int(v), conf, finest)
+        wide = (1.0 + self.q) / 2.0
+        if heavy is not None and share >= self.heavy_share:
+            q = self.q if heavy_label.startswith("agent-") else wide
+            v = _mixture_quantile([(v, wi) for v, wi, _ in heavy], q) * self.heavy_margin
+            return Forecast(int(v), conf, f"{finest}:above-floor")
+        return Forecast(int(_mixture_quantile([(v, wi) for v, wi, _ in whole], wide)), conf, finest)
+
+
+def _mix(parent, samples, n, n_new, k):
+    """A level's (value, weight, censored) samples mixed over its parent's mixture (None:
+    none yet). The level speaks with weight n_new / (n_new + k): only its calls that no
+    finer level holds count as its own evidence. Censored samples are spread over the
+    observed tail (_redistribute)."""
+    own = 1.0 if parent is None else n_new / (n_new + k)
+    complete = [(v, own * wi / n, True) for v, wi, cut in samples if not cut]
+    cut = [(v, own * wi / n) for v, wi, cut in samples if cut]
+    rest = [] if parent is None else [(v, (1.0 - own) * wi, real) for v, wi, real in parent]
+    return _redistribute(complete + rest, cut)
 
 
 def _redistribute(dist, censored):

@@ -280,7 +280,7 @@ class Forecast(_Model):
     predictor: str = "default"
     headroom: ranged_float(1.0, 100.0, "forecast.headroom") = 1.5
     min_high: Size = 64 * 2**20
-    quantile: ranged_float(0.0, 1.0, "forecast.quantile", lo_open=True) = 0.95
+    quantile: ranged_float(0.0, 1.0, "forecast.quantile", lo_open=True) = 0.9
 
     @field_validator("predictor")
     @classmethod

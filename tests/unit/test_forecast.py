@@ -88,11 +88,14 @@ def test_one_observation_leans_on_coarser_levels():
 
 
 def test_recent_peaks_weigh_more():
-    old_big, new_big = fc(), fc()
-    learn(old_big, "pytest", [800 * MiB] * 8 + [1 * MiB] * 24)     # oldest first
-    learn(new_big, "pytest", [1 * MiB] * 24 + [800 * MiB] * 8)
+    old_big, new_big, recent = fc(), fc(), fc()
+    learn(old_big, "pytest", [800 * MiB] * 8 + [1 * MiB] * 40)     # oldest first
+    learn(new_big, "pytest", [1 * MiB] * 40 + [800 * MiB] * 8)
     assert old_big.forecast("pytest", agent="a").peak_bytes < 100 * MiB   # the spike aged out
     assert new_big.forecast("pytest", agent="a").peak_bytes >= 800 * MiB
+    # 8 big runs among the last 32: a big run is still likely (about 1 in 8 by recency)
+    learn(recent, "pytest", [800 * MiB] * 8 + [1 * MiB] * 24)
+    assert recent.forecast("pytest", agent="a").peak_bytes >= 800 * MiB
 
 
 def test_agents_own_history_comes_first():

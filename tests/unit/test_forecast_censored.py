@@ -8,10 +8,12 @@ import pytest
 
 from agentd.forecast import Forecaster, HistoryStore, ToolCallRecord, censored, signature
 from agentd.forecast.history import SCHEMA_VERSION
-from agentd.forecast.predictors import CENSORED_STEP
+from agentd.forecast.predictors import CENSORED_STEP, make_predictor
 
 MiB = 1 << 20
 BUDGET = 64 << 30
+# Peaks above the floor are forecast from the calls that got that far, times this.
+HEAVY_MARGIN = make_predictor("quantile").heavy_margin
 
 
 @pytest.mark.parametrize("outcome,actions,events,cut", [
@@ -109,8 +111,8 @@ def test_quantile_spreads_a_cut_off_peak_over_the_calls_known_to_get_further():
            [rec("python job.py", 400 * MiB, tool_class="medium") for _ in range(20)]
     cut = base + [rec("python job.py", 600 * MiB, cut=True, tool_class="medium")]
     read_whole = base + [rec("python job.py", 600 * MiB, tool_class="medium")]
-    assert peak(forecaster("quantile", read_whole)) == 600 * MiB * 1.5          # the bias
-    assert peak(forecaster("quantile", cut)) == int((3 << 30) * 1.5)
+    assert peak(forecaster("quantile", read_whole)) == int(600 * MiB * HEAVY_MARGIN)     # the bias
+    assert peak(forecaster("quantile", cut)) == int((3 << 30) * HEAVY_MARGIN)
 
 
 def test_quantile_does_not_spread_a_cut_off_peak_over_the_class_prior():
@@ -118,7 +120,7 @@ def test_quantile_does_not_spread_a_cut_off_peak_over_the_class_prior():
     # forecast to the inflated bound, not to the whole host.
     hist = [rec("python job.py", 400 * MiB, tool_class="medium") for _ in range(20)] + \
            [rec("python job.py", 500 * MiB, cut=True, tool_class="medium") for _ in range(2)]
-    assert peak(forecaster("quantile", hist, prior=None)) == int(500 * MiB * 1.5 * CENSORED_STEP)
+    assert peak(forecaster("quantile", hist, prior=None)) == int(500 * MiB * HEAVY_MARGIN * CENSORED_STEP)
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -90,13 +90,32 @@ def test_cli_on_real_traces_writes_the_documented_json(tmp_path, capsys):
     assert {DEFAULT_PREDICTOR, "fixed", "last", bench.STATIC} <= set(res["predictors"])
     counts = {r["tool_calls"] for r in res["predictors"].values()}
     assert len(counts) == 1 and counts.pop() > 0
+    counts_all = res["predictors"][DEFAULT_PREDICTOR]["tool_calls"]
     for r in res["predictors"].values():
         assert set(r) == {"under_prediction_rate", "overprovision_median", "overprovision_p95",
                           "tool_calls"}
         assert 0 <= r["under_prediction_rate"] <= 1
         assert r["overprovision_median"] <= r["overprovision_p95"]
     assert res["predictors"][bench.STATIC]["under_prediction_rate"] == 0
+    assert set(res["above_floor"]) == set(res["predictors"])
+    for r in res["above_floor"].values():      # the heavy calls: a subset of the scored ones
+        assert 0 < r["tool_calls"] <= counts_all
     assert "| " + DEFAULT_PREDICTOR + " (default) |" in capsys.readouterr().out
+
+
+def test_halves_print_the_heavy_call_headline_per_half(tmp_path, capsys):
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    for name in ("local.dask__dask-5510.json", "study.pytorch__ignite-1077.20260305_170357.json"):
+        real(name)
+        shutil.copy(os.path.join(TRACES, name), folder / name)
+    halves = {h: len(bench.load_traces(str(folder), h)) for h in "ab"}
+    assert bench.main(["--traces", str(folder), "--halves"]) == 0
+    out = capsys.readouterr().out
+    assert "| traces | heavy calls (above the floor) |" in out
+    assert "| all (2) |" in out
+    for h, n in halves.items():
+        assert (f"| half {h} ({n}) |" in out) == (n > 0)
 
 
 def test_real_trace_gigabyte_pytest_is_measured():

@@ -165,6 +165,7 @@ class App(ApiOps):
         ("monitor.detect", "automatic tool-call detection disabled", logging.WARNING),
         ("enforce", "enforcement disabled", logging.WARNING),
         ("swap", "tool calls' swap left as the kernel has it", logging.INFO),
+        ("reclaim", "idle agents' memory not reclaimed", logging.INFO),
         ("sched", "CPU priorities disabled", logging.WARNING),
         ("network", "egress limits off", logging.WARNING),
         ("gpu", "GPU placement off", logging.INFO),
@@ -197,6 +198,8 @@ class App(ApiOps):
             # The kernel event monitor the detection stage runs also carries memory-watch
             # events, which the enforcer reacts to between its ticks.
             built["enforce"].subscribe(built["monitor.detect"].monitor)
+        if "reclaim" in built and "enforce" in built:
+            built["enforce"].count_reclaimable(built["reclaim"].reclaimable)
 
     # Memory the daemon keeps for itself when agents push the host into pressure: enough
     # for its Python heap, the BPF ring buffers and a burst of requests.

@@ -159,6 +159,23 @@ class Actuator:
             self._would("set", who, reason, agent, tool, changes=changes)
         return applied
 
+    def reclaim(self, who, cg, nbytes, reason):
+        """Have the kernel reclaim `nbytes` from `cg` (memory.reclaim; agentd/reclaim/).
+        Returns (memory.current before, after, whether the kernel took all it was asked);
+        in a dry run nothing is written and after == before. Logged at debug level: an idle
+        agent is reclaimed in small steps, and its stage logs one line per idle spell."""
+        before = self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
+        if self.dry_run:
+            log.debug("%s: would reclaim %s (%s) [dry run]", who, format_size(int(nbytes)), reason)
+            self.counts["reclaim"] = self.counts.get("reclaim", 0) + 1
+            return before, before, True
+        full = self.fs.reclaim(cg, nbytes)
+        after = self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
+        log.debug("%s: memory.reclaim %s: memory.current %s -> %s (%s)", who, format_size(int(nbytes)),
+                  format_size(before), format_size(after), reason)
+        self.counts["reclaim"] = self.counts.get("reclaim", 0) + 1
+        return before, after, full
+
     def set_oom(self, pid, value, who, agent=None, tool=None):
         """/proc/<pid>/oom_score_adj (agentd/oom.py); ProcessGone / KernelError as the write."""
         if self.dry_run:

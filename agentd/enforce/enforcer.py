@@ -148,6 +148,17 @@ class Enforcer(Reaction, Stage):
         self.admitter.release_all()
         self.fc.close()
 
+    def count_reclaimable(self, reclaimable_fn):
+        """Memory idle agents hold that can go to swap counts as available (the reclaim
+        stage's figure, daemon.py wires it): admission and the ladder's projections see
+        the room the kernel would make before any OOM, not only what is free now."""
+        base = self.available_fn
+
+        def available():
+            free = base()
+            return None if free is None else free + reclaimable_fn()
+        self.available_fn = available
+
     def modes(self):
         # Mode words only: they are metric labels (the history file's path is in mode_details).
         return {"enforce": "dry-run" if self.actuator.dry_run else "on",

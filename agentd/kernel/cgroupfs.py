@@ -31,6 +31,7 @@ MEMORY_SWAP_MAX = "memory.swap.max"
 MEMORY_EVENTS = "memory.events"
 MEMORY_STAT = "memory.stat"
 MEMORY_PRESSURE = "memory.pressure"
+MEMORY_RECLAIM = "memory.reclaim"       # write N: the kernel reclaims N bytes from the cgroup now (5.19+)
 CGROUP_MAX_DESCENDANTS = "cgroup.max.descendants"   # core file: mkdir below fails (EAGAIN) past it
 MEMORY_OOM_GROUP = "memory.oom.group"     # 1: an OOM kill in the cgroup takes all of it
 CPU_PRESSURE = "cpu.pressure"
@@ -256,6 +257,19 @@ class CgroupFS:
             return True
         except CgroupGone:
             if self.exists(cg):
+                return False
+            raise
+
+    def reclaim(self, cg, nbytes):
+        """Ask the kernel to reclaim `nbytes` from `cg` now (memory.reclaim): anonymous pages
+        go to swap where the cgroup may swap, page cache is dropped or written back. True
+        when it reclaimed all of it; False when it could not (the kernel's EAGAIN: nothing
+        more it may take, e.g. anonymous memory with no swap). CgroupGone when `cg` is gone."""
+        try:
+            self.write(cg, MEMORY_RECLAIM, str(int(nbytes)))
+            return True
+        except KernelError as err:
+            if getattr(err.__cause__, "errno", None) == errno.EAGAIN:
                 return False
             raise
 

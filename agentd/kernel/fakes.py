@@ -17,7 +17,7 @@ _DEFAULTS = {
     cgf.MEMORY_HIGH: "max", cgf.MEMORY_MAX: "max", cgf.MEMORY_OOM_GROUP: "0", cgf.MEMORY_EVENTS: "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
     cgf.MEMORY_PRESSURE: "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
     cgf.CPU_WEIGHT: "100", cgf.CPU_MAX: "max 100000", cgf.CPU_STAT: "usage_usec 0\n",
-    cgf.PIDS_MAX: "max", cgf.PIDS_CURRENT: "0",
+    cgf.PIDS_MAX: "max", cgf.PIDS_CURRENT: "0", cgf.MEMORY_RECLAIM: "",
 }
 
 
@@ -67,6 +67,15 @@ class FakeCgroupFS(cgf.CgroupFS):
             # Moving a process: append to the target's list (no removal elsewhere: enough for tests).
             with open(self.path(cg, name), "a") as f:
                 f.write(f"{value}\n")
+            return
+        if name == cgf.MEMORY_RECLAIM:
+            # As the kernel with room in swap: memory.current falls by what was asked, and
+            # asking for more than the cgroup holds takes it all and fails with EAGAIN.
+            cur = cgf.parse_int(self.read(cg, cgf.MEMORY_CURRENT)) or 0
+            with open(self.path(cg, cgf.MEMORY_CURRENT), "w") as f:
+                f.write(str(max(0, cur - int(value))))
+            if int(value) > cur:
+                cgf._raise(OSError(errno.EAGAIN, os.strerror(errno.EAGAIN)), f"writing {value!r} to {cg}/{name}")
             return
         if name == cgf.FREEZE:
             with open(self.path(cg, cgf.EVENTS), "w") as f:

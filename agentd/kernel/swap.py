@@ -18,3 +18,8 @@ MEMORY_SWAP_CURRENT = "memory.swap.current"
 def swap_total(proc="/proc"):
     """Bytes of swap the host has (0 with none, or none enabled); KernelError if unreadable."""
     return meminfo(["SwapTotal"], proc).get("SwapTotal", 0)
+
+
+def swap_free(proc="/proc"):
+    """Bytes of swap still free (/proc/meminfo SwapFree; 0 with none); KernelError if unreadable."""
+    return meminfo(["SwapFree"], proc).get("SwapFree", 0)

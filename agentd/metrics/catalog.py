@@ -132,6 +132,11 @@ CATALOG = (
     M("agentd_pressure_own_stall_total", COUNTER, (),
       "PSI events ignored: the stall was tool calls agentd holds at their memory.high, not a shortage.",
       "enforcer metric_stats()"),
+    M("agentd_reclaimed_bytes_total", COUNTER, (),
+      "Bytes idle agents gave back through memory.reclaim (their memory.current before less after each step).",
+      "reclaim metric_stats()"),
+    M("agentd_reclaim_steps_total", COUNTER, (), "memory.reclaim writes on idle agents' own cgroups.",
+      "reclaim metric_stats()"),
     # --- kernel programs and scheduling -----------------------------------------------------
     M("agentd_bpf_programs_loaded", GAUGE, ("program",), "1 for each BPF program family loaded and attached.",
       "monitor metric_stats()"),

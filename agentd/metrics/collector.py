@@ -39,6 +39,8 @@ STATS_KEYS = {
     "gpu_budget_actions": "{action: count}",
     "gpu_waiting": "int", "gpu_queued_total": "int", "gpu_wait_seconds_total": "float",
     "network_egress": "{agent: {bytes, packets, delayed, drops}} of its limited cgroups",
+    "reclaimed_bytes": "int, bytes idle agents gave back through memory.reclaim since start",
+    "reclaim_steps": "int, memory.reclaim writes since start",
 }
 # What the event log's and the API server's `metric_stats()` return (read the same way).
 OWN_STATS_KEYS = {
@@ -50,6 +52,7 @@ OWN_STATS_KEYS = {
 # Scalar keys -> metric, and {label: count} keys -> metric.
 SCALARS = {"admission_waiting": "agentd_admission_waiting", "pressure_events": "agentd_pressure_events_total",
            "pressure_own_stall": "agentd_pressure_own_stall_total",
+           "reclaimed_bytes": "agentd_reclaimed_bytes_total", "reclaim_steps": "agentd_reclaim_steps_total",
            "sched_ext_ejections": "agentd_sched_ext_ejections_total",
            "gpu_unattributed_bytes": "agentd_gpu_unattributed_memory_bytes", "gpu_waiting": "agentd_gpu_waiting",
            "gpu_queued_total": "agentd_gpu_queued_total", "gpu_wait_seconds_total": "agentd_gpu_wait_seconds_total",

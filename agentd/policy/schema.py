@@ -338,6 +338,24 @@ class Admission(_Model):
     on_timeout: Literal["run", "fail"] = "run"
 
 
+class Reclaim(_Model):
+    """Idle agents' memory given back while they wait for their model (agentd/reclaim/):
+    memory.reclaim on an agent's own cgroup (never a tool call's) in steps, while the
+    agent's memory pressure stays low (senpai / TMO). Anonymous pages go to swap (zram or
+    zswap where the host has it; the swap stage keeps tool calls' swap at 0), page cache
+    is dropped."""
+    enabled: bool = True
+    idle_s: Seconds = 1.0                 # no tool call running for this long: the agent waits
+    interval_s: ranged_float(0.0, None, "reclaim.interval_s", lo_open=True) = 1.0
+    step_percent: ranged_float(0.0, 100.0, "reclaim.step_percent", lo_open=True) = 10.0   # of its memory.current
+    max_step: Size = 32 * 2**20           # bytes per write: memory.reclaim runs in the daemon's loop
+    floor: Size = 4 * 2**20               # an agent holding less is left alone
+    # Stop (for backoff_s) when the agent stalled on memory more than this share of the
+    # last interval: it is faulting back what was taken, so the rest is its working set.
+    pressure_max_percent: ranged_float(0.0, 100.0, "reclaim.pressure_max_percent") = 1.0
+    backoff_s: Seconds = 10.0
+
+
 class LatencySlices(_Model):
     interactive: ranged_int(50, 1_000_000, "slice_us") = 1_000
     normal: ranged_int(50, 1_000_000, "slice_us") = 5_000
@@ -386,6 +404,7 @@ class Policy(_Model):
     forecast: Forecast = _section()
     pressure: Pressure = _section()
     admission: Admission = _section()
+    reclaim: Reclaim = _section()
     cpu: CpuConfig = _section()
     network: NetworkConfig = _section()
 

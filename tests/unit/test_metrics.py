@@ -110,7 +110,9 @@ def real_stages(app):
     from agentd.network.stage import EgressStage
     from tests.unit.network_fakes import FakeDevice, FakeEgress
     net = EgressStage(app, egress=FakeEgress(), device=FakeDevice)
-    stages = [enforcer, detection, sched, gpu, net]
+    from agentd.reclaim import ReclaimStage
+    reclaim = ReclaimStage(app, app.ctl.actuator, swap_free_fn=lambda: GiB)
+    stages = [enforcer, detection, sched, gpu, net, reclaim]
     app.hooks += stages
     app.ctl.hooks = app.hooks
 

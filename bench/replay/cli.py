@@ -69,6 +69,10 @@ def parse_args(argv):
     p.add_argument("--speed", type=float, default=20.0)
     p.add_argument("--mem-scale", type=float, default=0.25)
     p.add_argument("--guest-memory", default="4G")
+    p.add_argument("--zram", default="1G",
+                   help="size of the guest's zram swap (uncompressed capacity; 0: no swap). Tool calls never "
+                        "swap in any mode (none/static: memory.swap.max 0 per agent, Kubernetes' default; "
+                        "agentd: its swap stage's 0 for tool calls); agentd reclaims idle agents into it")
     p.add_argument("--density-budget", type=int,
                    help="bytes (default: the budget under which no control fits --density-fit agents at the "
                         "trace level, trace.budget_for)")
@@ -124,7 +128,7 @@ def guest_main(a):
     result = {"config": {"traces": os.path.abspath(a.traces), "speed": a.speed, "mem_scale": a.mem_scale,
                          "guest_memory": a.guest_memory, "kernel": os.uname().release, "triples": a.triples,
                          "runs": a.runs, "first_triple": a.first_triple, "isolation_budget_factor": ISOLATION_FACTOR,
-                         "policy": "policies/multi-tenant.yaml"}}
+                         "policy": "policies/multi-tenant.yaml", "swap": swap_summary()}}
 
     def save():
         with open(os.path.join(out, "result.json.tmp"), "w") as f:
@@ -142,6 +146,15 @@ def guest_main(a):
         result["config"]["agentd_daemon_start_s"] = round(bench.host_start_seconds, 1)
     save()
     log("done")
+
+
+def swap_summary():
+    """The guest's swap devices (/proc/swaps: name, type, size in KiB), as the runs had them."""
+    try:
+        with open("/proc/swaps") as f:
+            return [" ".join(line.split()[:3]) for line in f.read().splitlines()[1:]]
+    except OSError:
+        return None
 
 
 def run_scenarios(a, bench, result, save):
@@ -206,7 +219,8 @@ def host_main(a):
     build_alloc(os.path.join(out, "bin"))   # gcc on the host: the guest would take seconds
     fwd = ["--traces", os.path.abspath(a.traces), "--scenario", a.scenario, "--mode", a.mode,
            "--triples", str(a.triples), "--first-triple", str(a.first_triple), "--runs", str(a.runs), "--speed", str(a.speed),
-           "--mem-scale", str(a.mem_scale), "--guest-memory", a.guest_memory, "--max-agents", str(a.max_agents)]
+           "--mem-scale", str(a.mem_scale), "--guest-memory", a.guest_memory, "--max-agents", str(a.max_agents),
+           "--zram", a.zram]
     if a.density_budget:
         fwd += ["--density-budget", str(a.density_budget)]
     if a.half:
@@ -215,7 +229,8 @@ def host_main(a):
     cmd = shlex.join([sys.executable, os.path.join(REPO, "bench", "replay"), *fwd, "--in-guest", out])
     print(f"replay: booting the VM ({a.guest_memory} RAM); work dir {out}", file=sys.stderr)
     t0 = time.monotonic()
-    status = boot_in_vm(cmd, out, a.guest_memory, a.timeout, tailer(os.path.join(out, "progress.log")))
+    status = boot_in_vm(cmd, out, a.guest_memory, a.timeout, tailer(os.path.join(out, "progress.log")),
+                        zram=None if a.zram in ("0", "") else a.zram)
     print(f"replay: VM run {time.monotonic() - t0:.0f} s, guest status {status}", file=sys.stderr)
     try:
         with open(os.path.join(out, "result.json")) as f:

@@ -218,6 +218,29 @@ def read_latencies(path):
         return []
 
 
+ZRAM = "/sys/block/zram0"
+
+
+def zram_reset():
+    """Start the zram swap's high-water mark (mm_stat mem_used_max) from now, where there is one."""
+    try:
+        with open(os.path.join(ZRAM, "mem_used_max"), "w") as f:
+            f.write("0")
+    except OSError:
+        pass
+
+
+def zram_used_max():
+    """The most memory the zram swap used since zram_reset() (bytes, compressed pages and
+    their metadata): memory outside the budget's cgroup that swapped pages took. None
+    without zram."""
+    try:
+        with open(os.path.join(ZRAM, "mm_stat")) as f:
+            return int(f.read().split()[4])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class CpuMeter:
     """How busy the guest's CPUs were during a run: the busy share of every whole second
     (from /proc/stat), summarised as mean, p95 and max. Memory is meant to bind in the
@@ -346,12 +369,14 @@ class Group:
         self.procs = {}
         self.peaks = {}
         self.group_peak = None      # the most memory the whole group held at once
+        self.zram_peak = None       # the most the zram swap held (compressed, outside the budget)
         self._group_peak_file = None
         self.timed_out = set()
         self.cpu = CpuMeter()
 
     # --- setup ---------------------------------------------------------------------
     def _setup(self):
+        zram_reset()
         os.makedirs(self.barrier_dir, exist_ok=True)
         os.makedirs(self.barrier_dir + "-hold", exist_ok=True)
         if self.host is not None:
@@ -367,6 +392,9 @@ class Group:
             cg = f"{self.parent}/{s.name}"
             self.fs.mkdir(cg)
             self.fs.write(cg, "memory.oom.group", "1")
+            # No swap for the agents' containers (Kubernetes' default, swapBehavior NoSwap):
+            # with it the kernel would swap tool calls' pages at the budget, not OOM-kill.
+            self.fs.write_if_offered(cg, "memory.swap.max", "0")
             if self.mode == "static" and self.budget:
                 self.fs.write(cg, "memory.max", str(self.budget // len(self.specs)))
         self._watch_group_peak(self.parent)
@@ -442,6 +470,7 @@ class Group:
                     break
                 time.sleep(0.2)
             self.cpu.tick(final=True)
+            self.zram_peak = zram_used_max()
             self._read_peaks()
             return self._results()
         finally:

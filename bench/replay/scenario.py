@@ -77,6 +77,7 @@ class Bench:
         self.log(f"  {mode}: {len(specs)} agent(s), budget {fmt_mib(budget)}{peak}: "
                  + ", ".join(f"{r.trace}={'%.1fs' % r.seconds if r.completed else 'LOST'}" for r in res)
                  + f" ({time.monotonic() - t0:.0f} s)")
+        self.last_zram = g.zram_peak
         return res, g.group_peak
 
     def solo_run(self, name, fam, priority="low"):
@@ -153,7 +154,7 @@ class Bench:
                         "group_peak_bytes": group_peak,
                         # seconds each agent waited for the others at its largest call
                         "barrier_waits_s": [rnd(x.sync_wait) for x in res],
-                        "cpu_busy": self.last_cpu,
+                        "cpu_busy": self.last_cpu, "zram_peak_bytes": self.last_zram,
                         "agents": [self._agent_row(x, family(mode)) for x in res]})
                     out["solo"] = self._solo_table()
                     self.checkpoint("isolation", out)
@@ -195,7 +196,7 @@ class Bench:
                 steps.append({"agents": n, "lost": lost, "median_slowdown": rnd(med), "ok": ok,
                               "median_slowdown_vs_plain": rnd(statistics.median(vs_plain)) if vs_plain else None,
                               "calls_killed": sum(r["tool_calls"]["killed"] for r in rows),
-                              "cpu_busy": self.last_cpu, "bounds": bounds["steps"][n - 1], "per_agent": rows})
+                              "cpu_busy": self.last_cpu, "zram_peak_bytes": self.last_zram, "bounds": bounds["steps"][n - 1], "per_agent": rows})
                 out["modes"][mode] = {"agents": best if not ok else n, "steps": steps}
                 self.checkpoint("density", out)
                 if not ok:

@@ -16,18 +16,27 @@ GUEST_SCRIPT = """\
 # Runs inside the kernel-tier guest; written by bench/replay/vm.py.
 OUT={out}
 swapoff -a 2>/dev/null
+{swap}
 cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
 PYTHONDONTWRITEBYTECODE=1 {cmd} > "$OUT/guest.log" 2>&1
 echo $? > "$OUT/status"
 """
 
 
-def boot_in_vm(command, out, memory, timeout, on_tick=None, tries=3):
+# A zram swap device of SIZE (uncompressed capacity): the host a multi-tenant agentd is
+# meant for has compressed swap in memory (zram, or zswap in front of a disk), no disk swap.
+ZRAM_SWAP = """\
+modprobe zram num_devices=1 && echo {size} > /sys/block/zram0/disksize && mkswap /dev/zram0 >/dev/null \\
+  && swapon /dev/zram0 || echo "no zram swap in the guest" > "$OUT/swap.txt"
+"""
+
+
+def boot_in_vm(command, out, memory, timeout, on_tick=None, tries=3, zram=None):
     """boot_once, booted again when the guest kernel panicked before the command wrote any
     result (seen under QEMU's software emulation: an int3 Oops while the kernel patches its
     text, at boot or when a sched_ext scheduler is loaded). The command starts over then."""
     for attempt in range(tries):
-        status = boot_once(command, out, memory, timeout, on_tick)
+        status = boot_once(command, out, memory, timeout, on_tick, zram)
         console = open(os.path.join(out, "console.log"), errors="replace").read()
         wrote = os.path.exists(os.path.join(out, "result.json"))
         if status is not None or wrote or "Kernel panic" not in console:
@@ -37,17 +46,19 @@ def boot_in_vm(command, out, memory, timeout, on_tick=None, tries=3):
     return None
 
 
-def boot_once(command, out, memory, timeout, on_tick=None):
+def boot_once(command, out, memory, timeout, on_tick=None, zram=None):
     """Run `command` (a shell line) as root in the kernel tier's VM with `memory` of RAM;
-    the guest sees the host's filesystem, `out` is writable. Returns the guest's exit
-    status (None when it wrote none)."""
+    the guest sees the host's filesystem, `out` is writable; `zram` (e.g. "1G"): a zram
+    swap of that size, else no swap. Returns the guest's exit status (None when it wrote
+    none)."""
     sys.path.insert(0, os.path.join(REPO, "tests", "kernel"))
     import run as tier                  # tests/kernel/run.py: kernel fetch and cache
     tier.check_host()
     abi, vmlinuz = tier.prepare_kernel()
     script = os.path.join(out, "guest.sh")
     with open(script, "w") as f:
-        f.write(GUEST_SCRIPT.format(out=shlex.quote(out), repo=shlex.quote(REPO), cmd=command))
+        f.write(GUEST_SCRIPT.format(out=shlex.quote(out), repo=shlex.quote(REPO), cmd=command,
+                                    swap=ZRAM_SWAP.format(size=shlex.quote(zram)) if zram else ""))
     argv = ["vng", "--disable-kvm", "-r", vmlinuz, "--user", "root", "--memory", memory,
             "--cpus", tier.GUEST_CPUS, "--rwdir", out, "--cwd", REPO, "--exec", f"sh {shlex.quote(script)}",
             "--verbose"]

@@ -181,3 +181,17 @@ def test_idle_agents_memory_above_the_floor_is_reclaimable_up_to_the_free_swap(t
     ctl.finish_tool(tool, {"exit": 0})
     stage.tick(0.4)
     assert stage.reclaimable() == 96 * MiB + 46 * MiB
+
+
+def test_admission_counts_idle_agents_reclaimable_memory_as_room(tmp_path):
+    from tests.unit.test_enforce_wiring import make
+    e, _ = make()
+    e.available_fn = lambda: 100 * MiB
+    room = {"bytes": 50 * MiB}
+    e.count_reclaimable(lambda: room["bytes"])
+    assert e.available_fn() == 150 * MiB
+    room["bytes"] = 0
+    assert e.available_fn() == 100 * MiB
+    e.available_fn = lambda: None           # free memory unknown stays unknown
+    e.count_reclaimable(lambda: 50 * MiB)
+    assert e.available_fn() is None

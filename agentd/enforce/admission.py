@@ -7,7 +7,7 @@ of a forecast still to come is the forecast above the most the call has held so 
 a test suite past its spike does not keep memory that is free from others. A new call
 starts when its own forecast peak fits in the memory really free (`available`: the room
 under agentd's limit less what is in use, reclaimable page cache counted as free, see
-hostmem.py) beside that growth still to come, and in the policy's budget beside what the
+hostmem.py, and idle agents' memory that can still go to swap, see agentd/reclaim/) beside that growth still to come, and in the policy's budget beside what the
 running calls hold and will take; otherwise it waits at its start, where waiting costs
 only time, rather than colliding in the middle of its growth. While memory is already
 under pressure (PSI, or the memory watch's projection) a call that has others to wait for

@@ -253,7 +253,8 @@ def host_main(a):
 
 def print_tables(result):
     c = result["config"]
-    print(f"Replay on kernel {c['kernel']}, guest {c['guest_memory']} RAM, swap off; time / {c['speed']:g}, "
+    swap = "swap " + ", ".join(c["swap"]) if c.get("swap") else "swap off"
+    print(f"Replay on kernel {c['kernel']}, guest {c['guest_memory']} RAM, {swap}; time / {c['speed']:g}, "
           f"memory x {c['mem_scale']:g}; policy {c['policy']}\n")
     iso = result.get("isolation")
     if iso:

@@ -17,13 +17,15 @@ fi
 # libclang-rt: the libFuzzer and sanitizer runtimes for the launcher's fuzz harness test.
 rt_pkg=libclang-rt-19-dev
 [ "$clang_pkg" = clang ] && rt_pkg=libclang-rt-dev
-# prometheus: the real-scrape tests; systemd: systemd-analyze verify of the unit. (The
-# systemd tier, not yet in .ci/run, also needs systemd-sysv, libpam-systemd and dbus: see
-# tests/systemd/README.md.)
+# prometheus: the real-scrape tests; systemd: systemd-analyze verify of the unit, and with
+# systemd-sysv (/sbin/init), libpam-systemd and dbus (login sessions) the root the systemd
+# test tier boots (tests/systemd/README.md). They are used inside the tier's guest only:
+# installing them changes no running init (a container's policy-rc.d also keeps dbus'
+# package from starting its daemon here).
 # podman (with its conmon and crun), docker.io (dockerd, containerd, runc): the container tests of
 # the kernel tier run them in the guest (state on tmpfs, an image imported from a busybox + bash
 # root fs tarball, a dockerd of the test's own); they use no service of the host's.
-pkgs="$clang_pkg $rt_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux prometheus systemd busybox-static podman docker.io"
+pkgs="$clang_pkg $rt_pkg bpftool libbpf1 libbpf-dev gcc make libc6-dev util-linux prometheus systemd systemd-sysv libpam-systemd dbus busybox-static podman docker.io"
 need=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
 if [ -n "$need" ]; then

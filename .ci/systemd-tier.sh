@@ -1,10 +1,12 @@
 #!/bin/sh
-# agentd CI: the systemd tier (tests/systemd/run.py): the kernel tier's VM, booted with
-# systemd as PID 1, where agentd is installed and run as a service. Called by .ci/run
-# after the kernel tier (whose script installed QEMU and virtme-ng; .ci/setup.sh installed
-# systemd, prometheus and the rest). Extra arguments go to pytest in the guest.
+# agentd CI: the systemd tier (tests/systemd/run.py): the kernel tier's kernel booted with
+# systemd as PID 1 over this host's root, where agentd is installed and run as a service.
+# Called by .ci/run after the kernel tier (whose script installed QEMU and virtme-ng;
+# .ci/setup.sh installed systemd-sysv, dbus, libpam-systemd, prometheus and the rest).
+# Extra arguments go to pytest in the guest.
 set -eu
 cd "$(dirname "$0")/.."
 command -v vng >/dev/null || python3 -m pip install -q "virtme-ng>=1.30"
-# run.py ends the VM after 900 s; this cap adds room for a cold kernel fetch.
-exec timeout --kill-after=10 1200 python3 tests/systemd/run.py "$@"
+# run.py ends a VM run after 900 s and boots once more when the emulated guest's kernel
+# panics; this cap leaves room for that and fails rather than hangs past it.
+exec timeout --kill-after=10 1800 python3 tests/systemd/run.py "$@"

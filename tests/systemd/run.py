@@ -2,9 +2,10 @@
 """Run agentd's systemd tier: `pytest -m systemd tests/systemd` in a guest that boots
 Debian trixie-backports' kernel (sched_ext, full cgroup v2) with **systemd as PID 1**.
 
-The guest is virtme-ng's `--systemd` over this host's own root (read-only; writes to
-/etc, /var/lib, /usr/local and Python's site-packages go to tmpfs overlays that vanish
-with the guest), so the host must have systemd installed (.ci/setup.sh installs it). The
+The guest is virtme-ng's `--systemd` over this host's own root: read-only over 9p, with a
+tmpfs overlay on top that vanishes with the guest and hides the host's /.dockerenv
+(guest_init.sh, run in place of /sbin/init through qemu.py), so the host must have
+systemd installed (.ci/setup.sh installs it). The
 kernel comes from tests/kernel/kernel_fetch.py's cache. The tests install agentd the way
 the README says (.ci/setup.sh, handed a wheel built here from this tree, since the guest
 has no network), `systemctl enable --now agentd`, and drive the service.
@@ -38,8 +39,8 @@ GUEST_CPUS = "2"
 DEFAULT_TIMEOUT = 900
 
 # The host root's own services that a test guest does not need and that would cost
-# minutes of emulated boot (container engines, a database, timers). Masked at runtime
-# in the guest (/run): nothing on the host changes. prometheus.service is masked too:
+# minutes of emulated boot (container engines, a database, timers). Masked in the guest's
+# overlay root before systemd starts (guest_init.sh): nothing on the host changes. prometheus.service is masked too:
 # the metrics test starts its own Prometheus with a config that scrapes agentd.
 MASK = ("docker.service", "docker.socket", "containerd.service", "podman.service", "podman.socket",
         "podman-restart.service", "podman-auto-update.service", "podman-auto-update.timer",
@@ -58,12 +59,11 @@ cut -d' ' -f1 /proc/uptime > "$OUT/boot_s"
 uname -r > "$OUT/uname"
 cat /proc/1/comm > "$OUT/init"
 systemctl --version | head -1 > "$OUT/systemd_version"
-# Now the rest of a normal boot, without the gettys that would take this console over
-# and the host root's services a test guest does not need.
-systemctl mask --runtime console-getty.service getty@tty1.service {mask} > "$OUT/mask.txt" 2>&1
+# The boot goes on around this getty (Type=idle starts it once the boot's jobs are out).
 timeout 300 systemctl start multi-user.target > "$OUT/multi_user.txt" 2>&1
 timeout 120 systemctl is-system-running --wait > "$OUT/system_state" 2>&1
 systemctl list-units --failed --no-legend --plain > "$OUT/failed_units" 2>&1
+cat /proc/self/mountinfo > "$OUT/mounts.txt"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 cd {repo} || {{ echo 2 > "$OUT/status"; exit 0; }}
 # The interpreter that runs this script, first on PATH: the guest's login PATH may find
@@ -124,27 +124,29 @@ def boot(vmlinuz, out, wheel, argv):
     args = list(argv) if any(not a.startswith("-") for a in argv) else [*argv, "tests/systemd"]
     with open(script, "w") as f:
         f.write(GUEST_SCRIPT.format(
-            out=shlex.quote(out), repo=shlex.quote(REPO), mask=" ".join(MASK), pybin=shlex.quote(os.path.dirname(sys.executable)), wheel=shlex.quote(wheel), args=shlex.join(args),
+            out=shlex.quote(out), repo=shlex.quote(REPO), pybin=shlex.quote(os.path.dirname(sys.executable)), wheel=shlex.quote(wheel), args=shlex.join(args),
             passenv="".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(os.environ.items())
                             if k.startswith("AGENTD_") and k.isidentifier())))
-    # pip installs into this interpreter's prefix (site-packages, bin, share/agentd).
-    overlays = ["/etc", "/var/lib", "/usr/local", sys.prefix]
+    with open(os.path.join(out, "masked-units"), "w") as f:
+        f.write("".join(u + "\n" for u in MASK))
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise TierError("qemu-system-x86_64 not found: run .ci/kernel-tier.sh's setup")
+    init = f"{os.path.join(HERE, 'guest_init.sh')} {out}"
+    if any(c not in "/._-+=:@ " and not c.isalnum() for c in init):
+        raise TierError(f"the checkout's path {REPO!r} has characters the guest's init line "
+                        "cannot carry: clone it under a plain path")
+    env = dict(os.environ, AGENTD_SYSTEMD_TIER_QEMU=qemu, AGENTD_SYSTEMD_TIER_INIT=init)
     argv = ["vng", "--disable-kvm", "--systemd", "-r", vmlinuz, "--user", "root",
             "--memory", GUEST_MEMORY, "--cpus", GUEST_CPUS, "--rwdir", out, "--cwd", REPO,
-            *[f"--overlay-rwdir={d}" for d in overlays if not d.startswith(out)],
-            *[a for u in MASK for a in ("--append", f"systemd.mask={u}")],
-            # The host root may carry /.dockerenv (this CI host does): systemd would take the
-            # guest for a Docker container, ignore the kernel command line and start a console
-            # getty instead of virtme-ng's serial one, which runs the tests. An empty $container in PID 1's environment (the
-            # kernel hands unknown key=value arguments to init) says "no container".
-            "--append", "container=",
+            "--qemu", os.path.join(HERE, "qemu.py"),
             "--exec", f"sh {shlex.quote(script)}", "--verbose"]
     timeout = float(os.environ.get("AGENTD_SYSTEMD_TIER_TIMEOUT", DEFAULT_TIMEOUT))
     console = os.path.join(out, "console.log")
     log(f"booting {vmlinuz} with systemd as init (timeout {timeout:.0f} s; console: {console})")
     t0 = time.monotonic()
     with open(console, "w") as con:
-        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=con,
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=con,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         shown = 0
         try:

@@ -154,7 +154,10 @@ def boot(vmlinuz, out, wheel, argv):
                 time.sleep(1)
                 shown = show_new(os.path.join(out, "pytest.txt"), shown)
                 if os.path.exists(os.path.join(out, "status")):
-                    time.sleep(20)            # poweroff; then stop QEMU ourselves
+                    try:                      # the guest powers off; then stop QEMU ourselves
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        pass
                     break
         finally:
             if proc.poll() is None:

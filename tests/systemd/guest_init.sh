@@ -47,9 +47,9 @@ done < "$run_dir/masked-units"
 rm -f "$units/agentd.service"
 ln -sfn /lib/systemd/system/multi-user.target "$units/default.target"
 # The serial getty, which virtme-ng's drop-in turns into the test runner, waits for udev to
-# announce its tty (BindsTo=dev-%i.device); the host root has no udev (a container does not
-# need it, and installing it there would touch the host's devices). Without that binding
-# it starts once the console exists, which it does from the first instruction.
+# announce its tty (BindsTo=dev-%i.device), and the host root (a container's) has no udev:
+# the job would time out and the tests never start. Without that binding the getty starts
+# on the console, which exists from the kernel's first line.
 sed -e '/^BindsTo=dev-%i\.device/d' -e 's/^After=dev-%i\.device /After=/' \
     /lib/systemd/system/serial-getty@.service > "$units/serial-getty@.service"
 grep -q 'dev-%i' "$units/serial-getty@.service" && fail "serial-getty@.service still names dev-%i"

@@ -67,10 +67,19 @@ def _network_mode(policy_name, caps):
         return {"mode": "off", "reason": "the policy does not load"}
     if not net.devices:
         return {"mode": "off", "reason": "the policy names no device (network.devices)"}
-    if not caps.bpf_permitted:
-        return {"mode": "off", "reason": "egress limits need BPF (cgroup_skb), which this process may not load"}
     from .kernel.qdisc import kernel_has_qdisc
     devs = ", ".join(net.devices)
+    if net.mode == "nft" or not caps.bpf_permitted:
+        why = "policy asks nft" if net.mode == "nft" else "this process may not load BPF (cgroup_skb)"
+        if net.mode in ("fq", "htb"):
+            return {"mode": "off", "reason": f"policy asks {net.mode}, which needs BPF: {why}"}
+        from .kernel import nft
+        err = nft.probe()
+        if err is not None:
+            return {"mode": "off", "reason": f"{why}, and nftables cannot stand in: {err}"}
+        if not kernel_has_qdisc("htb"):
+            return {"mode": "off", "reason": f"{why}; nftables would mark htb classes and the kernel has no htb"}
+        return {"mode": "nft", "reason": f"{why}; nftables rules (socket cgroupv2) mark htb classes on {devs}"}
     if net.mode in ("auto", "fq") and kernel_has_qdisc("fq"):
         return {"mode": "fq", "reason": f"departure times per packet, fq on {devs}"}
     if net.mode == "fq":

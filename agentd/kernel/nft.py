@@ -424,3 +424,17 @@ def probe(netns=None):
         return f"nfnetlink did not answer within {NETLINK_TIMEOUT_S:g} s"
     except KernelError as err:
         return str(err)
+
+
+def tables(netns=None):
+    """The names of the inet tables in `netns` (read only; for checks and tests)."""
+    def run():
+        P, _, Socket = _messages()
+        sock = Socket(netns)
+        try:
+            m = P["N"].nft_table_msg()
+            return sorted(t.get_attr("NFTA_TABLE_NAME") for t in sock.request_get(m, P["N"].NFT_MSG_GETTABLE))
+        finally:
+            sock.close()
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(run).result(timeout=NETLINK_TIMEOUT_S)

@@ -3,10 +3,13 @@
 Egress limits need a qdisc that holds packets back (agentd/kernel/bpf_egress.py):
 - **fq** honours the departure time the BPF program stamps on each packet (EDT). It
   replaces the device's root qdisc (on a multi-queue device, each queue's qdisc under mq).
-- **htb** where the kernel has no fq (CONFIG_NET_SCH_FQ off): one class per limited
-  cgroup, the agent's class the parent of its calls' classes, the rates in the classes;
-  the BPF program picks the class through skb->priority. Traffic of no class goes out
-  unshaped (htb's default class 0).
+- **htb** where the kernel has no fq (CONFIG_NET_SCH_FQ off), or where no BPF program
+  can run: one class per limited cgroup, the agent's class the parent of its calls'
+  classes, the rates in the classes; the BPF program or the nftables rules
+  (agentd/kernel/nft.py) pick the class through skb->priority. Traffic of no class goes
+  out unshaped (htb's default class 0). Each leaf class queues in fq_codel (flows of one
+  class share it fairly, and a standing queue is kept short), else sfq, else htb's
+  default pfifo where the kernel has neither.
 
 agentd touches only the devices the policy names, and only a root qdisc the kernel made
 (handle 0: — noqueue, pfifo_fast, fq_codel, mq by default): a qdisc someone configured
@@ -25,6 +28,7 @@ TC_H_ROOT = 0xFFFFFFFF
 FQ, HTB = "fq", "htb"
 HTB_MAJOR = 0xA9E0             # agentd's htb handle A9E0: (unlikely to be one's own)
 MAX_MINOR = 0xFFFF
+LEAF_KINDS = ("fq_codel", "sfq")   # a leaf class's queue, the first the kernel has
 
 
 def kernel_has_qdisc(kind, release=None, sys_root="/sys", modules_root="/lib/modules"):
@@ -107,6 +111,8 @@ class Device:
         self.changed = False
         self.handle = None
         self.classes = set()
+        self.leaf_kinds = list(LEAF_KINDS)   # those not yet refused by the kernel
+        self.leaf_kind = None                # the leaf qdisc in use; None: htb's default pfifo
         _off_loop(lambda: self._open(mode))
 
     def _open(self, mode):
@@ -153,13 +159,15 @@ class Device:
             raise _nl_error(f"setting htb on {self.ifname}", err) from err
         self.mode, self.changed, self.handle = HTB, True, HTB_MAJOR << 16
 
-    def set_class(self, minor, rate_bytes_per_s, burst_bytes, parent_minor=None, ceil_bytes_per_s=None):
+    def set_class(self, minor, rate_bytes_per_s, burst_bytes, parent_minor=None, ceil_bytes_per_s=None,
+                  leaf=False):
         """htb mode: the class HTB_MAJOR:minor with this rate (guaranteed) and ceil (the
         most it may borrow up to; default: the rate), below the class `parent_minor` or the
         root. Returns the classid for skb->priority. htb queues packets in leaf classes
         only: a class with classes below it passes what is sent to it straight out, so a
         limited cgroup with limited descendants needs a leaf of its own for its own
-        traffic (a sibling of theirs)."""
+        traffic (a sibling of theirs). `leaf`: the class holds packets, so it gets a leaf
+        qdisc of LEAF_KINDS (leaf_kind says which; None: the kernel has none of them)."""
         if self.mode != HTB:
             raise KernelError(f"{self.ifname}: classes exist in htb mode only (mode {self.mode})")
         if not 0 < minor <= MAX_MINOR:
@@ -169,17 +177,40 @@ class Device:
         rate = max(int(rate_bytes_per_s), 1)
         ceil = max(int(ceil_bytes_per_s or rate), rate)
         burst = max(int(burst_bytes), 1600)
-        _off_loop(lambda: self._set_class(minor, classid, parent, rate, ceil, burst))
+        _off_loop(lambda: self._set_class(minor, classid, parent, rate, ceil, burst, leaf))
         self.classes.add(minor)
         return classid
 
-    def _set_class(self, minor, classid, parent, rate, ceil, burst):
+    def _set_class(self, minor, classid, parent, rate, ceil, burst, leaf):
         with _ipr(self.netns) as ipr:
             try:
                 ipr.tc("replace-class", HTB, index=self.index, handle=classid, parent=parent,
                        rate=f"{rate * 8}bit", ceil=f"{ceil * 8}bit", burst=burst, cburst=burst)
             except Exception as err:           # noqa: BLE001
                 raise _nl_error(f"setting htb class {minor:x} on {self.ifname}", err) from err
+            while leaf and self.leaf_kinds:
+                kind = self.leaf_kinds[0]
+                try:
+                    # No handle: the kernel picks one; the leaf goes with its class.
+                    ipr.tc("replace", kind, index=self.index, parent=classid)
+                    self.leaf_kind = kind
+                    return
+                except Exception as err:       # noqa: BLE001
+                    if getattr(err, "code", None) != errno.ENOENT:
+                        raise _nl_error(f"setting {kind} below htb class {minor:x} on {self.ifname}", err) from err
+                    self.leaf_kinds.pop(0)     # ENOENT: the kernel has no such qdisc
+                    self.leaf_kind = None
+
+    def leaf_qdisc(self, minor):
+        """The kind of the qdisc below class `minor` (None: htb's default or no class)."""
+        def read():
+            classid = (HTB_MAJOR << 16) | minor
+            with _ipr(self.netns) as ipr:
+                for q in ipr.get_qdiscs(index=self.index):
+                    if q["parent"] == classid:
+                        return q.get_attr("TCA_KIND")
+            return None
+        return _off_loop(read)
 
     def remove_class(self, minor):
         if minor not in self.classes:

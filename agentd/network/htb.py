@@ -4,7 +4,7 @@ htb queues packets in leaf classes only, so a limited agent is two classes: a gr
 the agent's rate as its ceiling, and a leaf below it for the agent's own processes; a
 limited tool call of that agent is a leaf beside it, and a tool call of an agent with no
 limit a leaf at the top. A tool call with no limit of its own sends through its agent's
-leaf (the BPF program picks the deepest limited level).
+leaf (the BPF program, or the nftables rules, pick the deepest limited level).
 """
 
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ class HtbClass:
     ceil: int                 # bytes/s at most
     burst: int
     parent: Optional[int]     # minor of the parent class; None: the root
+    leaf: bool = True         # holds packets (gets a leaf qdisc); False: a group of classes
 
 
 class Minors:
@@ -42,7 +43,7 @@ class Minors:
 
 def agent_classes(minors, rate, burst):
     """(group, own leaf) for an agent limited to `rate`; packets go to the leaf."""
-    group = HtbClass(minors.take(), rate, rate, burst, None)
+    group = HtbClass(minors.take(), rate, rate, burst, None, leaf=False)
     # The agent's own processes are guaranteed a tenth of its rate and may take all of it.
     leaf = HtbClass(minors.take(), max(rate // 10, 1), rate, burst, group.minor)
     return group, leaf

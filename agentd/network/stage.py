@@ -3,22 +3,24 @@
 One BPF program on agentd's root (agentd/kernel/bpf_egress.py) and a qdisc on each device
 the policy names (agentd/kernel/qdisc.py): fq where the kernel has it (the program stamps
 departure times), else htb (the program picks a class; agentd/network/htb.py lays the
-classes out). An agent's rate bounds everything it runs; a tool call's rate bounds that
-call within it.
+classes out). Where the program cannot load (no BPF, no cgroup_skb), or the policy asks
+for it, nftables rules pick the htb class instead (agentd/kernel/nft.py: mode nft). An
+agent's rate bounds everything it runs; a tool call's rate bounds that call within it.
 """
 
 import logging
 import time
 
 from ..errors import AgentdError, BpfError, FeatureMissing, KernelError
-from ..kernel import qdisc
-from ..kernel.bpf_egress import Egress
+from ..kernel import nft, qdisc
+from ..kernel.bpf_egress import Egress, cgroup_level
 from ..stages import Stage
 from . import htb
 
 log = logging.getLogger("agentd.network")
 
 COUNTERS = ("bytes", "packets", "delayed", "drops")
+NFT = "nft"                  # the mode where nftables rules, not the BPF program, pick the class
 # A call's socket may still hold data when its last process exits (the kernel sends a
 # closed socket's buffer, up to tcp_wmem's 4 MiB): its entry and class stay this long, so
 # what it left is still sent at its rate, not at line rate.
@@ -26,39 +28,53 @@ LINGER_S = 30.0
 
 
 class EgressStage(Stage):
-    """`egress` and `device` are the kernel adapters (tests pass doubles)."""
+    """`egress` (or `program`, which makes it), `device` and `classifier` are the kernel
+    adapters (tests pass doubles)."""
 
     name = "network"
 
-    def __init__(self, app, egress=None, device=qdisc.Device, clock=time.monotonic):
+    def __init__(self, app, egress=None, device=qdisc.Device, clock=time.monotonic, program=Egress,
+                 classifier=nft.Classifier):
         self.app = app
         self.clock = clock
         self.ending = []          # (when, cgroup): entries to clear once their linger is over
         cfg = app.policy.network
-        self.egress = egress
-        if egress is None:
-            try:
-                self.egress = Egress(app.fs.path(app.root), app.root)
-            except (BpfError, FeatureMissing, KernelError) as err:
-                raise FeatureMissing(f"the egress program cannot load ({err}); agentd has no other way to "
-                                     "limit egress yet") from err
+        self.egress = egress      # the BPF program's adapter, or in nft mode the nftables one
         self.devices = []
+        self.why = "policy asks nft" if cfg.mode == NFT else None
+        if egress is None and cfg.mode != NFT:
+            try:
+                self.egress = program(app.fs.path(app.root), app.root)
+            except (BpfError, FeatureMissing, KernelError) as err:
+                if cfg.mode != "auto":
+                    raise FeatureMissing(f"the egress program cannot load ({err}); network.mode {cfg.mode} needs "
+                                         "it (mode auto or nft limit egress without BPF)") from err
+                self.why = f"the egress program cannot load ({err})"
+                log.warning("%s: egress limits fall back to nftables rules (socket cgroupv2) and htb classes",
+                            self.why)
+        bpf = self.egress is not None
+        qmode = (None if cfg.mode == "auto" else cfg.mode) if bpf else qdisc.HTB
         try:
             for name in cfg.devices:
-                self.devices.append(device(name, mode=None if cfg.mode == "auto" else cfg.mode))
-        except KernelError:
+                self.devices.append(device(name, mode=qmode))
+            if not bpf:
+                self.egress = classifier(cfg.devices)
+        except KernelError as err:
             self.close()
-            raise
+            if bpf:
+                raise
+            raise FeatureMissing(f"{self.why}, and nftables cannot stand in: {err}") from err
         modes = {d.mode for d in self.devices}
         if len(modes) > 1:
             self.close()
             raise KernelError(f"egress devices ended up in different modes ({sorted(modes)}): set network.mode")
-        self.mode = modes.pop()
+        self.mode = modes.pop() if bpf else NFT
         self.minors = htb.Minors()
-        self.classes = {}         # cgroup -> [HtbClass] (htb mode)
+        self.classes = {}         # cgroup -> [HtbClass] (htb and nft modes)
         self.ids = {}             # cgroup -> (cgroup id, agent id)
         self.sent = {}            # agent id -> counters of its cgroups that are gone (counters only grow)
         self.live = set()         # agents running (metrics are theirs only)
+        self.leaf_warned = False
         log.info("egress limits on %s (%s mode)", ", ".join(cfg.devices), self.mode)
 
     # --- what the policy says ------------------------------------------------------------
@@ -125,7 +141,7 @@ class EgressStage(Stage):
         if c and agent_id in self.live:
             tot = self.sent.setdefault(agent_id, dict.fromkeys(COUNTERS, 0))
             for k in COUNTERS:
-                tot[k] += c[k]
+                tot[k] += c.get(k, 0)     # nft mode counts bytes and packets only
 
     def _set(self, agent_id, cg, agent_cg, lim, cgroup_id=None):
         rate, burst = lim
@@ -144,11 +160,24 @@ class EgressStage(Stage):
                 for c in made:
                     for d in self.devices:
                         classid = d.set_class(c.minor, c.rate, c.burst, parent_minor=c.parent,
-                                              ceil_bytes_per_s=c.ceil)
-                self.egress.set(cid, classid=classid)
+                                              ceil_bytes_per_s=c.ceil, leaf=c.leaf)
+                self._warn_leaf()
+                if self.mode == NFT:
+                    # The rule matches the cgroup's ancestor at its own level: it and all below it.
+                    self.egress.set(cid, cgroup_level(cg), classid)
+                else:
+                    self.egress.set(cid, classid=classid)
             self.ids[cg] = (cid, agent_id)
         except (AgentdError, OverflowError) as err:
             log.warning("%s: egress limit not set: %s", cg, err)
+
+    def _warn_leaf(self):
+        if self.leaf_warned or not self.devices or self.devices[0].leaf_kind is not None:
+            return
+        self.leaf_warned = True
+        log.warning("the kernel has none of the %s qdiscs: each htb class queues in htb's default pfifo "
+                    "(the flows of one agent or call share a plain FIFO, without flow fairness)",
+                    " and ".join(qdisc.LEAF_KINDS))
 
     def _clear(self, cg):
         ent = self.ids.pop(cg, None)
@@ -188,7 +217,12 @@ class EgressStage(Stage):
         return {"network": self.mode}
 
     def mode_details(self):
-        return {"network": {"devices": [d.ifname for d in self.devices], "mode": self.mode}}
+        out = {"devices": [d.ifname for d in self.devices], "mode": self.mode}
+        if self.mode != qdisc.FQ and self.devices and self.classes:
+            out["leaf_qdisc"] = self.devices[0].leaf_kind or "pfifo"
+        if self.why:
+            out["reason"] = self.why
+        return {"network": out}
 
     def metric_stats(self):
         """Per agent: what its limited cgroups sent, were delayed and dropped (BPF counters)."""
@@ -207,5 +241,5 @@ class EgressStage(Stage):
                 continue
             tot = per.setdefault(agent_id, dict.fromkeys(COUNTERS, 0))
             for k in COUNTERS:
-                tot[k] += c[k]
+                tot[k] += c.get(k, 0)
         return {"network_egress": per}

@@ -373,7 +373,7 @@ class NetworkConfig(_Model):
     # sets fq (or htb, where the kernel has no fq) as their root qdisc and refuses a
     # device whose root qdisc someone else configured.
     devices: list[Annotated[str, AfterValidator(_ifname)]] = []
-    mode: Literal["auto", "fq", "htb"] = "auto"   # auto: fq where the kernel has it
+    mode: Literal["auto", "fq", "htb", "nft"] = "auto"   # auto: fq where the kernel has it, nft without BPF
 
 
 # Tool classes a policy without `tool_classes` gets.

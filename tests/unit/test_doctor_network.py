@@ -5,7 +5,7 @@ import types
 import pytest
 
 from agentd import doctor
-from agentd.kernel import qdisc
+from agentd.kernel import nft, qdisc
 
 
 @pytest.fixture
@@ -19,8 +19,9 @@ def policy(tmp_path):
     return write
 
 
-def mode(path, fq=True, htb=True, bpf=True, monkeypatch=None):
+def mode(path, fq=True, htb=True, bpf=True, nft_err=None, monkeypatch=None):
     monkeypatch.setattr(qdisc, "kernel_has_qdisc", lambda kind, **kw: {"fq": fq, "htb": htb}[kind])
+    monkeypatch.setattr(nft, "probe", lambda netns=None: nft_err)
     return doctor._network_mode(path, types.SimpleNamespace(bpf_permitted=bpf))
 
 
@@ -35,5 +36,13 @@ def test_network_modes_and_their_reasons(policy, monkeypatch):
     assert m["mode"] == "htb" and "no fq qdisc" in m["reason"]
     m = mode(forced_fq, fq=False, monkeypatch=monkeypatch)
     assert m["mode"] == "off" and "CONFIG_NET_SCH_FQ" in m["reason"]
+    # Without BPF, nftables rules pick the htb classes where the kernel takes them.
     m = mode(named, bpf=False, monkeypatch=monkeypatch)
-    assert m["mode"] == "off" and "BPF" in m["reason"]
+    assert m["mode"] == "nft" and "may not load BPF" in m["reason"] and "socket cgroupv2" in m["reason"]
+    m = mode(named, bpf=False, nft_err="nftables: ... (errno 95)", monkeypatch=monkeypatch)
+    assert m["mode"] == "off" and "BPF" in m["reason"] and "errno 95" in m["reason"]
+    m = mode(forced_fq, bpf=False, monkeypatch=monkeypatch)
+    assert m["mode"] == "off" and "policy asks fq, which needs BPF" in m["reason"]
+    m = mode(policy("network: {devices: [eth0], mode: nft}\n"), monkeypatch=monkeypatch)
+    assert m["mode"] == "nft" and m["reason"].startswith("policy asks nft")
+

@@ -1,5 +1,6 @@
 """The egress stage's decisions over doubles of its kernel adapters: which cgroup gets
-which rate (fq mode) or htb class (htb mode), and what is undone when calls and agents end."""
+which rate (fq mode) or htb class (htb and nft modes), and what is undone when calls and
+agents end."""
 
 import types
 
@@ -10,7 +11,7 @@ from agentd.model import Agent, ToolCall, ToolPlan
 from agentd.network import build
 from agentd.network.stage import LINGER_S, EgressStage
 from agentd.policy import load_policy_text
-from tests.unit.network_fakes import FakeDevice, FakeEgress
+from tests.unit.network_fakes import FakeClassifier, FakeDevice, FakeEgress, no_program
 
 MBIT = 125_000
 
@@ -28,6 +29,9 @@ tool_classes:
 
 
 class FS:
+    def path(self, cg):
+        return f"/sys/fs/cgroup/{cg}"
+
     def cgroup_id(self, cg):
         return abs(hash(cg)) % 10**9
 
@@ -164,3 +168,91 @@ def test_a_dry_run_sets_no_qdisc_and_loads_no_program():
     app = types.SimpleNamespace(policy=policy, fs=FS(), root="agentd", dry_run=True)
     with pytest.raises(FeatureMissing, match="dry run: no qdisc set on eth9, eth8"):
         build(app)
+
+
+def nft_stage(mode, program=no_program, leaf_kind="fq_codel"):
+    policy = load_policy_text(POLICY % mode, host_memory_bytes=8 << 30)
+    app = types.SimpleNamespace(policy=policy, fs=FS(), root="agentd")
+    asked = []
+
+    def device(name, mode=None):
+        asked.append(mode)
+        return FakeDevice(name, mode=mode, kernel_has_fq=True, leaf_kind=leaf_kind)
+    s = EgressStage(app, device=device, clock=Clock(), program=program, classifier=FakeClassifier)
+    return s, app, asked
+
+
+def test_auto_falls_back_to_nftables_and_htb_when_the_program_cannot_load(caplog):
+    with caplog.at_level("WARNING", logger="agentd.network"):
+        s, app, asked = nft_stage("auto")
+    # htb even where the kernel has fq: without the program no packet gets a departure time.
+    assert s.mode == "nft" and asked == ["htb", "htb"] and isinstance(s.egress, FakeClassifier)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "cannot load" in warned[0] and "nftables" in warned[0], warned
+    assert "EPERM" in s.mode_details()["network"]["reason"]
+    assert s.egress.devices == ["eth9", "eth8"]
+
+
+def test_nft_mode_gives_each_limited_cgroup_a_rule_at_its_level_and_a_leaf_class():
+    ran = []
+    s, app, _ = nft_stage("nft", program=lambda *a: ran.append(a))
+    assert ran == [] and s.mode == "nft"            # the policy asks nft: no program is loaded
+    a = agent()
+    s.on_agent_start(a)
+    t = tool(a, "0001-fetch", "fetch")
+    s.on_tool_start(a, t)
+    rules = s.egress.rules
+    agent_id = app.fs.cgroup_id(a.cgroup)
+    assert rules[agent_id] == (3, (0xA9E0 << 16) | 2)         # agentd/agents/a: level 3, its own leaf
+    assert rules[t.cgroup_id] == (5, (0xA9E0 << 16) | 3)      # .../tools/0001-fetch: level 5
+    for d in s.devices:
+        assert d.leaves == {2, 3}                   # the group (1) holds no packets itself
+    assert s.mode_details()["network"]["leaf_qdisc"] == "fq_codel"
+    assert s.metric_stats()["network_egress"]["a"] == {"bytes": 2000, "packets": 2, "delayed": 0, "drops": 0}
+    s.on_tool_end(a, t, None)
+    after_linger(s)
+    s.metric_stats()
+    assert t.cgroup_id not in rules and 3 not in s.devices[0].classes
+    # What the ended call sent stays in its agent's counters.
+    assert s.metric_stats()["network_egress"]["a"]["bytes"] == 2000
+    s.on_agent_end(a)
+    after_linger(s)
+    s.metric_stats()
+    assert rules == {} and s.devices[0].classes == {}
+    s.close()
+    assert s.egress is None
+
+
+def test_a_kernel_without_fq_codel_or_sfq_is_one_warning(caplog):
+    s, app, _ = nft_stage("nft", leaf_kind=None)
+    with caplog.at_level("WARNING", logger="agentd.network"):
+        for name in ("a", "b"):
+            a = agent(name=name)
+            s.on_agent_start(a)
+            s.on_tool_start(a, tool(a, f"0001-{name}", "fetch"))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "fq_codel" in warned[0] and "pfifo" in warned[0], warned
+    assert s.mode_details()["network"]["leaf_qdisc"] == "pfifo"
+
+
+def test_a_mode_that_needs_the_program_says_so_when_it_cannot_load():
+    from agentd.errors import FeatureMissing
+    with pytest.raises(FeatureMissing, match="network.mode htb needs it"):
+        nft_stage("htb")
+
+
+def test_neither_bpf_nor_nftables_stops_the_stage_and_releases_the_devices():
+    from agentd.errors import FeatureMissing
+    policy = load_policy_text(POLICY % "auto", host_memory_bytes=8 << 30)
+    app = types.SimpleNamespace(policy=policy, fs=FS(), root="agentd")
+    made = []
+
+    def device(name, mode=None):
+        made.append(FakeDevice(name, mode=mode))
+        return made[-1]
+
+    def classifier(devices):
+        raise KernelError("nftables: creating table inet agentd: No such file or directory (errno 2)")
+    with pytest.raises(FeatureMissing, match="cannot load .* and nftables cannot stand in"):
+        EgressStage(app, device=device, program=no_program, classifier=classifier)
+    assert made and all(d.released for d in made)

@@ -146,15 +146,18 @@ CATALOG = (
       "Automatic tool-call detection: placed, adopted, housekeeping, errors, resumed_late.",
       "monitor metric_stats()"),
     M("agentd_network_egress_bytes_total", COUNTER, ("agent",),
-      "Bytes an agent's limited cgroups sent on the shaped devices (the egress BPF program's count).",
+      "Bytes an agent's limited cgroups sent on the shaped devices (the egress BPF program's count; in "
+      "nft mode the nftables rules' counters).",
       "network metric_stats()"),
     M("agentd_network_egress_packets_total", COUNTER, ("agent",),
       "Packets an agent's limited cgroups sent.", "network metric_stats()"),
     M("agentd_network_egress_delayed_packets_total", COUNTER, ("agent",),
-      "Packets held back to the agent's or its tool call's rate (given a later departure or queued in htb).",
+      "Packets held back to the agent's or its tool call's rate by a later departure (fq mode; 0 in the "
+      "htb and nft modes, where htb queues them).",
       "network metric_stats()"),
     M("agentd_network_egress_drops_total", COUNTER, ("agent",),
-      "Packets dropped because their departure lay past the horizon (a sender nothing slows, e.g. UDP).",
+      "Packets dropped because their departure lay past the horizon (a sender nothing slows, e.g. UDP; "
+      "fq mode).",
       "network metric_stats()"),
     M("agentd_cpu_scheduler_mode", GAUGE, ("mode",),
       "1 for the CPU scheduling mode in use (sched_ext, cpu_weight, none).", "scheduler metric_stats()"),

@@ -370,8 +370,9 @@ class CpuConfig(_Model):
 
 class NetworkConfig(_Model):
     # The egress devices agentd shapes (e.g. [eth0]); none: no network control. agentd
-    # sets fq (or htb, where the kernel has no fq) as their root qdisc and refuses a
-    # device whose root qdisc someone else configured.
+    # sets fq (or htb, where the kernel has no fq or no BPF program can run) as their root
+    # qdisc and refuses a device whose root qdisc someone else configured. mode: fq and htb
+    # classify with the egress BPF program, nft with nftables rules (no BPF).
     devices: list[Annotated[str, AfterValidator(_ifname)]] = []
     mode: Literal["auto", "fq", "htb", "nft"] = "auto"   # auto: fq where the kernel has it, nft without BPF
 

@@ -1,7 +1,9 @@
 """Egress limits through the daemon: a policy naming a device and a tool class's rate;
-`agentd tool` runs a sender that the limit holds, the metrics count its bytes, and the
-device gets its own qdisc back when the daemon stops (htb mode: this host has no fq)."""
+`agentd tool` runs a sender that the limit holds, and the device gets its own qdisc back
+when the daemon stops. Both classifiers of this host (it has no fq): the BPF program (htb
+mode) and nftables rules (nft mode, whose table goes when the daemon stops)."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -10,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from agentd.kernel import nft
 from agentd.kernel.qdisc import root_qdisc
 from tests.helpers import REPO, DaemonProc, agentd_cmd
 from tests.host.test_metrics_series import free_port
@@ -19,7 +22,7 @@ MBIT = 125_000
 
 POLICY = """\
 version: 1
-network: {{devices: [{dev}]}}
+network: {{devices: [{dev}], mode: {mode}}}
 tool_classes:
   normal: {{priority: 50}}
   fetch: {{priority: 50, network: {{egress: 10Mbit}}}}
@@ -35,15 +38,25 @@ def pair():
     p.close()
 
 
-def test_a_tool_classs_egress_rate_holds_its_call_and_is_counted(tmp_path, test_root, pair):
+@pytest.fixture
+def host_nft():
+    # nft mode's table is the host namespace's `inet agentd`: one such daemon at a time.
+    with open("/tmp/agentd-test-nft.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.mark.parametrize("mode,runs", [("auto", "htb"), ("nft", "nft")])
+def test_a_tool_classs_egress_rate_holds_its_call(tmp_path, test_root, pair, host_nft, mode, runs):
     before = root_qdisc(pair.dev)
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.format(dev=pair.dev))
+    policy.write_text(POLICY.format(dev=pair.dev, mode=mode))
     port = free_port()
     d = DaemonProc(str(tmp_path), test_root, policy=str(policy), metrics=f"127.0.0.1:{port}").start()
     try:
         st = d.request({"op": "status"})
-        assert st["modes"].get("network") == "htb", st["modes"]
+        assert st["modes"].get("network") == runs, st["modes"]
+        assert ("agentd" in nft.tables()) == (runs == "nft")
         assert root_qdisc(pair.dev)[0] == "htb"
         rates = []
         for cls, rport in (("fetch", 5301), ("normal", 5302)):
@@ -59,7 +72,8 @@ def test_a_tool_classs_egress_rate_holds_its_call_and_is_counted(tmp_path, test_
         assert 0.9 * 10 * MBIT <= limited <= 1.1 * 10 * MBIT, limited / MBIT
         assert free > 2 * 10 * MBIT, free / MBIT          # the normal class has no rate
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-        assert 'agentd_mode_info{component="network",mode="htb"} 1.0' in text
+        assert f'agentd_mode_info{{component="network",mode="{runs}"}} 1.0' in text
     finally:
         d.cleanup()
     assert root_qdisc(pair.dev) == before
+    assert "agentd" not in nft.tables()

@@ -19,6 +19,7 @@ def test_network_limits_per_agent_and_tool_class():
     assert p.tool_classes["batch"].network.egress == 2_500_000
     assert p.tool_classes["batch"].network.burst == 65536
     assert p.tool_classes["normal"].network.egress is None      # no limit unless written
+    assert load("network: {devices: [eth0], mode: nft}\n").network.mode == "nft"
 
 
 @pytest.mark.parametrize("text, words", [

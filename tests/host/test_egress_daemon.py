@@ -46,14 +46,32 @@ def host_nft():
         yield
 
 
-@pytest.mark.parametrize("mode,runs", [("auto", "htb"), ("nft", "nft")])
-def test_a_tool_classs_egress_rate_holds_its_call(tmp_path, test_root, pair, host_nft, mode, runs):
+def objects_but_egress(tmp_path):
+    """AGENTD_BPF_DIR with every BPF object agentd ships except the egress program's."""
+    from agentd.kernel.bpf_objects import OBJ_DIR
+    d = tmp_path / "bpf"
+    d.mkdir()
+    for name in os.listdir(OBJ_DIR):
+        if name != "egress.bpf.o":
+            os.symlink(os.path.join(OBJ_DIR, name), d / name)
+    return str(d)
+
+
+@pytest.mark.parametrize("mode,runs,program", [("auto", "htb", True), ("nft", "nft", True),
+                                               ("auto", "nft", False)])
+def test_a_tool_classs_egress_rate_holds_its_call(tmp_path, test_root, pair, host_nft, mode, runs, program):
     before = root_qdisc(pair.dev)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(dev=pair.dev, mode=mode))
     port = free_port()
-    d = DaemonProc(str(tmp_path), test_root, policy=str(policy), metrics=f"127.0.0.1:{port}").start()
+    env = None if program else {"AGENTD_BPF_DIR": objects_but_egress(tmp_path)}
+    d = DaemonProc(str(tmp_path), test_root, policy=str(policy), metrics=f"127.0.0.1:{port}", extra_env=env).start()
     try:
+        if not program:
+            # auto without the program: nftables stands in, with one warning that says why.
+            with open(d.log_path) as f:
+                warned = [ln for ln in f if "egress program cannot load" in ln]
+            assert len(warned) == 1 and "fall back to nftables" in warned[0], warned
         st = d.request({"op": "status"})
         assert st["modes"].get("network") == runs, st["modes"]
         assert ("agentd" in nft.tables()) == (runs == "nft")

@@ -113,6 +113,12 @@ def test_a_leaf_class_gets_the_first_leaf_qdisc_the_kernel_has(pair):
         assert dev.leaf_kind in (None, "fq_codel", "sfq")
         assert dev.leaf_qdisc(1) == dev.leaf_kind
         assert dev.leaf_qdisc(2) is None
+        # A qdisc the kernel lacks is passed over for the next one (here: pfifo, which every kernel has).
+        dev.leaf_kinds = ["fq_codel", "sfq", "pfifo"]
+        dev.set_class(3, 10 * MBIT, 32 * 1024, leaf=True)
+        assert dev.leaf_qdisc(3) == dev.leaf_kind and dev.leaf_kind in ("fq_codel", "sfq", "pfifo")
+        dev.remove_class(3)
+        assert dev.leaf_qdisc(3) is None                   # the leaf goes with its class
     finally:
         dev.release()
 

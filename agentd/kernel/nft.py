@@ -257,7 +257,8 @@ class Classifier:
         P = _messages()[0]
         m = P["N"].nft_table_msg()
         try:
-            return any(t.get_attr("NFTA_TABLE_NAME") == TABLE for t in self._sock.request_get(m, P["N"].NFT_MSG_GETTABLE))
+            found = self._sock.request_get(m, P["N"].NFT_MSG_GETTABLE)
+            return any(t.get_attr("NFTA_TABLE_NAME") == TABLE for t in found)
         except Exception:                      # noqa: BLE001 — then the first error stands
             return False
 

@@ -273,6 +273,7 @@ class App(ApiOps):
         sdnotify.notify("STOPPING=1")
         for t in tasks:
             t.cancel()
+        self.ctl.pipeline.queue.release_all()     # waiting calls go on as if their wait timed out
         for h in self.hooks:
             await h.stop()
         await self.server.close()

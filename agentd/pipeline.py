@@ -5,7 +5,8 @@
     classify   one command-line parser says which program does the work
                (policy/match.py over shellwords + forecast/signature.py)
     plan       the policy's class, rule and limits: once per call (Pipeline.plan)
-    admit      each stage forecasts its resource once and may wait for room (API path)
+    admit      each stage forecasts its resource once; a call that must wait for any of
+               them waits once, in one queue, for all of them (API path)
     place      each stage's share (limits, environment, messages, actions) merged into a
                frozen Placement
     apply      the controller writes the Placement's limits and moves the process in
@@ -19,6 +20,7 @@ import dataclasses
 import logging
 import types
 
+from .admission_queue import AdmissionQueue
 from .model import Placement
 
 EMPTY = types.MappingProxyType({})
@@ -59,6 +61,7 @@ class Ticket:
 class Pipeline:
     def __init__(self, ctl):
         self.ctl = ctl                # the controller: planners per agent, and the stage list
+        self.queue = AdmissionQueue()  # calls waiting for room, whatever resource they wait for
 
     @property
     def stages(self):
@@ -70,16 +73,23 @@ class Pipeline:
         return self.ctl.planner_of(agent).plan_tool(agent, argv, declared_class, mem)
 
     async def admit(self, agent, argv, declared_class=None, mem=None, pid=None, tell=None):
-        """Plan the call and let each stage admit it, in stage order. `tell(kind, text)`:
-        the API's outbox for this caller (a notice while a stage makes it wait)."""
+        """Plan the call and let each stage admit it, in stage order; where any stage
+        answers Wait, the call waits once in the queue for all of them. `tell(kind, text)`:
+        the API's outbox for this caller (the queue's notice)."""
         plan = self.plan(agent, argv, declared_class, mem)
         call = Call(agent, tuple(argv), plan, pid, mem is not None)
-        decided = {}
+        tell = tell or _silent
+        asks = {}
         for stage in self.stages:
-            d = await stage.admit(call, tell or _silent)
+            d = await stage.admit(call, tell)
             if d is not None:
-                decided[stage] = d
+                asks[stage] = d
+        decided = await self.queue.admit(call, asks, tell)
         return Ticket(plan, types.MappingProxyType(decided))
+
+    def wake(self):
+        """A stage saw room appear: waiting calls that now fit everywhere go on."""
+        self.queue.wake()
 
     def place(self, call, ticket=None):
         """Each stage's share for `call` (with its own admit decision, if any), merged."""

@@ -8,8 +8,14 @@ with getattr and a newcomer reads here what a stage can be asked.
 
 A tool call passes the stages twice before it runs (agentd/pipeline.py):
 - `admit(call, tell)`: the API path only, before the call exists. The stage forecasts
-  what it needs of its resource and may wait for room (telling the agent through `tell`,
-  the API's outbox); it returns its decision, or None.
+  what it needs of its resource and returns its decision, or None, or an
+  `admission_queue.Wait` when there is no room now: then the call waits once, in the
+  pipeline's one admission queue, for every stage that said Wait. While it waits the queue
+  asks the stage `pick(requests)` (which of its waiting requests fit now, in its order);
+  when all its stages picked it, each gets `grant(call, request, info, waited)`, and at
+  the timeout `expire(call, request, waited)`, which return the stage's decision (or raise
+  a RequestError that refuses the call). A stage calls `ctl.pipeline.wake()` when room
+  may have appeared.
 - `place(call, decided)`: both paths (API and automatic detection). `decided` is what the
   stage's own `admit` returned (None on the automatic path: decide now, never wait). It
   returns a `Share` (limits, environment, messages, actions) the pipeline merges into the
@@ -35,6 +41,9 @@ class StageProtocol(Protocol):
     async def admit(self, call, tell): ...
     def place(self, call, decided): ...
     def observe(self, call): ...
+    def pick(self, requests) -> list: ...
+    def grant(self, call, request, info, waited): ...
+    def expire(self, call, request, waited): ...
 
     # --- agents and tool calls while they run
     def on_sample(self, snapshot) -> None: ...
@@ -77,6 +86,19 @@ class Stage:
         """A dry run's automatically detected call, which is not placed: what the stage
         would have given it (a Share), for the `tool_observed` event. Nothing is acted on."""
         return None
+
+    def pick(self, requests):
+        """[(request, info)] of this stage's waiting requests that fit now (a stage that
+        never answers Wait is never asked)."""
+        return [(r, None) for r in requests]
+
+    def grant(self, call, request, info, waited):
+        """The decision for a call let in after `waited` seconds (`info`: from pick)."""
+        return request
+
+    def expire(self, call, request, waited):
+        """The decision for a call whose wait timed out (or raise RequestError)."""
+        return request
 
     def on_sample(self, snapshot):
         """The tick's reading of every running call's memory (monitor/sampler.py)."""

@@ -1,13 +1,14 @@
-"""Admission control wired into the daemon: forecasts before a call starts, the wait, the
-notice (through the API's outbox: `tell`), and the reservations of calls admitted but not
-yet placed (see admission.py for the decisions themselves)."""
+"""Memory admission wired into the daemon: forecasts before a call starts, what a call
+that must wait asks of the pipeline's admission queue (agentd/admission_queue.py) and gets
+when let in, and the reservations of calls admitted but not yet placed (see admission.py
+for the decisions themselves)."""
 
-import asyncio
 import logging
 import time
 
 import itertools
 
+from ..admission_queue import Wait
 from ..clip import clip_argv
 from ..errors import AgentdError, RequestError
 from ..policy.match import program_of as _program
@@ -31,7 +32,6 @@ class Admitter:
         self.e = enforcer
         self.pending = {}         # (agent, seq) -> {"forecast", "peak", "evidence", "queue", "ts", "key"}
         self.seq = itertools.count(1)
-        self.waiters = {}         # Waiter.seq -> (Waiter, asyncio.Future)
         self.counters = {"admission_queued_total": 0, "admission_wait_seconds_total": 0.0,
                          "admission_timeouts_total": 0}
 
@@ -40,14 +40,10 @@ class Admitter:
         running call, not as an admitted one."""
         self.pending.pop(pend["key"], None)
 
-    def release_all(self):
-        for _, fut in self.waiters.values():
-            if not fut.done():
-                fut.set_result(False)
-
-    async def admit(self, call, tell):
-        """The memory forecast of `call` and, where it does not fit, its wait: returns the
-        decision place() takes (forecast, evidence, the wait's record)."""
+    def admit(self, call):
+        """The memory forecast of `call`: the decision place() takes (forecast, evidence,
+        a dry run's would-be wait), or a Wait for the pipeline's admission queue where it
+        does not fit."""
         agent, plan, argv = call.agent, call.plan, list(call.argv)
         fc = self.e.fc.forecast(argv, plan.tool_class, agent.agent_id, agent.agent_class)
         cap = _bytes(plan.limits.get(cgf.MEMORY_MAX))
@@ -80,44 +76,55 @@ class Admitter:
             pend["queue"] = rec
             self.pending[key] = pend
             return pend
-        w = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{prog}",
-                             agent_priority=agent.priority)
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters[w.seq] = (w, fut)
+        pend["waiter"] = admission.Waiter(priority=plan.priority, peak=peak, key=f"{agent.agent_id}/{prog}",
+                                          agent_priority=agent.priority)
         self.counters["admission_queued_total"] += 1
-        t0 = time.monotonic()
-        tell("queued", (
-            f"[agentd] {prog} is waiting for memory: it is forecast to need {format_size(peak)} and the "
-            f"running tool calls are forecast to use {format_size(admission.demand(running))} of the "
-            f"{format_size(budget) if budget else 'unlimited'} budget; it starts when room appears "
-            f"(at most {a.max_wait_s:g} s)"))
         self.e.app.events.emit("action", agent=agent.agent_id, tool=None, action="queue", argv=clip_argv(argv)[:8],
-                             reason="memory budget", forecast_bytes=peak)
+                               reason="memory budget", forecast_bytes=peak)
         log.info("agent %s: %s queued for memory (forecast %s, demand %s, budget %s)", agent.agent_id, prog,
                  format_size(peak), format_size(admission.demand(running)), format_size(budget) if budget else "-")
-        try:
-            admitted = await asyncio.wait_for(asyncio.shield(fut), a.max_wait_s)
-        except asyncio.TimeoutError:
-            admitted = False
-        finally:
-            self.waiters.pop(w.seq, None)
-            self.pending.pop(("admitted", w.seq), None)
-        waited = time.monotonic() - t0
+        return Wait("memory", f"it is forecast to need {format_size(peak)} and the running tool calls are "
+                              f"forecast to use {format_size(admission.demand(running))} of the "
+                              f"{format_size(budget) if budget else 'unlimited'} budget",
+                    "room appears", a.max_wait_s, pend)
+
+    def pick(self, pends):
+        """The waiting calls that fit now, strictly by priority (admission.pick)."""
+        self.expire_pending()
+        by_waiter = {id(p["waiter"]): p for p in pends}
+        picked = admission.pick([p["waiter"] for p in pends], self.running(),
+                                self.e.policy.pressure.budget, self.e.available_fn())
+        return [(by_waiter[id(w)], None) for w in picked]
+
+    def grant(self, call, pend, waited):
+        """Let a waiting call in: from now on it reserves its forecast (so that the next
+        pick cannot hand the same room out twice) until it is placed."""
+        return self._admitted(call, pend, waited, True)
+
+    def expire(self, call, pend, waited):
+        """Its wait timed out: it starts anyway, or is refused (admission.on_timeout)."""
+        self.counters["admission_timeouts_total"] += 1
+        a = self.e.policy.admission
+        if a.on_timeout == "fail":
+            self.counters["admission_wait_seconds_total"] += waited
+            prog, peak = _program(list(call.argv)), pend["peak"]
+            self.e.app.events.emit("admission", agent=call.agent.agent_id, tool_class=call.plan.tool_class,
+                                   outcome="refused", wait_s=round(waited, 3), forecast_bytes=peak)
+            raise RequestError("no_memory", f"{prog} waited {waited:.0f} s for memory and none came free "
+                                            f"(forecast {format_size(peak)}); try again later or use less memory")
+        return self._admitted(call, pend, waited, False)
+
+    def _admitted(self, call, pend, waited, admitted):
         self.counters["admission_wait_seconds_total"] += waited
         rec = {"action": "queue", "reason": "memory budget", "ts": round(time.time() - waited, 3),
-               "seconds": round(waited, 3), "forecast_bytes": peak}
+               "seconds": round(waited, 3), "forecast_bytes": pend["peak"]}
         if not admitted:
-            self.counters["admission_timeouts_total"] += 1
             rec["timed_out"] = True
-            if a.on_timeout == "fail":
-                self.e.app.events.emit("admission", agent=agent.agent_id, tool_class=plan.tool_class,
-                                       outcome="refused", wait_s=round(waited, 3), forecast_bytes=peak)
-                raise RequestError("no_memory", f"{prog} waited {waited:.0f} s for memory and none came free "
-                                                f"(forecast {format_size(peak)}); try again later or use less memory")
+        pend = {k: v for k, v in pend.items() if k != "waiter"}
         pend["queue"] = rec
         pend["ts"] = time.monotonic()
-        self.pending[key] = pend
-        log.info("agent %s: %s admitted after %.2f s%s", agent.agent_id, prog, waited,
+        self.pending[pend["key"]] = pend
+        log.info("agent %s: %s admitted after %.2f s%s", call.agent.agent_id, _program(list(call.argv)), waited,
                  " (wait timed out)" if not admitted else "")
         return pend
 
@@ -162,19 +169,3 @@ class Admitter:
         now = time.monotonic()
         for k in [k for k, p in self.pending.items() if now - p["ts"] > RESERVATION_TTL_S]:
             del self.pending[k]
-
-    def admit_waiters(self):
-        if not self.waiters:
-            return
-        self.expire_pending()
-        picked = admission.pick([w for w, _ in self.waiters.values()], self.running(),
-                                self.e.policy.pressure.budget, self.e.available_fn())
-        for w in picked:
-            _, fut = self.waiters.pop(w.seq)
-            if not fut.done():
-                fut.set_result(True)
-                # Reserved until its coroutine resumes and stores its own reservation, so
-                # the next pick cannot hand the same room out twice.
-                self.pending[("admitted", w.seq)] = {"peak": w.peak, "evidence": True, "ts": time.monotonic(),
-                                                     "rank": w.rank}
-

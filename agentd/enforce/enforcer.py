@@ -145,7 +145,6 @@ class Enforcer(Reaction, Stage):
             for tool in agent.tools.values():
                 if tool.frozen and not tool.done:
                     self.actuator.act(tool, "thaw", "agentd is stopping")
-        self.admitter.release_all()
         self.fc.close()
 
     def count_reclaimable(self, reclaimable_fn):
@@ -170,12 +169,12 @@ class Enforcer(Reaction, Stage):
     def metrics(self):
         out = dict(self.counters, **self.admitter.counters)
         out["actions_total"] = dict(self.actuator.counts)
-        out["admission_waiting"] = len(self.admitter.waiters)
+        out["admission_waiting"] = self.ctl.pipeline.queue.waiting(self)
         return out
 
     def metric_stats(self):
         """What the metrics collector reads at scrape time (see agentd/metrics/collector.py)."""
-        return {"admission_waiting": len(self.admitter.waiters),
+        return {"admission_waiting": self.ctl.pipeline.queue.waiting(self),
                 "pressure_events": self.counters["pressure_events_total"],
                 "pressure_own_stall": self.counters.get("pressure_own_stall_total", 0)}
 
@@ -196,8 +195,18 @@ class Enforcer(Reaction, Stage):
         self.watch.watch(agent.agent_id, self.fs.path(agent.cgroup, cgf.MEMORY_PRESSURE))
 
     async def admit(self, call, tell):
-        """Forecast the call's memory and hold it back while it does not fit (admitter.py)."""
-        return await self.admitter.admit(call, tell)
+        """Forecast the call's memory; a Wait for the admission queue where it does not
+        fit (admitter.py)."""
+        return self.admitter.admit(call)
+
+    def pick(self, requests):
+        return self.admitter.pick(requests)
+
+    def grant(self, call, request, info, waited):
+        return self.admitter.grant(call, request, waited)
+
+    def expire(self, call, request, waited):
+        return self.admitter.expire(call, request, waited)
 
     def place(self, call, decided):
         """memory.high from the call's forecast (made at admit, else now), before the
@@ -269,7 +278,7 @@ class Enforcer(Reaction, Stage):
             except (AgentdError, OSError):
                 pass
         self.fc.record(tool, agent, result)
-        self.admitter.admit_waiters()
+        self.ctl.pipeline.wake()
 
     # --- the tick ----------------------------------------------------------------
     def on_sample(self, snapshot):
@@ -298,7 +307,7 @@ class Enforcer(Reaction, Stage):
         self.held.read(now)
         self.watch.poll(now)
         self._ladder_step(now)
-        self.admitter.admit_waiters()
+        self.ctl.pipeline.wake()
 
     def _follow_reload(self):
         """A reloaded policy's ladder timings and steps apply from the next tick; the

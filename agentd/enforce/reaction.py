@@ -306,5 +306,5 @@ class Reaction:
         if rec and d.action in (THROTTLE, "restore"):
             tool.limits_applied[cgf.MEMORY_HIGH] = rec["new"]     # what status shows
         if d.action in ("thaw", "restore", RESUME, KILL):
-            self.admitter.admit_waiters()
+            self.ctl.pipeline.wake()
         return rec

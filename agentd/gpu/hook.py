@@ -4,9 +4,10 @@ Flow: NVML (devices, processes) -> attribution (pid -> cgroup -> agent/tool call
 placement (placement.py, pure) -> the tool call's environment and cpu.weight -> feedback.
 
 - `admit()` (before the call exists) forecasts the planned call's GPU memory and asks
-  placement.place(): a call that must wait for a GPU waits here, told so through the API's
-  outbox, until room frees up or the admission timeout passes. Its decision is reserved in
-  `pending` and handed to `place()` by the pipeline (agentd/pipeline.py).
+  placement.place(): a call that must wait for a GPU answers with a Wait and waits in the
+  pipeline's admission queue (agentd/admission_queue.py), which asks `pick` here whether a
+  GPU has room for it, until room frees up or the admission timeout passes. Its decision is
+  reserved in `pending` and handed to `place()` by the pipeline (agentd/pipeline.py).
 - `place()` turns the decision into the call's share of its Placement (effects.py):
   CUDA_VISIBLE_DEVICES (and MPS variables), the offload CPU weight for the CPU stage, the
   device program that hides the GPUs from a call sent to the CPU, a sentence for the agent.
@@ -20,6 +21,7 @@ import dataclasses
 import logging
 import time
 
+from ..admission_queue import Wait
 from ..clip import clip_argv
 from ..errors import AgentdError, ProcessGone, RequestError
 from ..forecast import Forecast, censored
@@ -68,9 +70,7 @@ class GpuHook(Stage):
         self.devices = nvml.devices()
         self.max_total = max(d.memory_total for d in self.devices)
         self.placed = {}          # tool key -> Placed
-        self.pending = {}         # Decision.key -> Decision, from admit to place
-        self.waiters = {}         # request key -> (Request, Future)
-        self.admitted = {}        # request key -> Decision: woken waiters not yet resumed
+        self.pending = {}         # Decision.key -> Decision, from admit (or a wait's end) to place
         self.tool_usage = {}      # tool key -> bytes held now
         self.agent_usage = {}     # agent -> bytes held now (tool calls and main cgroup)
         self.agent_device = {}    # (agent, device index) -> bytes
@@ -154,7 +154,6 @@ class GpuHook(Stage):
             del self.pending[k]
         items = [(pc.agent, pc.device, pc.forecast - self.tool_usage.get(key, 0)) for key, pc in self.placed.items()]
         items += [(k[0], d.device, d.forecast) for k, d in self.pending.items() if d.outcome == pl.GPU]
-        items += [(k.partition("/")[0], d.device, d.forecast) for k, d in self.admitted.items() if d.outcome == pl.GPU]
         for a, d, r in items:
             if d is None or r <= 0:
                 continue
@@ -193,7 +192,7 @@ class GpuHook(Stage):
 
     def _decide_now(self, req):
         rooms, budgets = self._inputs()
-        waiting = [w for w, _ in self.waiters.values()]
+        waiting = [w for w, _ in self.app.ctl.pipeline.queue.requests(self)]
         return pl.place(waiting + [req], rooms, budgets)[req.key]
 
     async def admit(self, call, tell):
@@ -214,7 +213,7 @@ class GpuHook(Stage):
         p = self._decide_now(r)
         if p.outcome != pl.WAIT:
             return self._pend(agent, Decision(p.outcome, p.device, r.forecast, p.reason, p.free))
-        return self._pend(agent, await self._wait(call, tell, r, p))
+        return self._wait(call, r, p)
 
     def _pend(self, agent, d):
         """Reserve `d` for its call until place() claims it (or RESERVATION_TTL_S)."""
@@ -223,53 +222,43 @@ class GpuHook(Stage):
         self.pending[d.key] = d
         return d
 
-    async def _wait(self, call, tell, r, p):
-        agent = call.agent
-        a = self.policy.admission
-        prog = _program(call.argv)
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters[r.key] = (r, fut)
+    def _wait(self, call, r, p):
+        """No GPU has room now and the class waits: a Wait for the admission queue."""
         self.counters["queued_total"] += 1
-        tell("queued", (
-            f"[agentd] {prog} is waiting for a GPU: it is forecast to need {format_size(r.forecast)} of GPU memory "
-            f"and {effects.why(p, r)}; it starts when a GPU has room (at most {a.max_wait_s:g} s)"))
-        self.app.events.emit("action", agent=agent.agent_id, tool=None, action="gpu_queue",
+        self.app.events.emit("action", agent=call.agent.agent_id, tool=None, action="gpu_queue",
                              argv=clip_argv(list(call.argv))[:8],
                              reason=p.reason, forecast_bytes=r.forecast)
-        t0 = time.monotonic()
-        try:
-            got = await asyncio.wait_for(asyncio.shield(fut), a.max_wait_s)
-        except asyncio.TimeoutError:
-            got = None
-        finally:
-            self.waiters.pop(r.key, None)
-            self.admitted.pop(r.key, None)
-        waited = time.monotonic() - t0
+        return Wait("a GPU", f"it is forecast to need {format_size(r.forecast)} of GPU memory and {effects.why(p, r)}",
+                    "a GPU has room", self.policy.admission.max_wait_s, (r, p))
+
+    def pick(self, requests):
+        """The waiting calls a GPU has room for now, highest priority first (placement.place)."""
+        rooms, budgets = self._inputs()
+        res = pl.place([r for r, _ in requests], rooms, budgets)
+        return [(req, res[req[0].key]) for req in requests if res[req[0].key].outcome != pl.WAIT]
+
+    def grant(self, call, request, got, waited):
+        r, _ = request
         self.counters["wait_seconds_total"] += waited
-        if got is None:
-            if a.on_timeout == "fail":
-                raise RequestError("no_gpu", f"{prog} waited {waited:.0f} s for a GPU and none had "
-                                             f"{format_size(r.forecast)} free; try again later or run it on the CPU")
-            return Decision(pl.OFFLOAD, None, r.forecast, "wait_timed_out", p.free, waited, True)
-        return Decision(got.outcome, got.device, r.forecast, got.reason, got.free, waited)
+        return self._pend(call.agent, Decision(got.outcome, got.device, r.forecast, got.reason, got.free, waited))
+
+    def expire(self, call, request, waited):
+        r, p = request
+        self.counters["wait_seconds_total"] += waited
+        if self.policy.admission.on_timeout == "fail":
+            raise RequestError("no_gpu", f"{_program(call.argv)} waited {waited:.0f} s for a GPU and none had "
+                                         f"{format_size(r.forecast)} free; try again later or run it on the CPU")
+        return self._pend(call.agent, Decision(pl.OFFLOAD, None, r.forecast, "wait_timed_out", p.free, waited, True))
 
     def _wake(self, fresh=False):
-        """Hand freed room to waiting calls, highest priority first."""
-        if not self.waiters:
+        """Hand freed room to waiting calls, highest priority first (the pipeline's queue
+        asks pick)."""
+        q = self.app.ctl.pipeline.queue
+        if not q.waiting(self):
             return
         if not fresh:
             self.refresh()
-        rooms, budgets = self._inputs()
-        res = pl.place([w for w, _ in self.waiters.values()], rooms, budgets)
-        for key, p in res.items():
-            if p.outcome == pl.WAIT:
-                continue
-            r, fut = self.waiters.pop(key)
-            if not fut.done():
-                fut.set_result(p)
-                # Reserved until its coroutine resumes and the call starts, so the next
-                # decision cannot hand the same room out twice.
-                self.admitted[key] = Decision(p.outcome, p.device, r.forecast, p.reason, p.free)
+        q.wake()
 
     def place(self, call, decided):
         """The call's GPU or CPU, its environment and sentence (effects.py). A call that
@@ -324,9 +313,6 @@ class GpuHook(Stage):
     async def stop(self):
         if self.task:
             self.task.cancel()
-        for _, fut in self.waiters.values():
-            if not fut.done():
-                fut.cancel()
         self.fc.close()
         self.nv.close()
         if self.devguard is not None:
@@ -350,7 +336,7 @@ class GpuHook(Stage):
             "agent_gpu_memory": {(a, str(i)): n for (a, i), n in self.agent_device.items()},
             "gpu_placements": dict(self.counters["placements"]),
             "gpu_budget_actions": dict(self.counters["budget_actions"]),
-            "gpu_waiting": len(self.waiters),
+            "gpu_waiting": self.app.ctl.pipeline.queue.waiting(self),
             "gpu_queued_total": self.counters["queued_total"],
             "gpu_wait_seconds_total": round(self.counters["wait_seconds_total"], 3),
             "gpu_unattributed_bytes": self.unattributed,

@@ -8,7 +8,7 @@ import types
 from agentd.enforce.enforcer import Enforcer
 from agentd.kernel import cgroupfs as cgf
 from agentd.model import Agent, ToolCall, ToolPlan
-from agentd.pipeline import Call, merge
+from agentd.pipeline import Call, Pipeline, merge
 from agentd.policy.loader import load_policy_text
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -61,7 +61,8 @@ class FS:
 def make(kill_main="false", steps="[freeze, kill]"):
     policy = load_policy_text(POLICY.format(kill_main=kill_main, steps=steps), host_memory_bytes=8 * GiB)
     fs = FS()
-    ctl = types.SimpleNamespace(agents={}, agents_cgroup="r/agents", sample_tool=lambda t: 10 * MiB)
+    ctl = types.SimpleNamespace(agents={}, agents_cgroup="r/agents", sample_tool=lambda t: 10 * MiB, hooks=[])
+    ctl.pipeline = Pipeline(ctl)          # its admission queue: the enforcer wakes it
     events = types.SimpleNamespace(got=[], emit=lambda kind, **f: events.got.append((kind, f)))
     app = types.SimpleNamespace(fs=fs, ctl=ctl, events=events, policy=policy, state_dir="", host_memory=8 * GiB,
                                 root="r")

@@ -136,3 +136,48 @@ def test_a_call_passes_its_plan_to_every_stage_unchanged():
     pipe.place(Call(object(), ("make",), ticket.plan, key="ag/0001-normal"), ticket)
     assert seen[0][1] is ticket.plan and seen[1] == ("place", ticket.plan, "mine")
     assert told == [("queued", "waiting")]
+
+
+def test_a_call_waits_once_for_every_resource_it_needs():
+    """Two stages without room: one notice names both, and the call starts only when
+    both have room; each stage is granted what its pick handed over."""
+    from agentd.admission_queue import Wait
+    from agentd.pipeline import Pipeline
+
+    class Scarce(Stage):
+        def __init__(self, resource):
+            self.resource, self.room, self.granted = resource, False, []
+
+        async def admit(self, call, tell):
+            return Wait(self.resource, f"no {self.resource} now", "room appears", 5.0, "req")
+
+        def pick(self, requests):
+            return [(r, "slot") for r in requests] if self.room else []
+
+        def grant(self, call, request, info, waited):
+            self.granted.append((request, info))
+            return self.resource
+
+    mem, gpu = Scarce("memory"), Scarce("a GPU")
+    planner = types.SimpleNamespace(plan_tool=lambda agent, argv, c, m: ToolPlan("normal", 50, {}))
+    ctl = types.SimpleNamespace(hooks=[mem, gpu], planner_of=lambda agent: planner)
+    pipe = Pipeline(ctl)
+    told = []
+
+    async def main():
+        task = asyncio.create_task(pipe.admit(object(), ["make", "all"], tell=lambda k, m: told.append((k, m))))
+        await asyncio.sleep(0.01)
+        assert pipe.queue.waiting(mem) == pipe.queue.waiting(gpu) == 1
+        mem.room = True
+        pipe.wake()                           # memory has room, the GPU not yet: it waits on
+        await asyncio.sleep(0.01)
+        assert not task.done() and mem.granted == []
+        gpu.room = True
+        pipe.wake()
+        return await task
+    ticket = asyncio.run(main())
+    assert dict(ticket.decided) == {mem: "memory", gpu: "a GPU"}
+    assert mem.granted == gpu.granted == [("req", "slot")]
+    assert pipe.queue.waiting(mem) == 0
+    assert len(told) == 1 and told[0][0] == "queued"
+    assert told[0][1].startswith("[agentd] make is waiting for memory and a GPU: no memory now; no a GPU now")

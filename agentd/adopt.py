@@ -61,16 +61,16 @@ def readopt(ctl):
                                 stragglers=tst.get("stragglers", "kill"))
                 tool = ToolCall(agent_id=name, tool_id=tname, cgroup=tcg, argv=tst.get("argv", []), plan=plan,
                                 origin=tst.get("origin", "adopted"), intent=tst.get("intent"),
-                                pid=tst.get("pid"), started=tst.get("started", time.time()))
-                tool.limits_applied = tst.get("limits", {})
-                # A call offloaded from the GPU keeps its CPU weight across a restart (the
-                # CPU stage applies it again when it takes the call back).
-                tool.offload_cpu_weight = tst.get("offload_cpu_weight")
-                tool.cgroup_id = fs.cgroup_id(tcg)
-                # The launcher that owned it reconnects to report the exit (even when the
-                # call ended while we were away); the sweep finishes it once its cgroup is
-                # empty and the launcher's grace has passed.
-                tool.orphaned_since = time.monotonic()
+                                pid=tst.get("pid"), started=tst.get("started", time.time()),
+                                limits_applied=tst.get("limits", {}),
+                                # A call offloaded from the GPU keeps its CPU weight across a
+                                # restart (the CPU stage applies it again when it takes the call back).
+                                offload_cpu_weight=tst.get("offload_cpu_weight"),
+                                cgroup_id=fs.cgroup_id(tcg),
+                                # The launcher that owned it reconnects to report the exit (even
+                                # when the call ended while we were away); the sweep finishes it
+                                # once its cgroup is empty and the launcher's grace has passed.
+                                orphaned_since=time.monotonic())
                 agent.tools[tname] = tool
                 n_tools += 1
             main_alive = fs.exists(agent.main_cgroup) and fs.populated(agent.main_cgroup)

@@ -40,35 +40,89 @@ class Placement:
     gpu: types.MappingProxyType | None = None    # the GPU stage's decision, for status and tests
 
 
-# Slots: a ToolCall or an Agent has the fields declared here and no others, so a stage
-# cannot hang its own state on them (it keeps that itself, keyed by the call's key).
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
+class ToolRun:
+    """What changes about a tool call while it runs, kept apart from the call's frozen
+    snapshot. Its owners write it, nobody else: the controller (the call's life: its
+    process, cgroup id, re-classified plan, limits written, memory peak, end, exit status,
+    a launcher gone) and the actuator (actions taken, frozen). Everyone else reads it
+    through the ToolCall's properties."""
+    plan: ToolPlan
+    pid: int | None = None
+    cgroup_id: int | None = None
+    peak_sample: int = 0              # highest memory sample seen (bytes)
+    actions: list = dataclasses.field(default_factory=list)   # enforcement actions taken
+    limits_applied: dict = dataclasses.field(default_factory=dict)
+    frozen: bool = False
+    done: bool = False
+    # The exit status the kernel reported for a call detected automatically (no launcher
+    # reports one), and when a launcher's connection went away (it may reconnect).
+    exit_status: dict | None = None
+    orphaned_since: float | None = None
+
+
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(ToolRun))
+
+
+# Frozen, with slots: a ToolCall is a snapshot of what was decided when it started (its
+# identity, command line, forecast and Placement); nothing can be set on it, and a stage
+# cannot hang its own state on it (it keeps that itself, keyed by the call's key). What
+# changes while it runs is its ToolRun, written only by that record's owners.
+@dataclasses.dataclass(slots=True, init=False, eq=False)
 class ToolCall:
     agent_id: str
     tool_id: str                      # "<seq>-<class>", unique within its agent
     cgroup: str                       # relative to the v2 mount
     argv: list
-    plan: ToolPlan
-    origin: str = "launcher"          # launcher | auto | adopted
-    intent: str | None = None
-    pid: int | None = None
-    started: float = dataclasses.field(default_factory=time.time)
-    started_mono: float = dataclasses.field(default_factory=time.monotonic)
-    cgroup_id: int | None = None
-    peak_sample: int = 0              # highest memory sample seen (bytes)
-    forecast: object = None
-    actions: list = dataclasses.field(default_factory=list)   # enforcement actions taken
-    limits_applied: dict = dataclasses.field(default_factory=dict)
-    frozen: bool = False
-    done: bool = False
+    origin: str
+    intent: str | None
+    started: float
+    started_mono: float
+    forecast: object
     # The cpu.weight the GPU stage asks for a call it sent to the CPU instead of a GPU
     # (the class's gpu.offload_cpu_weight); the CPU stage owns cpu.weight and applies it.
-    offload_cpu_weight: int | None = None
-    placement: Placement = dataclasses.field(default_factory=Placement)
-    # The exit status the kernel reported for a call detected automatically (no launcher
-    # reports one), and when a launcher's connection went away (it may reconnect).
-    exit_status: dict | None = None
-    orphaned_since: float | None = None
+    offload_cpu_weight: int | None
+    placement: Placement
+    run: ToolRun
+
+    def __init__(self, agent_id, tool_id, cgroup, argv, plan=None, origin="launcher", intent=None, started=None,
+                 started_mono=None, forecast=None, offload_cpu_weight=None, placement=None, run=None, **fields):
+        """`run`: an existing ToolRun (dataclasses.replace keeps the call's record); else
+        one is made from `plan` and the ToolRun `fields` given (pid, cgroup_id, ...)."""
+        unknown = set(fields) - set(_RUN_FIELDS)
+        if unknown:
+            raise TypeError(f"ToolCall has no field {sorted(unknown)[0]!r}")
+        if run is None:
+            run = ToolRun(plan=plan, **fields)
+        for k, v in (("agent_id", agent_id), ("tool_id", tool_id), ("cgroup", cgroup), ("argv", argv),
+                     ("origin", origin), ("intent", intent),
+                     ("started", time.time() if started is None else started),
+                     ("started_mono", time.monotonic() if started_mono is None else started_mono),
+                     ("forecast", forecast), ("offload_cpu_weight", offload_cpu_weight),
+                     ("placement", Placement() if placement is None else placement),
+                     ("run", run)):
+            object.__setattr__(self, k, v)
+
+    # (frozen=True cannot be combined with slots and a hand-written __init__ here: the
+    # generated __setattr__ calls super() on the class slots=True replaced.)
+    def __setattr__(self, name, value):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: a ToolCall is a snapshot; "
+                                              "its changing state is its ToolRun, written by its owners")
+
+    def __delattr__(self, name):
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    # --- the running record, read-only here -----------------------------------------
+    plan = property(lambda self: self.run.plan, doc="the plan (a re-classification replaces it)")
+    pid = property(lambda self: self.run.pid)
+    cgroup_id = property(lambda self: self.run.cgroup_id)
+    peak_sample = property(lambda self: self.run.peak_sample)
+    actions = property(lambda self: self.run.actions)
+    limits_applied = property(lambda self: self.run.limits_applied)
+    frozen = property(lambda self: self.run.frozen)
+    done = property(lambda self: self.run.done)
+    exit_status = property(lambda self: self.run.exit_status)
+    orphaned_since = property(lambda self: self.run.orphaned_since)
 
     @property
     def env(self):
@@ -96,6 +150,8 @@ class ToolCall:
         }
 
 
+# Slots: an Agent has the fields declared here and no others, so a stage cannot hang its
+# own state on it.
 @dataclasses.dataclass(slots=True)
 class Agent:
     agent_id: str

@@ -54,11 +54,11 @@ class ToolCalls:
                             origin=origin, intent=intent, pid=pid, forecast=placement.forecast,
                             actions=list(placement.actions), offload_cpu_weight=placement.offload_cpu_weight,
                             placement=placement)
-            tool.limits_applied = self._apply(cg, placement.limits, f"tool {tool.key}",
+            tool.run.limits_applied = self._apply(cg, placement.limits, f"tool {tool.key}",
                                               f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""),
                                               fresh=True, agent=agent.agent_id, tool=tool_id)
             self._kill_whole(cg, f"tool {tool.key}")
-            tool.cgroup_id = self.fs.cgroup_id(cg)
+            tool.run.cgroup_id = self.fs.cgroup_id(cg)
             if pid is not None:
                 _verify(proc)
                 self.fs.move(cg, pid)
@@ -107,7 +107,7 @@ class ToolCalls:
         pid = _pid(proc)
         _verify(proc)
         self.fs.move(tool.cgroup, pid)
-        tool.pid = pid
+        tool.run.pid = pid
         agent = self.agents.get(tool.agent_id)
         if agent is not None:
             self._set_oom(proc, self.tool_oom_adj(agent, tool), f"tool {tool.key}", agent=agent.agent_id,
@@ -134,9 +134,9 @@ class ToolCalls:
         names.check_name(plan.tool_class, "tool class")
         limits = {k: v for k, v in plan.limits.items() if k in self.RECLASSIFY_LIMITS}
         plan = dataclasses.replace(plan, limits=dict(old.limits, **limits))
-        tool.plan = plan
+        tool.run.plan = plan
         try:
-            tool.limits_applied.update(self._apply(tool.cgroup, limits, f"tool {tool.key}",
+            tool.run.limits_applied.update(self._apply(tool.cgroup, limits, f"tool {tool.key}",
                                                    f"reclassified {old.tool_class} -> {plan.tool_class}: {why}"))
             adj = self.tool_oom_adj(agent, tool)
             for pid in self.fs.procs(tool.cgroup):
@@ -171,7 +171,7 @@ class ToolCalls:
         except (CgroupGone, ProcessGone):
             return None
         if cur is not None and cur > tool.peak_sample:
-            tool.peak_sample = cur
+            tool.run.peak_sample = cur
         return cur
 
     def finish_tool(self, tool, status=None, rusage=None, reason="exited", force_kill=False):
@@ -233,7 +233,7 @@ class ToolCalls:
             result["reported"] = {k: rusage[k] for k in ("wall_s", "utime_s", "stime_s", "maxrss_kb") if k in rusage}
         if tool.forecast is not None:
             result["forecast_bytes"] = getattr(tool.forecast, "peak_bytes", None)
-        tool.done = True
+        tool.run.done = True
         if agent and removed:
             agent.tools.pop(tool.tool_id, None)
         c = self.counters["tool_finished"]

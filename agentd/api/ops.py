@@ -292,7 +292,7 @@ class ApiOps:
             if tool:
                 self.outbox.unbind(tool.key)
             if tool and not tool.done:
-                tool.orphaned_since = time.monotonic()   # its launcher may reconnect; else the sweep finishes it
+                tool.run.orphaned_since = time.monotonic()   # its launcher may reconnect; else the sweep finishes it
         if conn.agent:
             agent = self.ctl.agents.get(conn.agent)
             if agent:

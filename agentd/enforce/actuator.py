@@ -220,7 +220,7 @@ class Actuator:
                 else:
                     self.fs.freeze(tool.cgroup, frozen)
                     log.info("%s: cgroup.freeze %d -> %d (%s)", who, rec["old"], rec["new"], reason)
-                    tool.frozen = frozen
+                    tool.run.frozen = frozen
                 if not frozen:
                     # The freeze record learns how long the call was paused (feedback).
                     for a in reversed(tool.actions):
@@ -232,28 +232,28 @@ class Actuator:
                 rec["old"], rec["new"] = "running", "killed"
                 # Recorded before the write: the launcher may report the end at once, and
                 # the outcome must read "killed" then.
-                tool.actions.append(rec)
+                tool.run.actions.append(rec)
                 if self.dry_run:
-                    tool.actions.pop()
+                    tool.run.actions.pop()
                     log.info("%s: would kill (cgroup.kill) (%s) [dry run]", who, reason)
                 else:
                     if tool.frozen:
                         self.fs.freeze(tool.cgroup, False)   # a frozen task dies only once thawed
-                        tool.frozen = False
+                        tool.run.frozen = False
                     self.fs.kill(tool.cgroup)
                     log.warning("%s: killed (cgroup.kill) (%s)", who, reason)
             else:
                 raise ValueError(f"unknown action {action!r}")
         except CgroupGone:
             if action == "kill" and tool.actions and tool.actions[-1] is rec:
-                tool.actions.pop()
+                tool.run.actions.pop()
             return None
         if trigger_ts is not None:
             rec["after_trigger_s"] = round(now - trigger_ts, 4)
         if self.dry_run:
             rec["dry_run"] = True
         if action != "kill":
-            tool.actions.append(rec)
+            tool.run.actions.append(rec)
         self.counts[action] = self.counts.get(action, 0) + 1
         self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action=action, reason=reason,
                          old=rec.get("old"), new=rec.get("new"), after_trigger_s=rec.get("after_trigger_s"),
@@ -277,6 +277,11 @@ class Actuator:
                          old="running", new="killed", dry_run=self.dry_run or None)
         return {"action": "kill_main", "reason": reason}
 
+    def record(self, tool, rec):
+        """Add `rec` to the call's record of actions (its ToolRun, which the actuator keeps
+        for the controller): a stage's own action record, the feedback reads it."""
+        tool.run.actions.append(rec)
+
     def tell(self, tool, kind, message):
         if not message or self.dry_run:
             return                # a dry run changes nothing the agent sees, its messages included
@@ -295,11 +300,11 @@ class Actuator:
             self._would(action, who, reason, tool.agent_id, tool.tool_id, cgroup=tool.cgroup)
             return None
         if action == "kill":
-            tool.actions.append({"action": "kill", "reason": reason, "ts": time.time()})
+            tool.run.actions.append({"action": "kill", "reason": reason, "ts": time.time()})
             self.fs.kill(tool.cgroup)
         elif action in ("freeze", "thaw"):
             self.fs.freeze(tool.cgroup, action == "freeze")
-            tool.frozen = action == "freeze"
+            tool.run.frozen = action == "freeze"
         else:
             raise ValueError(f"unknown action {action!r}")
         self.events.emit("action", agent=tool.agent_id, tool=tool.tool_id, action=action, reason=reason)

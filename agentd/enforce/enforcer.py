@@ -345,7 +345,7 @@ class Enforcer(Reaction, Stage):
             log.debug("tool %s: cannot move memory.high: %s", tool.key, err)
             return
         if res:
-            tool.limits_applied[cgf.MEMORY_HIGH] = res[1]
+            tool.run.limits_applied[cgf.MEMORY_HIGH] = res[1]
 
 
 def _available():

@@ -288,7 +288,7 @@ class Reaction:
                 st.released = st.relieved
                 if d.action == RESUME:
                     if rec:
-                        tool.limits_applied[cgf.MEMORY_HIGH] = rec["new"]
+                        tool.run.limits_applied[cgf.MEMORY_HIGH] = rec["new"]
                     rec = self.actuator.act(tool, "thaw", d.reason)
                     st.undo(FREEZE)
             elif d.action == FREEZE:
@@ -304,7 +304,7 @@ class Reaction:
             log.warning("tool %s: %s failed: %s", d.key, d.action, err)
             return None
         if rec and d.action in (THROTTLE, "restore"):
-            tool.limits_applied[cgf.MEMORY_HIGH] = rec["new"]     # what status shows
+            tool.run.limits_applied[cgf.MEMORY_HIGH] = rec["new"]     # what status shows
         if d.action in ("thaw", "restore", RESUME, KILL):
             self.ctl.pipeline.wake()
         return rec

@@ -54,7 +54,7 @@ def enforce(hook):
 def notify(hook, agent, tool, reason):
     hook.notified.add(tool.key)
     hook.counters["budget_actions"]["notify"] += 1
-    tool.actions.append({"action": "gpu_over_budget", "reason": reason, "ts": round(time.time(), 3)})
+    hook.app.ctl.actuator.record(tool, {"action": "gpu_over_budget", "reason": reason, "ts": round(time.time(), 3)})
     hook.app.ctl.actuator.notify(tool, "gpu_over_budget", f"[agentd] {reason}: free GPU memory (smaller batches "
                                                           f"or model) or it may be stopped")
     hook.app.events.emit("action", agent=agent.agent_id, tool=tool.tool_id, action="gpu_notify", reason=reason)
@@ -64,7 +64,7 @@ def notify(hook, agent, tool, reason):
 def kill(hook, agent, tool, reason):
     hook.killed.add(tool.key)
     hook.counters["budget_actions"]["kill"] += 1
-    tool.actions.append({"action": "kill", "reason": reason, "ts": round(time.time(), 3)})
+    hook.app.ctl.actuator.record(tool, {"action": "kill", "reason": reason, "ts": round(time.time(), 3)})
     try:
         # Through the actuator: a dry run decides and logs the kill, and writes nothing.
         hook.app.ctl.actuator.kill_cgroup(f"tool {tool.key}", tool.cgroup, reason, agent=agent.agent_id,

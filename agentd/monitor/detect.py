@@ -233,7 +233,7 @@ class DetectionHook(Stage):
         tool = self._tools_by_pid.pop(ev.pid, None)
         if tool is not None and not tool.done:
             code = ev.exit_code
-            tool.exit_status = {"exit": code} if code is not None else {"signal": ev.status & 0x7F}
+            tool.run.exit_status = {"exit": code} if code is not None else {"signal": ev.status & 0x7F}
 
     # --- daemon hooks ----------------------------------------------------------------
     def on_agent_start(self, agent):

@@ -49,7 +49,7 @@ def test_killed_and_throttled_calls_are_recorded_as_lower_bounds(tmp_path):
     done = tool(["pytest", "-x"])
     f.record(done, agent, result(300 * MiB))
     throttled = tool(["pytest", "-x"], key="0002-batch")
-    throttled.actions = [{"action": "throttle"}, {"action": "restore"}]
+    throttled.actions.extend([{"action": "throttle"}, {"action": "restore"}])
     f.record(throttled, agent, result(200 * MiB))
     killed = tool(["pytest", "-x"], key="0003-batch")
     f.record(killed, agent, dict(result(500 * MiB), outcome="oom_killed", memory_events={"oom_kill": 1}))

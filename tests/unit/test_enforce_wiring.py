@@ -2,6 +2,7 @@
 plan time, ladder actions on the right cgroups in priority order, the main cgroup only
 with kill_main_allowed, relief on pressure's end."""
 
+import dataclasses
 import time
 import types
 
@@ -75,11 +76,18 @@ def add(app, e, agent_id, tool_id, priority, limits=None):
     if agent is None:
         agent = app.ctl.agents[agent_id] = Agent(agent_id=agent_id, cgroup=f"r/agents/{agent_id}",
                                                  agent_class="normal", priority=50)
-    t = ToolCall(agent_id=agent_id, tool_id=tool_id, cgroup=f"r/agents/{agent_id}/tools/{tool_id}", argv=["make"],
-                 plan=ToolPlan(tool_class="normal", priority=priority, limits=dict(limits or {})))
-    t.placement = merge(t.plan, [e.place(Call(agent, tuple(t.argv), t.plan, key=t.key, cgroup=t.cgroup), None)])
-    t.forecast = t.placement.forecast
+    plan = ToolPlan(tool_class="normal", priority=priority, limits=dict(limits or {}))
+    cg = f"r/agents/{agent_id}/tools/{tool_id}"
+    placement = merge(plan, [e.place(Call(agent, ("make",), plan, key=f"{agent_id}/{tool_id}", cgroup=cg), None)])
+    t = ToolCall(agent_id=agent_id, tool_id=tool_id, cgroup=cg, argv=["make"], plan=plan, placement=placement,
+                 forecast=placement.forecast)
     agent.tools[tool_id] = t
+    return t
+
+
+def replant(app, t, **changes):
+    """`t` with `changes` to its snapshot (a ToolCall is frozen; its ToolRun is kept)."""
+    t = app.ctl.agents[t.agent_id].tools[t.tool_id] = dataclasses.replace(t, **changes)
     return t
 
 
@@ -148,7 +156,7 @@ def test_running_call_memory_high_follows_its_growth_within_free_memory():
     first = int(t.placement.limits[cgf.MEMORY_HIGH])
     assert first == 2 * GiB                       # prior 1 GiB x headroom 2
     app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(first)
-    t.limits_applied = dict(t.placement.limits)
+    t.run.limits_applied = dict(t.placement.limits)
     for i in range(5):
         e.tick(100.0 + i * 0.5)
     highs = [int(w[2]) for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH]
@@ -170,7 +178,7 @@ def test_a_policys_own_memory_high_stays_the_ceiling_while_the_call_grows():
     t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB), cgf.MEMORY_HIGH: str(GiB)})
     assert int(t.placement.limits[cgf.MEMORY_HIGH]) == GiB
     app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(GiB)
-    t.limits_applied = dict(t.placement.limits)
+    t.run.limits_applied = dict(t.placement.limits)
     for i in range(8):
         e.tick(100.0 + i * 0.5)
     assert all(int(w[2]) <= GiB for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH), app.fs.writes
@@ -193,7 +201,7 @@ def test_memory_watch_events_move_memory_high_and_escalate_fast_growth():
     e.memwatch = types.SimpleNamespace(set_limit=lambda cg, threshold_bytes, rate_bytes_per_s, path: watched.update(
         {cg: (threshold_bytes, rate_bytes_per_s)}), clear=lambda cg: watched.pop(cg))
     t = add(app, e, "a", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
-    t.cgroup_id = 4242
+    t.run.cgroup_id = 4242
     app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.placement.limits[cgf.MEMORY_HIGH]
     e.on_tool_start(app.ctl.agents["a"], t)
     assert watched[4242][0] == t.forecast.peak_bytes         # threshold = the forecast
@@ -224,7 +232,7 @@ def _watched(app, e, memory_watch=True):
     calls = []
     for n, (tid, prio) in enumerate((("0001-batch", 20), ("0002-interactive", 80))):
         t = add(app, e, "a", tid, prio, {cgf.MEMORY_MAX: "max"})
-        t.cgroup_id = 4000 + n
+        t.run.cgroup_id = 4000 + n
         app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.placement.limits[cgf.MEMORY_HIGH]
         e.on_tool_start(app.ctl.agents["a"], t)
         calls.append(t)
@@ -375,7 +383,7 @@ def test_memory_watch_on_shared_memory_acts_on_the_lowest_priority_agent_not_the
     e.available_fn = lambda: 200 * MiB
     e.memwatch = types.SimpleNamespace(set_limit=lambda *a, **k: None, clear=lambda cg: None)
     for n, t in enumerate((grower, bystander)):
-        t.cgroup_id = 5000 + n
+        t.run.cgroup_id = 5000 + n
         e.on_tool_start(app.ctl.agents[t.agent_id], t)
     e._on_mem(_growth(5000, 300 * MiB, 35 * MiB, _time.monotonic()))   # 140 MiB/s x 2 s > 200 MiB
     assert [a["action"] for a in bystander.actions] == ["throttle"]
@@ -423,7 +431,8 @@ def _frozen_call_with_forecast(avail):
     other = add(app, e, "b", "0001-interactive", 80)
     for call, peak in ((t, GiB), (other, 64 * MiB)):
         e.tools[call.key].evidence = True
-        call.forecast = types.SimpleNamespace(peak_bytes=peak)
+        replant(app, call, forecast=types.SimpleNamespace(peak_bytes=peak))
+    t = app.ctl.agents["a"].tools["0001-batch"]
     e._on_pressure("", 100.0, "test")
     e.tick(100.5)
     assert t.frozen
@@ -476,7 +485,7 @@ def test_the_stall_of_a_call_agentd_throttled_does_not_escalate_the_ladder(tmp_p
     e, app = make(steps="[throttle, freeze, kill]")
     write = _pressure_files(tmp_path, app, e)
     t = add(app, e, "a", "0001-batch", 20, limits={cgf.MEMORY_HIGH: str(64 * MiB)})
-    t.limits_applied = {cgf.MEMORY_HIGH: str(64 * MiB)}
+    t.run.limits_applied = {cgf.MEMORY_HIGH: str(64 * MiB)}
     e.tools[t.key].applied = ["throttle"]          # the ladder throttled it just before
     e.ladder.last_step = 99.9
     write(t.cgroup, 0)
@@ -506,8 +515,8 @@ def test_a_call_that_stalls_at_its_memory_high_before_the_next_tick_is_its_own_d
     write = _pressure_files(tmp_path, app, e)
     e.tick(100.0)                                   # no call yet: the tree's base reading
     t = add(app, e, "a", "0001-held", 20, limits={cgf.MEMORY_HIGH: str(48 * MiB)})
-    t.limits_applied = {cgf.MEMORY_HIGH: str(48 * MiB)}
-    t.started_mono = 100.2
+    t.run.limits_applied = {cgf.MEMORY_HIGH: str(48 * MiB)}
+    t = replant(app, t, started_mono=100.2)
     e.tools[t.key].current = 48 * MiB               # at its memory.high
     write("r", 400_000)
     write(t.cgroup, 395_000)
@@ -525,7 +534,7 @@ def test_a_call_held_by_its_agents_own_limit_is_not_agentds_doing(tmp_path):
     e, app = make(steps="[throttle, freeze, kill]")
     write = _pressure_files(tmp_path, app, e)
     t = add(app, e, "a", "0001-batch", 20)
-    t.limits_applied = {cgf.MEMORY_HIGH: str(64 * MiB)}
+    t.run.limits_applied = {cgf.MEMORY_HIGH: str(64 * MiB)}
     e.tools[t.key].applied = ["throttle"]
     e.ladder.last_step = 99.9
     app.fs.files[("r/agents/a", cgf.MEMORY_HIGH)] = str(96 * MiB)
@@ -552,11 +561,11 @@ def test_memory_watch_projects_a_call_below_its_forecast_only_up_to_the_forecast
     e, app = make()
     e.memwatch = types.SimpleNamespace(set_limit=lambda *a, **k: None, clear=lambda cg: None)
     t = add(app, e, "a", "0001-batch", 20, {cgf.MEMORY_MAX: "max"})
-    t.cgroup_id = 4242
+    t.run.cgroup_id = 4242
     e.on_tool_start(app.ctl.agents["a"], t)
     st = e.tools[t.key]
     st.evidence = True
-    t.forecast = types.SimpleNamespace(peak_bytes=120 * MiB)
+    t = replant(app, t, forecast=types.SimpleNamespace(peak_bytes=120 * MiB))
     e.available_fn = lambda: 200 * MiB
 
     def grow(rss, growth):
@@ -600,7 +609,7 @@ def test_a_throttled_and_frozen_call_that_fits_gets_its_limit_back_and_resumes_i
     t = add(app, e, "a", "0001-batch", 20)
     app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(256 * MiB)
     e.tools[t.key].evidence = True
-    t.forecast = types.SimpleNamespace(peak_bytes=200 * MiB)
+    t = replant(app, t, forecast=types.SimpleNamespace(peak_bytes=200 * MiB))
     e._on_pressure("", 100.0, "test")
     e._on_pressure("", 102.0, "test")      # the stall goes on: the next step
     e.tick(102.0)
@@ -621,7 +630,7 @@ def test_a_throttled_and_frozen_call_that_fits_gets_its_limit_back_and_resumes_i
 def test_admission_sees_the_most_a_call_has_held():
     e, app = make()
     t = add(app, e, "a1", "t1", 50)
-    t.started_mono = time.monotonic()
+    t = replant(app, t, started_mono=time.monotonic())
     readings = iter([300 * MiB, 40 * MiB])
     app.ctl.sample_tool = lambda tool: next(readings)
     e.tick(100.0)

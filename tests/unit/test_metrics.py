@@ -1,6 +1,7 @@
 """The metrics catalog, the collector over a fake cgroup tree, the event tally, the sample log."""
 
 import asyncio
+import dataclasses
 import os
 import re
 import time
@@ -175,7 +176,7 @@ def drive(app):
     t = ctl.start_tool(a, 4242, ["pytest", "-q"])
     fs.write(t.cgroup, "memory.peak", str(600 * 2**20))
     fs.write(t.cgroup, "memory.events", "low 0\nhigh 3\nmax 0\noom 0\noom_kill 0\n")
-    t.forecast = type("F", (), {"peak_bytes": 400 * 2**20})()
+    t = a.tools[t.tool_id] = dataclasses.replace(t, forecast=type("F", (), {"peak_bytes": 400 * 2**20})())
     t.actions.append({"action": "queue", "reason": "memory budget", "seconds": 3.0, "forecast_bytes": 400 * 2**20})
     ctl.finish_tool(t, status={"exit": 0}, rusage={"wall_s": 2.0})
     ctl.start_tool(a, 4243, ["ls"])

@@ -181,3 +181,18 @@ def test_a_call_waits_once_for_every_resource_it_needs():
     assert pipe.queue.waiting(mem) == 0
     assert len(told) == 1 and told[0][0] == "queued"
     assert told[0][1].startswith("[agentd] make is waiting for memory and a GPU: no memory now; no a GPU now")
+
+
+def test_a_tool_call_is_a_frozen_snapshot_and_its_changes_live_in_its_run(tmp_path):
+    app = App(tmp_path)
+    agent = app.ctl.create_agent("ag", None)
+    tool = app.ctl.start_tool(agent, None, ["make"])
+    for field in ("plan", "frozen", "done", "actions", "limits_applied", "forecast", "placement", "pid"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(tool, field, None)
+    app.ctl.actuator.act(tool, "freeze", "test")          # the actuator owns frozen and the actions
+    assert tool.frozen and tool.run.frozen and tool.actions[-1]["action"] == "freeze"
+    again = dataclasses.replace(tool, intent="x")          # a new snapshot keeps the call's record
+    assert again.run is tool.run and again.frozen
+    app.ctl.finish_tool(tool)
+    assert tool.done

@@ -200,7 +200,7 @@ def test_map_entries_follow_agents_and_tool_calls(tmp_path, policy):
     assert scx.agents == {1: 400, 2: 100}
     assert scx.cgroups == {main_a: (1, 100, "interactive"), main_b: (2, 100, "interactive")}
 
-    t.cgroup_id = app.fs.cgroup_id(t.cgroup)
+    t.run.cgroup_id = app.fs.cgroup_id(t.cgroup)
     h.on_tool_start(a, t)
     assert scx.cgroups[t.cgroup_id] == (1, 50, "batch")
     h.on_tool_end(a, t, {})

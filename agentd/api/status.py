@@ -1,7 +1,8 @@
 """A read-only snapshot of the daemon's state for `agentd status`, `agentd top` and the API.
 
-Runs on the daemon's loop; reads a handful of cgroupfs files per agent. A cgroup that
-vanishes mid-read leaves its fields None, never an error.
+Runs on the daemon's loop. Memory comes from the sampler's latest tick (monitor/sampler.py;
+what is newer than that tick is read now); the pressure files are read per agent. A cgroup
+that vanishes mid-read leaves its fields None, never an error.
 """
 
 import time
@@ -27,29 +28,23 @@ def _pressure(fs, cg):
     return out
 
 
-def tool_view(ctl, tool, now):
+def tool_view(sampler, tool, now):
     forecast = getattr(tool.forecast, "peak_bytes", None) if tool.forecast is not None else None
     return {
         "tool": tool.tool_id, "argv": tool.argv[:8], "tool_class": tool.plan.tool_class,
         "rule": tool.plan.rule, "priority": tool.plan.priority, "origin": tool.origin,
         "age_s": round(now - tool.started, 1),
-        "memory_bytes": _read(lambda: ctl.sample_tool(tool)),
+        "memory_bytes": _read(lambda: sampler.tool_memory(tool)),
         "memory_peak_bytes": tool.peak_sample, "limits": tool.limits_applied, "frozen": tool.frozen,
         "forecast_bytes": forecast,
         "actions": [a.get("action") for a in tool.actions],
     }
 
 
-def agent_view(ctl, a, now):
+def agent_view(ctl, sampler, a, now):
     fs = ctl.fs
-    mem = _read(lambda: fs.read_int(a.cgroup, cgf.MEMORY_CURRENT) if fs.has(a.cgroup, cgf.MEMORY_CURRENT) else None)
-    tools = [tool_view(ctl, t, now) for t in list(a.tools.values()) if not t.done]
-    if mem is None:
-        # Without the memory controller: the sum of what the sampler sees (main + tool calls).
-        pids = _read(lambda: fs.procs(a.main_cgroup), [])
-        main = _read(lambda: ctl.sampler(pids)) if ctl.sampler else None
-        if main is not None:
-            mem = main + sum(t["memory_bytes"] or 0 for t in tools)
+    tools = [tool_view(sampler, t, now) for t in list(a.tools.values()) if not t.done]
+    mem = _read(lambda: sampler.agent_memory(a))
     return {
         "agent": a.agent_id, "agent_class": a.agent_class, "priority": a.priority, "cgroup": a.cgroup,
         "main_cgroup": a.main_cgroup, "age_s": round(now - a.created, 1), "memory_bytes": mem,
@@ -60,7 +55,7 @@ def agent_view(ctl, a, now):
 def snapshot(app, only_agent=None):
     now = time.time()
     ctl = app.ctl
-    agents = [agent_view(ctl, a, now) for a in list(ctl.agents.values())
+    agents = [agent_view(ctl, app.sampler, a, now) for a in list(ctl.agents.values())
               if not only_agent or a.agent_id == only_agent]
     out = {"agents": agents, "standalone": app.cfg.standalone}
     if only_agent is None:

@@ -2,7 +2,8 @@
 
 Sources, each optional (a stage that is absent or fails omits its samples, never the scrape):
 - the controller (agents, tool calls, counters) and cgroupfs files of each agent
-  (memory.current/high/max/events, memory/cpu/io.pressure), read through `ctl.fs`;
+  (memory.high/max/events, memory/cpu/io.pressure), read through `ctl.fs`; each agent's
+  memory from the sampler's latest tick (`app.sampler`, monitor/sampler.py);
 - the event tally (metrics/tally.py) for histograms and counters of finished things;
 - `metric_stats()` of every object in `app.hooks` (enforcer, monitor, scheduler, GPU),
   dicts with the keys documented in STATS_KEYS below, and their `modes()`;
@@ -160,17 +161,7 @@ class AgentdCollector:
 
     def _agent(self, fams, ctl, a):
         fs, lab = ctl.fs, [a.agent_id, a.agent_class]
-        mem = None
-        if fs.has(a.cgroup, cgf.MEMORY_CURRENT):
-            mem = fs.read_int(a.cgroup, cgf.MEMORY_CURRENT)
-        elif ctl.sampler:
-            pids = []
-            for sub in (a.main_cgroup,) + tuple(t.cgroup for t in list(a.tools.values()) if not t.done):
-                try:
-                    pids += fs.procs(sub)
-                except Exception:
-                    pass
-            mem = ctl.sampler(pids)
+        mem = self.app.sampler.agent_memory(a)        # the latest tick's reading (monitor/sampler.py)
         if mem is not None:
             fams.add("agentd_agent_memory_bytes", lab, mem)
         for name, fname in (("agentd_agent_memory_high_bytes", cgf.MEMORY_HIGH),

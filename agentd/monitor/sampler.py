@@ -1,9 +1,10 @@
-"""One reading of every running tool call's memory per tick, shared by every stage.
+"""One reading of every running tool call's and agent's memory per tick, shared by every reader.
 
 The enforcer (re-forecasts, the ladder's candidates), the sample log (`agentd report`'s
-memory over time) and the call's recorded peak all read the same Snapshot: one
-memory.current read per call per tick (the sum of its processes' RSS on hosts without the
-memory controller), not one per reader.
+memory over time), the call's recorded peak, `agentd status` and the metrics all read the
+same Snapshot: one memory.current read per call and per agent per tick (the sum of its
+processes' RSS on hosts without the memory controller), not one per reader. Only what is
+newer than the latest tick (a call started since) is read when asked.
 """
 
 import dataclasses
@@ -11,6 +12,9 @@ import time
 import types
 
 from ..errors import AgentdError
+from ..kernel import cgroupfs as cgf
+
+EMPTY = types.MappingProxyType({})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,23 +22,67 @@ class Snapshot:
     mono: float                       # time.monotonic() of the reading
     wall: float                       # time.time() of the reading
     memory: types.MappingProxyType    # tool key -> bytes; a call whose reading failed is absent
+    agents: types.MappingProxyType = dataclasses.field(default_factory=lambda: EMPTY)   # agent id -> bytes; same rule
 
 
 class Sampler:
     def __init__(self, ctl, monotonic=time.monotonic, wall=time.time):
         self.ctl = ctl
         self.monotonic, self.wall = monotonic, wall
+        self.latest = Snapshot(0.0, 0.0, EMPTY)   # before the first tick: nothing read yet
 
     def sample(self):
-        memory = {}
+        memory, agents = {}, {}
         for agent in list(self.ctl.agents.values()):
+            tools = {}
             for tool in list(agent.tools.values()):
                 if tool.done:
                     continue
-                try:
-                    cur = self.ctl.sample_tool(tool)      # also raises the call's recorded peak
-                except AgentdError:
-                    cur = None
+                cur = self._read_tool(tool)
                 if cur is not None:
-                    memory[tool.key] = cur
-        return Snapshot(self.monotonic(), self.wall(), types.MappingProxyType(memory))
+                    tools[tool.key] = cur
+            memory.update(tools)
+            mem = self._read_agent(agent, tools)
+            if mem is not None:
+                agents[agent.agent_id] = mem
+        self.latest = Snapshot(self.monotonic(), self.wall(), types.MappingProxyType(memory),
+                               types.MappingProxyType(agents))
+        return self.latest
+
+    # --- what status and metrics read: the latest tick's readings ---------------------------
+    def tool_memory(self, tool):
+        """The latest tick's reading of `tool`; a call that tick did not read (it started
+        since) is read now."""
+        cur = self.latest.memory.get(tool.key)
+        return cur if cur is not None else self._read_tool(tool)
+
+    def agent_memory(self, agent):
+        """The latest tick's reading of `agent`'s cgroup (main and tool calls); an agent that
+        tick did not read, or with a call that tick did not read, is read now (so that it
+        never shows less than that call)."""
+        running = [t for t in list(agent.tools.values()) if not t.done]
+        cur = self.latest.agents.get(agent.agent_id)
+        if cur is not None and all(t.key in self.latest.memory for t in running):
+            return cur
+        tools = {t.key: self.tool_memory(t) for t in running}
+        return self._read_agent(agent, {k: v for k, v in tools.items() if v is not None})
+
+    # --- the reads --------------------------------------------------------------------------
+    def _read_tool(self, tool):
+        try:
+            return self.ctl.sample_tool(tool)         # also raises the call's recorded peak
+        except AgentdError:
+            return None
+
+    def _read_agent(self, agent, tools):
+        """memory.current of the agent's cgroup; without the memory controller the RSS of
+        its main processes plus its calls' readings (`tools`)."""
+        fs = self.ctl.fs
+        try:
+            if fs.has(agent.cgroup, cgf.MEMORY_CURRENT):
+                return fs.read_int(agent.cgroup, cgf.MEMORY_CURRENT)
+            if not self.ctl.sampler:
+                return None
+            return self.ctl.sampler(fs.procs(agent.main_cgroup)) + sum(tools.values())
+        except (AgentdError, OSError, ValueError):
+            return None

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from agentd.controller import Controller
+from agentd.monitor.sampler import Sampler
 from agentd.eventlog import EventLog
 from agentd.kernel.fakes import FakeCgroupFS, FakeProc
 from agentd.kernel.probe import Capabilities
@@ -83,6 +84,7 @@ class App:
         # What the daemon's stages read from the App (daemon.App has the same names).
         self.fs, self.policy, self.root, self.state_dir, self.host_memory = fs, policy, "agentd", "", 16 * GiB
         self.procfs = self.ctl.procfs
+        self.sampler = Sampler(self.ctl)
         from agentd.api.server import Server
         self.server = Server(self, str(tmp / "agentd.sock"))     # not started: its counters only
         self.caps = Capabilities(root_user=True, cgroup2_mount=fs.mount, controllers=("cpu", "memory"),

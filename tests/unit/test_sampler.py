@@ -1,5 +1,7 @@
 """One memory reading per running tool call per tick, shared by every stage that reads it."""
 
+import types
+
 from agentd.enforce.enforcer import Enforcer
 from agentd.kernel import cgroupfs as cgf
 from agentd.metrics.samples import SampleLog
@@ -44,3 +46,26 @@ def test_one_reading_per_call_per_tick_feeds_the_enforcer_and_the_sample_log(tmp
     points = [e for e in seen if e["event"] == "sample" and e["tool"] == calls[0].tool_id]
     assert [p["memory_bytes"] for p in points] == [0, 100 << 20]         # the start point, then one
     assert samples._ticked == 101.0
+
+
+def test_status_and_metrics_read_the_latest_tick_not_the_files(tmp_path):
+    from agentd.api.status import snapshot
+    from agentd.metrics.collector import AgentdCollector
+    app = App(tmp_path)
+    app.cfg, app.socket_path = types.SimpleNamespace(standalone=False), "s"
+    agent = app.ctl.create_agent("ag", None)
+    t = app.ctl.start_tool(agent, None, ["pytest"])
+    fs = app.ctl.fs
+    fs.write(t.cgroup, cgf.MEMORY_CURRENT, str(100 << 20))
+    fs.write(agent.cgroup, cgf.MEMORY_CURRENT, str(300 << 20))
+    app.sampler.sample()
+    fs.write(t.cgroup, cgf.MEMORY_CURRENT, str(999 << 20))        # after the tick: not read again
+    fs.write(agent.cgroup, cgf.MEMORY_CURRENT, str(999 << 20))
+    [a] = snapshot(app)["agents"]
+    assert a["memory_bytes"] == 300 << 20 and a["tools"][0]["memory_bytes"] == 100 << 20
+    got = [s.value for f in AgentdCollector(app).collect() for s in f.samples
+           if s.name == "agentd_agent_memory_bytes"]
+    assert got == [300 << 20]
+    late = app.ctl.start_tool(agent, None, ["make"])                # newer than the tick: read now
+    fs.write(late.cgroup, cgf.MEMORY_CURRENT, str(7 << 20))
+    assert snapshot(app)["agents"][0]["tools"][1]["memory_bytes"] == 7 << 20

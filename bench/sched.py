@@ -25,7 +25,7 @@ Workload (all processes compiled from the C below, inside the guest):
 Modes: (a) no weights, every task SCHED_NORMAL; (b) agentd's fallback: the weights written
 to cpu.weight (interactive tool 200, batch 50, as the default policy's classes);
 (c) agentd's scheduler loaded, the tasks moved to SCHED_EXT, map entries written by the
-same code the daemon uses (agentd.sched.scx).
+same code the daemon uses (agentd.kernel.bpf_scx).
 
 Clock: by default the guest runs under QEMU `-icount shift=2`: guest time advances with
 the instructions executed (4 ns each), so time the host spends running other VMs does not
@@ -231,7 +231,7 @@ class Guest:
                 "lat_us": lat, "done_us": comp, "rq_us": rq}
 
     def run(self):
-        from agentd.sched import scx
+        from agentd.kernel import bpf_scx as scx
         from agentd.sched.weights import slices_ns
         from agentd.policy.loader import load_policy
         policy = load_policy("default")

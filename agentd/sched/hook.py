@@ -21,9 +21,9 @@ import time
 from ..errors import AgentdError, BpfError
 from ..kernel import sched_ext as kse
 from ..kernel.sched_ext import SchedExtSysfs
-from . import contract
+from ..kernel import bpf_scx_types as contract
+from ..kernel.bpf_scx import ScxScheduler, make_config
 from .fallback import Fallback
-from .scx import ScxScheduler, make_config
 from ..stages import Stage
 from .weights import MAIN_LATENCY, CgroupPrio, SlotTable, agent_weight, slices_ns, tool_latency, tool_weight
 

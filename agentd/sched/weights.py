@@ -14,7 +14,7 @@ without a cpu controller, into nice values.
 import dataclasses
 import math
 
-from . import contract
+from ..kernel import bpf_scx_types as contract
 
 MAIN_LATENCY = "interactive"
 NICE_STEP = 1.25        # the kernel's weight table: each nice level is ~1.25x the weight

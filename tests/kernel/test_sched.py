@@ -13,7 +13,7 @@ from agentd.kernel import sched_ext as kse
 from agentd.model import Agent, ToolCall, ToolPlan
 from agentd.policy.loader import load_policy
 from agentd.sched.hook import CpuScheduler
-from agentd.sched.scx import ScxScheduler, make_config
+from agentd.kernel.bpf_scx import ScxScheduler, make_config
 
 from .kernel_support import wait_for
 

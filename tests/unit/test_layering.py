@@ -6,7 +6,10 @@
 - each kernel file agentd reads is named once (the bare roots aside, which adapters take
   as a parameter so tests can point them at a fake tree);
 - agentd.kernel has no import cycle (its modules import downwards only), counting imports
-  made inside functions too: a cycle hidden behind a lazy import is still a cycle.
+  made inside functions too: a cycle hidden behind a lazy import is still a cycle;
+- BPF objects are loaded only in agentd/kernel/: nothing outside it imports the libbpf
+  bindings or the object finder (a loader outside kernel/, as the sched_ext scheduler's
+  once was, would).
 
 Each checker is first shown a violation it must find, so a rule that stopped looking fails.
 """
@@ -19,6 +22,9 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "agentd"
 KERNEL_PREFIXES = ("/proc", "/sys")
 PURE = ("agentd.policy", "agentd.forecast")
+# What a BPF loader needs: the libbpf bindings and the object finder.
+BPF_LOADING = ("agentd.kernel.libbpf", "agentd.kernel.libbpf_ctypes", "agentd.kernel.libbpf_structops",
+               "agentd.kernel.bpf_objects")
 # The one exception: the planner turns a class's limits into cgroup v2 file contents with
 # kernel.cgroupfs.limit_values, because a plan carries them as files; it goes once a plan
 # carries typed limits and the controller converts them where it writes.
@@ -82,6 +88,11 @@ def kernel_paths(tree):
     return found
 
 
+def bpf_loading(names):
+    """The BPF-loading modules among `names` (imported module names), sorted."""
+    return sorted(i for i in names if i in BPF_LOADING)
+
+
 def cycles(graph):
     """Strongly connected components of `graph` ({node: set of nodes}) that form a cycle."""
     index, low, stack, on_stack, out = {}, {}, [], set(), []
@@ -141,6 +152,10 @@ def test_checkers_find_violations():
         "psutil", "agentd.kernel", "agentd.kernel.cgroupfs", "agentd.policy.sub"}
     assert imports(ast.parse("from . import x"), "agentd.kernel", True, {"agentd.kernel.x"}) == {
         "agentd.kernel", "agentd.kernel.x"}
+    loader = ast.parse("from ..kernel import bpf_objects, libbpf\n")
+    known = {"agentd.kernel.bpf_objects", "agentd.kernel.libbpf"}
+    assert bpf_loading(imports(loader, "agentd.sched.scx", False, known)) == [
+        "agentd.kernel.bpf_objects", "agentd.kernel.libbpf"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"a"}}) == [["a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
@@ -184,3 +199,9 @@ def test_kernel_modules_import_without_cycles(sources):
     graph = {m: {i for i in _imports_of(sources, m) if i in kernel and i != m} for m in kernel}
     assert graph["agentd.kernel.libbpf"], "the graph lost the kernel's own imports"
     assert not cycles(graph), f"import cycles inside agentd.kernel: {cycles(graph)}"
+
+
+def test_bpf_objects_are_loaded_only_in_kernel(sources):
+    bad = {m: bpf_loading(_imports_of(sources, m)) for m in sources if not m.startswith("agentd.kernel")}
+    bad = {m: i for m, i in bad.items() if i}
+    assert not bad, f"BPF loaders live in agentd/kernel/ beside the others: {bad}"

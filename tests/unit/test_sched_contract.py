@@ -1,4 +1,4 @@
-"""The ctypes mirror (agentd/sched/contract.py) against bpf/scx_agentd.h, compiled by gcc."""
+"""The ctypes mirror (agentd/kernel/bpf_scx_types.py) against bpf/scx_agentd.h, compiled by gcc."""
 
 import ctypes
 import os
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from agentd.sched import contract
+from agentd.kernel import bpf_scx_types as contract
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER = os.path.join(REPO, "bpf", "scx_agentd.h")

@@ -1,6 +1,7 @@
 """ctypes mirror of bpf/scx_agentd.h (the scheduler's BPF <-> Python contract).
 
-tests/unit/test_sched_contract.py checks every constant against the header and every
+The loader is bpf_scx.py (beside the other BPF loaders); the CPU stage (agentd/sched/)
+reads its constants. tests/unit/test_sched_contract.py checks every constant against the header and every
 struct against the BTF of the compiled object: change both sides together.
 """
 

@@ -16,11 +16,11 @@ import os
 import time
 
 from ..errors import BpfError
-from ..kernel import bpf_objects, libbpf, libbpf_structops
-from ..kernel.sched_ext import SchedExtSysfs
-from . import contract
+from . import bpf_objects, libbpf, libbpf_structops
+from . import bpf_scx_types as contract
+from .sched_ext import SchedExtSysfs
 
-log = logging.getLogger("agentd.sched")
+log = logging.getLogger("agentd.sched")      # the CPU stage's log: this is its loader
 
 OBJECT = "scx_agentd.bpf.o"
 OPS_MAP = "agentd_ops"

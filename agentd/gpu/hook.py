@@ -197,14 +197,14 @@ class GpuHook(Stage):
 
     async def admit(self, call, tell):
         try:
-            return await self._admit(call, tell)
+            return self._admit(call)
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception:             # a fault in the GPU stage must not refuse tool calls
             log.exception("GPU placement of %s failed; the call runs unplaced", " ".join(call.argv[:4]))
             return None
 
-    async def _admit(self, call, tell):
+    def _admit(self, call):
         agent = call.agent
         outcome, r = self._request(agent, call.plan, list(call.argv), None)
         if r is None:

@@ -11,6 +11,7 @@ import signal
 import time
 
 from ..errors import CgroupGone, KernelError
+from .files import read_text
 from .procfs import own_cgroup
 
 # File names, named once.
@@ -227,8 +228,7 @@ class CgroupFS:
     # --- raw files ----------------------------------------------------------
     def read(self, cg, name):
         try:
-            with open(self.path(cg, name)) as f:
-                return f.read()
+            return read_text(self.path(cg, name))
         except OSError as err:
             _raise(err, f"reading {cg}/{name}")
 

@@ -21,6 +21,7 @@ import select
 import socket
 
 from ..errors import KernelError, ProcessGone
+from .files import read_text
 
 # <asm-generic/socket.h>; Linux 6.5+. Python 3.11's socket module lacks the name. The
 # architectures with their own socket.h (alpha, mips, parisc, sparc) use other numbers.
@@ -31,8 +32,7 @@ def starttime(pid, proc="/proc"):
     """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
     With the pid it names one process; ProcessGone once there is none."""
     try:
-        with open(f"{proc}/{pid}/stat") as f:
-            raw = f.read()
+        raw = read_text(f"{proc}/{pid}/stat")
     except (FileNotFoundError, ProcessLookupError) as err:
         raise ProcessGone(f"process {pid} is gone") from err
     except OSError as err:
@@ -44,10 +44,9 @@ def starttime(pid, proc="/proc"):
 def _pid_of(fd, proc):
     """The pid a pidfd refers to (fdinfo "Pid:"; -1 once the process is gone)."""
     try:
-        with open(f"{proc}/self/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
+        for line in read_text(f"{proc}/self/fdinfo/{fd}").splitlines():
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
     except OSError as err:
         raise KernelError(f"reading fdinfo of pidfd {fd}: {err.strerror}") from err
     raise KernelError(f"fd {fd} is not a pidfd")

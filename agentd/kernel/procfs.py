@@ -8,6 +8,7 @@ import stat as stat_mod
 from dataclasses import dataclass
 
 from ..errors import FeatureMissing, KernelError, ProcessGone
+from .files import read_bytes, read_text
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -34,14 +35,13 @@ def meminfo(keys, proc="/proc"):
     want = set(keys)
     out = {}
     try:
-        with open(f"{proc}/meminfo") as f:
-            for line in f:
-                k, _, rest = line.partition(":")
-                if k in want:
-                    v = rest.split()
-                    out[k] = int(v[0]) * (1024 if len(v) > 1 and v[1] == "kB" else 1)
-                    if len(out) == len(want):
-                        break
+        for line in read_text(f"{proc}/meminfo").splitlines():
+            k, _, rest = line.partition(":")
+            if k in want:
+                v = rest.split()
+                out[k] = int(v[0]) * (1024 if len(v) > 1 and v[1] == "kB" else 1)
+                if len(out) == len(want):
+                    break
     except OSError as err:
         raise KernelError(f"reading {proc}/meminfo: {err.strerror}") from err
     except (ValueError, IndexError) as err:
@@ -98,8 +98,8 @@ class ProcFS:
 
     def _read(self, pid, name, mode="r", limit=-1):
         try:
-            with open(f"{self.proc}/{pid}/{name}", mode) as f:
-                return f.read(limit)
+            path = f"{self.proc}/{pid}/{name}"
+            return read_bytes(path, limit) if "b" in mode else read_text(path, limit)
         except (FileNotFoundError, ProcessLookupError) as err:
             raise ProcessGone(f"process {pid} is gone") from err
         except OSError as err:
@@ -177,8 +177,11 @@ class ProcFS:
         (fs/proc/base.c __set_oom_adj): the process, and what it forks later, can no
         longer go below it without the capability. Without it the floor stays where it was."""
         try:
-            with open(f"{self.proc}/{pid}/oom_score_adj", "w") as f:
-                f.write(str(int(value)))
+            fd = os.open(f"{self.proc}/{pid}/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(int(value)).encode())
+            finally:
+                os.close(fd)
         except (FileNotFoundError, ProcessLookupError) as err:
             raise ProcessGone(f"process {pid} is gone") from err
         except OSError as err:

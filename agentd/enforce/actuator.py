@@ -112,21 +112,31 @@ class Actuator:
 
         `fresh`: `cg` was just made, so every file holds the kernel's default: each limit
         is one write (no stat, no read back) and the call gets one log line, not one per
-        file. This is the per-tool-call path; in an emulated guest every cgroupfs
-        syscall costs a fraction of a millisecond and a log line about a millisecond."""
+        file; a limit that is the kernel's default (cgf.FRESH_DEFAULTS: a class's
+        memory.min 0, cpu.weight 100, ...) is not written at all where a write of another
+        file of its controller showed the kernel offers that controller here. This is the
+        per-tool-call path; in an emulated guest every cgroupfs syscall costs a fraction of
+        a millisecond and a log line about a millisecond."""
         wanted = {k: ("max" if v == "max" else str(v)) for k, v in limits.items() if v is not None}
         if self.dry_run:
             return self._would_limits(who, cg, wanted, reason, agent, tool)
         applied = {}
         if fresh:
-            for name, new in wanted.items():
+            done, offered = {}, {}        # file -> written; controller -> offered here
+            defaults = [n for n, v in wanted.items() if cgf.FRESH_DEFAULTS.get(n) == v]
+            for name in [n for n in wanted if n not in defaults] + defaults:
+                ctl = cgf.controller_of(name)
+                if name in defaults and offered.get(ctl):
+                    done[name] = True     # already the kernel's value: nothing to write
+                    continue
                 try:
-                    if self.fs.write_if_offered(cg, name, new):
-                        applied[name] = new
+                    done[name] = self.fs.write_if_offered(cg, name, wanted[name])
+                    offered[ctl] = offered.get(ctl) or done[name]
                 except CgroupGone:
                     raise
                 except KernelError as err:
-                    log.warning("%s: cannot set %s=%s: %s", who, name, new, err)
+                    log.warning("%s: cannot set %s=%s: %s", who, name, wanted[name], err)
+            applied = {n: v for n, v in wanted.items() if done.get(n)}
             if applied:
                 log.info("%s: %s (%s)", who, ", ".join(f"{k}={v}" for k, v in applied.items()), reason)
             return applied

@@ -43,6 +43,17 @@ CPU_STAT = "cpu.stat"
 PIDS_MAX = "pids.max"
 PIDS_CURRENT = "pids.current"
 
+# What these files hold in a cgroup the kernel has just made (Documentation/admin-guide/
+# cgroup-v2.rst): writing one of these values there changes nothing.
+FRESH_DEFAULTS = {MEMORY_MIN: "0", MEMORY_LOW: "0", MEMORY_HIGH: "max", MEMORY_MAX: "max",
+                  CPU_WEIGHT: "100", PIDS_MAX: "max"}
+
+
+def controller_of(name):
+    """The controller an interface file belongs to ("memory.high" -> "memory")."""
+    return name.partition(".")[0]
+
+
 # Controllers agentd enables down its tree when the kernel offers them.
 WANTED_CONTROLLERS = ("cpu", "memory", "pids", "io")
 

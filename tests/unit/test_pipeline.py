@@ -4,6 +4,7 @@ the automatic path alike."""
 
 import asyncio
 import dataclasses
+import os
 import types
 
 import pytest
@@ -196,3 +197,22 @@ def test_a_tool_call_is_a_frozen_snapshot_and_its_changes_live_in_its_run(tmp_pa
     assert again.run is tool.run and again.frozen
     app.ctl.finish_tool(tool)
     assert tool.done
+
+
+def test_a_fresh_cgroup_gets_no_write_of_a_value_the_kernel_already_holds(tmp_path):
+    """memory.min 0 and cpu.weight 100 are what a new cgroup holds: they are reported as the
+    call's limits but written only where no other file of their controller told whether
+    the kernel offers it here (a cgroup without the cpu controller gets no cpu.weight)."""
+    from agentd.enforce.actuator import Actuator
+    from agentd.kernel.fakes import FakeCgroupFS
+    fs = FakeCgroupFS(str(tmp_path / "cg"))
+    fs.mkdir("t")
+    os.unlink(fs.path("t", cgf.CPU_MAX))           # no cpu controller here
+    os.unlink(fs.path("t", cgf.CPU_WEIGHT))
+    act = Actuator(fs, types.SimpleNamespace(emit=lambda *a, **k: None))
+    applied = act.set_limits("tool t", "t", {cgf.MEMORY_MIN: "0", cgf.MEMORY_MAX: str(GiB), cgf.CPU_WEIGHT: "100",
+                                             cgf.PIDS_MAX: "max"}, "class", fresh=True)
+    assert applied == {cgf.MEMORY_MIN: "0", cgf.MEMORY_MAX: str(GiB), cgf.PIDS_MAX: "max"}
+    assert list(applied) == [cgf.MEMORY_MIN, cgf.MEMORY_MAX, cgf.PIDS_MAX]          # the policy's order
+    # memory.max told that memory is offered; pids.max (only defaults) and cpu.weight were tried
+    assert [(n, v) for _, n, v in fs.writes] == [(cgf.MEMORY_MAX, str(GiB)), (cgf.PIDS_MAX, "max")]

@@ -37,6 +37,11 @@ def test_comms_finds_a_process_by_its_executable_name(tmp_path):
     shutil.copy(shutil.which("sleep"), exe)
     p = subprocess.Popen([str(exe), "30"])
     try:
+        # The kernel renames the process (comm) just after exec closes the pipe Popen waits
+        # on: a read right after Popen returns may still see the parent's name.
+        deadline = time.monotonic() + 5
+        while ProcFS().comm(p.pid) != name and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert name in ProcFS().comms()
     finally:
         p.kill()

@@ -64,8 +64,23 @@ class Sampler:
         cur = self.latest.agents.get(agent.agent_id)
         if cur is not None and all(t.key in self.latest.memory for t in running):
             return cur
-        tools = {t.key: self.tool_memory(t) for t in running}
-        return self._read_agent(agent, {k: v for k, v in tools.items() if v is not None})
+        # Read now without touching any call's recorded peak: the metrics ask from their
+        # own thread.
+        fs = self.ctl.fs
+        try:
+            if fs.has(agent.cgroup, cgf.MEMORY_CURRENT):
+                return fs.read_int(agent.cgroup, cgf.MEMORY_CURRENT)
+            if not self.ctl.sampler:
+                return None
+            pids = []
+            for cg in [agent.main_cgroup] + [t.cgroup for t in running]:
+                try:
+                    pids += fs.procs(cg)
+                except AgentdError:
+                    pass              # a call that ended meanwhile
+            return self.ctl.sampler(pids)
+        except (AgentdError, OSError, ValueError):
+            return None
 
     # --- the reads --------------------------------------------------------------------------
     def _read_tool(self, tool):

@@ -233,14 +233,19 @@ class CgroupFS:
             _raise(err, f"reading {cg}/{name}")
 
     def write(self, cg, name, value):
+        """Write `value`; a value of several lines is written one line per write(2), as
+        the keyed files (io.max, io.weight: one device per line) take them."""
         try:
             fd = os.open(self.path(cg, name), os.O_WRONLY)
         except OSError as err:
             _raise(err, f"opening {cg}/{name}")
+        text = str(value)
         try:
-            os.write(fd, str(value).encode())
+            for line in (text.split("\n") if "\n" in text else (text,)):
+                if line or "\n" not in text:
+                    os.write(fd, line.encode())
         except OSError as err:
-            _raise(err, f"writing {value!r} to {cg}/{name}")
+            _raise(err, f"writing {line!r} to {cg}/{name}")
         finally:
             os.close(fd)
 

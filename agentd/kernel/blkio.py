@@ -156,10 +156,14 @@ def iocost_enabled(fs, dev):
 
 def set_iocost(fs, dev, enable):
     """Turn iocost on (with the kernel's automatic parameters) or off for `dev`."""
+    how = "on" if enable else "off"
+    if not fs.has("", IO_COST_QOS):
+        raise KernelError(f"cannot turn iocost {how} for {dev}: no {IO_COST_QOS} at the root of the cgroup v2 "
+                          "hierarchy (a kernel without CONFIG_BLK_CGROUP_IOCOST, or a namespaced mount)")
     try:
         fs.write("", IO_COST_QOS, f"{dev} enable={1 if enable else 0}")
     except AgentdError as err:
-        raise KernelError(f"cannot turn iocost {'on' if enable else 'off'} for {dev}: {err}") from None
+        raise KernelError(f"cannot turn iocost {how} for {dev}: {err}") from None
 
 
 def _root_qos(fs):

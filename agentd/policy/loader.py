@@ -104,7 +104,8 @@ def check_file(path, block_device=None):
 def load_policy_text(text, source="<policy>", host_memory_bytes=None, known_classes=None, block_device=None):
     """Validate policy YAML `text`; `source` names it in messages. Raises PolicyError.
     `known_classes` ({"agent_classes": names, "tool_classes": names}): classes defined
-    elsewhere that names in the text may refer to (an agent's policy under the daemon's).
+    elsewhere that names in the text may refer to (an agent's policy under the daemon's);
+    its "io_devices", the disks named there.
     `block_device`: as for load_policy."""
     host = host_memory_bytes if host_memory_bytes is not None else detect_host_memory()
     try:
@@ -167,7 +168,7 @@ def _reference_problems(source, doc, known):
                                       ("tool_class", tool, "tool", "tool_classes")):
         check(names, ("defaults", key), defaults.get(key, "normal"), kind, section,
               implicit=key not in defaults)
-    out += _io_problems(source, doc)
+    out += _io_problems(source, doc, known.get("io_devices"))
     rules = data.get("tool_rules")
     seen = {}
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -188,12 +189,13 @@ def _reference_problems(source, doc, known):
 IO_MAX_KEYS = ("rbps", "wbps", "riops", "wiops")
 
 
-def _io_problems(source, doc):
+def _io_problems(source, doc, devices_elsewhere=None):
     """A class's io maxima are written for the disks io.devices names: with none named
-    they would limit nothing, silently."""
+    they would limit nothing, silently. `devices_elsewhere`: the disks named by the policy
+    this one is under (an agent's policy takes the daemon's io section)."""
     data = doc.data
     io = data.get("io")
-    if isinstance(io, dict) and io.get("devices"):
+    if isinstance(io, dict) and io.get("devices") or devices_elsewhere:
         return []
     out = []
     for section in ("agent_classes", "tool_classes"):

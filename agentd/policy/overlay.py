@@ -193,7 +193,8 @@ def agent_policy(daemon, text, source, host_memory=None):
     named `source` in messages) applied where it may be. PolicyError lists every problem."""
     # Its names may refer to the daemon's classes: it need not repeat the ones it leaves alone.
     mine = load_policy_text(text, source, host_memory if host_memory is not None else daemon.host_memory_bytes,
-                            known_classes={"agent_classes": daemon.agent_classes, "tool_classes": daemon.tool_classes})
+                            known_classes={"agent_classes": daemon.agent_classes, "tool_classes": daemon.tool_classes,
+                                           "io_devices": daemon.io.devices})
     check = _Check(daemon, mine, source, load_located(text))
     check.classes("agent_classes", "agent")
     check.classes("tool_classes", "tool")

@@ -15,7 +15,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .fields import (AbsPath, BlockDeviceSpec, ByteRate, ClassName, Iops, Rate, CpuAmount, DeclaredList, GpuSize, ListenAddr, OnlyProgramList,
+from .fields import (AbsPath, BlockDeviceSpec, ByteRate, ClassName, CpuAmount, DeclaredList, GpuSize, Iops,
+                     ListenAddr, OnlyProgramList, Rate,
                      PidsMax, Priority, ProgramList, ProgramNames, Regex, RuleName, Seconds, Size,
                      Weight, ranged_float, ranged_int)
 from ..errors import RequestError

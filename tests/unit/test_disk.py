@@ -114,7 +114,8 @@ def test_a_disk_the_host_lacks_is_an_error_at_its_line_when_the_loader_has_the_r
 
 def test_an_agents_own_policy_may_lower_io_but_not_raise_it():
     daemon = load()
-    view = agent_policy(daemon, "version: 1\ndefaults: {agent_class: low}\nagent_classes:\n  low: {io: {weight: 10, wbps: 10MiB/s}}\n", "mine.yaml")
+    view = agent_policy(daemon, "version: 1\ndefaults: {agent_class: low}\n"
+                                "agent_classes:\n  low: {io: {weight: 10, wbps: 10MiB/s}}\n", "mine.yaml")
     assert view.agent_class("low").io.weight == 10 and view.agent_class("low").io.wbps == 10 * MiB
     for over in ("low: {io: {wbps: max}}", "low: {io: {weight: 50}}", "high: {io: {weight: 500}}"):
         with pytest.raises(PolicyError, match="tighten"):

@@ -148,4 +148,4 @@ class IoStage(Stage):
                 continue
             if text is not None:
                 per[agent.agent_id] = blkio.stat_totals(text)
-        return {"io": per}
+        return {"disk_io": per}

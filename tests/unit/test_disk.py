@@ -331,4 +331,11 @@ def test_per_agent_io_counters_come_from_io_stat(tmp_path):
     ctl, fs, stage, _ = world(tmp_path)
     agent = ctl.create_agent("lo", agent_class="low")
     fs.write(agent.cgroup, blkio.IO_STAT, "8:0 rbytes=100 wbytes=2000 rios=1 wios=2 dbytes=0 dios=0\n")
-    assert stage.metric_stats() == {"io": {"lo": {"rbytes": 100, "wbytes": 2000, "rios": 1, "wios": 2}}}
+    assert stage.metric_stats() == {"disk_io": {"lo": {"rbytes": 100, "wbytes": 2000, "rios": 1, "wios": 2}}}
+    from agentd.metrics.collector import Families
+    from agentd.metrics.collector import AgentdCollector
+    fams = Families()
+    AgentdCollector(types.SimpleNamespace(hooks=[stage]))._stages(fams)
+    got = {f.name: [(s.labels, s.value) for s in f.samples] for f in fams}
+    assert got["agentd_agent_io_written_bytes"] == [({"agent": "lo"}, 2000.0)]
+    assert got["agentd_agent_io_reads"] == [({"agent": "lo"}, 1.0)]

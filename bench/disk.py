@@ -7,7 +7,8 @@ The disk is a loop device with ext4 made for the run. The HIGH agent does what `
 does to a cold tree, over and over: a round stats and reads 50 small files (4 KiB each, of
 a tree of 1000), every read with O_DIRECT so that each one goes to the disk (no page cache
 between; the same as after drop_caches, without dropping the writer's pages too). The LOW
-agent writes a 256 MiB file with O_DIRECT in 1 MiB writes, again and again.
+agent writes a 128 MiB file with O_DIRECT in 1 MiB writes, again and again (the loop device's
+image lives in the guest's memory).
 
 Runs, side by side in one guest boot:
 - idle:    the HIGH agent alone (what a read costs on a quiet disk);
@@ -60,7 +61,7 @@ while time.monotonic() < end:
 print(json.dumps({"reads": reads, "rounds": rounds}))
 """
 
-# argv: path, seconds. 1 MiB O_DIRECT writes over a 256 MiB file, again and again; prints bytes/s.
+# argv: path, seconds. 1 MiB O_DIRECT writes over a 128 MiB file, again and again; prints bytes/s.
 WRITER = r"""
 import mmap, os, sys, time
 path, secs = sys.argv[1], float(sys.argv[2])
@@ -70,7 +71,7 @@ n, off, t0 = 0, 0, time.monotonic()
 end = t0 + secs
 while time.monotonic() < end:
     n += os.pwritev(fd, [buf], off)
-    off = (off + (1 << 20)) % (256 << 20)
+    off = (off + (1 << 20)) % (128 << 20)
 os.close(fd)
 print(n / (time.monotonic() - t0))
 """
@@ -108,7 +109,7 @@ class LoopDisk:
         self.dev = sh("losetup", "--find", "--show", self.img)
         try:
             sh("mkfs.ext4", "-q", "-F", self.dev)
-            sh("mount", self.dev, self.mnt)
+            sh("mount", "-o", "discard", self.dev, self.mnt)
             self.tree = os.path.join(self.mnt, "repo")
             for i in range(1000):
                 d = os.path.join(self.tree, f"d{i // 50:02d}")

@@ -55,18 +55,20 @@ def _run(*cmd):
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory):
-    """(loop device, mount point): 512 MiB ext4 on a loop device, gone afterwards. A guest
-    without the loop module fails here, saying so (a skip would hide that nothing ran)."""
+    """(loop device, mount point): 384 MiB ext4 on a loop device, gone afterwards. A guest
+    without the loop module fails here, saying so (a skip would hide that nothing ran).
+    The image lives in the guest's /tmp, which is memory: mounted with discard, so that a
+    file removed gives its blocks back to it."""
     tmp = tmp_path_factory.mktemp("io")
     img, mnt = tmp / "disk.img", tmp / "mnt"
     mnt.mkdir()
     subprocess.run(["modprobe", "loop"], capture_output=True)
     with open(img, "wb") as f:
-        f.truncate(512 * MiB)
+        f.truncate(384 * MiB)
     dev = _run("losetup", "--find", "--show", str(img))
     try:
         _run("mkfs.ext4", "-q", "-F", dev)
-        _run("mount", dev, str(mnt))
+        _run("mount", "-o", "discard", dev, str(mnt))
         os.chmod(mnt, 0o777)
         try:
             yield dev, str(mnt)
@@ -121,7 +123,7 @@ def test_io_max_holds_a_tool_calls_direct_writes_to_its_class_rate(tmp_path, dae
     dev = _dev_of(disk)
     # One call after another, so that each has the disk to itself: unlimited, 5 MiB/s, 20 MiB/s.
     # dd's own figure (bytes over the time from its first write to its last) is the rate.
-    script = ('for spec in normal:64 w5:30 w20:80; do c=${spec%:*}; n=${spec#*:}; '
+    script = ('for spec in normal:48 w5:24 w20:64; do c=${spec%:*}; n=${spec#*:}; '
               '"$1" tool --class $c -- dd if=/dev/zero of="$2/f-$c" bs=1M count=$n oflag=direct 2> "$3/dd-$c" '
               '|| exit 1; rm -f "$2/f-$c"; done')
     agent = _agent(d, "wr", script, mnt, str(tmp_path))
@@ -151,9 +153,10 @@ def test_agents_get_their_class_io_weight_and_iocost_counts_them(tmp_path, daemo
     dev = _dev_of(disk)
     # iocost was off on the fresh loop device: the daemon turned it on, since weights count only there.
     assert blkio.iocost_enabled(cgfs, dev), cgfs.read("", blkio.IO_COST_QOS)
-    # Each agent writes O_DIRECT as fast as it may, until stopped; both at once.
-    script = ('"$1" tool -- dd if=/dev/zero of="$2/w-$0" bs=256k count=100000 oflag=direct 2>/dev/null; '
-              'rm -f "$2/w-$0"')
+    # Each agent writes O_DIRECT as fast as it may, until stopped, both at once: the same
+    # 32 MiB again and again (the disk lives in the guest's memory).
+    script = ('"$1" tool -- sh -c \'while :; do dd if=/dev/zero of="$0" bs=256k count=128 oflag=direct '
+              'conv=notrunc 2>/dev/null || exit 1; done\' "$2/w-$0"')
     hi = lo = None
     try:
         hi = _agent(d, "hi", script, mnt, agent_class="high")

@@ -339,3 +339,9 @@ def test_per_agent_io_counters_come_from_io_stat(tmp_path):
     got = {f.name: [(s.labels, s.value) for s in f.samples] for f in fams}
     assert got["agentd_agent_io_written_bytes"] == [({"agent": "lo"}, 2000.0)]
     assert got["agentd_agent_io_reads"] == [({"agent": "lo"}, 1.0)]
+
+
+def test_a_what_if_report_prints_io_max_on_one_line():
+    from agentd.ui.whatif import _limits
+    assert _limits({blkio.IO_MAX: "7:0 rbps=max wbps=1 riops=max wiops=max\n8:0 rbps=max wbps=1 riops=max wiops=max"}) \
+        == "io.max 7:0 rbps=max wbps=1 riops=max wiops=max; 8:0 rbps=max wbps=1 riops=max wiops=max"

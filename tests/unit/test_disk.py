@@ -345,3 +345,23 @@ def test_a_what_if_report_prints_io_max_on_one_line():
     from agentd.ui.whatif import _limits
     assert _limits({blkio.IO_MAX: "7:0 rbps=max wbps=1 riops=max wiops=max\n8:0 rbps=max wbps=1 riops=max wiops=max"}) \
         == "io.max 7:0 rbps=max wbps=1 riops=max wiops=max; 8:0 rbps=max wbps=1 riops=max wiops=max"
+
+
+def test_doctor_says_which_io_mode_would_run_and_why(tmp_path, monkeypatch):
+    from agentd import doctor
+    monkeypatch.setattr(blkio, "resolve", lambda spec: DISKS[spec])
+    monkeypatch.setattr(blkio, "scheduler", lambda dev, sys_dev_block=None: {"7:0": "bfq"}.get(dev, "mq-deadline"))
+    (tmp_path / "io.cost.qos").write_text("8:0 enable=0 ctrl=auto\n")
+    caps = types.SimpleNamespace(controllers=("memory", "io"), cgroup2_mount=str(tmp_path))
+
+    def mode(text, c=caps):
+        p = tmp_path / "p.yaml"
+        p.write_text("version: 1\n" + text)
+        return doctor._io_mode(str(p), c)
+    assert mode("") == {"mode": "off", "reason": "the policy sets no io weight or maximum"}
+    assert mode("agent_classes: {normal: {io: {weight: 50}}}\n")["mode"] == "weights"
+    m = mode("io: {devices: [/data, '7:0']}\n")
+    assert m == {"mode": "io.max", "reason": "/data = sda 8:0 (io.max; weights: iocost to be turned on); "
+                                             "7:0 = loop0 7:0 (io.max; weights: bfq)"}
+    no_io = types.SimpleNamespace(controllers=("memory",), cgroup2_mount=str(tmp_path))
+    assert mode("io: {devices: [/data]}\n", no_io)["mode"] == "off"

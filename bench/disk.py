@@ -230,6 +230,7 @@ def main():
         sys.exit("bench/disk.py runs in the kernel tier's VM (--vm): this host has no io controller on cgroup v2")
     from bench.replay.vm import boot_in_vm
     out = a.out or tempfile.mkdtemp(prefix="disk-", dir=REPO / ".cache")
+    os.makedirs(out, exist_ok=True)
     inner = [sys.executable, str(Path(__file__).resolve()), "--guest", out, "--seconds", str(a.seconds),
              "--low", a.low]
     status = boot_in_vm("sh -c " + shlex.quote("echo +memory +cpu +pids +io > /sys/fs/cgroup/cgroup.subtree_control; "

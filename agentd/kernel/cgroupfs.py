@@ -240,10 +240,10 @@ class CgroupFS:
         except OSError as err:
             _raise(err, f"opening {cg}/{name}")
         text = str(value)
+        line = text
         try:
-            for line in (text.split("\n") if "\n" in text else (text,)):
-                if line or "\n" not in text:
-                    os.write(fd, line.encode())
+            for line in ([x for x in text.split("\n") if x] if "\n" in text else [text]):
+                os.write(fd, line.encode())
         except OSError as err:
             _raise(err, f"writing {line!r} to {cg}/{name}")
         finally:

@@ -22,7 +22,7 @@ from .api.server import Server
 from .controller import Controller
 from .errors import AgentdError, FeatureMissing, KernelError, PolicyError
 from .eventlog import EventLog
-from .kernel import cgroupfs, probe
+from .kernel import blkio, cgroupfs, probe
 from .kernel.procfs import ProcFS, host_meminfo
 from .monitor.sampler import Sampler
 from .policy.planner import Planner
@@ -85,7 +85,7 @@ class App(ApiOps):
                 "no cgroup v2 hierarchy is mounted: agentd needs cgroup v2. Boot with "
                 "systemd.unified_cgroup_hierarchy=1, or mount one: mount -t cgroup2 none /sys/fs/cgroup/unified")
         self.host_memory = host_memory()
-        self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory)
+        self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory, block_device=blkio.resolve)
         d = self.policy.daemon
         c = self.cfg
         from .placement import decide
@@ -147,7 +147,7 @@ class App(ApiOps):
         self.available_memory = self.memory.available
         if self.memory.limit is not None and self.memory.total != self.host_memory:
             self.host_memory = self.memory.total
-            self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory)
+            self.policy = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory, block_device=blkio.resolve)
         log.info("memory agentd manages: %s", self.memory.describe())
         from .monitor.hostmem import oom_group_above
         group = oom_group_above(self.fs, self.root)
@@ -166,6 +166,7 @@ class App(ApiOps):
         ("enforce", "enforcement disabled", logging.WARNING),
         ("swap", "tool calls' swap left as the kernel has it", logging.INFO),
         ("reclaim", "idle agents' memory not reclaimed", logging.INFO),
+        ("disk", "disk I/O weights and limits off", logging.WARNING),
         ("sched", "CPU priorities disabled", logging.WARNING),
         ("network", "egress limits off", logging.WARNING),
         ("gpu", "GPU placement off", logging.INFO),
@@ -343,7 +344,7 @@ class App(ApiOps):
         """Load the policy again; on any error keep the last good one and say why."""
         from .policy.loader import load_policy
         try:
-            new = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory)
+            new = load_policy(self.cfg.policy, host_memory_bytes=self.host_memory, block_device=blkio.resolve)
         except (PolicyError, AgentdError) as err:
             log.error("reload failed, keeping the previous policy: %s", err)
             self.events.emit("reload", ok=False, error=str(err))

@@ -12,8 +12,9 @@ def gather(policy_name=None):
     caps = probe.probe(mount)
     out = {"capabilities": caps.as_dict(), "warnings": caps.warnings()}
     try:
+        from .kernel.blkio import resolve
         from .policy.loader import load_policy
-        load_policy(policy_name or "default")
+        load_policy(policy_name or "default", block_device=resolve)
         out["policy"] = {"name": policy_name or "default", "ok": True}
     except AgentdError as err:
         out["policy"] = {"name": policy_name or "default", "ok": False, "error": str(err)}
@@ -41,6 +42,7 @@ def gather(policy_name=None):
                               "reason": "memory controller on cgroup v2" if "memory" in caps.controllers
                               else "memory controller not available on cgroup v2"}
     modes["network"] = _network_mode(policy_name, caps)
+    modes["io"] = _io_mode(policy_name, caps)
     try:
         from .gpu import gpu_status
         modes["gpu"] = gpu_status()
@@ -88,6 +90,36 @@ def _network_mode(policy_name, caps):
         why = "policy asks htb" if net.mode == "htb" else "the kernel has no fq qdisc"
         return {"mode": "htb", "reason": f"{why}; htb classes on {devs}"}
     return {"mode": "off", "reason": "the kernel has neither the fq nor the htb qdisc"}
+
+
+def _io_mode(policy_name, caps):
+    """What the disk stage (agentd/disk) would do here, and why."""
+    from .kernel import blkio
+    try:
+        from .disk.plan import asks_io
+        from .policy.loader import load_policy
+        policy = load_policy(policy_name or "default")
+    except Exception:
+        return {"mode": "off", "reason": "the policy does not load"}
+    if not asks_io(policy):
+        return {"mode": "off", "reason": "the policy sets no io weight or maximum"}
+    if "io" not in caps.controllers:
+        return {"mode": "off", "reason": "no io controller on cgroup v2 (bound to cgroup v1 or not built)"}
+    disks = []
+    from .kernel.cgroupfs import CgroupFS
+    fs = CgroupFS(caps.cgroup2_mount)
+    for spec in policy.io.devices:
+        try:
+            d = blkio.resolve(spec)
+        except Exception as err:
+            disks.append(f"{spec}: {err}")
+            continue
+        how = blkio.weight_mode(fs, d.dev)
+        if how == "none":
+            how = "iocost to be turned on" if policy.io.enable_iocost else "weights do not count"
+        disks.append(f"{spec} = {d.name} {d.dev} (io.max; weights: {how})")
+    where = "; ".join(disks) if disks else "no disk named (io.devices): weights only, where iocost or bfq runs"
+    return {"mode": "io.max" if policy.io.devices else "weights", "reason": where}
 
 
 def doctor(args):

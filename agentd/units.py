@@ -114,3 +114,29 @@ def parse_rate(value):
     if n < 1:
         raise AgentdError(f"rate {value!r} is below 1 byte/s")
     return int(n)
+
+
+_BYTE_RATE_RE = re.compile(r"^\s*(.+?)\s*(?:/s|ps)?\s*$")
+
+
+def parse_byte_rate(value):
+    """Bytes per second for a disk: a size per second, "20MiB/s", "20MiB" or "50M/s"
+    (the units of parse_size: Mi is 2^20, M is 10^6), or a number of bytes per second;
+    "max" is None (no limit). Bits are refused: disks are measured in bytes."""
+    if isinstance(value, str) and re.search(r"bit\s*$|bps\s*$", value.strip(), re.IGNORECASE) \
+            and not value.strip().endswith("Bps"):
+        raise AgentdError(f"disk rate {value!r} is in bits: write bytes per second, e.g. '20MiB/s'")
+    if isinstance(value, str):
+        s = value.strip()
+        if s.endswith("Bps"):
+            s = s[:-2]            # "20MBps": bytes
+        m = _BYTE_RATE_RE.match(s)
+        value = m.group(1) if m else s
+    try:
+        n = parse_size(value)
+    except AgentdError:
+        raise AgentdError(f"bad disk rate {value!r}: write bytes per second with a unit, e.g. '20MiB/s', "
+                          "'50M/s' (10^6), or 'max'") from None
+    if n is not None and n < 1:
+        raise AgentdError(f"disk rate {value!r} must be above 0 bytes/s ('max' for no limit)")
+    return n

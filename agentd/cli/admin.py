@@ -18,11 +18,14 @@ def cmd_doctor(args):
 
 
 def cmd_policy(args):
+    from ..kernel.blkio import resolve
     from ..policy.loader import check_file
     if args.action == "check":
         bad = 0
         for path in args.files:
-            problems = check_file(path)
+            # The disks io.devices names are looked up on this host, as percentages are
+            # resolved against its memory.
+            problems = check_file(path, block_device=resolve)
             if problems:
                 bad += 1
                 for p in problems:

@@ -32,6 +32,14 @@ def _size(v):
     return v if v in (None, "max") else format_size(int(v))
 
 
+def _same(old, new):
+    """Does a file that reads `old` already hold `new`? A keyed file (io.max: a line per
+    device) lists its lines in the kernel's order, not in the order they were written."""
+    if "\n" not in old and "\n" not in new:
+        return old == new
+    return sorted(old.splitlines()) == sorted(new.splitlines())
+
+
 class Actuator:
     def __init__(self, fs, events, dry_run=False, procfs=None, tell=None):
         self.fs = fs
@@ -145,7 +153,7 @@ class Actuator:
                 continue
             try:
                 old = self.fs.read(cg, name).strip()
-                if old != new:
+                if not _same(old, new):
                     self.fs.write(cg, name, new)
                     log.info("%s: %s %s -> %s (%s)", who, name, old, new, reason)
                 applied[name] = new
@@ -162,7 +170,7 @@ class Actuator:
                 continue          # CgroupGone when the cgroup itself is gone, as a write would
             old = self.read(cg, name)
             applied[name] = new
-            if old != new:
+            if not _same(old, new):
                 changes[name] = [old, new]
                 self.shadow[(cg, name)] = new
         if changes:

@@ -30,6 +30,7 @@ from .limits import as_bytes as _bytes
 from .ladder import Ladder
 from .pressure import ROOT, PressureWatch
 from .held import HeldCalls
+from .ioreaction import IoReaction
 from .reaction import Reaction
 from ..pipeline import Share
 from ..stages import Stage
@@ -71,7 +72,7 @@ class ToolState:
         self.relieved = time.monotonic()
 
 
-class Enforcer(Reaction, Stage):
+class Enforcer(Reaction, IoReaction, Stage):
     name = "enforce"
 
     def __init__(self, app, dry_run=False, fake_pressure_file=None, available_fn=None):
@@ -283,6 +284,10 @@ class Enforcer(Reaction, Stage):
     # --- the tick ----------------------------------------------------------------
     def on_sample(self, snapshot):
         """The daemon's tick (every TICK_S): its one reading of the calls' memory."""
+        try:
+            self._io_tick(snapshot)
+        except Exception:
+            log.exception("enforcer I/O pressure reading failed")
         try:
             self.tick(snapshot.mono, snapshot.memory)
         except Exception:

@@ -47,6 +47,7 @@ class Candidate:
     started: float = 0.0          # newer calls go first among equals (less work lost)
     fits: bool = False            # undoing its step now would fit in the memory left
     relapse: tuple = ()           # steps it reached before a relief that did not last
+    io_rate: float = 0.0          # bytes/s it moves on disks (read only while I/O is a ladder reason)
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,24 @@ class Ladder:
     last_step: float = float("-inf")
     last_relief: float = float("-inf")
     pressure_reason: str = ""
+    pressure_io: bool = False     # the latest pressure is I/O: the busiest call of its scope goes first
     history: list = field(default_factory=list)   # decisions taken (tests, status)
 
-    def pressure(self, now, reason="memory pressure", hold_s=None, urgent=False):
+    def pressure(self, now, reason="memory pressure", hold_s=None, urgent=False, io=False):
         """Record a pressure event (a PSI trigger fired, the poller saw a stall, or the
         memory watch saw dangerous growth). It is "pressure now" for `hold_s`: by default a
         window and a half, as a trigger fires at most once per window while the stall
         lasts; the memory watch reports every interval while the growth lasts, so its
-        events hold for less."""
+        events hold for less. `io`: the pressure is a call's disk traffic that stalls a
+        higher-priority agent (iopressure.py); candidates are then ordered by io_rate
+        before memory."""
         hold = self.window_s * 1.5 if hold_s is None else hold_s
         self.last_pressure = max(self.last_pressure, now)
         self.pressure_until = max(self.pressure_until, now + hold)
         if urgent:
             self.urgent_until = max(self.urgent_until, now + hold)
         self.pressure_reason = reason
+        self.pressure_io = io
 
     def under_pressure(self, now):
         return now <= self.pressure_until
@@ -146,7 +151,8 @@ class Ladder:
         return None
 
     def _escalate(self, candidates, relapse=True):
-        tools = sorted((c for c in candidates if not c.main), key=escalation_order)
+        order = io_escalation_order if self.pressure_io else escalation_order
+        tools = sorted((c for c in candidates if not c.main), key=order)
         for c in tools:
             s = self.next_step(c, relapse)
             if s:
@@ -183,6 +189,12 @@ def escalation_order(c):
     order of agentd/oom.py and GPU placement); within it the lowest-priority call, then the
     bigger, the newer."""
     return (c.agent_priority, c.priority, -c.memory, -c.started, c.key)
+
+
+def io_escalation_order(c):
+    """Under I/O pressure the call to slow is one keeping the disk busy: calls that move
+    data (io_rate > 0) first, then as escalation_order, the busier before the bigger."""
+    return (c.io_rate <= 0, c.agent_priority, c.priority, -c.io_rate, -c.memory, -c.started, c.key)
 
 
 def relief_order(c):

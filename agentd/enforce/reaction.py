@@ -170,8 +170,9 @@ class Reaction:
         self._pressure(key, now, f"memory is short in {where}: tasks stalled over "
                                  f"{p.psi_some_threshold_us / 1000:g} ms in {p.psi_window_us / 1e6:g} s ({how})")
 
-    def _pressure(self, key, seen, reason, hold_s=None, urgent=False):
-        """Pressure on `key` (an agent, or ROOT for the whole tree) noticed at `seen`."""
+    def _pressure(self, key, seen, reason, hold_s=None, urgent=False, io=False):
+        """Pressure on `key` (an agent, or ROOT for the whole tree) noticed at `seen`;
+        `io`: a call's disk traffic (ioreaction.py), not memory."""
         self.counters["pressure_events_total"] += 1
         if urgent:
             self.counters["memwatch_pressure_total"] = self.counters.get("memwatch_pressure_total", 0) + 1
@@ -181,7 +182,7 @@ class Reaction:
         # trigger thread's or the BPF program's stamp); a time from elsewhere (tests) as is.
         lag = time.monotonic() - seen
         self.trigger_ts = time.time() - (lag if 0 <= lag < 5.0 else 0.0)
-        self.ladder.pressure(seen, reason, hold_s=hold, urgent=urgent)
+        self.ladder.pressure(seen, reason, hold_s=hold, urgent=urgent, io=io)
         self._ladder_step(seen)   # react now, not at the next tick
 
     def _scope(self, now):
@@ -210,7 +211,7 @@ class Reaction:
                 out.append(Candidate(tool.key, tool.plan.priority, agent.priority, st.current, tuple(st.applied),
                                      st.can, started=tool.started,
                                      fits=bool(fit and st.applied and KILL not in st.applied and fit(tool.key)),
-                                     relapse=relapse))
+                                     relapse=relapse, io_rate=self.io_rates.get(tool.key, 0.0)))
             if self._kill_main_allowed(agent):
                 out.append(Candidate(f"{agent.agent_id}/main", agent.priority, agent.priority, main=True,
                                      can=frozenset({KILL}), started=agent.created,

@@ -244,14 +244,19 @@ class CgroupFS:
             _raise(err, f"reading {cg}/{name}")
 
     def write(self, cg, name, value):
+        """Write `value`; a value of several lines is written one line per write(2), as
+        the keyed files (io.max, io.weight: one device per line) take them."""
         try:
             fd = os.open(self.path(cg, name), os.O_WRONLY)
         except OSError as err:
             _raise(err, f"opening {cg}/{name}")
+        text = str(value)
+        line = text
         try:
-            os.write(fd, str(value).encode())
+            for line in ([x for x in text.split("\n") if x] if "\n" in text else [text]):
+                os.write(fd, line.encode())
         except OSError as err:
-            _raise(err, f"writing {value!r} to {cg}/{name}")
+            _raise(err, f"writing {line!r} to {cg}/{name}")
         finally:
             os.close(fd)
 

@@ -8,6 +8,7 @@ the real hierarchy (tests/host, tests/kernel).
 import errno
 import os
 
+from . import blkio
 from . import cgroupfs as cgf
 
 _DEFAULTS = {
@@ -18,6 +19,8 @@ _DEFAULTS = {
     cgf.MEMORY_PRESSURE: "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
     cgf.CPU_WEIGHT: "100", cgf.CPU_MAX: "max 100000", cgf.CPU_STAT: "usage_usec 0\n",
     cgf.PIDS_MAX: "max", cgf.PIDS_CURRENT: "0", cgf.MEMORY_RECLAIM: "",
+    cgf.IO_PRESSURE: "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+    blkio.IO_WEIGHT: "default 100", blkio.IO_BFQ_WEIGHT: "default 100", blkio.IO_MAX: "", blkio.IO_STAT: "",
 }
 
 

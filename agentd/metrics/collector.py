@@ -42,6 +42,7 @@ STATS_KEYS = {
     "network_egress": "{agent: {bytes, packets, delayed, drops}} of its limited cgroups",
     "reclaimed_bytes": "int, bytes idle agents gave back through memory.reclaim since start",
     "reclaim_steps": "int, memory.reclaim writes since start",
+    "disk_io": "{agent: {rbytes, wbytes, rios, wios}} from its cgroup's io.stat",
 }
 # What the event log's and the API server's `metric_stats()` return (read the same way).
 OWN_STATS_KEYS = {
@@ -218,6 +219,11 @@ class AgentdCollector:
             fams.add("agentd_network_egress_packets_total", [agent], c["packets"])
             fams.add("agentd_network_egress_delayed_packets_total", [agent], c["delayed"])
             fams.add("agentd_network_egress_drops_total", [agent], c["drops"])
+        for agent, c in sorted((stats.get("disk_io") or {}).items()):
+            fams.add("agentd_agent_io_read_bytes_total", [agent], c["rbytes"])
+            fams.add("agentd_agent_io_written_bytes_total", [agent], c["wbytes"])
+            fams.add("agentd_agent_io_reads_total", [agent], c["rios"])
+            fams.add("agentd_agent_io_writes_total", [agent], c["wios"])
         if stats.get("cpu_scheduler"):
             fams.add("agentd_cpu_scheduler_mode", [stats["cpu_scheduler"]], 1)
         for g in stats.get("gpus") or []:

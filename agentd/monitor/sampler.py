@@ -4,7 +4,9 @@ The enforcer (re-forecasts, the ladder's candidates), the sample log (`agentd re
 memory over time), the call's recorded peak, `agentd status` and the metrics all read the
 same Snapshot: one memory.current read per call and per agent per tick (the sum of its
 processes' RSS on hosts without the memory controller), not one per reader. Only what is
-newer than the latest tick (a call started since) is read when asked.
+newer than the latest tick (a call started since) is read when asked. Where the policy
+makes I/O a ladder reason, the same pass reads each call's io.stat and each agent's
+io.pressure.
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ import time
 import types
 
 from ..errors import AgentdError
+from ..kernel import blkio, psi
 from ..kernel import cgroupfs as cgf
 
 EMPTY = types.MappingProxyType({})
@@ -23,6 +26,12 @@ class Snapshot:
     wall: float                       # time.time() of the reading
     memory: types.MappingProxyType    # tool key -> bytes; a call whose reading failed is absent
     agents: types.MappingProxyType = dataclasses.field(default_factory=lambda: EMPTY)   # agent id -> bytes; same rule
+    # Read only while the policy makes I/O a ladder reason (io.ladder_stall_us): one
+    # io.stat per call and one io.pressure per agent per tick are not free in a busy tree.
+    # tool key -> (bytes, operations) it moved so far
+    io: types.MappingProxyType = dataclasses.field(default_factory=lambda: EMPTY)
+    # agent id -> µs some of its tasks waited for I/O so far
+    io_stall: types.MappingProxyType = dataclasses.field(default_factory=lambda: EMPTY)
 
 
 class Sampler:
@@ -32,8 +41,13 @@ class Sampler:
         self.latest = Snapshot(0.0, 0.0, EMPTY)   # before the first tick: nothing read yet
 
     def sample(self):
-        memory, agents = {}, {}
+        memory, agents, io, stall = {}, {}, {}, {}
+        read_io = self._io_wanted()
         for agent in list(self.ctl.agents.values()):
+            if read_io:
+                stall_us = self._read(agent.cgroup, cgf.IO_PRESSURE, lambda t: psi.parse(t)["some"]["total"])
+                if stall_us is not None:
+                    stall[agent.agent_id] = stall_us
             tools = {}
             for tool in list(agent.tools.values()):
                 if tool.done:
@@ -41,12 +55,17 @@ class Sampler:
                 cur = self._read_tool(tool)
                 if cur is not None:
                     tools[tool.key] = cur
+                if read_io:
+                    moved = self._read(tool.cgroup, blkio.IO_STAT, _moved)
+                    if moved is not None:
+                        io[tool.key] = moved
             memory.update(tools)
             mem = self._read_agent(agent, tools)
             if mem is not None:
                 agents[agent.agent_id] = mem
         self.latest = Snapshot(self.monotonic(), self.wall(), types.MappingProxyType(memory),
-                               types.MappingProxyType(agents))
+                               types.MappingProxyType(agents), types.MappingProxyType(io),
+                               types.MappingProxyType(stall))
         return self.latest
 
     # --- what status and metrics read: the latest tick's readings ---------------------------
@@ -101,3 +120,21 @@ class Sampler:
             return self.ctl.sampler(fs.procs(agent.main_cgroup)) + sum(tools.values())
         except (AgentdError, OSError, ValueError):
             return None
+
+    def _io_wanted(self):
+        try:
+            return self.ctl.planner.policy.io.ladder_stall_us is not None
+        except AttributeError:
+            return False
+
+    def _read(self, cg, name, parse):
+        try:
+            text = self.ctl.fs.read_if_offered(cg, name)
+            return None if text is None else parse(text)
+        except (AgentdError, KeyError, ValueError):
+            return None
+
+
+def _moved(text):
+    t = blkio.stat_totals(text)
+    return t["rbytes"] + t["wbytes"], t["rios"] + t["wios"]

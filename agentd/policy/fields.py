@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 from pydantic import BeforeValidator, ValidationInfo
 
 from ..errors import AgentdError
-from ..units import parse_cpu, parse_rate, parse_size
+from ..units import parse_byte_rate, parse_cpu, parse_rate, parse_size
 
 # Class and rule names become parts of cgroup names (`tools/<seq>-<class>`) and metric
 # label values, so they are short and path-safe.
@@ -75,6 +75,48 @@ def _rate(v):
         return parse_rate(v)
     except AgentdError as err:
         raise ValueError(str(err)) from None
+
+
+def _byte_rate(v):
+    """Disk bytes/s (None = no limit) from '20MiB/s', '50M/s', a number of bytes/s or 'max'."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"bad disk rate {v!r}: expected bytes/s like '20MiB/s', or 'max'")
+    try:
+        return parse_byte_rate(v)
+    except AgentdError as err:
+        raise ValueError(str(err)) from None
+
+
+def _iops(v):
+    if isinstance(v, str) and v.strip().lower() == "max":
+        return None
+    if not _is_int(v) or v <= 0:
+        raise ValueError(f"I/O operations per second must be a positive whole number or 'max', not {v!r}")
+    return v
+
+
+# "major:minor" of a block device, or an absolute path (a file or directory on the disk,
+# or its /dev node).
+_MAJMIN_RE = re.compile(r"^\d{1,10}:\d{1,10}$")
+
+
+def _block_device(v, info: ValidationInfo):
+    """A disk as the policy names it. Where the loader was given the host's resolver
+    (`block_device` in the validation context: the daemon, `agentd policy check`), a
+    disk that is not there is an error at its line; the policy stays pure of I/O."""
+    if _is_int(v):
+        raise ValueError(f"block device {v!r} is a number: YAML reads an unquoted MAJOR:MINOR such as 8:0 as one "
+                         "(base 60); quote it: '8:0'")
+    if not isinstance(v, str) or not (_MAJMIN_RE.match(v) or v.startswith("/")) or "\x00" in v:
+        raise ValueError(f"bad block device {v!r}: write an absolute path (a file or directory on the disk, or "
+                         "its /dev node) or MAJOR:MINOR in quotes, e.g. '8:0'")
+    resolve = (info.context or {}).get("block_device")
+    if resolve is not None:
+        try:
+            resolve(v)
+        except AgentdError as err:
+            raise ValueError(str(err)) from None
+    return v
 
 
 def _gpu_size(v):
@@ -171,6 +213,9 @@ def _listen(v):
 
 Size = Annotated[Optional[int], BeforeValidator(_size)]
 Rate = Annotated[Optional[int], BeforeValidator(_rate)]
+ByteRate = Annotated[Optional[int], BeforeValidator(_byte_rate)]
+Iops = Annotated[Optional[int], BeforeValidator(_iops)]
+BlockDeviceSpec = Annotated[str, BeforeValidator(_block_device)]
 GpuSize = Annotated[object, BeforeValidator(_gpu_size)]
 CpuAmount = Annotated[Optional[float], BeforeValidator(_cpu)]
 PidsMax = Annotated[Optional[int], BeforeValidator(_pids)]

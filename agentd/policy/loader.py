@@ -79,30 +79,34 @@ def detect_host_memory():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def load_policy(path_or_name, host_memory_bytes=None):
-    """Load and validate a policy file or named policy; PolicyError lists every problem."""
+def load_policy(path_or_name, host_memory_bytes=None, block_device=None):
+    """Load and validate a policy file or named policy; PolicyError lists every problem.
+    `block_device(spec)`: the host's resolver of `io.devices` entries (raises AgentdError
+    for a disk that is not there); None checks only their form."""
     path = resolve_policy(path_or_name)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise PolicyError([f"{path}: cannot read policy: {reason}"], str(path)) from None
-    return load_policy_text(text, str(path), host_memory_bytes)
+    return load_policy_text(text, str(path), host_memory_bytes, block_device=block_device)
 
 
-def check_file(path):
+def check_file(path, block_device=None):
     """Every problem of a policy file as `FILE:LINE: KEY: message` lines; [] when it is valid."""
     try:
-        load_policy(path)
+        load_policy(path, block_device=block_device)
     except PolicyError as err:
         return [str(p) for p in err.problems]
     return []
 
 
-def load_policy_text(text, source="<policy>", host_memory_bytes=None, known_classes=None):
+def load_policy_text(text, source="<policy>", host_memory_bytes=None, known_classes=None, block_device=None):
     """Validate policy YAML `text`; `source` names it in messages. Raises PolicyError.
     `known_classes` ({"agent_classes": names, "tool_classes": names}): classes defined
-    elsewhere that names in the text may refer to (an agent's policy under the daemon's)."""
+    elsewhere that names in the text may refer to (an agent's policy under the daemon's);
+    its "io_devices", the disks named there.
+    `block_device`: as for load_policy."""
     host = host_memory_bytes if host_memory_bytes is not None else detect_host_memory()
     try:
         doc = load_located(text)
@@ -118,7 +122,7 @@ def load_policy_text(text, source="<policy>", host_memory_bytes=None, known_clas
 
     policy = None
     try:
-        policy = Policy.model_validate(doc.data, context={"host_memory_bytes": host})
+        policy = Policy.model_validate(doc.data, context={"host_memory_bytes": host, "block_device": block_device})
     except ValidationError as err:
         problems += [_problem(source, doc, e) for e in err.errors()]
     problems += _reference_problems(source, doc, known_classes or {})
@@ -164,6 +168,7 @@ def _reference_problems(source, doc, known):
                                       ("tool_class", tool, "tool", "tool_classes")):
         check(names, ("defaults", key), defaults.get(key, "normal"), kind, section,
               implicit=key not in defaults)
+    out += _io_problems(source, doc, known.get("io_devices"))
     rules = data.get("tool_rules")
     seen = {}
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -178,6 +183,30 @@ def _reference_problems(source, doc, known):
                 out.append(Problem(source, doc.line_of(("tool_rules", i, "name")), f"tool_rules[{i}].name",
                                    f"duplicate rule name {name!r} (first used by tool_rules[{seen[name]}])"))
             seen.setdefault(name, i)
+    return out
+
+
+IO_MAX_KEYS = ("rbps", "wbps", "riops", "wiops")
+
+
+def _io_problems(source, doc, devices_elsewhere=None):
+    """A class's io maxima are written for the disks io.devices names: with none named
+    they would limit nothing, silently. `devices_elsewhere`: the disks named by the policy
+    this one is under (an agent's policy takes the daemon's io section)."""
+    data = doc.data
+    io = data.get("io")
+    if isinstance(io, dict) and io.get("devices") or devices_elsewhere:
+        return []
+    out = []
+    for section in ("agent_classes", "tool_classes"):
+        classes = data.get(section)
+        for name, cls in (classes.items() if isinstance(classes, dict) else ()):
+            lim = cls.get("io") if isinstance(cls, dict) else None
+            for key in (k for k in IO_MAX_KEYS if isinstance(lim, dict) and k in lim):
+                path = (section, name, "io", key)
+                out.append(Problem(source, doc.line_of(path), _fmt_path(path),
+                                   f"io.{key} limits the disks io.devices names, and it names none: add the disk "
+                                   "(a path on it or MAJOR:MINOR) to io.devices, or remove this key"))
     return out
 
 

@@ -24,10 +24,11 @@ from pydantic import BaseModel
 from ..errors import PolicyError
 from ..units import format_size
 from .loader import Problem, _fmt_path, load_policy_text
-from .schema import AgentClass, CpuLimits, LATENCY_CLASSES, MemoryLimits, PidsLimits, ToolClass, ToolMemoryLimits
+from .schema import (AgentClass, CpuLimits, IoLimits, LATENCY_CLASSES, MemoryLimits, PidsLimits, ToolClass,
+                     ToolMemoryLimits)
 from .yamlsrc import load_located
 
-HOST_WIDE = ("daemon", "detection", "forecast", "pressure", "admission", "cpu")
+HOST_WIDE = ("daemon", "detection", "forecast", "pressure", "admission", "cpu", "io")
 
 # How a written key may differ from the daemon's: "le" no larger (None = unlimited, the
 # largest), ("order", words) no earlier in `words`, "eq" equal, "free" anything.
@@ -37,12 +38,16 @@ RULES = {
     ToolMemoryLimits: {"min": LE, "low": LE, "high": LE, "max": LE, "swap_max": LE},
     CpuLimits: {"weight": LE, "max": LE},
     PidsLimits: {"max": LE},
+    IoLimits: {"weight": LE, "rbps": LE, "wbps": LE, "riops": LE, "wiops": LE},
     AgentClass: {"name": FREE, "description": FREE, "priority": LE, "kill_main_allowed": EQ, "gpu": EQ},
     ToolClass: {"name": FREE, "description": FREE, "priority": LE, "latency": ("order", LATENCY_CLASSES),
                 "stragglers": ("order", ("wait", "kill")), "straggler_grace_s": LE, "forecast": EQ,
                 "device": EQ, "gpu": EQ},
 }
 SIZES = {"memory"}
+IO_WEIGHT_DEFAULT = 100           # io.weight of a cgroup nobody wrote
+# Blocks compared (and merged) key by key.
+LIMIT_BLOCKS = (MemoryLimits, CpuLimits, PidsLimits, IoLimits)
 
 
 def _num(v):
@@ -73,7 +78,9 @@ class _Check:
         for key in sorted(over.model_fields_set):
             rule = rules.get(key)
             mine, theirs = getattr(over, key), getattr(base, key)
-            if isinstance(mine, (MemoryLimits, CpuLimits, PidsLimits)):
+            if isinstance(over, IoLimits) and key == "weight" and theirs is None:
+                theirs = IO_WEIGHT_DEFAULT    # unset is the kernel's weight, not unlimited
+            if isinstance(mine, LIMIT_BLOCKS):
                 self.model(path + (key,), theirs, mine, what, size=key in SIZES)
                 continue
             if rule == FREE or rule is None and mine == theirs:
@@ -170,7 +177,7 @@ def _merge(base, over):
     upd = {}
     for key in over.model_fields_set:
         v, b = getattr(over, key), getattr(base, key)
-        if isinstance(v, (MemoryLimits, CpuLimits, PidsLimits)) and isinstance(b, type(v)):
+        if isinstance(v, LIMIT_BLOCKS) and isinstance(b, type(v)):
             v = _merge(b, v)
         upd[key] = v
     merged = base.model_copy(update=upd)
@@ -186,7 +193,8 @@ def agent_policy(daemon, text, source, host_memory=None):
     named `source` in messages) applied where it may be. PolicyError lists every problem."""
     # Its names may refer to the daemon's classes: it need not repeat the ones it leaves alone.
     mine = load_policy_text(text, source, host_memory if host_memory is not None else daemon.host_memory_bytes,
-                            known_classes={"agent_classes": daemon.agent_classes, "tool_classes": daemon.tool_classes})
+                            known_classes={"agent_classes": daemon.agent_classes, "tool_classes": daemon.tool_classes,
+                                           "io_devices": daemon.io.devices})
     check = _Check(daemon, mine, source, load_located(text))
     check.classes("agent_classes", "agent")
     check.classes("tool_classes", "tool")

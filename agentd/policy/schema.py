@@ -15,7 +15,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .fields import (AbsPath, ClassName, Rate, CpuAmount, DeclaredList, GpuSize, ListenAddr, OnlyProgramList,
+from .fields import (AbsPath, BlockDeviceSpec, ByteRate, ClassName, CpuAmount, DeclaredList, GpuSize, Iops,
+                     ListenAddr, OnlyProgramList, Rate,
                      PidsMax, Priority, ProgramList, ProgramNames, Regex, RuleName, Seconds, Size,
                      Weight, ranged_float, ranged_int)
 from ..errors import RequestError
@@ -100,6 +101,26 @@ class NetworkLimits(_Model):
     burst: Size = 256 * 1024           # sent at once after a pause, above the rate
 
 
+class IoLimits(_Model):
+    """Disk I/O of an agent (all its processes together) or of one tool call.
+
+    `weight` is its share of each disk against its siblings' (io.weight, and io.bfq.weight
+    on bfq disks: agents against agents, a call against its agent's other calls); None
+    leaves the kernel's 100. The maxima are io.max on every disk `io.devices` names, per
+    second; None = no limit. An agent's maxima bound its calls too (the kernel's io.max
+    holds down the tree)."""
+    weight: Optional[ranged_int(1, 10000, "io weight")] = None
+    rbps: ByteRate = None              # read bytes/s, from '20MiB/s', '50M/s' or 'max'
+    wbps: ByteRate = None              # written bytes/s
+    riops: Iops = None                 # read operations/s
+    wiops: Iops = None                 # write operations/s
+
+    def maxima(self):
+        """(rbps, wbps, riops, wiops), or None when none is set."""
+        m = (self.rbps, self.wbps, self.riops, self.wiops)
+        return None if all(v is None for v in m) else m
+
+
 class AgentGpu(_Model):
     memory_budget: GpuSize = "max"   # bytes, "50%" of a GPU's memory, or "max"
     priority: Priority = 50
@@ -120,6 +141,7 @@ class AgentClass(_Model):
     kill_main_allowed: bool = False
     gpu: AgentGpu = AgentGpu()
     network: NetworkLimits = NetworkLimits()
+    io: IoLimits = IoLimits()
 
 
 def _prior(v):
@@ -158,6 +180,7 @@ class ToolClass(_Model):
     cpu: CpuLimits = CpuLimits()
     pids: PidsLimits = PidsLimits()
     network: NetworkLimits = NetworkLimits()
+    io: IoLimits = IoLimits()
     forecast: bool = True              # may adaptive limits move memory.high for this class
     stragglers: Literal["kill", "wait"] = "kill"   # processes left when the command ends
     straggler_grace_s: Seconds = 1.0
@@ -377,6 +400,19 @@ class NetworkConfig(_Model):
     mode: Literal["auto", "fq", "htb", "nft"] = "auto"   # auto: fq where the kernel has it, nft without BPF
 
 
+class IoConfig(_Model):
+    # The disks the classes' io maxima (rbps, wbps, riops, wiops) are written for: a path
+    # (its file system's disk; a partition's disk) or "major:minor". Weights need none.
+    devices: list[BlockDeviceSpec] = []
+    # Turn iocost on for each named disk that has no weight-based sharing (no iocost, no
+    # bfq), so that io.weight counts there; agentd turns it off again when it stops.
+    enable_iocost: bool = True
+    # A higher-priority agent stalled on I/O for over this many µs in a pressure window
+    # (its io.pressure `some`) while a lower-priority call reads or writes: that call is
+    # pressure on the ladder, named as the reason. None: I/O is no ladder reason.
+    ladder_stall_us: Optional[ranged_int(1, 10_000_000, "io.ladder_stall_us")] = None
+
+
 # Tool classes a policy without `tool_classes` gets.
 BUILTIN_TOOL_CLASSES = {
     "interactive": {"priority": 80, "latency": "interactive", "cpu": {"weight": 200},
@@ -408,6 +444,7 @@ class Policy(_Model):
     reclaim: Reclaim = _section()
     cpu: CpuConfig = _section()
     network: NetworkConfig = _section()
+    io: IoConfig = _section()
 
     _source: str = PrivateAttr(default="<policy>")
     _host_memory_bytes: Optional[int] = PrivateAttr(default=None)

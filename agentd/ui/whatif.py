@@ -149,7 +149,7 @@ def _v(name, value):
             return format_size(int(value))
         except (TypeError, ValueError):
             return str(value)
-    return str(value)
+    return str(value).replace("\n", "; ")      # io.max: a line per disk
 
 
 def _limits(limits):

@@ -115,7 +115,9 @@ def real_stages(app):
     net = EgressStage(app, egress=FakeEgress(), device=FakeDevice)
     from agentd.reclaim import ReclaimStage
     reclaim = ReclaimStage(app, app.ctl.actuator, swap_free_fn=lambda: GiB)
-    stages = [enforcer, detection, sched, gpu, net, reclaim]
+    from agentd.disk.stage import IoStage
+    disk = IoStage(app)
+    stages = [enforcer, detection, sched, gpu, net, reclaim, disk]
     app.hooks += stages
     app.ctl.hooks = app.hooks
 
@@ -239,6 +241,7 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     net = next(h for h in app.hooks if type(h).__name__ == "EgressStage")
     (entry,) = net.egress.entries.values()          # the agent's: its class has a rate
     entry.update(bytes=5000, packets=4, delayed=3, drops=1)
+    app.ctl.fs.write(a.cgroup, "io.stat", "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n")
     s = scrape(registry)
     assert metric_names(s) == set(BY_NAME) - NEEDS_BPF
 
@@ -291,6 +294,8 @@ def test_collector_emits_exactly_the_catalog(tmp_path):
     assert one("agentd_network_egress_delayed_packets_total", agent="ag") == 3
     assert one("agentd_network_egress_drops_total", agent="ag") == 1
     assert one("agentd_mode_info", component="network", mode="fq") == 1
+    assert one("agentd_agent_io_written_bytes_total", agent="ag") == 8192
+    assert one("agentd_agent_io_reads_total", agent="ag") == 1
 
 
 def test_missing_or_failing_stages_omit_samples_not_the_scrape(tmp_path):

@@ -69,3 +69,25 @@ def test_status_and_metrics_read_the_latest_tick_not_the_files(tmp_path):
     late = app.ctl.start_tool(agent, None, ["make"])                # newer than the tick: read now
     fs.write(late.cgroup, cgf.MEMORY_CURRENT, str(7 << 20))
     assert snapshot(app)["agents"][0]["tools"][1]["memory_bytes"] == 7 << 20
+
+
+def test_io_is_read_only_while_the_policy_makes_it_a_ladder_reason(tmp_path):
+    from agentd.kernel import blkio
+    from agentd.policy.loader import load_policy_text
+    from agentd.policy.planner import Planner
+    app = App(tmp_path)
+    agent = app.ctl.create_agent("ag", None)
+    t = app.ctl.start_tool(agent, None, ["make"])
+    fs = app.ctl.fs
+    fs.write(t.cgroup, blkio.IO_STAT, "7:0 rbytes=100 wbytes=4000 rios=1 wios=3 dbytes=0 dios=0\n"
+                                      "8:0 rbytes=0 wbytes=1000 rios=0 wios=1 dbytes=0 dios=0\n")
+    fs.write(agent.cgroup, cgf.IO_PRESSURE, "some avg10=1.00 avg60=0.00 avg300=0.00 total=250000\n"
+                                            "full avg10=0.00 avg60=0.00 avg300=0.00 total=1000\n")
+    sampler = Sampler(app.ctl, monotonic=lambda: 1.0, wall=lambda: 2.0)
+    snap = sampler.sample()
+    assert dict(snap.io) == {} and dict(snap.io_stall) == {}
+    app.ctl.planner = Planner(load_policy_text("version: 1\nio: {ladder_stall_us: 100000}\n", "t.yaml",
+                                               host_memory_bytes=16 * GiB), 16 * GiB)
+    snap = sampler.sample()
+    assert dict(snap.io) == {t.key: (5100, 5)}
+    assert dict(snap.io_stall) == {"ag": 250000}

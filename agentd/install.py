@@ -2,7 +2,9 @@
 
 `--root DIR` stages everything below DIR (like DESTDIR for packagers and tests): paths
 written *into* files (the unit's ExecStart) stay the final ones. Existing policies under
-/etc/agentd are never overwritten: they are the administrator's.
+/etc/agentd are never overwritten: they are the administrator's. The Debian package
+(agentd/deploy/deb.py) stages itself with this too, with the unit in the distribution's
+unit directory and rendered for the target's systemd.
 """
 
 import os
@@ -13,6 +15,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNIT_NAME = "agentd.service"
+# An administrator's install; a distribution package puts its unit in /lib/systemd/system.
+UNIT_DIR = "/etc/systemd/system"
 PLACEHOLDER = "@AGENTD@"
 
 
@@ -112,9 +116,9 @@ def install(args, out=print):
     for d in ("/var/lib/agentd", "/var/log/agentd"):
         os.makedirs(_staged(root, d), mode=0o700, exist_ok=True)     # every agent's argv: root's alone
     if not args.no_systemd:
-        target = _staged(root, f"/etc/systemd/system/{UNIT_NAME}")
+        target = _staged(root, os.path.join(getattr(args, "unit_dir", None) or UNIT_DIR, UNIT_NAME))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        _write(target, render_unit(dest), 0o644)
+        _write(target, render_unit(dest, systemd=getattr(args, "systemd_version", None)), 0o644)
         out(f"installed {target}")
         if root == "/" and shutil.which("systemctl") and os.path.isdir("/run/systemd/system"):
             subprocess.run(["systemctl", "daemon-reload"], check=False)

@@ -129,6 +129,9 @@ def build_parser():
     ins.add_argument("--prefix", default="/usr/local")
     ins.add_argument("--no-systemd", action="store_true")
     ins.add_argument("--root", default="/", help="stage everything below this directory (packaging, tests)")
+    ins.add_argument("--unit-dir", default=None, help="where the unit goes (default /etc/systemd/system)")
+    ins.add_argument("--systemd-version", type=int, default=None,
+                     help="render the unit for this systemd version instead of this host's (packaging)")
     ins.set_defaults(fn=cmd_install)
     return p
 

@@ -100,6 +100,20 @@ def test_install_into_a_staging_root(tmp_path):
     assert (root / "etc/systemd/system/agentd.service").read_text() == unit
 
 
+def test_install_for_a_package_unit_dir_and_target_systemd(tmp_path):
+    """What the Debian package stages: the unit in the distribution's folder, rendered
+    for the systemd it names, not this host's."""
+    for version, delegate in ((252, False), (255, True)):
+        root = tmp_path / str(version)
+        args = types.SimpleNamespace(prefix="/usr", no_systemd=False, root=str(root),
+                                     unit_dir="/lib/systemd/system", systemd_version=version)
+        assert install(args, out=lambda _: None) == 0
+        unit = (root / "lib/systemd/system/agentd.service").read_text()
+        assert "ExecStart=/usr/bin/agentd daemon" in unit
+        assert ("DelegateSubgroup=daemon" in unit) is delegate
+        assert not (root / "etc/systemd").exists()
+
+
 def test_unit_template_is_found():
     assert os.path.samefile(unit_template(), UNIT)
 

@@ -148,7 +148,7 @@ def test_install_upgrade_remove_purge_in_a_throwaway_root(built, tmp_path):
     assert "install ok installed" in root.dpkg("-s", "agentd")
     site = glob.glob(f"{r}{VENV}/lib/python3.*/site-packages")[0]
     # The postinst compiled the sources, with the final paths in the bytecode.
-    assert glob.glob(f"{site}/agentd/__pycache__/cli.*.pyc")
+    assert glob.glob(f"{site}/agentd/cli/__pycache__/__init__.*.pyc")
 
     # agentd runs from the root's private venv: its own agentd and pydantic 2, not the host's.
     py = f"{r}{VENV}/bin/python"

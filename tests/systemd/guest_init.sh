@@ -18,14 +18,17 @@ fail() {
 }
 trap 'fail "a step failed (exit status $?)"' EXIT
 
+# Read before /tmp is covered: the checkout (and RUN_DIR in it) may itself live under /tmp.
+masked=$(cat "$run_dir/masked-units")
 # (Not `mountpoint`: over 9p with multidevs=remap the host's /proc, /dev look like mounts.)
 mount -t proc proc /proc
 # The overlay's layers live on a tmpfs over the (read-only) root's /tmp; the merged root
-# sees the host root only (the tmpfs is another file system), its /tmp gets a tmpfs too.
+# sees the host root only (the tmpfs is another file system). Its /tmp is the host's, made
+# writable by the overlay, not a tmpfs of its own: a checkout under /tmp (the test runner's
+# cwd, RUN_DIR that virtme-ng mounts again in the new root) must stay visible.
 mount -t tmpfs -o mode=0755 agentd-root-layers /tmp
 mkdir /tmp/upper /tmp/work "$new"
 mount -t overlay agentd-root -o lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work "$new"
-mount -t tmpfs -o mode=1777 tmpfs "$new/tmp"
 # A whiteout in the upper layer: the file is gone in the guest, never on the host.
 rm -f "$new/.dockerenv" "$new/run/.containerenv"
 [ ! -e "$new/.dockerenv" ] || fail "/.dockerenv still exists in the overlay"
@@ -40,9 +43,9 @@ ln -s "$moddir" "$new/lib/modules/$kver"
 
 units=$new/etc/systemd/system
 # Host services a test guest does not need (minutes of emulated boot): masked.
-while read -r unit; do
-    [ -z "$unit" ] || ln -sfn /dev/null "$units/$unit"
-done < "$run_dir/masked-units"
+for unit in $masked; do
+    ln -sfn /dev/null "$units/$unit"
+done
 # A fresh machine as far as agentd goes: the host's own install (if any) is not the one tested.
 rm -f "$units/agentd.service"
 ln -sfn /lib/systemd/system/multi-user.target "$units/default.target"

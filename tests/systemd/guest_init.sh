@@ -23,12 +23,26 @@ masked=$(cat "$run_dir/masked-units")
 # (Not `mountpoint`: over 9p with multidevs=remap the host's /proc, /dev look like mounts.)
 mount -t proc proc /proc
 # The overlay's layers live on a tmpfs over the (read-only) root's /tmp; the merged root
-# sees the host root only (the tmpfs is another file system). Its /tmp is the host's, made
-# writable by the overlay, not a tmpfs of its own: a checkout under /tmp (the test runner's
-# cwd, RUN_DIR that virtme-ng mounts again in the new root) must stay visible.
+# sees the host root only (the tmpfs is another file system), its /tmp gets a tmpfs too (a
+# boot's systemd-tmpfiles empties /tmp: the host's, seen through the overlay, would take
+# minutes). A checkout under /tmp (the test runner's cwd; RUN_DIR, which virtme-ng mounts
+# again in the new root) stays visible: its overlay view is moved onto the new /tmp, where
+# tmpfiles does not descend (another file system).
 mount -t tmpfs -o mode=0755 agentd-root-layers /tmp
 mkdir /tmp/upper /tmp/work "$new"
 mount -t overlay agentd-root -o lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work "$new"
+case "$run_dir" in
+/tmp/?*)
+    top=/tmp/$(printf '%s' "${run_dir#/tmp/}" | cut -d/ -f1)
+    mount --bind "$new$top" /mnt
+    mount -t tmpfs -o mode=1777 tmpfs "$new/tmp"
+    mkdir -p "$new$top"
+    mount --move /mnt "$new$top"
+    ;;
+*)
+    mount -t tmpfs -o mode=1777 tmpfs "$new/tmp"
+    ;;
+esac
 # A whiteout in the upper layer: the file is gone in the guest, never on the host.
 rm -f "$new/.dockerenv" "$new/run/.containerenv"
 [ ! -e "$new/.dockerenv" ] || fail "/.dockerenv still exists in the overlay"

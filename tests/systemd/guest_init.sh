@@ -34,10 +34,11 @@ mount -t overlay agentd-root -o lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work
 case "$run_dir" in
 /tmp/?*)
     top=/tmp/$(printf '%s' "${run_dir#/tmp/}" | cut -d/ -f1)
-    mount --bind "$new$top" /mnt
+    mount -n --bind "$new$top" /mnt
     mount -t tmpfs -o mode=1777 tmpfs "$new/tmp"
     mkdir -p "$new$top"
-    mount --move /mnt "$new$top"
+    # -n: the mount is made; util-linux cannot record it in the read-only root (exit 16)
+    mount -n --move /mnt "$new$top"
     ;;
 *)
     mount -t tmpfs -o mode=1777 tmpfs "$new/tmp"

@@ -19,7 +19,8 @@ if [ -n "$missing" ]; then
 fi
 command -v vng >/dev/null || python3 -m pip install -q "virtme-ng>=1.30"
 
-# run.py ends each VM run after 1200 s and runs the tier a second time when the emulated
+# run.py ends each VM run after 1800 s (the tier took 15 min with another VM beside it, on
+# 2 cores) and runs the tier a second time when the emulated
 # guest's kernel panics (a QEMU fault, see run.py); one run takes ~11 min on a quiet 2-core
 # host. This cap leaves room for that second run and a cold kernel fetch on a busy host,
 # and fails rather than hangs past it.

@@ -16,7 +16,7 @@ nothing, so the only way to skip is the explicit AGENTD_SKIP_KERNEL_TIER=1 (loca
 
 Environment:
   AGENTD_SKIP_KERNEL_TIER=1     skip the tier (exit 0, with a message)
-  AGENTD_KERNEL_TIER_TIMEOUT    seconds allowed for the VM run (default 1200)
+  AGENTD_KERNEL_TIER_TIMEOUT    seconds allowed for the VM run (default 1800)
   AGENTD_KERNEL_VERSION         use this cached/archived ABI (e.g. 7.3.4+deb13-amd64)
   AGENTD_KERNEL_PYTHON          interpreter used in the guest (default: this one)
   AGENTD_KERNEL_LISTS_MAX_AGE   seconds before the package lists are refreshed (default 3600)
@@ -46,7 +46,7 @@ GUEST_CPUS = "2"
 # Limit for the VM run. A quiet host runs the tier in ~5 min; a CI machine shared with
 # other work has taken more than twice that (every Python start in the emulated guest slows
 # with the host's load), so the limit leaves room for a busy host and still ends a hung guest.
-DEFAULT_TIMEOUT = 1200
+DEFAULT_TIMEOUT = 1800
 
 
 # --- running the guest --------------------------------------------------------------

@@ -4,7 +4,7 @@ bytes and operations per second on the disks `io.devices` names.
 
 A resource added the way every resource is: this stage (stage.py, with the pure planning
 in plan.py), one kernel adapter (kernel/blkio.py: disks, io.* files, iocost) and its schema
-fields (policy/schema.py IoLimits, IoConfig).
+fields (policy/resources.py IoLimits, policy/sections.py IoConfig).
 
 `build(app)` is what the daemon calls: None where the policy asks nothing of the disk;
 FeatureMissing (one warning) where the kernel offers no io controller below agentd's root.

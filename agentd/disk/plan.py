@@ -13,7 +13,7 @@ def asks_io(policy):
 
 
 def io_files(limits, devices):
-    """{file: contents} for `limits` (schema.IoLimits) on `devices` (kernel.blkio.BlockDevice,
+    """{file: contents} for `limits` (policy.resources.IoLimits) on `devices` (kernel.blkio.BlockDevice,
     the disks io.devices names): io.weight and io.bfq.weight when a weight is set, io.max
     with one line per disk when a maximum is. {} when the class sets neither."""
     out = {}

@@ -143,7 +143,7 @@ class GpuHook(Stage):
         try:
             return self.policy.agent_class(agent.agent_class).gpu
         except (AgentdError, RequestError):
-            from ..policy.schema import AgentGpu
+            from ..policy.resources import AgentGpu
             return AgentGpu()
 
     def _reservations(self):

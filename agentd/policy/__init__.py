@@ -1,4 +1,5 @@
-"""Policies: YAML -> a validated, frozen Policy (loader, schema) and pure evaluation (match)."""
+"""Policies: YAML -> a validated, frozen Policy (loader; schema, with each resource's limit
+block in resources and the host-wide sections in sections) and pure evaluation (match)."""
 
 from .loader import Problem, check_file, load_policy, load_policy_text, policy_search_path, resolve_policy
 from .match import ToolDecision, ToolLimits, classify_tool, command_programs, is_housekeeping

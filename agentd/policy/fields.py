@@ -1,4 +1,5 @@
-"""Field types of the policy schema, each with the message a policy author needs.
+"""Field types of the policy schema, each with the message a policy author needs, and the
+base model of every section.
 
 pydantic's own messages ("Input should be less than or equal to 1000") say what is wrong
 but not what the value means; these validators say both, and reject the YAML surprises
@@ -8,10 +9,17 @@ but not what the value means; these validators say both, and reject the YAML sur
 import re
 from typing import Annotated, Optional
 
-from pydantic import BeforeValidator, ValidationInfo
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 from ..errors import AgentdError
 from ..units import parse_byte_rate, parse_cpu, parse_rate, parse_size
+
+
+class Model(BaseModel):
+    """The base of every policy model: frozen once loaded, and an unknown key is an error
+    (a misspelt key must not become a silently ignored limit)."""
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
 
 # Class and rule names become parts of cgroup names (`tools/<seq>-<class>`) and metric
 # label values, so they are short and path-safe.

@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from ..errors import PolicyError
 from ..units import format_size
 from .loader import Problem, _fmt_path, load_policy_text
-from .schema import (AgentClass, CpuLimits, IoLimits, LATENCY_CLASSES, MemoryLimits, PidsLimits, ToolClass,
-                     ToolMemoryLimits)
+from .resources import CpuLimits, IoLimits, MemoryLimits, PidsLimits, ToolMemoryLimits
+from .schema import AgentClass, LATENCY_CLASSES, ToolClass
 from .yamlsrc import load_located
 
 HOST_WIDE = ("daemon", "detection", "forecast", "pressure", "admission", "cpu", "io")

@@ -2,7 +2,7 @@
 the class's `memory: {swap_max: ...}` (0 unless the policy says otherwise).
 
 A resource added the way every resource is: this stage (stage.py), one kernel adapter
-(kernel/swap.py) and its schema field (policy/schema.py ToolMemoryLimits.swap_max).
+(kernel/swap.py) and its schema field (policy/resources.py ToolMemoryLimits.swap_max).
 
 `build(app)` is what the daemon calls; it raises FeatureMissing (one log line) where the
 kernel offers no memory.swap.max, e.g. a kernel built without swap.

@@ -1,8 +1,11 @@
-"""cgroup v2 filesystem adapter.
+"""cgroup v2 filesystem adapter: the tree, its files' reads and writes, membership,
+controllers and the freeze/kill actions.
 
-Every cgroupfs file name agentd uses is named once here. All paths are relative to a
-`root` given by the caller, so tests can point the adapter at a fake tree on disk
-(see `fakes.py`) or at the real hierarchy.
+Every cgroupfs file name agentd uses is named once, in cgroup_files.py (with the format of
+what the files hold), and re-exported here: callers write cgroupfs.MEMORY_HIGH. Finding
+the hierarchy is cgroup_mount.py's. All paths are relative to a `root` given by the caller,
+so tests can point the adapter at a fake tree on disk (see `fakes.py`) or at the real
+hierarchy.
 """
 
 import errno
@@ -11,51 +14,15 @@ import signal
 import time
 
 from ..errors import CgroupGone, KernelError
+from .cgroup_files import (  # noqa: F401 — re-exported: the one front for cgroupfs names
+    CGROUP_MAX_DESCENDANTS, CONTROLLERS, CPU_MAX, CPU_PRESSURE, CPU_STAT, CPU_WEIGHT, EVENTS, FREEZE, FRESH_DEFAULTS,
+    IO_PRESSURE, KILL, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_HIGH, MEMORY_LOW, MEMORY_MAX, MEMORY_MIN,
+    MEMORY_OOM_GROUP, MEMORY_PEAK, MEMORY_PRESSURE, MEMORY_RECLAIM, MEMORY_STAT, MEMORY_SWAP_MAX, PIDS_CURRENT,
+    PIDS_MAX, PROCS, STAT, SUBTREE_CONTROL, WANTED_CONTROLLERS, controller_of, flat_key, limit_values,
+    parse_flat_keyed, parse_int)
+from .cgroup_mount import MOUNTS, cgroup2_mounts, find_cgroup2_mount  # noqa: F401 — re-exported
 from .files import read_text
 from .procfs import own_cgroup
-
-# File names, named once.
-PROCS = "cgroup.procs"
-EVENTS = "cgroup.events"
-FREEZE = "cgroup.freeze"
-KILL = "cgroup.kill"
-CONTROLLERS = "cgroup.controllers"
-SUBTREE_CONTROL = "cgroup.subtree_control"
-STAT = "cgroup.stat"
-MEMORY_CURRENT = "memory.current"
-MEMORY_PEAK = "memory.peak"
-MEMORY_MIN = "memory.min"
-MEMORY_LOW = "memory.low"
-MEMORY_HIGH = "memory.high"
-MEMORY_MAX = "memory.max"
-MEMORY_SWAP_MAX = "memory.swap.max"
-MEMORY_EVENTS = "memory.events"
-MEMORY_STAT = "memory.stat"
-MEMORY_PRESSURE = "memory.pressure"
-MEMORY_RECLAIM = "memory.reclaim"       # write N: the kernel reclaims N bytes from the cgroup now (5.19+)
-CGROUP_MAX_DESCENDANTS = "cgroup.max.descendants"   # core file: mkdir below fails (EAGAIN) past it
-MEMORY_OOM_GROUP = "memory.oom.group"     # 1: an OOM kill in the cgroup takes all of it
-CPU_PRESSURE = "cpu.pressure"
-IO_PRESSURE = "io.pressure"
-CPU_WEIGHT = "cpu.weight"
-CPU_MAX = "cpu.max"
-CPU_STAT = "cpu.stat"
-PIDS_MAX = "pids.max"
-PIDS_CURRENT = "pids.current"
-
-# What these files hold in a cgroup the kernel has just made (Documentation/admin-guide/
-# cgroup-v2.rst): writing one of these values there changes nothing.
-FRESH_DEFAULTS = {MEMORY_MIN: "0", MEMORY_LOW: "0", MEMORY_HIGH: "max", MEMORY_MAX: "max",
-                  CPU_WEIGHT: "100", PIDS_MAX: "max"}
-
-
-def controller_of(name):
-    """The controller an interface file belongs to ("memory.high" -> "memory")."""
-    return name.partition(".")[0]
-
-
-# Controllers agentd enables down its tree when the kernel offers them.
-WANTED_CONTROLLERS = ("cpu", "memory", "pids", "io")
 
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
 
@@ -75,87 +42,6 @@ def open_dir(path):
         if err.errno == errno.ENOTDIR:
             raise CgroupGone(f"{path}: {err.strerror}") from err
         _raise(err, f"opening {path}")
-
-
-def parse_int(text):
-    """An integer file's text; 'max' is None."""
-    s = text.strip()
-    return None if s == "max" else int(s)
-
-
-def parse_flat_keyed(text):
-    """A flat-keyed file's text ("key value" lines) as {key: int}."""
-    out = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(" ")
-        if v:
-            try:
-                out[k] = int(v)
-            except ValueError:
-                pass
-    return out
-
-
-def flat_key(text, key):
-    """One key of a flat-keyed file's text, or None when absent: memory.stat has some
-    fifty lines, and the per-decision readers want one of them."""
-    prefix = key + " "
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            try:
-                return int(line[len(prefix):])
-            except ValueError:
-                return None
-    return None
-
-
-def limit_values(limits, cpu_period_us=100_000):
-    """The cgroup v2 file contents a tool call's or an agent's limits stand for (`limits`
-    has the fields of agentd.policy.match.ToolLimits: bytes, CPUs, counts; None = "max")."""
-    def v(n):
-        return "max" if n is None else str(n)
-    quota = "max" if limits.cpu_max is None else str(max(1000, int(limits.cpu_max * cpu_period_us)))
-    return {MEMORY_MIN: v(limits.memory_min), MEMORY_LOW: v(limits.memory_low),
-            MEMORY_HIGH: v(limits.memory_high), MEMORY_MAX: v(limits.memory_max),
-            CPU_WEIGHT: str(limits.cpu_weight), CPU_MAX: f"{quota} {cpu_period_us}",
-            PIDS_MAX: v(limits.pids_max)}
-
-
-MOUNTS = "/proc/self/mounts"
-
-
-def cgroup2_mounts(mounts=MOUNTS):
-    """{mount point: mount options} of every cgroup v2 mount, in mount order ({} when the
-    mount table cannot be read)."""
-    found = {}
-    try:
-        with open(mounts) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 4 and parts[2] == "cgroup2":
-                    found[parts[1].replace("\\040", " ")] = tuple(parts[3].split(","))
-    except OSError:
-        return {}
-    return found
-
-
-def find_cgroup2_mount(mounts=MOUNTS):
-    """Return the mount point of the cgroup v2 hierarchy, or None.
-
-    Pure v2 hosts mount it at /sys/fs/cgroup; hybrid hosts (v1 controllers plus a
-    controller-less v2 tree) at /sys/fs/cgroup/unified. Prefer the one with controllers.
-    """
-    found = list(cgroup2_mounts(mounts))
-    if not found:
-        return None
-    for path in found:
-        try:
-            with open(os.path.join(path, CONTROLLERS)) as f:
-                if f.read().strip():
-                    return path
-        except OSError:
-            continue
-    return found[0]
 
 
 class PeakFile:

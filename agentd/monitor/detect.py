@@ -3,8 +3,8 @@
 Agents that never call `agentd tool` (Claude Code, mini-swe-agent: a new `bash -c` /
 `sh -c` per tool call, a direct child of the agent) still get a cgroup per tool call.
 The event monitor (BPF lifecycle program, or /proc polling where BPF is unavailable)
-reports execs in each agent's `main` cgroup; the detector asks `is_tool` (the policy's
-detection section) and calls `place`, which creates the tool-call cgroup through the
+reports execs in each agent's `main` cgroup; the detector asks the Recogniser
+(recognise.py: the policy's detection section, the agentd front) and calls `place`, which creates the tool-call cgroup through the
 controller. With BPF the new process is held stopped at exec until it is placed, so
 nothing it forks starts outside (see bpf/README.md). A dry-run daemon only observes: the
 lifecycle program reports execs without stopping them, and a call that would have been
@@ -12,67 +12,14 @@ placed is recorded, not moved.
 """
 
 import asyncio
-import hashlib
 import logging
-import os
 import time
 
-from ..errors import AgentdError, ProcessGone
+from ..errors import AgentdError
 from ..stages import Stage
+from .recognise import Front, Recogniser
 
 log = logging.getLogger("agentd.detect")
-
-
-class Front:
-    """The compiled `agentd` front, recognised by the file the kernel runs.
-
-    It is never a tool call: it makes its own (race-free) one. argv[0] proves nothing
-    (`exec -a agentd CMD`); the executable does: a process whose /proc/<pid>/exe has the
-    launcher's content (the package's file, or an installed copy of it). The answer is
-    kept per file identity (device, inode, size, mtime, ctime), so each file is hashed
-    once. A Python front (`python -m agentd`) is not exempt: its interpreter would run
-    any module named agentd."""
-
-    KEPT = 256
-
-    def __init__(self, procfs, path):
-        self.procfs = procfs
-        self.size = self.digest = None
-        self.cache = {}
-        if path and os.path.exists(path):
-            self.size = os.stat(path).st_size
-            with open(path, "rb") as f:
-                self.digest = hashlib.sha256(f.read()).hexdigest()
-
-    def runs(self, pid):
-        if self.digest is None:
-            return False
-        try:
-            st = self.procfs.exe_stat(pid)
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            hit = self.cache.get(key)
-            if hit is None:
-                hit = st.st_size == self.size and self.procfs.exe_digest(pid) == self.digest
-                if len(self.cache) >= self.KEPT:
-                    self.cache.clear()
-                self.cache[key] = hit
-            return hit
-        except AgentdError:
-            return False
-
-    def is_file(self, path):
-        """Is the file at `path` the launcher? For a dry run's exec reports, read after the
-        process may be gone (nothing stopped it): the path the kernel exec'd, from the
-        event. Only a record depends on it, never a placement."""
-        if self.digest is None or not path:
-            return False
-        try:
-            if os.stat(path).st_size != self.size:
-                return False
-            with open(path, "rb") as f:
-                return hashlib.sha256(f.read()).hexdigest() == self.digest
-        except OSError:
-            return False
 
 
 class DetectionHook(Stage):
@@ -87,11 +34,12 @@ class DetectionHook(Stage):
         self.front = Front(app.procfs, launcher_path())
         from .shells import PersistentShells
         self.shells = PersistentShells(lambda: app.policy, app.procfs, self.monitor.lifecycle)
+        self.recognise = Recogniser(lambda: app.policy, app.procfs, self.shells)
         # A dry run observes: no task is stopped at exec, none is moved; each call that
         # would have been placed is recorded (Controller.observe_tool).
         self.observe = bool(getattr(app, "dry_run", False))
-        self.detector = for_monitor(self.monitor, self.place_detected, self.is_tool, app.fs,
-                                    agent_process=self.is_agent_process, exempt=self.front.runs,
+        self.detector = for_monitor(self.monitor, self.place_detected, self.recognise.is_tool, app.fs,
+                                    agent_process=self.recognise.is_agent_process, exempt=self.front.runs,
                                     observe=self.observe, exempt_file=self.front.is_file,
                                     shell=self.shells.is_shell, kept=self.shells.kept)
         from .containers import ContainerExecs
@@ -110,42 +58,9 @@ class DetectionHook(Stage):
         self.stats = {"placed": 0, "housekeeping": 0}
         self._beat()                  # before re-adoption registers agents for stop-at-exec
 
-    # --- policy ------------------------------------------------------------------
     @property
     def policy(self):
         return self.app.policy.detection
-
-    def is_tool(self, argv, leads_session):
-        """The policy's answer from argv. argv exempts nothing by itself (`exec -a agentd`):
-        the agentd front is recognised by its executable (Front, the detector's `exempt`)."""
-        from ..policy.match import is_housekeeping
-        if not argv:
-            return False
-        if self.policy.new_session_only and not leads_session:
-            return False
-        if self.shells.is_shell_argv(argv):
-            return False               # a persistent shell stays in main; its commands are the calls
-        return not is_housekeeping(self.app.policy, argv)
-
-    def is_agent_process(self, pid):
-        """Is `pid` (a process in an agent's main cgroup) one of the agent's own programs
-        (detection.agent_programs: the basename of its executable or of its argv[0])?
-        Only their children are tool calls; with no list, every main process counts."""
-        names = self.policy.agent_programs
-        if not names:
-            return True
-        procfs = self.app.procfs
-        seen = set()
-        try:
-            argv = procfs.cmdline(pid)
-            if argv:
-                seen.add(os.path.basename(argv[0]))
-            seen.add(os.path.basename(procfs.exe(pid)))
-        except ProcessGone:
-            return False
-        except AgentdError as err:        # e.g. exe unreadable: argv[0] alone decides
-            log.debug("agent_programs: %s", err)
-        return not seen.isdisjoint(names)
 
     def place_detected(self, agent_id, pid, argv):
         agent = self.app.ctl.agents.get(agent_id)

@@ -14,28 +14,9 @@ from agentd.kernel import libbpf
 from agentd.kernel.bpf_egress import Egress
 from agentd.kernel.qdisc import HTB, Device, root_qdisc
 from agentd.errors import KernelError
-from tests.net_support import NetPair
+from tests.host.egress_support import MBIT, cgid, pair, tree  # noqa: F401 — fixtures
 
-MBIT = 1_000_000 // 8          # bytes/s
-
-
-@pytest.fixture
-def pair():
-    p = NetPair(f"agentd-net-{os.getpid()}")
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def tree(cgfs, test_root):
-    for cg in (test_root, f"{test_root}/agents", f"{test_root}/agents/a", f"{test_root}/agents/b",
-               f"{test_root}/agents/a/tools", f"{test_root}/agents/a/tools/t1"):
-        cgfs.mkdir(cg)
-    return test_root
-
-
-def cgid(cgfs, cg):
-    return os.stat(cgfs.path(cg)).st_ino
+NETNS_TAG = "net"             # this module's network namespaces: agentd-net-<pid>-tx, -rx
 
 
 def test_htb_mode_holds_an_agent_to_its_rate_and_leaves_its_neighbour_alone(cgfs, tree, pair):

@@ -17,28 +17,9 @@ from agentd.errors import KernelError
 from agentd.kernel import nft
 from agentd.kernel.bpf_egress import cgroup_level
 from agentd.kernel.qdisc import HTB, Device, root_qdisc
-from tests.net_support import NetPair
+from tests.host.egress_support import MBIT, cgid, pair, tree  # noqa: F401 — fixtures
 
-MBIT = 1_000_000 // 8          # bytes/s
-
-
-@pytest.fixture
-def pair():
-    p = NetPair(f"agentd-nft-{os.getpid()}")
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def tree(cgfs, test_root):
-    for cg in (test_root, f"{test_root}/agents", f"{test_root}/agents/a", f"{test_root}/agents/b",
-               f"{test_root}/agents/a/tools", f"{test_root}/agents/a/tools/t1"):
-        cgfs.mkdir(cg)
-    return test_root
-
-
-def cgid(cgfs, cg):
-    return os.stat(cgfs.path(cg)).st_ino
+NETNS_TAG = "nft"             # this module's network namespaces: agentd-nft-<pid>-tx, -rx
 
 
 def procs(cgfs, cg):

@@ -26,6 +26,8 @@ messages go back in their Share (or through `tell`), actions through the actuato
 
 from typing import Protocol, runtime_checkable
 
+from .errors import AgentdError, FeatureMissing
+
 
 @runtime_checkable
 class StageProtocol(Protocol):
@@ -126,3 +128,22 @@ class Stage:
 
     def metric_stats(self):
         return {}
+
+
+# --- build conditions: what a stage's build(app) checks before the daemon runs it ---------
+
+def offered(app, name):
+    """Does the kernel offer cgroup file `name` under agentd's agents cgroup? Checked once,
+    there: a controller or feature missing at that level is missing in every agent's and
+    tool call's cgroup below it."""
+    try:
+        return app.fs.has(app.ctl.agents_cgroup, name)
+    except AgentdError:
+        return False
+
+
+def require_offered(app, name, why):
+    """FeatureMissing (the daemon's one log line for a stage that cannot run) unless `name`
+    is offered; `why` says what its absence usually means."""
+    if not offered(app, name):
+        raise FeatureMissing(f"the kernel offers no {name} under {app.ctl.agents_cgroup} ({why})")

@@ -10,19 +10,16 @@ fields (policy/resources.py IoLimits, policy/sections.py IoConfig).
 FeatureMissing (one warning) where the kernel offers no io controller below agentd's root.
 """
 
-from ..errors import AgentdError, FeatureMissing
+from ..errors import FeatureMissing
 from ..kernel import blkio
+from ..stages import offered
 
 
 def build(app):
     from .plan import asks_io
     if not asks_io(app.policy):
         return None
-    try:
-        offered = app.fs.has(app.ctl.agents_cgroup, blkio.IO_STAT)
-    except AgentdError:
-        offered = False
-    if not offered:
+    if not offered(app, blkio.IO_STAT):
         raise FeatureMissing(f"the io controller is not enabled on cgroup v2 under {app.ctl.agents_cgroup} "
                              "(bound to cgroup v1, or not offered by the kernel): the policy's io weights and "
                              "maxima are not written")

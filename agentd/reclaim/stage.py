@@ -7,7 +7,7 @@ from ..errors import AgentdError, CgroupGone, FeatureMissing
 from ..kernel import cgroupfs as cgf
 from ..kernel import psi
 from ..kernel import swap as ksw
-from ..stages import Stage
+from ..stages import Stage, require_offered
 from ..units import format_size
 from .pacer import AgentPace, step_bytes
 
@@ -33,13 +33,7 @@ class ReclaimStage(Stage):
     def for_app(cls, app):
         if not app.policy.reclaim.enabled:
             raise FeatureMissing("turned off in the policy (reclaim.enabled: false)")
-        try:
-            offered = app.fs.has(app.ctl.agents_cgroup, cgf.MEMORY_RECLAIM)
-        except AgentdError:
-            offered = False
-        if not offered:
-            raise FeatureMissing(f"the kernel offers no {cgf.MEMORY_RECLAIM} under {app.ctl.agents_cgroup} "
-                                 "(no memory controller there, or a kernel before 5.19)")
+        require_offered(app, cgf.MEMORY_RECLAIM, "no memory controller there, or a kernel before 5.19")
         return cls(app, app.ctl.actuator)
 
     @property

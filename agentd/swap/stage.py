@@ -9,10 +9,10 @@ on every call: a tool call's start is the daemon's hot path.
 import logging
 import time
 
-from ..errors import AgentdError, FeatureMissing
+from ..errors import AgentdError
 from ..kernel import swap as ksw
 from ..pipeline import Share
-from ..stages import Stage
+from ..stages import Stage, require_offered
 
 log = logging.getLogger("agentd.swap")
 
@@ -32,15 +32,9 @@ class SwapStage(Stage):
 
     @classmethod
     def for_app(cls, app):
-        # Checked once on agentd's own root: a cgroup v2 tree whose memory controller
-        # offers no swap file (CONFIG_SWAP=n, or swapaccount=0 on old kernels) has none below.
-        try:
-            offered = app.fs.has(app.ctl.agents_cgroup, ksw.MEMORY_SWAP_MAX)
-        except AgentdError:
-            offered = False
-        if not offered:
-            raise FeatureMissing(f"the kernel offers no {ksw.MEMORY_SWAP_MAX} under {app.ctl.agents_cgroup} "
-                                 "(no memory controller there, or a kernel without swap)")
+        # A memory controller with no swap file (CONFIG_SWAP=n, or swapaccount=0 on old
+        # kernels) has none below agentd's root either.
+        require_offered(app, ksw.MEMORY_SWAP_MAX, "no memory controller there, or a kernel without swap")
         return cls(lambda: app.policy)
 
     def host_has_swap(self):

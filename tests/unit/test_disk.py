@@ -7,21 +7,16 @@ import types
 
 import pytest
 
-from agentd.controller import Controller
 from agentd.disk import build
 from agentd.disk.plan import asks_io, io_files
 from agentd.disk.stage import IoStage
-from agentd.enforce.actuator import Actuator
 from agentd.errors import AgentdError, FeatureMissing, PolicyError
-from agentd.eventlog import EventLog
 from agentd.kernel import blkio
 from agentd.kernel import cgroupfs as cgf
 from agentd.kernel.fakes import FakeCgroupFS
-from agentd.policy.loader import load_policy_text
 from agentd.policy.overlay import agent_policy
-from agentd.policy.planner import Planner
-from agentd.state import StateStore
 from agentd.units import parse_byte_rate
+from tests.unit import stage_world
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -43,7 +38,7 @@ io:
 
 
 def load(text=POLICY, **kw):
-    return load_policy_text(text, "t.yaml", host_memory_bytes=16 * GiB, **kw)
+    return stage_world.load(text, **kw)
 
 
 def problems(text, **kw):
@@ -233,11 +228,7 @@ def world(tmp_path, text=POLICY, dry_run=False, qos="8:0 enable=0 ctrl=auto\n7:0
     if qos is not None:
         fs.write("", blkio.IO_COST_QOS, qos)
     policy = load(text)
-    events = EventLog(str(tmp_path / "ev.jsonl"))
-    ctl = Controller(fs, "agentd", None, Planner(policy, 16 * GiB), StateStore(str(tmp_path / "st")), events,
-                     types.SimpleNamespace(set_oom_score_adj=lambda p, v: None),
-                     actuator=Actuator(fs, events, dry_run=dry_run))
-    ctl.setup()
+    ctl = stage_world.controller(tmp_path, policy, fs=fs, dry_run=dry_run)
     sysb = fake_sys(tmp_path, {})
     for dev, sched in (schedulers or {}).items():
         q = tmp_path / "sys" / "dev" / "block" / dev / "queue"

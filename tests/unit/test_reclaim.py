@@ -6,17 +6,12 @@ import types
 
 import pytest
 
-from agentd.controller import Controller
-from agentd.enforce.actuator import Actuator
 from agentd.errors import FeatureMissing
-from agentd.eventlog import EventLog
 from agentd.kernel import cgroupfs as cgf
-from agentd.kernel.fakes import FakeCgroupFS
 from agentd.policy.loader import load_policy_text
-from agentd.policy.planner import Planner
 from agentd.reclaim import ReclaimStage, build
 from agentd.reclaim.pacer import AgentPace, step_bytes
-from agentd.state import StateStore
+from tests.unit.stage_world import controller, load
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -34,13 +29,9 @@ reclaim: {idle_s: 1, interval_s: 1, step_percent: 25, max_step: 8Mi, floor: 4Mi,
 
 
 def world(tmp_path, dry_run=False, text=POLICY):
-    fs = FakeCgroupFS(str(tmp_path / "cg"))
-    policy = load_policy_text(text, "t.yaml", host_memory_bytes=16 * GiB)
-    events = EventLog(str(tmp_path / "ev.jsonl"))
-    ctl = Controller(fs, "agentd", None, Planner(policy, 16 * GiB), StateStore(str(tmp_path / "st")), events,
-                     types.SimpleNamespace(set_oom_score_adj=lambda p, v: None),
-                     actuator=Actuator(fs, events, dry_run=dry_run))
-    ctl.setup()
+    policy = load(text)
+    ctl = controller(tmp_path, policy, dry_run=dry_run)
+    fs = ctl.fs
     app = types.SimpleNamespace(fs=fs, ctl=ctl, policy=policy)
     stage = build(app)
     stage.swap_free_fn = lambda: GiB

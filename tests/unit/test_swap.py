@@ -5,16 +5,12 @@ import types
 
 import pytest
 
-from agentd.controller import Controller
 from agentd.errors import FeatureMissing, KernelError, PolicyError
-from agentd.eventlog import EventLog
 from agentd.kernel import swap as ksw
-from agentd.kernel.fakes import FakeCgroupFS
 from agentd.policy.loader import load_policy_text
 from agentd.policy.overlay import agent_policy
-from agentd.policy.planner import Planner
-from agentd.state import StateStore
 from agentd.swap import SwapStage, build
+from tests.unit.stage_world import controller, load
 
 GiB = 1 << 30
 
@@ -42,11 +38,9 @@ class Clock:
 
 
 def world(tmp_path, swap=4 * GiB):
-    fs = FakeCgroupFS(str(tmp_path / "cg"))
-    policy = load_policy_text(POLICY, "t.yaml", host_memory_bytes=16 * GiB)
-    ctl = Controller(fs, "agentd", None, Planner(policy, 16 * GiB), StateStore(str(tmp_path / "st")),
-                     EventLog(str(tmp_path / "ev.jsonl")), types.SimpleNamespace(set_oom_score_adj=lambda p, v: None))
-    ctl.setup()
+    policy = load(POLICY)
+    ctl = controller(tmp_path, policy)
+    fs = ctl.fs
     host = {"swap": swap}
     clock = Clock()
     stage = SwapStage(lambda: policy, swap_fn=lambda: host["swap"], clock=clock)

@@ -1,8 +1,10 @@
-"""Helpers shared by the kernel-tier tests: test cgroups, workload state files, polling.
+"""Helpers shared by the kernel-tier tests: test cgroups, workload state files, polling, a
+daemon under test.
 
 Imported by conftest.py and the test modules.
 """
 
+import contextlib
 import itertools
 import os
 import signal
@@ -10,6 +12,7 @@ import subprocess
 import time
 
 from agentd.kernel.cgroupfs import PROCS
+from tests.helpers import DaemonProc
 
 # The controllers every kernel-tier test cgroup gets.
 CONTROLLERS = ("memory", "cpu", "pids")
@@ -101,3 +104,49 @@ def wait_for(pred, timeout, what, step=0.02):
     while not pred():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(step)
+
+
+def keep_log(d, tag):
+    """The daemon's log and events next to the tier's results (diagnosis after a VM run)."""
+    out = os.environ.get("AGENTD_KERNEL_TIER_OUT")
+    if out:
+        for src, name in ((d.log_path, f"{tag}.daemon.log"), (d.event_log, f"{tag}.events.jsonl")):
+            try:
+                with open(src) as f, open(os.path.join(out, name), "w") as g:
+                    g.write(f.read())
+            except OSError:
+                pass
+
+
+@contextlib.contextmanager
+def running_daemon(cgfs, tmp, tag, policy, **kw):
+    """A real `agentd daemon` for a module's tests: `policy` (YAML text) written to
+    tmp/policy.yaml, its root cgroup agentd-test-<pid>-<tag>, `kw` for DaemonProc (metrics,
+    extra_env). Meant for a module-scoped fixture, so that its start (30-60 s under
+    emulation) is outside any one test's time limit. Afterwards the daemon is stopped,
+    whatever it left of its tree is killed and removed, and its log and events are kept
+    with the tier's results as <tag>.daemon.log and <tag>.events.jsonl."""
+    (tmp / "policy.yaml").write_text(policy)
+    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-{tag}", policy=str(tmp / "policy.yaml"), **kw)
+    try:
+        d.start(timeout=300)
+        yield d
+    finally:
+        keep_log(d, tag)
+        d.cleanup()
+        if cgfs.exists(d.root):
+            cgfs.kill(d.root)
+            cgfs.wait_empty(d.root, 30)
+            cgfs.remove_tree(d.root)
+
+
+def stop(proc):
+    """End `proc` (SIGTERM, then SIGKILL after 60 s) and reap it; nothing when it is None or
+    has ended."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)

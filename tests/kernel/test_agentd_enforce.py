@@ -18,16 +18,15 @@ costs about a minute, which the per-test alarm must not count.
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
 from agentd.enforce.pressure import PressureWatch
-from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.helpers import REPO, agentd_cmd
 
-from .kernel_support import State, wait_for
+from .kernel_support import State, running_daemon, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -69,31 +68,8 @@ detection:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, cgfs):
-    tmp = tmp_path_factory.mktemp("enforce")
-    (tmp / "policy.yaml").write_text(POLICY)
-    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-enforce", policy=str(tmp / "policy.yaml"))
-    try:
-        d.start(timeout=300)
+    with running_daemon(cgfs, tmp_path_factory.mktemp("enforce"), "enforce", POLICY) as d:
         yield d
-    finally:
-        keep_log(d, "enforce")
-        d.cleanup()
-        if cgfs.exists(d.root):
-            cgfs.kill(d.root)
-            cgfs.wait_empty(d.root, 30)
-            cgfs.remove_tree(d.root)
-
-
-def keep_log(d, tag):
-    """Copy the daemon's log and events next to the tier's results (diagnosis after a VM run)."""
-    out = os.environ.get("AGENTD_KERNEL_TIER_OUT")
-    if out:
-        for src, suffix in ((d.log_path, "daemon.log"), (d.event_log, "events.jsonl")):
-            try:
-                with open(src) as f, open(os.path.join(out, f"{tag}.{suffix}"), "w") as g:
-                    g.write(f.read())
-            except OSError:
-                pass
 
 
 def start_agent(d, tmp_path, name, script, hog, agent_class=None):

@@ -19,7 +19,6 @@ test costs its tool calls only.
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -28,9 +27,9 @@ import urllib.request
 import pytest
 
 from agentd.enforce.limits import start_high
-from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.helpers import REPO, agentd_cmd
 
-from .kernel_support import State, wait_for
+from .kernel_support import State, running_daemon, stop, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -132,13 +131,7 @@ class AgentShell:
     def stop(self):
         """SIGTERM reaches the shell through `agentd run`, which then reports the end: the
         daemon kills and removes what is left of the agent."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        stop(self.proc)
 
 
 def free_port():
@@ -150,42 +143,21 @@ def free_port():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, cgfs, hog):
     tmp = tmp_path_factory.mktemp("limits")
-    (tmp / "policy.yaml").write_text(POLICY)
     port = free_port()
-    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-limits", policy=str(tmp / "policy.yaml"),
-                   metrics=f"127.0.0.1:{port}")
-    d.port = port
-    agents = {}
-    try:
-        d.start(timeout=300)
-        out = tmp / "out"
-        out.mkdir()
-        for name in ("heavy", "light"):       # their Python starts overlap
-            agents[name] = AgentShell(d, out, name, name, hog)
-        for a in agents.values():
-            a.wait_ready()
-        yield d, agents
-    finally:
-        for a in agents.values():
-            a.stop()
-        keep_log(d)
-        d.cleanup()
-        if cgfs.exists(d.root):
-            cgfs.kill(d.root)
-            cgfs.wait_empty(d.root, 30)
-            cgfs.remove_tree(d.root)
-
-
-def keep_log(d):
-    """The daemon's log and events next to the tier's results (diagnosis after a VM run)."""
-    out = os.environ.get("AGENTD_KERNEL_TIER_OUT")
-    if out:
-        for src, name in ((d.log_path, "limits.daemon.log"), (d.event_log, "limits.events.jsonl")):
-            try:
-                with open(src) as f, open(os.path.join(out, name), "w") as g:
-                    g.write(f.read())
-            except OSError:
-                pass
+    with running_daemon(cgfs, tmp, "limits", POLICY, metrics=f"127.0.0.1:{port}") as d:
+        d.port = port
+        agents = {}
+        try:
+            out = tmp / "out"
+            out.mkdir()
+            for name in ("heavy", "light"):       # their Python starts overlap
+                agents[name] = AgentShell(d, out, name, name, hog)
+            for a in agents.values():
+                a.wait_ready()
+            yield d, agents
+        finally:
+            for a in agents.values():
+                a.stop()
 
 
 def actions_metric(d):

@@ -18,9 +18,9 @@ import sys
 import pytest
 
 from agentd.kernel.bpf_devguard import NVIDIA_MAJOR, DevGuard
-from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.helpers import REPO, agentd_cmd
 
-from .kernel_support import wait_for
+from .kernel_support import running_daemon, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -105,22 +105,12 @@ def test_device_program_refuses_the_gpu_in_a_cgroup_only(cgtree, tmp_path):
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, cgfs):
     tmp = tmp_path_factory.mktemp("gpu")
-    (tmp / "policy.yaml").write_text(POLICY)
     nvml = tmp / "nvml.json"
     nvml.write_text(json.dumps({"driver": "550.0-test", "mps": False, "devices": [
         {"name": "Fake GPU", "uuid": "GPU-test-0", "memory_total": 16 * GiB, "memory_other": 15 * GiB,
          "utilization": 10, "processes": []}]}))
-    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-gpu", policy=str(tmp / "policy.yaml"),
-                   extra_env={"AGENTD_FAKE_NVML": str(nvml)})
-    try:
-        d.start(timeout=300)
+    with running_daemon(cgfs, tmp, "gpu", POLICY, extra_env={"AGENTD_FAKE_NVML": str(nvml)}) as d:
         yield d
-    finally:
-        d.cleanup()
-        if cgfs.exists(d.root):
-            cgfs.kill(d.root)
-            cgfs.wait_empty(d.root, 30)
-            cgfs.remove_tree(d.root)
 
 
 def run_agent(d, name, script):

@@ -22,9 +22,9 @@ import pytest
 
 from agentd.kernel import blkio
 
-from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.helpers import REPO, agentd_cmd
 
-from .kernel_support import wait_for
+from .kernel_support import running_daemon, stop, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -84,18 +84,8 @@ def disk(tmp_path_factory):
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, cgfs, disk):
     """The daemon with the io classes, started outside the test's own time limit."""
-    tmp = tmp_path_factory.mktemp("iod")
-    (tmp / "policy.yaml").write_text(POLICY.format(mnt=disk[1]))
-    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-io", policy=str(tmp / "policy.yaml"))
-    d.start(timeout=300)
-    try:
+    with running_daemon(cgfs, tmp_path_factory.mktemp("iod"), "io", POLICY.format(mnt=disk[1])) as d:
         yield d
-    finally:
-        d.cleanup()
-        if cgfs.exists(d.root):
-            cgfs.kill(d.root)
-            cgfs.wait_empty(d.root, 30)
-            cgfs.remove_tree(d.root)
 
 
 def _dev_of(disk):
@@ -111,16 +101,6 @@ def _agent(d, name, script, *args, agent_class=None):
                             text=True)
 
 
-def _stop(proc):
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-
-
 def test_io_max_holds_a_tool_calls_direct_writes_to_its_class_rate(tmp_path, daemon, disk, figure):
     d, mnt = daemon, disk[1]
     dev = _dev_of(disk)
@@ -134,7 +114,7 @@ def test_io_max_holds_a_tool_calls_direct_writes_to_its_class_rate(tmp_path, dae
         out, err = agent.communicate(timeout=200)
         assert agent.returncode == 0, f"agent failed: {out}{err}"
     finally:
-        _stop(agent)
+        stop(agent)
     rates = {}
     for c in ("normal", "w5", "w20"):
         text = (tmp_path / f"dd-{c}").read_text()
@@ -199,8 +179,8 @@ def test_agents_share_a_disk_by_their_class_io_weight(tmp_path, daemon, disk, cg
         h1, l1 = written(hi_cg), written(lo_cg)
         assert hi.poll() is None and lo.poll() is None, "a writer ended inside the window"
     finally:
-        _stop(hi)
-        _stop(lo)
+        stop(hi)
+        stop(lo)
     hw, lw = (h1 - h0) / MiB, (l1 - l0) / MiB
     figure("high agent (weight 400) wrote", f"{hw:.1f}", "MiB in 6 s")
     figure("low agent (weight 25) wrote", f"{lw:.1f}", "MiB in 6 s")

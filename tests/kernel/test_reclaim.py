@@ -6,14 +6,13 @@ falls and its memory.swap.current rises (the kernel's own counters); at the same
 running tool call keeps every page (its anonymous memory, no swap, memory.stat pgsteal 0), and
 the busy agent's own cgroup is not reclaimed while its call runs."""
 
-import os
 import subprocess
 
 import pytest
 
-from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.helpers import REPO, agentd_cmd
 
-from .kernel_support import State, wait_for
+from .kernel_support import State, running_daemon, stop, wait_for
 from .test_swap import zram_swap  # noqa: F401  (the module's zram swap fixture)
 
 pytestmark = pytest.mark.kernel
@@ -36,28 +35,8 @@ reclaim: {idle_s: 0.5, interval_s: 0.5, step_percent: 25}
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, cgfs, zram_swap):  # noqa: F811
-    tmp = tmp_path_factory.mktemp("reclaim")
-    (tmp / "policy.yaml").write_text(POLICY)
-    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-reclaim", policy=str(tmp / "policy.yaml"))
-    d.start(timeout=300)
-    try:
+    with running_daemon(cgfs, tmp_path_factory.mktemp("reclaim"), "reclaim", POLICY) as d:
         yield d
-    finally:
-        d.cleanup()
-        if cgfs.exists(d.root):
-            cgfs.kill(d.root)
-            cgfs.wait_empty(d.root, 30)
-            cgfs.remove_tree(d.root)
-
-
-def _stop(p):
-    if p is not None and p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(30)
 
 
 def test_an_idle_agent_is_reclaimed_into_zram_and_a_running_call_never_is(tmp_path, daemon, cgfs, hog, figure):
@@ -105,5 +84,5 @@ def test_an_idle_agent_is_reclaimed_into_zram_and_a_running_call_never_is(tmp_pa
                "MiB")
         figure("idle agent's swap", f"{swapped / MiB:.1f}", "MiB")
     finally:
-        _stop(busy)
-        _stop(idle)
+        stop(busy)
+        stop(idle)

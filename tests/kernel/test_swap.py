@@ -4,15 +4,14 @@ leaves swap_max at its default (0) is held in memory and never swaps (memory.swa
 stays 0 while the kernel throttles it), the one whose class says `swap_max: max` is
 swapped out under the same pressure, which shows the witness can tell the two apart."""
 
-import os
 import subprocess
 import time
 
 import pytest
 
-from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.helpers import REPO, agentd_cmd
 
-from .kernel_support import State, wait_for
+from .kernel_support import State, running_daemon, stop, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -64,18 +63,8 @@ def zram_swap():
 def daemon(tmp_path_factory, cgfs, zram_swap):
     """The daemon with the swap classes, started outside the test's own time limit (a
     daemon costs 30-60 s to start under emulation)."""
-    tmp = tmp_path_factory.mktemp("swap")
-    (tmp / "policy.yaml").write_text(POLICY)
-    d = DaemonProc(str(tmp), f"agentd-test-{os.getpid()}-swap", policy=str(tmp / "policy.yaml"))
-    d.start(timeout=300)
-    try:
+    with running_daemon(cgfs, tmp_path_factory.mktemp("swap"), "swap", POLICY) as d:
         yield d
-    finally:
-        d.cleanup()
-        if cgfs.exists(d.root):
-            cgfs.kill(d.root)
-            cgfs.wait_empty(d.root, 30)
-            cgfs.remove_tree(d.root)
 
 
 def test_a_tool_call_does_not_swap_unless_its_class_allows_it(tmp_path, daemon, cgfs, hog, figure):
@@ -116,10 +105,4 @@ def test_a_tool_call_does_not_swap_unless_its_class_allows_it(tmp_path, daemon, 
         figure("held call's memory.current", f"{cgfs.read_int(held_cg, 'memory.current') / MiB:.1f}", "MiB")
         figure("held call's MiB touched", held.value(), "MiB")
     finally:
-        if agent is not None and agent.poll() is None:
-            agent.terminate()
-            try:
-                agent.wait(60)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait(30)
+        stop(agent)

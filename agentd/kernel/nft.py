@@ -21,6 +21,7 @@ socket, so all of an adapter's calls run on one thread of its own (bounded waits
 import concurrent.futures
 import errno
 import threading
+import time
 
 from ..errors import KernelError
 from .nft_rules import (  # noqa: F401 — re-exported: nft.X is the one front for the classifier
@@ -30,6 +31,11 @@ from .nft_rules import (  # noqa: F401 — re-exported: nft.X is the one front f
     class_rule, device_rule)
 
 NETLINK_TIMEOUT_S = 10.0
+# Counters are read back by a dump of the whole class chain (one message per rule, decoded
+# in Python: ~0.4 ms a rule). A metrics scrape, which any local user can ask for, reads
+# every rule's counters: it takes them from one dump no older than this.
+COUNTERS_MAX_AGE_S = 1.0
+NLM_F_ECHO = 0x8               # include/uapi/linux/netlink.h: the kernel answers with what it made
 
 
 def _pyroute2():
@@ -112,6 +118,9 @@ class Classifier:
         self.rules = {}            # cgroup id -> (level, classid)
         self.handles = {}          # cgroup id -> rule handle (from the last dump)
         self.offset = {}           # cgroup id -> counters of a rule replaced for it (counters only grow)
+        self.dumps = 0             # chain dumps sent (each costs the daemon O(rules))
+        self._chain = []           # cgroup ids in the class chain's order (kept here: no dump per change)
+        self._counts = (float("-inf"), {})   # (monotonic time, counters by cgroup id) of the last dump
         self._sock = None
         self._positions = {}       # rule handle -> its place in the chain (from the last dump)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentd-nft")
@@ -148,7 +157,7 @@ class Classifier:
             m["header"]["type"], m["header"]["flags"] = t, P["NLM_F_REQUEST"]
             marks.append(m)
         try:
-            self._sock.nlm_request_batch([marks[0]] + msgs + ([marks[1]] if commit else []))
+            return self._sock.nlm_request_batch([marks[0]] + msgs + ([marks[1]] if commit else []))
         except Exception as err:               # noqa: BLE001 — pyroute2's NetlinkError
             raise _nl_error(what, err) from err
 
@@ -197,6 +206,9 @@ class Classifier:
         self._call(self._set, int(cgroup_id), int(level), int(classid))
 
     def _set(self, cid, level, classid):
+        # O(1) netlink messages per rule: the new rule's handle comes back in the kernel's
+        # echo and the chain's order is kept here, so a tool call's start never costs a
+        # dump of every rule (which an agent can make many of, one per limited call).
         P, rule_msg, _ = _messages()
         N = P["N"]
         msgs = []
@@ -208,20 +220,27 @@ class Classifier:
             msgs.append(self._msg(rule_msg, N.NFT_MSG_DELRULE, table=TABLE, chain=CLASS_CHAIN,
                                   handle=self.handles[cid]))
         # Deeper first: before the first rule of a shallower cgroup, else at the end.
-        before = [c for c, (lv, _) in self.rules.items() if lv < level and c != cid]
-        pos = min((self.handles[c] for c in before), key=self._order, default=None)
+        chain = [c for c in self._chain if c != cid]
+        at = next((i for i, c in enumerate(chain) if self.rules[c][0] < level), None)
         attrs = dict(table=TABLE, chain=CLASS_CHAIN, expressions=class_rule(cid, level, classid),
                      userdata=COMMENT.format(cid))
-        if pos is None:
-            msgs.append(self._msg(rule_msg, N.NFT_MSG_NEWRULE, P["NLM_F_CREATE"] | P["NLM_F_APPEND"], **attrs))
+        flags = P["NLM_F_CREATE"] | NLM_F_ECHO
+        if at is None:
+            msgs.append(self._msg(rule_msg, N.NFT_MSG_NEWRULE, flags | P["NLM_F_APPEND"], **attrs))
         else:
-            msgs.append(self._msg(rule_msg, N.NFT_MSG_NEWRULE, P["NLM_F_CREATE"], position=pos, **attrs))
-        self._batch(f"adding the rule of cgroup {cid}", msgs)
+            msgs.append(self._msg(rule_msg, N.NFT_MSG_NEWRULE, flags, position=self.handles[chain[at]], **attrs))
+        echo = self._batch(f"adding the rule of cgroup {cid}", msgs)
+        if cid in self.rules:
+            self._counts = (float("-inf"), {})   # the replaced rule's counts are in offset now
         self.rules[cid] = (level, classid)
-        self._dump()
-
-    def _order(self, handle):
-        return self._positions.get(handle, 0)
+        chain.insert(len(chain) if at is None else at, cid)
+        self._chain = chain
+        handle = next((m.get_attr("NFTA_RULE_HANDLE") for m in echo or ()
+                       if m.get_attr("NFTA_RULE_USERDATA") == COMMENT.format(cid)), None)
+        if handle is None:
+            self._dump()               # a kernel that did not echo: read the handles back
+        else:
+            self.handles[cid] = handle
 
     def clear(self, cgroup_id):
         """Stop marking and counting `cgroup_id`; False if it had no rule."""
@@ -236,7 +255,8 @@ class Classifier:
                                handle=self.handles[cid])])
         del self.rules[cid]
         self.offset.pop(cid, None)
-        self._dump()
+        self.handles.pop(cid, None)
+        self._chain = [c for c in self._chain if c != cid]
         return True
 
     def counters(self, cgroup_id):
@@ -244,7 +264,10 @@ class Classifier:
         cid = int(cgroup_id)
         if cid not in self.rules:
             return None
-        c = self._call(self._dump).get(cid)
+        at, counts = self._counts
+        if time.monotonic() - at > COUNTERS_MAX_AGE_S:
+            counts = self._call(self._dump)
+        c = counts.get(cid)
         if c is None:
             return None
         off = self.offset.get(cid, {"bytes": 0, "packets": 0})
@@ -269,6 +292,7 @@ class Classifier:
             rules = self._sock.request_get(m, N.NFT_MSG_GETRULE)
         except Exception as err:               # noqa: BLE001
             raise _nl_error(f"listing chain {CLASS_CHAIN}", err) from err
+        self.dumps += 1
         out, self.handles, self._positions = {}, {}, {}
         for i, r in enumerate(rules):
             note = r.get_attr("NFTA_RULE_USERDATA") or ""
@@ -282,6 +306,9 @@ class Classifier:
                     d = e.get_attr("NFTA_EXPR_DATA")
                     out[cid] = {"bytes": d.get_attr("NFTA_COUNTER_BYTES") or 0,
                                 "packets": d.get_attr("NFTA_COUNTER_PACKETS") or 0}
+        self._chain = [c for c in sorted(self.handles, key=lambda c: self._positions[self.handles[c]])
+                       if c in self.rules]
+        self._counts = (time.monotonic(), out)
         return out
 
     def close(self):

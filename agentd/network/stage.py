@@ -116,15 +116,31 @@ class EgressStage(Stage):
         if tool.cgroup in self.ids:
             self.ending.append((self.clock() + LINGER_S, tool.cgroup))
 
+    def on_sample(self, snapshot):
+        # The daemon's tick: lingering entries go on time while no call starts or ends
+        # (here, on the daemon's loop; never on a metrics scrape's thread).
+        self._expire()
+
     def _expire(self, everything=False):
         now = self.clock()
         keep = []
         for when, cg in self.ending:
-            if everything or when <= now:
-                self._clear(cg)
-            else:
+            if not everything and when > now:
                 keep.append((when, cg))
+            elif not everything and self._populated(cg):
+                # Processes the call left behind (`stragglers: wait`, a dry run, a container
+                # runtime at its agent's end) still run in it: its rate holds them as long as
+                # they run. What decides is the kernel's cgroup.events, not the call's end.
+                keep.append((now + LINGER_S, cg))
+            else:
+                self._clear(cg)
         self.ending = keep
+
+    def _populated(self, cg):
+        try:
+            return self.app.fs.populated(cg)
+        except AgentdError:               # gone (CgroupGone) or unreadable: nothing runs there
+            return False
 
     def on_agent_end(self, agent):
         # Its cgroups linger as its calls' do: its last processes' sockets may still hold data.
@@ -228,9 +244,10 @@ class EgressStage(Stage):
         """Per agent: what its limited cgroups sent, were delayed and dropped (BPF counters)."""
         if self.egress is None:
             return {}
-        self._expire()
-        per = {a: dict(c) for a, c in self.sent.items()}
-        for cg, (cid, agent_id) in self.ids.items():
+        # Called on the metrics server's thread (any local user may scrape): it reads a
+        # copy and changes nothing; the daemon's loop alone expires entries.
+        per = {a: dict(c) for a, c in list(self.sent.items())}
+        for cg, (cid, agent_id) in list(self.ids.items()):
             if agent_id not in self.live:
                 continue
             try:

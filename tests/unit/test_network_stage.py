@@ -29,6 +29,11 @@ tool_classes:
 
 
 class FS:
+    busy = ()                 # cgroups that still hold processes
+
+    def populated(self, cg):
+        return cg in self.busy
+
     def path(self, cg):
         return f"/sys/fs/cgroup/{cg}"
 
@@ -66,6 +71,26 @@ def tool(a, tid, cls):
                     plan=ToolPlan(tool_class=cls, priority=50, limits={}), cgroup_id=hash(tid) % 10**6)
 
 
+def test_a_calls_entry_stays_while_processes_it_left_behind_run():
+    # `stragglers: wait`: a call's background process outlives its end in the call's
+    # cgroup; the call's rate holds it until the cgroup is empty, not for the linger only.
+    s, app = stage()
+    a = agent("free")
+    s.on_agent_start(a)
+    t = tool(a, "0001-fetch", "fetch")
+    s.on_tool_start(a, t)
+    app.fs.busy = {t.cgroup}
+    s.on_tool_end(a, t, None)
+    for _ in range(3):
+        after_linger(s)
+        s.on_sample(None)
+        assert s.egress.entries[t.cgroup_id]["rate_bps"] == 10 * MBIT
+    app.fs.busy = ()
+    after_linger(s)
+    s.on_sample(None)
+    assert t.cgroup_id not in s.egress.entries
+
+
 def test_no_device_named_means_no_stage_and_nothing_touched():
     app = types.SimpleNamespace(policy=load_policy_text("version: 1\n", host_memory_bytes=8 << 30))
     assert build(app) is None
@@ -88,7 +113,7 @@ def test_fq_mode_writes_the_agents_and_the_calls_rates():
     # What the call's sockets still hold after its exit leaves at its rate: the entry lingers.
     assert e[t.cgroup_id]["rate_bps"] == 10 * MBIT
     after_linger(s)
-    s.metric_stats()
+    s.on_sample(None)
     assert t.cgroup_id not in e
     # The agent's counters keep what its ended calls sent: a counter never goes down.
     assert s.metric_stats()["network_egress"]["a"] == {"bytes": 1500, "packets": 3, "delayed": 0, "drops": 0}
@@ -96,7 +121,7 @@ def test_fq_mode_writes_the_agents_and_the_calls_rates():
     assert s.metric_stats()["network_egress"] == {}          # the agent's series go with it
     assert list(e) == [app.fs.cgroup_id(a.cgroup)]            # its own entry lingers
     after_linger(s)
-    s.metric_stats()
+    s.on_sample(None)
     assert e == {} and s.metric_stats()["network_egress"] == {}
     assert s.modes() == {"network": "fq"}
 
@@ -134,7 +159,7 @@ def test_htb_mode_where_the_kernel_has_no_fq_lays_classes_under_the_agent():
     assert 3 not in s.devices[0].classes
     s.on_agent_end(a)
     after_linger(s)
-    s.metric_stats()
+    s.on_sample(None)
     assert s.devices[0].classes == {} and e == {}
     s.on_agent_start(agent(name="b"))              # minors are reused
     assert len(s.devices[0].classes) == 2 and max(s.devices[0].classes) <= 4
@@ -211,13 +236,13 @@ def test_nft_mode_gives_each_limited_cgroup_a_rule_at_its_level_and_a_leaf_class
     assert s.metric_stats()["network_egress"]["a"] == {"bytes": 2000, "packets": 2, "delayed": 0, "drops": 0}
     s.on_tool_end(a, t, None)
     after_linger(s)
-    s.metric_stats()
+    s.on_sample(None)
     assert t.cgroup_id not in rules and 3 not in s.devices[0].classes
     # What the ended call sent stays in its agent's counters.
     assert s.metric_stats()["network_egress"]["a"]["bytes"] == 2000
     s.on_agent_end(a)
     after_linger(s)
-    s.metric_stats()
+    s.on_sample(None)
     assert rules == {} and s.devices[0].classes == {}
     s.close()
     assert s.egress is None

@@ -57,6 +57,11 @@ def resolve(spec, sys_dev_block=SYS_DEV_BLOCK):
     if m:
         major, minor = int(m.group(1)), int(m.group(2))
     elif spec.startswith("/"):
+        unsafe = redirectable(spec)
+        if unsafe:
+            raise AgentdError(f"{spec}: {unsafe}, who could point it at another disk (agentd turns iocost on "
+                              "for the disk it names and limits agents there): name a path only root controls "
+                              "(the file system's mount point, or the disk's /dev node) or MAJOR:MINOR")
         try:
             st = os.stat(spec)
         except OSError as err:
@@ -90,6 +95,60 @@ def resolve(spec, sys_dev_block=SYS_DEV_BLOCK):
             raise KernelError(f"{spec}: cannot read the disk holding partition {os.path.basename(real)}: "
                               f"{err}") from None
     return BlockDevice(major, minor, os.path.basename(real), spec)
+
+
+MAX_LINKS = 40                     # the kernel's bound on symbolic links in one lookup
+
+
+def _unsafe(path, st, trusted):
+    """Why `path` (lstat `st`) is not root's alone, or None."""
+    if st.st_uid not in trusted:
+        return f"{path} belongs to uid {st.st_uid}"
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & (0o002 | (0o020 if st.st_gid not in trusted else 0)) \
+            and not st.st_mode & stat.S_ISVTX:
+        return f"{path} is writable by users other than root (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def redirectable(path, trusted=None):
+    """Who, other than root, could make `path` name a file on another device, or None.
+
+    The daemon resolves `io.devices` paths as root, at every start and reload, and writes
+    limits (and iocost) for the disk they name: every folder on the way, every symbolic
+    link followed and the path itself must be root's (the daemon's uid), and no folder
+    writable by others unless sticky (there a root-owned entry is root's to move). What
+    this trusts is each file's owner and mode as the kernel reports them (lstat), walked
+    component by component as the kernel's lookup does. A path that does not exist is
+    left to the caller's stat."""
+    trusted = {0, os.geteuid()} if trusted is None else trusted
+    todo = [p for p in path.split("/") if p]
+    cur, links = "/", 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = os.path.join(cur, name)
+        try:
+            st = os.lstat(nxt)
+        except OSError:
+            return None
+        why = _unsafe(nxt, st, trusted)
+        if why:
+            return why
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                return None           # ELOOP: the caller's stat says so
+            target = os.readlink(nxt)
+            todo = [p for p in target.split("/") if p] + todo
+            if target.startswith("/"):
+                cur = "/"
+        else:
+            cur = nxt
+    return None
 
 
 def scheduler(dev, sys_dev_block=SYS_DEV_BLOCK):

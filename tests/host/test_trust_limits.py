@@ -1,0 +1,148 @@
+"""Attacks on the limits agentd sets beyond memory and CPU (egress, disk I/O), tried for real
+against a daemon by an unprivileged user's agent or by a user who owns a path the policy names.
+
+Each test is named `test_attack_<row>_<what>` (bench/reliability.py collects them by that
+name); the users are real, unprivileged, made for the test and removed after it.
+"""
+
+import itertools
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from agentd.errors import AgentdError
+from agentd.kernel import blkio
+from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.net_support import SEND, HostPair
+
+_seq = itertools.count()
+MBIT = 125_000
+
+
+@pytest.fixture
+def user():
+    """(name, uid, gid) of a new unprivileged user, removed after."""
+    name = f"agtl{os.getpid()}x{next(_seq)}"
+    subprocess.run(["useradd", "-M", "-N", "-r", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    pw = pwd.getpwnam(name)
+    yield name, pw.pw_uid, pw.pw_gid
+    subprocess.run(["userdel", name], capture_output=True)
+    assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"user {name} left behind"
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder every user can read (pytest's tmp is root's alone)."""
+    d = tempfile.mkdtemp(prefix="agentd-limits-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# --- 14: a tool call's egress rate outlived by what it leaves behind -----------------------
+EGRESS_POLICY = """\
+version: 1
+network: {{devices: [{dev}]}}
+agent_classes:
+  normal: {{}}
+tool_classes:
+  normal: {{priority: 50}}
+  fetch: {{priority: 50, network: {{egress: 10Mbit}}, stragglers: wait}}
+detection:
+  enabled: false
+"""
+
+# The agent's tool call leaves a sender in the background and ends at once; the sender
+# waits until the call's entry would have lapsed (the stage's 30 s linger, ended by the
+# agent's next call) and sends.
+STRAGGLER = """\
+#!/bin/sh
+( sleep 33; exec /usr/bin/python3 -S {send} {ip} {port} 3 ) >/dev/null 2>&1 &
+exit 0
+"""
+AGENT = """\
+#!/bin/sh
+"$1" tool --class fetch -- {straggler} || exit 9
+sleep 31
+"$1" tool -- true          # any later call (or a scrape, or the tick) expires what lingers
+sleep 15
+"""
+
+
+def test_attack_14_a_calls_egress_rate_holds_what_it_leaves_running(tmp_path, test_root, user, shared_dir):
+    """`stragglers: wait` keeps a call's leftover processes in its cgroup. Its egress entry
+    (BPF map entry, or nftables rule, and htb class) was cleared 30 s after the call ended
+    whatever still ran there, so a background sender of the call then went out at its
+    agent's rate, here none (measured > 20 Mbit/s for a 10 Mbit/s class before the fix)."""
+    name, uid, gid = user
+    pair = HostPair(f"agentd-lim-{os.getpid()}", os.getpid() + 7)
+    d = None
+    try:
+        send = os.path.join(shared_dir, "send.py")
+        with open(send, "w") as f:
+            f.write(SEND)
+        straggler = os.path.join(shared_dir, "straggler.sh")
+        agent = os.path.join(shared_dir, "agent.sh")
+        with open(straggler, "w") as f:
+            f.write(STRAGGLER.format(send=send, ip=pair.RX_IP, port=5311))
+        with open(agent, "w") as f:
+            f.write(AGENT.format(straggler=straggler))
+        for p in (send, straggler, agent):
+            os.chmod(p, 0o755)
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(EGRESS_POLICY.format(dev=pair.dev))
+        d = DaemonProc(str(tmp_path), test_root, policy=str(policy)).start()
+        recv = pair.receive(1, port=5311)
+        r = subprocess.run(agentd_cmd() + ["run", "--user", name, "--name", "strag", "--", agent, agentd_cmd()[0]],
+                           capture_output=True, text=True, timeout=120, env=d.env, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        out, err = recv.communicate(timeout=60)
+        got = json.loads(out.strip().splitlines()[-1])[0]
+        assert 0 < got <= 1.1 * 10 * MBIT, got / MBIT
+    finally:
+        if d is not None:
+            d.cleanup()
+        pair.close()
+
+
+# --- 15: a disk named by a path that a user can redirect ------------------------------------
+def test_attack_15_a_user_cannot_point_an_io_devices_path_at_another_disk(user, shared_dir):
+    """The policy names a disk by a path (`io.devices`); the daemon resolves it as root at
+    every start and reload, writes its agents' io.max for that disk and turns iocost on
+    for it. Below a folder a user owns (a home directory), that user could swap the path
+    for a link to any other disk (here /dev/zram0 or a loop device): the limits leave the
+    disk the agents write to, and agentd changes a disk the policy never named. Such a
+    path is refused where the policy is loaded, with the owner named, before and after the
+    swap; a path only root controls still resolves."""
+    name, uid, gid = user
+    other = next((d for d in ("/dev/zram0", "/dev/loop0", "/dev/loop1") if os.path.exists(d)), None)
+    if other is None:
+        pytest.fail("this test needs a second block device node (/dev/zram0 or a loop device)")
+    home = os.path.join(shared_dir, "home")
+    os.mkdir(home)
+    os.chown(home, uid, gid)
+    work = os.path.join(home, "work")
+    os.mkdir(work)
+    os.chown(work, uid, gid)
+    here = os.stat(shared_dir).st_dev
+    assert blkio.resolve(shared_dir).dev == f"{os.major(here)}:{os.minor(here)}"   # root's: fine
+    with pytest.raises(AgentdError, match=f"belongs to uid {uid}"):
+        blkio.resolve(work)
+    # The user swaps the folder for a link to another disk, with no privilege at all.
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "sh", "-c",
+                        f'mv "{work}" "{work}.old" && ln -s {other} "{work}"'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(AgentdError, match=f"belongs to uid {uid}"):
+        blkio.resolve(work)
+    policy = os.path.join(shared_dir, "policy.yaml")
+    with open(policy, "w") as f:
+        f.write(f"version: 1\nio:\n  devices: ['{work}']\n")
+    r = subprocess.run([*agentd_cmd(), "policy", "check", policy], capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
+    assert r.returncode != 0 and f"{policy}:3" in r.stdout + r.stderr and f"uid {uid}" in r.stdout + r.stderr, \
+        (r.stdout, r.stderr)

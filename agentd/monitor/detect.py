@@ -75,7 +75,7 @@ class DetectionHook(Stage):
             return
         # Held by a pidfd from here: the move and the oom_score_adj write check that the
         # pid still names the process the event was about.
-        job = self.shells.job(pid)     # a persistent shell's pipeline joins its running call
+        job = self.shells.job(pid, agent_id)   # a persistent shell's pipeline joins its agent's running call
         with self.app.procfs.hold(pid) as proc:
             if job is not None:
                 self.app.ctl.attach(job, proc)

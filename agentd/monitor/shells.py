@@ -85,9 +85,14 @@ class PersistentShells:
         info = self.procfs.info(pid)
         return (info.sid, info.pgid) if info.pgid != info.sid else None
 
-    def job(self, pid):
-        """The running tool call that `pid`, a child of a shell, joins (the same pipeline),
-        or None: it starts a call of its own."""
+    def job(self, pid, agent_id):
+        """The running tool call of agent `agent_id` that `pid`, a child of a shell in that
+        agent, joins (the same pipeline), or None: it starts a call of its own.
+
+        The key is what the process says of itself (session and process group, which any
+        process may set within its session): two agents started from one terminal share
+        its session, so a process of one could name a job of the other's. It joins only a
+        call of its own agent, the one whose cgroup the kernel says it is in."""
         if not self._jobs:
             return None
         try:
@@ -97,6 +102,8 @@ class PersistentShells:
         tool = self._jobs.get(key) if key else None
         if tool is not None and tool.done:
             self._jobs.pop(key, None)
+            return None
+        if tool is not None and tool.agent_id != agent_id:
             return None
         return tool
 

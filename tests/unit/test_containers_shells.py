@@ -168,16 +168,35 @@ def test_a_pipeline_of_a_job_control_shell_is_one_call_and_without_job_control_e
         41: info(41, 10, 10, 10, ["cat"]),
     })
     sh = PersistentShells(lambda: policy, procfs, None)
-    call = SimpleNamespace(done=False)
-    assert sh.job(20) is None
+    call = SimpleNamespace(done=False, agent_id="a")
+    assert sh.job(20, "a") is None
     sh.placed(20, call)
-    assert sh.job(21) is call and sh.job(22) is call and sh.job(30) is None
-    sh.placed(40, SimpleNamespace(done=False))
-    assert sh.job(41) is None
+    assert sh.job(21, "a") is call and sh.job(22, "a") is call and sh.job(30, "a") is None
+    sh.placed(40, SimpleNamespace(done=False, agent_id="a"))
+    assert sh.job(41, "a") is None
     call.done = True
-    assert sh.job(21) is None
+    assert sh.job(21, "a") is None
     sh.ended(call)
     assert sh._jobs == {}
+
+
+def test_a_process_of_another_agent_in_the_same_session_never_joins_a_job():
+    """Agents started from one terminal share its session, and setpgid() lets a process
+    enter any process group of its session: agent b's process takes the group of agent
+    a's running job. It must start a call of b's own, not be moved into a's call (out of
+    b's limits, into a's, where a's call pays for it)."""
+    policy = load_policy_text(SHELLS, "p.yaml", host_memory_bytes=HOST)
+    procfs = Procfs({
+        10: info(10, 5, 7, 3, ["bash"]),                # a's shell, no job control, in the terminal's session 3
+        20: info(20, 10, 7, 3, ["make"]),               # a's command: group 7 of session 3
+        50: info(50, 6, 7, 3, ["bash"]),                # b's shell, same terminal session
+        51: info(51, 50, 7, 3, ["stress"]),             # b's child, setpgid'd into a's group
+    })
+    sh = PersistentShells(lambda: policy, procfs, None)
+    call = SimpleNamespace(done=False, agent_id="a")
+    sh.placed(20, call)
+    assert sh.job(51, "a") is call                    # within a: the same pipeline
+    assert sh.job(51, "b") is None                    # from b: a call of its own
 
 
 def test_no_tool_parents_no_shell():

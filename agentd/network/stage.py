@@ -99,13 +99,25 @@ class EgressStage(Stage):
     def on_agent_start(self, agent):
         self.live.add(agent.agent_id)
         lim = self._agent_limit(agent)
-        if lim is None or agent.cgroup in self.ids:
+        if lim is None or self._current(agent.cgroup):
             return
         self._set(agent.agent_id, agent.cgroup, None, lim)
 
+    def _current(self, cg):
+        """Does the entry held for path `cg` stand for the cgroup there now? An ended agent
+        (or call) of the same name may still linger under that path: the kernel's cgroup
+        id, not the name its creator chose, tells them apart."""
+        ent = self.ids.get(cg)
+        if ent is None:
+            return False
+        try:
+            return ent[0] == self.app.fs.cgroup_id(cg)
+        except AgentdError:
+            return False
+
     def on_tool_start(self, agent, tool):
         self._expire()
-        if agent.cgroup not in self.ids:
+        if not self._current(agent.cgroup):
             self.on_agent_start(agent)
         lim = self._tool_limit(agent, tool)
         if lim is not None:
@@ -163,6 +175,12 @@ class EgressStage(Stage):
         rate, burst = lim
         try:
             cid = cgroup_id if cgroup_id is not None else self.app.fs.cgroup_id(cg)
+            old = self.ids.get(cg)
+            if old is not None and old[0] != cid:
+                # The lingering entry of an ended cgroup of the same name: it goes now, and
+                # its expiry with it (which would otherwise clear the new cgroup's entry).
+                self.ending = [(when, c) for when, c in self.ending if c != cg]
+                self._clear(cg)
             if self.mode == qdisc.FQ:
                 self.egress.set(cid, rate, burst)
             else:

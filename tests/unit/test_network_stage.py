@@ -37,8 +37,10 @@ class FS:
     def path(self, cg):
         return f"/sys/fs/cgroup/{cg}"
 
+    ids = {}                  # cgroup -> id, where a test made it anew
+
     def cgroup_id(self, cg):
-        return abs(hash(cg)) % 10**9
+        return self.ids.get(cg, abs(hash(cg)) % 10**9)
 
 
 class Clock:
@@ -89,6 +91,34 @@ def test_a_calls_entry_stays_while_processes_it_left_behind_run():
     after_linger(s)
     s.on_sample(None)
     assert t.cgroup_id not in s.egress.entries
+
+
+@pytest.mark.parametrize("mode,kernel_has_fq", [("auto", True), ("auto", False), ("nft", False)])
+def test_an_agent_of_a_lingering_agents_name_gets_its_own_limits(mode, kernel_has_fq):
+    # Agent names are their creator's choice (or the start second's): a new agent named
+    # as one that ended under 30 s ago is another cgroup, with its own rate from its start,
+    # kept past the old one's linger; its calls' paths repeat the old calls' too.
+    s, app = stage(mode, kernel_has_fq)
+    app.fs = FS()
+    app.fs.ids = {}
+    a = agent()
+    s.on_agent_start(a)
+    t = tool(a, "0001-fetch", "fetch")
+    s.on_tool_start(a, t)
+    s.on_tool_end(a, t, None)
+    s.on_agent_end(a)
+    s.clock.now += 1
+    app.fs.ids = {a.cgroup: 777}                 # the same path, a new cgroup
+    b = agent()
+    s.on_agent_start(b)
+    t2 = ToolCall(agent_id="a", tool_id="0001-fetch", cgroup=t.cgroup, argv=["curl"],
+                  plan=ToolPlan(tool_class="fetch", priority=50, limits={}), cgroup_id=888)
+    s.on_tool_start(b, t2)
+    after_linger(s)
+    s.on_sample(None)
+    assert s.ids.get(b.cgroup, (None,))[0] == 777 and s.ids.get(t2.cgroup, (None,))[0] == 888, s.ids
+    cids = set(s.egress.rules) if hasattr(s.egress, "rules") else set(s.egress.entries)
+    assert {777, 888} <= cids and abs(hash(a.cgroup)) % 10**9 not in cids and t.cgroup_id not in cids
 
 
 def test_no_device_named_means_no_stage_and_nothing_touched():

@@ -103,7 +103,7 @@ def test_attack_14_a_calls_egress_rate_holds_what_it_leaves_running(tmp_path, te
         assert r.returncode == 0, r.stderr
         out, err = recv.communicate(timeout=60)
         got = json.loads(out.strip().splitlines()[-1])[0]
-        assert 0 < got <= 1.1 * 10 * MBIT, got / MBIT
+        assert 0 < got <= 1.5 * 10 * MBIT, got / MBIT        # unlimited: ~10 Gbit/s here
     finally:
         if d is not None:
             d.cleanup()
@@ -146,3 +146,89 @@ def test_attack_15_a_user_cannot_point_an_io_devices_path_at_another_disk(user, 
                        cwd=REPO)
     assert r.returncode != 0 and f"{policy}:3" in r.stdout + r.stderr and f"uid {uid}" in r.stdout + r.stderr, \
         (r.stdout, r.stderr)
+
+
+# --- 16: an agent named as one that just ended runs without its class's egress rate ------
+AGENT_CLASS_POLICY = """\
+version: 1
+daemon: {{api_group: {group}}}
+network: {{devices: [{dev}]}}
+agent_classes:
+  normal: {{network: {{egress: 10Mbit}}}}
+detection:
+  enabled: false
+"""
+
+# A member of the API group (no root) starts an agent whose one process sends for 3 s,
+# ends it, and at once starts another of the same name doing the same.
+SAME_NAME = r"""
+import json, os, socket, sys
+sock, send, ip, port = sys.argv[1:5]
+
+def final(f):
+    while True:
+        m = json.loads(f.readline())
+        if "ok" in m:
+            return m
+
+for _ in range(2):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os.execv("/usr/bin/python3", ["python3", "-S", send, ip, port, "3"])
+    os.close(r)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    f = s.makefile()
+    s.sendall((json.dumps({"v": 1, "op": "run_start", "pid": pid, "name": "same", "argv": ["x"]}) + "\n").encode())
+    m = final(f)
+    assert m["ok"], m
+    os.write(w, b"1")
+    os.waitpid(pid, 0)
+    s.sendall((json.dumps({"v": 1, "op": "run_done", "agent": m["agent"], "status": {"exit": 0}}) + "\n").encode())
+    assert final(f)["ok"]
+    s.close()
+"""
+
+
+def test_attack_16_an_agent_named_as_one_that_just_ended_keeps_its_classs_rate(tmp_path, test_root, user,
+                                                                               shared_dir):
+    """The egress stage kept its entries by cgroup path, and an ended agent's linger 30 s:
+    a new agent of the same name (its creator's choice, or the same start second) found
+    the path taken and got no entry at all, and the old one's expiry would then have
+    cleared the new one's. Measured before the fix: the first agent at its 10 Mbit/s, the
+    second at line rate."""
+    name, uid, gid = user
+    group = f"agtlg{os.getpid()}x{next(_seq)}"
+    subprocess.run(["groupadd", "-r", group], check=True, capture_output=True)
+    subprocess.run(["usermod", "-a", "-G", group, name], check=True, capture_output=True)
+    gidg = int(subprocess.run(["getent", "group", group], capture_output=True, text=True).stdout.split(":")[2])
+    pair = HostPair(f"agentd-lim-{os.getpid()}", os.getpid() + 11)
+    d = None
+    try:
+        send = os.path.join(shared_dir, "send.py")
+        with open(send, "w") as f:
+            f.write(SEND)
+        script = os.path.join(shared_dir, "same.py")
+        with open(script, "w") as f:
+            f.write(SAME_NAME)
+        for p in (send, script):
+            os.chmod(p, 0o644)
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(AGENT_CLASS_POLICY.format(group=group, dev=pair.dev))
+        d = DaemonProc(str(tmp_path), test_root, policy=str(policy)).start()
+        recv = pair.receive(2, port=5312)
+        r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", f"--groups={gid},{gidg}",
+                            "/usr/bin/python3", "-S", script, d.socket, send, pair.RX_IP, "5312"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out, err = recv.communicate(timeout=60)
+        rates = json.loads(out.strip().splitlines()[-1])
+        assert len(rates) == 2 and all(0 < x <= 1.5 * 10 * MBIT for x in rates), [x / MBIT for x in rates]
+    finally:
+        if d is not None:
+            d.cleanup()
+        pair.close()
+        subprocess.run(["groupdel", group], capture_output=True)

@@ -40,7 +40,9 @@ class IoStage(Stage):
 
     # --- disks -------------------------------------------------------------------
     def _devices(self):
-        """The named disks, resolved again only when the policy names others."""
+        """The named disks, resolved again only when the policy names others. What this
+        trusts: the administrator's policy, and paths in it that only root can redirect
+        (kernel/blkio.py refuses the rest); an agent's own policy may not name disks."""
         specs = tuple(self.app.policy.io.devices)
         if specs == self._specs:
             return self.devices

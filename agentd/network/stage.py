@@ -172,6 +172,10 @@ class EgressStage(Stage):
                 tot[k] += c.get(k, 0)     # nft mode counts bytes and packets only
 
     def _set(self, agent_id, cg, agent_cg, lim, cgroup_id=None):
+        # What a packet's class rests on: the cgroup the kernel recorded for its socket when
+        # the socket was made, and that cgroup's id (its directory's inode, never reused),
+        # matched at the level of the agent or call the daemon made; the cgroup directories
+        # are root's, so no process of an agent can move itself (or its sockets) out.
         rate, burst = lim
         try:
             cid = cgroup_id if cgroup_id is not None else self.app.fs.cgroup_id(cg)

@@ -88,6 +88,10 @@ class ReclaimStage(Stage):
                 continue
             if pace.idle_since is None:
                 pace.idle_since = now
+            # What this trusts: the path of the agent's own cgroup, which the daemon made and
+            # no agent can rename (cgroup directories are root's), and the kernel's
+            # memory.current and memory.pressure of it; nothing the agent says. Only that
+            # cgroup is reclaimed: never a tool call's, never anything outside the agent.
             main = agent.main_cgroup
             try:
                 current = self.fs.read_int(main, cgf.MEMORY_CURRENT)

@@ -51,7 +51,10 @@ class SwapStage(Stage):
         return bool(self._swap)
 
     def limits(self, agent, plan):
-        """{file: value} of the swap limits for `agent`'s call planned as `plan` ({} without swap)."""
+        """{file: value} of the swap limits for `agent`'s call planned as `plan` ({} without swap).
+        What this trusts: the policy (the agent's own only where it tightens the daemon's,
+        policy/overlay.py) and the host's SwapTotal; the files go on the call's own cgroup,
+        which the daemon made before the call's first process ran."""
         if not self.host_has_swap():
             return {}
         try:

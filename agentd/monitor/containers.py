@@ -85,6 +85,7 @@ class ContainerExecs:
         self.observe = observe
         self.resume = resume
         self._agents = {}          # the agent's watched (root) cgroup id -> agent id
+        self._ran = set()          # agents a container ran for (an exec in their container parent)
         self.stats = {"exec_sessions": 0, "inits": 0}
         self.hold_ns = []          # exec -> resumed, of the exec sessions placed (last 1000)
 
@@ -105,6 +106,7 @@ class ContainerExecs:
 
     def on_agent_end(self, agent, watch_id):
         self._agents.pop(watch_id, None)
+        self._ran.discard(agent.agent_id)
         if self.lifecycle is not None:
             try:
                 self.lifecycle.unwatch(self.fs.cgroup_id(parent_of(agent)))
@@ -120,6 +122,7 @@ class ContainerExecs:
             agent_id = self._agents.get(ev.watched_id)
             if agent_id is None:
                 return
+            self._ran.add(agent_id)
             if _runtime_init(ev.argv):
                 return                           # the runtime re-executing itself (see below)
             if self.procfs.ns_pid(ev.pid) == 1:
@@ -153,15 +156,23 @@ class ContainerExecs:
     # --- the agent's end -------------------------------------------------------------
     def at_work(self, agent):
         """What of `agent` the container runtime still owns at its end: (tool ids that run a
-        runtime program, whether a container still runs under it). None: nothing."""
-        tools = set()
-        for tool in agent.tools.values():
-            if not tool.done and (RUNTIME_IN_ARGV.search(" ".join(tool.argv)) or self._runs_runtime(tool.cgroup)):
-                tools.add(tool.tool_id)
+        runtime program, whether a container still runs under it). None: nothing.
+
+        What a call's part rests on is what the agent cannot make up: that a container ran
+        for it, in its container parent, where only root (a root runtime) can put a
+        process. A call's argv and its program's name are the agent's to choose (a copy of
+        sleep named docker, `sh -c 'sleep 1d # podman '`): without a container of its own,
+        no call of the agent outlives it."""
         try:
             running = self.fs.exists(parent_of(agent)) and self.fs.populated(parent_of(agent))
         except AgentdError:
             running = False
+        if not running and agent.agent_id not in self._ran:
+            return None
+        tools = set()
+        for tool in agent.tools.values():
+            if not tool.done and (RUNTIME_IN_ARGV.search(" ".join(tool.argv)) or self._runs_runtime(tool.cgroup)):
+                tools.add(tool.tool_id)
         return (tools, running) if tools or running else None
 
     def _runs_runtime(self, cg):

@@ -131,6 +131,9 @@ def test_the_runtime_keeps_a_running_container_and_calls_that_stop_one():
     procfs = Procfs(exes={10: "/usr/bin/python3", 11: "/bin/dash", 12: "/usr/bin/conmon"})
     ce = ContainerExecs(fs, procfs, None, None)
     agent = SimpleNamespace(agent_id="a1", cgroup="r/agents/a1", tools=tools)
+    # No container ever ran for it: a call's argv or program name spares nothing.
+    assert ce.at_work(agent) is None
+    ce._ran.add("a1")                      # an exec in its container parent was seen
     assert ce.at_work(agent) == ({"0002-normal", "0003-normal"}, False)
     fs.procs_of["r/agents/a1/containers"] = [30]
     assert ce.at_work(SimpleNamespace(agent_id="a1", cgroup="r/agents/a1", tools={})) == (set(), True)

@@ -12,12 +12,13 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
 from agentd.errors import AgentdError
 from agentd.kernel import blkio
-from tests.helpers import REPO, DaemonProc, agentd_cmd
+from tests.helpers import REPO, DaemonProc, agentd_cmd, kill_tree
 from tests.net_support import SEND, HostPair
 
 _seq = itertools.count()
@@ -232,3 +233,46 @@ def test_attack_16_an_agent_named_as_one_that_just_ended_keeps_its_classs_rate(t
             d.cleanup()
         pair.close()
         subprocess.run(["groupdel", group], capture_output=True)
+
+
+# --- 17: a tool call that names a container runtime outlives its agent ----------------------
+OUTLIVE = """\
+#!/bin/sh
+"$1" tool -- sh -c 'echo $$ > {pidfile}; sleep 300 # podman stop x' >/dev/null 2>&1 &
+while [ ! -s {pidfile} ]; do sleep 0.05; done
+exit 0
+"""
+
+
+def test_attack_17_a_call_naming_a_container_runtime_does_not_outlive_its_agent(tmp_path, test_root, user,
+                                                                                 shared_dir, cgfs):
+    """At an agent's end agentd spares the calls that stop its containers (killing a
+    `podman stop` breaks the runtime), recognised by the call's argv or program name: both
+    the agent's to choose. An agent with no container at all put ` podman ` in a call's
+    command line and that call ran on after `agentd run` returned, for as long as it
+    liked. A call is spared only where a container ran for the agent (in its container
+    parent, which only root can fill)."""
+    name, uid, gid = user
+    pidfile = os.path.join(shared_dir, "pid")
+    agent = os.path.join(shared_dir, "agent.sh")
+    with open(agent, "w") as f:
+        f.write(OUTLIVE.format(pidfile=pidfile))
+    os.chmod(agent, 0o755)
+    os.chmod(shared_dir, 0o777)                # the agent's user writes its pid file there
+    d = DaemonProc(str(tmp_path), test_root).start()
+    try:
+        r = subprocess.run(agentd_cmd() + ["run", "--user", name, "--name", "outlive", "--", agent,
+                                           agentd_cmd()[0]],
+                           capture_output=True, text=True, timeout=60, env=d.env, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        with open(pidfile) as f:
+            pid = int(f.read())
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        assert not alive, f"the agent's call {pid} runs on after its agent ended"
+        assert not cgfs.exists(f"{test_root}/agents/outlive"), "the ended agent's cgroup is left"
+    finally:
+        d.cleanup()
+        kill_tree(cgfs, test_root)             # what outlived the agent, before its user goes

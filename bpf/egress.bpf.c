@@ -12,7 +12,14 @@
  * clock, the earliest departure of its next packet: a packet leaves at the latest clock
  * of its levels (or now), and each clock then moves on by the packet's length at its
  * rate. A clock that lags now counts as at most burst_ns behind, so an idle cgroup may
- * send a short burst at line rate, as a token bucket would.
+ * send a short burst at line rate, as a token bucket would. A level's clock moves on from
+ * its own time (or now), not from the packet's departure: a call held back by its own
+ * rate still spends its agent's budget, but does not push the agent's other traffic
+ * behind its own queue (the agent's rate bounds the sum of what it and its calls send).
+ *
+ * Each packet is counted once, in the deepest level that has an entry (the call's, else
+ * its agent's), as the nftables rules of the nft mode count it: an agent's counters are
+ * the sum of its entries', never a packet twice.
  *
  * Why departure times and not drops: TCP's small-queue limit counts the bytes a qdisc
  * holds, so a socket whose packets wait in fq stops sending more, without loss or
@@ -101,25 +108,35 @@ int agentd_egress(struct __sk_buff *skb)
 	for (int i = 0; i < AGENTD_EGRESS_LEVELS && !end; i++) {
 		struct agentd_egress *e = entry(skb, i, &end);
 
-		if (!e)
+		if (!e || drop)
 			continue;
-		if (drop) {
-			__sync_fetch_and_add(&e->drops, 1);
-			continue;
-		}
 		if (e->rate_bps) {
 			__u64 c = clock_of(e, now);
 
-			/* The packet leaves at `depart`: this level's time runs from there. */
-			e->next_ns = (c > depart ? c : depart) + len * NSEC_PER_SEC / e->rate_bps;
+			/* This level spends the packet's length from its own time: a later
+			 * departure set by a deeper level is that level's wait, not this one's. */
+			e->next_ns = (c > now ? c : now) + len * NSEC_PER_SEC / e->rate_bps;
 		}
-		__sync_fetch_and_add(&e->bytes, len);
-		__sync_fetch_and_add(&e->packets, 1);
-		if (depart > now)
-			__sync_fetch_and_add(&e->delayed, 1);
 	}
-	if (drop)
+	/* The counters: the deepest level with an entry only (a third pass, as above). */
+	struct agentd_egress *own = 0;
+
+	for (int i = AGENTD_EGRESS_LEVELS - 1; i >= 0 && !own; i--) {
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, cfg.first_level + i);
+
+		if (id)
+			own = bpf_map_lookup_elem(&egress_limits, &id);
+	}
+	if (!own)
+		return 1;
+	if (drop) {
+		__sync_fetch_and_add(&own->drops, 1);
 		return 2;	/* drop, and tell TCP it met congestion */
+	}
+	__sync_fetch_and_add(&own->bytes, len);
+	__sync_fetch_and_add(&own->packets, 1);
+	if (depart > now)
+		__sync_fetch_and_add(&own->delayed, 1);
 	if (depart > now && depart > skb->tstamp)
 		skb->tstamp = depart;
 	if (classid)

@@ -58,6 +58,32 @@ def test_a_tool_calls_class_sits_below_its_agents(cgfs, tree, pair):
         dev.release()
 
 
+def test_a_packet_of_a_limited_call_under_a_limited_agent_is_counted_once(cgfs, tree, pair):
+    """In the call's entry only (as nft mode's rules count it): the agent's entry counts its
+    own processes' packets, so an agent's counters, the sum of its entries', count each
+    packet once."""
+    dev = Device("tx0", netns=pair.tx)
+    try:
+        with Egress(cgfs.path(tree), tree) as eg:
+            a, t1 = f"{tree}/agents/a", f"{tree}/agents/a/tools/t1"
+            dev.set_class(1, 40 * MBIT, 32 * 1024)
+            eg.set(cgid(cgfs, a), classid=dev.set_class(3, MBIT, 32 * 1024, parent_minor=1,
+                                                        ceil_bytes_per_s=40 * MBIT))
+            eg.set(cgid(cgfs, t1), classid=dev.set_class(2, 10 * MBIT, 32 * 1024, parent_minor=1))
+            (call,) = pair.measure([cgfs.path(t1, "cgroup.procs")], secs=2.0)
+            assert 0.9 * 10 * MBIT <= call <= 1.1 * 10 * MBIT, call / MBIT
+            mine, agents = eg.counters(cgid(cgfs, t1)), eg.counters(cgid(cgfs, a))
+            # ~2 s at the call's rate (headers and the handshake on top of the payload).
+            assert 1.5 * call <= mine["bytes"] <= 3 * call and mine["packets"] > 0, (mine, call)
+            assert agents["bytes"] == agents["packets"] == 0, agents
+            # The agent's own processes count in its entry, and not in the call's.
+            (main,) = pair.measure([cgfs.path(a, "cgroup.procs")], secs=1.0)
+            assert eg.counters(cgid(cgfs, a))["bytes"] >= 0.5 * main
+            assert eg.counters(cgid(cgfs, t1))["bytes"] == mine["bytes"]
+    finally:
+        dev.release()
+
+
 def test_the_link_goes_with_the_loader_and_a_foreign_qdisc_is_refused(cgfs, tree, pair):
     fd = os.open(cgfs.path(tree), os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -85,6 +85,13 @@ def _nl_error(what, err):
     return KernelError(f"{what}: {text} (errno {code})")
 
 
+def _queue_stats(msg):
+    """A qdisc's or class's TCA_STATS2 / TCA_STATS_QUEUE (drops, overlimits, ...), or {}."""
+    st = msg.get_attr("TCA_STATS2")
+    qs = st.get_attr("TCA_STATS_QUEUE") if st is not None else None
+    return dict(qs) if qs else {}
+
+
 def root_qdisc(ifname, netns=None):
     """(kind, handle) of the device's root qdisc; (None, 0) when it lists none (a device
     that is down shows no noqueue)."""
@@ -215,6 +222,39 @@ class Device:
                         return q.get_attr("TCA_KIND")
             return None
         return _off_loop(read)
+
+    def class_stats(self):
+        """htb mode: {minor: {'drops', 'overlimits'}} of agentd's classes on this device.
+        drops: what the class's leaf qdisc dropped (a full queue, or fq_codel's standing
+        queue), read from the leaf where agentd set one (its count holds what htb counts
+        in the class too), else from the class (htb's default pfifo is not listed);
+        overlimits: how often the class ran out of its rate or ceiling and held packets
+        back (htb counts the switch to "can't send"). {} in fq mode."""
+        if self.mode != HTB:
+            return {}
+        return _off_loop(self._class_stats)
+
+    def _class_stats(self):
+        with _ipr(self.netns) as ipr:
+            try:
+                classes = ipr.get_classes(index=self.index)
+                leaves = ipr.get_qdiscs(index=self.index)
+            except Exception as err:           # noqa: BLE001
+                raise _nl_error(f"reading htb class stats on {self.ifname}", err) from err
+        leaf_drops = {}
+        for q in leaves:
+            parent = q["parent"]
+            if parent != TC_H_ROOT and parent >> 16 == HTB_MAJOR:
+                leaf_drops[parent & 0xFFFF] = _queue_stats(q).get("drops", 0)
+        out = {}
+        for c in classes:
+            if c["handle"] >> 16 != HTB_MAJOR:
+                continue
+            minor = c["handle"] & 0xFFFF
+            qs = _queue_stats(c)
+            out[minor] = {"drops": leaf_drops.get(minor, qs.get("drops", 0)),
+                          "overlimits": qs.get("overlimits", 0)}
+        return out
 
     def remove_class(self, minor):
         if minor not in self.classes:

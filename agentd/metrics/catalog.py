@@ -146,18 +146,23 @@ CATALOG = (
       "Automatic tool-call detection: placed, adopted, housekeeping, errors, resumed_late.",
       "monitor metric_stats()"),
     M("agentd_network_egress_bytes_total", COUNTER, ("agent",),
-      "Bytes an agent's limited cgroups sent on the shaped devices (the egress BPF program's count; in "
-      "nft mode the nftables rules' counters).",
+      "Bytes an agent's limited cgroups sent on the shaped devices, each packet once, in its deepest "
+      "limited cgroup (the egress BPF program's count; in nft mode the nftables rules' counters).",
       "network metric_stats()"),
     M("agentd_network_egress_packets_total", COUNTER, ("agent",),
-      "Packets an agent's limited cgroups sent.", "network metric_stats()"),
+      "Packets an agent's limited cgroups sent (each once, as the bytes).", "network metric_stats()"),
     M("agentd_network_egress_delayed_packets_total", COUNTER, ("agent",),
       "Packets held back to the agent's or its tool call's rate by a later departure (fq mode; 0 in the "
-      "htb and nft modes, where htb queues them).",
+      "htb and nft modes, where htb queues them: see overlimits).",
       "network metric_stats()"),
     M("agentd_network_egress_drops_total", COUNTER, ("agent",),
-      "Packets dropped because their departure lay past the horizon (a sender nothing slows, e.g. UDP; "
-      "fq mode).",
+      "Packets of an agent's limited cgroups dropped: fq mode, those whose departure lay past the horizon "
+      "(a sender nothing slows, e.g. UDP); htb and nft modes, those their htb classes' queues dropped "
+      "(the leaf qdisc's drops, else the class's).",
+      "network metric_stats()"),
+    M("agentd_network_egress_overlimits_total", COUNTER, ("agent",),
+      "Times one of an agent's htb classes ran out of its rate or ceiling and held packets back (htb's "
+      "overlimits; htb and nft modes, 0 in fq mode).",
       "network metric_stats()"),
     M("agentd_agent_io_read_bytes_total", COUNTER, ("agent",),
       "Bytes an agent's cgroup (all its processes, ended calls included) read from disks (io.stat rbytes).",

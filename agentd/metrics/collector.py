@@ -39,7 +39,7 @@ STATS_KEYS = {
     "gpu_placements": "{outcome: count}",
     "gpu_budget_actions": "{action: count}",
     "gpu_waiting": "int", "gpu_queued_total": "int", "gpu_wait_seconds_total": "float",
-    "network_egress": "{agent: {bytes, packets, delayed, drops}} of its limited cgroups",
+    "network_egress": "{agent: {bytes, packets, delayed, drops, overlimits}} of its limited cgroups",
     "reclaimed_bytes": "int, bytes idle agents gave back through memory.reclaim since start",
     "reclaim_steps": "int, memory.reclaim writes since start",
     "disk_io": "{agent: {rbytes, wbytes, rios, wios}} from its cgroup's io.stat",
@@ -219,6 +219,7 @@ class AgentdCollector:
             fams.add("agentd_network_egress_packets_total", [agent], c["packets"])
             fams.add("agentd_network_egress_delayed_packets_total", [agent], c["delayed"])
             fams.add("agentd_network_egress_drops_total", [agent], c["drops"])
+            fams.add("agentd_network_egress_overlimits_total", [agent], c.get("overlimits", 0))
         for agent, c in sorted((stats.get("disk_io") or {}).items()):
             fams.add("agentd_agent_io_read_bytes_total", [agent], c["rbytes"])
             fams.add("agentd_agent_io_written_bytes_total", [agent], c["wbytes"])

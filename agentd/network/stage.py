@@ -19,7 +19,7 @@ from . import htb
 
 log = logging.getLogger("agentd.network")
 
-COUNTERS = ("bytes", "packets", "delayed", "drops")
+COUNTERS = ("bytes", "packets", "delayed", "drops", "overlimits")
 NFT = "nft"                  # the mode where nftables rules, not the BPF program, pick the class
 # A call's socket may still hold data when its last process exits (the kernel sends a
 # closed socket's buffer, up to tcp_wmem's 4 MiB): its entry and class stay this long, so
@@ -222,7 +222,8 @@ class EgressStage(Stage):
         if ent is None:
             return
         try:
-            self._fold(ent[1], self.egress.counters(ent[0]))
+            # Its classes' drops and overlimits go with them: kept in its agent's counters.
+            self._fold(ent[1], self._with_classes(self.egress.counters(ent[0]), cg, self._class_stats()))
             self.egress.clear(ent[0])
         except AgentdError as err:
             log.debug("%s: egress entry not cleared: %s", cg, err)
@@ -262,18 +263,48 @@ class EgressStage(Stage):
             out["reason"] = self.why
         return {"network": out}
 
+    def _class_stats(self):
+        """[{minor: {'drops', 'overlimits'}}] per device (htb and nft modes; fq mode: [])."""
+        if self.mode == qdisc.FQ:
+            return []
+        out = []
+        for d in self.devices:
+            try:
+                out.append(d.class_stats())
+            except KernelError as err:
+                log.debug("%s: htb class stats not read: %s", d.ifname, err)
+        return out
+
+    def _with_classes(self, c, cg, stats):
+        """The counters `c` of cgroup `cg` (BPF entry or nftables rule) with its htb classes'
+        drops and overlimits, summed over the devices: in the htb and nft modes htb, not
+        the program, holds packets back and drops them."""
+        if c is None or not stats:
+            return c
+        c = dict(c)
+        for cls in self.classes.get(cg, ()):
+            for per_dev in stats:
+                st = per_dev.get(cls.minor)
+                if st:
+                    c["drops"] = c.get("drops", 0) + st["drops"]
+                    c["overlimits"] = c.get("overlimits", 0) + st["overlimits"]
+        return c
+
     def metric_stats(self):
-        """Per agent: what its limited cgroups sent, were delayed and dropped (BPF counters)."""
+        """Per agent: what its limited cgroups sent, were delayed and dropped (the BPF
+        program's or the nftables rules' counters; in the htb and nft modes the drops and
+        overlimits of their htb classes)."""
         if self.egress is None:
             return {}
         # Called on the metrics server's thread (any local user may scrape): it reads a
         # copy and changes nothing; the daemon's loop alone expires entries.
         per = {a: dict(c) for a, c in list(self.sent.items())}
+        stats = self._class_stats() if self.classes else []
         for cg, (cid, agent_id) in list(self.ids.items()):
             if agent_id not in self.live:
                 continue
             try:
-                c = self.egress.counters(cid)
+                c = self._with_classes(self.egress.counters(cid), cg, stats)
             except AgentdError:
                 continue
             if c is None:

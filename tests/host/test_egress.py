@@ -7,6 +7,8 @@ the fq (departure time) mode in the VM's kernel. The rate is measured by the rec
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -82,6 +84,43 @@ def test_a_packet_of_a_limited_call_under_a_limited_agent_is_counted_once(cgfs, 
             assert eg.counters(cgid(cgfs, t1))["bytes"] == mine["bytes"]
     finally:
         dev.release()
+
+
+UDP_FLOOD = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)      # SO_SNDBUFFORCE: more in flight than the queue holds
+for _ in range(int(sys.argv[2])):
+    try:
+        s.sendto(b"x" * 1400, (sys.argv[1], 9))
+    except OSError:
+        pass
+"""
+
+
+def test_htb_class_stats_count_what_a_class_held_back_and_dropped(cgfs, tree, pair):
+    dev = Device("tx0", netns=pair.tx)
+    try:
+        with Egress(cgfs.path(tree), tree) as eg:
+            a, t1 = f"{tree}/agents/a", f"{tree}/agents/a/tools/t1"
+            eg.set(cgid(cgfs, a), classid=dev.set_class(1, 10 * MBIT, 32 * 1024, leaf=True))
+            eg.set(cgid(cgfs, t1), classid=dev.set_class(2, MBIT, 32 * 1024, leaf=True))
+            assert dev.class_stats() == {1: {"drops": 0, "overlimits": 0}, 2: {"drops": 0, "overlimits": 0}}
+            # TCP at 10 Mbit/s: held back (overlimits), not dropped (its small-queue limit).
+            pair.measure([cgfs.path(a, "cgroup.procs")], secs=1.0)
+            st = dev.class_stats()
+            assert st[1]["overlimits"] > 0 and st[1]["drops"] == 0, st
+            assert st[2] == {"drops": 0, "overlimits": 0}, st
+            # A UDP flood into the 1 Mbit/s class: its queue fills and drops.
+            subprocess.run(["sh", "-c", f'echo $$ > "{cgfs.path(t1, "cgroup.procs")}" && exec ip netns exec '
+                            f'{pair.tx} "$0" -S -c "$1" {pair.RX_IP} 5000', sys.executable, UDP_FLOOD],
+                           check=True, timeout=60)
+            st = dev.class_stats()
+            assert st[2]["drops"] > 0 and st[2]["overlimits"] > 0, st
+            assert eg.counters(cgid(cgfs, t1))["packets"] >= 5000 - st[2]["drops"]
+    finally:
+        dev.release()
+    assert dev.class_stats() == {}
 
 
 def test_the_link_goes_with_the_loader_and_a_foreign_qdisc_is_refused(cgfs, tree, pair):

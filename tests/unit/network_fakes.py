@@ -28,6 +28,12 @@ class FakeDevice:
         self.classes, self.released = {}, False
         self.leaves = set()
         self.leaf_kind = leaf_kind
+        self.stats = {}              # minor -> {'drops', 'overlimits'}: what a test says htb counted
+
+    def class_stats(self):
+        if self.mode != "htb":
+            return {}
+        return {m: dict(self.stats.get(m, {"drops": 0, "overlimits": 0})) for m in self.classes}
 
     def set_class(self, minor, rate, burst, parent_minor=None, ceil_bytes_per_s=None, leaf=False):
         self.classes[minor] = (rate, ceil_bytes_per_s or rate, parent_minor)
@@ -36,6 +42,7 @@ class FakeDevice:
         return (0xA9E0 << 16) | minor
 
     def remove_class(self, minor):
+        self.stats.pop(minor, None)      # the kernel's counters go with the class
         return self.classes.pop(minor, None) is not None
 
     def release(self):

@@ -146,7 +146,8 @@ def test_fq_mode_writes_the_agents_and_the_calls_rates():
     s.on_sample(None)
     assert t.cgroup_id not in e
     # The agent's counters keep what its ended calls sent: a counter never goes down.
-    assert s.metric_stats()["network_egress"]["a"] == {"bytes": 1500, "packets": 3, "delayed": 0, "drops": 0}
+    assert s.metric_stats()["network_egress"]["a"] == {"bytes": 1500, "packets": 3, "delayed": 0, "drops": 0,
+                                                           "overlimits": 0}
     s.on_agent_end(a)
     assert s.metric_stats()["network_egress"] == {}          # the agent's series go with it
     assert list(e) == [app.fs.cgroup_id(a.cgroup)]            # its own entry lingers
@@ -248,6 +249,55 @@ def test_auto_falls_back_to_nftables_and_htb_when_the_program_cannot_load(caplog
     assert s.egress.devices == ["eth9", "eth8"]
 
 
+def test_htb_mode_reports_its_classes_drops_and_overlimits_per_agent_and_keeps_an_ended_calls():
+    s, app = stage(kernel_has_fq=False)
+    a, b = agent(), agent(name="b")
+    s.on_agent_start(a)
+    s.on_agent_start(b)
+    t = tool(a, "0001-fetch", "fetch")
+    s.on_tool_start(a, t)
+    group, own = s.classes[a.cgroup]
+    (call,) = s.classes[t.cgroup]
+    eth9, eth8 = s.devices
+    eth9.stats[group.minor] = {"drops": 0, "overlimits": 4}        # the agent's ceiling held it back
+    eth9.stats[own.minor] = {"drops": 1, "overlimits": 2}
+    eth9.stats[call.minor] = {"drops": 5, "overlimits": 7}
+    eth8.stats[call.minor] = {"drops": 10, "overlimits": 20}       # summed over the devices
+    per = s.metric_stats()["network_egress"]
+    assert (per["a"]["drops"], per["a"]["overlimits"]) == (16, 33)
+    assert (per["b"]["drops"], per["b"]["overlimits"]) == (0, 0)    # b's classes are its own
+    # The call's class goes after its linger: what it counted stays in its agent's counters.
+    s.on_tool_end(a, t, None)
+    after_linger(s)
+    s.metric_stats()
+    assert call.minor not in eth9.classes
+    per = s.metric_stats()["network_egress"]
+    assert (per["a"]["drops"], per["a"]["overlimits"]) == (16, 33)
+    eth9.stats[own.minor] = {"drops": 2, "overlimits": 2}
+    assert s.metric_stats()["network_egress"]["a"]["drops"] == 17
+
+
+def test_fq_mode_reads_no_class_stats():
+    s, app = stage()
+    a = agent()
+    s.on_agent_start(a)
+    s.devices[0].class_stats = lambda: pytest.fail("fq mode has no htb classes")
+    assert s.metric_stats()["network_egress"]["a"]["overlimits"] == 0
+
+
+def test_a_device_whose_stats_cannot_be_read_leaves_the_others_counted():
+    s, app = stage(kernel_has_fq=False)
+    a = agent()
+    s.on_agent_start(a)
+    group, own = s.classes[a.cgroup]
+    s.devices[1].stats[own.minor] = {"drops": 3, "overlimits": 1}
+
+    def gone():
+        raise KernelError("reading htb class stats on eth9: No such device (errno 19)")
+    s.devices[0].class_stats = gone
+    assert s.metric_stats()["network_egress"]["a"]["drops"] == 3
+
+
 def test_nft_mode_gives_each_limited_cgroup_a_rule_at_its_level_and_a_leaf_class():
     ran = []
     s, app, _ = nft_stage("nft", program=lambda *a: ran.append(a))
@@ -263,7 +313,8 @@ def test_nft_mode_gives_each_limited_cgroup_a_rule_at_its_level_and_a_leaf_class
     for d in s.devices:
         assert d.leaves == {2, 3}                   # the group (1) holds no packets itself
     assert s.mode_details()["network"]["leaf_qdisc"] == "fq_codel"
-    assert s.metric_stats()["network_egress"]["a"] == {"bytes": 2000, "packets": 2, "delayed": 0, "drops": 0}
+    assert s.metric_stats()["network_egress"]["a"] == {"bytes": 2000, "packets": 2, "delayed": 0, "drops": 0,
+                                                       "overlimits": 0}
     s.on_tool_end(a, t, None)
     after_linger(s)
     s.on_sample(None)

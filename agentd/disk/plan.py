@@ -12,15 +12,19 @@ def asks_io(policy):
     return any(c.io.weight is not None or c.io.maxima() is not None for c in classes)
 
 
-def io_files(limits, devices):
+def io_files(limits, devices, names=None):
     """{file: contents} for `limits` (policy.resources.IoLimits) on `devices` (kernel.blkio.BlockDevice,
     the disks io.devices names): io.weight and io.bfq.weight when a weight is set, io.max
-    with one line per disk when a maximum is. {} when the class sets neither."""
+    with one line per disk when a maximum is (each disk's own where the class gives it per
+    disk; "max" where it gives other disks only, so a reload that drops a limit clears it).
+    `names`: {MAJ:MIN: every io.devices entry that named that disk}; default: its spec.
+    {} when the class sets neither."""
     out = {}
     if limits.weight is not None:
         out[blkio.IO_WEIGHT] = blkio.weight_value(limits.weight)
         out[blkio.IO_BFQ_WEIGHT] = blkio.bfq_weight_value(limits.weight)
-    maxima = limits.maxima()
-    if maxima is not None and devices:
-        out[blkio.IO_MAX] = "\n".join(blkio.max_line(d.dev, *maxima) for d in devices)
+    if limits.maxima() is not None and devices:
+        names = names or {}
+        out[blkio.IO_MAX] = "\n".join(
+            blkio.max_line(d.dev, *limits.maxima_for(names.get(d.dev, (d.spec,)))) for d in devices)
     return out

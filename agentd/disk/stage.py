@@ -34,6 +34,7 @@ class IoStage(Stage):
         self.dry_run = bool(getattr(app, "dry_run", False))
         self._specs = None
         self.devices = []
+        self.names = {}               # dev -> the io.devices entries that name it (per-disk maxima)
         self.iocost_on = []           # disks agentd turned iocost on for (turned off at stop)
         self.weight_modes = {}        # dev -> iocost | bfq | none
         self._devices()
@@ -47,7 +48,7 @@ class IoStage(Stage):
         if specs == self._specs:
             return self.devices
         self._specs = specs
-        found = {}
+        found, names = {}, {}
         for spec in specs:
             try:
                 d = self.resolve(spec)
@@ -56,7 +57,9 @@ class IoStage(Stage):
                 log.warning("io.devices %s: %s; its io maxima are not written", spec, err)
                 continue
             found.setdefault(d.dev, d)        # two paths on one disk: one disk
+            names.setdefault(d.dev, []).append(spec)
         self.devices = sorted(found.values(), key=lambda d: (d.major, d.minor))
+        self.names = {dev: tuple(n) for dev, n in names.items()}
         self._weights_count()
         return self.devices
 
@@ -89,14 +92,14 @@ class IoStage(Stage):
             cls = self._policy(agent).agent_class(agent.agent_class)
         except AgentdError:
             return {}             # a class the policy no longer has (a reload)
-        return io_files(cls.io, self._devices())
+        return io_files(cls.io, self._devices(), self.names)
 
     def tool_files(self, agent, plan):
         try:
             cls = self._policy(agent).tool_class(plan.tool_class)
         except AgentdError:
             return {}
-        return io_files(cls.io, self._devices())
+        return io_files(cls.io, self._devices(), self.names)
 
     # --- stage hooks -----------------------------------------------------------------
     def on_agent_start(self, agent):

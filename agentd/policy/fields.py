@@ -7,7 +7,7 @@ but not what the value means; these validators say both, and reject the YAML sur
 """
 
 import re
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
@@ -108,6 +108,11 @@ def _iops(v):
 _MAJMIN_RE = re.compile(r"^\d{1,10}:\d{1,10}$")
 
 
+def is_disk_spec(v):
+    """Is `v` a disk in a form the policy takes (checked on its own by _block_device)?"""
+    return isinstance(v, str) and bool(_MAJMIN_RE.match(v) or v.startswith("/")) and "\x00" not in v
+
+
 def _block_device(v, info: ValidationInfo):
     """A disk as the policy names it. Where the loader was given the host's resolver
     (`block_device` in the validation context: the daemon, `agentd policy check`), a
@@ -115,7 +120,7 @@ def _block_device(v, info: ValidationInfo):
     if _is_int(v):
         raise ValueError(f"block device {v!r} is a number: YAML reads an unquoted MAJOR:MINOR such as 8:0 as one "
                          "(base 60); quote it: '8:0'")
-    if not isinstance(v, str) or not (_MAJMIN_RE.match(v) or v.startswith("/")) or "\x00" in v:
+    if not is_disk_spec(v):
         raise ValueError(f"bad block device {v!r}: write an absolute path (a file or directory on the disk, or "
                          "its /dev node) or MAJOR:MINOR in quotes, e.g. '8:0'")
     resolve = (info.context or {}).get("block_device")
@@ -125,6 +130,29 @@ def _block_device(v, info: ValidationInfo):
         except AgentdError as err:
             raise ValueError(str(err)) from None
     return v
+
+
+def _per_disk(one, what):
+    """A disk maximum (`one` parses a value) for every named disk, or a mapping of disks
+    (as io.devices names them: a path or MAJOR:MINOR) to their own maxima."""
+    def check(v, info: ValidationInfo):
+        if not isinstance(v, dict):
+            return one(v)
+        if not v:
+            raise ValueError(f"an empty mapping of disks to {what} limits nothing: name a disk (e.g. "
+                             f"{{\"/var\": ...}}) or write one {what} for every disk io.devices names")
+        out = {}
+        for disk, x in v.items():
+            try:
+                spec = _block_device(disk, info)
+            except ValueError as err:
+                raise ValueError(f"disk {disk!r}: {err}") from None
+            try:
+                out[spec] = one(x)
+            except ValueError as err:
+                raise ValueError(f"{what} of disk {disk!r}: {err}") from None
+        return out
+    return check
 
 
 def _gpu_size(v):
@@ -223,6 +251,11 @@ Size = Annotated[Optional[int], BeforeValidator(_size)]
 Rate = Annotated[Optional[int], BeforeValidator(_rate)]
 ByteRate = Annotated[Optional[int], BeforeValidator(_byte_rate)]
 Iops = Annotated[Optional[int], BeforeValidator(_iops)]
+# One value for every disk io.devices names, or {disk: value} (None = no limit).
+DiskByteRate = Annotated[Union[Optional[int], dict[str, Optional[int]]],
+                         BeforeValidator(_per_disk(_byte_rate, "disk rate"))]
+DiskIops = Annotated[Union[Optional[int], dict[str, Optional[int]]],
+                     BeforeValidator(_per_disk(_iops, "I/O operations per second"))]
 BlockDeviceSpec = Annotated[str, BeforeValidator(_block_device)]
 GpuSize = Annotated[object, BeforeValidator(_gpu_size)]
 CpuAmount = Annotated[Optional[float], BeforeValidator(_cpu)]

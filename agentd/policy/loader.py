@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from ..errors import PolicyError
+from .fields import is_disk_spec
 from .schema import BUILTIN_TOOL_CLASSES, Policy
 from .yamlsrc import YamlSyntaxError, load_located
 
@@ -195,8 +196,9 @@ def _io_problems(source, doc, devices_elsewhere=None):
     this one is under (an agent's policy takes the daemon's io section)."""
     data = doc.data
     io = data.get("io")
-    if isinstance(io, dict) and io.get("devices") or devices_elsewhere:
-        return []
+    named = io.get("devices") if isinstance(io, dict) else None
+    named = [d for d in (named if isinstance(named, list) else []) + list(devices_elsewhere or ())
+             if isinstance(d, str)]
     out = []
     for section in ("agent_classes", "tool_classes"):
         classes = data.get(section)
@@ -204,9 +206,18 @@ def _io_problems(source, doc, devices_elsewhere=None):
             lim = cls.get("io") if isinstance(cls, dict) else None
             for key in (k for k in IO_MAX_KEYS if isinstance(lim, dict) and k in lim):
                 path = (section, name, "io", key)
-                out.append(Problem(source, doc.line_of(path), _fmt_path(path),
-                                   f"io.{key} limits the disks io.devices names, and it names none: add the disk "
-                                   "(a path on it or MAJOR:MINOR) to io.devices, or remove this key"))
+                if not named:
+                    out.append(Problem(source, doc.line_of(path), _fmt_path(path),
+                                       f"io.{key} limits the disks io.devices names, and it names none: add the "
+                                       "disk (a path on it or MAJOR:MINOR) to io.devices, or remove this key"))
+                    continue
+                per_disk = lim[key] if isinstance(lim[key], dict) else {}
+                for disk in (d for d in per_disk if is_disk_spec(d) and d not in named):
+                    where = path + (disk,)
+                    out.append(Problem(source, doc.line_of(where), _fmt_path(where),
+                                       f"io.{key} names disk {disk!r}, which io.devices does not list "
+                                       f"({', '.join(map(repr, named))}): write it as io.devices does, or add it "
+                                       "there (agentd finds the disks it names once, at load)"))
     return out
 
 

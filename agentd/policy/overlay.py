@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from ..errors import PolicyError
 from ..units import format_size
-from .loader import Problem, _fmt_path, load_policy_text
+from .loader import IO_MAX_KEYS, Problem, _fmt_path, load_policy_text
 from .resources import CpuLimits, IoLimits, MemoryLimits, PidsLimits, ToolMemoryLimits
 from .schema import AgentClass, LATENCY_CLASSES, ToolClass
 from .yamlsrc import load_located
@@ -83,6 +83,9 @@ class _Check:
             if isinstance(mine, LIMIT_BLOCKS):
                 self.model(path + (key,), theirs, mine, what, size=key in SIZES)
                 continue
+            if isinstance(over, IoLimits) and (isinstance(mine, dict) or isinstance(theirs, dict)):
+                self.per_disk(path + (key,), over, base, key, what)
+                continue
             if rule == FREE or rule is None and mine == theirs:
                 continue
             is_size = size and key != "weight"
@@ -115,6 +118,17 @@ class _Check:
             if key in d.model_fields_set and getattr(d, key) not in getattr(self.daemon, section) and \
                     not (section in self.mine.model_fields_set and getattr(d, key) in getattr(self.mine, section)):
                 self.undefined(("defaults", key), kind, getattr(d, key), section)
+
+    def per_disk(self, path, over, base, key, what):
+        """An io maximum given per disk (here or in the daemon's policy): no higher than the
+        daemon's on each disk its io.devices names (a disk this one leaves out is unlimited)."""
+        i = IO_MAX_KEYS.index(key)
+        for disk in self.daemon.io.devices:
+            mine, theirs = over.maxima_for((disk,))[i], base.maxima_for((disk,))[i]
+            if _num(mine) > _num(theirs):
+                self.problem(path, f"{_show(mine, False)} on disk {disk!r} is above the daemon's "
+                                   f"{_show(theirs, False)} there for {what}: an agent's policy may only tighten "
+                                   f"the daemon's ({self.daemon.source})")
 
     def classes(self, section, kind):
         if section not in self.mine.model_fields_set:

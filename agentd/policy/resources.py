@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .fields import (ByteRate, CpuAmount, GpuSize, Iops, Model, PidsMax, Priority, Rate, Size, Weight,
+from .fields import (CpuAmount, DiskByteRate, DiskIops, GpuSize, Model, PidsMax, Priority, Rate, Size, Weight,
                      ranged_int)
 from ..units import format_size, parse_size
 
@@ -77,19 +77,34 @@ class IoLimits(Model):
 
     `weight` is its share of each disk against its siblings' (io.weight, and io.bfq.weight
     on bfq disks: agents against agents, a call against its agent's other calls); None
-    leaves the kernel's 100. The maxima are io.max on every disk `io.devices` names, per
-    second; None = no limit. An agent's maxima bound its calls too (the kernel's io.max
-    holds down the tree)."""
+    leaves the kernel's 100. The maxima are io.max per second on the disks `io.devices`
+    names: one value for every such disk, or a mapping {disk: value} naming some of them
+    (the disk as io.devices names it); None = no limit. An agent's maxima bound its calls
+    too (the kernel's io.max holds down the tree)."""
     weight: Optional[ranged_int(1, 10000, "io weight")] = None
-    rbps: ByteRate = None              # read bytes/s, from '20MiB/s', '50M/s' or 'max'
-    wbps: ByteRate = None              # written bytes/s
-    riops: Iops = None                 # read operations/s
-    wiops: Iops = None                 # write operations/s
+    rbps: DiskByteRate = None          # read bytes/s, from '20MiB/s', '50M/s' or 'max'
+    wbps: DiskByteRate = None          # written bytes/s
+    riops: DiskIops = None             # read operations/s
+    wiops: DiskIops = None             # write operations/s
 
     def maxima(self):
-        """(rbps, wbps, riops, wiops), or None when none is set."""
+        """(rbps, wbps, riops, wiops) as written (a number, None, or {disk: value}), or None
+        when none is set."""
         m = (self.rbps, self.wbps, self.riops, self.wiops)
         return None if all(v is None for v in m) else m
+
+    def maxima_for(self, names):
+        """(rbps, wbps, riops, wiops) on the disk io.devices names as any of `names` (one
+        disk may be named twice, e.g. by a path and by MAJOR:MINOR): a per-disk value of one
+        of its names (the lowest, where two names of it have one), else None."""
+        out = []
+        for v in (self.rbps, self.wbps, self.riops, self.wiops):
+            if isinstance(v, dict):
+                given = [v[n] for n in names if n in v]
+                limited = [x for x in given if x is not None]
+                v = min(limited) if limited else None
+            out.append(v)
+        return tuple(out)
 
 
 class AgentGpu(Model):

@@ -5,6 +5,8 @@ takes it to the loop device's major:minor).
 - io.max: a tool call whose class sets `wbps` writes with O_DIRECT (no page cache between
   it and the disk) at that rate, within 15%, for 5 and 20 MiB/s; an unlimited call beside
   them shows the device is faster than both, so the limit is what held them.
+- io.max per disk: a second loop device; a class with `wbps: {disk: 5MiB/s, other: 20MiB/s}`
+  writes to each at its own rate, within 15%.
 - io.weight: the daemon writes each agent's class weight and turns iocost on for the disk
   (io.cost.qos) so that the weights count. iocost shares a disk by weight once the disk is
   saturated by its own measure (latencies past its targets); a loop device whose image is
@@ -40,7 +42,8 @@ tool_classes:
   normal: {{priority: 50}}
   w5: {{priority: 50, io: {{wbps: 5MiB/s}}}}
   w20: {{priority: 50, io: {{wbps: 20MiB/s}}}}
-io: {{devices: [{mnt}]}}
+  split: {{priority: 50, io: {{wbps: {{{mnt}: 5MiB/s, {mnt2}: 20MiB/s}}}}}}
+io: {{devices: [{mnt}, {mnt2}]}}
 admission: {{enabled: false}}
 pressure: {{memory_watch: false}}
 detection: {{enabled: false}}
@@ -56,9 +59,8 @@ def _run(*cmd):
     return r.stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def disk(tmp_path_factory):
-    """(loop device, mount point): 384 MiB ext4 on a loop device, gone afterwards. A guest
+def _loop_disk(tmp_path_factory, size):
+    """(loop device, mount point): `size` of ext4 on a loop device, gone afterwards. A guest
     without the loop module fails here, saying so (a skip would hide that nothing ran).
     The image lives in the guest's /tmp, which is memory: mounted with discard, so that a
     file removed gives its blocks back to it."""
@@ -67,7 +69,7 @@ def disk(tmp_path_factory):
     mnt.mkdir()
     subprocess.run(["modprobe", "loop"], capture_output=True)
     with open(img, "wb") as f:
-        f.truncate(384 * MiB)
+        f.truncate(size)
     dev = _run("losetup", "--find", "--show", str(img))
     try:
         _run("mkfs.ext4", "-q", "-F", dev)
@@ -82,9 +84,20 @@ def disk(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory, cgfs, disk):
+def disk(tmp_path_factory):
+    yield from _loop_disk(tmp_path_factory, 384 * MiB)
+
+
+@pytest.fixture(scope="module")
+def disk2(tmp_path_factory):
+    """A second disk, for maxima per disk."""
+    yield from _loop_disk(tmp_path_factory, 128 * MiB)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, cgfs, disk, disk2):
     """The daemon with the io classes, started outside the test's own time limit."""
-    with running_daemon(cgfs, tmp_path_factory.mktemp("iod"), "io", POLICY.format(mnt=disk[1])) as d:
+    with running_daemon(cgfs, tmp_path_factory.mktemp("iod"), "io", POLICY.format(mnt=disk[1], mnt2=disk2[1])) as d:
         yield d
 
 
@@ -123,12 +136,38 @@ def test_io_max_holds_a_tool_calls_direct_writes_to_its_class_rate(tmp_path, dae
         rates[c] = int(m.group(1)) / float(m.group(2)) / MiB
         figure(f"O_DIRECT write rate, class {c}", f"{rates[c]:.2f}", "MiB/s")
     starts = {e["tool_class"]: e for e in d.events() if e.get("event") == "tool_start" and e.get("agent") == "wr"}
-    assert starts["w5"]["limits"][blkio.IO_MAX] == f"{dev} rbps=max wbps={5 * MiB} riops=max wiops=max"
-    assert starts["w20"]["limits"][blkio.IO_MAX] == f"{dev} rbps=max wbps={20 * MiB} riops=max wiops=max"
+    # One line per disk the policy names (two here): this disk's holds the class's rate.
+    assert f"{dev} rbps=max wbps={5 * MiB} riops=max wiops=max" in starts["w5"]["limits"][blkio.IO_MAX].splitlines()
+    assert f"{dev} rbps=max wbps={20 * MiB} riops=max wiops=max" in starts["w20"]["limits"][blkio.IO_MAX].splitlines()
     assert blkio.IO_MAX not in starts["normal"]["limits"]
     assert rates["normal"] > 1.3 * 20, f"the disk itself writes only {rates['normal']:.1f} MiB/s: nothing to limit"
     for c, limit in (("w5", 5), ("w20", 20)):
         assert abs(rates[c] - limit) <= 0.15 * limit, f"class {c}: {rates[c]:.2f} MiB/s, limit {limit} MiB/s"
+
+
+def test_io_max_per_disk_holds_each_disks_writes_to_its_own_rate(tmp_path, daemon, disk, disk2, figure):
+    d = daemon
+    # One call of class split writes to the first disk, then to the second.
+    script = ('"$1" tool --class split -- sh -c \'dd if=/dev/zero of="$0/f" bs=1M count=24 oflag=direct '
+              '2> "$2/dd-1" && dd if=/dev/zero of="$1/f" bs=1M count=64 oflag=direct 2> "$2/dd-2"; '
+              'rc=$?; rm -f "$0/f" "$1/f"; exit $rc\' "$2" "$3" "$4"')
+    agent = _agent(d, "split", script, disk[1], disk2[1], str(tmp_path))
+    try:
+        out, err = agent.communicate(timeout=200)
+        assert agent.returncode == 0, f"agent failed: {out}{err}"
+    finally:
+        stop(agent)
+    start = next(e for e in d.events() if e.get("event") == "tool_start" and e.get("agent") == "split")
+    lines = start["limits"][blkio.IO_MAX].splitlines()
+    assert sorted(lines) == sorted([f"{_dev_of(disk)} rbps=max wbps={5 * MiB} riops=max wiops=max",
+                                    f"{_dev_of(disk2)} rbps=max wbps={20 * MiB} riops=max wiops=max"]), lines
+    for n, limit in ((1, 5), (2, 20)):
+        text = (tmp_path / f"dd-{n}").read_text()
+        m = DD_RE.search(text)
+        assert m, f"no dd summary for disk {n}: {text}"
+        rate = int(m.group(1)) / float(m.group(2)) / MiB
+        figure(f"O_DIRECT write rate, class split, disk {n} (limit {limit} MiB/s)", f"{rate:.2f}", "MiB/s")
+        assert abs(rate - limit) <= 0.15 * limit, f"disk {n}: {rate:.2f} MiB/s, limit {limit} MiB/s"
 
 
 IO_COST_MODEL = "io.cost.model"

@@ -122,6 +122,88 @@ def test_an_agents_own_policy_may_lower_io_but_not_raise_it():
         agent_policy(daemon, "version: 1\nio: {devices: ['8:0']}\n", "mine.yaml")
 
 
+PER_DISK = POLICY.replace("build: {priority: 20, io: {weight: 50, wbps: 20MiB/s, riops: 1000}}",
+                          "build: {priority: 20, io: {wbps: {/data: 20MiB/s, '7:0': 5MiB/s}, riops: {/data: 1000}}}")
+
+
+def test_a_class_may_give_each_disk_its_own_maxima():
+    p = load(PER_DISK)
+    io = p.tool_class("build").io
+    assert io.wbps == {"/data": 20 * MiB, "7:0": 5 * MiB} and io.riops == {"/data": 1000}
+    assert io.maxima_for(("/data",)) == (None, 20 * MiB, 1000, None)
+    assert io.maxima_for(("7:0",)) == (None, 5 * MiB, None, None)
+    assert io.maxima_for(("/elsewhere",)) == (None, None, None, None)
+    # One disk named twice (a path on it and its MAJOR:MINOR): the lower of its values.
+    assert io.maxima_for(("/data", "7:0")) == (None, 5 * MiB, 1000, None)
+    # A value for every disk and one per disk mix key by key.
+    assert p.agent_class("low").io.maxima_for(("7:0",)) == (None, 40 * MiB, None, None)
+    assert asks_io(p)
+
+
+def test_per_disk_maxima_are_written_per_disk():
+    p = load(PER_DISK)
+    disks = [blkio.BlockDevice(7, 0, "loop0", "7:0"), blkio.BlockDevice(8, 0, "sda", "/data")]
+    assert io_files(p.tool_class("build").io, disks)[blkio.IO_MAX] == (
+        "7:0 rbps=max wbps=5242880 riops=max wiops=max\n"
+        "8:0 rbps=max wbps=20971520 riops=1000 wiops=max")
+    # /data and '7:0' on one disk: its line takes the lower of the two.
+    one = [blkio.BlockDevice(7, 0, "loop0", "/data")]
+    assert io_files(p.tool_class("build").io, one, {"7:0": ("/data", "7:0")})[blkio.IO_MAX] == \
+        "7:0 rbps=max wbps=5242880 riops=1000 wiops=max"
+
+
+def test_bad_per_disk_maxima_name_their_line():
+    def bad(build_io):
+        return problems(POLICY.replace("{weight: 50, wbps: 20MiB/s, riops: 1000}", build_io))
+    assert bad("{wbps: {/data: 20Mbit}}") == [
+        "t.yaml:8: tool_classes.build.io.wbps: disk rate of disk '/data': disk rate '20Mbit' is in bits: write "
+        "bytes per second, e.g. '20MiB/s'"]
+    assert bad("{wiops: {/data: 0}}") == [
+        "t.yaml:8: tool_classes.build.io.wiops: I/O operations per second of disk '/data': I/O operations per "
+        "second must be a positive whole number or 'max', not 0"]
+    assert bad("{rbps: {data: 1MiB/s}}") == [
+        "t.yaml:8: tool_classes.build.io.rbps: disk 'data': bad block device 'data': write an absolute path (a "
+        "file or directory on the disk, or its /dev node) or MAJOR:MINOR in quotes, e.g. '8:0'"]
+    assert bad("{rbps: {}}") == [
+        "t.yaml:8: tool_classes.build.io.rbps: an empty mapping of disks to disk rate limits nothing: name a disk "
+        "(e.g. {\"/var\": ...}) or write one disk rate for every disk io.devices names"]
+    # A disk io.devices does not list: at the line of the disk itself.
+    text = POLICY.replace("build: {priority: 20, io: {weight: 50, wbps: 20MiB/s, riops: 1000}}",
+                          "build:\n    priority: 20\n    io:\n      wbps:\n        /data: 1MiB/s\n"
+                          "        /dev/vdc: 2MiB/s")
+    assert problems(text) == [
+        "t.yaml:13: tool_classes.build.io.wbps./dev/vdc: io.wbps names disk '/dev/vdc', which io.devices does not "
+        "list ('/data', '7:0'): write it as io.devices does, or add it there (agentd finds the disks it names "
+        "once, at load)"]
+    # Without the host's disk: an error at its line too (the loader's resolver).
+    def resolve(spec):
+        if spec == "7:0":
+            raise AgentdError("7:0: there is no block device 7:0 on this host (`lsblk` lists the disks)")
+        return blkio.BlockDevice(8, 0, "sda", spec)
+    assert "tool_classes.build.io.wbps: disk '7:0': 7:0: there is no block device 7:0" in \
+        "\n".join(problems(PER_DISK, block_device=resolve))
+
+
+def test_an_agents_own_policy_may_lower_a_disks_maximum_but_not_raise_it():
+    daemon = load(PER_DISK)
+    view = agent_policy(daemon, "version: 1\ntool_classes:\n  build: {io: {wbps: {/data: 10MiB/s, '7:0': 5MiB/s}}}\n",
+                        "mine.yaml")
+    assert view.tool_class("build").io.maxima_for(("/data",))[1] == 10 * MiB
+    view = agent_policy(daemon, "version: 1\ntool_classes:\n  build: {io: {wbps: 1MiB/s}}\n", "mine.yaml")
+    assert view.tool_class("build").io.maxima_for(("7:0",))[1] == MiB
+    for over in ("{wbps: {/data: 30MiB/s, '7:0': 5MiB/s}}", "{wbps: {/data: 10MiB/s}}", "{wbps: 6MiB/s}"):
+        with pytest.raises(PolicyError, match="on disk .* is above the daemon's .* tighten") as info:
+            agent_policy(daemon, f"version: 1\ntool_classes:\n  build: {{io: {over}}}\n", "mine.yaml")
+        assert "mine.yaml:3: tool_classes.build.io.wbps" in str(info.value), str(info.value)
+    # A per-disk value under the daemon's one for every disk.
+    daemon = load()
+    agent_policy(daemon, "version: 1\ndefaults: {agent_class: low}\n"
+                         "agent_classes:\n  low: {io: {wbps: {/data: 10MiB/s, '7:0': 40MiB/s}}}\n", "mine.yaml")
+    with pytest.raises(PolicyError, match="tighten"):
+        agent_policy(daemon, "version: 1\ndefaults: {agent_class: low}\n"
+                             "agent_classes:\n  low: {io: {wbps: {/data: 10MiB/s}}}\n", "mine.yaml")
+
+
 # --- the resolver over a fake /sys/dev/block -------------------------------------------
 
 def fake_sys(tmp_path, disks):
@@ -356,3 +438,20 @@ def test_doctor_says_which_io_mode_would_run_and_why(tmp_path, monkeypatch):
                                              "7:0 = loop0 7:0 (io.max; weights: bfq)"}
     no_io = types.SimpleNamespace(controllers=("memory",), cgroup2_mount=str(tmp_path))
     assert mode("io: {devices: [/data]}\n", no_io)["mode"] == "off"
+
+
+def test_a_call_of_a_class_with_per_disk_maxima_gets_each_disks_own_line(tmp_path):
+    ctl, fs, stage, app = world(tmp_path, text=PER_DISK)
+    low = ctl.create_agent("lo", agent_class="low")
+    call = ctl.start_tool(low, None, ["make"])
+    assert io_writes(fs, call.cgroup)[blkio.IO_MAX] == \
+        "7:0 rbps=max wbps=5242880 riops=max wiops=max\n8:0 rbps=max wbps=20971520 riops=1000 wiops=max"
+    # A reload that names /data by its MAJOR:MINOR as well: its per-disk values still find it.
+    app.policy = load(PER_DISK.replace("[/data, '7:0']", "[/data, '8:0']").replace("'7:0': 5MiB/s", "'8:0': 5MiB/s"))
+    DISKS["8:0"] = blkio.BlockDevice(8, 0, "sda", "8:0")
+    try:
+        call = ctl.start_tool(low, None, ["make"])
+        assert stage.names == {"8:0": ("/data", "8:0")}
+        assert io_writes(fs, call.cgroup)[blkio.IO_MAX] == "8:0 rbps=max wbps=5242880 riops=1000 wiops=max"
+    finally:
+        del DISKS["8:0"]

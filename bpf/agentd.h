@@ -172,7 +172,9 @@ struct agentd_devguard_config {
  * when it adds the entry, and the rate through a lookup-modify-update otherwise).
  * Two modes: with fq on the device, rate_bps gives departure times (EDT); where the
  * kernel has no fq, rate_bps is 0 and classid names an htb class with the rate, which
- * the program selects through skb->priority (the deepest level's class wins). */
+ * the program selects through skb->priority (the deepest level's class wins). A packet
+ * counts in one entry only, its deepest level's (bytes, packets, delayed, drops): an
+ * agent's counters are the sum of its entries'. */
 #define AGENTD_EGRESS_MAX 4096
 #define AGENTD_EGRESS_LEVELS 8	/* ancestor levels below the attach point searched */
 
@@ -180,8 +182,8 @@ struct agentd_egress {
 	__u64 rate_bps;		/* bytes per second; 0: count only */
 	__u64 burst_ns;		/* how far the clock may lag now: a burst of rate x burst_ns */
 	__u64 next_ns;		/* the clock: earliest departure of the next packet (CLOCK_MONOTONIC) */
-	__u64 bytes;		/* passed */
-	__u64 packets;		/* passed */
+	__u64 bytes;		/* passed, of the cgroups this is the deepest entry of */
+	__u64 packets;		/* passed, as bytes */
 	__u64 delayed;		/* passed with a departure time later than now */
 	__u64 drops;		/* dropped: departure past the horizon */
 	__u32 classid;		/* htb mode: the class (major:minor) the packet is queued in; 0: none */

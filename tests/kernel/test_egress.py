@@ -9,6 +9,7 @@ fq (or htb) on the sending device; the receiver measures.
 """
 
 import os
+import time
 
 import pytest
 
@@ -102,12 +103,18 @@ def test_fq_mode_a_call_spends_its_agents_rate_and_counts_once(cgtree, pair, fig
             assert eg.counters(a)["bytes"] == eg.counters(a)["packets"] == 0, eg.counters(a)
             assert eg.counters(t1)["bytes"] >= 1.5 * alone, (eg.counters(t1), alone)
             before = eg.counters(t1)["bytes"]
+            t0 = time.monotonic()
             call, main = pair.measure([t1_procs, a_procs])
+            took = time.monotonic() - t0
             figure("fq mode, agent 40 Mbit/s with a call at 10: call / agent's own process",
                    f"{call / MBIT:.1f} / {main / MBIT:.1f}", "Mbit/s")
             assert 0.9 * 10 * MBIT <= call <= 1.1 * 10 * MBIT, call / MBIT
             assert main >= 0.9 * 30 * MBIT, main / MBIT
-            assert call + main <= 1.1 * 40 * MBIT, (call + main) / MBIT
+            # The agent's rate bounds the sum of both. The receivers' rates cover windows
+            # that start and end apart (a sender starts late in a loaded guest), so the sum
+            # is read from the counters (each packet once) over the whole measurement.
+            both = eg.counters(a)["bytes"] + eg.counters(t1)["bytes"] - before
+            assert both <= 1.1 * 40 * MBIT * took + 64 * 1024, (both, took)
             # The agent's own process counts in the agent's entry, the call's in the call's only.
             assert eg.counters(a)["bytes"] > 0 and eg.counters(t1)["bytes"] > before
     finally:

@@ -269,7 +269,7 @@ def test_htb_mode_reports_its_classes_drops_and_overlimits_per_agent_and_keeps_a
     # The call's class goes after its linger: what it counted stays in its agent's counters.
     s.on_tool_end(a, t, None)
     after_linger(s)
-    s.metric_stats()
+    s.on_sample(None)
     assert call.minor not in eth9.classes
     per = s.metric_stats()["network_egress"]
     assert (per["a"]["drops"], per["a"]["overlimits"]) == (16, 33)

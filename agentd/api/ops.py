@@ -72,6 +72,17 @@ class ApiOps:
             raise
         return child
 
+    def _still_alive(self, conn, child):
+        try:
+            conn.verify_peer()
+        except AgentdError:
+            raise RequestError("gone", f"caller pid {conn.pid} has exited") from None
+        if child is not None:
+            try:
+                child.verify()
+            except AgentdError:
+                raise RequestError("gone", f"process {child.pid} is gone") from None
+
     def _check_child(self, conn, child, peer_cg):
         try:
             ppid = self.procfs.ppid(child.pid)
@@ -172,13 +183,19 @@ class ApiOps:
                 pending[agent.agent_id] -= 1
                 if not pending[agent.agent_id]:
                     del pending[agent.agent_id]
-            # Admission may have waited: the caller, its agent and its child are checked
-            # again, now, against the identities held since the first check.
-            again, _, now_cg = self._caller_agent(conn)
-            if again is not agent or now_cg != peer_cg or self.ctl.agents.get(agent.agent_id) is not agent:
-                raise RequestError("gone", f"the caller (pid {conn.pid}) left agent {agent.agent_id} while waiting")
-            if child is not None:
-                self._check_child(conn, child, peer_cg)
+            # Where admission waited, the caller, its agent and its child are checked again,
+            # now, against the identities held since the first check. A call admitted at
+            # once ran no other request in between (the stages' admit does not suspend):
+            # what the daemon knows of them cannot have changed, only whether they still live.
+            if ticket.waited:
+                again, _, now_cg = self._caller_agent(conn)
+                if again is not agent or now_cg != peer_cg or self.ctl.agents.get(agent.agent_id) is not agent:
+                    raise RequestError("gone", f"the caller (pid {conn.pid}) left agent {agent.agent_id} "
+                                               f"while waiting")
+                if child is not None:
+                    self._check_child(conn, child, peer_cg)
+            else:
+                self._still_alive(conn, child)
             tool = self.ctl.start_tool(agent, child, req["argv"], req.get("class"), req.get("mem"),
                                        req.get("intent"), ticket=ticket)
         finally:

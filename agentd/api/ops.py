@@ -233,26 +233,28 @@ class ApiOps:
         if tool is None or tool.done:
             raise RequestError("no_tool", f"no running tool call {req['agent']}/{req['tool']}")
         rusage = {k: req[k] for k in ("wall_s", "utime_s", "stime_s", "maxrss_kb") if k in req}
+        emptied = False
         if tool.plan.stragglers == "kill" and tool.plan.straggler_grace_s > 0:
-            await self._await_empty(tool.cgroup, tool.plan.straggler_grace_s)
-        result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage)
+            emptied = await self._await_empty(tool.cgroup, tool.plan.straggler_grace_s) == "empty"
+        result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage, emptied=emptied)
         conn.tools.discard((agent.agent_id, tool.tool_id))
         self.outbox.unbind(tool.key)
         from .feedback import messages_for
         return {"messages": messages_for(result), "result": result}
 
     async def _await_empty(self, cg, timeout):
+        """"empty" (read so), "unknown" (no longer readable) or "populated" at the timeout."""
         deadline = time.monotonic() + timeout
         delay = 0.002
         while time.monotonic() < deadline:
             try:
                 if not self.fs.populated(cg):
-                    return True
+                    return "empty"
             except AgentdError:
-                return True
+                return "unknown"
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
-        return False
+        return "populated"
 
     async def op_status(self, conn, req):
         from .status import snapshot

@@ -297,7 +297,7 @@ class Server:
     def _keepalive(self, conn, box):
         """A timer, not a task: most requests are answered before the first one fires."""
         conn.send(protocol.notice("keepalive", ""))
-        box[0] = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._keepalive, conn, box)
+        box[0] = (self._loop or asyncio.get_running_loop()).call_later(KEEPALIVE_S, self._keepalive, conn, box)
 
     async def _one(self, conn, line):
         op = "?"
@@ -306,7 +306,7 @@ class Server:
             req = protocol.parse_request(line)
             op = req["op"]
             ka = [None]
-            ka[0] = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._keepalive, conn, ka)
+            ka[0] = (self._loop or asyncio.get_running_loop()).call_later(KEEPALIVE_S, self._keepalive, conn, ka)
             reply = await getattr(self.app, "op_" + op)(conn, req)
             conn.send(protocol.ok(**(reply or {})))
         except RequestError as err:

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import types
 
-from .admission_queue import AdmissionQueue
+from .admission_queue import AdmissionQueue, Wait
 from .model import Placement
 
 EMPTY = types.MappingProxyType({})
@@ -56,6 +56,7 @@ class Ticket:
     """An admitted call: its plan and each stage's decision, handed from admit to place."""
     plan: object
     decided: types.MappingProxyType = dataclasses.field(default_factory=lambda: EMPTY)  # stage -> its admit()
+    waited: bool = False              # it waited in the queue (other requests ran meanwhile)
 
 
 class Pipeline:
@@ -85,7 +86,7 @@ class Pipeline:
             if d is not None:
                 asks[stage] = d
         decided = await self.queue.admit(call, asks, tell)
-        return Ticket(plan, types.MappingProxyType(decided))
+        return Ticket(plan, types.MappingProxyType(decided), waited=any(isinstance(d, Wait) for d in asks.values()))
 
     def wake(self):
         """A stage saw room appear: waiting calls that now fit everywhere go on."""

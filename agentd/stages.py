@@ -10,7 +10,9 @@ A tool call passes the stages twice before it runs (agentd/pipeline.py):
 - `admit(call, tell)`: the API path only, before the call exists. The stage forecasts
   what it needs of its resource and returns its decision, or None, or an
   `admission_queue.Wait` when there is no room now: then the call waits once, in the
-  pipeline's one admission queue, for every stage that said Wait. While it waits the queue
+  pipeline's one admission queue, for every stage that said Wait. `admit` answers without
+  suspending (no await that yields): waiting is the queue's alone, and the API checks its
+  caller's identity again only after a call waited there. While it waits the queue
   asks the stage `pick(requests)` (which of its waiting requests fit now, in its order);
   when all its stages picked it, each gets `grant(call, request, info, waited)`, and at
   the timeout `expire(call, request, waited)`, which return the stage's decision (or raise

@@ -174,8 +174,10 @@ class ToolCalls:
             tool.run.peak_sample = cur
         return cur
 
-    def finish_tool(self, tool, status=None, rusage=None, reason="exited", force_kill=False):
+    def finish_tool(self, tool, status=None, rusage=None, reason="exited", force_kill=False, emptied=False):
         """Deal with stragglers, collect accounting, remove the cgroup, log one event.
+        `emptied`: the caller read the cgroup empty just before, with nothing run since
+        (the API's wait for stragglers): it is not read again.
 
         Returns the result dict (also the machine-readable feedback for the agent).
         """
@@ -186,7 +188,7 @@ class ToolCalls:
         stragglers = 0
         removed = True
         try:
-            if self.fs.populated(cg):         # CgroupGone when it is gone
+            if not emptied and self.fs.populated(cg):     # CgroupGone when it is gone
                 self.sample_tool(tool)
                 stragglers = len(self.fs.procs(cg))
                 if tool.frozen:

@@ -4,6 +4,14 @@ to the same command run plainly, in one run.
     sudo python3 bench/percall.py                      # this host's cgroup v2
     python3 bench/percall.py --vm                      # the kernel tier's VM (QEMU, 2 vCPUs)
     python3 bench/percall.py --vm --tree /path/to/other/checkout --tree .   # side by side
+    python3 bench/percall.py --vm --same-boot --tree 0f6dc0a --tree HEAD --rounds 3 --calls 100
+
+A tree is a checkout's folder or a git revision of this repository (checked out once into
+.cache/trees/<sha> and built there). `--rounds N` measures the list of trees N times,
+alternated (A B A B ...). In the VM each tree gets its own boot unless `--same-boot`: then
+one boot measures every tree in turn, which takes the boot-to-boot drift (20-30 % seen
+under emulation) out of the comparison. With a tree measured more than once, a summary
+gives each tree's median and range over its runs and the ratio to the first tree.
 
 For each source tree (default: this checkout) the script starts `agentd daemon` from it on
 a private cgroup root (under a 1 GiB memory.max in the VM, so the policy's percentages
@@ -17,8 +25,9 @@ the guest's tmpfs: its root file system is 9p, which re-reads a binary at every 
   caller    user+sys CPU of the command and everything it forked (launcher included)
   daemon    the daemon's user+sys CPU over the calls (/proc/PID/stat), less its idle rate
 
-The idle rate (timers: enforcer ticks, sweeps, samples) is reported on its own line: it
-is what the daemon costs with no call running. Run VM jobs under the shared VM lock.
+The idle rate (timers: enforcer ticks, sweeps, samples; measured before and after the calls,
+the lower counts) is reported on its own line: it is what the daemon costs with no call
+running. Run VM jobs under the shared VM lock.
 """
 
 import argparse
@@ -39,6 +48,32 @@ IDLE_S = 4.0
 WARMUP = 3
 PARENT = "agentd-percall"
 PARENT_MEMORY = 1 << 30
+
+
+def resolve_tree(spec):
+    """A folder as given; else a git revision of this repository, checked out (once) into
+    .cache/trees/<sha> with its launcher and BPF objects built there."""
+    if os.path.isdir(spec):
+        return str(Path(spec).resolve())
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", spec + "^{commit}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"percall: --tree {spec!r} is neither a folder nor a git revision of {REPO}") from None
+    tree = REPO / ".cache" / "trees" / sha[:12]
+    if not (tree / "agentd" / "_bin" / "agentd").exists():
+        if not tree.exists():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), sha], check=True)
+        subprocess.run([sys.executable, "-m", "agentd._build"], cwd=tree, check=True,
+                       env=dict(os.environ, PYTHONPATH=str(tree)))
+    return str(tree)
+
+
+def idle_rate_of(pid):
+    """The daemon's CPU seconds per second over IDLE_S with no call running."""
+    c0 = proc_cpu_s(pid)
+    time.sleep(IDLE_S)
+    return (proc_cpu_s(pid) - c0) / IDLE_S
 
 
 def proc_cpu_s(pid):
@@ -79,7 +114,7 @@ def agent_loop(args):
 
 
 # --- one tree ---------------------------------------------------------------------------
-def measure_tree(tree, args, work):
+def measure_tree(tree, args, work, label=None):
     from agentd.kernel.cgroupfs import CgroupFS, find_cgroup2_mount
     fs = CgroupFS(find_cgroup2_mount())
     root = f"{PARENT}/{os.getpid()}-{abs(hash(tree)) % 10000}"
@@ -101,9 +136,7 @@ def measure_tree(tree, args, work):
                                  + Path(d, "daemon.log").read_text()[-3000:])
             time.sleep(0.2)
         time.sleep(2.0)                   # the stages' first ticks
-        c0 = proc_cpu_s(daemon.pid)
-        time.sleep(IDLE_S)
-        idle_rate = (proc_cpu_s(daemon.pid) - c0) / IDLE_S
+        idle_before = idle_rate_of(daemon.pid)
         out = os.path.join(d, "agent.json")
         cmd = shlex.split(args.cmd)
         variants = [("plain", cmd), ("agentd", [launcher, "tool", "--"] + cmd)]
@@ -123,6 +156,11 @@ def measure_tree(tree, args, work):
             raise SystemExit(f"percall: the agent failed ({rc}):\n" + Path(d, "agent.err").read_text()[-2000:]
                              + Path(d, "daemon.log").read_text()[-2000:])
         res = json.loads(Path(out).read_text())
+        # Idle again after the calls: a window that caught some one-off work (a start that
+        # was not over, under emulation on a busy host) reads high, and would take too much
+        # off; the lower of the two is the daemon's idle cost.
+        idle_after = idle_rate_of(daemon.pid)
+        idle_rate = min(idle_before, idle_after)
         err = Path(d, "agent.err").read_text()
         if "agentd: " in err:
             raise SystemExit(f"percall: agentd tool fell back or failed:\n{err[:2000]}")
@@ -135,8 +173,9 @@ def measure_tree(tree, args, work):
         # less its idle rate, shared over every tool call.
         daemon_ms = res["daemon_cpu_s"] * 1e3 / n
         idle_ms = idle_rate * res["elapsed_s"] * 1e3 / n
-        row = {"tree": tree, "calls": args.calls, "policy": args.policy, "cmd": args.cmd,
-               "idle_cpu_ms_per_s": idle_rate * 1e3, "daemon_cpu_ms_per_call": daemon_ms - idle_ms,
+        row = {"tree": tree, "label": label or tree, "calls": args.calls, "policy": args.policy, "cmd": args.cmd,
+               "idle_cpu_ms_per_s": idle_rate * 1e3, "idle_cpu_ms_per_s_before": idle_before * 1e3,
+               "idle_cpu_ms_per_s_after": idle_after * 1e3, "daemon_cpu_ms_per_call": daemon_ms - idle_ms,
                "daemon_cpu_ms_per_call_raw": daemon_ms, "variants": {}}
         for name in names:
             walls, cpus = [w for w, _ in res[name]], [c for _, c in res[name]]
@@ -157,7 +196,8 @@ def report(rows, where):
     print(f"per tool call, {where}: `{rows[0]['cmd']}`, policy {rows[0]['policy']}, {rows[0]['calls']} calls each")
     print(f"  {'tree':30s} {'':26s} {'wall median':>11s} {'wall mean':>10s} {'caller CPU':>11s} {'daemon CPU':>11s}")
     for r in rows:
-        t = r["tree"] if len(r["tree"]) <= 30 else "..." + r["tree"][-27:]
+        label = r.get("label", r["tree"])
+        t = label if len(label) <= 30 else "..." + label[-27:]
         plain = r["variants"]["plain"]
         for name, v in r["variants"].items():
             daemon = "" if name == "plain" else f"{r['daemon_cpu_ms_per_call']:9.1f}ms"
@@ -166,9 +206,39 @@ def report(rows, where):
             print(f"  {t:30s} {name:26s} {v['wall_median_ms']:9.1f}ms {v['wall_mean_ms']:8.1f}ms "
                   f"{v['caller_cpu_ms']:9.1f}ms {daemon:>11s}{extra}")
             t = ""
-        print(f"  {'':30s} daemon idle: {r['idle_cpu_ms_per_s']:.1f} ms CPU per second "
+        both = (f", the lower of {r['idle_cpu_ms_per_s_before']:.1f} before and {r['idle_cpu_ms_per_s_after']:.1f} "
+                f"after the calls" if "idle_cpu_ms_per_s_after" in r else "")
+        print(f"  {'':30s} daemon idle: {r['idle_cpu_ms_per_s']:.1f} ms CPU per second{both} "
               f"(subtracted; raw {r['daemon_cpu_ms_per_call_raw']:.1f} ms per call)")
+    summary(rows)
     sys.stdout.flush()
+
+
+def summary(rows):
+    """With a tree measured more than once: per tree, the median and range over its runs of
+    daemon CPU per call and of the wall per call (plain, and `agentd tool` with the launcher
+    the guest would have installed); the ratio of each tree's medians to the first tree's."""
+    by = {}
+    for r in rows:
+        by.setdefault(r.get("label", r["tree"]), []).append(r)
+    if all(len(rs) < 2 for rs in by.values()):
+        return
+    tool = "agentd, launcher on tmpfs" if "agentd, launcher on tmpfs" in rows[0]["variants"] else "agentd"
+    cols = [("daemon CPU per call", lambda r: r["daemon_cpu_ms_per_call"]),
+            ("raw (idle kept)", lambda r: r["daemon_cpu_ms_per_call_raw"]),
+            ("plain wall", lambda r: r["variants"]["plain"]["wall_median_ms"]),
+            (f"{tool} wall", lambda r: r["variants"][tool]["wall_median_ms"]),
+            ("idle CPU ms/s", lambda r: r["idle_cpu_ms_per_s"])]
+    print(f"summary over runs: median [min-max] per tree; ratio = median / {next(iter(by))}'s median")
+    first = None
+    for label, rs in by.items():
+        meds = [statistics.median(f(r) for r in rs) for _, f in cols]
+        first = first or meds
+        cells = []
+        for (name, f), m, m0 in zip(cols, meds, first):
+            v = [f(r) for r in rs]
+            cells.append(f"{name} {m:.1f} [{min(v):.1f}-{max(v):.1f}] x{m / m0 if m0 else float('nan'):.2f}")
+        print(f"  {label} ({len(rs)} runs): " + "; ".join(cells))
 
 
 def run_here(args):
@@ -186,35 +256,46 @@ def run_here(args):
     work = tempfile.mkdtemp(prefix="agentd-percall-")
     rows = []
     try:
-        for tree in args.tree:
-            rows.append(measure_tree(str(Path(tree).resolve()), args, work))
+        for label, tree in args.runs:
+            rows.append(measure_tree(tree, args, work, label))
+            if args.json:                 # what was measured so far survives a later failure
+                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
         shutil.rmtree(work)               # kept on a failure: the daemon's log is there
     finally:
         if fs.exists(PARENT) and not fs.children(PARENT):
             fs.rmdir(PARENT)
     report(rows, "in the kernel tier's VM (QEMU TCG, 2 vCPUs)" if args.guest else f"on this host ({os.uname().release})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def guest_argv(args, runs, result):
+    argv = [sys.executable, str(Path(__file__).resolve()), "--guest", "--calls", str(args.calls),
+            "--policy", args.policy, "--cmd", args.cmd, "--json", result]
+    for label, tree in runs:
+        argv += ["--tree", tree, "--label", label]
+    return argv
 
 
 def run_vm(args):
-    """One boot per tree: loading the sched_ext scheduler a second time in one boot of the
-    emulated guest sometimes hits an int3 Oops while the kernel patches its text; a boot
-    that panics is booted again."""
+    """One boot per tree, or one for all with --same-boot. Under emulation the guest kernel
+    sometimes hits an int3 Oops while it patches its text (at boot, or loading the sched_ext
+    scheduler, which every daemon start does); a boot that panics is booted again."""
     sys.path.insert(0, str(REPO))
     from bench.replay.vm import boot_in_vm    # the kernel tier's VM
     base = args.out or tempfile.mkdtemp(prefix="percall-", dir=REPO / ".cache")
     rows = []
-    for i, tree in enumerate(args.tree):
+    boots = [args.runs] if args.same_boot else [[run] for run in args.runs]
+    for i, runs in enumerate(boots):
         for attempt in range(3):
-            out = os.path.join(base, f"tree{i}-{attempt}")
+            out = os.path.join(base, f"boot{i}-{attempt}")
             os.makedirs(out, exist_ok=True)
             result = os.path.join(out, "percall.json")
-            inner = [sys.executable, str(Path(__file__).resolve()), "--guest", "--calls", str(args.calls),
-                     "--policy", args.policy, "--cmd", args.cmd, "--json", result, "--tree", str(Path(tree).resolve())]
-            status = boot_in_vm(" ".join(shlex.quote(a) for a in inner), out, "4G", args.timeout)
+            t0 = time.monotonic()
+            status = boot_in_vm(" ".join(shlex.quote(a) for a in guest_argv(args, runs, result)), out, "4G",
+                                args.timeout)
             if status == 0 and os.path.exists(result):
                 rows += json.loads(Path(result).read_text())
+                print(f"percall: boot {i + 1} of {len(boots)} ({', '.join(label for label, _ in runs)}) took "
+                      f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
                 break
             console = Path(out, "console.log").read_text(errors="replace") if Path(out, "console.log").exists() else ""
             if "Kernel panic" not in console:
@@ -224,7 +305,8 @@ def run_vm(args):
             print(f"percall: the guest kernel panicked (emulation); booting again", file=sys.stderr)
         else:
             raise SystemExit(f"percall: the guest kernel panicked {attempt + 1} times; see {base}")
-    report(rows, "in the kernel tier's VM (QEMU TCG, 2 vCPUs)")
+    where = "in the kernel tier's VM (QEMU TCG, 2 vCPUs" + (", one boot)" if args.same_boot else ", one boot per tree)")
+    report(rows, where)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
@@ -232,7 +314,10 @@ def run_vm(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vm", action="store_true", help="run in the kernel tier's VM")
-    p.add_argument("--tree", action="append", help="agentd source tree to measure (repeatable; default: this one)")
+    p.add_argument("--tree", action="append",
+                   help="agentd source tree to measure: a folder or a git revision (repeatable; default: this one)")
+    p.add_argument("--rounds", type=int, default=1, help="measure the list of trees this many times, alternated")
+    p.add_argument("--same-boot", action="store_true", help="(--vm) measure every tree in one boot of the guest")
     p.add_argument("--calls", type=int, help="tool calls (and plain runs) per tree (default: 40 in the VM, 300 here)")
     p.add_argument("--policy", default="multi-tenant", help="shipped policy name or a path")
     p.add_argument("--cmd", default="/bin/sh -c true", help="the command each call runs")
@@ -244,10 +329,16 @@ def main():
     p.add_argument("--variants", help=argparse.SUPPRESS)
     p.add_argument("--daemon-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--label", action="append", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.agent_loop:
         return agent_loop(args)
-    args.tree = args.tree or [str(REPO)]
+    if args.guest:                        # the host resolved them
+        args.runs = list(zip(args.label, args.tree))
+    else:
+        specs = args.tree or [str(REPO)]
+        trees = {spec: resolve_tree(spec) for spec in specs}
+        args.runs = [(spec, trees[spec]) for spec in specs] * args.rounds
     args.calls = args.calls or (40 if args.vm or args.guest else 300)
     sys.path.insert(0, str(REPO))
     return run_vm(args) if args.vm else run_here(args)

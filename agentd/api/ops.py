@@ -72,6 +72,17 @@ class ApiOps:
             raise
         return child
 
+    def _still_alive(self, conn, child):
+        try:
+            conn.verify_peer()
+        except AgentdError:
+            raise RequestError("gone", f"caller pid {conn.pid} has exited") from None
+        if child is not None:
+            try:
+                child.verify()
+            except AgentdError:
+                raise RequestError("gone", f"process {child.pid} is gone") from None
+
     def _check_child(self, conn, child, peer_cg):
         try:
             ppid = self.procfs.ppid(child.pid)
@@ -172,13 +183,19 @@ class ApiOps:
                 pending[agent.agent_id] -= 1
                 if not pending[agent.agent_id]:
                     del pending[agent.agent_id]
-            # Admission may have waited: the caller, its agent and its child are checked
-            # again, now, against the identities held since the first check.
-            again, _, now_cg = self._caller_agent(conn)
-            if again is not agent or now_cg != peer_cg or self.ctl.agents.get(agent.agent_id) is not agent:
-                raise RequestError("gone", f"the caller (pid {conn.pid}) left agent {agent.agent_id} while waiting")
-            if child is not None:
-                self._check_child(conn, child, peer_cg)
+            # Where admission waited, the caller, its agent and its child are checked again,
+            # now, against the identities held since the first check. A call admitted at
+            # once ran no other request in between (the stages' admit does not suspend):
+            # what the daemon knows of them cannot have changed, only whether they still live.
+            if ticket.waited:
+                again, _, now_cg = self._caller_agent(conn)
+                if again is not agent or now_cg != peer_cg or self.ctl.agents.get(agent.agent_id) is not agent:
+                    raise RequestError("gone", f"the caller (pid {conn.pid}) left agent {agent.agent_id} "
+                                               f"while waiting")
+                if child is not None:
+                    self._check_child(conn, child, peer_cg)
+            else:
+                self._still_alive(conn, child)
             tool = self.ctl.start_tool(agent, child, req["argv"], req.get("class"), req.get("mem"),
                                        req.get("intent"), ticket=ticket)
         finally:
@@ -216,26 +233,28 @@ class ApiOps:
         if tool is None or tool.done:
             raise RequestError("no_tool", f"no running tool call {req['agent']}/{req['tool']}")
         rusage = {k: req[k] for k in ("wall_s", "utime_s", "stime_s", "maxrss_kb") if k in req}
+        emptied = False
         if tool.plan.stragglers == "kill" and tool.plan.straggler_grace_s > 0:
-            await self._await_empty(tool.cgroup, tool.plan.straggler_grace_s)
-        result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage)
+            emptied = await self._await_empty(tool.cgroup, tool.plan.straggler_grace_s) == "empty"
+        result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage, emptied=emptied)
         conn.tools.discard((agent.agent_id, tool.tool_id))
         self.outbox.unbind(tool.key)
         from .feedback import messages_for
         return {"messages": messages_for(result), "result": result}
 
     async def _await_empty(self, cg, timeout):
+        """"empty" (read so), "unknown" (no longer readable) or "populated" at the timeout."""
         deadline = time.monotonic() + timeout
         delay = 0.002
         while time.monotonic() < deadline:
             try:
                 if not self.fs.populated(cg):
-                    return True
+                    return "empty"
             except AgentdError:
-                return True
+                return "unknown"
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
-        return False
+        return "populated"
 
     async def op_status(self, conn, req):
         from .status import snapshot

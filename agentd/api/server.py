@@ -229,8 +229,10 @@ class Server:
         try:
             while True:
                 try:
-                    line = await asyncio.wait_for(reader.readline(), self._read_timeout(conn, first))
-                except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for: no task per request line
+                    async with asyncio.timeout(self._read_timeout(conn, first)):
+                        line = await reader.readline()
+                except TimeoutError:
                     self.counts.count_refusal("timeout")
                     self.ratelog(("timeout", conn.uid), logging.INFO, "closing API connection of pid %d uid %d: %s",
                                  conn.pid, conn.uid, "no request" if first else "idle")
@@ -250,11 +252,15 @@ class Server:
                     log.info("connection of pid %d closed: the process has exited", conn.pid)
                     break
                 await self._one(conn, line)
-                try:                      # a client that does not read its replies is let go
-                    await asyncio.wait_for(writer.drain(), self._limits().idle_timeout_s)
-                except asyncio.TimeoutError:
-                    self.counts.count_refusal("timeout")
-                    break
+                # A client that does not read its replies is let go. The reply usually left
+                # in full at once: then there is nothing to wait for.
+                if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+                    try:
+                        async with asyncio.timeout(self._limits().idle_timeout_s):
+                            await writer.drain()
+                    except TimeoutError:
+                        self.counts.count_refusal("timeout")
+                        break
                 if once:
                     self.counts.count_refusal("not_in_agent")
                     break
@@ -288,10 +294,10 @@ class Server:
             return None
         return d.idle_timeout_s
 
-    async def _keepalive(self, conn):
-        while True:
-            await asyncio.sleep(KEEPALIVE_S)
-            conn.send(protocol.notice("keepalive", ""))
+    def _keepalive(self, conn, box):
+        """A timer, not a task: most requests are answered before the first one fires."""
+        conn.send(protocol.notice("keepalive", ""))
+        box[0] = (self._loop or asyncio.get_running_loop()).call_later(KEEPALIVE_S, self._keepalive, conn, box)
 
     async def _one(self, conn, line):
         op = "?"
@@ -299,7 +305,8 @@ class Server:
         try:
             req = protocol.parse_request(line)
             op = req["op"]
-            ka = asyncio.get_running_loop().create_task(self._keepalive(conn))
+            ka = [None]
+            ka[0] = (self._loop or asyncio.get_running_loop()).call_later(KEEPALIVE_S, self._keepalive, conn, ka)
             reply = await getattr(self.app, "op_" + op)(conn, req)
             conn.send(protocol.ok(**(reply or {})))
         except RequestError as err:
@@ -319,5 +326,5 @@ class Server:
             conn.send(protocol.error("internal", f"internal error: {type(err).__name__}"))
         finally:
             if ka is not None:
-                ka.cancel()
+                ka[0].cancel()
         self.requests_total[op] = self.requests_total.get(op, 0) + 1

@@ -68,8 +68,11 @@ class CgroupFS:
         self.mount = mount
 
     def path(self, cg, name=None):
-        p = os.path.join(self.mount, cg.strip("/")) if cg.strip("/") else self.mount
-        return os.path.join(p, name) if name else p
+        # Asked for every file of every tool call (tens of times per call): plain string
+        # joins, not os.path.join.
+        cg = cg.strip("/")
+        p = f"{self.mount.rstrip('/')}/{cg}" if cg else self.mount
+        return f"{p.rstrip('/')}/{name}" if name else p
 
     # --- tree -------------------------------------------------------------
     def exists(self, cg):

@@ -68,3 +68,48 @@ def test_event_log_rate_per_agent(tmp_path, monkeypatch):
     lines = (tmp_path / "ev.jsonl").read_text().splitlines()
     assert len(lines) == 200 - log.dropped + 1
     assert '"agent":"quiet"' in lines[-1]
+
+
+def test_a_request_that_takes_long_gets_keepalives_until_its_reply(monkeypatch):
+    """A client tells a working daemon from a hung one by the keepalive notices it sends
+    while a request runs; none follow the reply, and a quick request gets none."""
+    import asyncio
+    import json
+
+    from agentd.api import server
+
+    monkeypatch.setattr(server, "KEEPALIVE_S", 0.05)
+    sent = []
+
+    class Writer:
+        def is_closing(self):
+            return False
+
+        def write(self, data):
+            sent.append(json.loads(data))
+
+    class App:
+        slow = True
+
+        async def op_hello(self, conn, req):
+            if self.slow:
+                await asyncio.sleep(0.28)
+            return {"version": "x"}
+
+    app = App()
+    srv = server.Server(app, "/nonexistent")
+    conn = server.Connection(1, 0, 0, Writer())
+
+    async def run():
+        await srv._one(conn, b'{"v":1,"op":"hello"}\n')
+        await asyncio.sleep(0.2)                   # no keepalive after the reply
+        n = len(sent)
+        app.slow = False
+        await srv._one(conn, b'{"v":1,"op":"hello"}\n')
+        await asyncio.sleep(0.2)
+        return n
+
+    n = asyncio.run(run())
+    kinds = [m.get("notice", "ok" if m.get("ok") else m.get("error", {}).get("message")) for m in sent]
+    assert kinds[:n - 1] == ["keepalive"] * (n - 1) and 4 <= n - 1 <= 6, kinds
+    assert kinds[n - 1:] == ["ok", "ok"], kinds

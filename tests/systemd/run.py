@@ -110,6 +110,19 @@ def build_wheel(out):
     return wheels[0]
 
 
+def build_deb(out, wheel):
+    """The Debian package test_deb.py installs with apt in the guest, from the same wheel;
+    handed in as AGENTD_DEB (every AGENTD_* variable reaches the guest)."""
+    t0 = time.monotonic()
+    out_dir = os.path.join(out, "deb")
+    run([sys.executable, "-m", "agentd.deploy.deb", "--wheel", wheel, "--out", out_dir], cwd=REPO)
+    debs = glob.glob(os.path.join(out_dir, "agentd_*.deb"))
+    if len(debs) != 1:
+        raise TierError(f"agentd.deploy.deb left {debs} in {out_dir}")
+    log(f"built {os.path.basename(debs[0])} in {time.monotonic() - t0:.1f} s")
+    return debs[0]
+
+
 def check_systemd_root():
     for path in ("/sbin/init", "/usr/bin/systemctl", "/usr/bin/prometheus", "/usr/sbin/runuser"):
         if not os.path.exists(path):
@@ -204,6 +217,7 @@ def main(argv):
         for attempt in (1, 2):
             out = new_run_dir()
             wheel = build_wheel(out)
+            os.environ["AGENTD_DEB"] = build_deb(out, wheel)
             wall, console = boot(vmlinuz, out, wheel, argv)
             status = read(os.path.join(out, "status"))
             # QEMU's software emulation sometimes runs a stale copy of kernel text that a

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.systemd
 FRONT = "/usr/bin/agentd"          # the package's, not a /usr/local one an earlier install left
 CG = "/sys/fs/cgroup"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0"
+# apt install returns once the postinst's start job is done, i.e. once the Type=notify daemon
+# sent READY=1 (up to SLOW in the emulated guest), after byte-compiling the venv.
+APT_TIMEOUT = 3 * SLOW
 SESSIONS = []
 
 
@@ -35,7 +38,7 @@ def teardown_module():
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    sh(f"{APT} purge agentd", check=False)
+    sh(f"{APT} purge agentd", check=False, timeout=APT_TIMEOUT)
     # The agents' emptied cgroups (the daemon that would have removed them is gone with the package).
     for dirpath, dirs, _ in os.walk(f"{CG}/agentd", topdown=False):
         try:
@@ -61,7 +64,7 @@ def test_apt_install_enables_and_starts_the_service():
     deb = package()
     assert not os.path.exists(FRONT), f"{FRONT} exists before the package is installed"
     # `apt install ./file.deb`, as a user types it (apt-get for its stable output).
-    sh(f"cd {os.path.dirname(deb)} && {APT} install ./{os.path.basename(deb)}")
+    sh(f"cd {os.path.dirname(deb)} && {APT} install ./{os.path.basename(deb)}", timeout=APT_TIMEOUT)
     assert "install ok installed" in sh("dpkg -s agentd").stdout
     assert sh(f"systemctl is-enabled {UNIT}", check=False).stdout.strip() == "enabled"
     wait_for(lambda: sh(f"systemctl is-active {UNIT}", check=False).stdout.strip() == "active", SLOW,
@@ -95,7 +98,7 @@ def test_apt_remove_stops_the_daemon_and_leaves_agents_running():
     wait_for(lambda: (s := daemon_status()) and any(a["agent"] == "debkeep" for a in s["agents"]),
              SLOW, "agent debkeep listed by the daemon")
     sleeper = int(wait_for(lambda: os.path.exists(mark) and open(mark).read().strip(), SLOW, "the agent's pid"))
-    sh(f"{APT} remove agentd")
+    sh(f"{APT} remove agentd", timeout=APT_TIMEOUT)
     assert sh(f"systemctl is-active {UNIT}", check=False).stdout.strip() != "active"
     assert not os.path.exists(FRONT)
     assert alive(sleeper), "apt remove killed an agent (the unit has KillMode=process)"
@@ -105,7 +108,7 @@ def test_apt_remove_stops_the_daemon_and_leaves_agents_running():
 
 
 def test_apt_purge_removes_policies_and_state():
-    sh(f"{APT} purge agentd")
+    sh(f"{APT} purge agentd", timeout=APT_TIMEOUT)
     for path in ("/etc/agentd", "/var/lib/agentd", "/usr/lib/agentd", "/usr/lib/systemd/system/agentd.service"):
         assert not os.path.exists(path), f"{path} is left after apt purge"
     assert "could not be found" in sh(f"systemctl status {UNIT}", check=False).stderr

@@ -63,6 +63,8 @@ for unit in $masked; do
 done
 # A fresh machine as far as agentd goes: the host's own install (if any) is not the one tested.
 rm -f "$units/agentd.service"
+# Its policies too: a package installed over them would stop at dpkg's conffile question.
+rm -rf "$new/etc/agentd"
 ln -sfn /lib/systemd/system/multi-user.target "$units/default.target"
 # The serial getty, which virtme-ng's drop-in turns into the test runner, waits for udev to
 # announce its tty (BindsTo=dev-%i.device), and the host root (a container's) has no udev:

@@ -47,6 +47,11 @@ esac
 # A whiteout in the upper layer: the file is gone in the guest, never on the host.
 rm -f "$new/.dockerenv" "$new/run/.containerenv"
 [ ! -e "$new/.dockerenv" ] || fail "/.dockerenv still exists in the overlay"
+# The container image's policy-rc.d (exit 101: "no service starts during docker build")
+# would make every package's maintainer scripts skip starting and stopping their services
+# (invoke-rc.d, deb-systemd-invoke); a host booted by systemd has none.
+rm -f "$new/usr/sbin/policy-rc.d"
+[ ! -e "$new/usr/sbin/policy-rc.d" ] || fail "/usr/sbin/policy-rc.d still exists in the overlay"
 
 # What virtme-ng's early shell set up on the old root, again in the new one: its fstab
 # (mount nothing of the host's) and the modules of the kernel under test.

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -25,6 +26,9 @@ APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0"
 # sent READY=1 (up to SLOW in the emulated guest), after byte-compiling the venv.
 APT_TIMEOUT = 3 * SLOW
 SESSIONS = []
+# Set once the package's service runs: the tests that drive it fail at once without it
+# (rather than each waiting out its own timeout for a daemon that never came).
+SERVING = []
 
 
 def setup_module():
@@ -52,6 +56,19 @@ def daemon_status():
     return json.loads(r.stdout) if r.returncode == 0 else None
 
 
+def service_report():
+    """What systemd and the daemon said, for a failure's message."""
+    return "\n".join(r.stdout + r.stderr for r in (sh(cmd, check=False) for cmd in (
+        f"systemctl status {UNIT} --no-pager -l -n 0",
+        f"journalctl --no-pager -u {UNIT} -n 60 -o short-monotonic",
+        "ls -l /usr/sbin/policy-rc.d")))
+
+
+def need_service():
+    if not SERVING:
+        pytest.fail("the package's service never ran (test_apt_install_enables_and_starts_the_service failed)")
+
+
 def package():
     deb = os.environ.get("AGENTD_DEB", "")
     assert deb and os.path.isfile(deb), (
@@ -64,18 +81,30 @@ def test_apt_install_enables_and_starts_the_service():
     deb = package()
     assert not os.path.exists(FRONT), f"{FRONT} exists before the package is installed"
     # `apt install ./file.deb`, as a user types it (apt-get for its stable output).
-    sh(f"cd {os.path.dirname(deb)} && {APT} install ./{os.path.basename(deb)}", timeout=APT_TIMEOUT)
+    t0 = time.monotonic()
+    try:
+        r = sh(f"cd {os.path.dirname(deb)} && {APT} install ./{os.path.basename(deb)}", check=False,
+               timeout=APT_TIMEOUT)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"apt install still running after {APT_TIMEOUT} s:\n{err.stdout}\n{service_report()}")
+    took = time.monotonic() - t0
+    assert r.returncode == 0, f"apt install exited {r.returncode} after {took:.0f} s:\n{r.stdout}\n{r.stderr}\n{service_report()}"
     assert "install ok installed" in sh("dpkg -s agentd").stdout
     assert sh(f"systemctl is-enabled {UNIT}", check=False).stdout.strip() == "enabled"
-    wait_for(lambda: sh(f"systemctl is-active {UNIT}", check=False).stdout.strip() == "active", SLOW,
-             "agentd.service active after apt install")
-    s = show("FragmentPath", "ExecStart", "Type", "ActiveState", "SubState")
+    # The postinst's start job returns once the Type=notify daemon sent READY=1: when apt
+    # is done, the service is active, not merely starting.
+    s = show("FragmentPath", "ExecStart", "Type", "ActiveState", "SubState", "NRestarts", "StatusText")
+    assert (s["Type"], s["ActiveState"], s["SubState"]) == ("notify", "active", "running"), (
+        f"{s}\napt install took {took:.0f} s:\n{r.stdout}\n{service_report()}")
     assert os.path.realpath(s["FragmentPath"]) == "/usr/lib/systemd/system/agentd.service", s
     assert f"path={FRONT} " in s["ExecStart"], s
-    assert (s["Type"], s["SubState"]) == ("notify", "running")
+    assert s["StatusText"].startswith("serving") and s["NRestarts"] == "0", s
+    print(f"apt install took {took:.0f} s, the daemon's start included")
+    SERVING.append(True)
 
 
 def test_agentd_run_is_served_by_the_packaged_daemon():
+    need_service()
     snap = wait_for(daemon_status, SLOW, "the packaged daemon answering `agentd status`")
     root = snap["root"]
     # `agentd run -- true`: exit status 0, through the daemon (not standalone: its agents
@@ -90,6 +119,7 @@ def test_agentd_run_is_served_by_the_packaged_daemon():
 
 
 def test_apt_remove_stops_the_daemon_and_leaves_agents_running():
+    need_service()
     mark = "/tmp/agentd-deb-agent.pid"
     p = subprocess.Popen([FRONT, "run", "--name", "debkeep", "--", "sh", "-c", f"echo $$ > {mark}; exec sleep 600"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

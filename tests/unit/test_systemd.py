@@ -114,6 +114,33 @@ def test_install_for_a_package_unit_dir_and_target_systemd(tmp_path):
         assert not (root / "etc/systemd").exists()
 
 
+def test_install_cli_renders_the_delegate_subgroup_layout_from_systemd_254(tmp_path):
+    """`agentd install --systemd-version N` as typed: from 254 the written unit makes systemd
+    start every daemon in the leaf agentd.placement reads as the delegate-subgroup layout
+    (agents beside it in the unit's cgroup); before 254 the key is left out and the daemon
+    starts in the unit's cgroup itself (agents in the top-level cgroup)."""
+    from agentd.cli import build_parser
+    from agentd.placement import DAEMON_LEAF, decide
+    unit_cg = "/system.slice/agentd.service"
+    for version, leaf in ((253, None), (254, DAEMON_LEAF), (257, DAEMON_LEAF)):
+        root = tmp_path / str(version)
+        args = build_parser().parse_args(["install", "--root", str(root), "--prefix", "/usr",
+                                          "--systemd-version", str(version)])
+        assert args.fn(args) == 0
+        unit = settings((root / "etc/systemd/system/agentd.service").read_text())
+        assert unit[("Service", "Delegate")] == ["yes"] and unit[("Service", "KillMode")] == ["process"]
+        assert unit[("Service", "ExecStart")] == ["/usr/bin/agentd daemon"]
+        assert unit.get(("Service", "DelegateSubgroup")) == ([leaf] if leaf else None), version
+        # Where systemd starts the main process under that unit, and what agentd makes of it.
+        started_in = f"{unit_cg}/{leaf}" if leaf else unit_cg
+        p = decide(started_in, under_systemd=True)
+        if leaf:
+            assert (p.layout, p.root, p.self_cgroup) == ("delegate-subgroup", unit_cg.strip("/"),
+                                                         f"{unit_cg.strip('/')}/{leaf}")
+        else:
+            assert (p.layout, p.root, p.self_cgroup) == ("unit+top-level", "agentd", unit_cg.strip("/"))
+
+
 def test_unit_template_is_found():
     assert os.path.samefile(unit_template(), UNIT)
 

@@ -222,9 +222,10 @@ def main(argv):
             os.environ["AGENTD_DEB"] = build_deb(out, wheel)
             wall, console = boot(vmlinuz, out, wheel, argv)
             status = read(os.path.join(out, "status"))
-            # The guest kernel's faults: from its dmesg, or from the console when it died first.
-            found = (kernel_log.faults(read(os.path.join(out, "dmesg.txt")) or "") if status is not None
-                     else kernel_log.console_faults(read(console) or ""))
+            # The guest kernel's faults: from its dmesg and from the console, which also holds
+            # what a wrapped ring buffer (128 KiB) lost and what a guest that died first printed.
+            found = list(dict.fromkeys(kernel_log.faults(read(os.path.join(out, "dmesg.txt")) or "")
+                                       + kernel_log.console_faults(read(console) or "")))
             # QEMU's software emulation (before 8.1) sometimes runs a stale copy of kernel
             # text that a static-key flip is patching: an int3 oops (kernel_log.py). A run
             # whose first kernel fault is that one is the emulator's, not agentd's: boot

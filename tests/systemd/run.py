@@ -14,7 +14,7 @@ has no network), `systemctl enable --now agentd`, and drive the service.
 
 Exit status: the guest's pytest status, or 2 when the tier could not run.
 Environment: AGENTD_SKIP_SYSTEMD_TIER=1 skips it (exit 0, said loudly; never in CI);
-AGENTD_SYSTEMD_TIER_TIMEOUT (seconds for the VM run, default 1200); every AGENTD_*
+AGENTD_SYSTEMD_TIER_TIMEOUT (seconds for the VM run, default 1800); every AGENTD_*
 variable is exported into the guest. Standard library only.
 """
 
@@ -38,7 +38,7 @@ RUNS_DIR = os.path.join(CACHE, "runs")
 KEEP_RUNS = 5
 GUEST_MEMORY = "2G"
 GUEST_CPUS = "2"
-DEFAULT_TIMEOUT = 1200
+DEFAULT_TIMEOUT = 1800
 
 # The host root's own services that a test guest does not need and that would cost
 # minutes of emulated boot (container engines, a database, timers). Masked in the guest's

@@ -12,7 +12,8 @@ has no network), `systemctl enable --now agentd`, and drive the service.
 
     python3 tests/systemd/run.py [pytest args...]
 
-Exit status: the guest's pytest status, or 2 when the tier could not run.
+Exit status: the guest's pytest status (at least 1 when the guest kernel logged an Oops,
+BUG or WARNING: kernel_log.py), or 2 when the tier could not run.
 Environment: AGENTD_SKIP_SYSTEMD_TIER=1 skips it (exit 0, said loudly; never in CI);
 AGENTD_SYSTEMD_TIER_TIMEOUT (seconds for the VM run, default 1800); every AGENTD_*
 variable is exported into the guest. Standard library only.
@@ -261,9 +262,10 @@ def main(argv):
     code = int(status or 2)
     log(f"guest pytest exit status {code}")
     # The tests passing is not enough: the guest kernel must have logged no Oops, BUG or
-    # WARNING meanwhile (dmesg.txt).
+    # WARNING meanwhile.
     if found:
-        log("FAILED: the guest kernel logged faults (dmesg.txt in the results):\n" + "\n".join(found[:20]))
+        log("FAILED: the guest kernel logged faults (dmesg.txt, console.log in the results):\n"
+            + "\n".join(found[:20]))
         code = code or 1
     return code
 

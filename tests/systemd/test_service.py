@@ -284,3 +284,32 @@ def test_set_property_memory_max_on_the_unit():
         assert {"sess", "tools"} <= set(agent_ids())
     finally:
         sh("systemctl set-property --runtime agentd MemoryMax=infinity", check=False)
+
+
+def test_egress_limits_apply_under_the_units_hardening():
+    """A policy naming an egress device: under the unit's capability set the daemon puts its
+    own root qdisc on the device (tc and nftables need CAP_NET_ADMIN) and says which mode
+    runs; with the device out of the policy again the device gets the kernel's default back."""
+    path = "/etc/agentd/policies/default.yaml"
+    dev = "agdnet0"
+    with open(path) as f:
+        good = f.read()
+    assert "\nnetwork:" not in good, "the shipped default policy names egress devices: pick another test device"
+    sh(f"ip link add {dev} type dummy && ip link set {dev} up")
+    before = sh(f"tc qdisc show dev {dev} root").stdout.split()[:2]
+    try:
+        since = sh("date +%s").stdout.strip()
+        with open(path, "w") as f:
+            f.write(good + f"\nnetwork: {{devices: [{dev}]}}\n")
+        sh("systemctl restart agentd")
+        wait_for(lambda: (status() or {}).get("modes", {}).get("network"), SLOW, "the network stage's mode")
+        assert status()["modes"]["network"] == "fq", (status()["modes"], journal("-o", "cat", "--since", "@" + since))
+        assert sh(f"tc qdisc show dev {dev} root").stdout.split()[:2] == ["qdisc", "fq"]
+        assert "CAP_NET_ADMIN" not in journal("-o", "cat", "--since", "@" + since)
+    finally:
+        with open(path, "w") as f:
+            f.write(good)
+        sh("systemctl restart agentd", check=False)
+    wait_for(running, SLOW, "agentd running again")
+    assert sh(f"tc qdisc show dev {dev} root").stdout.split()[:2] == before
+    sh(f"ip link del {dev}")

@@ -74,7 +74,7 @@ def test_unit_settings():
     rw = " ".join(s[("Service", "ReadWritePaths")]).split()
     assert "/sys/fs/cgroup" in rw and "/sys/fs/bpf" in rw
     caps = one[("Service", "CapabilityBoundingSet")].split()
-    assert {"CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_KILL", "CAP_SYS_RESOURCE", "CAP_SYS_NICE"} <= set(caps)
+    assert {"CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_KILL", "CAP_SYS_RESOURCE", "CAP_SYS_NICE", "CAP_NET_ADMIN"} <= set(caps)
     assert one[("Service", "ProtectSystem")] in ("strict", "full")
     assert one[("Service", "NoNewPrivileges")] == "yes"
 

@@ -361,7 +361,11 @@ def test_signals_are_forwarded(launcher, fake, sig):
     d = fake()
     script = f'trap \'kill $!; echo got; exit 9\' {sig.name[3:]}; echo ready; sleep 20 & wait'
     e = dict(os.environ, AGENTD_SOCKET=d.path)
-    p = subprocess.Popen([launcher, "tool", "--", "sh", "-c", script], stdout=subprocess.PIPE, env=e)
+    # A signal the test run ignores (`nohup` ignores SIGHUP) stays ignored in the tool, as
+    # the launcher hands on its caller's dispositions, and a shell cannot trap a signal
+    # ignored at its start: the launcher starts with the signal at its default.
+    p = subprocess.Popen([launcher, "tool", "--", "sh", "-c", script], stdout=subprocess.PIPE, env=e,
+                         preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     try:
         assert p.stdout.readline() == b"ready\n"
         p.send_signal(sig)

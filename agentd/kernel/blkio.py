@@ -100,11 +100,12 @@ def resolve(spec, sys_dev_block=SYS_DEV_BLOCK):
 MAX_LINKS = 40                     # the kernel's bound on symbolic links in one lookup
 
 
-def _unsafe(path, st, trusted):
-    """Why `path` (lstat `st`) is not root's alone, or None."""
+def _unsafe(path, st, trusted, last=False):
+    """Why `path` (lstat `st`) is not root's alone, or None. The folder a path ends in may
+    be writable by others (a shared mount point): writing in it lets no one replace it."""
     if st.st_uid not in trusted:
         return f"{path} belongs to uid {st.st_uid}"
-    if stat.S_ISDIR(st.st_mode) and st.st_mode & (0o002 | (0o020 if st.st_gid not in trusted else 0)) \
+    if not last and stat.S_ISDIR(st.st_mode) and st.st_mode & (0o002 | (0o020 if st.st_gid not in trusted else 0)) \
             and not st.st_mode & stat.S_ISVTX:
         return f"{path} is writable by users other than root (mode {stat.S_IMODE(st.st_mode):o})"
     return None
@@ -116,7 +117,7 @@ def redirectable(path, trusted=None):
     The daemon resolves `io.devices` paths as root, at every start and reload, and writes
     limits (and iocost) for the disk they name: every folder on the way, every symbolic
     link followed and the path itself must be root's (the daemon's uid), and no folder
-    writable by others unless sticky (there a root-owned entry is root's to move). What
+    on the way writable by others unless sticky (there a root-owned entry is root's to move). What
     this trusts is each file's owner and mode as the kernel reports them (lstat), walked
     component by component as the kernel's lookup does. A path that does not exist is
     left to the caller's stat."""
@@ -135,7 +136,7 @@ def redirectable(path, trusted=None):
             st = os.lstat(nxt)
         except OSError:
             return None
-        why = _unsafe(nxt, st, trusted)
+        why = _unsafe(nxt, st, trusted, last=not todo)
         if why:
             return why
         if stat.S_ISLNK(st.st_mode):

@@ -132,6 +132,15 @@ def test_attack_15_a_user_cannot_point_an_io_devices_path_at_another_disk(user, 
     os.chown(work, uid, gid)
     here = os.stat(shared_dir).st_dev
     assert blkio.resolve(shared_dir).dev == f"{os.major(here)}:{os.minor(here)}"   # root's: fine
+    # A root-owned folder every user may write in (a shared mount point) is fine as the
+    # path's end, where no one can replace it; on the way to a path it is not.
+    open_dir = os.path.join(shared_dir, "open")
+    os.mkdir(open_dir)
+    os.chmod(open_dir, 0o777)
+    assert blkio.resolve(open_dir).dev == f"{os.major(here)}:{os.minor(here)}"
+    os.mkdir(os.path.join(open_dir, "sub"))
+    with pytest.raises(AgentdError, match="writable by users other than root"):
+        blkio.resolve(os.path.join(open_dir, "sub"))
     with pytest.raises(AgentdError, match=f"belongs to uid {uid}"):
         blkio.resolve(work)
     # The user swaps the folder for a link to another disk, with no privilege at all.

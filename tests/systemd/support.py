@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -85,3 +86,12 @@ def journal(*args):
 
 def systemd_version():
     return int(sh("systemctl --version").stdout.split()[1])
+
+
+def stop_sessions(sessions):
+    """Kill what is left of the background `agentd run`s a module started (each in its own
+    session, so its whole process group)."""
+    for p in sessions:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .support import SLOW, UNIT, alive, sh, show, wait_for
+from .support import SLOW, UNIT, alive, sh, show, stop_sessions, wait_for
 
 pytestmark = pytest.mark.systemd
 
@@ -31,17 +31,8 @@ SESSIONS = []
 SERVING = []
 
 
-def setup_module():
-    with open("/proc/1/comm") as f:
-        init = f.read().strip()
-    assert init == "systemd", f"PID 1 is {init!r}: run this tier with tests/systemd/run.py"
-
-
 def teardown_module():
-    for p in SESSIONS:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    stop_sessions(SESSIONS)
     sh(f"{APT} purge agentd", check=False, timeout=APT_TIMEOUT)
     # The agents' emptied cgroups (the daemon that would have removed them is gone with the package).
     for dirpath, dirs, _ in os.walk(f"{CG}/agentd", topdown=False):

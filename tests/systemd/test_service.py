@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from .support import (AGENTD, REPO, SLOW, UNIT, agent_ids, alive, cgroup_of, journal, main_pid, running,
-                      sh, show, status, systemd_version, wait_for)
+                      sh, show, status, stop_sessions, systemd_version, wait_for)
 
 pytestmark = pytest.mark.systemd
 
@@ -21,17 +21,8 @@ METRICS = "http://127.0.0.1:9464/metrics"
 SESSIONS = []          # background `agentd run`s, stopped at the end
 
 
-def setup_module():
-    with open("/proc/1/comm") as f:
-        init = f.read().strip()
-    assert init == "systemd", f"PID 1 is {init!r}: run this tier with tests/systemd/run.py"
-
-
 def teardown_module():
-    for p in SESSIONS:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    stop_sessions(SESSIONS)
 
 
 def agents_root():

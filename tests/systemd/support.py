@@ -46,9 +46,14 @@ def main_pid():
     return int(show("MainPID")["MainPID"])
 
 
-def running():
+def running(other_than=None):
+    """The unit is active (running) with a main process, other than `other_than` if given.
+
+    One `systemctl show` for all three: read apart, a daemon that dies between the reads
+    looks like a running unit with a new MainPID (0) before systemd has restarted it."""
     s = show("ActiveState", "SubState", "MainPID")
-    return s["ActiveState"] == "active" and s["SubState"] == "running" and int(s["MainPID"]) > 0
+    pid = int(s["MainPID"])
+    return s["ActiveState"] == "active" and s["SubState"] == "running" and pid > 0 and pid != other_than
 
 
 def status():

@@ -166,7 +166,7 @@ def test_restart_with_agents_and_tool_calls_running_loses_none():
     old = main_pid()
     # Before DelegateSubgroup=/the top-level layout, this failed: 219/CGROUP, restarted in a loop.
     sh("systemctl restart agentd", timeout=SLOW)
-    assert running() and main_pid() != old
+    assert running(other_than=old)
     assert show("ExecMainStatus")["ExecMainStatus"] == "0"
     after = wait_for(lambda: {a["agent"]: (a["main_cgroup"], [t["tool"] for t in a["tools"]])
                               for a in status()["agents"]} == before and status(), SLOW, "agents re-adopted")
@@ -190,8 +190,9 @@ def test_watchdog_restarts_a_stalled_daemon_and_its_scheduler_comes_back():
     old = main_pid()
     since = sh("date +%s").stdout.strip()
     os.kill(old, signal.SIGSTOP)     # the main loop stops pinging WATCHDOG=1
-    # WatchdogSec=30, then SIGABRT; a stopped process only dies of the SIGKILL that follows.
-    wait_for(lambda: running() and main_pid() != old, 30 + 20 + 2 + SLOW, "a new daemon after the watchdog fired")
+    # WatchdogSec=30 after the last ping, then SIGABRT, which systemd follows with SIGCONT so
+    # that a stopped process receives it; SIGKILL after TimeoutAbortSec (20) if it did not die.
+    wait_for(lambda: running(other_than=old), 30 + 20 + 2 + SLOW, "a new daemon after the watchdog fired")
     assert int(show("NRestarts")["NRestarts"]) == n0 + 1
     assert "watchdog timeout" in sh("journalctl --no-pager -u agentd -o cat --since @" + since).stdout.lower()
     # The dead daemon's scheduler went with it (a BPF link), so the new one loads its own.

@@ -174,10 +174,13 @@ class ToolCalls:
             tool.run.peak_sample = cur
         return cur
 
-    def finish_tool(self, tool, status=None, rusage=None, reason="exited", force_kill=False, emptied=False):
+    def finish_tool(self, tool, status=None, rusage=None, reason="exited", force_kill=False, emptied=False,
+                    later=None):
         """Deal with stragglers, collect accounting, remove the cgroup, log one event.
         `emptied`: the caller read the cgroup empty just before, with nothing run since
-        (the API's wait for stragglers): it is not read again.
+        (the API's wait for stragglers): it is not read again. `later(fn, *args)`: where
+        the stages' end-of-call work runs (the API's loop.call_soon: after the reply has
+        left, before the next request is read); without it, here.
 
         Returns the result dict (also the machine-readable feedback for the agent).
         """
@@ -243,13 +246,22 @@ class ToolCalls:
         c[k] = c.get(k, 0) + 1
         self._save(tool=tool, removed=True)
         self.events.emit("tool_end", **result)
+        if later is None:
+            self._tool_ended(agent, tool, result)
+        else:
+            later(self._tool_ended, agent, tool, result)
+        return result
+
+    def _tool_ended(self, agent, tool, result):
+        """The stages' and the history's part of a finished call: learning from it (the
+        forecast history's insert), releasing what it held (reservations, BPF map entries,
+        weights). The call's reply does not depend on any of it."""
         self._each("on_tool_end", lambda h: h.on_tool_end(agent, tool, result))
         if self.history:
             try:
                 self.history(tool, agent, result)
             except Exception as err:      # the history store must never stop a tool call
                 log.warning("history: cannot record %s: %s", tool.key, err)
-        return result
 
     def _accounting(self, tool, gone=False):
         acc = {"memory_events": {}, "memory_peak_cgroup": None, "cpu_s": None}

@@ -236,7 +236,11 @@ class ApiOps:
         emptied = False
         if tool.plan.stragglers == "kill" and tool.plan.straggler_grace_s > 0:
             emptied = await self._await_empty(tool.cgroup, tool.plan.straggler_grace_s) == "empty"
-        result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage, emptied=emptied)
+        # The stages' end-of-call work (the forecast history's insert, releasing reservations
+        # and BPF map entries) runs after the reply has left: the launcher's exit, and so the
+        # agent, does not wait for it; it runs at the event loop's next turn.
+        result = self.ctl.finish_tool(tool, status=req.get("status"), rusage=rusage, emptied=emptied,
+                                      later=asyncio.get_running_loop().call_soon)
         conn.tools.discard((agent.agent_id, tool.tool_id))
         self.outbox.unbind(tool.key)
         from .feedback import messages_for

@@ -292,6 +292,7 @@ class Enforcer(Reaction, IoReaction, Stage):
             self.tick(snapshot.mono, snapshot.memory)
         except Exception:
             log.exception("enforcer tick failed")
+        self.fc.flush()           # the calls that ended since the last tick, one transaction
 
     def tick(self, now, memory=None):
         """`memory`: tool key -> bytes read this tick (a Snapshot's); None reads each call."""

@@ -34,7 +34,8 @@ class Forecasting(ResourceForecasts):
                 log.warning("forecast predictor %r unusable (%s): using the default", f.predictor, err)
                 return Forecaster(store, "default", headroom=1.0, host_budget=host_memory or (64 << 30))
         super().__init__(os.path.join(state_dir, HISTORY_FILE) if state_dir else ":memory:", forecaster,
-                         "forecasts come from class priors", what="tool-call history", logger=log)
+                         "forecasts come from class priors", what="tool-call history", logger=log,
+                         batch=True)     # written at the enforcer's tick (flush)
         self.samples = {}         # tool key -> deque[(t, bytes)]
 
     def resize(self, host_memory):

@@ -6,6 +6,12 @@ range scan. Each peak carries a `censored` flag: a call agentd or the kernel kil
 down showed only a lower bound of its need, which the predictors treat as such. WAL mode, so the daemon's writes never block a reader (`agentd report`) and a
 crash loses at most the last transaction. `:memory:` serves tests and the benchmark.
 
+A store opened with `batch=True` (the daemon's) keeps added calls in memory and writes them
+in one transaction at `flush()` (the daemon's tick), when BATCH_MAX are waiting, before any
+query of its own and at close: a commit writes every index page it touched, eight pages
+for one call, so one per call was most of what recording a call cost. Forecasts see a call
+at once (the in-memory answers below); a crash loses the calls of the last tick.
+
 Failure is contained: any SQLite error becomes `HistoryError` (disk full and read-only
 database get their own messages), and the daemon runs on without history (the forecaster
 falls back to class priors). A database written by a newer agentd is refused rather than
@@ -79,6 +85,11 @@ def _convert(err, path, doing):
 
 # Answers of recent_peaks() kept in memory (each a handful of integers), at most this many.
 PEAKS_CACHED = 4096
+# A batched store writes at the latest when this many calls wait.
+BATCH_MAX = 64
+_INSERT = ("INSERT INTO tool_calls (ts, agent, agent_class, tool_class, sig_full, sig_coarse,"
+           " sig_program, argv, peak_bytes, duration_s, cpu_s, exit_status, action, censored)"
+           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 class HistoryStore:
@@ -90,11 +101,14 @@ class HistoryStore:
     costs no query. That holds while this store is the database's only writer, as the
     daemon's is; readers (`agentd report`) are unaffected."""
 
-    def __init__(self, path=":memory:", max_bytes=None):
+    def __init__(self, path=":memory:", max_bytes=None, batch=False):
         """`max_bytes` caps the database file: past it `add` raises HistoryFull, as a full
-        disk would (call `prune` to make room)."""
+        disk would (call `prune` to make room); with `batch`, `flush` (or the `add` that
+        fills a batch) raises it."""
         self.path = str(path)
         self._peaks = {}          # (column, key, agent or None) -> (n asked, peaks newest first)
+        self.batch = batch
+        self._pending = []        # rows added and not yet written (batch)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if self.path != ":memory:":
@@ -128,21 +142,28 @@ class HistoryStore:
             self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self):
-        self._db.close()
+        """Close the database, writing what waits first (HistoryError if that fails: the
+        database is closed all the same)."""
+        try:
+            self.flush()
+        finally:
+            self._db.close()
 
     def add(self, rec: ToolCallRecord):
-        """Store one finished tool call."""
-        try:
-            self._db.execute(
-                "INSERT INTO tool_calls (ts, agent, agent_class, tool_class, sig_full, sig_coarse,"
-                " sig_program, argv, peak_bytes, duration_s, cpu_s, exit_status, action, censored)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rec.ts, rec.agent, rec.agent_class, rec.tool_class, rec.sig_full,
-                 rec.sig_coarse, rec.sig_program, json.dumps(list(rec.argv)),
-                 int(rec.peak_bytes), rec.duration_s, rec.cpu_s, rec.exit_status, rec.action,
-                 int(bool(rec.censored))))
-        except sqlite3.Error as err:
-            raise _convert(err, self.path, "recording a tool call") from err
+        """Store one finished tool call (with `batch`: at the next flush)."""
+        row = (rec.ts, rec.agent, rec.agent_class, rec.tool_class, rec.sig_full,
+               rec.sig_coarse, rec.sig_program, json.dumps(list(rec.argv)),
+               int(rec.peak_bytes), rec.duration_s, rec.cpu_s, rec.exit_status, rec.action,
+               int(bool(rec.censored)))
+        if self.batch:
+            self._pending.append(row)
+            if len(self._pending) >= BATCH_MAX:
+                self.flush()
+        else:
+            try:
+                self._db.execute(_INSERT, row)
+            except sqlite3.Error as err:
+                raise _convert(err, self.path, "recording a tool call") from err
         sample = (int(rec.peak_bytes), bool(rec.censored))
         for col in LEVELS.values():
             for agent in (None, rec.agent):
@@ -150,6 +171,20 @@ class HistoryStore:
                 if hit is not None:
                     hit[1].insert(0, sample)
                     del hit[1][hit[0]:]
+
+    def flush(self):
+        """Write the calls a batched store keeps waiting, in one transaction. Rows that
+        fail to be written are dropped with the error (HistoryError): a full disk or a
+        read-only file would refuse them again."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(_INSERT, rows)
+        except sqlite3.Error as err:
+            raise _convert(err, self.path, "recording tool calls") from err
 
     def recent(self, level, key, n, agent=None):
         """(peak bytes, censored) of the last `n` calls whose `level` is `key`, newest first.
@@ -197,6 +232,7 @@ class HistoryStore:
 
     def prune(self, keep):
         """Drop all but the newest `keep` records, so the file stays bounded."""
+        self.flush()
         self._peaks.clear()
         try:
             self._db.execute("DELETE FROM tool_calls WHERE id <= "
@@ -206,6 +242,7 @@ class HistoryStore:
             raise _convert(err, self.path, "pruning") from err
 
     def _query(self, sql, args):
+        self.flush()              # a batched store's own queries see every call it was given
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as err:

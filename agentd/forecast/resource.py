@@ -22,7 +22,9 @@ class ResourceForecasts:
     `forecaster`: a function store -> Forecaster (the resource's predictor, priors, floor
     and largest forecast); `lost`: what the warning says the resource falls back to."""
 
-    def __init__(self, path, forecaster, lost, store=None, what="history", logger=log):
+    def __init__(self, path, forecaster, lost, store=None, what="history", logger=log, batch=False):
+        """`batch`: the store writes calls at flush() (the owner's tick), not one
+        transaction per call (forecast/history.py)."""
         self.path = path
         self.lost = lost
         self.label = what
@@ -33,7 +35,7 @@ class ResourceForecasts:
             try:
                 if path != ":memory:":
                     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                self.store = HistoryStore(path)
+                self.store = HistoryStore(path, batch=batch)
             except (HistoryError, OSError) as err:
                 self.disable(err)
         self.forecaster = forecaster(self.store)
@@ -78,7 +80,18 @@ class ResourceForecasts:
             self.disable(err)
             return False
 
+    def flush(self):
+        """Write the calls a batched store keeps waiting; a store that refuses them is
+        given up, as at observe()."""
+        if self.store is None:
+            return
+        try:
+            self.store.flush()
+        except HistoryError as err:
+            self.disable(err)
+
     def close(self):
+        self.flush()
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -178,3 +178,22 @@ def test_notices_reach_only_the_connection_that_started_the_call():
     box.unbind(u.key)
     act.notify(u, "gpu_over_budget", "[agentd] gone")
     assert len(sent) == 1 and b"holds too much" in sent[0] and other == []
+
+
+def test_daemon_history_is_batched_and_a_full_one_warns_once_at_flush(tmp_path, caplog):
+    f = Forecasting(policy(), str(tmp_path / "state"), 8 * GiB)
+    assert f.store.batch                              # written at the enforcer's tick
+    agent = types.SimpleNamespace(agent_class="normal")
+    f.record(tool(["make"]), agent, result(10 * MiB))
+    assert f.store.count() == 1
+    full = HistoryStore(":memory:", max_bytes=64 * 1024, batch=True)
+    f.store = f.forecaster.store = full
+    argv = ["make", "-j8"] + ["x" * 4000] * 60
+    with caplog.at_level(logging.WARNING, logger="agentd.enforce"):
+        for _ in range(3):
+            f.record(tool(argv), agent, result(50 * MiB))
+        f.flush()
+        f.flush()
+    assert f.mode == "off"
+    assert sum("history disabled" in r.message for r in caplog.records) == 1
+    assert f.forecast(["make", "-j8"], "batch", "a", "normal").source.startswith("prior")

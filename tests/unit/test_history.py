@@ -137,3 +137,46 @@ def test_garbage_file_is_a_history_error(tmp_path):
 def test_history_error_is_an_agentd_error():
     from agentd.errors import AgentdError
     assert issubclass(HistoryFull, HistoryError) and issubclass(HistoryError, AgentdError)
+
+
+def test_batched_store_writes_at_flush_and_its_own_reads_see_every_call(tmp_path):
+    path = tmp_path / "h.sqlite"
+    st = HistoryStore(path, batch=True)
+    reader = sqlite3.connect(path)
+    st.recent_peaks("full", "make", 5)              # asked once: answered from memory after
+    for i in range(3):
+        st.add(rec("make", (i + 1) * 1000))
+    # Not written yet: another reader sees nothing, the forecaster's answers already do.
+    assert reader.execute("SELECT COUNT(*) FROM tool_calls").fetchone()[0] == 0
+    assert st.recent_peaks("full", "make", 5) == [3000, 2000, 1000]
+    st.flush()
+    assert reader.execute("SELECT COUNT(*) FROM tool_calls").fetchone()[0] == 3
+    st.add(rec("git status", 7))
+    assert st.count() == 4                           # a query of its own writes first
+    st.add(rec("git log", 8))
+    st.close()                                       # and so does close
+    assert reader.execute("SELECT COUNT(*) FROM tool_calls").fetchone()[0] == 5
+    reader.close()
+
+
+def test_batched_store_writes_when_a_batch_is_full(tmp_path):
+    from agentd.forecast.history import BATCH_MAX
+    path = tmp_path / "h.sqlite"
+    st = HistoryStore(path, batch=True)
+    reader = sqlite3.connect(path)
+    for i in range(BATCH_MAX):
+        st.add(rec(f"cmd{i}", i))
+    assert reader.execute("SELECT COUNT(*) FROM tool_calls").fetchone()[0] == BATCH_MAX
+    reader.close()
+    st.close()
+
+
+def test_full_batched_store_raises_history_full_at_flush(tmp_path):
+    st = HistoryStore(tmp_path / "h.sqlite", max_bytes=64 * 1024, batch=True)
+    with pytest.raises(HistoryFull):
+        for i in range(10_000):
+            st.add(rec("pip install " + "x" * 200 + str(i), i))
+            st.flush()
+    st.flush()                                       # the refused rows are dropped, not retried
+    st.prune(10)
+    st.close()

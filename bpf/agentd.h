@@ -34,6 +34,9 @@ enum agentd_event_type {
 #define AGENTD_WATCH_CONTAINERS 0x8	/* an agent's container parent: each cgroup below it is a container's
 					 * (or its runtime's); an exec there by a task whose parent lives in
 					 * another cgroup is an exec session (with STOP_EXEC: stopped) */
+#define AGENTD_WATCH_SESSION_ONLY 0x10	/* with MAIN|STOP_EXEC: stop only a task that leads its session
+					 * (the policy's detection.new_session_only, no persistent shells:
+					 * no other exec can be a tool call, so none waits for user space) */
 
 /* agentd_proc_event.flags */
 #define AGENTD_PF_STOPPED 0x1	/* the program sent SIGSTOP; user space must SIGCONT */

@@ -14,6 +14,9 @@
  * user space moves it into its tool-call cgroup and sends SIGCONT. Because the task
  * cannot run, it cannot fork before it is moved: every descendant starts in the right
  * cgroup. If the event cannot be reported (ring buffer full) the task is not stopped.
+ * With AGENTD_WATCH_SESSION_ONLY only a task that leads its session is stopped: the
+ * policy then counts no other exec as a tool call, so the rest (`agentd tool` itself,
+ * the agent's own housekeeping) is reported without waiting for user space.
  *
  * Dead-man switch: a hung daemon must never hang an agent. The daemon's event loop
  * writes `heartbeat` every ~200 ms; when the beat is older than its max_age_ns the
@@ -293,7 +296,8 @@ static __always_inline int handle_exec(struct task_struct *t, const char *filena
 			e->flags |= AGENTD_PF_PARENT_MAIN;
 			if (is_shell(parent))
 				e->flags |= AGENTD_PF_SHELL_CHILD;	/* its shell would see a stop */
-			else if (flags & AGENTD_WATCH_STOP_EXEC)
+			else if ((flags & AGENTD_WATCH_STOP_EXEC) &&
+				 (!(flags & AGENTD_WATCH_SESSION_ONLY) || e->sid == BPF_CORE_READ(t, tgid)))
 				hold_for_placement(t, e);
 			/* else the sweep strategy: report only */
 		}

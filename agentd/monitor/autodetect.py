@@ -70,7 +70,7 @@ class AutoDetector:
 
     def __init__(self, place, is_tool, cgroups, strategy="stop", lifecycle=None, procfs=None, reason="",
                  resume=resume, agent_process=None, exempt=None, observe=False, exempt_file=None,
-                 shell=None, kept=None):
+                 shell=None, kept=None, session_only=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if strategy != "poll" and lifecycle is None:
@@ -97,6 +97,12 @@ class AutoDetector:
         # monitor/shells.py)? Its children are tool calls, leading a session or not.
         self.shell = shell
         self.kept = kept            # kept(pid, argv): a candidate judged no tool call (it stays in main)
+        # session_only() -> bool: can only an exec that leads its session be a tool call
+        # now (the policy's new_session_only, no persistent shells)? Then the lifecycle
+        # program stops only those at exec (AGENTD_WATCH_SESSION_ONLY); the others, never
+        # placed, do not wait for the daemon to resume them.
+        self.session_only = session_only
+        self._flags = None          # the main cgroups' watch flags last registered
         self._observed = set()      # observe: pids recorded as tool calls (until they exit)
         self.stats = AutodetectStats()
         self._agents = {}           # agent_id -> _Agent
@@ -116,10 +122,30 @@ class AutoDetector:
         self._agents[agent_id] = agent
         self._by_main[main_id] = agent
         if self.lifecycle is not None:
-            flags = T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN
-            if self.strategy == "stop" and not self.observe:
-                flags |= T.AGENTD_WATCH_STOP_EXEC
-            self.lifecycle.watch(main_id, flags)
+            if self._watch_flags() == self._flags:
+                self.lifecycle.watch(main_id, self._flags)
+            else:
+                self.refresh_flags()
+
+    def _watch_flags(self):
+        flags = T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN
+        if self.strategy == "stop" and not self.observe:
+            flags |= T.AGENTD_WATCH_STOP_EXEC
+            if self.session_only is not None and self.session_only():
+                flags |= T.AGENTD_WATCH_SESSION_ONLY
+        return flags
+
+    def refresh_flags(self):
+        """Register every main cgroup again where the flags it needs changed (a policy
+        reload turned new_session_only or persistent shells on or off)."""
+        if self.lifecycle is None:
+            return
+        flags = self._watch_flags()
+        if flags == self._flags:
+            return
+        self._flags = flags
+        for agent in list(self._agents.values()):
+            self.lifecycle.watch(agent.main_id, flags)
 
     def remove_agent(self, agent_id):
         agent = self._agents.pop(agent_id, None)
@@ -301,7 +327,7 @@ class AutoDetector:
 
 
 def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=None, exempt=None, observe=False,
-                exempt_file=None, shell=None, kept=None):
+                exempt_file=None, shell=None, kept=None, session_only=None):
     """The detector the daemon wants for `monitor` (a kernel_events.EventMonitor):
     stop-at-exec when the lifecycle program runs, /proc polling otherwise; subscribed
     to the monitor's process events. The daemon still calls reconcile() on its tick
@@ -310,7 +336,7 @@ def for_monitor(monitor, place, is_tool, cgroups, strategy=None, agent_process=N
     if monitor.lifecycle is not None:
         det = AutoDetector(place, is_tool, cgroups, strategy=strategy or "stop", lifecycle=monitor.lifecycle,
                            reason=monitor.reason, agent_process=agent_process, exempt=exempt, observe=observe,
-                           exempt_file=exempt_file, shell=shell, kept=kept)
+                           exempt_file=exempt_file, shell=shell, kept=kept, session_only=session_only)
         monitor.proc_listeners.append(det.handle)
     else:
         det = AutoDetector(place, is_tool, cgroups, strategy="poll", reason=monitor.reason,

@@ -41,7 +41,9 @@ class DetectionHook(Stage):
         self.detector = for_monitor(self.monitor, self.place_detected, self.recognise.is_tool, app.fs,
                                     agent_process=self.recognise.is_agent_process, exempt=self.front.runs,
                                     observe=self.observe, exempt_file=self.front.is_file,
-                                    shell=self.shells.is_shell, kept=self.shells.kept)
+                                    shell=self.shells.is_shell, kept=self.shells.kept,
+                                    session_only=lambda: (app.policy.detection.new_session_only
+                                                          and not self.shells.enabled()))
         from .containers import ContainerExecs
         self.containers = ContainerExecs(app.fs, app.procfs, self.monitor.lifecycle, self.place_detected,
                                          observe=self.observe)
@@ -287,6 +289,7 @@ class DetectionHook(Stage):
             await asyncio.sleep(interval)
             try:
                 self.monitor.tick()
+                self.detector.refresh_flags()      # a reload may have changed what is stopped at exec
                 self.detector.reconcile()
                 self._check_tools_polled()
             except Exception:

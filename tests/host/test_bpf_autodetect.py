@@ -112,3 +112,35 @@ def test_for_monitor_wires_stop_strategy_through_the_event_monitor(cgfs, test_ro
         assert det.stats.housekeeping == 1          # uname: kept in main
     finally:
         mon.close()
+
+
+def test_session_only_detection_holds_only_session_leaders(cgfs, test_root):
+    """new_session_only without persistent shells: only a child that leads its session
+    can be a tool call, so only it waits at exec for the daemon; the others run on and are
+    still reported (and judged housekeeping)."""
+    from agentd.monitor.autodetect import for_monitor
+    main = f"{test_root}/main"
+    cgfs.makedirs(main)
+    placed = []
+
+    def place(agent_id, pid, argv):
+        cg = f"{test_root}/tc-{pid}"
+        cgfs.mkdir(cg)
+        cgfs.move(cg, pid)
+        placed.append((agent_id, argv))
+    stopped = []
+    mon = EventMonitor(cgfs)
+    mon.proc_listeners.append(lambda ev: stopped.append(ev.argv) if ev.stopped else None)
+    try:
+        det = for_monitor(mon, place, lambda argv, leads: leads, cgfs, session_only=lambda: True)
+        det.add_agent("a1", main)
+        agent = spawn_in(cgfs, main, ["sh", "-c", "uname >/dev/null; setsid -w sh -c 'exit 0'"])
+        while agent.poll() is None:
+            mon.poll(20)
+        assert agent.returncode == 0
+        mon.tick()
+        assert placed == [("a1", ["sh", "-c", "exit 0"])]
+        assert stopped == [("sh", "-c", "exit 0")]     # uname and setsid itself ran unheld
+        assert det.stats.housekeeping >= 2             # ... and were judged all the same
+    finally:
+        mon.close()

@@ -143,6 +143,35 @@ def test_child_of_main_process_is_stopped_at_exec_until_resumed(cgfs, test_root)
         lc.close()
 
 
+def test_session_only_stops_the_child_that_leads_its_session_and_reports_the_others(cgfs, test_root):
+    main = f"{test_root}/main"
+    cgfs.makedirs(main)
+    lc = Lifecycle()
+    col = Collector(lc)
+    evs = []
+    try:
+        lc.watch(cgfs.cgroup_id(main), T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN | T.AGENTD_WATCH_STOP_EXEC
+                 | T.AGENTD_WATCH_SESSION_ONLY)
+        # The plain child runs to its end with nobody resuming it; the one started with
+        # setsid (which leads its session at its second exec) is held.
+        agent = spawn_in(cgfs, main, ["sh", "-c", "sh -c 'exit 7'; setsid -w sh -c 'exit 0'"])
+        evs = col.drain(until=lambda evs: any(e.stopped for e in evs))
+        plain = [e for e in evs if e.kind == ProcKind.EXEC and e.argv == ("sh", "-c", "exit 7")]
+        assert len(plain) == 1 and plain[0].parent_in_main and not plain[0].leads_session
+        assert not plain[0].stopped and not plain[0].stop_skipped
+        stopped = [e for e in evs if e.stopped]
+        assert len(stopped) == 1 and stopped[0].leads_session, stopped
+        time.sleep(0.05)
+        assert _state(stopped[0].pid) == "T", "a session leader is still held for placement"
+        os.kill(stopped[0].pid, signal.SIGCONT)
+        assert agent.wait(10) == 0
+        assert lc.stats()["stopped"] == 1
+    finally:
+        _resume_leftovers(evs)
+        col.close()
+        lc.close()
+
+
 def test_classic_tracepoint_flavour_delivers_the_same_events(cgfs, test_root):
     mounted = False
     if not os.path.exists("/sys/kernel/tracing/events"):

@@ -238,3 +238,29 @@ def test_call_held_past_the_bound_is_swept_too(monkeypatch):
     assert d.cgroups.moves == [("a/tools/t20", 30)] and resumed == [20]
     d.handle(dataclasses.replace(exec_ev(40, 10, ["sh", "-c", "ls"]), ts_ns=time.monotonic_ns()))
     assert len(d.cgroups.moves) == 1 and resumed == [20, 40]
+
+
+def test_session_only_policy_asks_the_program_to_stop_session_leaders_only():
+    # new_session_only without persistent shells: no other exec can be a tool call, so
+    # the lifecycle program need not hold it; the flag follows the policy (a reload).
+    only = [True]
+    d = AutoDetector(lambda *a: None, lambda argv, leads: leads, FakeCgroups(), strategy="stop",
+                     lifecycle=FakeLifecycle(), procfs=FakeProcFS(), resume=lambda pid: None,
+                     session_only=lambda: only[0])
+    d.add_agent("a", "a/main")
+    stop = T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN | T.AGENTD_WATCH_STOP_EXEC
+    assert d.lifecycle.watched[MAIN_ID] == stop | T.AGENTD_WATCH_SESSION_ONLY
+    only[0] = False
+    d.refresh_flags()
+    assert d.lifecycle.watched[MAIN_ID] == stop
+    d.lifecycle.watched.clear()
+    d.refresh_flags()                                  # unchanged: nothing registered again
+    assert d.lifecycle.watched == {}
+
+
+def test_session_only_never_applies_without_stop_at_exec():
+    d = AutoDetector(lambda *a: None, lambda argv, leads: leads, FakeCgroups(), strategy="sweep",
+                     lifecycle=FakeLifecycle(), procfs=FakeProcFS(), resume=lambda pid: None,
+                     session_only=lambda: True)
+    d.add_agent("a", "a/main")
+    assert d.lifecycle.watched[MAIN_ID] == T.AGENTD_WATCH_TREE | T.AGENTD_WATCH_MAIN

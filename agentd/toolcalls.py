@@ -16,6 +16,7 @@ from .errors import AgentdError, CgroupGone, KernelError, ProcessGone
 from .kernel import cgroupfs as cgf
 from .model import ToolCall
 from .pipeline import Call
+from .units import format_size
 
 log = logging.getLogger("agentd.controller")
 
@@ -54,8 +55,11 @@ class ToolCalls:
                             origin=origin, intent=intent, pid=pid, forecast=placement.forecast,
                             actions=list(placement.actions), offload_cpu_weight=placement.offload_cpu_weight,
                             placement=placement)
-            tool.run.limits_applied = self._apply(cg, placement.limits, f"tool {tool.key}",
-                                              f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else ""),
+            fc = placement.forecast
+            reason = f"class {plan.tool_class}" + (f", rule {plan.rule}" if plan.rule else "") + (
+                f", forecast {format_size(fc.peak_bytes)} ({fc.source}, confidence {fc.confidence:.2f})"
+                if fc is not None else "")
+            tool.run.limits_applied = self._apply(cg, placement.limits, f"tool {tool.key}", reason,
                                               fresh=True, agent=agent.agent_id, tool=tool_id)
             self._kill_whole(cg, f"tool {tool.key}")
             tool.run.cgroup_id = self.fs.cgroup_id(cg)

@@ -255,7 +255,9 @@ class Enforcer(Reaction, IoReaction, Stage):
             high = min(high, declared)     # a policy's own memory.high is a ceiling
         host = self.app.host_memory
         value = "max" if host and high >= host else str(high)   # past the host's memory: no limit
-        log.info("tool %s: forecast %s (%s, confidence %.2f) -> memory.high %s", call.key,
+        # DEBUG: the call's one INFO line is its limits' (toolcalls.start_tool), which
+        # says the forecast too; a log line costs about a millisecond in an emulated guest.
+        log.debug("tool %s: forecast %s (%s, confidence %.2f) -> memory.high %s", call.key,
                  format_size(fc.peak_bytes), fc.source, fc.confidence,
                  value if value == "max" else format_size(high))
         return fc, value, declared

@@ -218,12 +218,14 @@ class AutoDetector:
 
     def _consider(self, agent, pid, argv, leads_session, ppid=None, held=None, filename=None):
         try:
-            exempt = bool(self.exempt and self.exempt(pid)) or bool(
-                self.observe and filename and self.exempt_file and self.exempt_file(filename))
+            # The policy's answer first: it reads nothing, and most of an agent's own
+            # commands end there (new_session_only), before the exempt check stats the
+            # process's executable (over 9p in the test VM) or agent_programs reads /proc.
             of_shell = bool(self.shell and ppid is not None and self.shell(ppid))
-            tool = not exempt \
-                and (of_shell or self.agent_process is None or ppid is None or bool(self.agent_process(ppid))) \
-                and bool(self.is_tool(argv, leads_session or of_shell))
+            tool = bool(self.is_tool(argv, leads_session or of_shell)) \
+                and not (bool(self.exempt and self.exempt(pid)) or bool(
+                    self.observe and filename and self.exempt_file and self.exempt_file(filename))) \
+                and (of_shell or self.agent_process is None or ppid is None or bool(self.agent_process(ppid)))
         except Exception:  # policy bugs must not leave a task stopped
             log.exception("is_tool failed for %s; treating %r as housekeeping", agent.agent_id, argv[:3])
             tool = False

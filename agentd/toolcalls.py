@@ -184,7 +184,7 @@ class ToolCalls:
         `emptied`: the caller read the cgroup empty just before, with nothing run since
         (the API's wait for stragglers): it is not read again. `later(fn, *args)`: where
         the stages' end-of-call work runs (the API's loop.call_soon: after the reply has
-        left, before the next request is read); without it, here.
+        left, at the event loop's next turn); without it, here.
 
         Returns the result dict (also the machine-readable feedback for the agent).
         """

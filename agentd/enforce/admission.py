@@ -21,6 +21,16 @@ counts as room, because the pressure ladder and the kernel OOM order take it bac
 them first. A high-priority agent's test suite starts at once; the best-effort agents
 around it yield if memory really runs out. Within one priority of agents the budget holds
 for everyone, and waiters go by class.
+
+Calls forecast at the floor (`floor`: the forecaster's, below which a peak is noise: a
+`git status`, a short script) are left out of the reckoning of forecasts. Such a call
+starts wherever the memory really free covers it, whatever the running calls' forecasts
+still expect: it lasts moments, and if a growing call does collide with it the ladder and
+the kernel OOM order take memory back from the lowest-ranked call, never from an agent.
+Running at-the-floor calls reserve nothing beyond what they hold (that is already out of
+`available`) and never make a bigger call wait: waiting for them makes no room worth the
+delay, and holding a test suite until no `git` runs anywhere serialises every agent behind
+one forecast. Only calls above the floor reserve their growth and wait for each other.
 """
 
 import itertools
@@ -59,7 +69,13 @@ def _yields(r, rank):
     return r.rank is not None and r.rank[0] < rank[0]
 
 
-def fits(peak, running, budget, available=None, rank=None):
+def small(r, floor):
+    """Is running call `r` an at-the-floor one (forecast, what it holds and has held all at
+    most `floor`)? None: no floor, every call counts."""
+    return floor is not None and max(r.forecast_peak, r.current, r.seen) <= floor
+
+
+def fits(peak, running, budget, available=None, rank=None, floor=None):
     """May a call forecast to peak at `peak` bytes start next to `running`?
 
     `budget`: the policy's memory budget for tool calls (bytes; None = unlimited).
@@ -67,7 +83,12 @@ def fits(peak, running, budget, available=None, rank=None):
     running calls are still forecast to make is set against it too.
     `rank`: the call's (agent priority, call priority); running calls of lower-priority
     agents are left out and what they hold counts as available (see the module's docstring).
+    `floor`: the forecaster's floor; a call forecast at most this starts where `available`
+    covers it, and running calls within it never make a call wait (the module's docstring).
     """
+    if floor is not None and peak <= floor:
+        return available is None or peak <= available
+    running = [r for r in running if not small(r, floor)]
     if rank is not None:
         yielding = [r for r in running if _yields(r, rank)]
         running = [r for r in running if not _yields(r, rank)]
@@ -82,12 +103,12 @@ def fits(peak, running, budget, available=None, rank=None):
     return True
 
 
-def fits_resumed(call, running, budget, available=None):
+def fits_resumed(call, running, budget, available=None, floor=None):
     """May a paused call (frozen, or throttled below its forecast) go on growing next to
     `running`? What it holds is already taken; its forecast growth must fit as a new
     call's peak would, ranked as the call is."""
     return fits(call.to_come, running, None if budget is None else budget - call.current, available,
-                rank=call.rank)
+                rank=call.rank, floor=floor)
 
 
 @dataclass(order=True)
@@ -108,19 +129,22 @@ class Waiter:
         return (self.agent_priority, self.priority)
 
 
-def pick(waiters, running, budget, available=None):
+def pick(waiters, running, budget, available=None, floor=None):
     """Which waiters may start now, in order: strictly by priority, the agent's then the
     call's (then arrival).
 
-    Admitted calls count against the budget of those after them. The first waiter that
-    does not fit stops the scan, so a stream of small low-priority calls cannot starve a
-    big high-priority one.
+    Admitted calls count against the budget of those after them (an at-the-floor one takes
+    its peak out of what is available). The first waiter that does not fit stops the scan,
+    so a stream of small low-priority calls cannot starve a big high-priority one.
     """
     out = []
     running = list(running)
     for w in sorted(waiters):
-        if not fits(w.peak, running, budget, available, rank=w.rank):
+        if not fits(w.peak, running, budget, available, rank=w.rank, floor=floor):
             break
         out.append(w)
-        running.append(Running(w.key, w.peak, 0, w.rank))   # its growth now counts for the next
+        if floor is not None and w.peak <= floor:
+            available = None if available is None else available - w.peak
+        else:
+            running.append(Running(w.key, w.peak, 0, w.rank))   # its growth now counts for the next
     return out

@@ -35,6 +35,12 @@ class Admitter:
         self.counters = {"admission_queued_total": 0, "admission_wait_seconds_total": 0.0,
                          "admission_timeouts_total": 0}
 
+    @property
+    def floor(self):
+        """The forecaster's floor: calls forecast at most this start where the memory
+        really free covers them and never make others wait (admission.py)."""
+        return self.e.fc.forecaster.floor
+
     def claim(self, pend):
         """The call admitted with `pend` is being placed: from now on it reserves as a
         running call, not as an admitted one."""
@@ -60,7 +66,8 @@ class Admitter:
         a = self.e.policy.admission
         budget = self.e.policy.pressure.budget
         running = self.running()
-        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank):
+        if not a.enabled or not evidence or admission.fits(peak, running, budget, self.e.available_fn(), rank=rank,
+                                                                  floor=self.floor):
             self.pending[key] = pend
             return pend
         prog = _program(argv)
@@ -93,7 +100,7 @@ class Admitter:
         self.expire_pending()
         by_waiter = {id(p["waiter"]): p for p in pends}
         picked = admission.pick([p["waiter"] for p in pends], self.running(),
-                                self.e.policy.pressure.budget, self.e.available_fn())
+                                self.e.policy.pressure.budget, self.e.available_fn(), floor=self.floor)
         return [(by_waiter[id(w)], None) for w in picked]
 
     def grant(self, call, pend, waited):

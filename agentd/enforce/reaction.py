@@ -234,7 +234,7 @@ class Reaction:
             if me is None:
                 return False
             others = [r for k, r in running.items() if k != key]
-            return admission.fits_resumed(me, others, budget, available)
+            return admission.fits_resumed(me, others, budget, available, floor=self.admitter.floor)
         return fit
 
     def _probe(self, tool):

@@ -1,5 +1,6 @@
 """Admission control on literals: the budget counts what running calls hold and the part of
-their forecasts still to come, waiters start by priority, and a lone call never waits."""
+their forecasts still to come, waiters start by priority, a lone call never waits, and calls
+at the forecaster's floor start where real free memory covers them."""
 
 from agentd.enforce.admission import Running, Waiter, demand, fits, fits_resumed, pick
 
@@ -123,3 +124,50 @@ def test_a_paused_call_past_its_peak_needs_no_growth_to_resume():
     paused = Running("lo/test", 500 * MiB, 300 * MiB, rank=(100, 20), seen=520 * MiB)
     spike = Running("lo/pytest", 900 * MiB, 100 * MiB, rank=(100, 20))
     assert fits_resumed(paused, [spike], None, available=800 * MiB)   # 800 to come + 0
+
+
+FLOOR = 32 * MiB
+
+
+def test_a_call_at_the_floor_starts_where_real_free_memory_covers_it():
+    # A test suite forecast at the whole 368 MiB budget is growing (300 MiB still to come):
+    # a `git status` forecast at the floor starts beside it while 40 MiB are really free,
+    # and waits only when they are not.
+    suite = Running("a/pytest", 368 * MiB, 68 * MiB, rank=(100, 20))
+    assert not fits(FLOOR, [suite], 368 * MiB, available=40 * MiB, rank=(100, 80))          # without the floor
+    assert fits(FLOOR, [suite], 368 * MiB, available=40 * MiB, rank=(100, 80), floor=FLOOR)
+    assert not fits(FLOOR, [suite], 368 * MiB, available=31 * MiB, rank=(100, 80), floor=FLOOR)
+    assert fits(FLOOR, [suite], 368 * MiB, available=None, rank=(100, 80), floor=FLOOR)     # nothing known: the budget's sum does not hold it
+
+
+def test_a_call_above_the_floor_still_waits_for_a_growing_call():
+    suite = Running("a/pytest", 368 * MiB, 68 * MiB, rank=(100, 20))
+    assert not fits(FLOOR + 1, [suite], 368 * MiB, available=400 * MiB, rank=(100, 80), floor=FLOOR)
+    assert not fits(100 * MiB, [suite], None, available=399 * MiB, rank=(100, 80), floor=FLOOR)   # 300 to come
+
+
+def test_running_calls_at_the_floor_never_hold_a_bigger_call():
+    # Three agents' short calls, each forecast at the floor and holding a few MiB: the test
+    # suite forecast at the whole budget starts beside them (it waited for every one before).
+    shorts = [Running(f"a{i}/git", FLOOR, 5 * MiB, rank=(100, 80)) for i in range(3)]
+    assert not fits(368 * MiB, shorts, 368 * MiB, available=200 * MiB, rank=(100, 20))
+    assert fits(368 * MiB, shorts, 368 * MiB, available=200 * MiB, rank=(100, 20), floor=FLOOR)
+    # One that outgrew the floor counts again, with the growth its forecast still expects.
+    grown = Running("a3/python", 100 * MiB, 40 * MiB, seen=40 * MiB, rank=(100, 50))
+    assert not fits(368 * MiB, shorts + [grown], 368 * MiB, available=200 * MiB, rank=(100, 20), floor=FLOOR)
+    assert fits(140 * MiB, shorts + [grown], None, available=200 * MiB, rank=(100, 20), floor=FLOOR)
+    assert not fits(141 * MiB, shorts + [grown], None, available=200 * MiB, rank=(100, 20), floor=FLOOR)
+
+
+def test_waiters_at_the_floor_take_their_peak_out_of_what_is_free():
+    suite = Running("a/pytest", 368 * MiB, 68 * MiB, rank=(100, 20))
+    ws = [Waiter(priority=80, peak=FLOOR, key=f"w{i}", agent_priority=100) for i in range(3)]
+    assert pick(ws, [suite], 368 * MiB, available=70 * MiB) == []
+    assert [w.key for w in pick(ws, [suite], 368 * MiB, available=70 * MiB, floor=FLOOR)] == ["w0", "w1"]
+
+
+def test_a_paused_call_resumes_beside_calls_at_the_floor():
+    paused = Running("lo/test", 300 * MiB, 200 * MiB, rank=(100, 20))
+    shorts = [Running(f"a{i}/git", FLOOR, 10 * MiB, rank=(100, 80)) for i in range(2)]
+    assert not fits_resumed(paused, shorts, None, available=100 * MiB)        # 2 x 22 to come + 100
+    assert fits_resumed(paused, shorts, None, available=100 * MiB, floor=FLOOR)

@@ -22,7 +22,8 @@ next in that order fits again (the enforcer checks its forecast growth against t
 the running calls leave, as admission would), its step is undone after `quick_relief_s`
 of calm instead: a call paused through another's spike resumes as soon as the spike has
 passed, not a fixed interval later, and a call that would not fit still waits the whole
-interval.
+interval. Among calls of that next call's rank, the first that fits goes early (two equal
+calls paused in one collision would otherwise wait for each other); never one of a lower rank.
 
 The enforcer turns each Decision into cgroup writes; this module only chooses.
 """
@@ -115,10 +116,10 @@ class Ladder:
         calm_since = max(self.last_pressure, self.last_relief, self.last_step)
         if now - calm_since < min(self.relief_interval_s, self.quick_relief_s):
             return None
-        c, d = self._relieve(candidates)
+        early = now - calm_since < self.relief_interval_s
+        c, d = self._relieve(candidates, early)
         if d is None:
             return None
-        early = now - calm_since < self.relief_interval_s
         if early and not c.fits:
             return None
         self.last_relief = now
@@ -165,15 +166,24 @@ class Ladder:
                                 + "; every tool call was already at the top of the ladder")
         return None
 
-    def _relieve(self, candidates):
+    def _relieve(self, candidates, early=False):
         """(candidate, Decision) for the next step to undo, or (None, None). A frozen and
         throttled call that fits gets its limit back while still frozen and is thawed in
         the same step (resume): thawed first, it would only stall against the throttled
         limit, and a second step would keep it paused another quiet window. One that does
-        not fit is thawed first and keeps the lower limit a while longer."""
-        for c in sorted(candidates, key=relief_order):
-            if KILL in c.applied:
-                continue          # dying or dead: nothing to give back
+        not fit is thawed first and keeps the lower limit a while longer.
+
+        `early` (before the whole relief interval, where only a call that fits may go on):
+        among calls of the next one's rank (agent, then call priority) the first that fits
+        goes, not only the next one. Two equal calls paused together in one collision each
+        hold memory the other needs; waiting for the older to fit would keep both paused
+        until the whole interval ran out, where the younger, at its peak, can finish and
+        free what the older needs. A lower rank still never goes before a higher one."""
+        order = [c for c in sorted(candidates, key=relief_order) if KILL not in c.applied and c.applied]
+        if early and order and not order[0].fits:
+            head = (order[0].agent_priority, order[0].priority)
+            order = [c for c in order if (c.agent_priority, c.priority) == head and c.fits] or order
+        for c in order:
             if THROTTLE in c.applied and FREEZE in c.applied and c.fits:
                 return c, Decision(RESUME, c.key, "pressure gone")
             if THROTTLE in c.applied and FREEZE not in c.applied:

@@ -194,6 +194,24 @@ def test_a_fitting_low_call_does_not_jump_a_high_call_that_does_not_fit():
     assert lad.decide(10.0, [hi, lo]).key == "hi/build"
 
 
+def test_of_two_equal_calls_paused_together_the_one_that_fits_goes_first():
+    # One collision paused two low agents' test suites: the older still expects growth
+    # that does not fit beside the younger, which is at its peak and fits. The younger
+    # goes on after the quick interval (it finishes and frees the room the older needs);
+    # waiting for the older would keep both paused for the whole relief interval.
+    lad = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
+    older = Candidate("a/pytest", 20, agent_priority=100, applied=(THROTTLE, FREEZE), fits=False, started=1.0)
+    younger = Candidate("b/pytest", 20, agent_priority=100, applied=(THROTTLE, FREEZE), fits=True, started=2.0)
+    lad.pressure(0.0)
+    assert lad.decide(1.9, [older, younger]) is None
+    d = lad.decide(2.0, [older, younger])
+    assert (d.action, d.key) == ("resume", "b/pytest") and "fits" in d.reason
+    # Once the whole interval has passed, the order is the relief order again.
+    lad2 = Ladder(step_interval_s=1.0, relief_interval_s=10.0, quick_relief_s=2.0, window_s=1.0)
+    lad2.pressure(0.0)
+    assert lad2.decide(10.0, [older, younger]).key == "a/pytest"
+
+
 def test_each_step_needs_an_event_newer_than_the_last_step():
     # One PSI event holds for 1.5 windows (3 s) but is answered by one step: the throttle
     # may have ended the stall; the next step waits for the next event.

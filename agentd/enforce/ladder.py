@@ -15,6 +15,17 @@ horizon) is answered at once and paced by `urgent_interval_s`, the watch's own r
 interval; it lasts only while the growth goes on, so the faster pace
 ends once the growth is stopped. Only when every tool call is at the top of the ladder
 may an agent's main cgroup be killed, and only where its class sets `kill_main_allowed`.
+
+Pausing makes room only where the paused call's memory leaves. Tool calls run without
+swap (memory.swap.max 0), so a frozen call keeps every page it holds; where the host has
+swap the enforcer sends a paused call's memory there (its `offloaded`), and the call that
+goes on gets the room. Two rules follow. Among equal calls the ladder works on the one that
+started last, and keeps working on it: a call's start does not change while both grow, where
+ordering by size flips as the growing call passes the other, and the ladder then paused
+both sides of one collision. And no call is frozen while another frozen call still holds
+its memory: that freeze would stop both and free nothing; the held call's own next step
+(a kill, where the policy has one) makes the room instead, and the kernel's OOM order
+(tool calls before agents, low priority first) stands behind it.
 Once pressure has been gone for `relief_interval_s`, one step is undone per interval,
 highest priority first (see _relieve for the order of a call's own steps). A kill is
 never undone. When the call
@@ -41,7 +52,7 @@ class Candidate:
     key: str                      # "<agent>/<tool>" or "<agent>/main"
     priority: int                 # tool class priority (main: agent class priority)
     agent_priority: int = 50
-    memory: int = 0               # current bytes: the bigger of two equals goes first
+    memory: int = 0               # current bytes: of two equals that started together, the bigger first
     applied: tuple = ()           # steps in effect, in order applied (e.g. ("throttle",))
     can: frozenset = frozenset({THROTTLE, FREEZE, KILL})   # steps the kernel offers here
     main: bool = False
@@ -49,6 +60,7 @@ class Candidate:
     fits: bool = False            # undoing its step now would fit in the memory left
     relapse: tuple = ()           # steps it reached before a relief that did not last
     io_rate: float = 0.0          # bytes/s it moves on disks (read only while I/O is a ladder reason)
+    offloaded: bool = False       # paused, and its memory went out to swap (it frees room)
 
 
 @dataclass(frozen=True)
@@ -154,8 +166,14 @@ class Ladder:
     def _escalate(self, candidates, relapse=True):
         order = io_escalation_order if self.pressure_io else escalation_order
         tools = sorted((c for c in candidates if not c.main), key=order)
+        held = holds_paused_memory(tools)
         for c in tools:
             s = self.next_step(c, relapse)
+            if s == FREEZE and any(h is not c for h in held):
+                # Another paused call keeps all it holds: freezing this one too would
+                # stop both sides and free nothing. It keeps its throttle; the ladder
+                # goes on to the next call (the held one's kill, where there is one).
+                continue
             if s:
                 return Decision(s, c.key, self.pressure_reason or "memory pressure")
         mains = sorted((c for c in candidates if c.main), key=escalation_order)
@@ -197,8 +215,30 @@ def escalation_order(c):
     """The lowest-priority agent first (on a shared host a tenant's priority outranks what
     its call is: a high agent's test suite before a low agent's `cat`, as in the kernel OOM
     order of agentd/oom.py and GPU placement); within it the lowest-priority call, then the
-    bigger, the newer."""
-    return (c.agent_priority, c.priority, -c.memory, -c.started, c.key)
+    newer (then the bigger).
+
+    The newer, not the bigger: a start time does not move while two calls grow into each
+    other, so the call paused first stays first in line and the other goes on; by size the
+    order flips when the growing call passes the other and both end up paused. The newer
+    also came second into memory the older was already using (admission let the older in
+    first), has lost less work if it comes to a kill, and is the last that relief gives
+    back (relief_order: the older first). Not the smaller remaining forecast: it is least
+    known exactly here (a call forecast at the floor that has passed it says nothing of
+    what is still to come)."""
+    return (c.agent_priority, c.priority, -c.started, -c.memory, c.key)
+
+
+def holds_paused_memory(candidates):
+    """Frozen calls whose memory stays where it is (not sent to swap, not killed): pausing
+    any other call beside them frees nothing."""
+    return [c for c in candidates
+            if not c.main and FREEZE in c.applied and KILL not in c.applied and not c.offloaded]
+
+
+def offload_bytes(memory, swap_free):
+    """Bytes to ask the kernel to reclaim from a call just paused: all it holds, as far as
+    the host's free swap takes it (0: nothing to send, the call keeps its memory)."""
+    return max(0, min(int(memory or 0), int(swap_free or 0)))
 
 
 def io_escalation_order(c):

@@ -1,7 +1,7 @@
 """The pressure ladder's decisions on literals: who is acted on first, step order, the
 interval between steps, relief order, and the agent's main cgroup."""
 
-from agentd.enforce.ladder import FREEZE, KILL, THROTTLE, Candidate, Ladder
+from agentd.enforce.ladder import FREEZE, KILL, THROTTLE, Candidate, Ladder, offload_bytes
 
 ALL = frozenset({THROTTLE, FREEZE, KILL})
 
@@ -71,9 +71,51 @@ def test_steps_the_kernel_lacks_are_skipped():
 
 def test_policy_step_subset_and_order():
     lad = Ladder(steps=(FREEZE,), step_interval_s=1.0)
-    cands = [Candidate("a/low", 10), Candidate("a/high", 90)]
-    acts, _ = run_until_quiet(lad, cands, 0.0, 1.0, 4)
-    assert acts == [(FREEZE, "a/low"), (FREEZE, "a/high")]
+    low, high = Candidate("a/low", 10), Candidate("a/high", 90)
+    acts, t = run_until_quiet(lad, [low, high], 0.0, 1.0, 2)
+    # The frozen call keeps its memory (no swap): freezing the other would free nothing.
+    assert acts == [(FREEZE, "a/low")]
+    low.offloaded = True          # its memory went out to swap: pausing frees room again
+    acts, _ = run_until_quiet(lad, [low, high], t, 1.0, 2)
+    assert acts == [(FREEZE, "a/high")]
+
+
+def test_a_growing_call_passing_the_paused_one_is_not_paused_beside_it():
+    # Two equal calls: the older holds 103 MiB, the newer is forecast at the floor and grows
+    # into it. The newer is the one paused, and it stays first in line as it passes the
+    # older's size: the older is never frozen, the ladder's next step is the newer's kill.
+    lad = Ladder(step_interval_s=1.0, urgent_interval_s=0.25)
+    older = Candidate("ignite/pytest", 20, agent_priority=100, memory=103, started=1.0)
+    newer = Candidate("dask/pytest", 20, agent_priority=100, memory=40, started=2.0)
+    acts, t = [], 10.0
+    for grown in (60, 150, 272, 272):
+        newer.memory = grown
+        lad.pressure(t, "memory watch", hold_s=0.5, urgent=True)
+        d = lad.decide(t, [older, newer])
+        acts.append((d.action, d.key))
+        c = {older.key: older, newer.key: newer}[d.key]
+        c.applied = c.applied + (d.action,)
+        t += 0.3
+    assert acts == [(THROTTLE, "dask/pytest"), (FREEZE, "dask/pytest"), (KILL, "dask/pytest")] + [acts[3]]
+    assert FREEZE not in older.applied
+
+
+def test_no_call_is_frozen_beside_a_paused_call_that_keeps_its_memory():
+    lad = Ladder(steps=(THROTTLE, FREEZE), step_interval_s=1.0)
+    paused = Candidate("a/pytest", 20, applied=(THROTTLE, FREEZE), started=1.0)
+    other = Candidate("b/pytest", 20, started=2.0)
+    acts, t = run_until_quiet(lad, [paused, other], 0.0, 1.0, 3)
+    assert acts == [(THROTTLE, "b/pytest")]       # throttled, never frozen beside it
+    paused.offloaded = True
+    acts, _ = run_until_quiet(lad, [paused, other], t, 1.0, 2)
+    assert acts == [(FREEZE, "b/pytest")]
+
+
+def test_a_paused_call_is_offloaded_as_far_as_free_swap_takes_it():
+    assert offload_bytes(300 << 20, 1 << 30) == 300 << 20
+    assert offload_bytes(300 << 20, 100 << 20) == 100 << 20
+    assert offload_bytes(300 << 20, 0) == 0
+    assert offload_bytes(None, 1 << 30) == 0
 
 
 def test_main_cgroup_never_touched_unless_offered_and_only_after_every_tool():

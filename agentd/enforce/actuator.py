@@ -23,6 +23,7 @@ from ..errors import AgentdError, CgroupGone, KernelError
 from ..api.feedback import advice_for
 from ..policy.match import program_of as _program
 from ..kernel import cgroupfs as cgf
+from ..kernel import swap as ksw
 from ..units import format_size
 
 log = logging.getLogger("agentd.enforce")
@@ -193,6 +194,56 @@ class Actuator:
                   format_size(before), format_size(after), reason)
         self.counts["reclaim"] = self.counts.get("reclaim", 0) + 1
         return before, after, full
+
+    # --- a paused call's memory to swap and back ----------------------------------
+    SWAP_FILES = (ksw.MEMORY_SWAP_MAX, ksw.MEMORY_ZSWAP_MAX)
+
+    def swap_out(self, who, cg, nbytes, reason, agent=None, tool=None):
+        """Send a paused (frozen) call's memory to swap: its memory.swap.max (and
+        memory.zswap.max, where offered) raised to max, then memory.reclaim of `nbytes`.
+        Returns (saved, before, after, swapped): `saved` the files' values before, which
+        swap_back puts back; memory.current before and after; memory.swap.current after.
+        None where `cg` offers no memory.swap.max (nothing written). In a dry run nothing is
+        written: the decision is logged and emitted, and after == before. CgroupGone when
+        the cgroup went away."""
+        if not self.fs.has(cg, ksw.MEMORY_SWAP_MAX):
+            return None
+        saved = {n: self.read(cg, n) for n in self.SWAP_FILES if self.fs.has(cg, n)}
+        before = self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
+        if self.dry_run:
+            self._would("send to swap", who, reason, agent, tool,
+                        changes={n: [v, "max"] for n, v in saved.items() if v != "max"},
+                        reclaim_bytes=int(nbytes))
+            return saved, before, before, 0
+        for name, old in saved.items():
+            if old != "max":
+                self.fs.write(cg, name, "max")
+        full = self.fs.reclaim(cg, nbytes)
+        after = self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
+        swapped = self.fs.read_int(cg, ksw.MEMORY_SWAP_CURRENT) if self.fs.has(cg, ksw.MEMORY_SWAP_CURRENT) else 0
+        log.info("%s: paused, its memory to swap: memory.swap.max %s -> max, memory.reclaim %s%s: "
+                 "memory.current %s -> %s, in swap %s (%s)", who, saved.get(ksw.MEMORY_SWAP_MAX),
+                 format_size(int(nbytes)), "" if full else " (the kernel took less)", format_size(before),
+                 format_size(after), format_size(swapped or 0), reason)
+        self.counts["swap_out"] = self.counts.get("swap_out", 0) + 1
+        self.events.emit("swap_out", agent=agent, tool=tool, reason=reason, memory_before=before,
+                         memory_after=after, swap_bytes=swapped)
+        return saved, before, after, swapped
+
+    def swap_back(self, who, cg, saved, reason, agent=None, tool=None):
+        """Put back the swap limits swap_out raised (`saved`: file -> value). The pages
+        already in swap stay there and fault back in as the call touches them; the limit
+        only stops more from going. Nothing written in a dry run (nothing was raised)."""
+        changed = {n: v for n, v in (saved or {}).items() if v != "max"}
+        if not changed:
+            return
+        if self.dry_run:
+            self._would("set", who, reason, agent, tool, changes={n: ["max", v] for n, v in changed.items()})
+            return
+        for name, value in changed.items():
+            self.fs.write(cg, name, value)
+        log.info("%s: %s back to %s (%s)", who, ", ".join(changed), ", ".join(changed.values()), reason)
+        self.events.emit("swap_back", agent=agent, tool=tool, reason=reason, limits=changed)
 
     def set_oom(self, pid, value, who, agent=None, tool=None):
         """/proc/<pid>/oom_score_adj (agentd/oom.py); ProcessGone / KernelError as the write."""

@@ -19,6 +19,7 @@ import time
 from ..errors import AgentdError
 from ..forecast import Forecast
 from ..kernel import cgroupfs as cgf
+from ..kernel import swap as ksw
 from ..kernel.procfs import host_meminfo
 from ..monitor.hostmem import room_below
 from ..units import format_size
@@ -64,6 +65,8 @@ class ToolState:
         self.relieved = float("-inf")   # when the ladder last undid a step on it
         self.reached = ()         # the steps in effect just before that
         self.bounded_told = False # the log said once that a limit bounds its growth
+        self.swap_saved = None    # paused with its memory sent to swap: the swap limits to put back
+        self.offloaded = False    # ... and that freed at least half of what it held
 
     def undo(self, step):
         """The ladder gave `step` back: remember what was in effect (a relapse resumes there)."""
@@ -75,7 +78,7 @@ class ToolState:
 class Enforcer(Reaction, IoReaction, Stage):
     name = "enforce"
 
-    def __init__(self, app, dry_run=False, fake_pressure_file=None, available_fn=None):
+    def __init__(self, app, dry_run=False, fake_pressure_file=None, available_fn=None, swap_free_fn=None):
         self.app = app
         self.fs = app.fs
         self.ctl = app.ctl
@@ -91,6 +94,7 @@ class Enforcer(Reaction, IoReaction, Stage):
         self.watch = PressureWatch(p.psi_some_threshold_us, p.psi_window_us, self._on_pressure,
                                    fake_file=fake_pressure_file)
         self.available_fn = available_fn or _available
+        self.swap_free_fn = swap_free_fn or ksw.swap_free     # where a paused call's memory may go
         self.tools = {}           # tool key -> ToolState
         self.mains_killed = set() # agents whose main cgroup the ladder killed
         self.admitter = Admitter(self)

@@ -235,6 +235,12 @@ def holds_paused_memory(candidates):
             if not c.main and FREEZE in c.applied and KILL not in c.applied and not c.offloaded]
 
 
+def pause_freed(before, after):
+    """Did sending a paused call's memory to swap free room? At least half of what it held
+    left memory (a kernel that took little, swap nearly full: it still holds its memory)."""
+    return before > 0 and after <= before // 2
+
+
 def offload_bytes(memory, swap_free):
     """Bytes to ask the kernel to reclaim from a call just paused: all it holds, as far as
     the host's free swap takes it (0: nothing to send, the call keeps its memory)."""

@@ -15,7 +15,7 @@ from ..kernel import cgroupfs as cgf
 from ..monitor.hostmem import room_below
 from ..units import format_size
 from . import admission, growth, limits
-from .ladder import FREEZE, KILL, RESUME, THROTTLE, Candidate
+from .ladder import FREEZE, KILL, RESUME, THROTTLE, Candidate, offload_bytes, pause_freed
 from .pressure import ROOT
 
 log = logging.getLogger("agentd.enforce")
@@ -211,7 +211,8 @@ class Reaction:
                 out.append(Candidate(tool.key, tool.plan.priority, agent.priority, st.current, tuple(st.applied),
                                      st.can, started=tool.started,
                                      fits=bool(fit and st.applied and KILL not in st.applied and fit(tool.key)),
-                                     relapse=relapse, io_rate=self.io_rates.get(tool.key, 0.0)))
+                                     relapse=relapse, io_rate=self.io_rates.get(tool.key, 0.0),
+                                     offloaded=st.offloaded))
             if self._kill_main_allowed(agent):
                 out.append(Candidate(f"{agent.agent_id}/main", agent.priority, agent.priority, main=True,
                                      can=frozenset({KILL}), started=agent.created,
@@ -236,6 +237,49 @@ class Reaction:
             others = [r for k, r in running.items() if k != key]
             return admission.fits_resumed(me, others, budget, available, floor=self.admitter.floor)
         return fit
+
+    # --- a paused call's memory ------------------------------------------------------
+    def _swap_out(self, tool, st, reason):
+        """The call was just frozen: where the host has free swap, its memory goes there
+        (memory.swap.max raised, memory.reclaim), so the call that goes on gets the room.
+        Tool calls run with memory.swap.max 0 (the swap stage), so without this a frozen
+        call keeps every page. Without swap nothing changes, and the ladder knows the
+        pause freed nothing (ladder.holds_paused_memory)."""
+        try:
+            free = self.swap_free_fn()
+        except AgentdError:
+            free = 0
+        want = offload_bytes(self._read_current(tool) or st.current, free)   # fresh: it grew since the tick
+        if not want:
+            return
+        try:
+            res = self.actuator.swap_out(f"tool {tool.key}", tool.cgroup, want, f"paused: {reason}",
+                                         agent=tool.agent_id, tool=tool.tool_id)
+        except AgentdError as err:
+            log.warning("tool %s: its memory cannot go to swap: %s", tool.key, err)
+            return
+        if res is None:
+            return
+        st.swap_saved, before, after, _ = res
+        st.offloaded = pause_freed(before, after)
+        st.current = after if not self.actuator.dry_run else st.current
+
+    def _swap_back(self, tool, st, reason):
+        """Before a thaw: the class's swap limits back (pages in swap fault back in on use)."""
+        saved, st.swap_saved, st.offloaded = st.swap_saved, None, False
+        if not saved:
+            return
+        try:
+            self.actuator.swap_back(f"tool {tool.key}", tool.cgroup, saved, f"resumed: {reason}",
+                                    agent=tool.agent_id, tool=tool.tool_id)
+        except AgentdError as err:
+            log.warning("tool %s: its swap limits cannot be put back: %s", tool.key, err)
+
+    def _read_current(self, tool):
+        try:
+            return self.fs.read_int(tool.cgroup, cgf.MEMORY_CURRENT) or 0
+        except (AgentdError, OSError, ValueError):
+            return 0
 
     def _probe(self, tool):
         can = {KILL}
@@ -290,17 +334,22 @@ class Reaction:
                 if d.action == RESUME:
                     if rec:
                         tool.run.limits_applied[cgf.MEMORY_HIGH] = rec["new"]
+                    self._swap_back(tool, st, d.reason)
                     rec = self.actuator.act(tool, "thaw", d.reason)
                     st.undo(FREEZE)
             elif d.action == FREEZE:
                 rec = self.actuator.act(tool, FREEZE, d.reason, trigger_ts=trig)
                 st.applied.append(FREEZE)
+                if rec:
+                    self._swap_out(tool, st, d.reason)
             elif d.action == "thaw":
+                self._swap_back(tool, st, d.reason)
                 rec = self.actuator.act(tool, "thaw", d.reason)
                 st.undo(FREEZE)
             else:
                 rec = self.actuator.act(tool, KILL, d.reason, trigger_ts=trig)
                 st.applied.append(KILL)
+                st.swap_saved, st.offloaded = None, False     # its cgroup goes, limits and all
         except AgentdError as err:
             log.warning("tool %s: %s failed: %s", d.key, d.action, err)
             return None

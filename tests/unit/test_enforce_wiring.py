@@ -58,8 +58,27 @@ class FS:
     def enable_controllers(self, cg):
         return set()
 
+    def reclaim(self, cg, nbytes):
+        """memory.reclaim as the kernel does it: a cgroup's anonymous memory goes to swap
+        only as far as its memory.swap.max lets it."""
+        cur = self.read_int(cg, cgf.MEMORY_CURRENT) or 0
+        may = cur if self.files.get((cg, cgf.MEMORY_SWAP_MAX)) == "max" else 0
+        moved = min(cur, int(nbytes), may)
+        self.writes.append((cg, cgf.MEMORY_RECLAIM, str(int(nbytes))))
+        self.files[(cg, cgf.MEMORY_CURRENT)] = str(cur - moved)
+        self.files[(cg, "memory.swap.current")] = str(self.read_int(cg, "memory.swap.current") + moved)
+        return moved == int(nbytes)
 
-def make(kill_main="false", steps="[freeze, kill]"):
+
+def with_swap(app, *tools, held=96 * MiB):
+    """The calls' cgroups as the swap stage leaves them on a host with swap: memory.swap.max
+    and memory.zswap.max 0, `held` bytes in memory."""
+    for t in tools:
+        app.fs.files.update({(t.cgroup, cgf.MEMORY_SWAP_MAX): "0", (t.cgroup, "memory.zswap.max"): "0",
+                             (t.cgroup, cgf.MEMORY_CURRENT): str(held), (t.cgroup, "memory.swap.current"): "0"})
+
+
+def make(kill_main="false", steps="[freeze, kill]", swap_free=0):
     policy = load_policy_text(POLICY.format(kill_main=kill_main, steps=steps), host_memory_bytes=8 * GiB)
     fs = FS()
     ctl = types.SimpleNamespace(agents={}, agents_cgroup="r/agents", sample_tool=lambda t: 10 * MiB, hooks=[])
@@ -67,7 +86,7 @@ def make(kill_main="false", steps="[freeze, kill]"):
     events = types.SimpleNamespace(got=[], emit=lambda kind, **f: events.got.append((kind, f)))
     app = types.SimpleNamespace(fs=fs, ctl=ctl, events=events, policy=policy, state_dir="", host_memory=8 * GiB,
                                 root="r")
-    e = Enforcer(app, available_fn=lambda: 4 * GiB)
+    e = Enforcer(app, available_fn=lambda: 4 * GiB, swap_free_fn=lambda: swap_free)
     return e, app
 
 
@@ -132,9 +151,10 @@ def test_kill_main_only_when_the_class_allows_it_and_after_the_tools():
 
 
 def test_relief_thaws_highest_priority_first_after_pressure_ends():
-    e, app = make(steps="[freeze]")
+    e, app = make(steps="[freeze]", swap_free=GiB)
     low = add(app, e, "a", "0001-batch", 20)
     high = add(app, e, "a", "0002-interactive", 80)
+    with_swap(app, low, high)     # each pause frees its memory, so the second one makes room too
     e._on_pressure("", 100.0, "test")
     e._on_pressure("", 101.0, "test")             # the stall goes on: a second event
     assert low.frozen and high.frozen
@@ -637,3 +657,56 @@ def test_admission_sees_the_most_a_call_has_held():
     e.tick(101.0)
     (r,) = e.admitter.running()
     assert (r.current, r.seen) == (40 * MiB, 300 * MiB)
+
+
+def test_a_paused_call_goes_to_swap_and_gets_its_class_limit_back_before_its_thaw():
+    e, app = make(steps="[freeze]", swap_free=GiB)
+    low = add(app, e, "a", "0001-batch", 20)
+    with_swap(app, low)
+    e._on_pressure("", 100.0, "test")
+    assert low.frozen
+    mine = [w[1:] for w in app.fs.writes if w[0] == low.cgroup]
+    # Frozen first, then its swap opened and its memory reclaimed: all 96 MiB left memory.
+    assert mine == [(cgf.FREEZE, "1"), (cgf.MEMORY_SWAP_MAX, "max"), ("memory.zswap.max", "max"),
+                    (cgf.MEMORY_RECLAIM, str(96 * MiB))]
+    assert app.fs.read_int(low.cgroup, cgf.MEMORY_CURRENT) == 0
+    assert app.fs.read_int(low.cgroup, "memory.swap.current") == 96 * MiB
+    assert e.tools[low.key].offloaded
+    assert any(k == "swap_out" for k, _ in app.events.got)
+    t = 101.0
+    while t < 115 and low.frozen:
+        e.tick(t)
+        t += 0.5
+    assert not low.frozen
+    mine = [w[1:] for w in app.fs.writes if w[0] == low.cgroup][4:]
+    # The class's value (0) back before the thaw: the call swaps no more once it runs.
+    assert mine == [(cgf.MEMORY_SWAP_MAX, "0"), ("memory.zswap.max", "0"), (cgf.FREEZE, "0")]
+    assert not e.tools[low.key].offloaded
+
+
+def test_without_swap_no_call_is_frozen_beside_a_paused_one():
+    # No free swap: the frozen call keeps its 96 MiB, so freezing the second call would
+    # stop both and free nothing. The second is never frozen; nothing goes to swap.
+    e, app = make(steps="[freeze]", swap_free=0)
+    low = add(app, e, "a", "0001-batch", 20)
+    high = add(app, e, "a", "0002-interactive", 80)
+    with_swap(app, low, high)
+    for t in (100.0, 101.0, 102.0, 103.0):
+        e._on_pressure("", t, "test")
+    assert low.frozen and not high.frozen
+    assert not [w for w in app.fs.writes if w[1] in (cgf.MEMORY_SWAP_MAX, cgf.MEMORY_RECLAIM)]
+
+
+def test_a_dry_run_decides_the_swap_out_and_writes_nothing():
+    e, app = make(steps="[freeze]", swap_free=GiB)
+    e.actuator.dry_run = True
+    low = add(app, e, "a", "0001-batch", 20)
+    high = add(app, e, "a", "0002-interactive", 80)
+    with_swap(app, low, high)
+    for t in (100.0, 101.0):
+        e._on_pressure("", t, "test")
+    assert not [w for w in app.fs.writes if w[0] in (low.cgroup, high.cgroup)]
+    would = [f for k, f in app.events.got if k == "dry_run" and f.get("what") == "send to swap"]
+    assert would and would[0]["changes"][cgf.MEMORY_SWAP_MAX] == ["0", "max"]
+    # Nothing really left memory: the ladder does not count the pause as room.
+    assert not e.tools[low.key].offloaded

@@ -1,8 +1,9 @@
 """The pressure ladder's wiring in a real daemon on the host's cgroup v2 tree, driven by a
 FAKE pressure source: a file in PSI format named by AGENTD_PRESSURE_FILE, which the daemon
 polls instead of arming kernel PSI triggers (status says `pressure: poll`). What this shows
-is real: tool calls are frozen lowest priority first, thawed highest priority first,
-killed, and told so, through cgroup.freeze and cgroup.kill. What it does not show is the
+is real: tool calls are frozen lowest priority first (and no other beside one that keeps
+its memory), thawed, killed, and told so, through cgroup.freeze and cgroup.kill (the
+order of thaws among several paused calls: tests/unit/test_enforce_wiring.py). What it does not show is the
 ladder's real trigger path: the kernel's PSI triggers firing under a real memory hog,
 throttling through memory.high (this host has no memory controller), the memory watch.
 That path is covered in the kernel tier, by
@@ -117,7 +118,7 @@ def actions(d):
     return [(e["action"], e["tool"]) for e in d.events() if e.get("event") == "action" and e.get("tool")]
 
 
-def test_freeze_lowest_priority_first_and_thaw_highest_first(ladder_daemon, cgfs, tmp_path):
+def test_freeze_lowest_priority_first_never_beside_it_and_thaw(ladder_daemon, cgfs, tmp_path):
     d = ladder_daemon
     proc, out = start_agent(d, tmp_path, "ladder")
     try:
@@ -125,13 +126,17 @@ def test_freeze_lowest_priority_first_and_thaw_highest_first(ladder_daemon, cgfs
         batch, inter = tools["batch"], tools["interactive"]
         cg = f"{d.root}/agents/ladder/tools"
         d.fake.on.set()
-        d.wait_event(lambda e: e.get("action") == "freeze" and e.get("tool") == inter, timeout=15)
+        d.wait_event(lambda e: e.get("action") == "freeze" and e.get("tool") == batch, timeout=15)
+        wait_until(lambda: cgfs.frozen(f"{cg}/{batch}"), "the batch call frozen")
+        # The stall goes on for several step intervals. This host has no swap for the
+        # frozen call's memory: freezing the interactive call beside it would free nothing,
+        # so the ladder leaves it running (the policy has no kill step to take instead).
+        time.sleep(2.0)
         d.fake.on.clear()
-        # cgroup.events says "frozen 1" once every task has stopped, a moment after the write.
-        wait_until(lambda: cgfs.frozen(f"{cg}/{batch}") and cgfs.frozen(f"{cg}/{inter}"), "both calls frozen")
+        assert not cgfs.frozen(f"{cg}/{inter}")
         d.wait_event(lambda e: e.get("action") == "thaw" and e.get("tool") == batch, timeout=20)
-        wait_until(lambda: not cgfs.frozen(f"{cg}/{batch}") and not cgfs.frozen(f"{cg}/{inter}"), "both thawed")
-        assert actions(d) == [("freeze", batch), ("freeze", inter), ("thaw", inter), ("thaw", batch)]
+        wait_until(lambda: not cgfs.frozen(f"{cg}/{batch}"), "the batch call thawed")
+        assert actions(d) == [("freeze", batch), ("thaw", batch)]
         status = d.request({"op": "status"})
         assert status["modes"]["pressure"] == "poll"     # the fake source is polled, by design
         for t in (batch, inter):

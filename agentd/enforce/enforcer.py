@@ -67,6 +67,8 @@ class ToolState:
         self.bounded_told = False # the log said once that a limit bounds its growth
         self.swap_saved = None    # paused with its memory sent to swap: the swap limits to put back
         self.offloaded = False    # ... and that freed at least half of what it held
+        self.swap_held = 0        # memory.current when its memory began to go
+        self.swap_moving = False  # more is still to go, a step per tick
 
     def undo(self, step):
         """The ladder gave `step` back: remember what was in effect (a relapse resumes there)."""
@@ -316,6 +318,7 @@ class Enforcer(Reaction, IoReaction, Stage):
                 st.seen = max(st.seen, cur)
                 self.fc.sample(tool.key, now, cur)
                 self._adapt(tool, st, available)
+        self._swap_out_steps()
         self.held.read(now)
         self.watch.poll(now)
         self._ladder_step(now)

@@ -241,10 +241,10 @@ def pause_freed(before, after):
     return before > 0 and after <= before // 2
 
 
-def offload_bytes(memory, swap_free):
-    """Bytes to ask the kernel to reclaim from a call just paused: all it holds, as far as
-    the host's free swap takes it (0: nothing to send, the call keeps its memory)."""
-    return max(0, min(int(memory or 0), int(swap_free or 0)))
+def offload_bytes(memory, swap_free, step):
+    """Bytes to ask the kernel to reclaim from a paused call in one write: what it still
+    holds, as far as the host's free swap takes it, at most `step` (0: nothing to send)."""
+    return max(0, min(int(memory or 0), int(swap_free or 0), int(step)))
 
 
 def io_escalation_order(c):

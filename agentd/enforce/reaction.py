@@ -239,34 +239,57 @@ class Reaction:
         return fit
 
     # --- a paused call's memory ------------------------------------------------------
+    # One memory.reclaim write per tick: the write is synchronous, and a paused test suite's
+    # few hundred MiB compressed into zram at once would hold the daemon's loop (every
+    # other call's start and end) for a second or more under emulation.
+    SWAP_OUT_STEP = 64 << 20
+
     def _swap_out(self, tool, st, reason):
-        """The call was just frozen: where the host has free swap, its memory goes there
-        (memory.swap.max raised, memory.reclaim), so the call that goes on gets the room.
-        Tool calls run with memory.swap.max 0 (the swap stage), so without this a frozen
-        call keeps every page. Without swap nothing changes, and the ladder knows the
-        pause freed nothing (ladder.holds_paused_memory)."""
+        """The call is frozen: where the host has free swap, its memory goes there
+        (memory.swap.max raised, then memory.reclaim a step per tick), so the call that goes
+        on gets the room. Tool calls run with memory.swap.max 0 (the swap stage), so
+        without this a frozen call keeps every page. Without swap nothing changes, and the
+        ladder knows the pause freed nothing (ladder.holds_paused_memory)."""
         try:
             free = self.swap_free_fn()
         except AgentdError:
             free = 0
-        want = offload_bytes(self._read_current(tool) or st.current, free)   # fresh: it grew since the tick
+        held = self._read_current(tool) or st.current     # fresh: it may have grown since the tick
+        want = offload_bytes(held, free, self.SWAP_OUT_STEP)
         if not want:
+            st.swap_moving = False
             return
+        who, why = f"tool {tool.key}", f"paused: {reason}"
         try:
-            res = self.actuator.swap_out(f"tool {tool.key}", tool.cgroup, want, f"paused: {reason}",
-                                         agent=tool.agent_id, tool=tool.tool_id)
+            if st.swap_saved is None:
+                res = self.actuator.swap_out(who, tool.cgroup, want, why, agent=tool.agent_id, tool=tool.tool_id)
+                if res is None:
+                    return
+                st.swap_saved, before, after, _ = res
+                st.swap_held = before
+            else:
+                before, after, _ = self.actuator.reclaim(who, tool.cgroup, want, why)
         except AgentdError as err:
             log.warning("tool %s: its memory cannot go to swap: %s", tool.key, err)
+            st.swap_moving = False
             return
-        if res is None:
-            return
-        st.swap_saved, before, after, _ = res
-        st.offloaded = pause_freed(before, after)
-        st.current = after if not self.actuator.dry_run else st.current
+        # Another step while the kernel took what it was asked and more is left.
+        st.swap_moving = want == self.SWAP_OUT_STEP and after < before and not self.actuator.dry_run
+        st.offloaded = pause_freed(st.swap_held, after)
+        if not self.actuator.dry_run:
+            st.current = after
+
+    def _swap_out_steps(self):
+        """Each tick: the next step of every paused call whose memory is still going out."""
+        for agent in list(self.ctl.agents.values()):
+            for tool in list(agent.tools.values()):
+                st = self.tools.get(tool.key)
+                if st is not None and st.swap_moving and FREEZE in st.applied and not tool.done:
+                    self._swap_out(tool, st, "its memory goes on to swap")
 
     def _swap_back(self, tool, st, reason):
         """Before a thaw: the class's swap limits back (pages in swap fault back in on use)."""
-        saved, st.swap_saved, st.offloaded = st.swap_saved, None, False
+        saved, st.swap_saved, st.offloaded, st.swap_moving = st.swap_saved, None, False, False
         if not saved:
             return
         try:
@@ -349,7 +372,7 @@ class Reaction:
             else:
                 rec = self.actuator.act(tool, KILL, d.reason, trigger_ts=trig)
                 st.applied.append(KILL)
-                st.swap_saved, st.offloaded = None, False     # its cgroup goes, limits and all
+                st.swap_saved, st.offloaded, st.swap_moving = None, False, False   # its cgroup goes
         except AgentdError as err:
             log.warning("tool %s: %s failed: %s", d.key, d.action, err)
             return None

@@ -112,10 +112,11 @@ def test_no_call_is_frozen_beside_a_paused_call_that_keeps_its_memory():
 
 
 def test_a_paused_call_is_offloaded_as_far_as_free_swap_takes_it():
-    assert offload_bytes(300 << 20, 1 << 30) == 300 << 20
-    assert offload_bytes(300 << 20, 100 << 20) == 100 << 20
-    assert offload_bytes(300 << 20, 0) == 0
-    assert offload_bytes(None, 1 << 30) == 0
+    assert offload_bytes(30 << 20, 1 << 30, 64 << 20) == 30 << 20
+    assert offload_bytes(300 << 20, 1 << 30, 64 << 20) == 64 << 20       # a step at a time
+    assert offload_bytes(300 << 20, 10 << 20, 64 << 20) == 10 << 20
+    assert offload_bytes(300 << 20, 0, 64 << 20) == 0
+    assert offload_bytes(None, 1 << 30, 64 << 20) == 0
 
 
 def test_main_cgroup_never_touched_unless_offered_and_only_after_every_tool():

@@ -666,21 +666,25 @@ def test_a_paused_call_goes_to_swap_and_gets_its_class_limit_back_before_its_tha
     e._on_pressure("", 100.0, "test")
     assert low.frozen
     mine = [w[1:] for w in app.fs.writes if w[0] == low.cgroup]
-    # Frozen first, then its swap opened and its memory reclaimed: all 96 MiB left memory.
+    # Frozen first, then its swap opened and its memory reclaimed, a step (64 MiB) per write.
     assert mine == [(cgf.FREEZE, "1"), (cgf.MEMORY_SWAP_MAX, "max"), ("memory.zswap.max", "max"),
-                    (cgf.MEMORY_RECLAIM, str(96 * MiB))]
+                    (cgf.MEMORY_RECLAIM, str(64 * MiB))]
+    assert app.fs.read_int(low.cgroup, cgf.MEMORY_CURRENT) == 32 * MiB
+    assert e.tools[low.key].offloaded             # two thirds of it left memory: room made
+    assert any(k == "swap_out" for k, _ in app.events.got)
+    app.ctl.sample_tool = lambda t: app.fs.read_int(t.cgroup, cgf.MEMORY_CURRENT)
+    e.tick(101.0)                                 # the rest at the next tick
     assert app.fs.read_int(low.cgroup, cgf.MEMORY_CURRENT) == 0
     assert app.fs.read_int(low.cgroup, "memory.swap.current") == 96 * MiB
-    assert e.tools[low.key].offloaded
-    assert any(k == "swap_out" for k, _ in app.events.got)
-    t = 101.0
+    t = 101.5
     while t < 115 and low.frozen:
         e.tick(t)
         t += 0.5
     assert not low.frozen
     mine = [w[1:] for w in app.fs.writes if w[0] == low.cgroup][4:]
     # The class's value (0) back before the thaw: the call swaps no more once it runs.
-    assert mine == [(cgf.MEMORY_SWAP_MAX, "0"), ("memory.zswap.max", "0"), (cgf.FREEZE, "0")]
+    assert mine == [(cgf.MEMORY_RECLAIM, str(32 * MiB)), (cgf.MEMORY_SWAP_MAX, "0"), ("memory.zswap.max", "0"),
+                    (cgf.FREEZE, "0")]
     assert not e.tools[low.key].offloaded
 
 

@@ -25,7 +25,8 @@ ordering by size flips as the growing call passes the other, and the ladder then
 both sides of one collision. And no call is frozen while another frozen call still holds
 its memory: that freeze would stop both and free nothing; the held call's own next step
 (a kill, where the policy has one) makes the room instead, and the kernel's OOM order
-(tool calls before agents, low priority first) stands behind it.
+(tool calls before agents, low priority first) stands behind it. A paused call whose
+memory is in swap has given what it holds: it is not killed for another call's growth.
 Once pressure has been gone for `relief_interval_s`, one step is undone per interval,
 highest priority first (see _relieve for the order of a call's own steps). A kill is
 never undone. When the call
@@ -168,6 +169,11 @@ class Ladder:
         tools = sorted((c for c in candidates if not c.main), key=order)
         held = holds_paused_memory(tools)
         for c in tools:
+            if c.offloaded and FREEZE in c.applied:
+                # Paused with its memory already in swap: it has given what it holds, and
+                # killing it would free nothing more. Another call's growth is answered
+                # on that call.
+                continue
             s = self.next_step(c, relapse)
             if s == FREEZE and any(h is not c for h in held):
                 # Another paused call keeps all it holds: freezing this one too would

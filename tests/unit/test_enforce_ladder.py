@@ -299,3 +299,15 @@ def test_a_relapse_counts_for_a_stall_not_for_the_memory_watch():
     c = Candidate("lo/test", 20, relapse=(THROTTLE, FREEZE))
     lad.pressure(0.0, urgent=True, hold_s=0.5)
     assert lad.decide(0.0, [c]).action == THROTTLE
+
+
+def test_a_paused_call_whose_memory_is_in_swap_is_not_killed_for_anothers_growth():
+    # The newer call is paused and its memory went to swap; the older one goes on growing.
+    # Killing the paused call would free nothing more: the ladder steps on the grower.
+    lad = Ladder(step_interval_s=1.0, urgent_interval_s=0.25)
+    older = Candidate("ignite/pytest", 20, agent_priority=100, memory=200, started=1.0)
+    newer = Candidate("dask/pytest", 20, agent_priority=100, memory=0, started=2.0, applied=(FREEZE,),
+                      offloaded=True)
+    lad.pressure(10.0, "memory watch", hold_s=0.5, urgent=True)
+    d = lad.decide(10.0, [older, newer])
+    assert (d.action, d.key) == (THROTTLE, "ignite/pytest")

@@ -70,9 +70,10 @@ def parse_args(argv):
     p.add_argument("--mem-scale", type=float, default=0.25)
     p.add_argument("--guest-memory", default="4G")
     p.add_argument("--zram", default="1G",
-                   help="size of the guest's zram swap (uncompressed capacity; 0: no swap). Tool calls never "
-                        "swap in any mode (none/static: memory.swap.max 0 per agent, Kubernetes' default; "
-                        "agentd: its swap stage's 0 for tool calls); agentd reclaims idle agents into it")
+                   help="size of the guest's zram swap (uncompressed capacity; 0: no swap). A running tool call "
+                        "never swaps in any mode (none/static: memory.swap.max 0 per agent, Kubernetes' "
+                        "default; agentd: its swap stage's 0 for tool calls); agentd reclaims idle agents "
+                        "and the calls it paused into it")
     p.add_argument("--density-budget", type=int,
                    help="bytes (default: the budget under which no control fits --density-fit agents at the "
                         "trace level, trace.budget_for)")

@@ -43,9 +43,13 @@ def rates_side_by_side(pair, figure, mode, rate, limited, neighbour):
     byte than an unlimited one, so one limited to 200 Mbit/s sent 143 while the reference
     got 229), the limited sender gets at least 85% of its limit (late timers in the loaded
     emulated guest: 86-88% at 50 Mbit/s in two runs beside a reference at 182-338) and the
-    neighbour keeps at least 80% of the reference's rate (a neighbour held to anyone's
-    limit would keep at most half). Elsewhere both are recorded, not asserted; the limited
-    sender is never above 110% of its limit. Returns (limited's rate, whether the checks ran)."""
+    neighbour keeps at least twice the limit (a neighbour held to the call's limit would keep
+    at most 110% of it) and half the reference's rate (the two do not share the guest's CPUs
+    alike: the neighbour's cgroup sits in agentd's tree beside the limited sender, the
+    reference where the test runs, and the guest is CPU-bound: on a quiet host the neighbour
+    kept 75-159% of the reference's rate). Elsewhere both are recorded, not asserted; the
+    limited sender is never above 110% of its limit. Returns (limited's rate, whether the
+    checks ran)."""
     (solo,) = pair.measure([neighbour])
     got, free, ref = pair.measure([limited, neighbour, None])
     figure(f"{mode} mode, egress limit {rate} Mbit/s: limited / unlimited neighbour / reference "
@@ -55,7 +59,7 @@ def rates_side_by_side(pair, figure, mode, rate, limited, neighbour):
     carried = ref >= 2 * rate * MBIT
     if carried:
         assert got >= 0.85 * rate * MBIT, (rate, got / MBIT, ref / MBIT)
-        assert free >= 0.8 * ref, (rate, free / MBIT, ref / MBIT)
+        assert free >= 2 * rate * MBIT and free >= 0.5 * ref, (rate, free / MBIT, ref / MBIT)
     return got, carried
 
 

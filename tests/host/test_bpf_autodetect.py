@@ -87,8 +87,9 @@ def test_event_monitor_is_driven_by_an_asyncio_loop(cgfs, test_root):
         mon.close()
 
 
-def test_for_monitor_wires_stop_strategy_through_the_event_monitor(cgfs, test_root):
-    from agentd.monitor.autodetect import for_monitor
+def placing(cgfs, test_root):
+    """An agent's main cgroup, and a place() that moves each tool call into a cgroup of
+    its own and records (agent, argv) in `placed`."""
     main = f"{test_root}/main"
     cgfs.makedirs(main)
     placed = []
@@ -98,6 +99,12 @@ def test_for_monitor_wires_stop_strategy_through_the_event_monitor(cgfs, test_ro
         cgfs.mkdir(cg)
         cgfs.move(cg, pid)
         placed.append((agent_id, argv))
+    return main, placed, place
+
+
+def test_for_monitor_wires_stop_strategy_through_the_event_monitor(cgfs, test_root):
+    from agentd.monitor.autodetect import for_monitor
+    main, placed, place = placing(cgfs, test_root)
     mon = EventMonitor(cgfs)
     try:
         det = for_monitor(mon, place, lambda argv, leads: argv[:2] == ["sh", "-c"], cgfs)
@@ -119,15 +126,7 @@ def test_session_only_detection_holds_only_session_leaders(cgfs, test_root):
     can be a tool call, so only it waits at exec for the daemon; the others run on and are
     still reported (and judged housekeeping)."""
     from agentd.monitor.autodetect import for_monitor
-    main = f"{test_root}/main"
-    cgfs.makedirs(main)
-    placed = []
-
-    def place(agent_id, pid, argv):
-        cg = f"{test_root}/tc-{pid}"
-        cgfs.mkdir(cg)
-        cgfs.move(cg, pid)
-        placed.append((agent_id, argv))
+    main, placed, place = placing(cgfs, test_root)
     stopped = []
     mon = EventMonitor(cgfs)
     mon.proc_listeners.append(lambda ev: stopped.append(ev.argv) if ev.stopped else None)

@@ -42,14 +42,17 @@ def rates_side_by_side(pair, figure, mode, rate, limited, neighbour):
     guest carried the limit then, with room: a shaped sender costs the guest more CPU per
     byte than an unlimited one, so one limited to 200 Mbit/s sent 143 while the reference
     got 229), the limited sender gets at least 85% of its limit (late timers in the loaded
-    emulated guest: 86-88% at 50 Mbit/s in two runs beside a reference at 182-338) and the
-    neighbour keeps at least twice the limit (a neighbour held to the call's limit would keep
-    at most 110% of it) and half the reference's rate (the two do not share the guest's CPUs
-    alike: the neighbour's cgroup sits in agentd's tree beside the limited sender, the
-    reference where the test runs, and the guest is CPU-bound: on a quiet host the neighbour
-    kept 75-159% of the reference's rate). Elsewhere both are recorded, not asserted; the
-    limited sender is never above 110% of its limit. Returns (limited's rate, whether the
-    checks ran)."""
+    emulated guest: 86-88% at 50 Mbit/s in two runs beside a reference at 182-338). Where
+    the reference got at least 2.5 times the limit, the neighbour keeps at least half the
+    reference's rate, which is then at least 1.25 times the limit, and more than 110% of it
+    (a neighbour held to the call's limit would keep at most that). Half, because the two
+    do not share the guest's CPUs alike: the neighbour's cgroup sits in agentd's tree beside
+    the limited sender, the reference where the test runs, and the guest is CPU-bound (the
+    neighbour kept 70-159% of the reference's rate in quiet runs). The guest's room is
+    judged per check: beside a 200 Mbit/s sender a quiet guest carried a reference of 446
+    and a neighbour of 311, room for the limited sender's check, not twice the limit for the
+    neighbour. Elsewhere both are recorded, not asserted; the limited sender is never above
+    110% of its limit. Returns (limited's rate, whether the limited sender's check ran)."""
     (solo,) = pair.measure([neighbour])
     got, free, ref = pair.measure([limited, neighbour, None])
     figure(f"{mode} mode, egress limit {rate} Mbit/s: limited / unlimited neighbour / reference "
@@ -59,7 +62,8 @@ def rates_side_by_side(pair, figure, mode, rate, limited, neighbour):
     carried = ref >= 2 * rate * MBIT
     if carried:
         assert got >= 0.85 * rate * MBIT, (rate, got / MBIT, ref / MBIT)
-        assert free >= 2 * rate * MBIT and free >= 0.5 * ref, (rate, free / MBIT, ref / MBIT)
+    if ref >= 2.5 * rate * MBIT:
+        assert free >= 0.5 * ref and free > 1.1 * rate * MBIT, (rate, free / MBIT, ref / MBIT)
     return got, carried
 
 

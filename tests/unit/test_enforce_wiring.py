@@ -2,6 +2,7 @@
 plan time, ladder actions on the right cgroups in priority order, the main cgroup only
 with kill_main_allowed, relief on pressure's end."""
 
+import asyncio
 import dataclasses
 import time
 import types
@@ -686,6 +687,19 @@ def test_a_paused_call_goes_to_swap_and_gets_its_class_limit_back_before_its_tha
     assert mine == [(cgf.MEMORY_RECLAIM, str(32 * MiB)), (cgf.MEMORY_SWAP_MAX, "0"), ("memory.zswap.max", "0"),
                     (cgf.FREEZE, "0")]
     assert not e.tools[low.key].offloaded
+
+
+def test_agentds_stop_puts_a_paused_calls_swap_limits_back_before_its_thaw():
+    # The call runs on without agentd: with the class's swap limit (0), not the pause's "max".
+    e, app = make(steps="[freeze]", swap_free=GiB)
+    low = add(app, e, "a", "0001-batch", 20)
+    with_swap(app, low)
+    e._on_pressure("", 100.0, "test")
+    assert low.frozen
+    n = len(app.fs.writes)
+    asyncio.run(e.stop())
+    mine = [w[1:] for w in app.fs.writes[n:] if w[0] == low.cgroup]
+    assert mine == [(cgf.MEMORY_SWAP_MAX, "0"), ("memory.zswap.max", "0"), (cgf.FREEZE, "0")]
 
 
 def test_without_swap_no_call_is_frozen_beside_a_paused_one():

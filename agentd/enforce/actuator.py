@@ -50,6 +50,10 @@ class Actuator:
         self.procfs = procfs
         self.counts = {}          # action -> count (metrics)
         self.shadow = {}          # dry run: (cgroup, file) -> the value agentd would have written
+        # cgroup -> the swap limits swap_out raised there, until swap_back puts them back:
+        # every thaw through the actuator (the ladder's, agentd's stop, the API's) puts them
+        # back first, so no call runs on with the swap its pause was given.
+        self.raised_swap = {}
 
     # --- reads that see the would-be values of a dry run --------------------------
     def read(self, cg, name):
@@ -72,7 +76,8 @@ class Actuator:
             return None
 
     def forget(self, cg):
-        """`cg` was removed: its would-be values go with it."""
+        """`cg` was removed: its would-be values and its raised swap limits go with it."""
+        self.raised_swap.pop(cg, None)
         if self.shadow:
             for key in [k for k in self.shadow if k[0] == cg]:
                 del self.shadow[key]
@@ -218,6 +223,7 @@ class Actuator:
         for name, old in saved.items():
             if old != "max":
                 self.fs.write(cg, name, "max")
+        self.raised_swap.setdefault(cg, saved)
         full = self.fs.reclaim(cg, nbytes)
         after = self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
         swapped = self.fs.read_int(cg, ksw.MEMORY_SWAP_CURRENT) if self.fs.has(cg, ksw.MEMORY_SWAP_CURRENT) else 0
@@ -233,9 +239,12 @@ class Actuator:
     def swap_back(self, who, cg, saved, reason, agent=None, tool=None):
         """Put back the swap limits swap_out raised (`saved`: file -> value). The pages
         already in swap stay there and fault back in as the call touches them; the limit
-        only stops more from going. Nothing written in a dry run (nothing was raised)."""
+        only stops more from going. Nothing written in a dry run (nothing was raised), nor
+        where they were put back already (a thaw through the API came first)."""
         changed = {n: v for n, v in (saved or {}).items() if v != "max"}
         if not changed:
+            return
+        if not self.dry_run and self.raised_swap.pop(cg, None) is None:
             return
         if self.dry_run:
             self._would("set", who, reason, agent, tool, changes={n: ["max", v] for n, v in changed.items()})
@@ -372,6 +381,9 @@ class Actuator:
             tool.run.actions.append({"action": "kill", "reason": reason, "ts": time.time()})
             self.fs.kill(tool.cgroup)
         elif action in ("freeze", "thaw"):
+            if action == "thaw" and tool.cgroup in self.raised_swap:
+                self.swap_back(who, tool.cgroup, self.raised_swap[tool.cgroup], f"resumed: {reason}",
+                               agent=tool.agent_id, tool=tool.tool_id)
             self.fs.freeze(tool.cgroup, action == "freeze")
             tool.run.frozen = action == "freeze"
         else:

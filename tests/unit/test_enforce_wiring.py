@@ -702,6 +702,24 @@ def test_agentds_stop_puts_a_paused_calls_swap_limits_back_before_its_thaw():
     assert mine == [(cgf.MEMORY_SWAP_MAX, "0"), ("memory.zswap.max", "0"), (cgf.FREEZE, "0")]
 
 
+def test_a_thaw_through_the_api_puts_a_paused_calls_swap_limits_back_first():
+    # An admin's `thaw` goes to the actuator, not the ladder: the call must still run on
+    # with its class's swap limit (0), and the ladder's own thaw later does not write it twice.
+    e, app = make(steps="[freeze]", swap_free=GiB)
+    low = add(app, e, "a", "0001-batch", 20)
+    with_swap(app, low)
+    e._on_pressure("", 100.0, "test")
+    assert low.frozen and app.fs.files[(low.cgroup, cgf.MEMORY_SWAP_MAX)] == "max"
+    n = len(app.fs.writes)
+    e.actuator.requested(low, "thaw")
+    mine = [w[1:] for w in app.fs.writes[n:] if w[0] == low.cgroup]
+    assert mine == [(cgf.MEMORY_SWAP_MAX, "0"), ("memory.zswap.max", "0"), (cgf.FREEZE, "0")]
+    assert any(k == "swap_back" for k, _ in app.events.got)
+    n = len(app.fs.writes)
+    asyncio.run(e.stop())
+    assert not [w for w in app.fs.writes[n:] if w[0] == low.cgroup and w[1] != cgf.FREEZE]
+
+
 def test_without_swap_no_call_is_frozen_beside_a_paused_one():
     # No free swap: the frozen call keeps its 96 MiB, so freezing the second call would
     # stop both and free nothing. The second is never frozen; nothing goes to swap.

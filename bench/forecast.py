@@ -58,7 +58,9 @@ Heavy calls. Most calls sit at the floor, where a floored forecast is exact; the
 whose true peak is above it are the ones a limit can hurt, so every table repeats the
 scores for them. `--halves` prints those for the default configuration over the whole
 folder and over each half (`--half a` and `--half b`, each replayed from its own empty
-history): the headline table.
+history): the headline table; and the same heavy calls split into the first heavy run of
+their program in their agent (only other agents' heavy runs of it can speak for it) and the
+later ones.
 """
 
 import argparse
@@ -266,12 +268,29 @@ def table(results, default):
     return "\n".join(lines)
 
 
+def first_heavy(traces, floor=FLOOR_BYTES, config=None):
+    """For every counted call of `traces`, in replay()'s order: True when no call of the same
+    program in the same trace (agent) that ended before it started had a true peak above the
+    floor, i.e. when only other agents' heavy runs of that program can speak for it."""
+    out = []
+    for trace in traces:
+        calls = _prepared(trace, floor, config)
+        for c, sig, _, _ in calls:
+            out.append(not any(o["end"] <= c["start"] and o["true"] > floor and s.program == sig.program
+                               for o, s, _, _ in calls))
+    return out
+
+
 def headline(folder, config, warm=(), fresh_per_trace=False):
-    """Markdown table: the default configuration on the whole folder and on each half, heavy
-    calls (true peak above the floor) first."""
+    """Markdown tables: the default configuration on the whole folder and on each half, heavy
+    calls (true peak above the floor) first; then its heavy calls split into the first heavy
+    run of their program in their agent and the later ones."""
     lines = ["| traces | heavy calls (above the floor) | under-prediction | over-provision median "
              "| over-provision p95 | all calls: under / median |",
              "|---|---:|---:|---:|---:|---:|"]
+    split = ["| traces | first heavy run of its program in its agent: calls, under / median "
+             "| later heavy runs: calls, under / median |",
+             "|---|---:|---:|"]
     for half, label in ((None, "all"), ("a", "half a"), ("b", "half b")):
         traces = load_traces(folder, half)
         if not traces:
@@ -285,7 +304,13 @@ def headline(folder, config, warm=(), fresh_per_trace=False):
         lines.append(f"| {label} ({len(traces)}) | {a['tool_calls']} | {_pct(a['under_prediction_rate'])} | "
                      f"{_x(a['overprovision_median'])} | {_x(a['overprovision_p95'])} | "
                      f"{_pct(r['under_prediction_rate'])} / {_x(r['overprovision_median'])} |")
-    return "\n".join(lines)
+        first = first_heavy(traces, config=config)
+        cells = []
+        for want in (True, False):
+            m = score([p for p, f in zip(pairs, first) if f == want])["above_floor"]
+            cells.append(f"{m['tool_calls']}, {_pct(m['under_prediction_rate'])} / {_x(m['overprovision_median'])}")
+        split.append(f"| {label} ({len(traces)}) | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines + [""] + split)
 
 
 def main(argv=None):

@@ -77,6 +77,21 @@ def test_replay_learns_online_and_static_oracle_never_under_predicts():
     assert all(f >= true for f, true in static)
 
 
+
+def test_first_heavy_run_of_a_program_in_an_agent_is_told_apart():
+    # pytest light, pytest heavy, pytest heavy again, then pip heavy: the first heavy pytest
+    # and the pip have no earlier heavy run of their program in this agent; a second agent's
+    # first heavy pytest has none in its own.
+    samples = [(i, 200 * MB) for i in range(20)]
+    samples[3] = (3, 500 * MB)
+    samples[6] = (6, 500 * MB)
+    samples[9] = (9, 500 * MB)
+    calls = [(0.5, 1.5, "Bash", "pytest a"), (2.5, 3.5, "Bash", "pytest b"), (5.5, 6.5, "Bash", "pytest a"),
+             (8.5, 9.5, "Bash", "pip install x"), (11.5, 12.5, "Bash", "git status")]
+    one, two = trace(samples, calls, task="one"), trace(samples, calls[2:3], task="two")
+    assert bench.first_heavy([one, two]) == [True, True, False, True, True, True]
+
+
 def test_cli_on_real_traces_writes_the_documented_json(tmp_path, capsys):
     folder = tmp_path / "traces"
     folder.mkdir()
@@ -114,6 +129,7 @@ def test_halves_print_the_heavy_call_headline_per_half(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| traces | heavy calls (above the floor) |" in out
     assert "| all (2) |" in out
+    assert "| traces | first heavy run of its program in its agent: calls, under / median |" in out
     for h, n in halves.items():
         assert (f"| half {h} ({n}) |" in out) == (n > 0)
 

@@ -262,37 +262,76 @@ def test_exec_overhead_side_by_side(daemon, podman, figure):
 DOCKER, DOCKERD = "/usr/bin/docker", "/usr/sbin/dockerd"
 
 
+CONTAINERD, CTR = "/usr/bin/containerd", "/usr/bin/ctr"
+
+
+def _stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def dockerd(tmp_path_factory, podman):
     """A dockerd of the test's own: state on tmpfs, no bridge or iptables, the cgroupfs
-    driver (so that --cgroup-parent takes a path), its containerd started by itself."""
+    driver (so that --cgroup-parent takes a path). Its containerd is started here, with
+    the same kind of configuration dockerd writes for the one it starts itself, and waited
+    for as long as the guest needs: dockerd gives its own containerd a fixed wait that an
+    emulated guest beside another VM has run past ("timeout waiting for containerd to
+    start"). Shims and runc are dockerd's usual ones either way."""
     assert os.access(DOCKERD, os.X_OK), "docker.io is not installed (.ci/setup.sh installs it)"
+    assert os.access(CONTAINERD, os.X_OK), "containerd is not installed (docker.io depends on it)"
     tmp = tmp_path_factory.mktemp("docker")
+    ctd = tmp / "containerd"
+    ctd.mkdir()
+    ctd_sock = ctd / "containerd.sock"
+    (ctd / "config.toml").write_text(
+        "version = 2\n"
+        f'root = "{ctd / "root"}"\n'
+        f'state = "{ctd / "state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{ctd_sock}"\n'
+        f'[ttrpc]\n  address = "{ctd / "containerd.sock.ttrpc"}"\n'
+        '[debug]\n  address = ""\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{ctd / "opt"}"\n')
     sock = tmp / "docker.sock"
     log = open(tmp / "dockerd.log", "w")
-    proc = subprocess.Popen([DOCKERD, "--data-root", str(tmp / "data"), "--exec-root", str(tmp / "exec"),
-                             "--pidfile", str(tmp / "dockerd.pid"), "-H", f"unix://{sock}", "--iptables=false",
-                             "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
-                             "--exec-opt", "native.cgroupdriver=cgroupfs"],
-                            stdout=log, stderr=log, start_new_session=True)
+    ctd_log = open(ctd / "containerd.log", "w")
+    containerd = subprocess.Popen([CONTAINERD, "--config", str(ctd / "config.toml")], stdout=ctd_log,
+                                  stderr=ctd_log, start_new_session=True)
+    proc = None
     env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
     try:
+        def containerd_up():
+            assert containerd.poll() is None, open(ctd / "containerd.log").read()[-3000:]
+            return subprocess.run([CTR, "--address", str(ctd_sock), "version"], capture_output=True,
+                                  timeout=120).returncode == 0
+        wait_for(containerd_up, 300, "containerd to answer", step=0.5)
+        proc = subprocess.Popen([DOCKERD, "--data-root", str(tmp / "data"), "--exec-root", str(tmp / "exec"),
+                                 "--pidfile", str(tmp / "dockerd.pid"), "-H", f"unix://{sock}",
+                                 "--containerd", str(ctd_sock), "--iptables=false",
+                                 "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+                                 "--exec-opt", "native.cgroupdriver=cgroupfs"],
+                                stdout=log, stderr=log, start_new_session=True)
+
         def up():
             assert proc.poll() is None, open(tmp / "dockerd.log").read()[-3000:]
             return subprocess.run([DOCKER, "version"], env=env, capture_output=True, timeout=120).returncode == 0
-        wait_for(up, 300, "dockerd to answer")
+        wait_for(up, 300, "dockerd to answer", step=0.5)
         subprocess.run([DOCKER, "import", str(_rootfs_tar(tmp)), IMAGE], env=env, check=True, capture_output=True,
                        timeout=300)
         yield env
     finally:
-        subprocess.run(f"{DOCKER} rm -f $({DOCKER} ps -aq)", shell=True, env=env, capture_output=True, timeout=300)
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            subprocess.run(f"{DOCKER} rm -f $({DOCKER} ps -aq)", shell=True, env=env, capture_output=True,
+                           timeout=300)
+            _stop(proc)
+        _stop(containerd)
         log.close()
+        ctd_log.close()
 
 
 def test_each_docker_exec_is_a_tool_call_and_the_runtime_survives(daemon, dockerd, tmp_path):

@@ -39,30 +39,29 @@ def rates_side_by_side(pair, figure, mode, rate, limited, neighbour, reference):
     so what it carries swings several-fold from one run to the next: the neighbour alone
     (`solo`, recorded) is what it carried a moment before, and the reference, which no
     limit touches, is what an unlimited sender gets beside the limited one in the same
-    seconds. The reference is the neighbour's sibling so that the two share the guest's
-    CPUs alike: a sender in the test's own cgroup competed with the whole test tree as one
-    (the neighbour kept 37% of that reference's rate once). Where the reference got at
-    least twice the limit (the guest carried the limit then, with room: a shaped sender costs the guest more CPU per
-    byte than an unlimited one, so one limited to 200 Mbit/s sent 143 while the reference
-    got 229), the limited sender gets at least 85% of its limit (late timers in the loaded
-    emulated guest: 86-88% at 50 Mbit/s in two runs beside a reference at 182-338). Where
-    the reference got at least 2.5 times the limit, the neighbour keeps at least half the
-    reference's rate, which is then at least 1.25 times the limit, and more than 110% of it
-    (a neighbour held to the call's limit would keep at most that). The guest's room is
-    judged per check: beside a 200 Mbit/s sender a quiet guest once carried 446 Mbit/s of
-    reference, room for the limited sender's check, not for the neighbour's. Elsewhere both are recorded, not asserted; the limited sender is never above
-    110% of its limit. Returns (limited's rate, whether the limited sender's check ran)."""
+    seconds, from a sibling cgroup of the neighbour's. Where the reference got at least
+    three times the limit (the guest carried the limit then, with room), the limited sender
+    gets at least 85% of its limit and the neighbour more than 120% of it (a neighbour held
+    to the call's limit would get at most 110%). Less room is not enough: a shaped sender
+    costs the guest more CPU per byte than an unlimited one and waits on timers, so in a
+    guest starved by two other VMs one limited to 50 Mbit/s sent 31 beside a reference at
+    132, and one limited to 200 sent 143 beside a reference at 229. How the unlimited two
+    split what is left is the CPU scheduler's doing in a CPU-bound guest, not the limit's,
+    and swings with the host's load: the neighbour got 37-159% of the reference's rate in
+    runs of this test, so that share is recorded, not asserted. A quiet guest under QEMU
+    7.2 carried a reference of 360-467 Mbit/s beside a 200 Mbit/s sender, so the 200
+    Mbit/s floors are checked only on a faster guest; the ceiling is checked at every
+    rate. Returns (limited's rate, whether the floors were checked)."""
     (solo,) = pair.measure([neighbour])
     got, free, ref = pair.measure([limited, neighbour, reference])
     figure(f"{mode} mode, egress limit {rate} Mbit/s: limited / unlimited neighbour / reference "
            f"(the neighbour alone before)", f"{got / MBIT:.1f} / {free / MBIT:.0f} / {ref / MBIT:.0f} "
            f"({solo / MBIT:.0f})", "Mbit/s")
     assert got <= 1.1 * rate * MBIT, (rate, got / MBIT)
-    carried = ref >= 2 * rate * MBIT
+    carried = ref >= 3 * rate * MBIT
     if carried:
         assert got >= 0.85 * rate * MBIT, (rate, got / MBIT, ref / MBIT)
-    if ref >= 2.5 * rate * MBIT:
-        assert free >= 0.5 * ref and free > 1.1 * rate * MBIT, (rate, free / MBIT, ref / MBIT)
+        assert free > 1.2 * rate * MBIT, (rate, free / MBIT, ref / MBIT)
     return got, carried
 
 
@@ -85,7 +84,7 @@ def test_fq_mode_holds_a_call_to_its_rate_and_an_unlimited_agent_keeps_its_own(c
                 checked += [rate] if ok else []
                 c = eg.counters(t1)
                 assert c["delayed"] > 0 and c["drops"] == 0, c
-            assert 10 in checked, "the guest did not carry 20 Mbit/s beside a 10 Mbit/s sender: nothing was checked"
+            assert 10 in checked, "the guest did not carry 30 Mbit/s beside a 10 Mbit/s sender: nothing was checked"
             figure("fq mode, limits checked in full (the guest carried them)", str(checked))
     finally:
         dev.release()
@@ -157,7 +156,7 @@ def test_nft_mode_holds_a_call_to_its_rate_and_an_unlimited_agent_keeps_its_own(
             assert 2 * got <= counted <= 5 * got, (counted, got)
             # htb held the class to its rate: its overlimits, read through rtnetlink, count it.
             assert dev.class_stats()[1]["overlimits"] > 0, dev.class_stats()
-        assert 10 in checked, "the guest did not carry 20 Mbit/s beside a 10 Mbit/s sender: nothing was checked"
+        assert 10 in checked, "the guest did not carry 30 Mbit/s beside a 10 Mbit/s sender: nothing was checked"
         figure("nft mode, limits checked in full (the guest carried them)", str(checked))
         # The VM's kernel has fq_codel: each leaf class queues in it.
         assert dev.leaf_kind == "fq_codel" and dev.leaf_qdisc(1) == "fq_codel"

@@ -41,6 +41,9 @@ def _same(old, new):
     return sorted(old.splitlines()) == sorted(new.splitlines())
 
 
+UNREAD = object()            # set_high: the caller has not read memory.high
+
+
 class Actuator:
     def __init__(self, fs, events, dry_run=False, procfs=None, tell=None):
         self.fs = fs
@@ -68,12 +71,24 @@ class Actuator:
 
     def read_high(self, cg):
         """memory.high in bytes (None = "max"); None also where the file does not exist."""
+        return self.high_of(cg)[1]
+
+    def high_of(self, cg):
+        """(offered, bytes) of `cg`'s memory.high in one read: offered is False where the
+        kernel has no such file (or the cgroup is gone), bytes None for "max". The
+        enforcer's tick reads each running call's limit this way, once, and hands it to
+        set_high: a stat, a second read and a stat again per call per tick are a
+        noticeable share of the daemon's CPU in an emulated guest."""
         try:
-            if not self.fs.has(cg, cgf.MEMORY_HIGH):
-                return None
-            return self.read_int(cg, cgf.MEMORY_HIGH)
+            if self.dry_run and (cg, cgf.MEMORY_HIGH) in self.shadow:
+                text = self.shadow[(cg, cgf.MEMORY_HIGH)]
+            else:
+                text = self.fs.read_if_offered(cg, cgf.MEMORY_HIGH)
+            if text is None:
+                return False, None
+            return True, cgf.parse_int(text.strip())
         except (CgroupGone, KernelError, ValueError):
-            return None
+            return False, None
 
     def forget(self, cg):
         """`cg` was removed: its would-be values and its raised swap limits go with it."""
@@ -99,12 +114,17 @@ class Actuator:
         return True
 
     # --- limits ------------------------------------------------------------------
-    def set_high(self, who, cg, new, reason, agent=None, tool=None):
+    def set_high(self, who, cg, new, reason, agent=None, tool=None, current=UNREAD):
         """Write memory.high; returns (old, new) or None when nothing was written. A dry
-        run emits the decision when `tool` is named (the ladder's own emit their action)."""
-        if not self.fs.has(cg, cgf.MEMORY_HIGH):
-            return None
-        old = self.read(cg, cgf.MEMORY_HIGH)
+        run emits the decision when `tool` is named (the ladder's own emit their action).
+        `current`: the value (bytes, None for "max") the caller just read with high_of,
+        where it offered the file; the file is then not looked up and read again."""
+        if current is UNREAD:
+            if not self.fs.has(cg, cgf.MEMORY_HIGH):
+                return None
+            old = self.read(cg, cgf.MEMORY_HIGH)
+        else:
+            old = "max" if current is None else str(int(current))
         val = "max" if new is None else str(int(new))
         if old == val:
             return None

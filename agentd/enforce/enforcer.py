@@ -345,9 +345,9 @@ class Enforcer(Reaction, IoReaction, Stage):
         decision = tool.plan.decision
         if st.applied or tool.frozen or (decision is not None and not decision.forecast):
             return
-        high = self.actuator.read_high(tool.cgroup)
+        offered, high = self.actuator.high_of(tool.cgroup)     # one read per call per tick
         st.live = self.fc.reforecast(tool, high)
-        if st.live is None or not self.fs.has(tool.cgroup, cgf.MEMORY_HIGH):
+        if st.live is None or not offered:
             return
         f = self.policy.forecast
         caps = [c for c in (_bytes(tool.limits_applied.get(cgf.MEMORY_MAX)), st.ceiling) if c is not None]
@@ -359,7 +359,7 @@ class Enforcer(Reaction, IoReaction, Stage):
                   + (f", {format_size(available)} free on the host" if available is not None else ""))
         try:
             res = self.actuator.set_high(f"tool {tool.key}", tool.cgroup, new, reason, agent=tool.agent_id,
-                                         tool=tool.tool_id)
+                                         tool=tool.tool_id, current=high)
         except AgentdError as err:
             log.debug("tool %s: cannot move memory.high: %s", tool.key, err)
             return

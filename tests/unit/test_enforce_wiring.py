@@ -28,16 +28,22 @@ class FS:
     """Cgroup files in a dict; records writes. Tool cgroups offer freeze, not memory."""
 
     def __init__(self):
-        self.files, self.writes = {}, []
+        self.files, self.writes, self.looks = {}, [], []
 
     def path(self, cg, name=None):
         return f"/fake/{cg}/{name}" if name else f"/fake/{cg}"
 
     def has(self, cg, name):
+        self.looks.append(("has", cg, name))
         return name == cgf.FREEZE or (cg, name) in self.files
 
     def read(self, cg, name):
+        self.looks.append(("read", cg, name))
         return self.files.get((cg, name), "0\n")
+
+    def read_if_offered(self, cg, name):
+        self.looks.append(("read", cg, name))
+        return self.files.get((cg, name))
 
     def read_int(self, cg, name):
         v = self.read(cg, name).strip()
@@ -190,6 +196,30 @@ def test_running_call_memory_high_follows_its_growth_within_free_memory():
     app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = str(first)
     e.tick(103.0)
     assert [int(w[2]) for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH] == [900 * MiB]
+
+
+def test_each_tick_reads_a_running_calls_memory_high_once():
+    # The tick's re-forecast reads the call's memory.high once and hands that value to the
+    # write: no lookup of the file and no second read (each a syscall per call per tick).
+    e, app = make()
+    samples = iter([100 * MiB, 300 * MiB, 500 * MiB, 700 * MiB, 900 * MiB])
+    app.ctl.sample_tool = lambda t: next(samples)
+    t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB)})
+    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.placement.limits[cgf.MEMORY_HIGH]
+    t.run.limits_applied = dict(t.placement.limits)
+    e.tick(99.5)                                  # the first tick also probes what the cgroup offers
+    for i in range(4):
+        app.fs.looks.clear()
+        e.tick(100.0 + i * 0.5)
+        assert [x for x in app.fs.looks if x[2] == cgf.MEMORY_HIGH] == [("read", t.cgroup, cgf.MEMORY_HIGH)]
+    highs = [int(w[2]) for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH]
+    assert highs and highs[-1] > 2 * GiB        # it still follows the growth
+    # Where the kernel offers no memory.high, the tick writes none.
+    del app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)]
+    app.fs.writes.clear()
+    app.ctl.sample_tool = lambda t: 3 * GiB
+    e.tick(103.0)
+    assert not [w for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH]
 
 
 def test_a_policys_own_memory_high_stays_the_ceiling_while_the_call_grows():

@@ -24,22 +24,30 @@ def test_one_reading_per_call_per_tick_feeds_the_enforcer_and_the_sample_log(tmp
     fs = app.ctl.fs
     for i, t in enumerate(calls):
         fs.write(t.cgroup, cgf.MEMORY_CURRENT, str((i + 1) * 100 << 20))
-    reads = []
-    real = fs.read_if_offered
+    fs.write(agent.cgroup, cgf.MEMORY_CURRENT, str(400 << 20))
+    reads, looks = [], []
+    real, real_has = fs.read_if_offered, fs.has
 
     def counting(cg, name):
         if name == cgf.MEMORY_CURRENT:
             reads.append(cg)
         return real(cg, name)
-    fs.read_if_offered = counting
+
+    def has(cg, name):
+        looks.append((cg, name))
+        return real_has(cg, name)
+    fs.read_if_offered, fs.has = counting, has
     clock = iter([100.0, 100.5, 101.0])
     sampler = Sampler(app.ctl, monotonic=lambda: next(clock), wall=lambda: 1700000000.0)
     for _ in range(3):
         snap = sampler.sample()
         for h in app.hooks:
             h.on_sample(snap)
-    assert sorted(reads) == sorted([t.cgroup for t in calls] * 3)       # once per call per tick
+    # once per call and once per agent per tick, and no lookup of the file before
+    assert sorted(reads) == sorted([t.cgroup for t in calls] * 3 + [agent.cgroup] * 3)
+    assert (agent.cgroup, cgf.MEMORY_CURRENT) not in looks
     assert dict(snap.memory) == {calls[0].key: 100 << 20, calls[1].key: 200 << 20}
+    assert dict(snap.agents) == {agent.agent_id: 400 << 20}
     assert enforcer.tools[calls[1].key].current == 200 << 20             # the enforcer saw the reading
     assert calls[1].peak_sample == 200 << 20                             # and the call's recorded peak
     # The sample log keeps its own pace (1 s): the ticks at 100.0 and 101.0, not 100.5.

@@ -76,10 +76,6 @@ class ReclaimStage(Stage):
 
     def tick(self, now):
         cfg = self.cfg
-        try:
-            self.swap_free = self.swap_free_fn()
-        except AgentdError:
-            self.swap_free = 0
         for agent in list(self.ctl.agents.values()):
             pace = self.paces.setdefault(agent.agent_id, AgentPace(idle_since=now))
             if any(not t.done for t in agent.tools.values()):
@@ -88,6 +84,14 @@ class ReclaimStage(Stage):
                 continue
             if pace.idle_since is None:
                 pace.idle_since = now
+            if now + cfg.interval_s < pace.hold_until:
+                # Backed off (it faulted its memory back, or the kernel had nothing more to
+                # take): nothing of it counts as reclaimable and nothing is read until one
+                # interval before the hold ends, where the reading is taken that the
+                # pressure check after the hold compares against. Two reads per agent per
+                # tick saved for most of an idle agent's wait.
+                self.idle[agent.agent_id] = 0
+                continue
             # What this trusts: the path of the agent's own cgroup, which the daemon made and
             # no agent can rename (cgroup directories are root's), and the kernel's
             # memory.current and memory.pressure of it; nothing the agent says. Only that
@@ -124,3 +128,14 @@ class ReclaimStage(Stage):
                 # The kernel found nothing more it may take (anonymous memory without swap
                 # room, or all of it already out): wait before asking again.
                 pace.hold_until = now + cfg.backoff_s
+        self._read_swap_free()
+
+    def _read_swap_free(self):
+        """The host's free swap, read only where some idle agent holds memory it could take
+        (reclaimable() is the smaller of the two: with none, it is 0 whatever swap is free)."""
+        if not any(self.idle.values()):
+            return
+        try:
+            self.swap_free = self.swap_free_fn()
+        except AgentdError:
+            self.swap_free = 0

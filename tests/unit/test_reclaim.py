@@ -186,3 +186,60 @@ def test_admission_counts_idle_agents_reclaimable_memory_as_room(tmp_path):
     e.available_fn = lambda: None           # free memory unknown stays unknown
     e.count_reclaimable(lambda: 50 * MiB)
     assert e.available_fn() is None
+
+
+def counting_reads(fs, monkeypatch):
+    """The reclaim stage's reads of each cgroup's memory.current and memory.pressure."""
+    from agentd.reclaim import stage as mod
+    seen = []
+    real_read, real_total = fs.read, mod.psi.total_us
+
+    def read(cg, name):
+        seen.append((cg, name))
+        return real_read(cg, name)
+
+    def total_us(path):
+        seen.append((path.rsplit("/", 1)[0][len(fs.mount):].strip("/"), cgf.MEMORY_PRESSURE))
+        return real_total(path)
+    monkeypatch.setattr(fs, "read", read)
+    monkeypatch.setattr(mod.psi, "total_us", total_us)
+    return seen
+
+
+def test_a_backed_off_agent_is_not_read_until_its_hold_nears_its_end(tmp_path, monkeypatch):
+    ctl, fs, stage = world(tmp_path, text=POLICY.replace("max_step: 8Mi", "max_step: 64Mi"))
+    agent = ctl.create_agent("ag")
+    hold(fs, agent.main_cgroup, 10 * MiB)
+    stage.tick(0.0)
+    stage.tick(1.0)
+    fs.reclaim = lambda cg, nbytes: False       # the kernel finds nothing more it may take
+    stage.tick(2.0)
+    assert stage.paces[agent.agent_id].hold_until == 12.0
+    seen = counting_reads(fs, monkeypatch)
+    for t in range(3, 11):
+        stage.tick(float(t))
+    assert seen == []                           # held off: nothing read
+    assert stage.idle[agent.agent_id] == 0 and stage.reclaimable() == 0
+    stage.tick(11.0)                            # one interval before the end: the base reading
+    assert (agent.main_cgroup, cgf.MEMORY_PRESSURE) in seen
+    del fs.reclaim                              # the fake kernel's own reclaim again
+    n = len(reclaims(fs))
+    stage.tick(12.0)
+    assert len(reclaims(fs)) == n + 1           # the hold is over: it goes on
+
+
+def test_free_swap_is_read_only_while_an_idle_agent_holds_memory(tmp_path):
+    ctl, fs, stage = world(tmp_path)
+    asked = []
+    stage.swap_free_fn = lambda: asked.append(1) or GiB
+    stage.tick(0.0)
+    assert asked == []                          # no agent at all
+    agent = ctl.create_agent("ag")
+    hold(fs, agent.main_cgroup, 100 * MiB)
+    tool = ctl.start_tool(agent, None, ["make"])
+    stage.tick(1.0)
+    assert asked == [] and stage.reclaimable() == 0     # its call runs: nothing to take
+    ctl.finish_tool(tool, {"exit": 0})
+    stage.tick(2.0)
+    assert asked == [1]
+    assert stage.reclaimable() == 96 * MiB      # above the floor, within the free swap

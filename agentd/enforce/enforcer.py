@@ -39,6 +39,7 @@ from ..stages import Stage
 log = logging.getLogger("agentd.enforce")
 
 TICK_S = 0.5
+_UNREAD = object()
 # A tool call growing faster than this (over the memory watch's window, 0.25 s) is
 # reported at once, and then once per window while it keeps that pace: a pytest can add
 # gigabytes in two seconds, a tick apart is too late. Whether the growth is dangerous is
@@ -309,7 +310,7 @@ class Enforcer(Reaction, IoReaction, Stage):
     def tick(self, now, memory=None):
         """`memory`: tool key -> bytes read this tick (a Snapshot's); None reads each call."""
         self._follow_reload()
-        available = self.available_fn()
+        available = _UNREAD           # read once, at the first running call: a tick with none needs no figure
         for agent in list(self.ctl.agents.values()):
             for tool in list(agent.tools.values()):
                 st = self.tools.get(tool.key)
@@ -321,6 +322,8 @@ class Enforcer(Reaction, IoReaction, Stage):
                 st.current = cur
                 st.seen = max(st.seen, cur)
                 self.fc.sample(tool.key, now, cur)
+                if available is _UNREAD:
+                    available = self.available_fn()
                 self._adapt(tool, st, available)
         self._swap_out_steps()
         self.held.read(now)

@@ -222,6 +222,21 @@ def test_each_tick_reads_a_running_calls_memory_high_once():
     assert not [w for w in app.fs.writes if w[1] == cgf.MEMORY_HIGH]
 
 
+def test_a_tick_with_no_running_call_reads_no_free_memory():
+    # Free memory (a read of /proc/meminfo and of the limit above agentd) is what the
+    # running calls' memory.high follows: a tick with none running reads none.
+    e, app = make()
+    asked = []
+    e.available_fn = lambda: asked.append(1) or 4 * GiB
+    e.tick(100.0)
+    assert asked == []
+    t = add(app, e, "a", "0001-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB)})
+    add(app, e, "a", "0002-normal", 50, {cgf.MEMORY_MAX: str(4 * GiB)})
+    app.fs.files[(t.cgroup, cgf.MEMORY_HIGH)] = t.placement.limits[cgf.MEMORY_HIGH]
+    e.tick(100.5)
+    assert asked == [1]                         # once per tick, for every running call
+
+
 def test_a_policys_own_memory_high_stays_the_ceiling_while_the_call_grows():
     e, app = make()
     samples = iter([100 * MiB, 300 * MiB, 500 * MiB, 700 * MiB, 900 * MiB] + [900 * MiB] * 20)

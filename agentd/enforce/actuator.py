@@ -274,6 +274,13 @@ class Actuator:
         log.info("%s: %s back to %s (%s)", who, ", ".join(changed), ", ".join(changed.values()), reason)
         self.events.emit("swap_back", agent=agent, tool=tool, reason=reason, limits=changed)
 
+    def _swap_back_before_thaw(self, who, tool, reason):
+        """Every thaw (the ladder's, agentd's stop, the API's) runs the call on under its
+        class's swap limits, not the ones its pause raised."""
+        saved = self.raised_swap.get(tool.cgroup)
+        if saved is not None:
+            self.swap_back(who, tool.cgroup, saved, f"resumed: {reason}", agent=tool.agent_id, tool=tool.tool_id)
+
     def set_oom(self, pid, value, who, agent=None, tool=None):
         """/proc/<pid>/oom_score_adj (agentd/oom.py); ProcessGone / KernelError as the write."""
         if self.dry_run:
@@ -316,6 +323,8 @@ class Actuator:
                     log.info("%s: would set cgroup.freeze %d -> %d (%s) [dry run]", who, *(rec["old"], rec["new"]),
                              reason)
                 else:
+                    if not frozen:
+                        self._swap_back_before_thaw(who, tool, reason)
                     self.fs.freeze(tool.cgroup, frozen)
                     log.info("%s: cgroup.freeze %d -> %d (%s)", who, rec["old"], rec["new"], reason)
                     tool.run.frozen = frozen
@@ -401,9 +410,8 @@ class Actuator:
             tool.run.actions.append({"action": "kill", "reason": reason, "ts": time.time()})
             self.fs.kill(tool.cgroup)
         elif action in ("freeze", "thaw"):
-            if action == "thaw" and tool.cgroup in self.raised_swap:
-                self.swap_back(who, tool.cgroup, self.raised_swap[tool.cgroup], f"resumed: {reason}",
-                               agent=tool.agent_id, tool=tool.tool_id)
+            if action == "thaw":
+                self._swap_back_before_thaw(who, tool, reason)
             self.fs.freeze(tool.cgroup, action == "freeze")
             tool.run.frozen = action == "freeze"
         else:

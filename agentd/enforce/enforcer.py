@@ -149,13 +149,11 @@ class Enforcer(Reaction, IoReaction, Stage):
             self.task.cancel()
         self.watch.stop()
         # Nothing agentd froze may stay frozen once agentd is gone, nor keep the swap a
-        # pause opened for it: the call runs on without agentd, under its class's limits.
+        # pause opened for it (the actuator's thaw puts that back): the call runs on
+        # without agentd, under its class's limits.
         for agent in self.ctl.agents.values():
             for tool in agent.tools.values():
                 if tool.frozen and not tool.done:
-                    st = self.tools.get(tool.key)
-                    if st is not None:
-                        self._swap_back(tool, st, "agentd is stopping")
                     self.actuator.act(tool, "thaw", "agentd is stopping")
         self.fc.close()
 

@@ -705,12 +705,18 @@ def test_admission_sees_the_most_a_call_has_held():
     assert (r.current, r.seen) == (40 * MiB, 300 * MiB)
 
 
-def test_a_paused_call_goes_to_swap_and_gets_its_class_limit_back_before_its_thaw():
+def paused_with_swap():
+    """A batch call holding 96 MiB, paused by the ladder on a host with free swap."""
     e, app = make(steps="[freeze]", swap_free=GiB)
     low = add(app, e, "a", "0001-batch", 20)
     with_swap(app, low)
     e._on_pressure("", 100.0, "test")
     assert low.frozen
+    return e, app, low
+
+
+def test_a_paused_call_goes_to_swap_and_gets_its_class_limit_back_before_its_thaw():
+    e, app, low = paused_with_swap()
     mine = [w[1:] for w in app.fs.writes if w[0] == low.cgroup]
     # Frozen first, then its swap opened and its memory reclaimed, a step (64 MiB) per write.
     assert mine == [(cgf.FREEZE, "1"), (cgf.MEMORY_SWAP_MAX, "max"), ("memory.zswap.max", "max"),
@@ -736,11 +742,7 @@ def test_a_paused_call_goes_to_swap_and_gets_its_class_limit_back_before_its_tha
 
 def test_agentds_stop_puts_a_paused_calls_swap_limits_back_before_its_thaw():
     # The call runs on without agentd: with the class's swap limit (0), not the pause's "max".
-    e, app = make(steps="[freeze]", swap_free=GiB)
-    low = add(app, e, "a", "0001-batch", 20)
-    with_swap(app, low)
-    e._on_pressure("", 100.0, "test")
-    assert low.frozen
+    e, app, low = paused_with_swap()
     n = len(app.fs.writes)
     asyncio.run(e.stop())
     mine = [w[1:] for w in app.fs.writes[n:] if w[0] == low.cgroup]
@@ -750,11 +752,8 @@ def test_agentds_stop_puts_a_paused_calls_swap_limits_back_before_its_thaw():
 def test_a_thaw_through_the_api_puts_a_paused_calls_swap_limits_back_first():
     # An admin's `thaw` goes to the actuator, not the ladder: the call must still run on
     # with its class's swap limit (0), and the ladder's own thaw later does not write it twice.
-    e, app = make(steps="[freeze]", swap_free=GiB)
-    low = add(app, e, "a", "0001-batch", 20)
-    with_swap(app, low)
-    e._on_pressure("", 100.0, "test")
-    assert low.frozen and app.fs.files[(low.cgroup, cgf.MEMORY_SWAP_MAX)] == "max"
+    e, app, low = paused_with_swap()
+    assert app.fs.files[(low.cgroup, cgf.MEMORY_SWAP_MAX)] == "max"
     n = len(app.fs.writes)
     e.actuator.requested(low, "thaw")
     mine = [w[1:] for w in app.fs.writes[n:] if w[0] == low.cgroup]

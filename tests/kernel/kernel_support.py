@@ -106,6 +106,31 @@ def wait_for(pred, timeout, what, step=0.02):
         time.sleep(step)
 
 
+def cpu_time_windows(cgfs, cgroups, windows=3, seconds=2.0, tainted=None):
+    """The CPU time (usec, from each cgroup's cpu.stat) `cgroups` got in `windows`
+    back-to-back windows of `seconds`, with each window's wall time: a list of
+    (deltas, wall_us). Several windows, because a QEMU guest beside other busy VMs can
+    lose its vCPU to the host for a while, and the one task that ran across that gap is
+    charged all of it: one window can be skewed where the median is not.
+
+    `tainted(start, end)` (wall-clock times) says a window does not measure what the caller
+    wants, e.g. a daemon paused one of the cgroups in it: such a window is set aside and
+    another taken, up to `windows` more. Returns (windows kept, windows set aside)."""
+    def usage():
+        return [cgfs.read_flat_keyed(cg, "cpu.stat")["usage_usec"] for cg in cgroups], time.monotonic(), time.time()
+    kept, aside = [], 0
+    before, t0, w0 = usage()
+    while len(kept) < windows and aside <= windows:
+        time.sleep(seconds)
+        after, t1, w1 = usage()
+        if tainted is not None and tainted(w0, w1):
+            aside += 1
+        else:
+            kept.append(([b - a for a, b in zip(before, after)], (t1 - t0) * 1e6))
+        before, t0, w0 = after, t1, w1
+    return kept, aside
+
+
 def keep_log(d, tag):
     """The daemon's log and events next to the tier's results (diagnosis after a VM run)."""
     out = os.environ.get("AGENTD_KERNEL_TIER_OUT")

@@ -20,6 +20,7 @@ test costs its tool calls only.
 import json
 import os
 import socket
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -29,7 +30,7 @@ import pytest
 from agentd.enforce.limits import start_high
 from tests.helpers import REPO, agentd_cmd
 
-from .kernel_support import State, running_daemon, stop, wait_for
+from .kernel_support import State, cpu_time_windows, running_daemon, stop, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -269,18 +270,32 @@ def test_cpu_weights_of_agents_and_calls_share_one_cpu(env, cgfs, figure):
         assert cgfs.read(light.status()["cgroup"], "cpu.weight").strip() == "100"
         wait_for(lambda: all(usage_usec(cgfs, c) > 0 for c in cgs), 30, "the three spinners to run")
         time.sleep(0.5)
-        u0, t0 = [usage_usec(cgfs, c) for c in cgs], time.monotonic()
-        time.sleep(3.0)
-        u1, t1 = [usage_usec(cgfs, c) for c in cgs], time.monotonic()
-        dh, dl, do = (b - a for a, b in zip(u0, u1))
-        assert dl > 0 and do > 0, (dh, dl, do)
-        # One CPU's worth in all: they really shared it.
-        assert dh + dl + do < (t1 - t0) * 1e6 * 1.15, (dh, dl, do, t1 - t0)
-        calls, agents_ratio = dh / dl, (dh + dl) / do
-        assert 2.5 <= calls <= 6.5, f"CPU-time ratio {calls:.2f} of calls weighted 400:100"
-        assert 2.5 <= agents_ratio <= 6.5, f"CPU-time ratio {agents_ratio:.2f} of agents weighted 400:100"
-        figure("CPU-time ratio, calls 400:100 in one agent", f"{calls:.2f}")
-        figure("CPU-time ratio, agents 400:100", f"{agents_ratio:.2f}")
+        # The agents' own cgroups too: were a failure's CPU time spent outside the calls,
+        # they show it.
+        agent_cgs = [heavy.status()["cgroup"], light.status()["cgroup"]]
+        # The ladder may pause a call (light's is its first candidate) under memory pressure
+        # the guest has from elsewhere: a window in which one of them was frozen or acted on
+        # does not measure the weights, and is set aside.
+        tools = {("heavy", hi["tool"]), ("heavy", lo["tool"]), ("light", other["tool"])}
+
+        def ladder_acted(start, end):
+            return (any(cgfs.frozen(c) for c in cgs)
+                    or any(e.get("event") == "action" and (e.get("agent"), e.get("tool")) in tools
+                           and start - 0.5 <= e["ts"] <= end for e in d.events()))
+        windows, aside = cpu_time_windows(cgfs, cgs + agent_cgs, tainted=ladder_acted)
+        assert len(windows) >= 2, f"the ladder acted on the spinning calls in {aside} windows: {d.events()[-10:]}"
+        for (dh, dl, do, _, _), wall_us in windows:
+            assert dl > 0 and do > 0, windows
+            # One CPU's worth in all: they really shared it.
+            assert dh + dl + do < wall_us * 1.15, windows
+        calls = statistics.median(dh / dl for (dh, dl, do, _, _), _ in windows)
+        agents_ratio = statistics.median((dh + dl) / do for (dh, dl, do, _, _), _ in windows)
+        seen = (windows, [e for e in d.events() if e.get("event") == "action"][-5:])
+        assert 2.5 <= calls <= 6.5, f"CPU-time ratio {calls:.2f} of calls weighted 400:100: {seen}"
+        assert 2.5 <= agents_ratio <= 6.5, f"CPU-time ratio {agents_ratio:.2f} of agents weighted 400:100: {seen}"
+        figure("CPU-time ratio, calls 400:100 in one agent (median of 3 windows)", f"{calls:.2f}")
+        figure("CPU-time ratio, agents 400:100 (median of 3 windows)", f"{agents_ratio:.2f}")
+        figure("windows set aside (a ladder action on a measured call)", aside)
     finally:
         heavy.end_tools()
         light.end_tools()

@@ -1,11 +1,12 @@
 """cpu.weight shares one CPU by weight; pids.max contains a fork bomb."""
 
 import os
+import statistics
 import time
 
 import pytest
 
-from .kernel_support import wait_for
+from .kernel_support import cpu_time_windows, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -25,18 +26,18 @@ def test_cpu_weight_400_vs_100_on_one_cpu(cgtree, cgfs, hog, figure):
              "both spinners to run")
     time.sleep(0.5)  # past start-up
 
-    h0, l0, t0 = usage_usec(cgfs, heavy), usage_usec(cgfs, light), time.monotonic()
-    time.sleep(3.0)
-    h1, l1, t1 = usage_usec(cgfs, heavy), usage_usec(cgfs, light), time.monotonic()
-    dh, dl, wall_us = h1 - h0, l1 - l0, (t1 - t0) * 1e6
-
-    assert dl > 0, "the light spinner got no CPU at all"
-    ratio = dh / dl
-    # One CPU's worth in total: they really shared a CPU.
-    assert (dh + dl) < wall_us * 1.15, (dh, dl, wall_us)
-    assert 2.5 <= ratio <= 6, f"CPU-time ratio {ratio:.2f} for weights 400:100"
-    figure("CPU-time ratio (weights 400:100)", f"{ratio:.2f}")
-    figure("shared CPU busy", f"{(dh + dl) / wall_us * 100:.0f}", "%")
+    windows, _ = cpu_time_windows(cgfs, [heavy, light])
+    for (dh, dl), wall_us in windows:
+        assert dl > 0, "the light spinner got no CPU at all in a window"
+        # One CPU's worth in total: they really shared a CPU.
+        assert (dh + dl) < wall_us * 1.15, (dh, dl, wall_us)
+    ratios = sorted(dh / dl for (dh, dl), _ in windows)
+    ratio = statistics.median(ratios)
+    assert 2.5 <= ratio <= 6, f"CPU-time ratio {ratio:.2f} (median of {ratios}) for weights 400:100"
+    figure("CPU-time ratio (weights 400:100), median of 3 windows", f"{ratio:.2f}")
+    figure("CPU-time ratio per window", " / ".join(f"{r:.2f}" for r in ratios))
+    busy = sum(sum(d) for d, _ in windows) / sum(w for _, w in windows)
+    figure("shared CPU busy", f"{busy * 100:.0f}", "%")
 
 
 def test_pids_max_stops_a_fork_bomb_while_the_agent_forks(cgtree, cgfs, hog, state, figure):

@@ -213,15 +213,28 @@ def test_agents_share_a_disk_by_their_class_io_weight(tmp_path, daemon, disk, cg
             return blkio.stat_totals(cgfs.read(cg, blkio.IO_STAT))["wbytes"]
         # Both have written something before the window opens: neither is still starting.
         wait_for(lambda: written(hi_cg) > 4 * MiB and written(lo_cg) > 0, 120, "both to write", step=0.2)
-        h0, l0 = written(hi_cg), written(lo_cg)
-        time.sleep(6.0)
-        h1, l1 = written(hi_cg), written(lo_cg)
+        # Weights share a disk only while it is busy: iocost lets every writer have what it
+        # asks below the disk's rate. A guest starved of CPU by other VMs on the host may not
+        # keep the 40 MiB/s disk busy (once the two wrote 74 MiB/s less than here): judge only
+        # windows in which the disk carried at least 75% of its rate, and fail if none did.
+        windows, carried = [], []
+        before = written(hi_cg), written(lo_cg)
+        while len(carried) < 3 and len(windows) < 6:
+            time.sleep(3.0)
+            after = written(hi_cg), written(lo_cg)
+            w = ((after[0] - before[0]) / MiB, (after[1] - before[1]) / MiB)
+            windows.append(w)
+            if sum(w) >= 0.75 * 40 * 3.0:
+                carried.append(w)
+            before = after
         assert hi.poll() is None and lo.poll() is None, "a writer ended inside the window"
     finally:
         stop(hi)
         stop(lo)
-    hw, lw = (h1 - h0) / MiB, (l1 - l0) / MiB
-    figure("high agent (weight 400) wrote", f"{hw:.1f}", "MiB in 6 s")
-    figure("low agent (weight 25) wrote", f"{lw:.1f}", "MiB in 6 s")
+    assert carried, f"the disk never carried 75% of its 40 MiB/s in a 3-s window (MiB high, low): {windows}"
+    hw, lw = sum(h for h, _ in carried) / len(carried), sum(low for _, low in carried) / len(carried)
+    figure("high agent (weight 400) wrote", f"{hw:.1f}", "MiB per 3 s (mean of the busy windows)")
+    figure("low agent (weight 25) wrote", f"{lw:.1f}", "MiB per 3 s (mean of the busy windows)")
+    figure("busy windows / windows", f"{len(carried)} / {len(windows)}")
     figure("high:low write ratio", f"{hw / max(lw, 1e-9):.2f}")
-    assert hw > 2 * lw, f"high wrote {hw:.1f} MiB, low {lw:.1f} MiB: the weights did not share the disk"
+    assert hw > 2 * lw, f"high wrote {hw:.1f} MiB, low {lw:.1f} MiB per busy 3 s: the weights did not share the disk"

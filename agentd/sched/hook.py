@@ -52,6 +52,7 @@ class CpuScheduler(Stage):
         self.agent_w = {}           # agent id -> weight
         self.prios = {}             # cgroup path -> CgroupPrio
         self.ids = {}               # cgroup path -> cgroup id
+        self.lingering = set()      # ended calls' cgroups that still hold processes
         self.scx = None
         self.mode = NONE
         self.ejections = 0
@@ -127,6 +128,7 @@ class CpuScheduler(Stage):
     def on_agent_end(self, agent):
         prefix = agent.cgroup + "/"
         for cg in [c for c in self.prios if c.startswith(prefix)]:
+            self.lingering.discard(cg)
             self._remove(cg)
         slot = self.slots.release(agent.agent_id)
         self.agent_w.pop(agent.agent_id, None)
@@ -145,7 +147,25 @@ class CpuScheduler(Stage):
             self._place_tasks(prio, [tool.pid])
 
     def on_tool_end(self, agent, tool, result):
-        self._remove(tool.cgroup)
+        # Processes a call left behind (`stragglers: wait`, a dry run) go on running in its
+        # cgroup: its entry stays while the kernel's cgroup.events says so. Without it
+        # sched_ext would put them in the default slot, outside their agent's weight: an
+        # agent of a light class could leave work in the background to run as a default one.
+        if self._populated(tool.cgroup):
+            self.lingering.add(tool.cgroup)
+        else:
+            self._remove(tool.cgroup)
+
+    def _populated(self, cg):
+        try:
+            return self.fs.populated(cg)
+        except AgentdError:               # gone (CgroupGone) or unreadable: nothing runs there
+            return False
+
+    def _expire_lingering(self):
+        for cg in [c for c in self.lingering if not self._populated(c)]:
+            self.lingering.discard(cg)
+            self._remove(cg)
 
     # --- entries ------------------------------------------------------------------------
     def _add(self, prio, cgroup_id=None):
@@ -268,7 +288,9 @@ class CpuScheduler(Stage):
             log.warning("unloading the sched_ext scheduler: %s", err)
 
     def check(self):
-        """One watch pass: ejection, retry, new threads. Called every WATCH_INTERVAL_S."""
+        """One watch pass: ejection, retry, ended calls' cgroups that emptied, new threads.
+        Called every WATCH_INTERVAL_S."""
+        self._expire_lingering()
         if self.mode == SCHED_EXT:
             if self.scx is not None and self.scx.running():
                 if self.scx.loaded_at and self.clock() - self.scx.loaded_at > STABLE_S:

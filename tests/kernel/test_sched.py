@@ -97,7 +97,18 @@ def test_agent_tasks_run_under_sched_ext_and_entries_follow_them(hook, cgtree, h
              "both cgroups charged by the BPF scheduler")
     assert scx.stats()["enqueue"] > 0
 
+    # The call ends with its process still running (a straggler left to run): the entry
+    # stays, so the scheduler keeps it in its agent's slot and class, until the kernel says
+    # the cgroup is empty.
     hook.on_tool_end(a, t, {})
+    hook.check()
+    v0 = scx.cgroup(t.cgroup_id).vtime
+    wait_for(lambda: scx.cgroup(t.cgroup_id).vtime > v0, 10, "the leftover process charged to its call's entry")
+    assert (scx.cgroup(t.cgroup_id).slot, scx.cgroup(t.cgroup_id).weight) == (1, 50)
+    tool_proc.kill()
+    tool_proc.wait()
+    wait_for(lambda: not cgtree.fs.populated(tcg), 10, "the call's cgroup to empty")
+    hook.check()
     assert scx.cgroup(t.cgroup_id) is None
     hook.on_agent_end(a)
     assert scx.cgroup_ids() == []

@@ -219,6 +219,46 @@ def test_map_entries_follow_agents_and_tool_calls(tmp_path, policy):
     assert scx.closed
 
 
+def test_an_ended_calls_entry_stays_while_its_leftover_processes_run(tmp_path, policy):
+    """An agent of a light class leaves `sleep 1000 &`-like work in a call whose class lets
+    stragglers run: the call ends, its processes stay in its cgroup. Were its entry deleted,
+    sched_ext would run them in the default slot, outside the agent's weight; it stays until
+    the kernel's cgroup.events says the cgroup is empty, and the next watch pass deletes it."""
+    app, h = make(tmp_path, policy)
+    asyncio.run(_start(h))
+    scx = h.loader.made[0]
+    a = agent("a1", "heavy")
+    t = tool(a, 1, "batch", 20, "batch")
+    mkdirs(app.fs, a, t)
+    h.on_agent_start(a)
+    t.run.cgroup_id = app.fs.cgroup_id(t.cgroup)
+    h.on_tool_start(a, t)
+    events = app.fs.path(t.cgroup, cgf.EVENTS)
+    with open(events, "w") as f:
+        f.write("populated 1\nfrozen 0\n")
+    h.on_tool_end(a, t, {})
+    assert scx.cgroups[t.cgroup_id] == (1, 50, "batch")
+    h.check()
+    assert scx.cgroups[t.cgroup_id] == (1, 50, "batch")
+    with open(events, "w") as f:
+        f.write("populated 0\nfrozen 0\n")
+    h.check()
+    assert t.cgroup_id not in scx.cgroups
+    assert t.cgroup not in h.prios
+
+    # The agent's end takes a lingering call's entry with it.
+    t2 = tool(a, 2, "batch", 20, "batch")
+    app.fs.mkdir(t2.cgroup)
+    t2.run.cgroup_id = app.fs.cgroup_id(t2.cgroup)
+    h.on_tool_start(a, t2)
+    with open(app.fs.path(t2.cgroup, cgf.EVENTS), "w") as f:
+        f.write("populated 1\nfrozen 0\n")
+    h.on_tool_end(a, t2, {})
+    h.on_agent_end(a)
+    assert scx.cgroups == {} and not h.lingering
+    asyncio.run(h.stop())
+
+
 def test_agents_known_before_start_are_written_at_start(tmp_path, policy):
     app, h = make(tmp_path, policy)
     a = agent("early")

@@ -213,12 +213,16 @@ class Actuator:
             log.debug("%s: would reclaim %s (%s) [dry run]", who, format_size(int(nbytes)), reason)
             self.counts["reclaim"] = self.counts.get("reclaim", 0) + 1
             return before, before, True
-        full = self.fs.reclaim(cg, nbytes)
-        after = self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
+        full, after = self._reclaim_now(cg, nbytes)
         log.debug("%s: memory.reclaim %s: memory.current %s -> %s (%s)", who, format_size(int(nbytes)),
                   format_size(before), format_size(after), reason)
         self.counts["reclaim"] = self.counts.get("reclaim", 0) + 1
         return before, after, full
+
+    def _reclaim_now(self, cg, nbytes):
+        """memory.reclaim of `nbytes` from `cg`: (whether the kernel took it all, memory.current after)."""
+        full = self.fs.reclaim(cg, nbytes)
+        return full, self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
 
     # --- a paused call's memory to swap and back ----------------------------------
     SWAP_FILES = (ksw.MEMORY_SWAP_MAX, ksw.MEMORY_ZSWAP_MAX)
@@ -244,8 +248,7 @@ class Actuator:
             if old != "max":
                 self.fs.write(cg, name, "max")
         self.raised_swap.setdefault(cg, saved)
-        full = self.fs.reclaim(cg, nbytes)
-        after = self.fs.read_int(cg, cgf.MEMORY_CURRENT) or 0
+        full, after = self._reclaim_now(cg, nbytes)
         swapped = self.fs.read_int(cg, ksw.MEMORY_SWAP_CURRENT) if self.fs.has(cg, ksw.MEMORY_SWAP_CURRENT) else 0
         log.info("%s: paused, its memory to swap: memory.swap.max %s -> max, memory.reclaim %s%s: "
                  "memory.current %s -> %s, in swap %s (%s)", who, saved.get(ksw.MEMORY_SWAP_MAX),
